@@ -1,0 +1,1 @@
+"""perturbo.boards"""

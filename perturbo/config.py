@@ -1,0 +1,257 @@
+"""The one YAML file: network, learning rule, numerics and hardware budget.
+
+Every section is a strict pydantic model (unknown keys are refused); the same
+resolved :class:`Config` drives the golden model, the RTL generator and the host
+driver. ``perturbo config show FILE`` prints it with every default filled in.
+"""
+
+from __future__ import annotations
+
+import math
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A configuration file that cannot be used; the message names the key and what is allowed."""
+
+
+class Rule(StrEnum):
+    ALR = "alr"
+    MGD_WEIGHT = "mgd-weight"
+    MGD_NODE = "mgd-node"
+    DRTP = "drtp"
+    TPSGD_L1 = "tpsgd-l1"
+    TPSGD_L2 = "tpsgd-l2"
+    BP = "bp"
+
+
+#: Rules whose layers share one loss difference ΔC and may be mixed per layer (hybrids).
+PERTURBATIVE_RULES = (Rule.ALR, Rule.MGD_WEIGHT, Rule.MGD_NODE)
+TARGET_PROJECTION_RULES = (Rule.DRTP, Rule.TPSGD_L1, Rule.TPSGD_L2)
+
+
+class Activation(StrEnum):
+    RELU = "relu"
+    LEAKY_RELU = "leaky-relu"
+    HARD_SIGMOID = "hard-sigmoid"
+
+
+class Rounding(StrEnum):
+    #: add 2^(s-1) then shift right arithmetically: ties go towards +infinity
+    HALF_UP = "half-up"
+    #: plain arithmetic shift right: towards -infinity
+    FLOOR = "floor"
+
+
+class Overflow(StrEnum):
+    #: clamp to the narrower type's range
+    SATURATE = "saturate"
+    #: keep the low bits (two's complement wrap-around)
+    WRAP = "wrap"
+
+
+class Optimizer(StrEnum):
+    SGD = "sgd"
+    MOMENTUM = "momentum"
+
+
+class Dataset(StrEnum):
+    DIGITS = "digits"
+    FASHION_MNIST = "fashion-mnist"
+
+
+class Backend(StrEnum):
+    GOLDEN = "golden"
+    VERILATOR = "verilator"
+    SERIAL = "serial"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, use_enum_values=False)
+
+
+class DataConfig(_Strict):
+    """Which data set, and how it is split (deterministically, from ``seed``)."""
+
+    dataset: Dataset = Field(Dataset.DIGITS, description="digits (sklearn) or fashion-mnist (Debian IDX files)")
+    validation_fraction: float = Field(0.1, gt=0.0, lt=0.5, description="share of the training data held out for model selection")
+    test_fraction: float = Field(0.2, gt=0.0, lt=0.5, description="share held out as the test split (digits; Fashion-MNIST has its own test set)")
+    train_limit: int | None = Field(None, gt=0, description="use at most this many training samples (quick runs)")
+
+
+class NetworkConfig(_Strict):
+    """An MLP: ``layers`` are the widths from the input to the output."""
+
+    layers: list[Annotated[int, Field(gt=0, le=4096)]] = Field([64, 32, 10], min_length=2)
+    activation: Activation = Field(Activation.RELU, description="hidden-layer activation; the output layer is linear")
+    shifts: list[Annotated[int, Field(ge=0, le=24)]] | None = Field(
+        None, description="requantisation shift per layer (accumulator -> INT8); default 7 for every layer"
+    )
+    init_scale: float = Field(1.0, gt=0.0, description="multiplies the He-normal initial weights")
+
+    @model_validator(mode="after")
+    def _shifts_match(self) -> NetworkConfig:
+        if self.shifts is not None and len(self.shifts) != len(self.layers) - 1:
+            raise ValueError(
+                f"network.shifts has {len(self.shifts)} entries but the network has "
+                f"{len(self.layers) - 1} layers; give one shift per layer"
+            )
+        return self
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.layers) - 1
+
+    @property
+    def layer_shifts(self) -> list[int]:
+        return list(self.shifts) if self.shifts is not None else [7] * self.n_layers
+
+
+class RuleConfig(_Strict):
+    """The learning rule and its hyperparameters, in the units the hardware applies them."""
+
+    name: Rule = Field(Rule.MGD_WEIGHT, description="alr | mgd-weight | mgd-node | drtp | tpsgd-l1 | tpsgd-l2 | bp")
+    per_layer: list[Rule] | None = Field(
+        None, description="hybrid: one rule per layer, all from alr / mgd-weight / mgd-node"
+    )
+    delta: int = Field(1, ge=1, le=127, description="MGD amplitude: INT8 weight LSBs (weight) or accumulator LSBs (node)")
+    sigma: int = Field(16, ge=1, le=4095, description="ALR noise scale: accumulator LSBs per unit of the integer noise")
+    copies: int = Field(8, ge=1, le=256, description="ALR noisy copies per sample; an even count is antithetic pairs")
+    tau_theta: int = Field(1, ge=1, le=65536, description="MGD integration window: perturbations per update")
+    batch: int = Field(8, ge=1, le=4096, description="samples per perturbation (MGD), per update (ALR, TP)")
+    lr_mult: int = Field(1, ge=1, le=255, description="learning rate numerator: update = G * lr_mult >> lr_shift")
+    lr_shift: int = Field(12, ge=0, le=40, description="learning rate shift")
+    optimizer: Optimizer = Field(Optimizer.SGD, description="sgd | momentum (integer, on chip)")
+    momentum_shift: int = Field(3, ge=1, le=16, description="momentum: m -= m >> momentum_shift; m += G")
+    target_on: int = Field(96, ge=1, le=127, description="one-hot target value of the label's output (INT8)")
+    float_lr: float = Field(0.05, gt=0.0, description="learning rate of the float references (bp and friends)")
+
+    @model_validator(mode="after")
+    def _check_hybrid(self) -> RuleConfig:
+        if self.per_layer is not None:
+            bad = [r.value for r in self.per_layer if r not in PERTURBATIVE_RULES]
+            if bad:
+                raise ValueError(
+                    f"rule.per_layer may only mix {', '.join(r.value for r in PERTURBATIVE_RULES)}; got {bad}"
+                )
+        return self
+
+
+class TrainingConfig(_Strict):
+    steps: int = Field(2000, ge=1, description="updates to train for")
+    eval_every: int = Field(500, ge=1, description="evaluate on the validation split every this many steps")
+
+
+class NumericsConfig(_Strict):
+    """Integer formats; see docs/numerics.md for where each applies."""
+
+    weight_bits: int = Field(16, ge=8, le=32, description="master weights kept by the update unit; the MACs read the top 8 bits")
+    acc_bits: int = Field(32, ge=16, le=48, description="forward accumulator width")
+    grad_bits: int = Field(32, ge=16, le=48, description="per-synapse correlation accumulator (G) width")
+    rounding: Rounding = Field(Rounding.HALF_UP, description="half-up | floor, for every right shift that rounds")
+    overflow: Overflow = Field(Overflow.SATURATE, description="saturate | wrap, at every narrowing step")
+
+
+class HardwareConfig(_Strict):
+    lanes: int = Field(8, ge=1, le=128, description="parallel INT8 multiply-accumulate lanes")
+    weight_depth: int | None = Field(None, gt=0, description="weight memory words per lane; default: what the network needs")
+    sample_depth: int = Field(1024, ge=1, description="on-chip sample buffer, in samples")
+    clock_mhz: float = Field(12.0, gt=0.0, description="board clock the UART divisor is computed from")
+    baud: int = Field(115200, gt=0)
+
+
+class Config(_Strict):
+    """A whole perturbo configuration (one YAML file)."""
+
+    name: str = "perturbo"
+    seed: int = Field(1, ge=0, lt=2**32, description="drives initial weights, splits, shuffles and the on-chip random sources")
+    data: DataConfig = DataConfig()
+    network: NetworkConfig = NetworkConfig()
+    rule: RuleConfig = RuleConfig()
+    training: TrainingConfig = TrainingConfig()
+    numerics: NumericsConfig = NumericsConfig()
+    hardware: HardwareConfig = HardwareConfig()
+
+    @model_validator(mode="after")
+    def _check_widths(self) -> Config:
+        net, num, rule = self.network, self.numerics, self.rule
+        if rule.per_layer is not None and len(rule.per_layer) != net.n_layers:
+            raise ValueError(
+                f"rule.per_layer has {len(rule.per_layer)} entries but the network has {net.n_layers} layers"
+            )
+        # The forward accumulator must hold the largest dot product: every term is at
+        # most 128*128 = 2^14 in magnitude, plus the bias input, without overflow.
+        for n_in in net.layers[:-1]:
+            need = 15 + math.ceil(math.log2(n_in + 1)) + 1
+            if num.acc_bits < need:
+                raise ValueError(
+                    f"numerics.acc_bits = {num.acc_bits} is too narrow for a layer with {n_in} inputs: "
+                    f"the dot product needs at least {need} bits"
+                )
+        if num.grad_bits < 16:
+            raise ValueError("numerics.grad_bits must be at least 16")
+        return self
+
+    # -- derived quantities shared by golden/ and hdl/ ------------------------------
+
+    def layer_rules(self) -> list[Rule]:
+        """The rule each layer learns with."""
+        if self.rule.per_layer is not None:
+            return list(self.rule.per_layer)
+        return [self.rule.name] * self.network.n_layers
+
+    def layer_shapes(self) -> list[tuple[int, int]]:
+        """(outputs, inputs + 1) of every layer's master weight matrix; the last column is the bias."""
+        lay = self.network.layers
+        return [(lay[i + 1], lay[i] + 1) for i in range(len(lay) - 1)]
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def _format_error(err: ValidationError, source: str) -> str:
+    lines = [f"invalid configuration in {source}:"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        value = e.get("input")
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (not one of the allowed keys of this section)"
+        elif e["type"] == "enum":
+            msg = f"must be one of {e.get('ctx', {}).get('expected', '')}"
+        shown = repr(value)
+        if len(shown) > 60:
+            shown = shown[:57] + "..."
+        lines.append(f"  {key} = {shown}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_config(data: Any, source: str = "<config>") -> Config:
+    """Validate a mapping as a :class:`Config`; raise :class:`ConfigError` with readable messages."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"invalid configuration in {source}: the top level must be a mapping, not {type(data).__name__}")
+    try:
+        return Config.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_error(err, source)) from None
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate one YAML configuration file."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise ConfigError(f"cannot read configuration {path}: {err.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"malformed YAML in {path}: {err}") from None
+    return parse_config(data, str(path))
