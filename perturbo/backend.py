@@ -8,19 +8,17 @@ drives them all.  A *step* is one weight update; it consumes
 
 from __future__ import annotations
 
+import importlib
 from typing import Any, Protocol, runtime_checkable
 
 import torch
 
-from .config import Config, Rule
+from .config import Backend, Config, Rule
 
 
 def samples_per_step(cfg: Config) -> int:
-    """Samples one update consumes: MGD integrates ``tau_theta`` perturbations of ``batch`` samples."""
-    rules = set(cfg.layer_rules())
-    if rules & {Rule.MGD_WEIGHT, Rule.MGD_NODE}:
-        return cfg.rule.tau_theta * cfg.rule.batch
-    return cfg.rule.batch
+    """Samples one update consumes: ``tau_theta`` windows of ``batch`` samples (docs/numerics.md)."""
+    return cfg.rule.tau_theta * cfg.rule.batch
 
 
 @runtime_checkable
@@ -44,3 +42,44 @@ class TrainingBackend(Protocol):
         ...
 
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+class BackendError(RuntimeError):
+    """A backend that cannot be built here (not available yet, or its module fails to import)."""
+
+
+def make_backend(
+    cfg: Config, backend_name: str = "golden", float_reference: bool = False
+) -> TrainingBackend:
+    """Build the training backend called ``backend_name`` for ``cfg``.
+
+    ``golden`` is the in-process torch model: the bit-exact integer model
+    (``perturbo.golden.integer.IntegerModel``) for the integer rules, or the float
+    reference (``perturbo.golden.float_ref.FloatModel``) when the rule is ``bp`` or
+    ``float_reference`` is set. The golden modules are imported here, on demand.
+
+    Raises
+    ------
+    BackendError
+        The backend is unknown, not available yet, or its module cannot be imported.
+    """
+    try:
+        name = Backend(backend_name)
+    except ValueError:
+        allowed = ", ".join(b.value for b in Backend)
+        raise BackendError(f"unknown backend {backend_name!r}; choose one of {allowed}") from None
+    if name is not Backend.GOLDEN:
+        raise BackendError(
+            f"the {name.value} backend is not available yet; "
+            "use the golden backend (--backend golden)"
+        )
+    use_float = float_reference or Rule.BP in cfg.layer_rules()
+    module, cls = ("float_ref", "FloatModel") if use_float else ("integer", "IntegerModel")
+    try:
+        mod = importlib.import_module(f"perturbo.golden.{module}")
+        factory = getattr(mod, cls)
+    except (ImportError, AttributeError) as err:
+        raise BackendError(
+            f"the golden model perturbo.golden.{module}.{cls} cannot be loaded: {err}"
+        ) from err
+    return factory(cfg)

@@ -7,10 +7,11 @@ driver. ``perturbo config show FILE`` prints it with every default filled in.
 
 from __future__ import annotations
 
+import difflib
 import math
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -121,11 +122,13 @@ class RuleConfig(_Strict):
     )
     delta: int = Field(1, ge=1, le=127, description="MGD amplitude: INT8 weight LSBs (weight) or accumulator LSBs (node)")
     sigma: int = Field(16, ge=1, le=4095, description="ALR noise scale: accumulator LSBs per unit of the integer noise")
-    copies: int = Field(8, ge=1, le=256, description="ALR noisy copies per sample; an even count is antithetic pairs")
-    tau_theta: int = Field(1, ge=1, le=65536, description="MGD integration window: perturbations per update")
-    batch: int = Field(8, ge=1, le=4096, description="samples per perturbation (MGD), per update (ALR, TP)")
+    copies: int = Field(1, ge=1, le=256, description="perturbed passes per sample (ALR noisy copies); an even count is antithetic pairs")
+    tau_theta: int = Field(1, ge=1, le=65536, description="windows of `batch` samples integrated per update")
+    batch: int = Field(8, ge=1, le=4096, description="samples per window; every sample gets `copies` perturbations")
     lr_mult: int = Field(1, ge=1, le=255, description="learning rate numerator: update = G * lr_mult >> lr_shift")
-    lr_shift: int = Field(12, ge=0, le=40, description="learning rate shift")
+    lr_shift: Annotated[int, Field(ge=0, le=40)] | list[Annotated[int, Field(ge=0, le=40)]] = Field(
+        12, description="learning rate shift, one for all layers or one per layer"
+    )
     optimizer: Optimizer = Field(Optimizer.SGD, description="sgd | momentum (integer, on chip)")
     momentum_shift: int = Field(3, ge=1, le=16, description="momentum: m -= m >> momentum_shift; m += G")
     target_on: int = Field(96, ge=1, le=127, description="one-hot target value of the label's output (INT8)")
@@ -180,6 +183,10 @@ class Config(_Strict):
     @model_validator(mode="after")
     def _check_widths(self) -> Config:
         net, num, rule = self.network, self.numerics, self.rule
+        if isinstance(rule.lr_shift, list) and len(rule.lr_shift) != net.n_layers:
+            raise ValueError(
+                f"rule.lr_shift has {len(rule.lr_shift)} entries but the network has {net.n_layers} layers"
+            )
         if rule.per_layer is not None and len(rule.per_layer) != net.n_layers:
             raise ValueError(
                 f"rule.per_layer has {len(rule.per_layer)} entries but the network has {net.n_layers} layers"
@@ -205,6 +212,11 @@ class Config(_Strict):
             return list(self.rule.per_layer)
         return [self.rule.name] * self.network.n_layers
 
+    def layer_lr_shifts(self) -> list[int]:
+        """The learning-rate shift of every layer."""
+        s = self.rule.lr_shift
+        return list(s) if isinstance(s, list) else [s] * self.network.n_layers
+
     def layer_shapes(self) -> list[tuple[int, int]]:
         """(outputs, inputs + 1) of every layer's master weight matrix; the last column is the bias."""
         lay = self.network.layers
@@ -214,16 +226,56 @@ class Config(_Strict):
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
 
+def _section_of(loc: tuple[int | str, ...]) -> tuple[type[BaseModel] | None, str]:
+    """The model class and dotted name of the section that holds the key at ``loc``."""
+
+    def model_in(annotation: Any) -> type[BaseModel] | None:
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            return annotation
+        for arg in get_args(annotation):  # Optional[...], list[...], Annotated[...]
+            found = model_in(arg)
+            if found is not None:
+                return found
+        return None
+
+    model: type[BaseModel] | None = Config
+    names: list[str] = []
+    for part in loc[:-1]:
+        if isinstance(part, int):  # an index into a list of sections
+            names[-1:] = [f"{names[-1]}[{part}]"] if names else [f"[{part}]"]
+            continue
+        field = model.model_fields.get(part) if model is not None else None
+        model = model_in(field.annotation) if field is not None else None
+        names.append(part)
+    return model, ".".join(names)
+
+
 def _format_error(err: ValidationError, source: str) -> str:
     lines = [f"invalid configuration in {source}:"]
     for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        loc = tuple(e["loc"])
+        key = ".".join(str(p) for p in loc) or "(top level)"
         value = e.get("input")
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
-            msg = "unknown key (not one of the allowed keys of this section)"
+            model, section = _section_of(loc)
+            if model is None:
+                msg = "unknown key (not one of the allowed keys of this section)"
+            else:
+                allowed = list(model.model_fields)
+                where = f"allowed keys in {section}" if section else "allowed top-level keys"
+                msg = f"unknown key; {where}: {', '.join(allowed)}"
+                close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+                if close:
+                    msg += f" (did you mean {close[0]!r}?)"
         elif e["type"] == "enum":
             msg = f"must be one of {e.get('ctx', {}).get('expected', '')}"
+        elif e["type"] == "value_error":
+            # A cross-field check: its message already names the keys involved.
+            msg = msg.removeprefix("Value error, ")
+            if isinstance(value, dict):
+                lines.append(f"  {msg}" if not loc else f"  {key}: {msg}")
+                continue
         shown = repr(value)
         if len(shown) > 60:
             shown = shown[:57] + "..."

@@ -1,0 +1,152 @@
+"""The ``perturbo`` command line.
+
+::
+
+    perturbo config show FILE
+    perturbo train CONFIG [--backend golden|verilator|serial] [--out DIR] [--steps N]
+                          [--resume | --overwrite] [--float] [--no-progress]
+    perturbo eval CHECKPOINT [--split test|val|train] [--backend NAME]
+
+User errors (a bad configuration, a missing data set, an unusable checkpoint, a
+backend that is not available) print a message to stderr and exit with status 2,
+without a traceback. An interrupted run exits with status 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from . import __version__
+from .backend import BackendError, make_backend
+from .config import Backend, Config, ConfigError, load_config, parse_config
+from .data import DatasetError, load_dataset
+from .train import CHECKPOINT_NAME, CheckpointError, evaluate, load_checkpoint, train
+
+#: Exceptions that are the user's to fix: reported in one message, exit status 2.
+USER_ERRORS = (ConfigError, DatasetError, CheckpointError, BackendError)
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="perturbo",
+        description="Train networks without backpropagation on FPGA accelerators, "
+                    "their simulations and their golden models.",
+    )
+    p.add_argument("--version", action="version", version=f"perturbo {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    cfg = sub.add_parser("config", help="inspect configuration files")
+    cfg_sub = cfg.add_subparsers(dest="config_command", required=True, metavar="ACTION")
+    show = cfg_sub.add_parser("show", help="print the fully resolved configuration as YAML")
+    show.add_argument("file", type=Path, metavar="FILE")
+
+    backends = [b.value for b in Backend]
+    tr = sub.add_parser("train", help="train a network from a configuration file")
+    tr.add_argument("config", type=Path, metavar="CONFIG")
+    tr.add_argument("--backend", choices=backends, default=Backend.GOLDEN.value,
+                    help="where the network trains (default: golden)")
+    tr.add_argument("--out", type=Path, metavar="DIR",
+                    help="run directory (default: runs/<config name>)")
+    tr.add_argument("--steps", type=int, metavar="N", help="override training.steps")
+    again = tr.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true",
+                       help="continue from the checkpoint in the run directory")
+    again.add_argument("--overwrite", action="store_true",
+                       help="start afresh even if the run directory holds a checkpoint")
+    tr.add_argument("--float", dest="float_reference", action="store_true",
+                    help="train the float reference of the rule instead of the integer model")
+    tr.add_argument("--no-progress", dest="progress", action="store_false",
+                    help="no progress bar")
+
+    ev = sub.add_parser("eval", help="accuracy of a checkpoint on a data split")
+    ev.add_argument("checkpoint", type=Path, metavar="CHECKPOINT",
+                    help=f"a checkpoint file or a run directory (holding {CHECKPOINT_NAME})")
+    ev.add_argument("--split", choices=["test", "val", "train"], default="test")
+    ev.add_argument("--backend", choices=backends,
+                    help="evaluate on this backend (default: the one that trained it)")
+    return p
+
+
+def _with_steps(cfg: Config, steps: int, source: str) -> Config:
+    data = cfg.model_dump(mode="json")
+    data["training"] = {**data["training"], "steps": steps}
+    return parse_config(data, f"{source} with --steps {steps}")
+
+
+def _default_out(cfg: Config) -> Path:
+    return Path("runs") / (re.sub(r"[^A-Za-z0-9._-]+", "_", cfg.name).strip(".") or "run")
+
+
+def _cmd_config_show(args: argparse.Namespace) -> int:
+    sys.stdout.write(load_config(args.file).to_yaml())
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config)
+    if args.steps is not None:
+        cfg = _with_steps(cfg, args.steps, str(args.config))
+    out = args.out if args.out is not None else _default_out(cfg)
+    splits = load_dataset(cfg)  # data problems surface before a backend is built
+    backend = make_backend(cfg, args.backend, float_reference=args.float_reference)
+    try:
+        result = train(cfg, backend, out, resume=args.resume, progress=args.progress,
+                       overwrite=args.overwrite, splits=splits, backend_name=args.backend,
+                       float_reference=args.float_reference)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; the last checkpoint in {out} is intact. Continue with:\n"
+              f"  perturbo train {args.config} --out {out} --resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    acc = "n/a" if result.val_accuracy is None else f"{result.val_accuracy:.4f}"
+    print(f"{cfg.name}: step {result.step}, validation accuracy {acc}")
+    print(f"  checkpoint {result.checkpoint}\n  history    {result.history_path}\n"
+          f"  curves     {result.curves_path}")
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    ckpt = load_checkpoint(args.checkpoint)
+    name = args.backend or ckpt.backend.get("name")
+    if name not in {b.value for b in Backend}:
+        raise CheckpointError(
+            f"{args.checkpoint} was written by a {name!r} backend ({ckpt.backend.get('class')}); "
+            "choose the backend to evaluate it on with --backend"
+        )
+    backend = make_backend(ckpt.config, name,
+                           float_reference=bool(ckpt.backend.get("float_reference")))
+    try:
+        backend.load_state_dict(ckpt.backend_state)
+    except (KeyError, ValueError, TypeError, RuntimeError) as err:
+        raise CheckpointError(
+            f"{args.checkpoint}: the {name} backend cannot load this state: {err}"
+        ) from None
+    splits = load_dataset(ckpt.config)
+    acc = evaluate(ckpt.config, backend, args.split, splits=splits)
+    n = len(splits.split(args.split))
+    print(f"{ckpt.config.name} at step {ckpt.trainer.step}: {args.split} accuracy {acc:.4f} "
+          f"({round(acc * n)}/{n})")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status (the console script exits with it)."""
+    args = _parser().parse_args(argv)
+    commands = {"config": _cmd_config_show, "train": _cmd_train, "eval": _cmd_eval}
+    try:
+        return commands[args.command](args)
+    except USER_ERRORS as err:
+        print(f"perturbo: error: {err}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,70 @@
+"""Build-once-per-configuration helper that runs cocotb testbenches on Verilator.
+
+Every hardware unit's pytest entry point calls :func:`run_cocotb`.  The Verilog
+is generated from the Amaranth component and the verilated model is built in a
+directory keyed by a hash of that Verilog and the build options, so a unit's
+model is built once per configuration and reused by every later test and run
+(``.pytest-build/`` at the repository root, cached across runs).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+from pathlib import Path
+
+from amaranth.back import verilog
+
+from perturbo.sim.toolchain import verilator_env
+
+REPO = Path(__file__).resolve().parent.parent
+BUILD_ROOT = Path(os.environ.get("PERTURBO_BUILD_DIR", REPO / ".pytest-build"))
+
+# Amaranth's generated Verilog trips these warnings, which are fatal by default in
+# Verilator; none of them is a bug in generated code (widths are explicit there).
+VERILATOR_WAIVERS = ["-Wno-WIDTHEXPAND", "-Wno-WIDTHTRUNC", "-Wno-CASEINCOMPLETE", "-Wno-fatal"]
+
+
+def run_cocotb(component, toplevel: str, test_module: str, *, extra_env: dict[str, str] | None = None,
+               testcase: str | None = None) -> None:
+    """Generate ``component`` as ``toplevel``, build it once, run the cocotb ``test_module``.
+
+    ``extra_env`` reaches the testbench as environment variables (for instance a
+    JSON-encoded configuration); a failing cocotb test fails the calling pytest test.
+    """
+    from cocotb_tools.runner import get_runner
+
+    text = verilog.convert(component, name=toplevel, emit_src=False)
+    digest = hashlib.sha256((text + repr(VERILATOR_WAIVERS)).encode()).hexdigest()[:16]
+    build_dir = BUILD_ROOT / f"{toplevel}-{digest}"
+    build_dir.mkdir(parents=True, exist_ok=True)
+    source = build_dir / f"{toplevel}.v"
+    if not source.exists() or source.read_text() != text:
+        source.write_text(text)
+    env = verilator_env()
+    os.environ.update(env)
+    runner = get_runner("verilator")
+    runner.build(
+        sources=[source],
+        hdl_toplevel=toplevel,
+        build_dir=build_dir,
+        build_args=[*VERILATOR_WAIVERS, "-CFLAGS", "-O2"],
+        always=False,
+    )
+    tests_dir = str(Path(__file__).resolve().parent)
+    if tests_dir not in sys.path:
+        sys.path.insert(0, tests_dir)
+    results = runner.test(
+        hdl_toplevel=toplevel,
+        hdl_toplevel_lang="verilog",
+        test_module=test_module,
+        build_dir=build_dir,
+        test_dir=build_dir,
+        testcase=testcase,
+        extra_env={**(extra_env or {}), "PYTHONPATH": os.pathsep.join([tests_dir, str(REPO)])},
+    )
+    from cocotb_tools.runner import get_results
+
+    total, failed = get_results(results)
+    assert failed == 0, f"{failed} of {total} cocotb tests failed in {test_module} (see {results})"
