@@ -245,7 +245,7 @@ class IntegerModel:
                 word = u.draw(key, lay.neuron_indices()[None])
                 if rule == Rule.MGD_NODE:
                     s = u.perturbation_sign(word) * antithetic[:, None]
-                    injections.append(cfg.rule.delta * s)
+                    injections.append(cfg.rule.node_delta * s)
                 else:
                     s = u.gaussian_noise(word) * antithetic[:, None]
                     injections.append(cfg.rule.sigma * s)

@@ -120,7 +120,8 @@ class RuleConfig(_Strict):
     per_layer: list[Rule] | None = Field(
         None, description="hybrid: one rule per layer, all from alr / mgd-weight / mgd-node"
     )
-    delta: int = Field(1, ge=1, le=127, description="MGD amplitude: INT8 weight LSBs (weight) or accumulator LSBs (node)")
+    delta: int = Field(1, ge=1, le=127, description="MGD weight perturbation amplitude, in INT8 weight LSBs")
+    node_delta: int = Field(128, ge=1, le=2**20, description="MGD node perturbation amplitude, in accumulator LSBs")
     sigma: int = Field(16, ge=1, le=4095, description="ALR noise scale: accumulator LSBs per unit of the integer noise")
     copies: int = Field(1, ge=1, le=256, description="perturbed passes per sample (ALR noisy copies); an even count is antithetic pairs")
     tau_theta: int = Field(1, ge=1, le=65536, description="windows of `batch` samples integrated per update")
