@@ -93,7 +93,7 @@ class NetworkConfig(_Strict):
     shifts: list[Annotated[int, Field(ge=0, le=24)]] | None = Field(
         None, description="requantisation shift per layer (accumulator -> INT8); default 7 for every layer"
     )
-    init_scale: float = Field(1.0, gt=0.0, description="multiplies the He-normal initial weights")
+    init_scale: float = Field(0.5, gt=0.0, description="multiplies the He-normal initial weights (0.5 suits the 0..1 inputs, measured)")
 
     @model_validator(mode="after")
     def _shifts_match(self) -> NetworkConfig:
