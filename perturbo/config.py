@@ -83,6 +83,13 @@ class DataConfig(_Strict):
     validation_fraction: float = Field(0.1, gt=0.0, lt=0.5, description="share of the training data held out for model selection")
     test_fraction: float = Field(0.2, gt=0.0, lt=0.5, description="share held out as the test split (digits; Fashion-MNIST has its own test set)")
     train_limit: int | None = Field(None, gt=0, description="use at most this many training samples (quick runs)")
+    pool: int = Field(1, ge=1, le=7, description="Fashion-MNIST only: average-pool k x k pixel blocks (2: 28x28 -> 14x14 = 196 inputs)")
+
+    @model_validator(mode="after")
+    def _pool_divides(self) -> DataConfig:
+        if self.pool != 1 and (self.dataset != Dataset.FASHION_MNIST or 28 % self.pool):
+            raise ValueError(f"data.pool = {self.pool}: pooling applies to fashion-mnist only, with 28 % pool == 0 (1, 2, 4, 7)")
+        return self
 
 
 class NetworkConfig(_Strict):
@@ -133,7 +140,7 @@ class RuleConfig(_Strict):
     optimizer: Optimizer = Field(Optimizer.SGD, description="sgd | momentum (integer, on chip)")
     momentum_shift: int = Field(3, ge=1, le=16, description="momentum: m -= m >> momentum_shift; m += G")
     target_on: int = Field(96, ge=1, le=127, description="one-hot target value of the label's output (INT8)")
-    float_lr: float = Field(0.05, gt=0.0, description="learning rate of the float references (bp and friends)")
+    float_lr: float = Field(0.003, gt=0.0, description="Adam learning rate of the float references (bp and friends)")
 
     @model_validator(mode="after")
     def _check_hybrid(self) -> RuleConfig:

@@ -182,7 +182,7 @@ def _read_idx(path: Path, ndim: int) -> np.ndarray:
 
 
 @lru_cache(maxsize=2)
-def _load_fashion(directory: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _load_fashion(directory: Path, pool: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     if not directory.is_dir():
         raise _missing_fashion(directory, "no such directory")
     missing = [name for name in _FASHION_FILES.values() if not (directory / name).is_file()]
@@ -198,6 +198,10 @@ def _load_fashion(directory: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, 
                 f"Fashion-MNIST {part} set in {directory} has {images.shape[0]} images "
                 f"but {labels.shape[0]} labels"
             )
+        if pool > 1:  # mean of each pool x pool block, rounded half up
+            n, side = images.shape[0], images.shape[1] // pool
+            blocks = images.reshape(n, side, pool, side, pool).astype(np.int32).sum(axis=(2, 4))
+            images = (2 * blocks + pool * pool) // (2 * pool * pool)
         x = (images.reshape(images.shape[0], -1) >> 1).astype(np.int16)  # 0..255 -> 0..127
         out += [x, labels.astype(np.int64)]
     return out[0], out[1], out[2], out[3]
@@ -248,7 +252,7 @@ def load_dataset(cfg: Config, *, check_network: bool = True) -> Splits:
             random_state=derive_seed(cfg.seed, "test-split"),
         )
     elif data.dataset == Dataset.FASHION_MNIST:
-        x_rest, y_rest, x_test, y_test = _load_fashion(_fashion_dir())
+        x_rest, y_rest, x_test, y_test = _load_fashion(_fashion_dir(), data.pool)
         x_test, y_test = x_test.copy(), y_test.copy()  # never hand out the cached arrays
     else:  # pragma: no cover - the config enum admits nothing else
         raise DatasetError(f"unknown data set {data.dataset!r}")
