@@ -1,0 +1,209 @@
+"""The accelerator's host-side memory-mapped bus: signature, address spaces and registers.
+
+The host link drives this bus from the initiator side (``Out(BusSignature)``); the
+:class:`~perturbo.hdl.accelerator.Accelerator` is the target (``In(BusSignature)``).
+
+Transfers
+---------
+One request at a time.  The initiator sets ``addr``, ``we`` and ``wdata`` and raises
+``stb``, holding all four until the target answers with ``ack`` for exactly one cycle.
+On a read, ``rdata`` is valid in that ``ack`` cycle.  ``err`` is valid with ``ack``: it
+says that the request was refused and had no effect (a read then returns 0).  The
+target ignores ``stb`` during the ``ack`` cycle, so an initiator may drop ``stb`` there
+or one cycle later.  A request takes two cycles (``stb`` seen, then ``ack``).
+
+Addresses
+---------
+``addr[24:32]`` is the address space (:class:`Space`) and ``addr[0:24]`` a word address
+inside it.  Every word is 32 bits; narrower values are sign-extended on reads and must
+be in range on writes (otherwise ``err``).  Values wider than 32 bits (``grad_bits`` up
+to 48) are split: a read latches bits 32 and up (sign-extended) into ``Reg.READ_HIGH``;
+a write takes them from ``Reg.WRITE_HIGH``.
+
+==============  =====================================================================
+space           word address
+==============  =====================================================================
+``REGS``        a :class:`Reg`
+``WEIGHTS``     ``row * LANES + lane`` (master weights, ``weight_bits``)
+``GRADS``       ``row * LANES + lane`` (correlation accumulators G, ``grad_bits``)
+``SAMPLES``     ``sample * n_in0 + feature`` (one INT8 per word)
+``LABELS``      ``sample`` (0 .. classes - 1)
+``OUTPUTS``     ``sample * classes + k`` (INT8 output scores of inference, read-only)
+``MOMENTUM``    ``row * LANES + lane`` (only with ``optimizer: momentum``)
+==============  =====================================================================
+
+Lane ``k`` holds the neurons ``i`` with ``i % LANES == k``.  The row of weight
+``(layer l, neuron i, input j)`` is ``base_l + (i // LANES) * (n_in_l + 1) + j``, where
+``j = n_in_l`` is the bias and ``base_l`` is the number of rows of the layers before
+(:class:`~perturbo.hdl.geometry.Geometry` computes it).
+
+Memory accesses while a command runs (``STATUS.BUSY``) are refused with ``err``, as
+are writes to any register then, accesses outside a space's range, writes to read-only
+registers or to ``OUTPUTS``, and unknown addresses.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out
+
+__all__ = [
+    "ACCEL_ID", "SPACE_BITS", "WORD_ADDR_BITS", "BusSignature", "HostBusSignature", "Space", "Reg",
+    "Command", "Status",
+]
+
+#: Bits of the word address inside a space (``addr[0:24]``); the space is ``addr[24:32]``.
+WORD_ADDR_BITS = 24
+#: Bits of the address-space number.
+SPACE_BITS = 8
+
+#: Value of ``Reg.ID``: ASCII "PRTB" (perturbo), so a host can tell it found the accelerator.
+ACCEL_ID = 0x5052_5442
+
+
+class HostBusSignature(wiring.Signature):
+    """Signature of the host bus, from the initiator's (host link's) side.
+
+    Members
+    -------
+    addr : ``Out(32)``
+        ``addr[24:32]`` address space (:class:`Space`), ``addr[0:24]`` word address.
+    wdata : ``Out(32)``
+        Write data.
+    we : ``Out(1)``
+        1 for a write, 0 for a read.
+    stb : ``Out(1)``
+        Request valid; held (with ``addr``, ``wdata``, ``we``) until ``ack``.
+    ack : ``In(1)``
+        One-cycle answer; ``rdata`` and ``err`` are valid in this cycle.
+    rdata : ``In(32)``
+        Read data.
+    err : ``In(1)``
+        With ``ack``: the request was refused and had no effect.
+    """
+
+    def __init__(self) -> None:
+        super().__init__({
+            "addr": Out(32),
+            "wdata": Out(32),
+            "we": Out(1),
+            "stb": Out(1),
+            "ack": In(1),
+            "rdata": In(32),
+            "err": In(1),
+        })
+
+
+#: The bus signature (an instance): ``Out(BusSignature)`` on the host link, ``In(BusSignature)``
+#: on the accelerator.
+BusSignature = HostBusSignature()
+
+
+class Space(IntEnum):
+    """Address spaces (``addr[24:32]``); ``REGISTERS`` is an alias of ``REGS``."""
+
+    REGS = 0
+    REGISTERS = 0  # alias of REGS
+    WEIGHTS = 1
+    GRADS = 2
+    SAMPLES = 3
+    LABELS = 4
+    OUTPUTS = 5
+    MOMENTUM = 6
+
+
+class Reg(IntEnum):
+    """Register word addresses in ``Space.REGISTERS``.
+
+    Fixed at generation (and so not registers): lanes, layer sizes, widths, shifts, the
+    activation, rounding and overflow modes, the learning-rate shifts, the momentum
+    shift, the per-layer rules and the memory depths.  Everything else the golden
+    :class:`~perturbo.config.Config` lets vary is a register whose reset value comes
+    from the configuration the accelerator was generated from.
+
+    ``RW`` registers refuse writes while busy and values outside their range
+    (``err``); ``RO`` registers refuse every write.
+    """
+
+    #: RO: :data:`ACCEL_ID`.
+    ID = 0x00
+    #: RO: 32-bit hash of the generation-time parameters (:func:`~perturbo.hdl.geometry.config_hash`).
+    CONFIG_HASH = 0x01
+    #: RO: :class:`Status` bits.
+    STATUS = 0x02
+    #: WO: a :class:`Command`; refused while busy.
+    COMMAND = 0x03
+    #: RW: training steps (updates) the next ``TRAIN`` command runs.
+    STEPS = 0x04
+    #: RW: the step counter ``k`` that positions the random sources; +1 after every update.
+    STEP = 0x05
+    #: RW: ``seed`` of the on-chip random sources.
+    SEED = 0x06
+    #: RW: learning-rate numerator ``lr_mult``, 1..255.
+    LR_MULT = 0x07
+    #: RW: MGD perturbation amplitude ``delta``, 1..127.
+    DELTA = 0x08
+    #: RW: ALR noise scale ``sigma``, 1..4095 (kept for ALR layers; unused by MGD).
+    SIGMA = 0x09
+    #: RW: perturbed passes per sample ``copies``, 1..256.
+    COPIES = 0x0A
+    #: RW: samples per update ``S = tau_theta * batch``, 1..2^24.
+    STEP_SAMPLES = 0x0B
+    #: RW: ``target_on``, 0..127.
+    TARGET_ON = 0x0C
+    #: RW: samples loaded in the sample buffer, 1..sample_depth; the cursor wraps here.
+    SAMPLE_COUNT = 0x0D
+    #: RW: next sample a training step takes, below ``sample_depth``; advances per sample.
+    SAMPLE_CURSOR = 0x0E
+    #: RW: samples ``0 .. INFER_COUNT - 1`` that an ``INFER`` command runs, 0..sample_depth.
+    INFER_COUNT = 0x0F
+    #: RO: busy clock cycles, low word; reading it latches the high word for ``CYCLES_HI``.
+    CYCLES_LO = 0x10
+    #: RO: busy clock cycles, high word (as latched by the last ``CYCLES_LO`` read).
+    CYCLES_HI = 0x11
+    #: RO: updates applied since the counters were cleared.
+    STEPS_DONE = 0x12
+    #: RO: cycles the forward pipeline stood still with work in it (back-pressure, interlock).
+    STALLS = 0x13
+    #: RO: cycles a MAC stage did work, low word; latches the high word like ``CYCLES_LO``.
+    MAC_BUSY_LO = 0x14
+    #: RO: high word of ``MAC_BUSY``.
+    MAC_BUSY_HI = 0x15
+    #: RO: sum of the baseline losses of the last completed step.
+    LAST_LOSS = 0x16
+    #: RO: bits 32 and up (sign-extended) of the last memory word read.
+    READ_HIGH = 0x17
+    #: RW: bits 32 and up of the next memory word written (wide ``grad_bits`` only).
+    WRITE_HIGH = 0x18
+    #: RO: MAC lanes.
+    LANES = 0x19
+    #: RO: sample buffer depth in samples.
+    SAMPLE_DEPTH = 0x1A
+    #: RO: weight/G/momentum rows used by the network.
+    ROWS = 0x1B
+    #: RW: MGD node perturbation amplitude ``node_delta``, 1..2^20 (for ``mgd-node`` layers).
+    NODE_DELTA = 0x1C
+
+
+class Command(IntEnum):
+    """Values written to ``Reg.COMMAND``."""
+
+    #: Run ``STEPS`` training steps from ``SAMPLE_CURSOR``.
+    TRAIN = 1
+    #: Run the baseline pass on samples ``0 .. INFER_COUNT - 1``; scores go to ``Space.OUTPUTS``.
+    INFER = 2
+    #: Zero ``CYCLES``, ``STEPS_DONE``, ``STALLS`` and ``MAC_BUSY``.
+    CLEAR_COUNTERS = 3
+
+
+class Status(IntEnum):
+    """Bits of ``Reg.STATUS``."""
+
+    #: A command is running.
+    BUSY = 1 << 0
+    #: The last command has finished (cleared when a command starts).
+    DONE = 1 << 1
+    #: The running or last command is ``INFER``.
+    INFERENCE = 1 << 2

@@ -1,0 +1,547 @@
+"""The host link: a framed, checksummed command protocol from a byte stream to the bus.
+
+:class:`HostLink` takes request frames from a byte stream (a UART on a board, a TCP
+socket in the Verilator co-simulation), checks them, applies them to the accelerator's
+memory-mapped bus (:mod:`perturbo.hdl.bus`) and answers every frame with a reply
+frame. ``docs/protocol.md`` is the specification; this module holds the gateware and
+the wire constants that the host side (:mod:`perturbo.sim.protocol`) imports.
+
+Wire format, both directions (after the start byte every byte is *stuffed*: ``SOF``
+and ``ESC`` inside a frame are sent as ``ESC, byte ^ 0x20``, so a ``SOF`` on the wire
+always starts a frame)::
+
+    request:  SOF | SEQ | OP | LEN_LO LEN_HI | PAYLOAD (LEN bytes) | CRC_HI CRC_LO
+    reply:    SOF | SEQ | OP | STATUS | LEN_LO LEN_HI | PAYLOAD (LEN bytes) | CRC_HI CRC_LO
+
+The CRC is CRC-16/CCITT-FALSE (polynomial 0x1021, initial value 0xFFFF, no reflection,
+no final XOR) over the unstuffed bytes from ``SEQ`` to the end of the payload, sent most
+significant byte first.
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, Value
+from amaranth.lib import enum, stream, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from .bus import BusSignature
+
+__all__ = [
+    "CRC_INIT",
+    "CRC_POLY",
+    "ESC",
+    "ESC_XOR",
+    "ID_LEN",
+    "MAGIC",
+    "MAX_WORDS_LIMIT",
+    "REPLY_HEADER_LEN",
+    "REQUEST_HEADER_LEN",
+    "SOF",
+    "VERSION",
+    "WORD_ADDR_BITS",
+    "HostLink",
+    "LinkedTarget",
+    "Op",
+    "Status",
+    "crc16_next",
+]
+
+#: Start of frame; never appears inside a frame (it is stuffed).
+SOF = 0x7E
+#: Escape: the next byte is XORed with :data:`ESC_XOR`.
+ESC = 0x7D
+#: What an escaped byte is XORed with.
+ESC_XOR = 0x20
+#: CRC-16/CCITT-FALSE generator polynomial.
+CRC_POLY = 0x1021
+#: CRC-16/CCITT-FALSE initial value.
+CRC_INIT = 0xFFFF
+#: First four bytes of the PING reply.
+MAGIC = b"PTRB"
+#: Protocol version, the fifth byte of the PING reply.
+VERSION = 1
+#: Length of the PING reply payload: magic, version, max_words (2 bytes), ident (4 bytes).
+ID_LEN = 11
+#: Request header after SOF: SEQ, OP, LEN_LO, LEN_HI.
+REQUEST_HEADER_LEN = 4
+#: Reply header after SOF: SEQ, OP, STATUS, LEN_LO, LEN_HI.
+REPLY_HEADER_LEN = 5
+#: Bits of the word address in a bus address (``addr[0:24]``; ``addr[24:32]`` is the space).
+WORD_ADDR_BITS = 24
+#: Largest burst: a READ reply of ``4 * max_words`` bytes must fit the 16-bit length.
+MAX_WORDS_LIMIT = 16383
+
+
+class Op(enum.IntEnum, shape=8):
+    """Request opcodes."""
+
+    #: Empty payload; the reply carries magic, version, burst size and ident.
+    PING = 0x01
+    #: Payload ``ADDR`` (4 bytes) ``COUNT`` (2 bytes); the reply carries ``COUNT`` words.
+    READ = 0x02
+    #: Payload ``ADDR`` (4 bytes) then the words; the reply carries the count written.
+    WRITE = 0x03
+
+
+class Status(enum.IntEnum, shape=8):
+    """Reply status codes."""
+
+    OK = 0x00
+    #: The frame's CRC did not check; nothing was applied.
+    BAD_CRC = 0x01
+    #: The length does not fit the opcode, or the burst exceeds ``max_words``.
+    BAD_LEN = 0x02
+    #: Unknown opcode.
+    BAD_OP = 0x03
+    #: The bus target refused a request (``err``); the payload counts the words done.
+    BUS_ERR = 0x04
+    #: The bus target did not answer in time; the payload counts the words done.
+    BUS_TIMEOUT = 0x05
+    #: The frame stopped early (a new SOF, or the inter-byte timeout); nothing applied.
+    TRUNCATED = 0x06
+
+
+def _crc16_terms() -> list[frozenset[int]]:
+    """Which inputs each next-state CRC bit XORs: CRC bits 0..15 are 0..15, data bits 16..23."""
+    crc = [frozenset({i}) for i in range(16)]
+    for i in range(8):
+        crc[8 + i] = crc[8 + i] ^ frozenset({16 + i})
+    for _ in range(8):
+        msb = crc[15]
+        crc = [frozenset()] + crc[:15]
+        crc = [bit ^ msb if (CRC_POLY >> i) & 1 else bit for i, bit in enumerate(crc)]
+    return crc
+
+
+_CRC16_TERMS = _crc16_terms()
+
+
+def crc16_next(crc: Value, byte: Value) -> Value:
+    """CRC-16/CCITT-FALSE after one more byte, as XOR logic (one byte per cycle).
+
+    Parameters
+    ----------
+    crc : Value
+        Current 16-bit CRC.
+    byte : Value
+        Next 8-bit data byte.
+
+    Returns
+    -------
+    Value
+        The 16-bit CRC including ``byte``.
+    """
+    inputs = [crc[i] for i in range(16)] + [byte[i] for i in range(8)]
+    bits = []
+    for terms in _CRC16_TERMS:
+        bit: Value = Const(0, 1)
+        for index in sorted(terms):
+            bit = bit ^ inputs[index]
+        bits.append(bit)
+    return Cat(*bits)
+
+
+def _positive_int(name: str, value: object, limit: int | None = None) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise TypeError(f"{name} must be a positive integer, not {value!r}")
+    if limit is not None and value > limit:
+        raise ValueError(f"{name} must be at most {limit}, not {value!r}")
+    return value
+
+
+class HostLink(wiring.Component):
+    """Framed command protocol from a byte stream to a bus initiator.
+
+    Receives request frames on ``rx``, buffers the payload of each frame in a
+    ``max_words``-word memory while it checks the CRC, and only then applies the frame
+    to ``bus`` (one bus request per word, addresses incrementing within the space).
+    Every frame gets exactly one reply on ``tx`` (``docs/protocol.md``): the data, or an
+    explicit error. A ``SOF`` byte always starts a new frame, so the parser
+    resynchronises at once after garbage or a truncated frame; a frame that stalls for
+    ``byte_timeout`` cycles is dropped with a ``TRUNCATED`` reply.
+
+    ``rx`` is not ready while a frame is being applied or answered; a receiver that
+    cannot wait needs a FIFO in front (:class:`~perturbo.hdl.uart.UART` has one).
+
+    Parameters
+    ----------
+    max_words : int
+        Largest burst in words (buffer depth), 1..16383.
+    byte_timeout : int
+        Cycles without a byte inside a frame before the frame is dropped.
+    bus_timeout : int
+        Cycles to wait for ``ack`` before giving up on a bus request.
+    ident : int
+        32-bit value returned by PING (for instance a hash of the configuration).
+
+    Members
+    -------
+    rx : ``In(stream.Signature(8))``
+        Bytes from the host.
+    tx : ``Out(stream.Signature(8))``
+        Bytes to the host.
+    bus : ``Out(BusSignature)``
+        Bus initiator.
+    """
+
+    def __init__(self, *, max_words: int = 256, byte_timeout: int = 1 << 20,
+                 bus_timeout: int = 4096, ident: int = 0) -> None:
+        self.max_words = _positive_int("max_words", max_words, MAX_WORDS_LIMIT)
+        self.byte_timeout = _positive_int("byte_timeout", byte_timeout)
+        self.bus_timeout = _positive_int("bus_timeout", bus_timeout)
+        if not isinstance(ident, int) or not 0 <= ident < (1 << 32):
+            raise ValueError(f"ident must be an integer in 0..2**32-1, not {ident!r}")
+        self.ident = ident
+        super().__init__({
+            "rx": In(stream.Signature(8)),
+            "tx": Out(stream.Signature(8)),
+            "bus": Out(BusSignature),
+        })
+
+    def id_payload(self) -> bytes:
+        """The PING reply payload this instance sends."""
+        return (MAGIC + bytes([VERSION]) + self.max_words.to_bytes(2, "little")
+                + self.ident.to_bytes(4, "little"))
+
+    def elaborate(self, platform) -> Module:
+        m = Module()
+        max_words = self.max_words
+
+        m.submodules.buffer = buffer = Memory(shape=32, depth=max_words, init=[])
+        wr = buffer.write_port()
+        rd = buffer.read_port()  # synchronous, not transparent: data one cycle after addr
+
+        # ---- receive: unstuffing -------------------------------------------------------
+        take = Signal()  # a byte is transferred on rx this cycle
+        is_sof = Signal()
+        is_esc = Signal()
+        dval = Signal()  # an unstuffed data byte is available
+        data = Signal(8)
+        esc = Signal()  # the previous byte was ESC
+        m.d.comb += [
+            take.eq(self.rx.valid & self.rx.ready),
+            is_sof.eq(self.rx.payload == SOF),
+            is_esc.eq(self.rx.payload == ESC),
+            data.eq(Mux(esc, self.rx.payload ^ ESC_XOR, self.rx.payload)),
+            dval.eq(take & ~is_sof & ~is_esc),
+        ]
+        with m.If(take):
+            m.d.sync += esc.eq(is_esc)
+
+        # ---- state shared by receiving, executing and replying (one at a time) ------------
+        seq = Signal(8)
+        op = Signal(8)
+        length = Signal(16)
+        addr = Signal(32)
+        count = Signal(16)  # READ: words asked for; replies: the word count sent back
+        wshift = Signal(24)  # the three previous payload bytes of the current word
+        hdr = Signal(range(7))  # payload bytes seen, saturating at 6 (address and count)
+        wpos = Signal(2)  # byte within a word
+        left = Signal(16)  # bytes (receive, reply) or words (bus) still to go
+        idx = Signal(range(max_words + 1))  # word index: buffered, on the bus, or sent
+        idx_next = Signal.like(idx)
+        m.d.comb += idx_next.eq(idx + 1)
+        advance = Signal()  # idx moves on next cycle: read the next buffer word now
+        # inter-byte and bus timers count while their state waits and restart otherwise
+        in_frame = Signal()  # in a receive state after the SOF
+        in_bus = Signal()
+        timer = Signal(range(self.byte_timeout + 1))
+        timer_done = Signal()
+        m.d.comb += timer_done.eq(timer == self.byte_timeout)
+        m.d.sync += timer.eq(Mux(in_frame & ~take, timer + 1, 0))
+        restart = Signal()  # a SOF aborted the last frame: the next one has started
+        btimer = Signal(range(self.bus_timeout + 1))
+        btimer_done = Signal()
+        m.d.comb += btimer_done.eq(btimer == self.bus_timeout)
+        m.d.sync += btimer.eq(Mux(in_bus & ~self.bus.ack, btimer + 1, 0))
+        bwe = Signal()
+        status = Signal(8)
+        rkind = Signal(2)  # reply payload: 0 none, 1 ident, 2 buffered data, 3 word count
+        KIND_NONE, KIND_ID, KIND_DATA, KIND_COUNT = 0, 1, 2, 3
+        hpos = Signal(range(6))  # reply header byte; 0 is the SOF
+        crc_lo = Signal()  # sending the low CRC byte
+
+        # one CRC unit: over received bytes while receiving, over sent bytes while replying
+        crc = Signal(16, init=CRC_INIT)
+        crc_in = Signal(8)
+        crc_next = crc16_next(crc, crc_in)
+
+        # the logical reply byte stream and the stuffer that consumes it
+        g_valid = Signal()
+        g_byte = Signal(8)
+        g_raw = Signal()  # send unstuffed (the SOF)
+        g_take = Signal()
+
+        def start_frame() -> None:
+            m.d.sync += [seq.eq(0), op.eq(0), length.eq(0), crc.eq(CRC_INIT), esc.eq(0)]
+
+        def reply(code: int, kind: int = KIND_NONE, nbytes: Value | int = 0) -> None:
+            """Answer with ``nbytes`` of payload (``left`` doubles as the LEN field)."""
+            m.d.sync += [
+                status.eq(code), rkind.eq(kind), left.eq(nbytes),
+                hpos.eq(0), idx.eq(0), wpos.eq(0), crc_lo.eq(0), crc.eq(CRC_INIT),
+            ]
+            m.next = "REPLY_HDR"
+
+        def abort(restarted: bool) -> None:
+            m.d.sync += [restart.eq(restarted), esc.eq(0)]
+            reply(Status.TRUNCATED)
+
+        rx_states = ["SEQ", "OP", "LEN0", "LEN1", "PAYLOAD", "CRC0", "CRC1"]
+        with m.FSM(name="link"):
+            with m.State("HUNT"):
+                m.d.comb += self.rx.ready.eq(1)
+                with m.If(take & is_sof):
+                    start_frame()
+                    m.next = "SEQ"
+
+            for name in rx_states:
+                with m.State(name):
+                    m.d.comb += [self.rx.ready.eq(1), crc_in.eq(data), in_frame.eq(1)]
+                    with m.If(take & is_sof):
+                        if name == "SEQ":
+                            start_frame()  # SOF SOF: an empty frame, ignored
+                        else:
+                            abort(restarted=True)
+                    with m.Elif(timer_done):
+                        if name == "SEQ":
+                            m.d.sync += esc.eq(0)
+                            m.next = "HUNT"
+                        else:
+                            abort(restarted=False)
+                    with m.Elif(dval):
+                        m.d.sync += crc.eq(crc_next)
+                        self._receive(m, name, data, seq=seq, op=op, length=length,
+                                      addr=addr, count=count, wshift=wshift, hdr=hdr,
+                                      wpos=wpos, left=left, idx=idx, idx_next=idx_next, wr=wr)
+
+            with m.State("EXEC"):
+                # idx is 0 here (CRC1 reset it), so rd.data holds the first word of a WRITE
+                with m.If(crc != 0):
+                    reply(Status.BAD_CRC)
+                with m.Elif(op == Op.PING):
+                    with m.If(length == 0):
+                        reply(Status.OK, KIND_ID, ID_LEN)
+                    with m.Else():
+                        reply(Status.BAD_LEN)
+                with m.Elif(op == Op.READ):
+                    with m.If((length == 6) & (count != 0) & (count <= max_words)):
+                        m.d.sync += [left.eq(count), bwe.eq(0)]
+                        m.next = "BUS"
+                    with m.Else():
+                        reply(Status.BAD_LEN)
+                with m.Elif(op == Op.WRITE):
+                    with m.If((length >= 8) & (length[0:2] == 0) & (length <= 4 + 4 * max_words)):
+                        # left holds the words the payload filled the buffer with
+                        m.d.sync += bwe.eq(1)
+                        m.next = "BUS"
+                    with m.Else():
+                        reply(Status.BAD_LEN)
+                with m.Else():
+                    reply(Status.BAD_OP)
+
+            with m.State("BUS"):
+                m.d.comb += [self.bus.stb.eq(1), advance.eq(self.bus.ack), in_bus.eq(1)]
+                with m.If(self.bus.ack):
+                    with m.If(self.bus.err):
+                        m.d.sync += count.eq(idx)
+                        reply(Status.BUS_ERR, KIND_COUNT, 2)
+                    with m.Else():
+                        with m.If(~bwe):
+                            m.d.comb += wr.en.eq(1)
+                        m.d.sync += [idx.eq(idx_next), left.eq(left - 1)]
+                        with m.If(left == 1):
+                            m.d.sync += count.eq(idx_next)
+                            with m.If(bwe):
+                                reply(Status.OK, KIND_COUNT, 2)
+                            with m.Else():
+                                reply(Status.OK, KIND_DATA, idx_next << 2)
+                with m.Elif(btimer_done):
+                    m.d.sync += count.eq(idx)
+                    reply(Status.BUS_TIMEOUT, KIND_COUNT, 2)
+
+            def finish() -> None:
+                with m.If(restart):
+                    start_frame()
+                    m.d.sync += restart.eq(0)
+                    m.next = "SEQ"
+                with m.Else():
+                    m.next = "HUNT"
+
+            with m.State("REPLY_HDR"):
+                m.d.comb += [g_valid.eq(1), g_raw.eq(hpos == 0), crc_in.eq(g_byte)]
+                with m.Switch(hpos):
+                    with m.Case(0):
+                        m.d.comb += g_byte.eq(SOF)
+                    with m.Case(1):
+                        m.d.comb += g_byte.eq(seq)
+                    with m.Case(2):
+                        m.d.comb += g_byte.eq(op)
+                    with m.Case(3):
+                        m.d.comb += g_byte.eq(status)
+                    with m.Case(4):
+                        m.d.comb += g_byte.eq(left[0:8])
+                    with m.Default():
+                        m.d.comb += g_byte.eq(left[8:16])
+                with m.If(g_take):
+                    m.d.sync += hpos.eq(hpos + 1)
+                    with m.If(hpos != 0):
+                        m.d.sync += crc.eq(crc_next)
+                    with m.If(hpos == 5):
+                        with m.If(left == 0):
+                            m.next = "REPLY_CRC"
+                        with m.Else():
+                            m.next = "REPLY_PAY"
+
+            with m.State("REPLY_PAY"):
+                m.d.comb += [g_valid.eq(1), crc_in.eq(g_byte)]
+                with m.Switch(rkind):
+                    with m.Case(KIND_ID), m.Switch(Cat(wpos, idx[0:2])):
+                        for index, value in enumerate(self.id_payload()):
+                            with m.Case(index):
+                                m.d.comb += g_byte.eq(value)
+                    with m.Case(KIND_DATA):
+                        m.d.comb += g_byte.eq(rd.data.word_select(wpos, 8))
+                    with m.Default():
+                        m.d.comb += g_byte.eq(count.word_select(wpos[0], 8))
+                # read the buffer one cycle ahead: rd.data always holds word idx
+                m.d.comb += advance.eq(g_take & (wpos == 3))
+                with m.If(g_take):
+                    m.d.sync += [crc.eq(crc_next), wpos.eq(wpos + 1), left.eq(left - 1)]
+                    with m.If(wpos == 3):
+                        m.d.sync += idx.eq(idx_next)
+                    with m.If(left == 1):
+                        m.next = "REPLY_CRC"
+
+            with m.State("REPLY_CRC"):
+                m.d.comb += [g_valid.eq(1), g_byte.eq(Mux(crc_lo, crc[0:8], crc[8:16]))]
+                with m.If(g_take):
+                    m.d.sync += crc_lo.eq(1)
+                    with m.If(crc_lo):
+                        finish()
+
+        # ---- datapaths that do not depend on the state (the enables do) --------------------
+        word = (addr[:WORD_ADDR_BITS] + idx)[:WORD_ADDR_BITS]
+        m.d.comb += [
+            self.bus.we.eq(bwe),
+            self.bus.addr.eq(Cat(word, addr[WORD_ADDR_BITS:])),
+            self.bus.wdata.eq(rd.data),
+            rd.addr.eq(Mux(advance, idx_next, idx)),
+            wr.addr.eq(idx),
+            # the receiver buffers WRITE payload words, the bus engine READ data
+            wr.data.eq(Mux(self.rx.ready, Cat(wshift, data), self.bus.rdata)),
+        ]
+
+        # ---- transmit: stuffing and the output register ------------------------------------
+        pend = Signal(8)  # the byte after an ESC
+        pend_valid = Signal()
+        load = ~self.tx.valid | self.tx.ready
+        m.d.comb += g_take.eq(load & ~pend_valid & g_valid)
+        with m.If(load):
+            with m.If(pend_valid):
+                m.d.sync += [self.tx.payload.eq(pend ^ ESC_XOR), self.tx.valid.eq(1),
+                             pend_valid.eq(0)]
+            with m.Elif(g_valid):
+                with m.If(~g_raw & ((g_byte == SOF) | (g_byte == ESC))):
+                    m.d.sync += [self.tx.payload.eq(ESC), pend.eq(g_byte), pend_valid.eq(1)]
+                with m.Else():
+                    m.d.sync += self.tx.payload.eq(g_byte)
+                m.d.sync += self.tx.valid.eq(1)
+            with m.Else():
+                m.d.sync += self.tx.valid.eq(0)
+        return m
+
+    def _receive(self, m: Module, state: str, data: Value, *, seq, op, length, addr, count,
+                 wshift, hdr, wpos, left, idx, idx_next, wr) -> None:
+        """Act on one unstuffed byte in receive state ``state``."""
+        if state == "SEQ":
+            m.d.sync += seq.eq(data)
+            m.next = "OP"
+        elif state == "OP":
+            m.d.sync += op.eq(data)
+            m.next = "LEN0"
+        elif state == "LEN0":
+            m.d.sync += length[0:8].eq(data)
+            m.next = "LEN1"
+        elif state == "LEN1":
+            total = Cat(length[0:8], data)
+            m.d.sync += [length[8:16].eq(data), left.eq(total), hdr.eq(0), wpos.eq(0),
+                         idx.eq(0)]
+            with m.If(total == 0):
+                m.next = "CRC0"
+            with m.Else():
+                m.next = "PAYLOAD"
+        elif state == "PAYLOAD":
+            m.d.sync += [wpos.eq(wpos + 1), left.eq(left - 1), wshift.eq(Cat(wshift[8:], data))]
+            with m.If(hdr != 6):
+                m.d.sync += hdr.eq(hdr + 1)
+            with m.If(hdr < 4):
+                m.d.sync += addr.word_select(hdr[0:2], 8).eq(data)
+            with m.Elif(hdr < 6):
+                m.d.sync += count.word_select(hdr[0], 8).eq(data)
+            # bytes 4.. are little-endian words: buffer each one as its last byte arrives
+            with m.If((hdr >= 4) & (wpos == 3) & (idx < self.max_words)):
+                m.d.comb += wr.en.eq(1)
+                m.d.sync += idx.eq(idx_next)
+            with m.If(left == 1):
+                m.next = "CRC0"
+        elif state == "CRC0":
+            m.next = "CRC1"
+        elif state == "CRC1":
+            m.d.sync += [left.eq(idx), idx.eq(0)]  # words buffered, for a WRITE
+            m.next = "EXEC"
+
+
+class LinkedTarget(wiring.Component):
+    """A bus target behind a :class:`HostLink`: the top of a co-simulation or a board.
+
+    Without ``uart`` the host side is a pair of byte streams, which is what the
+    Verilator harness (``sim/harness.cpp``) bridges to TCP; with a
+    :class:`~perturbo.hdl.uart.UART` it is the UART's two pins.
+
+    Parameters
+    ----------
+    target : wiring.Component
+        Has a ``bus`` member ``In(BusSignature)`` (for instance the ``Accelerator``).
+    uart : UART, optional
+        Carry the link over this UART.
+    **link_options
+        Passed to :class:`HostLink` (``max_words``, ``byte_timeout``, ``bus_timeout``,
+        ``ident``).
+
+    Members
+    -------
+    rx : ``In(stream.Signature(8))``, or ``In(1)`` with ``uart``
+        From the host.
+    tx : ``Out(stream.Signature(8))``, or ``Out(1)`` with ``uart``
+        To the host.
+    """
+
+    def __init__(self, target: wiring.Component, *, uart: wiring.Component | None = None,
+                 **link_options: int) -> None:
+        if "bus" not in getattr(target, "signature", wiring.Signature({})).members:
+            raise TypeError(f"target must be a component with a 'bus' member, not {target!r}")
+        self.target = target
+        self.uart = uart
+        self.link = HostLink(**link_options)
+        if uart is None:
+            members = {"rx": In(stream.Signature(8)), "tx": Out(stream.Signature(8))}
+        else:
+            members = {"rx": In(1, init=1), "tx": Out(1, init=1)}
+        super().__init__(members)
+
+    def elaborate(self, platform) -> Module:
+        m = Module()
+        m.submodules.link = link = self.link
+        m.submodules.target = self.target
+        wiring.connect(m, link.bus, self.target.bus)
+        if self.uart is None:
+            wiring.connect(m, wiring.flipped(self.rx), link.rx)
+            wiring.connect(m, link.tx, wiring.flipped(self.tx))
+        else:
+            m.submodules.uart = uart = self.uart
+            m.d.comb += [uart.rx.eq(self.rx), self.tx.eq(uart.tx)]
+            wiring.connect(m, uart.o, link.rx)
+            wiring.connect(m, link.tx, uart.i)
+        return m

@@ -1,0 +1,309 @@
+"""Verilator co-simulation: a verilated top free-running behind a TCP socket.
+
+:class:`VerilatorSim` builds ``sim/harness.cpp`` around a top's Verilog (once per
+Verilog and harness source: the binary is cached), starts it, and tells the host where
+to connect; the host driver then talks to the simulation exactly as to a board::
+
+    with VerilatorSim.from_component(top, "accel_top") as sim:
+        with Link(sim.url) as link:          # "socket://127.0.0.1:<port>"
+            link.write_words(Space.WEIGHTS, 0, weights)
+
+The top must expose the host byte streams as ``rx`` (``In(stream.Signature(8))``) and
+``tx`` (``Out(stream.Signature(8))``), so that its Verilog ports are ``rx__valid``,
+``rx__ready``, ``rx__payload``, ``tx__valid``, ``tx__ready`` and ``tx__payload``, and a
+``sync`` domain (``clk``, ``rst``).
+
+Builds go to ``$PERTURBO_CACHE/cosim`` when that is set, else to the platform's user
+cache directory (``platformdirs``), else ``~/.cache/perturbo/cosim``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import select
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+from .toolchain import verilator_env
+
+__all__ = ["CosimError", "RunStats", "VerilatorSim", "build_harness", "cache_root"]
+
+HARNESS_SOURCE = Path(__file__).resolve().parent / "harness.cpp"
+
+# Amaranth's Verilog trips these warnings, fatal by default (as in tests/cocotb_build.py).
+VERILATOR_WAIVERS = ["-Wno-WIDTHEXPAND", "-Wno-WIDTHTRUNC", "-Wno-CASEINCOMPLETE", "-Wno-fatal"]
+# One build job (the machines are shared); -O3 for Verilator and for the C++ compiler
+# (OPT_FAST is the model's hot code and the harness, OPT_GLOBAL the Verilator runtime).
+BUILD_FLAGS = ["--cc", "--exe", "--build", "-O3", "--build-jobs", "1",
+               "-MAKEFLAGS", "OPT_FAST=-O3", "-MAKEFLAGS", "OPT_GLOBAL=-O3",
+               "--prefix", "Vtop", *VERILATOR_WAIVERS]
+
+
+class CosimError(RuntimeError):
+    """The harness could not be built or started, or it died."""
+
+
+@dataclass(frozen=True)
+class RunStats:
+    """What the harness reports when it exits.
+
+    Attributes
+    ----------
+    cycles : int
+        Clock cycles simulated.
+    seconds : float
+        Wall time they took.
+    rx, tx : int
+        Bytes the model took from the host and sent to it.
+    """
+
+    cycles: int
+    seconds: float
+    rx: int = 0
+    tx: int = 0
+
+    @property
+    def rate(self) -> float:
+        """Cycles per second."""
+        return self.cycles / self.seconds if self.seconds > 0 else 0.0
+
+    @classmethod
+    def parse(cls, text: str, tag: str = "STATS") -> RunStats | None:
+        """The last ``TAG cycles=... seconds=...`` line in ``text``, if any."""
+        found = re.findall(rf"^{tag} cycles=(\d+) seconds=([\d.]+) rate=\d+ rx=(\d+) tx=(\d+)",
+                           text, re.M)
+        if not found:
+            return None
+        cycles, seconds, rx, tx = found[-1]
+        return cls(int(cycles), float(seconds), int(rx), int(tx))
+
+
+def cache_root() -> Path:
+    """Where co-simulation builds are cached (see the module docstring)."""
+    if env := os.environ.get("PERTURBO_CACHE"):
+        return Path(env)
+    try:
+        import platformdirs
+    except ImportError:
+        return Path.home() / ".cache" / "perturbo"
+    return Path(platformdirs.user_cache_dir("perturbo"))
+
+
+def _build_key(verilog: str, top: str) -> str:
+    digest = hashlib.sha256()
+    for part in (verilog, top, HARNESS_SOURCE.read_text(), repr(BUILD_FLAGS)):
+        digest.update(part.encode())
+        digest.update(b"\0")
+    return digest.hexdigest()[:16]
+
+
+def build_harness(verilog: str, top: str, *, cache_dir: Path | None = None,
+                  timeout: float = 900.0) -> Path:
+    """Build (or find in the cache) the harness binary for ``top``.
+
+    Parameters
+    ----------
+    verilog : str
+        The top's Verilog text.
+    top : str
+        Its module name.
+    cache_dir : Path, optional
+        Overrides :func:`cache_root`.
+    timeout : float
+        Seconds the build may take.
+
+    Returns
+    -------
+    Path
+        The executable.
+
+    Raises
+    ------
+    CosimError
+        The build failed; the message ends with Verilator's output.
+    """
+    root = Path(cache_dir) if cache_dir is not None else cache_root()
+    builds = root / "cosim"
+    dest = builds / f"{top}-{_build_key(verilog, top)}"
+    binary = dest / "harness"
+    if binary.exists():
+        return binary
+    builds.mkdir(parents=True, exist_ok=True)
+    # build in a private directory and rename it into place: concurrent builds are safe
+    work = Path(tempfile.mkdtemp(prefix=f".{top}-", dir=builds))
+    try:
+        (work / f"{top}.v").write_text(verilog)
+        shutil.copy(HARNESS_SOURCE, work / "harness.cpp")
+        command = ["verilator", *BUILD_FLAGS, "--top-module", top, "-Mdir", "obj",
+                   "-o", "../harness", f"{top}.v", "harness.cpp"]
+        env = {**os.environ, **verilator_env()}
+        result = subprocess.run(command, cwd=work, env=env, capture_output=True, text=True,
+                                timeout=timeout)
+        if result.returncode != 0 or not (work / "harness").exists():
+            log = (result.stdout + result.stderr)[-4000:]
+            raise CosimError(f"Verilator failed to build the harness for {top!r} "
+                             f"(exit {result.returncode}):\n{log}")
+        shutil.rmtree(work / "obj", ignore_errors=True)
+        try:
+            work.rename(dest)
+        except OSError:  # another process built it first
+            if not binary.exists():
+                raise
+    finally:
+        if work.exists():
+            shutil.rmtree(work, ignore_errors=True)
+    return binary
+
+
+class VerilatorSim:
+    """A running co-simulation of ``top`` (a context manager).
+
+    Parameters
+    ----------
+    verilog : str
+        The top's Verilog.
+    top : str
+        Its module name.
+    port : int
+        TCP port on 127.0.0.1; 0 picks a free one.
+    poll_cycles : int
+        Cycles between socket polls (latency against speed; see ``sim/harness.cpp``).
+    cache_dir : Path, optional
+        Overrides :func:`cache_root`.
+    start_timeout : float
+        Seconds to wait for the harness to listen (after the build).
+    accept_timeout : int
+        Seconds the harness waits for the host to connect before it gives up.
+
+    Notes
+    -----
+    The harness dies with the thread that started it (``PR_SET_PDEATHSIG``), so that no
+    simulation outlives a crashed host: call :meth:`start` from a thread that lives as
+    long as the simulation (normally the main thread).
+
+    Attributes
+    ----------
+    port : int
+        The port it listens on (after :meth:`start`).
+    stats : RunStats or None
+        What the harness reported when it stopped.
+    returncode : int or None
+        The harness's exit status when it stopped (0: the host disconnected or SIGTERM).
+    """
+
+    def __init__(self, verilog: str, top: str, *, port: int = 0, poll_cycles: int = 1024,
+                 cache_dir: Path | None = None, start_timeout: float = 30.0,
+                 accept_timeout: int = 60) -> None:
+        if not isinstance(poll_cycles, int) or poll_cycles < 1:
+            raise ValueError(f"poll_cycles must be a positive integer, not {poll_cycles!r}")
+        self.verilog = verilog
+        self.top = top
+        self.requested_port = port
+        self.poll_cycles = poll_cycles
+        self.cache_dir = cache_dir
+        self.start_timeout = start_timeout
+        self.accept_timeout = accept_timeout
+        self.port: int | None = None
+        self.stats: RunStats | None = None
+        self.returncode: int | None = None
+        self._process: subprocess.Popen[str] | None = None
+
+    @classmethod
+    def from_component(cls, component: object, name: str, **kwargs: object) -> VerilatorSim:
+        """Generate ``component``'s Verilog as module ``name`` (see the class for ``kwargs``)."""
+        from amaranth.back import verilog
+
+        return cls(verilog.convert(component, name=name, emit_src=False), name, **kwargs)
+
+    @property
+    def url(self) -> str:
+        """The pyserial URL of the running simulation."""
+        if self.port is None:
+            raise CosimError("the simulation is not running")
+        return f"socket://127.0.0.1:{self.port}"
+
+    def build(self) -> Path:
+        """Build the harness if it is not cached; returns the executable."""
+        return build_harness(self.verilog, self.top, cache_dir=self.cache_dir)
+
+    def bench(self, cycles: int = 2_000_000) -> RunStats:
+        """Run the bare model (no socket) for ``cycles`` idle cycles; returns its speed."""
+        result = subprocess.run([str(self.build()), "--bench", str(cycles)],
+                                capture_output=True, text=True, timeout=600)
+        stats = RunStats.parse(result.stderr, "BENCH")
+        if result.returncode != 0 or stats is None:
+            raise CosimError(f"the harness benchmark failed: {result.stderr[-2000:]}")
+        return stats
+
+    def start(self) -> VerilatorSim:
+        """Build if needed, start the harness and wait until it listens."""
+        if self._process is not None:
+            raise CosimError("the simulation is already running")
+        binary = self.build()
+        self.stats = None
+        self._process = subprocess.Popen(
+            [str(binary), "--port", str(self.requested_port), "--poll", str(self.poll_cycles),
+             "--accept-timeout", str(self.accept_timeout)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert self._process.stdout is not None
+        deadline = time.monotonic() + self.start_timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            ready, _, _ = select.select([self._process.stdout], [], [], max(0.0, remaining))
+            if not ready:
+                self.stop()
+                raise CosimError(f"the harness did not listen within {self.start_timeout} s")
+            line = self._process.stdout.readline()
+            if not line:
+                _, err = self._process.communicate()
+                self._process = None
+                raise CosimError(f"the harness exited before listening: {err[-2000:]}")
+            if match := re.match(r"PORT (\d+)", line):
+                self.port = int(match.group(1))
+                return self
+
+    @property
+    def running(self) -> bool:
+        """Whether the harness process is alive."""
+        return self._process is not None and self._process.poll() is None
+
+    def stop(self, timeout: float = 10.0) -> RunStats | None:
+        """Stop the harness (SIGTERM if it still runs); returns its statistics."""
+        process = self._process
+        if process is None:
+            return self.stats
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+        try:
+            _, err = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            _, err = process.communicate()
+        self.returncode = process.returncode
+        self._process = None
+        self.port = None
+        self.stats = RunStats.parse(err or "")
+        return self.stats
+
+    def wait(self, timeout: float = 10.0) -> RunStats | None:
+        """Wait for the harness to exit by itself (the host disconnected); returns its stats."""
+        if self._process is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._process.wait(timeout=timeout)
+        return self.stop()
+
+    def __enter__(self) -> VerilatorSim:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()

@@ -1,0 +1,274 @@
+// Verilator co-simulation harness: a free-running verilated top whose host byte stream
+// is bridged to a TCP socket on 127.0.0.1 (the LiteX serial2tcp idea).
+//
+// The top (built with --prefix Vtop) must have the ports
+//   clk, rst                                  the sync domain
+//   rx__valid, rx__ready, rx__payload[7:0]     bytes from the host (stream into the top)
+//   tx__valid, tx__ready, tx__payload[7:0]     bytes to the host (stream out of the top)
+// which is what Amaranth generates for In(stream.Signature(8)) / Out(stream.Signature(8)).
+//
+// Usage: harness [--port P] [--poll N] [--accept-timeout S] [--bench CYCLES]
+//   --port P            TCP port on 127.0.0.1; 0 (default) picks a free one. The chosen
+//                       port is printed on stdout as "PORT <n>" once listening.
+//   --poll N            cycles between socket polls (default 1024): the socket is read and
+//                       written with non-blocking calls every N cycles, so the model runs at
+//                       near full speed and the host sees at most N cycles of extra latency.
+//   --accept-timeout S  exit with status 3 when no host connects within S seconds (default 60).
+//   --bench CYCLES      no socket: run CYCLES idle cycles and print the bare model's speed.
+//
+// One host connection; the harness exits with status 0 when the host disconnects, or on
+// SIGTERM/SIGINT, and prints "STATS cycles=... seconds=... rate=... rx=... tx=..." on
+// stderr. Bytes from the host wait in a 64 KiB buffer; while the 64 KiB reply buffer is
+// full, tx__ready is low (back-pressure into the model).
+
+#include "Vtop.h"
+#include "verilated.h"
+
+#include <arpa/inet.h>
+#include <cerrno>
+#include <chrono>
+#include <csignal>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fcntl.h>
+#include <memory>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+// Verilator escapes "__" in port names as "___05F": rx__valid is Vtop::rx___05Fvalid.
+#ifndef RX_VALID
+#define RX_VALID rx___05Fvalid
+#define RX_READY rx___05Fready
+#define RX_PAYLOAD rx___05Fpayload
+#define TX_VALID tx___05Fvalid
+#define TX_READY tx___05Fready
+#define TX_PAYLOAD tx___05Fpayload
+#endif
+
+namespace {
+
+volatile std::sig_atomic_t g_stop = 0;
+
+void on_signal(int) { g_stop = 1; }
+
+constexpr size_t kBufSize = 64 * 1024;
+
+struct Buffer {
+    uint8_t data[kBufSize];
+    size_t head = 0;  // next byte to consume
+    size_t tail = 0;  // end of valid data
+    size_t size() const { return tail - head; }
+    void compact() {
+        if (head == 0) return;
+        std::memmove(data, data + head, tail - head);
+        tail -= head;
+        head = 0;
+    }
+};
+
+struct Stats {
+    uint64_t cycles = 0;
+    uint64_t rx = 0;
+    uint64_t tx = 0;
+};
+
+double seconds_since(std::chrono::steady_clock::time_point start) {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
+void print_stats(const char* tag, const Stats& stats, double seconds) {
+    std::fprintf(stderr, "%s cycles=%llu seconds=%.6f rate=%.0f rx=%llu tx=%llu\n", tag,
+                 (unsigned long long)stats.cycles, seconds,
+                 seconds > 0 ? stats.cycles / seconds : 0.0, (unsigned long long)stats.rx,
+                 (unsigned long long)stats.tx);
+    std::fflush(stderr);
+}
+
+// One clock cycle: inputs set before the falling half, handshakes sampled on the settled
+// combinational outputs, then the rising edge.
+template <typename Top>
+inline void cycle(Top* top, Buffer& rxbuf, Buffer& txbuf, Stats& stats) {
+    const bool have = rxbuf.head < rxbuf.tail;
+    top->RX_VALID = have;
+    top->RX_PAYLOAD = have ? rxbuf.data[rxbuf.head] : 0;
+    top->TX_READY = txbuf.tail < kBufSize;
+    top->clk = 0;
+    top->eval();
+    const bool rx_fire = have && top->RX_READY;
+    const bool tx_fire = top->TX_VALID && top->TX_READY;
+    const uint8_t tx_byte = top->TX_PAYLOAD;
+    top->clk = 1;
+    top->eval();
+    if (rx_fire) {
+        ++rxbuf.head;
+        ++stats.rx;
+    }
+    if (tx_fire) {
+        txbuf.data[txbuf.tail++] = tx_byte;
+        ++stats.tx;
+    }
+    ++stats.cycles;
+}
+
+int parse_int(const char* text, const char* what) {
+    char* end = nullptr;
+    long value = std::strtol(text, &end, 10);
+    if (!*text || *end || value < 0) {
+        std::fprintf(stderr, "harness: %s must be a non-negative integer, not '%s'\n", what, text);
+        std::exit(2);
+    }
+    return static_cast<int>(value);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    int port = 0;
+    int poll_cycles = 1024;
+    int accept_timeout = 60;
+    long long bench = -1;
+    for (int i = 1; i < argc; ++i) {
+        const char* arg = argv[i];
+        const char* value = i + 1 < argc ? argv[i + 1] : nullptr;
+        if (!std::strcmp(arg, "--port") && value) {
+            port = parse_int(value, "--port");
+            ++i;
+        } else if (!std::strcmp(arg, "--poll") && value) {
+            poll_cycles = parse_int(value, "--poll");
+            if (poll_cycles < 1) poll_cycles = 1;
+            ++i;
+        } else if (!std::strcmp(arg, "--accept-timeout") && value) {
+            accept_timeout = parse_int(value, "--accept-timeout");
+            ++i;
+        } else if (!std::strcmp(arg, "--bench") && value) {
+            bench = std::atoll(value);
+            ++i;
+        } else if (std::strncmp(arg, "+verilator", 10) == 0) {
+            // passed on to Verilated::commandArgs below
+        } else {
+            std::fprintf(stderr,
+                         "usage: %s [--port P] [--poll N] [--accept-timeout S] [--bench CYCLES]\n",
+                         argv[0]);
+            return 2;
+        }
+    }
+
+    struct sigaction action {};
+    action.sa_handler = on_signal;
+    sigemptyset(&action.sa_mask);
+    sigaction(SIGTERM, &action, nullptr);
+    sigaction(SIGINT, &action, nullptr);
+    std::signal(SIGPIPE, SIG_IGN);
+    prctl(PR_SET_PDEATHSIG, SIGTERM);  // do not outlive the Python process that started us
+
+    auto context = std::make_unique<VerilatedContext>();
+    context->commandArgs(argc, argv);
+    auto top = std::make_unique<Vtop>(context.get());
+    auto rxbuf = std::make_unique<Buffer>();
+    auto txbuf = std::make_unique<Buffer>();
+    Stats stats;
+
+    top->clk = 0;
+    top->rst = 1;
+    top->RX_VALID = 0;
+    top->RX_PAYLOAD = 0;
+    top->TX_READY = 0;
+    top->eval();
+    for (int i = 0; i < 4; ++i) {
+        top->clk = 1;
+        top->eval();
+        top->clk = 0;
+        top->eval();
+    }
+    top->rst = 0;
+
+    if (bench >= 0) {  // the bare model: same cycle function, no socket
+        auto start = std::chrono::steady_clock::now();
+        for (long long i = 0; i < bench && !g_stop; ++i) {
+            cycle(top.get(), *rxbuf, *txbuf, stats);
+            txbuf->head = txbuf->tail = 0;
+        }
+        print_stats("BENCH", stats, seconds_since(start));
+        top->final();
+        return 0;
+    }
+
+    int listener = socket(AF_INET, SOCK_STREAM, 0);
+    if (listener < 0) {
+        std::perror("harness: socket");
+        return 1;
+    }
+    int one = 1;
+    setsockopt(listener, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    sockaddr_in address{};
+    address.sin_family = AF_INET;
+    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    address.sin_port = htons(static_cast<uint16_t>(port));
+    if (bind(listener, reinterpret_cast<sockaddr*>(&address), sizeof address) < 0 ||
+        listen(listener, 1) < 0) {
+        std::perror("harness: bind/listen");
+        return 1;
+    }
+    socklen_t length = sizeof address;
+    getsockname(listener, reinterpret_cast<sockaddr*>(&address), &length);
+    std::printf("PORT %d\n", ntohs(address.sin_port));
+    std::fflush(stdout);
+
+    int client = -1;
+    auto waiting = std::chrono::steady_clock::now();
+    while (client < 0) {
+        if (g_stop) return 0;
+        if (accept_timeout > 0 && seconds_since(waiting) > accept_timeout) {
+            std::fprintf(stderr, "harness: no host connected within %d s\n", accept_timeout);
+            return 3;
+        }
+        pollfd pfd{listener, POLLIN, 0};
+        if (poll(&pfd, 1, 100) > 0) client = accept(listener, nullptr, nullptr);
+    }
+    close(listener);
+    setsockopt(client, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    fcntl(client, F_SETFL, fcntl(client, F_GETFL) | O_NONBLOCK);
+
+    auto start = std::chrono::steady_clock::now();
+    int status = 0;
+    bool open = true;
+    while (open && !g_stop) {
+        for (int i = 0; i < poll_cycles; ++i) cycle(top.get(), *rxbuf, *txbuf, stats);
+        // host -> model
+        if (rxbuf->head == rxbuf->tail) rxbuf->head = rxbuf->tail = 0;
+        if (rxbuf->tail == kBufSize) rxbuf->compact();
+        if (rxbuf->tail < kBufSize) {
+            ssize_t got = recv(client, rxbuf->data + rxbuf->tail, kBufSize - rxbuf->tail, 0);
+            if (got > 0) {
+                rxbuf->tail += static_cast<size_t>(got);
+            } else if (got == 0) {
+                open = false;  // the host closed the connection
+            } else if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+                std::perror("harness: recv");
+                open = false;
+                status = 1;
+            }
+        }
+        // model -> host
+        if (txbuf->size() > 0) {
+            ssize_t sent = send(client, txbuf->data + txbuf->head, txbuf->size(), MSG_NOSIGNAL);
+            if (sent > 0) {
+                txbuf->head += static_cast<size_t>(sent);
+                txbuf->compact();
+            } else if (sent < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+                if (errno != EPIPE && errno != ECONNRESET) std::perror("harness: send");
+                open = false;
+            }
+        }
+    }
+    print_stats("STATS", stats, seconds_since(start));
+    close(client);
+    top->final();
+    return status;
+}
