@@ -139,6 +139,8 @@ class IntegerModel:
         )
         self.step = 0
         self.last_loss_sum = 0
+        #: The LR_MULT register: the host may change it between steps (a schedule).
+        self.lr_mult = cfg.rule.lr_mult
 
     # -- forward ------------------------------------------------------------------------
 
@@ -294,7 +296,7 @@ class IntegerModel:
                 )
                 g = self.momentum[layer]
             self.weights[layer] = u.update_weights(
-                self.weights[layer], g, lr_mult=rule.lr_mult, lr_shift=self.lr_shifts[layer],
+                self.weights[layer], g, lr_mult=self.lr_mult, lr_shift=self.lr_shifts[layer],
                 weight_bits=num.weight_bits, rounding=num.rounding, overflow=num.overflow,
             )
 
