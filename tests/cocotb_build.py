@@ -45,13 +45,21 @@ def run_cocotb(component, toplevel: str, test_module: str, *, extra_env: dict[st
     env = verilator_env()
     os.environ.update(env)
     runner = get_runner("verilator")
-    runner.build(
-        sources=[source],
-        hdl_toplevel=toplevel,
-        build_dir=build_dir,
-        build_args=[*VERILATOR_WAIVERS, "-CFLAGS", "-O2"],
-        always=False,
-    )
+    build_args = [*VERILATOR_WAIVERS, "-CFLAGS", "-O2"]
+    # The runner re-runs Verilator on every build() call, which rewrites the C++ and
+    # makes make recompile it (10-20 s); a stamp written after a finished build skips it.
+    stamp = build_dir / "build.stamp"
+    if not (stamp.exists() and stamp.read_text() == repr(build_args)
+            and (build_dir / toplevel).exists()):
+        stamp.unlink(missing_ok=True)
+        runner.build(
+            sources=[source],
+            hdl_toplevel=toplevel,
+            build_dir=build_dir,
+            build_args=build_args,
+            always=False,
+        )
+        stamp.write_text(repr(build_args))
     tests_dir = str(Path(__file__).resolve().parent)
     if tests_dir not in sys.path:
         sys.path.insert(0, tests_dir)
@@ -62,9 +70,17 @@ def run_cocotb(component, toplevel: str, test_module: str, *, extra_env: dict[st
         build_dir=build_dir,
         test_dir=build_dir,
         testcase=testcase,
-        extra_env={**(extra_env or {}), "PYTHONPATH": os.pathsep.join([tests_dir, str(REPO)])},
+        extra_env={
+            # cocotb applies pytest's assertion rewriting to every imported module by
+            # default; with PYTHONDONTWRITEBYTECODE nothing is cached, and torch alone
+            # then takes ~14 s to import.  Rewrite only the testbenches.
+            "COCOTB_REWRITE_ASSERTION_FILES": "tb_*.py *_tb.py",
+            **(extra_env or {}),
+            "PYTHONPATH": os.pathsep.join([tests_dir, str(REPO)]),
+        },
     )
     from cocotb_tools.runner import get_results
 
     total, failed = get_results(results)
+    assert total > 0, f"no cocotb test ran from {test_module} (see {results})"
     assert failed == 0, f"{failed} of {total} cocotb tests failed in {test_module} (see {results})"
