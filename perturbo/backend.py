@@ -49,7 +49,7 @@ class BackendError(RuntimeError):
 
 
 def make_backend(
-    cfg: Config, backend_name: str = "golden", float_reference: bool = False
+    cfg: Config, backend_name: str = "golden", float_reference: bool = False, port: str | None = None
 ) -> TrainingBackend:
     """Build the training backend called ``backend_name`` for ``cfg``.
 
@@ -69,10 +69,9 @@ def make_backend(
         allowed = ", ".join(b.value for b in Backend)
         raise BackendError(f"unknown backend {backend_name!r}; choose one of {allowed}") from None
     if name is not Backend.GOLDEN:
-        raise BackendError(
-            f"the {name.value} backend is not available yet; "
-            "use the golden backend (--backend golden)"
-        )
+        if float_reference or Rule.BP in cfg.layer_rules():
+            raise BackendError(f"the float references run on the golden backend only, not on {name.value}")
+        return _hardware_backend(cfg, name, port)
     use_float = float_reference or Rule.BP in cfg.layer_rules()
     module, cls = ("float_ref", "FloatModel") if use_float else ("integer", "IntegerModel")
     try:
@@ -83,3 +82,26 @@ def make_backend(
             f"the golden model perturbo.golden.{module}.{cls} cannot be loaded: {err}"
         ) from err
     return factory(cfg)
+
+
+def _hardware_backend(cfg: Config, name: Backend, port: str | None) -> TrainingBackend:
+    from perturbo.hdl.accelerator import SUPPORTED_RULES
+
+    unsupported = sorted({r.value for r in cfg.layer_rules()} - {r.value for r in SUPPORTED_RULES})
+    if unsupported:
+        raise BackendError(
+            f"the accelerator's sequencer runs {', '.join(r.value for r in SUPPORTED_RULES)} so far, "
+            f"not {', '.join(unsupported)}; train this rule on the golden backend (--backend golden)"
+        )
+    from perturbo.sim.backend import AcceleratorBackend, VerilatorBackend
+    from perturbo.sim.driver import Link
+    from perturbo.sim.toolchain import ToolchainError
+
+    try:
+        if name is Backend.VERILATOR:
+            return VerilatorBackend(cfg)
+        if port is None:
+            raise BackendError("the serial backend needs the board's port: --port /dev/ttyUSB1 (any pyserial URL)")
+        return AcceleratorBackend(cfg, Link(port, baudrate=cfg.hardware.baud))
+    except ToolchainError as err:
+        raise BackendError(str(err)) from None

@@ -6,6 +6,7 @@
     perturbo train CONFIG [--backend golden|verilator|serial] [--out DIR] [--steps N]
                           [--resume | --overwrite] [--float] [--no-progress]
     perturbo eval CHECKPOINT [--split test|val|train] [--backend NAME]
+    perturbo synth CONFIG --board icebreaker|ulx3s-85f|orangecrab [-o DIR] [--seed N] [--force]
 
 User errors (a bad configuration, a missing data set, an unusable checkpoint, a
 backend that is not available) print a message to stderr and exit with status 2,
@@ -30,6 +31,8 @@ from .train import CHECKPOINT_NAME, CheckpointError, evaluate, load_checkpoint, 
 USER_ERRORS = (ConfigError, DatasetError, CheckpointError, BackendError)
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
+#: Boards ``perturbo synth`` builds for (perturbo.boards.top.BOARDS).
+SYNTH_BOARDS = ["icebreaker", "ulx3s-85f", "orangecrab"]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -59,6 +62,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="continue from the checkpoint in the run directory")
     again.add_argument("--overwrite", action="store_true",
                        help="start afresh even if the run directory holds a checkpoint")
+    tr.add_argument("--port", metavar="URL",
+                    help="serial backend: the board's port or any pyserial URL (socket://host:port)")
     tr.add_argument("--float", dest="float_reference", action="store_true",
                     help="train the float reference of the rule instead of the integer model")
     tr.add_argument("--no-progress", dest="progress", action="store_false",
@@ -70,6 +75,16 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--split", choices=["test", "val", "train"], default="test")
     ev.add_argument("--backend", choices=backends,
                     help="evaluate on this backend (default: the one that trained it)")
+    ev.add_argument("--port", metavar="URL", help="serial backend: the board's port or pyserial URL")
+
+    # board names are listed here rather than imported: perturbo.boards pulls in Amaranth
+    sy = sub.add_parser("synth", help="build the accelerator for an FPGA board; report its use and Fmax")
+    sy.add_argument("config", type=Path, metavar="CONFIG")
+    sy.add_argument("--board", required=True, choices=SYNTH_BOARDS)
+    sy.add_argument("-o", "--out", type=Path, metavar="DIR",
+                    help="build directory root (default: perturbo's cache, boards/)")
+    sy.add_argument("--seed", type=int, default=1, help="nextpnr placement seed (default: 1)")
+    sy.add_argument("--force", action="store_true", help="build again even if the build is cached")
     return p
 
 
@@ -94,7 +109,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         cfg = _with_steps(cfg, args.steps, str(args.config))
     out = args.out if args.out is not None else _default_out(cfg)
     splits = load_dataset(cfg)  # data problems surface before a backend is built
-    backend = make_backend(cfg, args.backend, float_reference=args.float_reference)
+    backend = make_backend(cfg, args.backend, float_reference=args.float_reference, port=args.port)
     try:
         result = train(cfg, backend, out, resume=args.resume, progress=args.progress,
                        overwrite=args.overwrite, splits=splits, backend_name=args.backend,
@@ -103,6 +118,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
         print(f"\ninterrupted; the last checkpoint in {out} is intact. Continue with:\n"
               f"  perturbo train {args.config} --out {out} --resume", file=sys.stderr)
         return EXIT_INTERRUPTED
+    finally:
+        close = getattr(backend, "close", None)
+        if close is not None:
+            close()
     acc = "n/a" if result.val_accuracy is None else f"{result.val_accuracy:.4f}"
     print(f"{cfg.name}: step {result.step}, validation accuracy {acc}")
     print(f"  checkpoint {result.checkpoint}\n  history    {result.history_path}\n"
@@ -118,26 +137,46 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             f"{args.checkpoint} was written by a {name!r} backend ({ckpt.backend.get('class')}); "
             "choose the backend to evaluate it on with --backend"
         )
-    backend = make_backend(ckpt.config, name,
-                           float_reference=bool(ckpt.backend.get("float_reference")))
-    try:
-        backend.load_state_dict(ckpt.backend_state)
-    except (KeyError, ValueError, TypeError, RuntimeError) as err:
-        raise CheckpointError(
-            f"{args.checkpoint}: the {name} backend cannot load this state: {err}"
-        ) from None
     splits = load_dataset(ckpt.config)
-    acc = evaluate(ckpt.config, backend, args.split, splits=splits)
+    backend = make_backend(ckpt.config, name, float_reference=bool(ckpt.backend.get("float_reference")),
+                           port=args.port)
+    try:
+        try:
+            backend.load_state_dict(ckpt.backend_state)
+        except (KeyError, ValueError, TypeError, RuntimeError) as err:
+            raise CheckpointError(
+                f"{args.checkpoint}: the {name} backend cannot load this state: {err}"
+            ) from None
+        acc = evaluate(ckpt.config, backend, args.split, splits=splits)
+    finally:
+        close = getattr(backend, "close", None)
+        if close is not None:
+            close()
     n = len(splits.split(args.split))
     print(f"{ckpt.config.name} at step {ckpt.trainer.step}: {args.split} accuracy {acc:.4f} "
           f"({round(acc * n)}/{n})")
     return 0
 
 
+def _cmd_synth(args: argparse.Namespace) -> int:
+    """Build for a board; exit 0 if the design fits, 1 if it does not fit or the build failed."""
+    cfg = load_config(args.config)
+    from perturbo.boards.build import ToolchainError, build
+
+    try:
+        report = build(cfg, args.board, args.out, seed=args.seed, force=args.force)
+    except (ToolchainError, ValueError) as err:
+        print(f"perturbo: error: {err}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    print(f"report: {Path(report.build_dir) / 'report.json'}")
+    return 0 if report.fits else 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (the console script exits with it)."""
     args = _parser().parse_args(argv)
-    commands = {"config": _cmd_config_show, "train": _cmd_train, "eval": _cmd_eval}
+    commands = {"config": _cmd_config_show, "train": _cmd_train, "eval": _cmd_eval,
+                "synth": _cmd_synth}
     try:
         return commands[args.command](args)
     except USER_ERRORS as err:

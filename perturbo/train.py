@@ -604,13 +604,19 @@ def train(
     with tqdm(total=total, initial=min(state.step, total), disable=not progress, unit="step",
               desc=cfg.name, dynamic_ncols=True) as bar:
         bar.set_postfix(postfix, refresh=False)
+        # Backends behind a link (Verilator, boards) run many steps per call: the
+        # samples go over in one burst and the accelerator runs them without the host.
+        many = getattr(backend, "train_steps", None)
+        max_chunk = int(getattr(backend, "max_steps_per_call", 1)) if many is not None else 1
         while state.step < total:
-            x, y = stream.take(n)
-            loss = float(backend.train_step(x, y))
-            state.step += 1
+            boundary = min([total] + [(state.step // m + 1) * m for m in (eval_every, log_every, checkpoint_every)])
+            k = max(1, min(max_chunk, boundary - state.step))
+            x, y = stream.take(n * k)
+            loss = float(many(x, y, k) if many is not None else backend.train_step(x, y))
+            state.step += k
             state.epoch, state.position = stream.cursor
-            state.loss_sum += loss
-            state.loss_count += 1
+            state.loss_sum += loss * k
+            state.loss_count += k
             is_eval = state.step % eval_every == 0 or state.step == total
             if is_eval or state.step % log_every == 0:
                 val = accuracy(backend, splits.val.x, splits.val.y) if is_eval else None
@@ -626,7 +632,7 @@ def train(
                 state.elapsed = elapsed()
                 save_checkpoint(ckpt_path, cfg, backend, state, info)
                 _write_history(out_dir / HISTORY_NAME, cfg, info, state)
-            bar.update(1)
+            bar.update(k)
 
     history_path, curves_path = out_dir / HISTORY_NAME, out_dir / CURVES_NAME
     if not history_path.exists():  # resumed a finished run whose history.json was removed

@@ -251,9 +251,12 @@ def test_cli_eval_corrupt_checkpoint_exits_2(tmp_path: Path, good: bytes,
 def test_cli_train_unavailable_backend_exits_2(tmp_path: Path,
                                                capsys: pytest.CaptureFixture[str]) -> None:
     cfg = tmp_path / "c.yaml"
-    cfg.write_text("name: c\n")
+    cfg.write_text("name: c\nrule: {name: alr}\n")
     assert cli.main(["train", str(cfg), "--backend", "verilator", "--out", str(tmp_path)]) == 2
-    assert "verilator backend is not available yet" in capsys.readouterr().err
+    assert "train this rule on the golden backend" in capsys.readouterr().err
+    cfg.write_text("name: c\n")
+    assert cli.main(["train", str(cfg), "--backend", "serial", "--out", str(tmp_path)]) == 2
+    assert "--port" in capsys.readouterr().err
 
 
 def test_cli_train_bad_config_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,0 +1,262 @@
+"""The accelerator as a training backend: the same host code for a board and the co-simulation.
+
+:class:`AcceleratorBackend` implements :class:`perturbo.backend.TrainingBackend` over a
+:class:`~perturbo.sim.driver.Link` (any pyserial URL).  :class:`VerilatorBackend` starts
+the Verilator co-simulation of ``LinkedTarget(Accelerator(cfg))`` and connects an
+:class:`AcceleratorBackend` to it over ``socket://127.0.0.1:PORT``; a board is
+``AcceleratorBackend(cfg, Link("/dev/ttyUSB1", baudrate=...))``.
+
+Its state dicts are the golden :class:`~perturbo.golden.integer.IntegerModel`'s, so a
+checkpoint written on one backend resumes on the other.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from perturbo.config import Config
+from perturbo.golden.integer import init_weights
+from perturbo.hdl.bus import ACCEL_ID, Command, Reg, Space, Status
+from perturbo.hdl.geometry import Geometry, config_hash
+
+from .cosim import VerilatorSim, cache_root
+from .driver import Link
+
+#: Top module name of the co-simulated accelerator with its host link.
+COSIM_TOP = "perturbo_cosim"
+
+
+class AcceleratorError(RuntimeError):
+    """The accelerator on the other end is not the one the configuration describes, or it stalled."""
+
+
+@dataclass(frozen=True)
+class Counters:
+    """The accelerator's cycle and event counters (since the last clear)."""
+
+    cycles: int
+    steps: int
+    stalls: int
+    mac_busy: int
+    last_loss: int
+
+    @property
+    def mac_utilisation(self) -> float:
+        """Share of lane-cycles doing useful multiply-accumulates while busy."""
+        return self.mac_busy / self.cycles if self.cycles else 0.0
+
+
+class AcceleratorBackend:
+    """Train on an accelerator (board or simulation) reached through a :class:`Link`.
+
+    Parameters
+    ----------
+    cfg : Config
+        The configuration the accelerator was generated from (checked against
+        ``Reg.CONFIG_HASH``).
+    link : Link
+        An open link.
+    weights : list of torch.Tensor, optional
+        Initial master weights; default :func:`~perturbo.golden.integer.init_weights`.
+    poll_interval : float
+        Seconds between ``STATUS`` reads while a command runs.
+    """
+
+    def __init__(self, cfg: Config, link: Link, *, weights: list[torch.Tensor] | None = None,
+                 poll_interval: float = 0.002) -> None:
+        self.cfg = cfg
+        self.link = link
+        self.geo = Geometry(cfg)
+        self.poll_interval = poll_interval
+        ident = link.read_word(Space.REGS, Reg.ID)
+        if ident != ACCEL_ID:
+            raise AcceleratorError(f"no perturbo accelerator answers on the link (ID {ident:#010x})")
+        found, expected = link.read_word(Space.REGS, Reg.CONFIG_HASH), config_hash(cfg)
+        if found != expected:
+            raise AcceleratorError(
+                f"the accelerator was generated from another configuration (hash {found:#010x}, "
+                f"this configuration {expected:#010x}); regenerate it with `perturbo gen`"
+            )
+        rule = cfg.rule
+        self._write_regs({
+            Reg.SEED: cfg.seed, Reg.LR_MULT: rule.lr_mult, Reg.DELTA: rule.delta, Reg.COPIES: rule.copies,
+            Reg.STEP_SAMPLES: rule.tau_theta * rule.batch, Reg.TARGET_ON: rule.target_on, Reg.STEP: 0,
+        })
+        self._lr_mult = rule.lr_mult
+        self._write_matrices(Space.WEIGHTS, weights if weights is not None else init_weights(cfg))
+        if self.geo.momentum:
+            self._write_matrices(Space.MOMENTUM, [torch.zeros(lay.n_out, lay.cols, dtype=torch.int64)
+                                                  for lay in self.geo.layers])
+        self.samples_per_step = rule.tau_theta * rule.batch
+        #: steps one :meth:`train_steps` call may run: as many as the sample buffer holds
+        self.max_steps_per_call = max(1, self.geo.sample_depth // self.samples_per_step)
+
+    # -- registers and memories -----------------------------------------------------------
+
+    def _write_regs(self, values: dict[Reg, int]) -> None:
+        for reg, value in values.items():
+            self.link.write_word(Space.REGS, reg, int(value))
+
+    def _write_matrices(self, space: Space, mats: list[torch.Tensor]) -> None:
+        image = np.zeros(self.geo.rows * self.geo.lanes, dtype=np.int64)
+        for li, w in enumerate(mats):
+            for i, j, row, lane in self.geo.matrix_rows(li):
+                image[row * self.geo.lanes + lane] = int(w[i, j])
+        self.link.write_words(space, 0, image)
+
+    def _read_matrices(self, space: Space) -> list[torch.Tensor]:
+        image = self.link.read_words(space, 0, self.geo.rows * self.geo.lanes, dtype=np.int32)
+        out = []
+        for li, lay in enumerate(self.geo.layers):
+            w = torch.zeros(lay.n_out, lay.cols, dtype=torch.int64)
+            for i, j, row, lane in self.geo.matrix_rows(li):
+                w[i, j] = int(image[row * self.geo.lanes + lane])
+            out.append(w)
+        return out
+
+    def _load_samples(self, x: torch.Tensor, labels: torch.Tensor | None) -> None:
+        self.link.write_words(Space.SAMPLES, 0, x.to(torch.int64).reshape(-1).numpy())
+        if labels is not None:
+            self.link.write_words(Space.LABELS, 0, labels.to(torch.int64).numpy())
+
+    def _run(self, command: Command, timeout: float) -> None:
+        self.link.write_word(Space.REGS, Reg.COMMAND, int(command))
+        deadline = time.monotonic() + timeout
+        while True:
+            status = self.link.read_word(Space.REGS, Reg.STATUS)
+            if status & Status.DONE and not status & Status.BUSY:
+                return
+            if time.monotonic() > deadline:
+                raise AcceleratorError(f"{command.name} did not finish within {timeout:.0f} s (status {status:#x})")
+            time.sleep(self.poll_interval)
+
+    # -- TrainingBackend --------------------------------------------------------------
+
+    @property
+    def lr_mult(self) -> int:
+        return self._lr_mult
+
+    @lr_mult.setter
+    def lr_mult(self, value: int) -> None:
+        self.link.write_word(Space.REGS, Reg.LR_MULT, int(value))
+        self._lr_mult = int(value)
+
+    def train_steps(self, x: torch.Tensor, labels: torch.Tensor, steps: int) -> float:
+        """Run ``steps`` updates on the ``steps * samples_per_step`` samples, in order, on chip.
+
+        Returns the mean baseline loss of the last step.
+        """
+        s = self.samples_per_step
+        if x.shape[0] != steps * s:
+            raise ValueError(f"{steps} steps take {steps * s} samples, got {x.shape[0]}")
+        loss = 0.0
+        for start in range(0, steps, self.max_steps_per_call):
+            k = min(self.max_steps_per_call, steps - start)
+            self._load_samples(x[start * s:(start + k) * s], labels[start * s:(start + k) * s])
+            self._write_regs({Reg.SAMPLE_COUNT: k * s, Reg.SAMPLE_CURSOR: 0, Reg.STEPS: k})
+            self._run(Command.TRAIN, timeout=60 + 0.5 * k * s)
+            loss = self.link.read_word(Space.REGS, Reg.LAST_LOSS) / s
+        return loss
+
+    def train_step(self, x: torch.Tensor, labels: torch.Tensor) -> float:
+        return self.train_steps(x, labels, 1)
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        depth, classes = self.geo.sample_depth, self.geo.classes
+        out = []
+        for start in range(0, x.shape[0], depth):
+            chunk = x[start:start + depth]
+            self._load_samples(chunk, None)
+            self.link.write_word(Space.REGS, Reg.INFER_COUNT, chunk.shape[0])
+            self._run(Command.INFER, timeout=60 + 0.1 * chunk.shape[0])
+            scores = self.link.read_words(Space.OUTPUTS, 0, chunk.shape[0] * classes, dtype=np.int32)
+            out.append(torch.from_numpy(scores.astype(np.int64)).view(-1, classes))
+        return torch.cat(out)
+
+    def counters(self) -> Counters:
+        """Read the cycle, step, stall and MAC-busy counters."""
+        read = lambda reg: self.link.read_word(Space.REGS, reg)  # noqa: E731
+        cycles = read(Reg.CYCLES_LO)
+        cycles |= read(Reg.CYCLES_HI) << 32
+        mac = read(Reg.MAC_BUSY_LO)
+        mac |= read(Reg.MAC_BUSY_HI) << 32
+        return Counters(cycles, read(Reg.STEPS_DONE), read(Reg.STALLS), mac, read(Reg.LAST_LOSS))
+
+    def clear_counters(self) -> None:
+        self._run(Command.CLEAR_COUNTERS, timeout=10)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "kind": "integer",
+            "weights": self._read_matrices(Space.WEIGHTS),
+            "momentum": self._read_matrices(Space.MOMENTUM) if self.geo.momentum else None,
+            "step": self.link.read_word(Space.REGS, Reg.STEP),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("kind") != "integer":
+            raise ValueError("not an integer-model state")
+        self._write_matrices(Space.WEIGHTS, state["weights"])
+        if self.geo.momentum and state.get("momentum") is not None:
+            self._write_matrices(Space.MOMENTUM, state["momentum"])
+        self.link.write_word(Space.REGS, Reg.STEP, int(state["step"]))
+
+    def close(self) -> None:
+        self.link.close()
+
+
+def _hdl_fingerprint() -> str:
+    """Hash of the RTL generator's sources: a change to hdl/ invalidates cached Verilog."""
+    from perturbo import hdl
+
+    digest = hashlib.sha256()
+    for path in sorted(Path(hdl.__file__).parent.glob("*.py")):
+        digest.update(path.name.encode() + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def cosim_verilog(cfg: Config) -> str:
+    """Verilog of ``LinkedTarget(Accelerator(cfg))`` as :data:`COSIM_TOP`, cached per config and hdl/ sources."""
+    path = cache_root() / "verilog" / f"{COSIM_TOP}-{config_hash(cfg):08x}-{_hdl_fingerprint()}.v"
+    if path.exists():
+        return path.read_text()
+    from amaranth.back import verilog
+
+    from perturbo.hdl.accelerator import Accelerator
+    from perturbo.hdl.hostlink import LinkedTarget
+
+    text = verilog.convert(LinkedTarget(Accelerator(cfg)), name=COSIM_TOP, emit_src=False)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+    return text
+
+
+class VerilatorBackend(AcceleratorBackend):
+    """:class:`AcceleratorBackend` on the Verilator co-simulation, started and stopped here.
+
+    The verilated model is built once per configuration (and hdl/ sources) and cached.
+    """
+
+    def __init__(self, cfg: Config, *, weights: list[torch.Tensor] | None = None, poll_cycles: int = 1024) -> None:
+        self.sim = VerilatorSim(cosim_verilog(cfg), COSIM_TOP, poll_cycles=poll_cycles)
+        self.sim.start()
+        try:
+            super().__init__(cfg, Link(self.sim.url, timeout=10.0), weights=weights, poll_interval=0.0005)
+        except BaseException:
+            self.sim.stop()
+            raise
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            self.sim.stop()
