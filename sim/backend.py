@@ -190,7 +190,8 @@ class AcceleratorBackend:
         return Counters(cycles, read(Reg.STEPS_DONE), read(Reg.STALLS), mac, read(Reg.LAST_LOSS))
 
     def clear_counters(self) -> None:
-        self._run(Command.CLEAR_COUNTERS, timeout=10)
+        """Zero the counters (immediate: the command does not run, so DONE is not involved)."""
+        self.link.write_word(Space.REGS, Reg.COMMAND, int(Command.CLEAR_COUNTERS))
 
     def state_dict(self) -> dict[str, Any]:
         return {
