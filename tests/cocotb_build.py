@@ -27,11 +27,15 @@ VERILATOR_WAIVERS = ["-Wno-WIDTHEXPAND", "-Wno-WIDTHTRUNC", "-Wno-CASEINCOMPLETE
 
 
 def run_cocotb(component, toplevel: str, test_module: str, *, extra_env: dict[str, str] | None = None,
-               testcase: str | None = None) -> None:
+               testcase: str | None = None, big: bool = False) -> None:
     """Generate ``component`` as ``toplevel``, build it once, run the cocotb ``test_module``.
 
     ``extra_env`` reaches the testbench as environment variables (for instance a
     JSON-encoded configuration); a failing cocotb test fails the calling pytest test.
+    ``big``: compile Verilator's run-once code (initialisation, the VPI symbol table)
+    at -O0 and only the evaluation code at -O2.  For a design with thousands of signals
+    the symbol-table constructor is one huge function that g++ takes 2 s to compile at
+    -O0 and more than 5 minutes at -O1 or -O2 (``-CFLAGS -O2`` applies to every file).
     """
     from cocotb_tools.runner import get_runner
 
@@ -46,20 +50,29 @@ def run_cocotb(component, toplevel: str, test_module: str, *, extra_env: dict[st
     os.environ.update(env)
     runner = get_runner("verilator")
     build_args = [*VERILATOR_WAIVERS, "-CFLAGS", "-O2"]
+    make_opts = ""
+    if big:  # per-file-class optimisation through make variables instead of -CFLAGS
+        build_args = [*VERILATOR_WAIVERS]
+        make_opts = "OPT_FAST=-O2 OPT_GLOBAL=-O2 OPT_SLOW=-O0"
     # The runner re-runs Verilator on every build() call, which rewrites the C++ and
     # makes make recompile it (10-20 s); a stamp written after a finished build skips it.
     stamp = build_dir / "build.stamp"
-    if not (stamp.exists() and stamp.read_text() == repr(build_args)
+    if not (stamp.exists() and stamp.read_text() == repr(build_args) + make_opts
             and (build_dir / toplevel).exists()):
         stamp.unlink(missing_ok=True)
-        runner.build(
-            sources=[source],
-            hdl_toplevel=toplevel,
-            build_dir=build_dir,
-            build_args=build_args,
-            always=False,
-        )
-        stamp.write_text(repr(build_args))
+        saved_makeflags = os.environ.get("MAKEFLAGS", "")
+        os.environ["MAKEFLAGS"] = f"{saved_makeflags} {make_opts}".strip()
+        try:
+            runner.build(
+                sources=[source],
+                hdl_toplevel=toplevel,
+                build_dir=build_dir,
+                build_args=build_args,
+                always=False,
+            )
+        finally:
+            os.environ["MAKEFLAGS"] = saved_makeflags
+        stamp.write_text(repr(build_args) + make_opts)
     tests_dir = str(Path(__file__).resolve().parent)
     if tests_dir not in sys.path:
         sys.path.insert(0, tests_dir)

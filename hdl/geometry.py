@@ -1,0 +1,200 @@
+"""Where everything sits: memory rows, random-source index spaces, activation words.
+
+One :class:`Geometry` per configuration is shared by every block of the datapath, by
+the testbenches and by the host side, so there is one definition of each layout.
+
+Weight, G and momentum memories
+    ``lanes`` memories, one per MAC lane; lane ``k`` holds the neurons ``i`` with
+    ``i % lanes == k``.  Layer ``l`` has ``groups_l = ceil(n_out_l / lanes)`` groups of
+    neurons; the word of ``(layer l, group g, input j)`` is at row
+    ``row_base_l + g * (n_in_l + 1) + j`` in every lane, ``j = n_in_l`` being the bias.
+    The host sees row ``r`` of lane ``k`` at word address ``r * lanes + k``.
+
+Activation memory (inside the forward engine)
+    ``lanes`` INT8 values per word: the outputs of one neuron group.  Layer ``l``'s
+    outputs occupy words ``act_base_l .. act_base_l + groups_l - 1``; input ``j`` of
+    layer ``l >= 1`` is byte ``j % lanes`` of word ``act_base_{l-1} + j // lanes``.
+    Two banks (baseline and perturbed passes) double the depth.
+
+Random-source indices (docs/numerics.md §4)
+    weight ``(i, j)`` of layer ``l``: ``weight_offset_l + i * (n_in_l + 1) + j``;
+    neuron ``i``: ``neuron_offset_l + i``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+
+from perturbo.config import Activation, Config, Optimizer, Rule
+
+__all__ = ["LayerGeometry", "Geometry", "config_hash", "ceil_log2"]
+
+
+def ceil_log2(n: int) -> int:
+    """Bits to address ``n`` words (at least 1)."""
+    return max(1, (n - 1).bit_length())
+
+
+@dataclass(frozen=True)
+class LayerGeometry:
+    """One layer's sizes and offsets (see the module docstring)."""
+
+    index: int
+    n_in: int
+    n_out: int
+    groups: int  #: neuron groups of ``lanes`` neurons
+    row_base: int  #: first weight-memory row
+    weight_offset: int  #: first weight index of the random source
+    neuron_offset: int  #: first neuron index of the random source
+    act_base: int  #: first activation word of this layer's outputs
+    shift: int  #: requantisation shift
+    activation: Activation | None  #: None for the (linear) output layer
+    rule: Rule
+    lr_shift: int
+
+    @property
+    def cols(self) -> int:
+        """Inputs plus the bias: tokens per neuron group."""
+        return self.n_in + 1
+
+    @property
+    def rows(self) -> int:
+        """Memory rows of the layer."""
+        return self.groups * self.cols
+
+    @property
+    def in_words(self) -> int:
+        """Activation words holding this layer's input (layers >= 1)."""
+        return -(-self.n_in // 1)  # replaced by Geometry (needs lanes); kept for symmetry
+
+    def lane_count(self, group: int, lanes: int) -> int:
+        """Neurons of ``group`` that exist (the last group may be partly empty)."""
+        return max(0, min(lanes, self.n_out - group * lanes))
+
+
+class Geometry:
+    """Sizes, widths and layouts of the datapath for one configuration.
+
+    Parameters
+    ----------
+    cfg
+        The resolved configuration.
+
+    Raises
+    ------
+    ValueError
+        ``hardware.weight_depth`` is smaller than the network needs, the rule is not one
+        the weight-perturbation datapath runs, or a width is out of what it supports.
+    """
+
+    def __init__(self, cfg: Config) -> None:
+        if not isinstance(cfg, Config):
+            raise TypeError(f"cfg must be a perturbo.config.Config, not {cfg!r}")
+        self.cfg = cfg
+        hw, num, net, rule = cfg.hardware, cfg.numerics, cfg.network, cfg.rule
+        self.lanes = hw.lanes
+        self.weight_bits = num.weight_bits
+        self.acc_bits = num.acc_bits
+        self.grad_bits = num.grad_bits
+        self.rounding = num.rounding
+        self.overflow = num.overflow
+        self.momentum = rule.optimizer == Optimizer.MOMENTUM
+        self.momentum_shift = rule.momentum_shift
+        self.sample_depth = hw.sample_depth
+        self.n_inputs = net.layers[0]
+        self.classes = net.layers[-1]
+        rules = cfg.layer_rules()
+        shifts = net.layer_shifts
+        lr_shifts = cfg.layer_lr_shifts()
+        n = net.n_layers
+        layers = []
+        row = w_off = n_off = act = 0
+        for li in range(n):
+            n_in, n_out = net.layers[li], net.layers[li + 1]
+            groups = -(-n_out // self.lanes)
+            layers.append(LayerGeometry(
+                index=li, n_in=n_in, n_out=n_out, groups=groups, row_base=row,
+                weight_offset=w_off, neuron_offset=n_off, act_base=act, shift=shifts[li],
+                activation=net.activation if li < n - 1 else None, rule=rules[li],
+                lr_shift=lr_shifts[li],
+            ))
+            row += groups * (n_in + 1)
+            w_off += n_out * (n_in + 1)
+            n_off += n_out
+            act += groups
+        self.layers: tuple[LayerGeometry, ...] = tuple(layers)
+        #: weight/G/momentum rows the network uses
+        self.rows = row
+        if hw.weight_depth is not None and hw.weight_depth < row:
+            raise ValueError(
+                f"hardware.weight_depth = {hw.weight_depth} is too small: the network needs {row} "
+                f"words per lane with {self.lanes} lanes"
+            )
+        #: words per lane of the weight, G and momentum memories
+        self.weight_depth = hw.weight_depth if hw.weight_depth is not None else row
+        self.row_bits = ceil_log2(self.weight_depth)
+        #: activation words per bank (outputs of every layer)
+        self.act_words = act
+        self.act_bank_bits = ceil_log2(act)
+        self.total_weights = w_off
+        self.total_neurons = n_off
+        self.max_groups = max(lay.groups for lay in self.layers)
+        self.max_cols = max(lay.cols for lay in self.layers)
+        self.sample_words = self.sample_depth * self.n_inputs
+        self.output_words = self.sample_depth * self.classes
+        self.label_bits = max(1, (self.classes - 1).bit_length())
+        self.loss_bits = (self.classes * 255 * 255).bit_length()  # unsigned, exact
+        self.perturbed_layers = tuple(lay.index for lay in self.layers if lay.rule == Rule.MGD_WEIGHT)
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.layers)
+
+    def in_words(self, layer: LayerGeometry) -> int:
+        """Activation words holding ``layer``'s input (layers >= 1)."""
+        return -(-layer.n_in // self.lanes)
+
+    def row_of(self, layer: int, neuron: int, col: int) -> tuple[int, int]:
+        """``(row, lane)`` of weight ``(neuron, col)`` of ``layer`` in the lane memories."""
+        lay = self.layers[layer]
+        return lay.row_base + (neuron // self.lanes) * lay.cols + col, neuron % self.lanes
+
+    def address_of(self, layer: int, neuron: int, col: int) -> int:
+        """Host word address (inside the WEIGHTS/GRADS/MOMENTUM space) of one weight."""
+        row, lane = self.row_of(layer, neuron, col)
+        return row * self.lanes + lane
+
+    def matrix_rows(self, layer: int) -> list[tuple[int, int, int, int]]:
+        """``(neuron, col, row, lane)`` of every weight of ``layer``, in row-major order."""
+        lay = self.layers[layer]
+        out = []
+        for i in range(lay.n_out):
+            for j in range(lay.cols):
+                row, lane = self.row_of(layer, i, j)
+                out.append((i, j, row, lane))
+        return out
+
+
+def generation_parameters(cfg: Config) -> dict:
+    """The configuration values fixed at generation (what :func:`config_hash` covers)."""
+    return {
+        "layers": list(cfg.network.layers),
+        "activation": cfg.network.activation.value,
+        "shifts": cfg.network.layer_shifts,
+        "rules": [r.value for r in cfg.layer_rules()],
+        "lr_shifts": cfg.layer_lr_shifts(),
+        "optimizer": cfg.rule.optimizer.value,
+        "momentum_shift": cfg.rule.momentum_shift,
+        "numerics": cfg.numerics.model_dump(mode="json"),
+        "lanes": cfg.hardware.lanes,
+        "weight_depth": cfg.hardware.weight_depth,
+        "sample_depth": cfg.hardware.sample_depth,
+    }
+
+
+def config_hash(cfg: Config) -> int:
+    """32-bit hash of :func:`generation_parameters`: the value of ``Reg.CONFIG_HASH``."""
+    text = json.dumps(generation_parameters(cfg), sort_keys=True)
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "little")

@@ -1,0 +1,282 @@
+"""Random sources as logic: the pipelined Wang hash and what is drawn from it.
+
+docs/numerics.md §4: every random value is ``draw(key, index) = mix32(key ^ index)``
+with ``key = pass_key(seed, stream, e) = mix32(seed ^ mix32((e << 2 | stream) mod 2^32))``
+and ``draw(key, index) = mix32(mix32(key ^ index))`` (two rounds: one leaves the top
+bits of neighbouring indices correlated).
+Nothing is stored: the correlation unit replays an event's draws from its key.
+
+- :class:`Mix32`: the six stages of ``mix32``, one register after each, an enable for
+  the whole pipe (latency :data:`MIX32_LATENCY`, one word per cycle);
+- :class:`Draw`: ``draw(key, index)``, two :class:`Mix32` in a row (latency
+  :data:`DRAW_LATENCY`);
+- :class:`RandomSource`: ``lanes`` draws per cycle from a key and ``lanes`` indices,
+  as a stream with back-pressure and a side-band tag that travels with the draws;
+- :class:`KeyGen`: the pass key of one event, computed by one :class:`Mix32` used twice;
+- :func:`perturbation_sign`, :func:`gaussian_noise`, :func:`projection_value`: the
+  values drawn from a word, named as in :mod:`perturbo.golden.units`.
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Const, Module, Mux, Shape, ShapeLike, Signal, Value, signed, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+__all__ = [
+    "MIX32_LATENCY",
+    "DRAW_LATENCY",
+    "STREAM_WEIGHT_SIGN",
+    "STREAM_NODE",
+    "STREAM_PROJECTION",
+    "mix32_stage",
+    "Mix32",
+    "Draw",
+    "RandomSource",
+    "KeyGen",
+    "perturbation_sign",
+    "gaussian_noise",
+    "projection_value",
+]
+
+#: Cycles from a word entering :class:`Mix32` to its hash leaving it.
+MIX32_LATENCY = 6
+#: Cycles from a key and index entering :class:`Draw` to the random word leaving it.
+DRAW_LATENCY = 2 * MIX32_LATENCY
+
+STREAM_WEIGHT_SIGN = 0
+STREAM_NODE = 1
+STREAM_PROJECTION = 2
+
+_MASK = 0xFFFF_FFFF
+
+
+def mix32_stage(x: Value, stage: int) -> Value:
+    """Stage ``stage`` (0..5) of ``mix32`` on a 32-bit value (docs/numerics.md §4)."""
+    x = Value.cast(x)
+    if stage == 0:
+        return (~x + (x << 15))[:32]
+    if stage == 1:
+        return x ^ (x >> 12)
+    if stage == 2:
+        return (x + (x << 2))[:32]
+    if stage == 3:
+        return x ^ (x >> 4)
+    if stage == 4:
+        return (x + (x << 3) + (x << 11))[:32]
+    if stage == 5:
+        return x ^ (x >> 16)
+    raise ValueError(f"mix32 has stages 0..5, not {stage!r}")
+
+
+class Mix32(wiring.Component):
+    """Thomas Wang's ``hash32shift``, pipelined: one stage per cycle, six stages.
+
+    ``o`` is ``mix32`` of the ``i`` that was present :data:`MIX32_LATENCY` enabled
+    cycles earlier.  All registers advance together when ``en`` is high, so the pipe
+    stalls as one piece with the datapath that carries the matching control.
+
+    Members
+    -------
+    en : ``In(1)``
+        Advance the pipe (``init=1``: free-running when left unconnected).
+    i : ``In(32)``
+        Word to hash.
+    o : ``Out(32)``
+        Hash of the word that entered ``MIX32_LATENCY`` advances ago.
+    """
+
+    def __init__(self) -> None:
+        super().__init__({"en": In(1, init=1), "i": In(32), "o": Out(32)})
+
+    def elaborate(self, platform: object) -> Module:
+        m = Module()
+        x = self.i
+        for stage in range(MIX32_LATENCY):
+            reg = Signal(32, name=f"s{stage}")
+            with m.If(self.en):
+                m.d.sync += reg.eq(mix32_stage(x, stage))
+            x = reg
+        m.d.comb += self.o.eq(x)
+        return m
+
+
+class Draw(wiring.Component):
+    """``draw(key, index) = mix32(mix32(key ^ index))``, pipelined over twelve stages.
+
+    Members
+    -------
+    en : ``In(1)``
+        Advance the pipe (``init=1``).
+    key : ``In(32)``
+    index : ``In(32)``
+    o : ``Out(32)``
+        The word of the key and index that entered :data:`DRAW_LATENCY` advances ago.
+    """
+
+    def __init__(self) -> None:
+        super().__init__({"en": In(1, init=1), "key": In(32), "index": In(32), "o": Out(32)})
+
+    def elaborate(self, platform: object) -> Module:
+        m = Module()
+        m.submodules.round0 = r0 = Mix32()
+        m.submodules.round1 = r1 = Mix32()
+        m.d.comb += [
+            r0.en.eq(self.en), r1.en.eq(self.en),
+            r0.i.eq(self.key ^ self.index), r1.i.eq(r0.o), self.o.eq(r1.o),
+        ]
+        return m
+
+
+def perturbation_sign(word: Value) -> Value:
+    """Bernoulli +-1 as ``signed(2)``: +1 if bit 31 of the word is 0, else -1."""
+    word = Value.cast(word)
+    return Mux(word[31], Const(-1, signed(2)), Const(1, signed(2)))
+
+
+def gaussian_noise(word: Value) -> Value:
+    """``b0 + b1 + b2 + b3 - 510`` of the word's bytes, as ``signed(10)`` (-510..510)."""
+    word = Value.cast(word)
+    total = word[0:8] + word[8:16] + word[16:24] + word[24:32]  # unsigned(10), 0..1020
+    return (total - 510)[:10].as_signed()
+
+
+def projection_value(word: Value) -> Value:
+    """A target-projection matrix entry: the word's top byte read as ``signed(8)``."""
+    return Value.cast(word)[24:32].as_signed()
+
+
+class RandomSource(wiring.Component):
+    """``lanes`` random words per cycle: ``draw(key, index_k)`` for every lane ``k``.
+
+    A stream in, a stream out, :data:`DRAW_LATENCY` cycles apart.  Back-pressure stalls
+    the whole pipe (``i.ready = ~o.valid | o.ready``).  ``tag`` (any shape) travels with
+    each request, so the consumer gets the control that belongs to each draw.
+
+    Parameters
+    ----------
+    lanes
+        Draws per transfer.
+    index_width
+        Bits of each index (zero-extended to 32 before the xor with the key).
+    tag_shape
+        Shape of the side-band tag.
+
+    Members
+    -------
+    i : ``In(stream.Signature(StructLayout({"key": 32, "index": ArrayLayout(index_width, lanes), "tag": tag_shape})))``
+        Requests.
+    o : ``Out(stream.Signature(StructLayout({"word": ArrayLayout(32, lanes), "tag": tag_shape})))``
+        The random words and the request's tag.
+    """
+
+    def __init__(self, lanes: int, index_width: int = 32, tag_shape: ShapeLike = unsigned(1)) -> None:
+        if not isinstance(lanes, int) or lanes < 1:
+            raise ValueError(f"lanes must be a positive integer, not {lanes!r}")
+        if not isinstance(index_width, int) or not 1 <= index_width <= 32:
+            raise ValueError(f"index_width must be an integer 1..32, not {index_width!r}")
+        Shape.cast(tag_shape)
+        self.lanes = lanes
+        self.index_width = index_width
+        self.tag_shape = tag_shape
+        self.request_layout = data.StructLayout({
+            "key": 32, "index": data.ArrayLayout(index_width, lanes), "tag": tag_shape,
+        })
+        self.response_layout = data.StructLayout({
+            "word": data.ArrayLayout(32, lanes), "tag": tag_shape,
+        })
+        super().__init__({
+            "i": In(stream.Signature(self.request_layout)),
+            "o": Out(stream.Signature(self.response_layout)),
+        })
+
+    def elaborate(self, platform: object) -> Module:
+        m = Module()
+        en = Signal()
+        m.d.comb += [en.eq(~self.o.valid | self.o.ready), self.i.ready.eq(en)]
+        for k in range(self.lanes):
+            draw = m.submodules[f"draw{k}"] = Draw()
+            m.d.comb += [
+                draw.en.eq(en),
+                draw.key.eq(self.i.payload.key),
+                draw.index.eq(self.i.payload.index[k]),
+                self.o.payload.word[k].eq(draw.o),
+            ]
+        valid = self.i.valid
+        tag = self.i.payload.tag
+        for stage in range(DRAW_LATENCY):
+            v = Signal(name=f"valid{stage}")
+            t = Signal(self.tag_shape, name=f"tag{stage}")
+            with m.If(en):
+                m.d.sync += [v.eq(valid), t.eq(tag)]
+            valid, tag = v, t
+        m.d.comb += [self.o.valid.eq(valid), self.o.payload.tag.eq(tag)]
+        return m
+
+
+class KeyGen(wiring.Component):
+    """``pass_key(seed, stream, event)`` by one :class:`Mix32` used twice (about 14 cycles).
+
+    Members
+    -------
+    seed : ``In(32)``
+        The seed; sampled when the second hash starts.
+    i : ``In(stream.Signature(StructLayout({"event": 32, "stream": 2})))``
+        Requests; taken one at a time.
+    o : ``Out(stream.Signature(32))``
+        The key; held until taken.
+    """
+
+    def __init__(self) -> None:
+        self.request_layout = data.StructLayout({"event": 32, "stream": 2})
+        super().__init__({
+            "seed": In(32),
+            "i": In(stream.Signature(self.request_layout)),
+            "o": Out(stream.Signature(32)),
+        })
+
+    def elaborate(self, platform: object) -> Module:
+        m = Module()
+        m.submodules.mix = mix = Mix32()
+        word = Signal(32)
+        count = Signal(range(MIX32_LATENCY + 1))
+        m.d.comb += mix.i.eq(word)
+        with m.FSM():
+            with m.State("IDLE"):
+                m.d.comb += self.i.ready.eq(1)
+                with m.If(self.i.valid):
+                    ev = self.i.payload.event
+                    m.d.sync += [word.eq((ev << 2)[:32] | self.i.payload.stream), count.eq(0)]
+                    m.next = "INNER"
+            with m.State("INNER"):
+                m.d.sync += count.eq(count + 1)
+                with m.If(count == MIX32_LATENCY):
+                    m.d.sync += [word.eq(self.seed ^ mix.o), count.eq(0)]
+                    m.next = "OUTER"
+            with m.State("OUTER"):
+                m.d.sync += count.eq(count + 1)
+                with m.If(count == MIX32_LATENCY):
+                    m.d.sync += self.o.payload.eq(mix.o)
+                    m.next = "DONE"
+            with m.State("DONE"):
+                m.d.comb += self.o.valid.eq(1)
+                with m.If(self.o.ready):
+                    m.next = "IDLE"
+        return m
+
+
+def draw_int(key: int, index: int) -> int:
+    """``draw`` on Python ints."""
+    return mix32_int(mix32_int(key ^ index))
+
+
+def mix32_int(x: int) -> int:
+    """``mix32`` on a Python int (for elaboration-time constants and testbenches)."""
+    x &= _MASK
+    x = ((x ^ _MASK) + (x << 15)) & _MASK
+    x ^= x >> 12
+    x = (x + (x << 2)) & _MASK
+    x ^= x >> 4
+    x = (x + (x << 3) + (x << 11)) & _MASK
+    x ^= x >> 16
+    return x

@@ -1,0 +1,395 @@
+"""The sequencer: whole MGD training steps and inference runs, without the host.
+
+docs/numerics.md §4 and §6.  A training step takes ``S = STEP_SAMPLES`` samples from
+the sample buffer, starting at the cursor (which wraps at ``SAMPLE_COUNT``); for each
+sample it runs the baseline pass and ``copies`` perturbed passes, copy ``m`` with the
+event ``e = (k * S + b) * P + (m >> 1)`` and the antithetic sign ``a = -1`` for odd
+``m``; after each perturbed pass the correlation unit adds ``dC * (a * s_ij)`` to every
+``G_ij``; after the last sample the update unit applies ``G`` and clears it, and ``k``
+increases by one.
+
+Two processes keep the datapath busy:
+
+- the *issuer* sends pass commands to the forward engine back to back (the engine
+  takes the next pass as soon as the previous one has issued its last token), with the
+  pass key computed ahead by a :class:`~.random.KeyGen`;
+- the *collector* takes each pass's loss from the loss unit, adds the baseline losses,
+  hands each perturbed pass's ``dC`` with its key to the correlation front end (which
+  works while the next passes run), and at the end of a step waits for the correlation
+  to drain, runs the update, and lets the issuer start the next step.
+
+The event number is kept as a running counter: ``k * S * P`` is computed once per run
+by a :class:`SerialMultiplier` (as is the cursor's sample address), then ``e`` advances
+by ``P`` per sample.  Inference runs the baseline pass on samples ``0 .. count - 1``;
+the :class:`OutputWriter` stores their output scores.
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Module, Mux, Signal, signed
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from .geometry import Geometry, ceil_log2
+from .memories import PortSignature
+from .random import STREAM_WEIGHT_SIGN, KeyGen
+
+__all__ = ["SerialMultiplier", "OutputWriter", "Sequencer", "STEP_SAMPLES_MAX", "COPIES_MAX"]
+
+#: Largest ``STEP_SAMPLES`` (``tau_theta * batch``) the sequencer counts.
+STEP_SAMPLES_MAX = 1 << 24
+#: Largest ``copies``.
+COPIES_MAX = 256
+
+
+class SerialMultiplier(wiring.Component):
+    """``a * b mod 2^32`` by shift and add, one bit of ``b`` per cycle.
+
+    Members
+    -------
+    start : ``In(1)``
+        Pulse: take ``a`` and ``b``.
+    a, b : ``In(32)``
+    busy : ``Out(1)``
+        High from the cycle after ``start`` until ``p`` is ready.
+    p : ``Out(32)``
+        The product (stable while not busy).
+    """
+
+    def __init__(self) -> None:
+        super().__init__({"start": In(1), "a": In(32), "b": In(32), "busy": Out(1),
+                          "p": Out(32)})
+
+    def elaborate(self, platform: object) -> Module:
+        m = Module()
+        a = Signal(32)
+        b = Signal(32)
+        with m.If(self.start):
+            m.d.sync += [a.eq(self.a), b.eq(self.b), self.p.eq(0)]
+        with m.Elif(b != 0):
+            m.d.sync += [a.eq(a << 1), b.eq(b >> 1)]
+            with m.If(b[0]):
+                m.d.sync += self.p.eq(self.p + a)
+        m.d.comb += self.busy.eq(b != 0)
+        return m
+
+
+class OutputWriter(wiring.Component):
+    """Stores output-layer groups in the output score memory, one lane per cycle.
+
+    Members
+    -------
+    i : ``In(stream.Signature(layout))``
+        ``y`` (``lanes`` INT8), ``mask`` (a prefix of lanes), ``group``, ``last``
+        (the pass's last group) and ``base`` (``sample * classes``).
+    mem : ``Out(PortSignature)``
+        Write side of the output memory (``waddr``, ``wdata``, ``we``).
+    done : ``Out(1)``
+        Pulse: the last group of a pass is stored.
+    """
+
+    def __init__(self, geometry: Geometry) -> None:
+        self.geometry = geo = geometry
+        self.addr_bits = ceil_log2(geo.output_words)
+        self.layout = data.StructLayout({
+            "y": data.ArrayLayout(signed(8), geo.lanes),
+            "mask": geo.lanes,
+            "group": range(max(2, geo.layers[-1].groups)),
+            "last": 1,
+            "base": self.addr_bits,
+        })
+        super().__init__({
+            "i": In(stream.Signature(self.layout)),
+            "mem": Out(PortSignature(self.addr_bits, signed(8))),
+            "done": Out(1),
+        })
+
+    def elaborate(self, platform: object) -> Module:
+        m = Module()
+        lanes = self.geometry.lanes
+        cur = Signal(self.layout)
+        k = Signal(range(lanes))
+        lane_on = cur.mask.bit_select(k, 1)
+        m.d.comb += [
+            self.mem.waddr.eq(cur.base + cur.group * lanes + k),
+            self.mem.wdata.eq(cur.y[k]),
+        ]
+        with m.FSM():
+            with m.State("IDLE"):
+                m.d.comb += self.i.ready.eq(1)
+                with m.If(self.i.valid):
+                    m.d.sync += [cur.eq(self.i.payload), k.eq(0)]
+                    m.next = "LANES"
+            with m.State("LANES"):
+                m.d.comb += self.mem.we.eq(lane_on)
+                m.d.sync += k.eq(k + 1)
+                with m.If(~lane_on | (k == lanes - 1)):
+                    m.d.comb += self.done.eq(cur.last)
+                    m.next = "IDLE"
+        return m
+
+
+class Sequencer(wiring.Component):
+    """Runs training steps and inference (see the module docstring).
+
+    Parameters
+    ----------
+    geometry
+        Sizes and layouts.
+    fwd_cmd_layout
+        The forward engine's command layout (built with :attr:`tag_layout` as its tag).
+    corr_cmd_layout
+        The correlation front end's command layout.
+
+    Members
+    -------
+    train, infer : ``In(1)``
+        Pulses that start a command (when idle).
+    steps, step_samples, copies, seed, sample_count, infer_count : ``In(...)``
+        Run parameters (registers).
+    step_set, cursor_set : ``In(1)``; step_value, cursor_value : ``In(...)``
+        Host writes of the step counter ``k`` and the sample cursor.
+    step, cursor : ``Out(...)``
+        ``k`` and the cursor.
+    busy : ``Out(1)``
+    finished : ``Out(1)``
+        Pulse in the last busy cycle of a command.
+    inference : ``Out(1)``
+        The running (or last) command is an inference run.
+    step_done : ``Out(1)``
+        Pulse: one update applied.
+    last_loss : ``Out(32)``
+        Sum of the baseline losses of the last completed step.
+    fwd_cmd : ``Out(stream)``
+        Pass commands to the forward engine.
+    loss : ``In(stream)``
+        Per-pass results of the loss unit.
+    corr_cmd : ``Out(stream)``
+        Events for the correlation front end.
+    corr_busy : ``In(1)``
+    upd_start : ``Out(1)``; upd_busy : ``In(1)``
+        The update unit.
+    labels : ``Out(PortSignature)``
+        Read side of the label memory.
+    out_done : ``In(1)``
+        The output writer stored a pass.
+    """
+
+    def __init__(self, geometry: Geometry, fwd_cmd_layout: data.StructLayout,
+                 loss_layout: data.StructLayout, corr_cmd_layout: data.StructLayout) -> None:
+        self.geometry = geo = geometry
+        self.sample_addr_bits = ceil_log2(geo.sample_words)
+        self.out_addr_bits = ceil_log2(geo.output_words)
+        super().__init__({
+            "train": In(1),
+            "infer": In(1),
+            "steps": In(32),
+            "step_samples": In(range(STEP_SAMPLES_MAX + 1)),
+            "copies": In(range(COPIES_MAX + 1)),
+            "seed": In(32),
+            "sample_count": In(range(geo.sample_depth + 1)),
+            "infer_count": In(range(geo.sample_depth + 1)),
+            "step_set": In(1),
+            "step_value": In(32),
+            "cursor_set": In(1),
+            "cursor_value": In(range(geo.sample_depth)),
+            "step": Out(32),
+            "cursor": Out(range(geo.sample_depth)),
+            "busy": Out(1),
+            "finished": Out(1),
+            "inference": Out(1),
+            "step_done": Out(1),
+            "last_loss": Out(32),
+            "fwd_cmd": Out(stream.Signature(fwd_cmd_layout)),
+            "loss": In(stream.Signature(loss_layout)),
+            "corr_cmd": Out(stream.Signature(corr_cmd_layout)),
+            "corr_busy": In(1),
+            "upd_start": Out(1),
+            "upd_busy": In(1),
+            "labels": Out(PortSignature(ceil_log2(geo.sample_depth), geo.label_bits)),
+            "out_done": In(1),
+        })
+
+    @staticmethod
+    def tag_layout(geometry: Geometry) -> data.StructLayout:
+        """The pass tag that travels with each pass through the forward engine and loss unit."""
+        return data.StructLayout({
+            "baseline": 1,
+            "negate": 1,
+            "end_of_step": 1,
+            "label": geometry.label_bits,
+            "key": 32,
+            "out_base": ceil_log2(geometry.output_words),
+        })
+
+    def elaborate(self, platform: object) -> Module:  # noqa: C901 (two state machines)
+        m = Module()
+        geo = self.geometry
+        n_in0 = geo.n_inputs
+        m.submodules.mul = mul = SerialMultiplier()
+        m.submodules.keygen = keygen = KeyGen()
+        m.d.comb += keygen.seed.eq(self.seed)
+
+        pairs = (self.copies + 1) >> 1  # P = ceil(copies / 2)
+        steps_left = Signal(32)
+        b = Signal(range(STEP_SAMPLES_MAX + 1))
+        copy = Signal(range(COPIES_MAX + 1))
+        ebase = Signal(32)
+        sbase = Signal(self.sample_addr_bits)
+        obase = Signal(self.out_addr_bits)
+        label = Signal(geo.label_bits)
+        key = Signal(32)
+        count = Signal(range(geo.sample_depth + 1))
+        loss_sum = Signal(32)
+        step_done = Signal()  # collector -> issuer
+        collected = Signal(range(geo.sample_depth + 1))
+
+        cmd = self.fwd_cmd.payload
+        tag = cmd.tag
+        m.d.comb += [
+            self.labels.raddr.eq(self.cursor),
+            self.labels.ren.eq(1),
+            cmd.sample_base.eq(sbase),
+            tag.label.eq(label),
+            tag.key.eq(key),
+            tag.out_base.eq(obase),
+        ]
+        with m.If(self.step_set & ~self.busy):
+            m.d.sync += self.step.eq(self.step_value)
+        with m.If(self.cursor_set & ~self.busy):
+            m.d.sync += self.cursor.eq(self.cursor_value)
+
+        last_sample = b == self.step_samples - 1
+        last_copy = copy == self.copies - 1
+
+        # -- issuer --------------------------------------------------------------------------
+        with m.FSM(name="issuer") as issuer:
+            with m.State("IDLE"):
+                with m.If(self.train):
+                    m.d.sync += [self.inference.eq(0), steps_left.eq(self.steps)]
+                    m.d.comb += [mul.start.eq(1), mul.a.eq(self.step_samples), mul.b.eq(pairs)]
+                    m.next = "MUL_SP"
+                with m.Elif(self.infer):
+                    m.d.sync += [self.inference.eq(1), count.eq(0), sbase.eq(0), obase.eq(0)]
+                    m.next = "INFER"
+            with m.State("MUL_SP"):  # S * P
+                with m.If(~mul.busy):
+                    m.d.comb += [mul.start.eq(1), mul.a.eq(mul.p), mul.b.eq(self.step)]
+                    m.next = "MUL_E"
+            with m.State("MUL_E"):  # k * S * P: the first event of the step
+                with m.If(~mul.busy):
+                    m.d.sync += ebase.eq(mul.p)
+                    m.d.comb += [mul.start.eq(1), mul.a.eq(self.cursor), mul.b.eq(n_in0)]
+                    m.next = "MUL_S"
+            with m.State("MUL_S"):  # the cursor's sample address
+                with m.If(~mul.busy):
+                    m.d.sync += sbase.eq(mul.p)
+                    m.next = "STEP"
+            with m.State("STEP"):
+                m.d.sync += b.eq(0)
+                with m.If(steps_left == 0):
+                    m.next = "FINISH"
+                with m.Else():
+                    m.next = "SAMPLE"
+            with m.State("SAMPLE"):  # the label of the cursor's sample is read this cycle
+                m.next = "LABEL"
+            with m.State("LABEL"):
+                m.d.sync += [label.eq(self.labels.rdata), copy.eq(0)]
+                m.next = "BASE"
+            with m.State("BASE"):
+                m.d.comb += [self.fwd_cmd.valid.eq(1), tag.baseline.eq(1)]
+                with m.If(self.fwd_cmd.ready):
+                    m.next = "KEY"
+            with m.State("KEY"):
+                m.d.comb += [
+                    keygen.i.valid.eq(1),
+                    keygen.i.payload.event.eq(ebase + (copy >> 1)),
+                    keygen.i.payload.stream.eq(STREAM_WEIGHT_SIGN),
+                ]
+                with m.If(keygen.i.ready):
+                    m.next = "KEY_WAIT"
+            with m.State("KEY_WAIT"):
+                m.d.comb += keygen.o.ready.eq(1)
+                with m.If(keygen.o.valid):
+                    m.d.sync += key.eq(keygen.o.payload)
+                    m.next = "PERTURBED"
+            with m.State("PERTURBED"):
+                m.d.comb += [
+                    self.fwd_cmd.valid.eq(1),
+                    cmd.perturb.eq(1),
+                    cmd.bank.eq(1),
+                    cmd.negate.eq(copy[0]),
+                    cmd.key.eq(key),
+                    tag.negate.eq(copy[0]),
+                    tag.end_of_step.eq(last_sample & last_copy),
+                ]
+                with m.If(self.fwd_cmd.ready):
+                    m.d.sync += copy.eq(copy + 1)
+                    with m.If(last_copy):
+                        m.next = "NEXT_SAMPLE"
+                    with m.Elif(copy[0]):  # the next copy starts a new antithetic pair
+                        m.next = "KEY"
+            with m.State("NEXT_SAMPLE"):
+                m.d.sync += [ebase.eq(ebase + pairs), b.eq(b + 1)]
+                with m.If(self.cursor == self.sample_count - 1):
+                    m.d.sync += [self.cursor.eq(0), sbase.eq(0)]
+                with m.Else():
+                    m.d.sync += [self.cursor.eq(self.cursor + 1), sbase.eq(sbase + n_in0)]
+                with m.If(last_sample):
+                    m.next = "WAIT_UPDATE"
+                with m.Else():
+                    m.next = "SAMPLE"
+            with m.State("WAIT_UPDATE"):
+                with m.If(step_done):
+                    m.d.sync += steps_left.eq(steps_left - 1)
+                    m.next = "STEP"
+            with m.State("INFER"):
+                with m.If(count == self.infer_count):
+                    m.next = "INFER_WAIT"
+                with m.Else():
+                    m.d.comb += [self.fwd_cmd.valid.eq(1), tag.baseline.eq(1)]
+                    with m.If(self.fwd_cmd.ready):
+                        m.d.sync += [count.eq(count + 1), sbase.eq(sbase + n_in0),
+                                     obase.eq(obase + geo.classes)]
+            with m.State("INFER_WAIT"):
+                with m.If(collected == self.infer_count):
+                    m.next = "FINISH"
+            with m.State("FINISH"):
+                m.d.comb += self.finished.eq(1)
+                m.next = "IDLE"
+        m.d.comb += self.busy.eq(~issuer.ongoing("IDLE"))
+
+        # -- collector ----------------------------------------------------------------------
+        res = self.loss.payload
+        with m.FSM(name="collector"):
+            with m.State("COLLECT"):
+                with m.If(self.infer & ~self.busy):
+                    m.d.sync += collected.eq(0)
+                with m.Elif(self.out_done):
+                    m.d.sync += collected.eq(collected + 1)
+                m.d.comb += [
+                    self.corr_cmd.valid.eq(self.loss.valid & ~res.baseline),
+                    self.corr_cmd.payload.key.eq(res.tag.key),
+                    self.corr_cmd.payload.negate.eq(res.tag.negate),
+                    self.corr_cmd.payload.dc.eq(res.dc),
+                    self.loss.ready.eq(res.baseline | self.corr_cmd.ready),
+                ]
+                with m.If(self.loss.valid & self.loss.ready):
+                    with m.If(res.baseline):
+                        m.d.sync += loss_sum.eq(loss_sum + res.loss)
+                    with m.If(res.tag.end_of_step):
+                        m.next = "DRAIN"
+            with m.State("DRAIN"):
+                with m.If(~self.corr_busy):
+                    m.d.comb += self.upd_start.eq(1)
+                    m.next = "UPDATE"
+            with m.State("UPDATE"):
+                with m.If(~self.upd_busy):
+                    m.d.sync += [
+                        self.step.eq(self.step + 1),
+                        self.last_loss.eq(loss_sum),
+                        loss_sum.eq(0),
+                    ]
+                    m.d.comb += [step_done.eq(1), self.step_done.eq(1)]
+                    m.next = "COLLECT"
+        return m

@@ -1,0 +1,198 @@
+"""Test tops for the datapath units: each unit with the memories it needs and load ports.
+
+The testbenches fill memories through the ``*_w*`` ports (one row per cycle) and read
+them back through ``*_r*`` ports where the unit does not own the read port.
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Module, signed
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from perturbo.hdl.correlation import CorrelationUnit, MgdWeightFrontEnd
+from perturbo.hdl.forward import ForwardEngine
+from perturbo.hdl.geometry import Geometry, ceil_log2
+from perturbo.hdl.memories import LaneMemory, LanePortSignature, MemoryBlock, mux_ports
+from perturbo.hdl.random import (
+    KeyGen,
+    RandomSource,
+    gaussian_noise,
+    perturbation_sign,
+    projection_value,
+)
+from perturbo.hdl.update import UpdateUnit
+
+
+def _lane_load(lanes: int, addr_width: int, shape) -> dict:
+    return {
+        "addr": In(addr_width),
+        "data": In(data.ArrayLayout(shape, lanes)),
+        "we": In(lanes),
+    }
+
+
+class ForwardHarness(wiring.Component):
+    """:class:`ForwardEngine` with its weight memories and sample buffer."""
+
+    def __init__(self, geometry: Geometry) -> None:
+        self.geometry = geo = geometry
+        self.engine = ForwardEngine(geo, tag_shape=16)
+        sa = ceil_log2(geo.sample_words)
+        super().__init__({
+            "cmd": In(stream.Signature(self.engine.cmd_layout)),
+            "delta": In(7),
+            "inject": In(self.engine.inject.signature.flip()),
+            "result": Out(stream.Signature(self.engine.result_layout)),
+            "wload": In(wiring.Signature({k: v.flip() for k, v in
+                                          _lane_load(geo.lanes, geo.row_bits,
+                                                     signed(geo.weight_bits)).items()})),
+            "sload": In(wiring.Signature({"addr": Out(sa), "data": Out(signed(8)),
+                                          "we": Out(1)})),
+            "busy": Out(1),
+        })
+
+    def elaborate(self, platform: object) -> Module:
+        m = Module()
+        geo = self.geometry
+        m.submodules.engine = eng = self.engine
+        m.submodules.weights = wmem = LaneMemory(geo.lanes, geo.weight_depth,
+                                                 signed(geo.weight_bits))
+        m.submodules.samples = smem = MemoryBlock(geo.sample_words, signed(8))
+        wiring.connect(m, wiring.flipped(self.cmd), eng.cmd)
+        wiring.connect(m, wiring.flipped(self.inject), eng.inject)
+        wiring.connect(m, eng.result, wiring.flipped(self.result))
+        m.d.comb += [
+            eng.delta.eq(self.delta),
+            self.busy.eq(eng.busy),
+            wmem.port.raddr.eq(eng.weights.raddr),
+            wmem.port.ren.eq(eng.weights.ren),
+            eng.weights.rdata.eq(wmem.port.rdata),
+            wmem.port.waddr.eq(self.wload.addr),
+            wmem.port.wdata.eq(self.wload.data),
+            wmem.port.we.eq(self.wload.we),
+            smem.port.raddr.eq(eng.samples.raddr),
+            smem.port.ren.eq(eng.samples.ren),
+            eng.samples.rdata.eq(smem.port.rdata),
+            smem.port.waddr.eq(self.sload.addr),
+            smem.port.wdata.eq(self.sload.data),
+            smem.port.we.eq(self.sload.we),
+            eng.act_read.addr.eq(0),
+        ]
+        return m
+
+
+class RandomHarness(wiring.Component):
+    """:class:`RandomSource` and :class:`KeyGen`, with the drawn values of every word."""
+
+    def __init__(self, lanes: int) -> None:
+        self.lanes = lanes
+        self.source = RandomSource(lanes, 32, 16)
+        self.keygen = KeyGen()
+        super().__init__({
+            "i": In(stream.Signature(self.source.request_layout)),
+            "o": Out(stream.Signature(self.source.response_layout)),
+            "sign": Out(data.ArrayLayout(signed(2), lanes)),
+            "noise": Out(data.ArrayLayout(signed(10), lanes)),
+            "proj": Out(data.ArrayLayout(signed(8), lanes)),
+            "seed": In(32),
+            "kreq": In(stream.Signature(self.keygen.request_layout)),
+            "key": Out(stream.Signature(32)),
+        })
+
+    def elaborate(self, platform: object) -> Module:
+        m = Module()
+        m.submodules.source = src = self.source
+        m.submodules.keygen = kg = self.keygen
+        wiring.connect(m, wiring.flipped(self.i), src.i)
+        wiring.connect(m, src.o, wiring.flipped(self.o))
+        wiring.connect(m, wiring.flipped(self.kreq), kg.i)
+        wiring.connect(m, kg.o, wiring.flipped(self.key))
+        m.d.comb += kg.seed.eq(self.seed)
+        for k in range(self.lanes):
+            word = src.o.payload.word[k]
+            m.d.comb += [
+                self.sign[k].eq(perturbation_sign(word)),
+                self.noise[k].eq(gaussian_noise(word)),
+                self.proj[k].eq(projection_value(word)),
+            ]
+        return m
+
+
+class CorrelationHarness(wiring.Component):
+    """:class:`MgdWeightFrontEnd` -> :class:`CorrelationUnit` -> G memories.
+
+    ``direct`` = 1 feeds the unit from ``rows`` instead of the front end.  While neither
+    is busy, ``gtest`` owns the G memories.
+    """
+
+    def __init__(self, geometry: Geometry) -> None:
+        self.geometry = geo = geometry
+        self.frontend = MgdWeightFrontEnd(geo)
+        self.unit = CorrelationUnit(geo.lanes, geo.row_bits, geo.grad_bits,
+                                    self.frontend.term_bits, geo.overflow)
+        super().__init__({
+            "cmd": In(stream.Signature(self.frontend.cmd_layout)),
+            "rows": In(stream.Signature(self.unit.layout)),
+            "direct": In(1),
+            "busy": Out(1),
+            "gtest": In(LanePortSignature(geo.lanes, geo.row_bits, signed(geo.grad_bits))),
+        })
+
+    def elaborate(self, platform: object) -> Module:
+        m = Module()
+        geo = self.geometry
+        m.submodules.frontend = fe = self.frontend
+        m.submodules.unit = cu = self.unit
+        m.submodules.grads = gmem = LaneMemory(geo.lanes, geo.weight_depth, signed(geo.grad_bits))
+        wiring.connect(m, wiring.flipped(self.cmd), fe.cmd)
+        with m.If(self.direct):
+            m.d.comb += [
+                cu.i.valid.eq(self.rows.valid),
+                cu.i.payload.eq(self.rows.payload),
+                self.rows.ready.eq(cu.i.ready),
+            ]
+        with m.Else():
+            m.d.comb += [
+                cu.i.valid.eq(fe.o.valid),
+                cu.i.payload.eq(fe.o.payload),
+                fe.o.ready.eq(cu.i.ready),
+            ]
+        busy = fe.busy | cu.busy | (self.direct & self.rows.valid)
+        m.d.comb += self.busy.eq(busy)
+        mux_ports(m, gmem.port, [(busy, cu.grads), (None, wiring.flipped(self.gtest))])
+        return m
+
+
+class UpdateHarness(wiring.Component):
+    """:class:`UpdateUnit` with W, G (and M) memories; ``*test`` own them while idle."""
+
+    def __init__(self, geometry: Geometry) -> None:
+        self.geometry = geo = geometry
+        self.unit = UpdateUnit(geo)
+        members = {
+            "start": In(1),
+            "busy": Out(1),
+            "lr_mult": In(8),
+            "wtest": In(LanePortSignature(geo.lanes, geo.row_bits, signed(geo.weight_bits))),
+            "gtest": In(LanePortSignature(geo.lanes, geo.row_bits, signed(geo.grad_bits))),
+        }
+        if geo.momentum:
+            members["mtest"] = In(LanePortSignature(geo.lanes, geo.row_bits,
+                                                    signed(geo.grad_bits)))
+        super().__init__(members)
+
+    def elaborate(self, platform: object) -> Module:
+        m = Module()
+        geo = self.geometry
+        m.submodules.unit = upd = self.unit
+        m.d.comb += [upd.start.eq(self.start), upd.lr_mult.eq(self.lr_mult),
+                     self.busy.eq(upd.busy)]
+        mems = [("weights", geo.weight_bits, self.wtest, upd.weights),
+                ("grads", geo.grad_bits, self.gtest, upd.grads)]
+        if geo.momentum:
+            mems.append(("momentum", geo.grad_bits, self.mtest, upd.momentum))
+        for name, bits, test, client in mems:
+            mem = m.submodules[name] = LaneMemory(geo.lanes, geo.weight_depth, signed(bits))
+            mux_ports(m, mem.port, [(upd.busy, client), (None, wiring.flipped(test))])
+        return m

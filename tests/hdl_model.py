@@ -1,0 +1,66 @@
+"""Golden references the datapath testbenches compare with, built from golden.units only."""
+
+from __future__ import annotations
+
+import torch
+
+from perturbo.config import Config, Rule
+from perturbo.golden import units as u
+from perturbo.golden.integer import layer_layouts
+from perturbo.hdl.geometry import Geometry
+
+
+def pass_outputs(cfg: Config, weights: list[torch.Tensor], x: torch.Tensor, *, perturb: bool,
+                 key: int, negate: bool, delta: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``(q, y)`` of every layer for one pass of one sample (docs/numerics.md §5)."""
+    num = cfg.numerics
+    layouts = layer_layouts(cfg)
+    rules = cfg.layer_rules()
+    shifts = cfg.network.layer_shifts
+    n = cfg.network.n_layers
+    out = []
+    h = x.to(torch.int64)
+    for li in range(n):
+        w8 = u.mac_weights(weights[li], num.weight_bits)
+        if perturb and rules[li] == Rule.MGD_WEIGHT:
+            s = u.perturbation_sign(u.draw(torch.tensor(key), layouts[li].weight_indices()))
+            s = -s if negate else s
+            w8 = u.perturb_weights(w8, delta * s, num.overflow)
+        q, h = u.forward_layer(h, w8, shift=shifts[li],
+                               act=cfg.network.activation if li < n - 1 else None,
+                               acc_bits=num.acc_bits, rounding=num.rounding,
+                               overflow=num.overflow)
+        out.append((q, h))
+    return out
+
+
+def weight_rows(geo: Geometry, weights: list[torch.Tensor]) -> list[list[int]]:
+    """The lane-memory image of per-layer matrices: ``rows[row][lane]`` (0 in empty lanes)."""
+    rows = [[0] * geo.lanes for _ in range(geo.weight_depth)]
+    for li, w in enumerate(weights):
+        for i, j, row, lane in geo.matrix_rows(li):
+            rows[row][lane] = int(w[i, j])
+    return rows
+
+
+def matrices_from_rows(geo: Geometry, rows: list[list[int]]) -> list[torch.Tensor]:
+    """Per-layer matrices from a lane-memory image (the inverse of :func:`weight_rows`)."""
+    out = []
+    for li, lay in enumerate(geo.layers):
+        w = torch.zeros(lay.n_out, lay.cols, dtype=torch.int64)
+        for i, j, row, lane in geo.matrix_rows(li):
+            w[i, j] = rows[row][lane]
+        out.append(w)
+    return out
+
+
+def first_difference(what: str, rtl: list[torch.Tensor], gold: list[torch.Tensor],
+                     cols_name: str = "input") -> str | None:
+    """The first differing element of per-layer matrices, named by unit, layer and index."""
+    for li, (a, b) in enumerate(zip(rtl, gold, strict=True)):
+        diff = (a != b).nonzero()
+        if len(diff):
+            i, j = (int(v) for v in diff[0])
+            return (f"{what} differ: layer {li} neuron {i} {cols_name} {j}: "
+                    f"rtl {int(a[i, j])} golden {int(b[i, j])} ({len(diff)} differ in this layer)")
+    return None

@@ -1,0 +1,187 @@
+"""cocotb: the whole accelerator through its host bus against golden.integer.IntegerModel.
+
+Loads the initial weights, samples and labels over the bus, runs MGD weight-perturbation
+steps on chip (in two runs, so the step counter and the sample cursor carry over), reads
+every master weight back and compares it with the golden model trained on the same
+samples in the same order; then inference against ``IntegerModel.predict``; then the
+bus's refusals (``err``).
+"""
+
+from __future__ import annotations
+
+import random
+
+import cocotb
+import torch
+from cocotb.triggers import ClockCycles, FallingEdge, with_timeout
+from hdl_model import first_difference
+from hdl_tbutil import Bench, BusMaster, config
+
+from perturbo.golden.integer import IntegerModel, init_weights
+from perturbo.hdl.bus import ACCEL_ID, Command, Reg, Space, Status
+from perturbo.hdl.geometry import Geometry, config_hash
+
+cfg = config()
+geo = Geometry(cfg)
+S = cfg.rule.tau_theta * cfg.rule.batch
+R, W, G, M = Space.REGS, Space.WEIGHTS, Space.GRADS, Space.MOMENTUM
+
+
+async def write_matrices(bus: BusMaster, space: int, mats: list[torch.Tensor]) -> None:
+    for li, w in enumerate(mats):
+        for i, j, _, _ in geo.matrix_rows(li):
+            await bus.write(space, geo.address_of(li, i, j), int(w[i, j]))
+
+
+async def read_matrices(bus: BusMaster, space: int) -> list[torch.Tensor]:
+    out = []
+    for li, lay in enumerate(geo.layers):
+        w = torch.zeros(lay.n_out, lay.cols, dtype=torch.int64)
+        for i, j, _, _ in geo.matrix_rows(li):
+            w[i, j] = await bus.read(space, geo.address_of(li, i, j))
+        out.append(w)
+    return out
+
+
+async def run_command(dut, bus: BusMaster, command: Command, max_cycles: int) -> None:
+    await bus.write(R, Reg.COMMAND, command)
+    if int(dut.busy.value):
+        await with_timeout(FallingEdge(dut.busy), max_cycles * 10, "ns")
+    status = await bus.read(R, Reg.STATUS)
+    assert status & Status.DONE and not status & Status.BUSY, f"status {status:#x} after {command!r}"
+
+
+def make_data(rng: random.Random, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    x = torch.tensor([[rng.randint(0, 127) for _ in range(geo.n_inputs)] for _ in range(n)])
+    x[0, :] = 0  # a sample of zeros
+    x[1, :] = 127  # and one at full scale
+    labels = torch.tensor([rng.randrange(geo.classes) for _ in range(n)])
+    return x, labels
+
+
+@cocotb.test()
+async def train_and_infer(dut) -> None:
+    """Steps on chip == IntegerModel steps; inference == IntegerModel.predict."""
+    bench = Bench(dut, "accelerator")
+    await bench.reset()
+    bus = BusMaster(dut)
+    rng = random.Random(cfg.seed)
+
+    assert await bus.read(R, Reg.ID, signed=False) == ACCEL_ID
+    assert await bus.read(R, Reg.CONFIG_HASH, signed=False) == config_hash(cfg)
+    assert await bus.read(R, Reg.LANES) == geo.lanes
+    assert await bus.read(R, Reg.ROWS) == geo.rows
+    for reg, value in ((Reg.LR_MULT, cfg.rule.lr_mult), (Reg.DELTA, cfg.rule.delta),
+                       (Reg.COPIES, cfg.rule.copies), (Reg.STEP_SAMPLES, S),
+                       (Reg.SEED, cfg.seed), (Reg.TARGET_ON, cfg.rule.target_on)):
+        got = await bus.read(R, reg, signed=False)
+        assert got == value, f"register {reg.name} resets to {got}, configuration says {value}"
+
+    n_samples = min(geo.sample_depth, S + S // 2 + 1)  # the cursor wraps within the run
+    x, labels = make_data(rng, n_samples)
+    for s in range(n_samples):
+        for f in range(geo.n_inputs):
+            await bus.write(Space.SAMPLES, s * geo.n_inputs + f, int(x[s, f]))
+        await bus.write(Space.LABELS, s, int(labels[s]))
+    model = IntegerModel(cfg, init_weights(cfg))
+    await write_matrices(bus, W, model.weights)
+    await bus.write(R, Reg.SAMPLE_COUNT, n_samples)
+    await bus.write(R, Reg.SAMPLE_CURSOR, 0)
+    await bus.write(R, Reg.STEP, 0)
+    await bus.write(R, Reg.COMMAND, Command.CLEAR_COUNTERS)
+
+    cursor = 0
+    runs = [1, 2]
+    for steps in runs:
+        await bus.write(R, Reg.STEPS, steps)
+        await run_command(dut, bus, Command.TRAIN, 20_000 * steps * cfg.rule.copies)
+        for _ in range(steps):
+            idx = [(cursor + b) % n_samples for b in range(S)]
+            cursor = (cursor + S) % n_samples
+            model.train_step(x[idx], labels[idx])
+        assert await bus.read(R, Reg.STEP) == model.step
+        assert await bus.read(R, Reg.SAMPLE_CURSOR) == cursor
+        assert await bus.read(R, Reg.LAST_LOSS) == model.last_loss_sum, "last step's loss sum"
+        rtl = await read_matrices(bus, W)
+        msg = first_difference(f"weights after step {model.step}", rtl, model.weights)
+        assert msg is None, msg
+        grads = await read_matrices(bus, G)
+        assert all(int(g.abs().max()) == 0 for g in grads), "G not cleared by the update"
+        if model.momentum is not None:
+            mom = await read_matrices(bus, M)
+            msg = first_difference(f"momentum after step {model.step}", mom, model.momentum)
+            assert msg is None, msg
+    steps_total = sum(runs)
+    assert await bus.read(R, Reg.STEPS_DONE) == steps_total
+    cycles = await bus.read(R, Reg.CYCLES_LO, signed=False)
+    assert await bus.read(R, Reg.CYCLES_HI) == 0
+    mac = await bus.read(R, Reg.MAC_BUSY_LO, signed=False)
+    stalls = await bus.read(R, Reg.STALLS, signed=False)
+    dut._log.info(
+        f"{cfg.name}: {cycles / steps_total:.0f} cycles per step "
+        f"(S={S}, copies={cfg.rule.copies}, lanes={geo.lanes}), MAC busy {mac / cycles:.1%}, "
+        f"stall cycles {stalls}"
+    )
+
+    # inference on every loaded sample
+    await bus.write(R, Reg.INFER_COUNT, n_samples)
+    await run_command(dut, bus, Command.INFER, 2_000 * n_samples)
+    assert await bus.read(R, Reg.STATUS) & Status.INFERENCE
+    expect = model.predict(x)
+    for s in range(n_samples):
+        for k in range(geo.classes):
+            got = await bus.read(Space.OUTPUTS, s * geo.classes + k)
+            assert got == int(expect[s, k]), \
+                f"inference outputs differ: sample {s} class {k}: rtl {got} golden {int(expect[s, k])}"
+
+
+@cocotb.test()
+async def bus_refusals(dut) -> None:
+    """Out-of-range, read-only, busy and malformed requests get err and change nothing."""
+    bench = Bench(dut, "refusals")
+    await bench.reset()
+    bus = BusMaster(dut)
+    lane_words = geo.weight_depth * geo.lanes
+    await bus.write(W, 0, 5)
+    assert await bus.read(W, 0) == 5
+    await bus.read(W, lane_words, expect_err=True)
+    await bus.write(W, lane_words, 1, expect_err=True)
+    await bus.write(W, 1, 1 << (geo.weight_bits - 1), expect_err=True)  # does not fit
+    await bus.write(W, 1, -(1 << (geo.weight_bits - 1)))
+    assert await bus.read(W, 1) == -(1 << (geo.weight_bits - 1))
+    await bus.write(Space.SAMPLES, 0, 128, expect_err=True)
+    await bus.write(Space.SAMPLES, geo.sample_words, 1, expect_err=True)
+    await bus.write(Space.LABELS, 0, geo.classes, expect_err=True)
+    await bus.write(Space.OUTPUTS, 0, 1, expect_err=True)
+    await bus.read(Space.OUTPUTS, geo.output_words, expect_err=True)
+    await bus.read(7, 0, expect_err=True)
+    if not geo.momentum:
+        await bus.read(M, 0, expect_err=True)
+    await bus.write(R, Reg.ID, 1, expect_err=True)
+    await bus.read(R, 0x3F, expect_err=True)
+    await bus.write(R, Reg.LR_MULT, 0, expect_err=True)
+    await bus.write(R, Reg.LR_MULT, 256, expect_err=True)
+    await bus.write(R, Reg.COPIES, 257, expect_err=True)
+    await bus.write(R, Reg.SAMPLE_COUNT, geo.sample_depth + 1, expect_err=True)
+    await bus.write(R, Reg.COMMAND, 99, expect_err=True)
+    await bus.write(R, Reg.COMMAND, Command.TRAIN, expect_err=True)  # no samples loaded
+    assert await bus.read(R, Reg.LR_MULT) == cfg.rule.lr_mult
+    # wide G words go through READ_HIGH / WRITE_HIGH
+    await bus.write(R, Reg.WRITE_HIGH, 0xFFFF_FFFF)
+    await bus.write(G, 3, -7)
+    assert await bus.read(G, 3) == -7
+    assert await bus.read(R, Reg.READ_HIGH, signed=False) == 0xFFFF_FFFF
+    await bus.write(G, 3, 0)
+    # requests while a command runs
+    await bus.write(Space.LABELS, 0, 0)
+    await bus.write(R, Reg.SAMPLE_COUNT, 1)
+    await bus.write(R, Reg.STEPS, 1)
+    await bus.write(R, Reg.COMMAND, Command.TRAIN)
+    assert int(dut.busy.value)
+    await bus.read(W, 0, expect_err=True)
+    await bus.write(R, Reg.STEPS, 2, expect_err=True)
+    await bus.write(R, Reg.COMMAND, Command.INFER, expect_err=True)
+    assert await bus.read(R, Reg.STATUS) & Status.BUSY
+    await with_timeout(FallingEdge(dut.busy), 10_000_000, "ns")
+    await ClockCycles(dut.clk, 2)
+    assert await bus.read(R, Reg.STEPS) == 1

@@ -1,0 +1,105 @@
+"""cocotb: the correlation unit, alone (any rows, repeats included) and behind the MGD
+weight-perturbation front end, against golden.units (narrow after every addition)."""
+
+from __future__ import annotations
+
+import random
+
+import cocotb
+import torch
+from hdl_model import first_difference, matrices_from_rows, weight_rows
+from hdl_tbutil import Bench, config, read_rows, write_rows
+
+from perturbo.golden import units as u
+from perturbo.golden.integer import layer_layouts
+from perturbo.hdl.correlation import CorrelationUnit, MgdWeightFrontEnd
+from perturbo.hdl.geometry import Geometry
+
+cfg = config()
+geo = Geometry(cfg)
+FE = MgdWeightFrontEnd(geo)
+UNIT = CorrelationUnit(geo.lanes, geo.row_bits, geo.grad_bits, FE.term_bits, geo.overflow)
+GB = geo.grad_bits
+LO, HI = -(1 << (GB - 1)), (1 << (GB - 1)) - 1
+
+
+async def load_g(dut, rows: list[list[int]]) -> None:
+    dut.direct.value = 0
+    await write_rows(dut, "gtest", rows, GB)
+
+
+async def read_g(dut) -> list[list[int]]:
+    return await read_rows(dut, "gtest", geo.weight_depth, geo.lanes, GB)
+
+
+def random_g(rng: random.Random) -> list[torch.Tensor]:
+    out = []
+    for lay in geo.layers:
+        g = torch.tensor([[rng.choice([rng.randint(LO, HI), LO, HI, HI - 3, 0])
+                           for _ in range(lay.cols)] for _ in range(lay.n_out)])
+        out.append(g.to(torch.int64))
+    return out
+
+
+@cocotb.test()
+@cocotb.parametrize(idle=[0.0, 0.5])
+async def mgd_weight_events(dut, idle: float) -> None:
+    """Events with random keys, both antithetic signs and extreme dC, on random G."""
+    bench = Bench(dut, ("mgd", idle))
+    await bench.reset()
+    rng = random.Random(repr(idle))
+    g0 = random_g(rng)
+    await load_g(dut, weight_rows(geo, g0))
+    cmd = bench.source("cmd", FE.cmd_layout, idle)
+    events = []
+    for n in range(8):
+        dc = rng.choice([rng.randint(-5000, 5000), 2**31 - 1, -(2**31), 0, rng.getrandbits(31)])
+        if n == 0:
+            dc = 2**31 - 1
+        events.append((rng.getrandbits(32), rng.randint(0, 1), dc))
+        cmd.send({"key": events[-1][0], "negate": events[-1][1], "dc": dc})
+    await bench.run(lambda: cmd.idle_now and not int(dut.busy.value),
+                    (geo.rows + 40) * len(events) * 4, "the correlation")
+    got = matrices_from_rows(geo, await read_g(dut))
+    gold = []
+    for li, lay in enumerate(layer_layouts(cfg)):
+        keys = torch.tensor([e[0] for e in events])[:, None, None]
+        a = torch.tensor([1 - 2 * e[1] for e in events])[:, None, None]
+        s = u.perturbation_sign(u.draw(keys, lay.weight_indices()[None])) * a
+        dcs = torch.tensor([e[2] for e in events])
+        gold.append(u.accumulate(g0[li], u.mgd_weight_terms(dcs, s), GB, geo.overflow))
+    msg = first_difference("correlation accumulators G", got, gold)
+    assert msg is None, msg
+
+
+@cocotb.test()
+async def direct_rows(dut) -> None:
+    """Any sequence of rows, the same row back to back included, random masks and gaps."""
+    bench = Bench(dut, "direct")
+    await bench.reset()
+    rng = random.Random(9)
+    rows0 = [[rng.randint(LO, HI) for _ in range(geo.lanes)] for _ in range(geo.weight_depth)]
+    await load_g(dut, rows0)
+    dut.direct.value = 1
+    src = bench.source("rows", UNIT.layout, 0.3)
+    tb = FE.term_bits
+    model = [list(r) for r in rows0]
+    last = 0
+    for _ in range(300):
+        row = last if rng.random() < 0.4 else rng.randrange(geo.weight_depth)
+        last = row
+        mask = rng.getrandbits(geo.lanes)
+        terms = [rng.choice([rng.randint(-(1 << (tb - 1)), (1 << (tb - 1)) - 1), 1, -1,
+                             (1 << (tb - 1)) - 1]) for _ in range(geo.lanes)]
+        src.send({"row": row, "mask": mask, "term": terms})
+        for k in range(geo.lanes):
+            if mask >> k & 1:
+                model[row][k] = int(u.narrow(torch.tensor(model[row][k] + terms[k]), GB,
+                                             geo.overflow))
+    await bench.run(lambda: src.idle_now and not int(dut.busy.value), 3000, "the rows")
+    dut.direct.value = 0
+    got = await read_g(dut)
+    for r in range(geo.weight_depth):
+        for k in range(geo.lanes):
+            assert got[r][k] == model[r][k], \
+                f"correlation unit differs: row {r} lane {k}: rtl {got[r][k]} golden {model[r][k]}"

@@ -1,0 +1,135 @@
+"""cocotb: the forward engine against golden.units, pass by pass, group by group.
+
+Random master weights and inputs, extreme cases (saturation at both ends, zero inputs,
+all -128 weights, the longest accumulation), baseline and perturbed passes with both
+antithetic signs, back-to-back commands with random gaps and random back-pressure.
+"""
+
+from __future__ import annotations
+
+import random
+
+import cocotb
+import torch
+from hdl_model import pass_outputs, weight_rows
+from hdl_tbutil import Bench, config
+
+from perturbo.hdl.forward import ForwardEngine
+from perturbo.hdl.geometry import Geometry
+
+cfg = config()
+geo = Geometry(cfg)
+ENGINE = ForwardEngine(geo, tag_shape=16)
+WB = geo.weight_bits
+
+
+async def load_weights(bench: Bench, weights: list[torch.Tensor]) -> None:
+    rows = weight_rows(geo, weights)
+    writes = []
+    for r, vals in enumerate(rows[: geo.rows]):
+        data = 0
+        for k, v in enumerate(vals):
+            data |= (v & ((1 << WB) - 1)) << (k * WB)
+        writes.append({"wload__addr": r, "wload__data": data, "wload__we": (1 << geo.lanes) - 1})
+    await bench.write_cycles(writes)
+
+
+async def load_samples(bench: Bench, samples: torch.Tensor) -> None:
+    writes = [{"sload__addr": i, "sload__data": int(v) & 0xFF, "sload__we": 1}
+              for i, v in enumerate(samples.flatten().tolist())]
+    await bench.write_cycles(writes)
+
+
+def random_weights(rng: random.Random, kind: str = "random") -> list[torch.Tensor]:
+    lo, hi = -(1 << (WB - 1)), (1 << (WB - 1)) - 1
+    out = []
+    for lay in geo.layers:
+        shape = (lay.n_out, lay.cols)
+        if kind == "min":
+            w = torch.full(shape, lo)
+        elif kind == "max":
+            w = torch.full(shape, hi)
+        elif kind == "small":  # realistic He-like magnitudes: activations stay in range
+            w = torch.tensor([[rng.randint(-40, 40) << (WB - 8) | rng.randrange(1 << (WB - 8))
+                               for _ in range(shape[1])] for _ in range(shape[0])])
+        else:
+            w = torch.tensor([[rng.randint(lo, hi) for _ in range(shape[1])]
+                              for _ in range(shape[0])])
+        out.append(w.to(torch.int64))
+    return out
+
+
+async def run_passes(bench: Bench, weights: list[torch.Tensor], samples: torch.Tensor,
+                     passes: list[dict], idle: float, backpressure: float, tag: str) -> None:
+    """Send the passes back to back; check every group result of every layer."""
+    cmd = bench.source("cmd", ENGINE.cmd_layout, idle)
+    res = bench.sink("result", ENGINE.result_layout, backpressure)
+    expected = []
+    for n, p in enumerate(passes):
+        cmd.send({"perturb": p["perturb"], "negate": p["negate"], "bank": p["perturb"],
+                  "key": p["key"], "sample_base": p["sample"] * geo.n_inputs, "tag": n})
+        outs = pass_outputs(cfg, weights, samples[p["sample"]], perturb=bool(p["perturb"]),
+                            key=p["key"], negate=bool(p["negate"]), delta=p["delta"])
+        for li, lay in enumerate(geo.layers):
+            for g in range(lay.groups):
+                expected.append((n, li, g, outs[li]))
+    bench.dut.delta.value = passes[0]["delta"]
+    await bench.run(lambda: len(res.received) >= len(expected),
+                    max_cycles=40 * sum(lay.rows for lay in geo.layers) * len(passes) + 1000,
+                    what=f"{tag}: the passes")
+    bench.sources.remove(cmd)
+    bench.sinks.remove(res)
+    for got, (n, li, g, (q, y)) in zip(res.received, expected, strict=True):
+        lay = geo.layers[li]
+        where = f"{tag}: pass {n} ({passes[n]}) layer {li} group {g}"
+        assert got["tag"] == n and got["layer"] == li and got["group"] == g, \
+            f"{where}: result order: got tag {got['tag']} layer {got['layer']} group {got['group']}"
+        count = lay.lane_count(g, geo.lanes)
+        assert got["mask"] == (1 << count) - 1, f"{where}: mask {got['mask']:b}"
+        assert got["last"] == int(li == geo.n_layers - 1 and g == lay.groups - 1), f"{where}: last"
+        for k in range(count):
+            i = g * geo.lanes + k
+            assert got["q"][k] == int(q[i]), \
+                f"forward q differ: {where} neuron {i}: rtl {got['q'][k]} golden {int(q[i])}"
+            assert got["y"][k] == int(y[i]), \
+                f"forward y differ: {where} neuron {i}: rtl {got['y'][k]} golden {int(y[i])}"
+
+
+@cocotb.test()
+@cocotb.parametrize(traffic=[(0.0, 0.0), (0.3, 0.4)])
+async def random_passes(dut, traffic: tuple[float, float]) -> None:
+    """Random weights and samples; baseline and perturbed passes back to back."""
+    idle, bp = traffic
+    bench = Bench(dut, ("random", traffic))
+    await bench.reset()
+    rng = random.Random(repr(traffic))
+    n_samples = min(4, geo.sample_depth)
+    samples = torch.tensor([[rng.randint(0, 127) for _ in range(geo.n_inputs)]
+                            for _ in range(n_samples)])
+    samples[0, : geo.n_inputs // 2] = 0  # zero inputs
+    await load_samples(bench, samples)
+    for kind in ("small", "random"):
+        weights = random_weights(rng, kind)
+        await load_weights(bench, weights)
+        delta = rng.choice([1, 2, 127, rng.randint(1, 127)])
+        passes = [{"perturb": m % 3 != 0, "negate": rng.randint(0, 1), "key": rng.getrandbits(32),
+                   "sample": rng.randrange(n_samples), "delta": delta} for m in range(6)]
+        await run_passes(bench, weights, samples, passes, idle, bp, f"{kind} weights")
+
+
+@cocotb.test()
+async def extremes(dut) -> None:
+    """Saturation at both ends, zero inputs, all -128 weights, the longest accumulation."""
+    bench = Bench(dut, "extremes")
+    await bench.reset()
+    samples = torch.stack([torch.full((geo.n_inputs,), 127), torch.zeros(geo.n_inputs),
+                           torch.full((geo.n_inputs,), 1)])[: geo.sample_depth].to(torch.int64)
+    await load_samples(bench, samples)
+    rng = random.Random(7)
+    for kind in ("min", "max"):
+        weights = random_weights(rng, kind)
+        await load_weights(bench, weights)
+        passes = [{"perturb": p, "negate": neg, "key": rng.getrandbits(32), "sample": s,
+                   "delta": 127}
+                  for s in range(len(samples)) for p, neg in ((0, 0), (1, 0), (1, 1))]
+        await run_passes(bench, weights, samples, passes, 0.0, 0.2, f"all-{kind} weights")

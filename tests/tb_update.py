@@ -1,0 +1,66 @@
+"""cocotb: the update unit (W -= round_shift(U * lr_mult, lr_shift_l), G = 0, momentum)."""
+
+from __future__ import annotations
+
+import random
+
+import cocotb
+import torch
+from cocotb.triggers import ClockCycles, FallingEdge
+from hdl_model import first_difference, matrices_from_rows, weight_rows
+from hdl_tbutil import Bench, config, read_rows, write_rows
+
+from perturbo.golden import units as u
+from perturbo.hdl.geometry import Geometry
+
+cfg = config()
+geo = Geometry(cfg)
+WB, GB = geo.weight_bits, geo.grad_bits
+
+
+def rand_mats(rng: random.Random, bits: int) -> list[torch.Tensor]:
+    lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    return [torch.tensor([[rng.choice([rng.randint(lo, hi), lo, hi, 0, rng.randint(-99, 99)])
+                           for _ in range(lay.cols)] for _ in range(lay.n_out)])
+            for lay in geo.layers]
+
+
+@cocotb.test()
+async def updates(dut) -> None:
+    """Three updates with different learning rates on random and extreme W, G, M."""
+    bench = Bench(dut, "update")
+    await bench.reset()
+    rng = random.Random(3)
+    w = rand_mats(rng, WB)
+    mom = rand_mats(rng, GB) if geo.momentum else None
+    await write_rows(dut, "wtest", weight_rows(geo, w), WB)
+    if mom is not None:
+        await write_rows(dut, "mtest", weight_rows(geo, mom), GB)
+    for lr in (cfg.rule.lr_mult, 255, 1):
+        g = rand_mats(rng, GB)
+        await write_rows(dut, "gtest", weight_rows(geo, g), GB)
+        dut.lr_mult.value = lr
+        await FallingEdge(dut.clk)
+        dut.start.value = 1
+        await FallingEdge(dut.clk)
+        dut.start.value = 0
+        await ClockCycles(dut.clk, geo.rows + 8)
+        assert not int(dut.busy.value), "the update did not finish in rows + 8 cycles"
+        for li, lay in enumerate(geo.layers):
+            upd = g[li]
+            if mom is not None:
+                mom[li] = u.momentum_step(mom[li], g[li], geo.momentum_shift, GB, geo.rounding,
+                                          geo.overflow)
+                upd = mom[li]
+            w[li] = u.update_weights(w[li], upd, lr_mult=lr, lr_shift=lay.lr_shift,
+                                     weight_bits=WB, rounding=geo.rounding, overflow=geo.overflow)
+        got_w = matrices_from_rows(geo, await read_rows(dut, "wtest", geo.weight_depth, geo.lanes, WB))
+        msg = first_difference(f"weights after the update with lr_mult {lr}", got_w, w)
+        assert msg is None, msg
+        got_g = await read_rows(dut, "gtest", geo.weight_depth, geo.lanes, GB)
+        assert all(v == 0 for row in got_g[: geo.rows] for v in row), "G not cleared"
+        if mom is not None:
+            got_m = matrices_from_rows(geo, await read_rows(dut, "mtest", geo.weight_depth,
+                                                            geo.lanes, GB))
+            msg = first_difference(f"momentum after the update with lr_mult {lr}", got_m, mom)
+            assert msg is None, msg
