@@ -52,8 +52,9 @@ def _parser() -> argparse.ArgumentParser:
     backends = [b.value for b in Backend]
     tr = sub.add_parser("train", help="train a network from a configuration file")
     tr.add_argument("config", type=Path, metavar="CONFIG")
-    tr.add_argument("--backend", choices=backends, default=Backend.GOLDEN.value,
-                    help="where the network trains (default: golden)")
+    tr.add_argument("--backend", choices=backends, default=Backend.VERILATOR.value,
+                    help="where the network trains: the Verilator co-simulation of the accelerator (default), "
+                         "the golden model in-process, or a board on a serial port")
     tr.add_argument("--out", type=Path, metavar="DIR",
                     help="run directory (default: runs/<config name>)")
     tr.add_argument("--steps", type=int, metavar="N", help="override training.steps")

@@ -156,6 +156,17 @@ class RuleConfig(_Strict):
 class TrainingConfig(_Strict):
     steps: int = Field(2000, ge=1, description="updates to train for")
     eval_every: int = Field(500, ge=1, description="evaluate on the validation split every this many steps")
+    lr_mult_schedule: list[tuple[Annotated[int, Field(ge=0)], Annotated[int, Field(ge=1, le=255)]]] = Field(
+        [], description="step decay of the integer rules: [[step, lr_mult], ...]; from each step on, the host "
+        "writes that LR_MULT (rule.lr_mult applies before the first entry)"
+    )
+
+    @model_validator(mode="after")
+    def _schedule_sorted(self) -> TrainingConfig:
+        steps = [s for s, _ in self.lr_mult_schedule]
+        if steps != sorted(set(steps)):
+            raise ValueError(f"training.lr_mult_schedule steps must increase strictly, got {steps}")
+        return self
 
 
 class NumericsConfig(_Strict):

@@ -608,8 +608,14 @@ def train(
         # samples go over in one burst and the accelerator runs them without the host.
         many = getattr(backend, "train_steps", None)
         max_chunk = int(getattr(backend, "max_steps_per_call", 1)) if many is not None else 1
+        schedule = cfg.training.lr_mult_schedule
+        if schedule and not hasattr(backend, "lr_mult"):
+            raise ConfigError("training.lr_mult_schedule needs an integer backend (the float references have no LR_MULT)")
         while state.step < total:
-            boundary = min([total] + [(state.step // m + 1) * m for m in (eval_every, log_every, checkpoint_every)])
+            if schedule:  # the LR_MULT register in force from this step on
+                backend.lr_mult = next((m for s, m in reversed(schedule) if s <= state.step), cfg.rule.lr_mult)
+            boundary = min([total] + [(state.step // m + 1) * m for m in (eval_every, log_every, checkpoint_every)]
+                           + [s for s, _ in schedule if s > state.step])
             k = max(1, min(max_chunk, boundary - state.step))
             x, y = stream.take(n * k)
             loss = float(many(x, y, k) if many is not None else backend.train_step(x, y))

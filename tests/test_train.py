@@ -271,7 +271,7 @@ def test_cli_train_resume_and_eval(tmp_path: Path, monkeypatch: pytest.MonkeyPat
                                    capsys: pytest.CaptureFixture[str]) -> None:
     built: list[tuple[str, bool]] = []
 
-    def fake_make_backend(cfg: Config, name: str, float_reference: bool = False) -> DummyBackend:
+    def fake_make_backend(cfg: Config, name: str, float_reference: bool = False, port: str | None = None) -> DummyBackend:
         built.append((name, float_reference))
         return DummyBackend(cfg)
 
@@ -279,7 +279,7 @@ def test_cli_train_resume_and_eval(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     cfg = tmp_path / "c.yaml"
     cfg.write_text("name: tiny\ndata:\n  train_limit: 40\ntraining:\n  eval_every: 4\n")
     out = tmp_path / "run"
-    base = ["train", str(cfg), "--out", str(out), "--no-progress"]
+    base = ["train", str(cfg), "--out", str(out), "--no-progress", "--backend", "golden"]
     assert cli.main([*base, "--steps", "4", "--float"]) == 0
     assert cli.main([*base, "--steps", "6"]) == 2  # would clobber the checkpoint
     assert cli.main([*base, "--steps", "8", "--float", "--resume"]) == 0
@@ -295,7 +295,7 @@ def test_cli_train_resume_and_eval(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 
 
 def test_cli_default_out_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cli, "make_backend", lambda cfg, name, float_reference=False:
+    monkeypatch.setattr(cli, "make_backend", lambda cfg, name, float_reference=False, port=None:
                         DummyBackend(cfg))
     monkeypatch.chdir(tmp_path)
     (tmp_path / "c.yaml").write_text("name: my run\ntraining:\n  steps: 2\n  eval_every: 1\n")
@@ -305,7 +305,7 @@ def test_cli_default_out_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
 
 def test_cli_interrupted_run_exits_130(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                        capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setattr(cli, "make_backend", lambda cfg, name, float_reference=False:
+    monkeypatch.setattr(cli, "make_backend", lambda cfg, name, float_reference=False, port=None:
                         DummyBackend(cfg, fail_at=3, exc=KeyboardInterrupt))
     cfg = tmp_path / "c.yaml"
     cfg.write_text("training:\n  steps: 5\n  eval_every: 2\n")
@@ -313,3 +313,27 @@ def test_cli_interrupted_run_exits_130(tmp_path: Path, monkeypatch: pytest.Monke
     assert cli.main(["train", str(cfg), "--out", str(out), "--no-progress"]) == 130
     assert "--resume" in capsys.readouterr().err
     assert load_checkpoint(out).trainer.step == 2 and temp_files(out) == []
+
+
+def test_lr_mult_schedule_reaches_the_backend(tmp_path: Path) -> None:
+    from perturbo.golden.integer import IntegerModel
+
+    class Recording(IntegerModel):
+        seen: list[int] = []
+
+        def train_step(self, x: torch.Tensor, labels: torch.Tensor) -> float:
+            self.seen.append(self.lr_mult)
+            return super().train_step(x, labels)
+
+    cfg = parse_config({"rule": {"name": "tpsgd-l2", "batch": 2, "lr_mult": 5},
+                        "training": {"steps": 8, "eval_every": 4, "lr_mult_schedule": [[3, 2], [6, 1]]}})
+    model = Recording(cfg)
+    train(cfg, model, tmp_path, progress=False)
+    assert model.seen == [5, 5, 5, 2, 2, 2, 1, 1]
+    # resuming mid-schedule restores the multiplier in force at that step
+    resumed = Recording(cfg)
+    resumed.seen = []
+    cfg10 = parse_config({**cfg.model_dump(mode="json"), "training": {**cfg.training.model_dump(mode="json"),
+                                                                       "steps": 10}})
+    train(cfg10, resumed, tmp_path, resume=True, progress=False)
+    assert resumed.seen == [1, 1]
