@@ -79,6 +79,11 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--port", metavar="URL", help="serial backend: the board's port or pyserial URL")
 
     # board names are listed here rather than imported: perturbo.boards pulls in Amaranth
+    gen = sub.add_parser("gen", help="write the accelerator's Verilog (lint-clean under verilator -Wall)")
+    gen.add_argument("config", type=Path, metavar="CONFIG")
+    gen.add_argument("-o", "--out", type=Path, default=Path("build"), metavar="DIR",
+                     help="output directory (default: build)")
+
     sy = sub.add_parser("synth", help="build the accelerator for an FPGA board; report its use and Fmax")
     sy.add_argument("config", type=Path, metavar="CONFIG")
     sy.add_argument("--board", required=True, choices=SYNTH_BOARDS)
@@ -130,6 +135,19 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_gen(args: argparse.Namespace) -> int:
+    from perturbo.hdl.generate import generate
+
+    cfg = load_config(args.config)
+    try:
+        path = generate(cfg, args.out)
+    except ValueError as err:
+        raise ConfigError(f"{args.config}: {err}") from None
+    print(f"{path} (top module perturbo_accelerator), {path.with_suffix('.vlt')} (lint waivers), "
+          f"{path.with_suffix('.json')} (register map)")
+    return 0
+
+
 def _cmd_eval(args: argparse.Namespace) -> int:
     ckpt = load_checkpoint(args.checkpoint)
     name = args.backend or ckpt.backend.get("name")
@@ -177,7 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (the console script exits with it)."""
     args = _parser().parse_args(argv)
     commands = {"config": _cmd_config_show, "train": _cmd_train, "eval": _cmd_eval,
-                "synth": _cmd_synth}
+                "synth": _cmd_synth, "gen": _cmd_gen}
     try:
         return commands[args.command](args)
     except USER_ERRORS as err:

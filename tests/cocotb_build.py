@@ -4,7 +4,7 @@ Every hardware unit's pytest entry point calls :func:`run_cocotb`.  The Verilog
 is generated from the Amaranth component and the verilated model is built in a
 directory keyed by a hash of that Verilog and the build options, so a unit's
 model is built once per configuration and reused by every later test and run
-(``.pytest-build/`` at the repository root, cached across runs).
+(``~/.cache/perturbo/cocotb``, or ``$PERTURBO_BUILD_DIR``: cached across runs and checkouts).
 """
 
 from __future__ import annotations
@@ -16,10 +16,13 @@ from pathlib import Path
 
 from amaranth.back import verilog
 
+from perturbo.sim.cosim import cache_root
 from perturbo.sim.toolchain import verilator_env
 
 REPO = Path(__file__).resolve().parent.parent
-BUILD_ROOT = Path(os.environ.get("PERTURBO_BUILD_DIR", REPO / ".pytest-build"))
+# Shared with the co-simulation cache, outside the checkout, so a fresh clone on the
+# same machine (CI) reuses every model built before; keyed by a hash of the Verilog.
+BUILD_ROOT = Path(os.environ.get("PERTURBO_BUILD_DIR", cache_root() / "cocotb"))
 
 # Amaranth's generated Verilog trips these warnings, which are fatal by default in
 # Verilator; none of them is a bug in generated code (widths are explicit there).
