@@ -28,11 +28,11 @@ from amaranth.lib.wiring import In, Out
 from perturbo.config import Overflow, Rule
 
 from .arith import narrow
-from .geometry import Geometry, ceil_log2
+from .geometry import Geometry
 from .memories import LanePortSignature
 from .random import DRAW_LATENCY, RandomSource
 
-__all__ = ["DC_BITS", "term_bits", "row_layout", "CorrelationUnit", "MgdWeightFrontEnd"]
+__all__ = ["DC_BITS", "term_bits", "row_layout", "sums_layout", "CorrelationUnit", "MgdWeightFrontEnd"]
 
 #: Width of the loss difference ``dC`` (exact; docs/numerics.md §2).
 DC_BITS = 32
@@ -44,12 +44,19 @@ def term_bits(natural: int, grad_bits: int) -> int:
 
 
 def row_layout(lanes: int, row_bits: int, tbits: int) -> data.StructLayout:
-    """Payload of a row of terms: ``row``, ``mask`` (lanes to update), ``term`` per lane."""
+    """Payload of a row of terms: ``row``, ``mask`` (lanes to update), ``term`` per lane,
+    and ``final`` (the last addition of the step: hand the sums on and clear ``G``)."""
     return data.StructLayout({
         "row": row_bits,
         "mask": lanes,
         "term": data.ArrayLayout(signed(tbits), lanes),
+        "final": 1,
     })
+
+
+def sums_layout(lanes: int, row_bits: int, grad_bits: int) -> data.StructLayout:
+    """Payload of the final sums of a row: ``row`` and ``g`` per lane."""
+    return data.StructLayout({"row": row_bits, "g": data.ArrayLayout(signed(grad_bits), lanes)})
 
 
 class CorrelationUnit(wiring.Component):
@@ -59,6 +66,10 @@ class CorrelationUnit(wiring.Component):
     (read in the cycle a row is taken, write one cycle later).  A row that follows the
     same row directly takes the just-written sums (bypass), so any sequence of rows
     accumulates in order.
+
+    A ``final`` row (the step's last addition to it) writes 0 instead and hands the sums
+    to ``sums``, so the update unit applies them while the last correlation runs,
+    instead of sweeping G once more after it.
 
     Parameters
     ----------
@@ -77,6 +88,9 @@ class CorrelationUnit(wiring.Component):
         Rows of terms; always ready.
     grads : ``Out(LanePortSignature(lanes, row_bits, signed(grad_bits)))``
         The G memories.
+    sums : ``Out(stream.Signature(sums_layout(...), always_ready=True))``
+        The sums of every ``final`` row (``G`` of the unmasked lanes as it was), in the
+        cycle they would have been written.
     busy : ``Out(1)``
         A row is still being written.
     """
@@ -93,6 +107,8 @@ class CorrelationUnit(wiring.Component):
         super().__init__({
             "i": In(stream.Signature(self.layout)),
             "grads": Out(LanePortSignature(lanes, row_bits, signed(grad_bits))),
+            "sums": Out(stream.Signature(sums_layout(lanes, row_bits, grad_bits),
+                                         always_ready=True)),
             "busy": Out(1),
         })
 
@@ -116,13 +132,19 @@ class CorrelationUnit(wiring.Component):
         we = Signal(lanes)
         m.d.comb += [
             self.grads.waddr.eq(b.row),
-            we.eq(Mux(b_valid, b.mask, 0)),
+            we.eq(Mux(b_valid, Mux(b.final, (1 << lanes) - 1, b.mask), 0)),
             self.grads.we.eq(we),
+            self.sums.valid.eq(b_valid & b.final),
+            self.sums.payload.row.eq(b.row),
         ]
         for k in range(lanes):
             bypass = last_we[k] & (last_row == b.row)
             old = Mux(bypass, last_data[k], self.grads.rdata[k])
-            m.d.comb += self.grads.wdata[k].eq(narrow(old + b.term[k], gb, self.overflow))
+            new = Mux(b.mask[k], narrow(old + b.term[k], gb, self.overflow), old)
+            m.d.comb += [
+                self.grads.wdata[k].eq(Mux(b.final, 0, new)),
+                self.sums.payload.g[k].eq(new),
+            ]
         m.d.sync += [last_row.eq(b.row), last_we.eq(we), last_data.eq(self.grads.wdata)]
         m.d.comb += self.busy.eq(b_valid)
         return m
@@ -143,8 +165,9 @@ class MgdWeightFrontEnd(wiring.Component):
 
     Members
     -------
-    cmd : ``In(stream.Signature(StructLayout({"key": 32, "negate": 1, "dc": signed(32)})))``
-        One event: its weight-sign key, the antithetic sign (``negate``: ``a = -1``) and ``dC``.
+    cmd : ``In(stream.Signature(StructLayout({"key": 32, "negate": 1, "dc": signed(32), "final": 1})))``
+        One event: its weight-sign key, the antithetic sign (``negate``: ``a = -1``),
+        ``dC``, and ``final`` for the last event of a training step.
     o : ``Out(stream.Signature(row_layout(...)))``
         Rows of terms for :class:`CorrelationUnit`.
     busy : ``Out(1)``
@@ -156,7 +179,8 @@ class MgdWeightFrontEnd(wiring.Component):
             raise TypeError(f"geometry must be a Geometry, not {geometry!r}")
         self.geometry = geo = geometry
         self.term_bits = term_bits(DC_BITS + 1, geo.grad_bits)
-        self.cmd_layout = data.StructLayout({"key": 32, "negate": 1, "dc": signed(DC_BITS)})
+        self.cmd_layout = data.StructLayout({"key": 32, "negate": 1, "dc": signed(DC_BITS),
+                                             "final": 1})
         self.layout = row_layout(geo.lanes, geo.row_bits, self.term_bits)
         self.layers = [lay for lay in geo.layers if lay.rule == Rule.MGD_WEIGHT]
         super().__init__({
@@ -200,6 +224,7 @@ class MgdWeightFrontEnd(wiring.Component):
         key = Signal(32)
         negate = Signal()
         dc = Signal(signed(DC_BITS))
+        final = Signal()
         inflight = Signal(range(DRAW_LATENCY + 2))
 
         is_last = col == t_last_col[li]
@@ -238,6 +263,7 @@ class MgdWeightFrontEnd(wiring.Component):
                 active.eq(1), li.eq(0), group.eq(0), col.eq(0),
                 idx0.eq(layers[0].weight_offset), row.eq(layers[0].row_base),
                 key.eq(cmd.payload.key), negate.eq(cmd.payload.negate), dc.eq(cmd.payload.dc),
+                final.eq(cmd.payload.final),
             ]
 
         tb = self.term_bits
@@ -248,14 +274,10 @@ class MgdWeightFrontEnd(wiring.Component):
             rand.o.ready.eq(self.o.ready),
             self.o.payload.row.eq(rand.o.payload.tag.row),
             self.o.payload.mask.eq(rand.o.payload.tag.mask),
+            self.o.payload.final.eq(final),
             self.busy.eq(active | (inflight != 0)),
         ]
         for k in range(lanes):
             flip = rand.o.payload.word[k][31] ^ negate  # a * s = -1
             m.d.comb += self.o.payload.term[k].eq(Mux(flip, minus, plus))
         return m
-
-
-def g_row_bits(geometry: Geometry) -> int:
-    """Address bits of the G memories (the same rows as the weights)."""
-    return ceil_log2(geometry.weight_depth)

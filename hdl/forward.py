@@ -58,7 +58,7 @@ H = DRAW_LATENCY
 PIPE_DEPTH = H + 5
 
 
-def activation(q: signed, kind: Activation | None):
+def activation(q: Value, kind: Activation | None) -> Value:
     """``phi(q)`` of docs/numerics.md §3 on a ``signed(8)`` value (None: linear)."""
     if kind is None:
         return q
@@ -121,7 +121,7 @@ class ForwardEngine(wiring.Component):
         Work is held: back-pressure, a missing injection, or the interlock.
     """
 
-    def __init__(self, geometry: Geometry, tag_shape: ShapeLike = unsigned(1)) -> None:
+    def __init__(self, geometry: Geometry, tag_shape: ShapeLike = 1) -> None:
         if not isinstance(geometry, Geometry):
             raise TypeError(f"geometry must be a Geometry, not {geometry!r}")
         geo = self.geometry = geometry

@@ -64,11 +64,6 @@ class LayerGeometry:
         """Memory rows of the layer."""
         return self.groups * self.cols
 
-    @property
-    def in_words(self) -> int:
-        """Activation words holding this layer's input (layers >= 1)."""
-        return -(-self.n_in // 1)  # replaced by Geometry (needs lanes); kept for symmetry
-
     def lane_count(self, group: int, lanes: int) -> int:
         """Neurons of ``group`` that exist (the last group may be partly empty)."""
         return max(0, min(lanes, self.n_out - group * lanes))

@@ -12,7 +12,7 @@ group costs at most ``lanes + 1`` cycles; the output layer's groups arrive
 
 from __future__ import annotations
 
-from amaranth.hdl import Module, Mux, ShapeLike, Signal, signed, unsigned
+from amaranth.hdl import Module, Mux, ShapeLike, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -47,7 +47,7 @@ class LossUnit(wiring.Component):
         baseline pass), ``baseline`` and ``tag``.
     """
 
-    def __init__(self, geometry: Geometry, tag_shape: ShapeLike = unsigned(1)) -> None:
+    def __init__(self, geometry: Geometry, tag_shape: ShapeLike = 1) -> None:
         if not isinstance(geometry, Geometry):
             raise TypeError(f"geometry must be a Geometry, not {geometry!r}")
         self.geometry = geo = geometry

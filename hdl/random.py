@@ -19,7 +19,7 @@ Nothing is stored: the correlation unit replays an event's draws from its key.
 
 from __future__ import annotations
 
-from amaranth.hdl import Const, Module, Mux, Shape, ShapeLike, Signal, Value, signed, unsigned
+from amaranth.hdl import Const, Module, Mux, Shape, ShapeLike, Signal, Value, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -170,7 +170,7 @@ class RandomSource(wiring.Component):
         The random words and the request's tag.
     """
 
-    def __init__(self, lanes: int, index_width: int = 32, tag_shape: ShapeLike = unsigned(1)) -> None:
+    def __init__(self, lanes: int, index_width: int = 32, tag_shape: ShapeLike = 1) -> None:
         if not isinstance(lanes, int) or lanes < 1:
             raise ValueError(f"lanes must be a positive integer, not {lanes!r}")
         if not isinstance(index_width, int) or not 1 <= index_width <= 32:

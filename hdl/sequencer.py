@@ -15,8 +15,9 @@ Two processes keep the datapath busy:
   pass key computed ahead by a :class:`~.random.KeyGen`;
 - the *collector* takes each pass's loss from the loss unit, adds the baseline losses,
   hands each perturbed pass's ``dC`` with its key to the correlation front end (which
-  works while the next passes run), and at the end of a step waits for the correlation
-  to drain, runs the update, and lets the issuer start the next step.
+  works while the next passes run); the step's last correlation is *final*: the
+  correlation unit hands each row's sums to the update unit as it goes, so the update
+  ends a few cycles after it; then the issuer starts the next step.
 
 The event number is kept as a running counter: ``k * S * P`` is computed once per run
 by a :class:`SerialMultiplier` (as is the cursor's sample address), then ``e`` advances
@@ -26,7 +27,7 @@ the :class:`OutputWriter` stores their output scores.
 
 from __future__ import annotations
 
-from amaranth.hdl import Module, Mux, Signal, signed
+from amaranth.hdl import Module, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -137,7 +138,9 @@ class Sequencer(wiring.Component):
     geometry
         Sizes and layouts.
     fwd_cmd_layout
-        The forward engine's command layout (built with :attr:`tag_layout` as its tag).
+        The forward engine's command layout (built with :meth:`tag_layout` as its tag).
+    loss_layout
+        The loss unit's result layout (with the same tag).
     corr_cmd_layout
         The correlation front end's command layout.
 
@@ -167,8 +170,8 @@ class Sequencer(wiring.Component):
     corr_cmd : ``Out(stream)``
         Events for the correlation front end.
     corr_busy : ``In(1)``
-    upd_start : ``Out(1)``; upd_busy : ``In(1)``
-        The update unit.
+    upd_busy : ``In(1)``
+        The update unit works (it takes the step's final sums from the correlation unit).
     labels : ``Out(PortSignature)``
         Read side of the label memory.
     out_done : ``In(1)``
@@ -204,7 +207,6 @@ class Sequencer(wiring.Component):
             "loss": In(stream.Signature(loss_layout)),
             "corr_cmd": Out(stream.Signature(corr_cmd_layout)),
             "corr_busy": In(1),
-            "upd_start": Out(1),
             "upd_busy": In(1),
             "labels": Out(PortSignature(ceil_log2(geo.sample_depth), geo.label_bits)),
             "out_done": In(1),
@@ -272,19 +274,16 @@ class Sequencer(wiring.Component):
                 with m.Elif(self.infer):
                     m.d.sync += [self.inference.eq(1), count.eq(0), sbase.eq(0), obase.eq(0)]
                     m.next = "INFER"
-            with m.State("MUL_SP"):  # S * P
-                with m.If(~mul.busy):
-                    m.d.comb += [mul.start.eq(1), mul.a.eq(mul.p), mul.b.eq(self.step)]
-                    m.next = "MUL_E"
-            with m.State("MUL_E"):  # k * S * P: the first event of the step
-                with m.If(~mul.busy):
-                    m.d.sync += ebase.eq(mul.p)
-                    m.d.comb += [mul.start.eq(1), mul.a.eq(self.cursor), mul.b.eq(n_in0)]
-                    m.next = "MUL_S"
-            with m.State("MUL_S"):  # the cursor's sample address
-                with m.If(~mul.busy):
-                    m.d.sync += sbase.eq(mul.p)
-                    m.next = "STEP"
+            with m.State("MUL_SP"), m.If(~mul.busy):  # S * P
+                m.d.comb += [mul.start.eq(1), mul.a.eq(mul.p), mul.b.eq(self.step)]
+                m.next = "MUL_E"
+            with m.State("MUL_E"), m.If(~mul.busy):  # k * S * P: the first event of the step
+                m.d.sync += ebase.eq(mul.p)
+                m.d.comb += [mul.start.eq(1), mul.a.eq(self.cursor), mul.b.eq(n_in0)]
+                m.next = "MUL_S"
+            with m.State("MUL_S"), m.If(~mul.busy):  # the cursor's sample address
+                m.d.sync += sbase.eq(mul.p)
+                m.next = "STEP"
             with m.State("STEP"):
                 m.d.sync += b.eq(0)
                 with m.If(steps_left == 0):
@@ -339,10 +338,9 @@ class Sequencer(wiring.Component):
                     m.next = "WAIT_UPDATE"
                 with m.Else():
                     m.next = "SAMPLE"
-            with m.State("WAIT_UPDATE"):
-                with m.If(step_done):
-                    m.d.sync += steps_left.eq(steps_left - 1)
-                    m.next = "STEP"
+            with m.State("WAIT_UPDATE"), m.If(step_done):
+                m.d.sync += steps_left.eq(steps_left - 1)
+                m.next = "STEP"
             with m.State("INFER"):
                 with m.If(count == self.infer_count):
                     m.next = "INFER_WAIT"
@@ -351,9 +349,8 @@ class Sequencer(wiring.Component):
                     with m.If(self.fwd_cmd.ready):
                         m.d.sync += [count.eq(count + 1), sbase.eq(sbase + n_in0),
                                      obase.eq(obase + geo.classes)]
-            with m.State("INFER_WAIT"):
-                with m.If(collected == self.infer_count):
-                    m.next = "FINISH"
+            with m.State("INFER_WAIT"), m.If(collected == self.infer_count):
+                m.next = "FINISH"
             with m.State("FINISH"):
                 m.d.comb += self.finished.eq(1)
                 m.next = "IDLE"
@@ -372,24 +369,22 @@ class Sequencer(wiring.Component):
                     self.corr_cmd.payload.key.eq(res.tag.key),
                     self.corr_cmd.payload.negate.eq(res.tag.negate),
                     self.corr_cmd.payload.dc.eq(res.dc),
+                    self.corr_cmd.payload.final.eq(res.tag.end_of_step),
                     self.loss.ready.eq(res.baseline | self.corr_cmd.ready),
                 ]
                 with m.If(self.loss.valid & self.loss.ready):
                     with m.If(res.baseline):
                         m.d.sync += loss_sum.eq(loss_sum + res.loss)
                     with m.If(res.tag.end_of_step):
-                        m.next = "DRAIN"
-            with m.State("DRAIN"):
-                with m.If(~self.corr_busy):
-                    m.d.comb += self.upd_start.eq(1)
-                    m.next = "UPDATE"
-            with m.State("UPDATE"):
-                with m.If(~self.upd_busy):
-                    m.d.sync += [
-                        self.step.eq(self.step + 1),
-                        self.last_loss.eq(loss_sum),
-                        loss_sum.eq(0),
-                    ]
-                    m.d.comb += [step_done.eq(1), self.step_done.eq(1)]
-                    m.next = "COLLECT"
+                        m.next = "UPDATE"
+            # the last correlation of the step hands its sums to the update unit row by
+            # row; when both are idle the weights are updated and G is clear
+            with m.State("UPDATE"), m.If(~self.corr_busy & ~self.upd_busy):
+                m.d.sync += [
+                    self.step.eq(self.step + 1),
+                    self.last_loss.eq(loss_sum),
+                    loss_sum.eq(0),
+                ]
+                m.d.comb += [step_done.eq(1), self.step_done.eq(1)]
+                m.next = "COLLECT"
         return m

@@ -2,17 +2,23 @@
 
 docs/numerics.md §6, "Update".  ``U = G`` (sgd), or with ``optimizer: momentum``
 ``M = narrow_g(M - round_shift(M, momentum_shift) + G)`` and ``U = M``.  One row of
-``lanes`` weights per cycle over every row the network uses, in three stages: read
-``W``, ``G`` (and ``M``); clear ``G`` and write ``M``; write ``W``.
+``lanes`` weights per cycle, pipelined: read ``W`` (and ``M``); update ``M``; multiply
+by ``lr_mult``; round, shift and subtract; write ``W``.  ``G`` comes from one of two places:
+
+- a *sweep* (``start``) reads ``G`` over every row the network uses and clears it;
+- the *fused* path takes each row's final sums from the correlation unit
+  (:attr:`~.correlation.CorrelationUnit.sums`) while the step's last correlation
+  runs (the correlation unit clears ``G`` itself), so the update costs no extra pass.
 """
 
 from __future__ import annotations
 
-from amaranth.hdl import Module, Signal, signed
-from amaranth.lib import data, wiring
+from amaranth.hdl import Module, Mux, Signal, signed
+from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from .arith import narrow, round_shift
+from .correlation import sums_layout
 from .geometry import Geometry
 from .memories import LanePortSignature
 
@@ -30,9 +36,14 @@ class UpdateUnit(wiring.Component):
     Members
     -------
     start : ``In(1)``
-        Pulse: sweep every row once.
+        Pulse: sweep every row once, reading and clearing ``G``.
+    sums : ``In(stream.Signature(sums_layout(...), always_ready=True))``
+        Fused path: one row's final ``G`` per transfer (any row order).
     busy : ``Out(1)``
-        High from the cycle after ``start`` until the last row is written.
+        A sweep or a row is in progress (combinationally high with ``sums.valid``, so a
+        memory multiplexer hands the unit the weight port in the cycle it reads).
+    owns_grads : ``Out(1)``
+        A sweep reads or clears ``G`` (the fused path leaves ``G`` to the correlation unit).
     lr_mult : ``In(8)``
         Learning-rate numerator (1..255).
     weights : ``Out(LanePortSignature(lanes, row_bits, signed(weight_bits)))``
@@ -47,7 +58,10 @@ class UpdateUnit(wiring.Component):
         self.geometry = geo = geometry
         members = {
             "start": In(1),
+            "sums": In(stream.Signature(sums_layout(geo.lanes, geo.row_bits, geo.grad_bits),
+                                        always_ready=True)),
             "busy": Out(1),
+            "owns_grads": Out(1),
             "lr_mult": In(8),
             "weights": Out(LanePortSignature(geo.lanes, geo.row_bits, signed(geo.weight_bits))),
             "grads": Out(LanePortSignature(geo.lanes, geo.row_bits, signed(geo.grad_bits))),
@@ -62,49 +76,56 @@ class UpdateUnit(wiring.Component):
         geo, lanes = self.geometry, self.geometry.lanes
         gb, wb = geo.grad_bits, geo.weight_bits
         layers = geo.layers
-        n = len(layers)
-        layer_shape = range(max(2, n))
+        layer_shape = range(max(2, len(layers)))
+        g_array = data.ArrayLayout(signed(gb), lanes)
 
-        # stage A: read
+        # stage A: the row (sweep counter or fused input); read W, M (and G when sweeping)
         active = Signal()
         row = Signal(geo.row_bits)
-        layer = Signal(layer_shape)
-        last_row = row == geo.rows - 1
-        next_layer_row = [lay.row_base + lay.rows - 1 for lay in layers]
         with m.If(self.start):
-            m.d.sync += [active.eq(1), row.eq(0), layer.eq(0)]
+            m.d.sync += [active.eq(1), row.eq(0)]
         with m.Elif(active):
             m.d.sync += row.eq(row + 1)
-            with m.Switch(layer):
-                for lay in layers[:-1]:
-                    with m.Case(lay.index):
-                        with m.If(row == next_layer_row[lay.index]):
-                            m.d.sync += layer.eq(layer + 1)
-            with m.If(last_row):
+            with m.If(row == geo.rows - 1):
                 m.d.sync += active.eq(0)
+        fused = self.sums.valid
+        a_row = Mux(fused, self.sums.payload.row, row)
         ports = [self.weights, self.grads] + ([self.momentum] if geo.momentum else [])
         for p in ports:
-            m.d.comb += [p.raddr.eq(row), p.ren.eq(1)]
+            m.d.comb += [p.raddr.eq(a_row), p.ren.eq(1)]
 
-        # stage B: momentum, clear G
+        def layer_of(r: object) -> object:
+            """The layer a row belongs to (rows are laid out layer after layer)."""
+            value = 0
+            for lay in layers[1:]:
+                value = value + (r >= lay.row_base)
+            return value
+
+        # stage B: momentum; clear G (sweep)
         b_valid = Signal()
+        b_fused = Signal()
         b_row = Signal(geo.row_bits)
-        b_layer = Signal(layer_shape)
-        m.d.sync += [b_valid.eq(active), b_row.eq(row), b_layer.eq(layer)]
+        b_g = Signal(g_array)
+        m.d.sync += [
+            b_valid.eq(active | fused),
+            b_fused.eq(fused),
+            b_row.eq(a_row),
+            b_g.eq(self.sums.payload.g),
+        ]
         c_valid = Signal()
         c_row = Signal(geo.row_bits)
         c_layer = Signal(layer_shape)
         c_w = Signal(data.ArrayLayout(signed(wb), lanes))
-        c_u = Signal(data.ArrayLayout(signed(gb), lanes))
-        m.d.sync += [c_valid.eq(b_valid), c_row.eq(b_row), c_layer.eq(b_layer),
+        c_u = Signal(g_array)
+        m.d.sync += [c_valid.eq(b_valid), c_row.eq(b_row), c_layer.eq(layer_of(b_row)),
                      c_w.eq(self.weights.rdata)]
         m.d.comb += [
             self.grads.waddr.eq(b_row),
-            self.grads.we.eq(b_valid.replicate(lanes)),
+            self.grads.we.eq((b_valid & ~b_fused).replicate(lanes)),
         ]
         for k in range(lanes):
             m.d.comb += self.grads.wdata[k].eq(0)
-            g = self.grads.rdata[k]
+            g = Mux(b_fused, b_g[k], self.grads.rdata[k])
             if geo.momentum:
                 mom = self.momentum.rdata[k]
                 new_m = narrow(mom - round_shift(mom, geo.momentum_shift, geo.rounding) + g,
@@ -119,18 +140,36 @@ class UpdateUnit(wiring.Component):
                 self.momentum.we.eq(b_valid.replicate(lanes)),
             ]
 
-        # stage C: the weight update
-        m.d.comb += [
-            self.weights.waddr.eq(c_row),
-            self.weights.we.eq(c_valid.replicate(lanes)),
-        ]
+        # stage C: the product U * lr_mult (a register after the multiplier)
         lr = self.lr_mult
-        with m.Switch(c_layer):
+        d_valid = Signal()
+        d_row = Signal(geo.row_bits)
+        d_layer = Signal(layer_shape)
+        d_w = Signal(data.ArrayLayout(signed(wb), lanes))
+        d_p = Signal(data.ArrayLayout(signed(gb + 9), lanes))
+        m.d.sync += [d_valid.eq(c_valid), d_row.eq(c_row), d_layer.eq(c_layer), d_w.eq(c_w)]
+        for k in range(lanes):
+            m.d.sync += d_p[k].eq(c_u[k] * lr)
+
+        # stage D: round, shift and subtract; stage E writes the result
+        e_valid = Signal()
+        e_row = Signal(geo.row_bits)
+        e_w = Signal(data.ArrayLayout(signed(wb), lanes))
+        m.d.sync += [e_valid.eq(d_valid), e_row.eq(d_row)]
+        with m.Switch(d_layer):
             for lay in layers:
                 with m.Case(lay.index):
                     for k in range(lanes):
-                        step = round_shift(c_u[k] * lr, lay.lr_shift, geo.rounding)
-                        m.d.comb += self.weights.wdata[k].eq(narrow(c_w[k] - step, wb, geo.overflow))
+                        step = round_shift(d_p[k], lay.lr_shift, geo.rounding)
+                        m.d.sync += e_w[k].eq(narrow(d_w[k] - step, wb, geo.overflow))
+        m.d.comb += [
+            self.weights.waddr.eq(e_row),
+            self.weights.wdata.eq(e_w),
+            self.weights.we.eq(e_valid.replicate(lanes)),
+        ]
 
-        m.d.comb += self.busy.eq(active | b_valid | c_valid)
+        m.d.comb += [
+            self.busy.eq(active | fused | b_valid | c_valid | d_valid | e_valid),
+            self.owns_grads.eq(active | (b_valid & ~b_fused)),
+        ]
         return m

@@ -43,6 +43,19 @@ UNIT_CONFIGS: dict[str, Config] = {
     }),
 }
 
+#: The forward engine's configurations: the above and a hybrid whose first layer takes
+#: injections (MGD node perturbation) through the engine's ``inject`` port.
+FORWARD_CONFIGS: dict[str, Config] = {
+    **UNIT_CONFIGS,
+    "hybrid": parse_config({
+        "name": "hybrid", "seed": 5,
+        "network": {"layers": [6, 9, 5], "activation": "relu"},
+        "rule": {"name": "mgd-weight", "per_layer": ["mgd-node", "mgd-weight"], "delta": 4},
+        "numerics": {"acc_bits": 24},
+        "hardware": {"lanes": 4, "sample_depth": 4},
+    }),
+}
+
 
 def config_env(cfg: Config) -> dict[str, str]:
     """Environment that hands ``cfg`` to a testbench (``hdl_tbutil.config``)."""

@@ -134,6 +134,7 @@ class CorrelationHarness(wiring.Component):
         super().__init__({
             "cmd": In(stream.Signature(self.frontend.cmd_layout)),
             "rows": In(stream.Signature(self.unit.layout)),
+            "sums": Out(stream.Signature(self.unit.sums.signature.members["payload"].shape)),
             "direct": In(1),
             "busy": Out(1),
             "gtest": In(LanePortSignature(geo.lanes, geo.row_bits, signed(geo.grad_bits))),
@@ -146,6 +147,7 @@ class CorrelationHarness(wiring.Component):
         m.submodules.unit = cu = self.unit
         m.submodules.grads = gmem = LaneMemory(geo.lanes, geo.weight_depth, signed(geo.grad_bits))
         wiring.connect(m, wiring.flipped(self.cmd), fe.cmd)
+        m.d.comb += [self.sums.valid.eq(cu.sums.valid), self.sums.payload.eq(cu.sums.payload)]
         with m.If(self.direct):
             m.d.comb += [
                 cu.i.valid.eq(self.rows.valid),
@@ -172,6 +174,7 @@ class UpdateHarness(wiring.Component):
         self.unit = UpdateUnit(geo)
         members = {
             "start": In(1),
+            "sums": In(stream.Signature(self.unit.sums.signature.members["payload"].shape)),
             "busy": Out(1),
             "lr_mult": In(8),
             "wtest": In(LanePortSignature(geo.lanes, geo.row_bits, signed(geo.weight_bits))),
@@ -186,13 +189,15 @@ class UpdateHarness(wiring.Component):
         m = Module()
         geo = self.geometry
         m.submodules.unit = upd = self.unit
+        m.d.comb += [upd.sums.valid.eq(self.sums.valid), upd.sums.payload.eq(self.sums.payload),
+                     self.sums.ready.eq(1)]
         m.d.comb += [upd.start.eq(self.start), upd.lr_mult.eq(self.lr_mult),
                      self.busy.eq(upd.busy)]
-        mems = [("weights", geo.weight_bits, self.wtest, upd.weights),
-                ("grads", geo.grad_bits, self.gtest, upd.grads)]
+        mems = [("weights", geo.weight_bits, self.wtest, upd.weights, upd.busy),
+                ("grads", geo.grad_bits, self.gtest, upd.grads, upd.owns_grads)]
         if geo.momentum:
-            mems.append(("momentum", geo.grad_bits, self.mtest, upd.momentum))
-        for name, bits, test, client in mems:
+            mems.append(("momentum", geo.grad_bits, self.mtest, upd.momentum, upd.busy))
+        for name, bits, test, client, owns in mems:
             mem = m.submodules[name] = LaneMemory(geo.lanes, geo.weight_depth, signed(bits))
-            mux_ports(m, mem.port, [(upd.busy, client), (None, wiring.flipped(test))])
+            mux_ports(m, mem.port, [(owns, client), (None, wiring.flipped(test))])
         return m

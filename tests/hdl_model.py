@@ -11,8 +11,14 @@ from perturbo.hdl.geometry import Geometry
 
 
 def pass_outputs(cfg: Config, weights: list[torch.Tensor], x: torch.Tensor, *, perturb: bool,
-                 key: int, negate: bool, delta: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """``(q, y)`` of every layer for one pass of one sample (docs/numerics.md §5)."""
+                 key: int, negate: bool, delta: int,
+                 injections: dict[int, torch.Tensor] | None = None
+                 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``(q, y)`` of every layer for one pass of one sample (docs/numerics.md §5).
+
+    ``injections`` maps a layer to the values added to its accumulators (node
+    perturbation or ALR noise, as the forward engine's ``inject`` port delivers them).
+    """
     num = cfg.numerics
     layouts = layer_layouts(cfg)
     rules = cfg.layer_rules()
@@ -29,7 +35,8 @@ def pass_outputs(cfg: Config, weights: list[torch.Tensor], x: torch.Tensor, *, p
         q, h = u.forward_layer(h, w8, shift=shifts[li],
                                act=cfg.network.activation if li < n - 1 else None,
                                acc_bits=num.acc_bits, rounding=num.rounding,
-                               overflow=num.overflow)
+                               overflow=num.overflow,
+                               injection=(injections or {}).get(li))
         out.append((q, h))
     return out
 

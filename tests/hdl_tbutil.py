@@ -98,7 +98,6 @@ class Source:
         self.items: deque[Any] = deque()
         self.holding = False
         self.sent = 0
-        self.valid.value = 0
 
     def send(self, item: Any) -> None:
         self.items.append(item)
@@ -135,7 +134,6 @@ class Sink:
         self.packer = Packer(layout)
         self.bp, self.rng = backpressure, rng
         self.received: list[Any] = []
-        self.ready.value = 0
 
     def drive(self) -> None:
         self.ready.value = int(self.rng.random() >= self.bp)
@@ -269,12 +267,14 @@ async def write_rows(dut: Any, prefix: str, rows: list[list[int]], bits: int) ->
 async def read_rows(dut: Any, prefix: str, depth: int, lanes: int, bits: int) -> list[list[int]]:
     """Read rows ``0 .. depth - 1`` of a lane memory through ``<prefix>__raddr/ren/rdata``."""
     rows = []
-    getattr(dut, f"{prefix}__ren").value = 1
     for r in range(depth):
         await FallingEdge(dut.clk)
+        getattr(dut, f"{prefix}__ren").value = 1
         getattr(dut, f"{prefix}__raddr").value = r
         await RisingEdge(dut.clk)
         await ReadOnly()
         raw = getattr(dut, f"{prefix}__rdata").value.to_unsigned()
         rows.append([to_signed(raw >> (k * bits), bits) for k in range(lanes)])
+    await FallingEdge(dut.clk)  # leave the read-only phase
+    getattr(dut, f"{prefix}__ren").value = 0
     return rows

@@ -41,35 +41,57 @@ def random_g(rng: random.Random) -> list[torch.Tensor]:
     return out
 
 
-@cocotb.test()
-@cocotb.parametrize(idle=[0.0, 0.5])
-async def mgd_weight_events(dut, idle: float) -> None:
-    """Events with random keys, both antithetic signs and extreme dC, on random G."""
-    bench = Bench(dut, ("mgd", idle))
-    await bench.reset()
-    rng = random.Random(repr(idle))
-    g0 = random_g(rng)
-    await load_g(dut, weight_rows(geo, g0))
-    cmd = bench.source("cmd", FE.cmd_layout, idle)
-    events = []
-    for n in range(8):
-        dc = rng.choice([rng.randint(-5000, 5000), 2**31 - 1, -(2**31), 0, rng.getrandbits(31)])
-        if n == 0:
-            dc = 2**31 - 1
-        events.append((rng.getrandbits(32), rng.randint(0, 1), dc))
-        cmd.send({"key": events[-1][0], "negate": events[-1][1], "dc": dc})
-    await bench.run(lambda: cmd.idle_now and not int(dut.busy.value),
-                    (geo.rows + 40) * len(events) * 4, "the correlation")
-    got = matrices_from_rows(geo, await read_g(dut))
-    gold = []
+def golden_g(g: list[torch.Tensor], events: list[tuple[int, int, int]]) -> list[torch.Tensor]:
+    """G after the events ``(key, negate, dC)``: narrow after every addition, in order."""
+    out = []
     for li, lay in enumerate(layer_layouts(cfg)):
         keys = torch.tensor([e[0] for e in events])[:, None, None]
         a = torch.tensor([1 - 2 * e[1] for e in events])[:, None, None]
         s = u.perturbation_sign(u.draw(keys, lay.weight_indices()[None])) * a
         dcs = torch.tensor([e[2] for e in events])
-        gold.append(u.accumulate(g0[li], u.mgd_weight_terms(dcs, s), GB, geo.overflow))
-    msg = first_difference("correlation accumulators G", got, gold)
-    assert msg is None, msg
+        out.append(u.accumulate(g[li], u.mgd_weight_terms(dcs, s), GB, geo.overflow))
+    return out
+
+
+@cocotb.test()
+@cocotb.parametrize(idle=[0.0, 0.5])
+async def mgd_weight_events(dut, idle: float) -> None:
+    """Events with random keys, both antithetic signs and extreme dC, on random G; then
+    events of which the last is final: its sums go out on ``sums`` and G is cleared."""
+    bench = Bench(dut, ("mgd", idle))
+    await bench.reset()
+    rng = random.Random(repr(idle))
+    g = random_g(rng)
+    await load_g(dut, weight_rows(geo, g))
+    sums = bench.sink("sums", UNIT.sums.signature.members["payload"].shape, 0.0)
+    for phase in ("plain", "final"):
+        cmd = bench.source("cmd", FE.cmd_layout, idle)
+        events = []
+        for n in range(4):
+            dc = rng.choice([rng.randint(-5000, 5000), 2**31 - 1, -(2**31), 0, rng.getrandbits(31)])
+            if n == 0:
+                dc = 2**31 - 1 if phase == "plain" else -(2**31)
+            events.append((rng.getrandbits(32), rng.randint(0, 1), dc))
+            cmd.send({"key": events[-1][0], "negate": events[-1][1], "dc": dc,
+                      "final": int(phase == "final" and n == 3)})
+        await bench.run(lambda cmd=cmd: cmd.idle_now and not int(dut.busy.value),
+                        (geo.rows + 40) * len(events) * 4, "the correlation")
+        bench.sources.remove(cmd)
+        g = golden_g(g, events)
+        rows = await read_g(dut)
+        if phase == "plain":
+            assert not sums.received, "sums handed on without a final event"
+            msg = first_difference("correlation accumulators G", matrices_from_rows(geo, rows), g)
+            assert msg is None, msg
+        else:
+            image = [[0] * geo.lanes for _ in range(geo.weight_depth)]
+            for got in sums.received:
+                image[got["row"]] = got["g"]
+            assert sorted(got["row"] for got in sums.received) == list(range(geo.rows)), \
+                "the final event must hand on every row once"
+            msg = first_difference("final sums", matrices_from_rows(geo, image), g)
+            assert msg is None, msg
+            assert all(v == 0 for row in rows[: geo.rows] for v in row), "G not cleared by the final event"
 
 
 @cocotb.test()
@@ -103,3 +125,23 @@ async def direct_rows(dut) -> None:
         for k in range(geo.lanes):
             assert got[r][k] == model[r][k], \
                 f"correlation unit differs: row {r} lane {k}: rtl {got[r][k]} golden {model[r][k]}"
+    # a final pass over the rows in random order: sums out, G cleared
+    sums = bench.sink("sums", UNIT.sums.signature.members["payload"].shape, 0.0)
+    dut.direct.value = 1
+    order = list(range(geo.weight_depth))
+    rng.shuffle(order)
+    expected = {}
+    for row in order:
+        mask = rng.getrandbits(geo.lanes)
+        terms = [rng.randint(-(1 << (tb - 1)), (1 << (tb - 1)) - 1) for _ in range(geo.lanes)]
+        src.send({"row": row, "mask": mask, "term": terms, "final": 1})
+        expected[row] = [int(u.narrow(torch.tensor(model[row][k] + terms[k]), GB, geo.overflow))
+                         if mask >> k & 1 else model[row][k] for k in range(geo.lanes)]
+    await bench.run(lambda: src.idle_now and not int(dut.busy.value), 3000, "the final rows")
+    dut.direct.value = 0
+    assert [s_["row"] for s_ in sums.received] == order
+    for s_ in sums.received:
+        assert s_["g"] == expected[s_["row"]], f"final sums differ: row {s_['row']}: " \
+                                               f"rtl {s_['g']} golden {expected[s_['row']]}"
+    got = await read_g(dut)
+    assert all(v == 0 for row in got for v in row), "G not cleared by final rows"

@@ -64,12 +64,25 @@ async def run_passes(bench: Bench, weights: list[torch.Tensor], samples: torch.T
     """Send the passes back to back; check every group result of every layer."""
     cmd = bench.source("cmd", ENGINE.cmd_layout, idle)
     res = bench.sink("result", ENGINE.result_layout, backpressure)
+    inj = bench.source("inject", ENGINE.inject.signature.members["payload"].shape, idle)
+    rng = random.Random(tag)
     expected = []
     for n, p in enumerate(passes):
         cmd.send({"perturb": p["perturb"], "negate": p["negate"], "bank": p["perturb"],
                   "key": p["key"], "sample_base": p["sample"] * geo.n_inputs, "tag": n})
+        injections = {}
+        if p["perturb"]:  # node-perturbed layers take one injection per neuron group
+            for li in ENGINE.inject_layers:
+                lay = geo.layers[li]
+                values = torch.tensor([rng.choice([rng.randint(-(1 << 22), (1 << 22) - 1),
+                                                   rng.randint(-300, 300), 0])
+                                       for _ in range(lay.groups * geo.lanes)])
+                injections[li] = values[: lay.n_out]
+                for g in range(lay.groups):
+                    inj.send(values[g * geo.lanes:(g + 1) * geo.lanes].tolist())
         outs = pass_outputs(cfg, weights, samples[p["sample"]], perturb=bool(p["perturb"]),
-                            key=p["key"], negate=bool(p["negate"]), delta=p["delta"])
+                            key=p["key"], negate=bool(p["negate"]), delta=p["delta"],
+                            injections=injections)
         for li, lay in enumerate(geo.layers):
             for g in range(lay.groups):
                 expected.append((n, li, g, outs[li]))
@@ -78,7 +91,9 @@ async def run_passes(bench: Bench, weights: list[torch.Tensor], samples: torch.T
                     max_cycles=40 * sum(lay.rows for lay in geo.layers) * len(passes) + 1000,
                     what=f"{tag}: the passes")
     bench.sources.remove(cmd)
+    bench.sources.remove(inj)
     bench.sinks.remove(res)
+    assert inj.idle_now, f"{tag}: {len(inj.items)} injections left over"
     for got, (n, li, g, (q, y)) in zip(res.received, expected, strict=True):
         lay = geo.layers[li]
         where = f"{tag}: pass {n} ({passes[n]}) layer {li} group {g}"

@@ -12,9 +12,11 @@ from hdl_tbutil import Bench, config, read_rows, write_rows
 
 from perturbo.golden import units as u
 from perturbo.hdl.geometry import Geometry
+from perturbo.hdl.update import UpdateUnit
 
 cfg = config()
 geo = Geometry(cfg)
+UNIT = UpdateUnit(geo)
 WB, GB = geo.weight_bits, geo.grad_bits
 
 
@@ -64,3 +66,48 @@ async def updates(dut) -> None:
                                                             geo.lanes, GB))
             msg = first_difference(f"momentum after the update with lr_mult {lr}", got_m, mom)
             assert msg is None, msg
+
+
+@cocotb.test()
+@cocotb.parametrize(idle=[0.0, 0.5])
+async def fused(dut, idle: float) -> None:
+    """The fused path: G rows arrive on ``sums`` in any order; the G memory is not touched."""
+    bench = Bench(dut, ("fused", idle))
+    await bench.reset()
+    rng = random.Random(repr(("fused", idle)))
+    w = rand_mats(rng, WB)
+    mom = rand_mats(rng, GB) if geo.momentum else None
+    g_mem = weight_rows(geo, rand_mats(rng, GB))
+    await write_rows(dut, "wtest", weight_rows(geo, w), WB)
+    await write_rows(dut, "gtest", g_mem, GB)
+    if mom is not None:
+        await write_rows(dut, "mtest", weight_rows(geo, mom), GB)
+    lr = rng.randint(1, 255)
+    dut.lr_mult.value = lr
+    g = rand_mats(rng, GB)
+    rows = weight_rows(geo, g)
+    src = bench.source("sums", UNIT.sums.signature.members["payload"].shape, idle)
+    order = list(range(geo.rows))
+    rng.shuffle(order)
+    for r in order:
+        src.send({"row": r, "g": rows[r]})
+    await bench.run(lambda: src.idle_now and not int(dut.busy.value), 20 * geo.rows + 100,
+                    "the fused update")
+    for li, lay in enumerate(geo.layers):
+        upd = g[li]
+        if mom is not None:
+            mom[li] = u.momentum_step(mom[li], g[li], geo.momentum_shift, GB, geo.rounding,
+                                      geo.overflow)
+            upd = mom[li]
+        w[li] = u.update_weights(w[li], upd, lr_mult=lr, lr_shift=lay.lr_shift, weight_bits=WB,
+                                 rounding=geo.rounding, overflow=geo.overflow)
+    got_w = matrices_from_rows(geo, await read_rows(dut, "wtest", geo.weight_depth, geo.lanes, WB))
+    msg = first_difference("weights after the fused update", got_w, w)
+    assert msg is None, msg
+    assert await read_rows(dut, "gtest", geo.weight_depth, geo.lanes, GB) == g_mem, \
+        "the fused update wrote the G memory"
+    if mom is not None:
+        got_m = matrices_from_rows(geo, await read_rows(dut, "mtest", geo.weight_depth,
+                                                        geo.lanes, GB))
+        msg = first_difference("momentum after the fused update", got_m, mom)
+        assert msg is None, msg

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 from cocotb_build import run_cocotb
-from hdl_configs import UNIT_CONFIGS, config_env
+from hdl_configs import FORWARD_CONFIGS, config_env
 from hdl_harness import ForwardHarness
 
 from perturbo.hdl.geometry import Geometry
 
 
-@pytest.mark.parametrize("name", list(UNIT_CONFIGS))
+@pytest.mark.parametrize("name", list(FORWARD_CONFIGS))
 def test_forward(name: str) -> None:
-    cfg = UNIT_CONFIGS[name]
+    cfg = FORWARD_CONFIGS[name]
     run_cocotb(ForwardHarness(Geometry(cfg)), "forward_top", "tb_forward", extra_env=config_env(cfg))
