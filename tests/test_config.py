@@ -37,7 +37,7 @@ def test_examples_cover_every_rule() -> None:
     hybrids = [c for c in digits if c.rule.per_layer is not None]
     assert hybrids and {Rule.ALR, Rule.MGD_WEIGHT} <= set(hybrids[0].layer_rules())
     fashion = {c.rule.name for c in configs if c.data.dataset.value == "fashion-mnist"}
-    assert fashion == {Rule.MGD_WEIGHT, Rule.BP}
+    assert fashion == set(Rule)
 
 
 def test_unknown_key_lists_allowed_keys(tmp_path: Path) -> None:
