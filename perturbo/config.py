@@ -80,15 +80,26 @@ class DataConfig(_Strict):
     """Which data set, and how it is split (deterministically, from ``seed``)."""
 
     dataset: Dataset = Field(Dataset.DIGITS, description="digits (sklearn) or fashion-mnist (Debian IDX files)")
-    validation_fraction: float = Field(0.1, gt=0.0, lt=0.5, description="share of the training data held out for model selection")
-    test_fraction: float = Field(0.2, gt=0.0, lt=0.5, description="share held out as the test split (digits; Fashion-MNIST has its own test set)")
+    validation_fraction: float = Field(
+        0.1, gt=0.0, lt=0.5, description="share of the training data held out for model selection"
+    )
+    test_fraction: float = Field(
+        0.2, gt=0.0, lt=0.5, description="share held out as the test split (digits; Fashion-MNIST has its own test set)"
+    )
     train_limit: int | None = Field(None, gt=0, description="use at most this many training samples (quick runs)")
-    pool: int = Field(1, ge=1, le=7, description="Fashion-MNIST only: average-pool k x k pixel blocks (2: 28x28 -> 14x14 = 196 inputs)")
+    pool: int = Field(
+        1,
+        ge=1,
+        le=7,
+        description="Fashion-MNIST only: average-pool k x k pixel blocks (2: 28x28 -> 14x14 = 196 inputs)",
+    )
 
     @model_validator(mode="after")
     def _pool_divides(self) -> DataConfig:
         if self.pool != 1 and (self.dataset != Dataset.FASHION_MNIST or 28 % self.pool):
-            raise ValueError(f"data.pool = {self.pool}: pooling applies to fashion-mnist only, with 28 % pool == 0 (1, 2, 4, 7)")
+            raise ValueError(
+                f"data.pool = {self.pool}: pooling applies to fashion-mnist only, with 28 % pool == 0 (1, 2, 4, 7)"
+            )
         return self
 
 
@@ -100,7 +111,9 @@ class NetworkConfig(_Strict):
     shifts: list[Annotated[int, Field(ge=0, le=24)]] | None = Field(
         None, description="requantisation shift per layer (accumulator -> INT8); default 7 for every layer"
     )
-    init_scale: float = Field(0.5, gt=0.0, description="multiplies the He-normal initial weights (0.5 suits the 0..1 inputs, measured)")
+    init_scale: float = Field(
+        0.5, gt=0.0, description="multiplies the He-normal initial weights (0.5 suits the 0..1 inputs, measured)"
+    )
 
     @model_validator(mode="after")
     def _shifts_match(self) -> NetworkConfig:
@@ -130,7 +143,9 @@ class RuleConfig(_Strict):
     delta: int = Field(1, ge=1, le=127, description="MGD weight perturbation amplitude, in INT8 weight LSBs")
     node_delta: int = Field(128, ge=1, le=2**20, description="MGD node perturbation amplitude, in accumulator LSBs")
     sigma: int = Field(16, ge=1, le=4095, description="ALR noise scale: accumulator LSBs per unit of the integer noise")
-    copies: int = Field(1, ge=1, le=256, description="perturbed passes per sample (ALR noisy copies); an even count is antithetic pairs")
+    copies: int = Field(
+        1, ge=1, le=256, description="perturbed passes per sample (ALR noisy copies); an even count is antithetic pairs"
+    )
     tau_theta: int = Field(1, ge=1, le=65536, description="windows of `batch` samples integrated per update")
     batch: int = Field(8, ge=1, le=4096, description="samples per window; every sample gets `copies` perturbations")
     lr_mult: int = Field(1, ge=1, le=255, description="learning rate numerator: update = G * lr_mult >> lr_shift")
@@ -157,8 +172,9 @@ class TrainingConfig(_Strict):
     steps: int = Field(2000, ge=1, description="updates to train for")
     eval_every: int = Field(500, ge=1, description="evaluate on the validation split every this many steps")
     lr_mult_schedule: list[tuple[Annotated[int, Field(ge=0)], Annotated[int, Field(ge=1, le=255)]]] = Field(
-        [], description="step decay of the integer rules: [[step, lr_mult], ...]; from each step on, the host "
-        "writes that LR_MULT (rule.lr_mult applies before the first entry)"
+        [],
+        description="step decay of the integer rules: [[step, lr_mult], ...]; from each step on, the host "
+        "writes that LR_MULT (rule.lr_mult applies before the first entry)",
     )
 
     @model_validator(mode="after")
@@ -172,7 +188,9 @@ class TrainingConfig(_Strict):
 class NumericsConfig(_Strict):
     """Integer formats; see docs/numerics.md for where each applies."""
 
-    weight_bits: int = Field(16, ge=8, le=32, description="master weights kept by the update unit; the MACs read the top 8 bits")
+    weight_bits: int = Field(
+        16, ge=8, le=32, description="master weights kept by the update unit; the MACs read the top 8 bits"
+    )
     acc_bits: int = Field(32, ge=16, le=48, description="forward accumulator width")
     grad_bits: int = Field(32, ge=16, le=48, description="per-synapse correlation accumulator (G) width")
     rounding: Rounding = Field(Rounding.HALF_UP, description="half-up | floor, for every right shift that rounds")
@@ -181,7 +199,9 @@ class NumericsConfig(_Strict):
 
 class HardwareConfig(_Strict):
     lanes: int = Field(8, ge=1, le=128, description="parallel INT8 multiply-accumulate lanes")
-    weight_depth: int | None = Field(None, gt=0, description="weight memory words per lane; default: what the network needs")
+    weight_depth: int | None = Field(
+        None, gt=0, description="weight memory words per lane; default: what the network needs"
+    )
     sample_depth: int = Field(1024, ge=1, description="on-chip sample buffer, in samples")
     clock_mhz: float = Field(12.0, gt=0.0, description="board clock the UART divisor is computed from")
     baud: int = Field(115200, gt=0)
@@ -191,7 +211,9 @@ class Config(_Strict):
     """A whole perturbo configuration (one YAML file)."""
 
     name: str = "perturbo"
-    seed: int = Field(1, ge=0, lt=2**32, description="drives initial weights, splits, shuffles and the on-chip random sources")
+    seed: int = Field(
+        1, ge=0, lt=2**32, description="drives initial weights, splits, shuffles and the on-chip random sources"
+    )
     data: DataConfig = DataConfig()
     network: NetworkConfig = NetworkConfig()
     rule: RuleConfig = RuleConfig()
@@ -307,7 +329,9 @@ def parse_config(data: Any, source: str = "<config>") -> Config:
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ConfigError(f"invalid configuration in {source}: the top level must be a mapping, not {type(data).__name__}")
+        raise ConfigError(
+            f"invalid configuration in {source}: the top level must be a mapping, not {type(data).__name__}"
+        )
     try:
         return Config.model_validate(data)
     except ValidationError as err:

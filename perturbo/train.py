@@ -121,22 +121,32 @@ class TrainerState:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "step": self.step, "epoch": self.epoch, "position": self.position,
-            "loss_sum": self.loss_sum, "loss_count": self.loss_count,
-            "elapsed": self.elapsed, "history": [dict(r) for r in self.history],
+            "step": self.step,
+            "epoch": self.epoch,
+            "position": self.position,
+            "loss_sum": self.loss_sum,
+            "loss_count": self.loss_count,
+            "elapsed": self.elapsed,
+            "history": [dict(r) for r in self.history],
         }
 
     @classmethod
     def from_dict(cls, d: Any, source: str) -> TrainerState:
         """Rebuild from a checkpoint's ``trainer`` entry, checking every field's type."""
+
         def bad(what: str) -> CheckpointError:
             return CheckpointError(f"{source}: the trainer state is malformed ({what})")
 
         if not isinstance(d, dict):
             raise bad("not a mapping")
         types: dict[str, tuple[type, ...]] = {
-            "step": (int,), "epoch": (int,), "position": (int,), "loss_sum": (float, int),
-            "loss_count": (int,), "elapsed": (float, int), "history": (list,),
+            "step": (int,),
+            "epoch": (int,),
+            "position": (int,),
+            "loss_sum": (float, int),
+            "loss_count": (int,),
+            "elapsed": (float, int),
+            "history": (list,),
         }
         for key, allowed in types.items():
             if not isinstance(d.get(key), allowed) or isinstance(d.get(key), bool):
@@ -144,11 +154,17 @@ class TrainerState:
         if min(d["step"], d["epoch"], d["position"], d["loss_count"]) < 0:
             raise bad("negative counter")
         for r in d["history"]:
-            if not isinstance(r, dict) or not {"step", "train_loss", "val_accuracy",
-                                               "wall_time"} <= r.keys():
+            if not isinstance(r, dict) or not {"step", "train_loss", "val_accuracy", "wall_time"} <= r.keys():
                 raise bad(f"history record {r!r}")
-        return cls(d["step"], d["epoch"], d["position"], float(d["loss_sum"]), d["loss_count"],
-                   float(d["elapsed"]), [dict(r) for r in d["history"]])
+        return cls(
+            d["step"],
+            d["epoch"],
+            d["position"],
+            float(d["loss_sum"]),
+            d["loss_count"],
+            float(d["elapsed"]),
+            [dict(r) for r in d["history"]],
+        )
 
     @property
     def val_accuracy(self) -> float | None:
@@ -275,8 +291,9 @@ def _json_safe(x: Any) -> Any:
 # -- checkpoints ---------------------------------------------------------------------
 
 
-def encode_checkpoint(cfg: Config, backend_state: dict[str, Any], backend: dict[str, Any],
-                      trainer: TrainerState) -> bytes:
+def encode_checkpoint(
+    cfg: Config, backend_state: dict[str, Any], backend: dict[str, Any], trainer: TrainerState
+) -> bytes:
     """The bytes of a checkpoint file (layout in the module docstring).
 
     Raises
@@ -324,7 +341,7 @@ def decode_checkpoint(data: bytes, source: str = "<checkpoint>") -> Checkpoint:
             raise CheckpointError(f"{source} is truncated: its header is incomplete")
         raise CheckpointError(f"{source} is corrupt: no header line")
     try:
-        header = json.loads(data[len(_MAGIC):end])
+        header = json.loads(data[len(_MAGIC) : end])
         version, size, digest = header["version"], header["payload_bytes"], header["sha256"]
         if header["format"] != _FORMAT or not isinstance(size, int):
             raise ValueError
@@ -335,11 +352,9 @@ def decode_checkpoint(data: bytes, source: str = "<checkpoint>") -> Checkpoint:
             f"{source} has checkpoint format version {version}; this perturbo "
             f"({__version__}) reads version {FORMAT_VERSION}"
         )
-    payload = data[end + 1:]
+    payload = data[end + 1 :]
     if len(payload) < size:
-        raise CheckpointError(
-            f"{source} is truncated: {len(payload)} of {size} payload bytes present"
-        )
+        raise CheckpointError(f"{source} is truncated: {len(payload)} of {size} payload bytes present")
     if len(payload) > size:
         raise CheckpointError(f"{source} is corrupt: {len(payload) - size} bytes of trailing data")
     if hashlib.sha256(payload).hexdigest() != digest:
@@ -361,8 +376,13 @@ def decode_checkpoint(data: bytes, source: str = "<checkpoint>") -> Checkpoint:
     return Checkpoint(cfg, backend["state"], info, TrainerState.from_dict(obj["trainer"], source))
 
 
-def save_checkpoint(path: str | Path, cfg: Config, backend: TrainingBackend,
-                    trainer: TrainerState, backend_info: dict[str, Any] | None = None) -> None:
+def save_checkpoint(
+    path: str | Path,
+    cfg: Config,
+    backend: TrainingBackend,
+    trainer: TrainerState,
+    backend_info: dict[str, Any] | None = None,
+) -> None:
     """Write a checkpoint atomically: the previous file stays intact until the new one is whole."""
     path = Path(path)
     info = backend_info if backend_info is not None else _backend_info(backend, "custom", False)
@@ -392,8 +412,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
 
 def _backend_info(backend: TrainingBackend, name: str, float_reference: bool) -> dict[str, Any]:
     cls = type(backend)
-    return {"name": name, "float_reference": bool(float_reference),
-            "class": f"{cls.__module__}.{cls.__qualname__}"}
+    return {"name": name, "float_reference": bool(float_reference), "class": f"{cls.__module__}.{cls.__qualname__}"}
 
 
 def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
@@ -407,15 +426,14 @@ def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
 
 def _check_resumable(ckpt: Checkpoint, cfg: Config, info: dict[str, Any], path: Path) -> None:
     """A run may be resumed with another name or training schedule, nothing else."""
+
     def comparable(c: Config) -> dict[str, Any]:
-        return _flatten({k: v for k, v in c.model_dump(mode="json").items()
-                         if k not in ("name", "training")})
+        return _flatten({k: v for k, v in c.model_dump(mode="json").items() if k not in ("name", "training")})
 
     old, new = comparable(ckpt.config), comparable(cfg)
     diff = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
     if diff:
-        shown = ", ".join(f"{k} ({old.get(k)!r} in the checkpoint, now {new.get(k)!r})"
-                          for k in diff[:4])
+        shown = ", ".join(f"{k} ({old.get(k)!r} in the checkpoint, now {new.get(k)!r})" for k in diff[:4])
         more = f" and {len(diff) - 4} more" if len(diff) > 4 else ""
         raise CheckpointError(
             f"cannot resume from {path}: the configuration differs in {shown}{more}; "
@@ -423,8 +441,7 @@ def _check_resumable(ckpt: Checkpoint, cfg: Config, info: dict[str, Any], path: 
         )
     if ckpt.backend.get("class") != info["class"]:
         raise CheckpointError(
-            f"cannot resume from {path}: it was written by backend {ckpt.backend.get('class')}, "
-            f"not {info['class']}"
+            f"cannot resume from {path}: it was written by backend {ckpt.backend.get('class')}, not {info['class']}"
         )
 
 
@@ -432,25 +449,25 @@ def _check_resumable(ckpt: Checkpoint, cfg: Config, info: dict[str, Any], path: 
 
 
 @torch.no_grad()
-def accuracy(backend: TrainingBackend, x: torch.Tensor, y: torch.Tensor,
-             chunk: int = PREDICT_CHUNK) -> float:
+def accuracy(backend: TrainingBackend, x: torch.Tensor, y: torch.Tensor, chunk: int = PREDICT_CHUNK) -> float:
     """Share of samples whose argmax of ``backend.predict`` is the label (predicted in chunks)."""
     if len(y) == 0:
         return float("nan")
     correct = 0
     for i in range(0, len(y), chunk):
-        scores = backend.predict(x[i:i + chunk])
-        if scores.ndim != 2 or scores.shape[0] != len(y[i:i + chunk]):
+        scores = backend.predict(x[i : i + chunk])
+        if scores.ndim != 2 or scores.shape[0] != len(y[i : i + chunk]):
             raise ValueError(
                 f"backend.predict returned shape {tuple(scores.shape)} for "
-                f"{len(y[i:i + chunk])} samples; expected (samples, classes)"
+                f"{len(y[i : i + chunk])} samples; expected (samples, classes)"
             )
-        correct += int((scores.argmax(dim=1).cpu() == y[i:i + chunk]).sum())
+        correct += int((scores.argmax(dim=1).cpu() == y[i : i + chunk]).sum())
     return correct / len(y)
 
 
-def evaluate(cfg: Config, backend: TrainingBackend, split: str = "val",
-             splits: Splits | None = None, chunk: int = PREDICT_CHUNK) -> float:
+def evaluate(
+    cfg: Config, backend: TrainingBackend, split: str = "val", splits: Splits | None = None, chunk: int = PREDICT_CHUNK
+) -> float:
     """Accuracy of ``backend`` on the ``train``, ``val`` or ``test`` split of ``cfg``'s data set.
 
     ``splits`` avoids reloading the data set when the caller already has it.
@@ -601,8 +618,14 @@ def train(
     if state.val_accuracy is not None:
         postfix["val"] = f"{state.val_accuracy:.3f}"
 
-    with tqdm(total=total, initial=min(state.step, total), disable=not progress, unit="step",
-              desc=cfg.name, dynamic_ncols=True) as bar:
+    with tqdm(
+        total=total,
+        initial=min(state.step, total),
+        disable=not progress,
+        unit="step",
+        desc=cfg.name,
+        dynamic_ncols=True,
+    ) as bar:
         bar.set_postfix(postfix, refresh=False)
         # Backends behind a link (Verilator, boards) run many steps per call: the
         # samples go over in one burst and the accelerator runs them without the host.
@@ -610,12 +633,17 @@ def train(
         max_chunk = int(getattr(backend, "max_steps_per_call", 1)) if many is not None else 1
         schedule = cfg.training.lr_mult_schedule
         if schedule and not hasattr(backend, "lr_mult"):
-            raise ConfigError("training.lr_mult_schedule needs an integer backend (the float references have no LR_MULT)")
+            raise ConfigError(
+                "training.lr_mult_schedule needs an integer backend (the float references have no LR_MULT)"
+            )
         while state.step < total:
             if schedule:  # the LR_MULT register in force from this step on
                 backend.lr_mult = next((m for s, m in reversed(schedule) if s <= state.step), cfg.rule.lr_mult)
-            boundary = min([total] + [(state.step // m + 1) * m for m in (eval_every, log_every, checkpoint_every)]
-                           + [s for s, _ in schedule if s > state.step])
+            boundary = min(
+                [total]
+                + [(state.step // m + 1) * m for m in (eval_every, log_every, checkpoint_every)]
+                + [s for s, _ in schedule if s > state.step]
+            )
             k = max(1, min(max_chunk, boundary - state.step))
             x, y = stream.take(n * k)
             loss = float(many(x, y, k) if many is not None else backend.train_step(x, y))
@@ -627,8 +655,9 @@ def train(
             if is_eval or state.step % log_every == 0:
                 val = accuracy(backend, splits.val.x, splits.val.y) if is_eval else None
                 mean = state.loss_sum / state.loss_count
-                state.history.append({"step": state.step, "train_loss": mean,
-                                      "val_accuracy": val, "wall_time": elapsed()})
+                state.history.append(
+                    {"step": state.step, "train_loss": mean, "val_accuracy": val, "wall_time": elapsed()}
+                )
                 state.loss_sum, state.loss_count = 0.0, 0
                 postfix["loss"] = f"{mean:.4g}"
                 if val is not None:
@@ -643,7 +672,5 @@ def train(
     history_path, curves_path = out_dir / HISTORY_NAME, out_dir / CURVES_NAME
     if not history_path.exists():  # resumed a finished run whose history.json was removed
         _write_history(history_path, cfg, info, state)
-    plot_history(state.history, curves_path,
-                 f"{cfg.name}: {', '.join(sorted({r.value for r in cfg.layer_rules()}))}")
-    return TrainResult(out_dir, ckpt_path, history_path, curves_path, state.step,
-                       state.val_accuracy, state.history)
+    plot_history(state.history, curves_path, f"{cfg.name}: {', '.join(sorted({r.value for r in cfg.layer_rules()}))}")
+    return TrainResult(out_dir, ckpt_path, history_path, curves_path, state.step, state.val_accuracy, state.history)

@@ -40,5 +40,7 @@ def verilator_env() -> dict[str, str]:
         makeflags = (makeflags + " CFG_CXXFLAGS_PCH_I=-include").strip()
     for tool in ("make", "g++", "perl"):
         if shutil.which(tool) is None:
-            raise ToolchainError(f"'{tool}' is missing; Verilator needs make, g++ and perl (apt-get install build-essential perl)")
+            raise ToolchainError(
+                f"'{tool}' is missing; Verilator needs make, g++ and perl (apt-get install build-essential perl)"
+            )
     return {"PATH": path, "MAKEFLAGS": makeflags}

@@ -182,8 +182,9 @@ class Reference:
                         m = self.M[layer][i][j]
                         m = narrow(m - round_shift(m, c.rule.momentum_shift, self.rd) + u, num.grad_bits, self.ov)
                         self.M[layer][i][j] = u = m
-                    row[j] = narrow(row[j] - round_shift(u * c.rule.lr_mult, lr_shifts[layer], self.rd),
-                                    num.weight_bits, self.ov)
+                    row[j] = narrow(
+                        row[j] - round_shift(u * c.rule.lr_mult, lr_shifts[layer], self.rd), num.weight_bits, self.ov
+                    )
         self.k += 1
 
 
@@ -194,8 +195,15 @@ CASES = {
         "numerics": {"weight_bits": 10, "grad_bits": 16, "overflow": "wrap", "rounding": "floor"},
     },
     "mgd-node-momentum": {
-        "rule": {"name": "mgd-node", "batch": 2, "copies": 3, "node_delta": 200, "optimizer": "momentum",
-                 "momentum_shift": 2, "lr_shift": 6},
+        "rule": {
+            "name": "mgd-node",
+            "batch": 2,
+            "copies": 3,
+            "node_delta": 200,
+            "optimizer": "momentum",
+            "momentum_shift": 2,
+            "lr_shift": 6,
+        },
     },
     "alr": {"rule": {"name": "alr", "batch": 2, "copies": 4, "sigma": 30, "lr_shift": [5, 7]}},
     "alr-saturating-grads": {
@@ -204,7 +212,10 @@ CASES = {
     },
     "hybrid": {"rule": {"name": "alr", "per_layer": ["mgd-weight", "alr"], "batch": 2, "copies": 2, "lr_shift": 3}},
     "drtp": {"rule": {"name": "drtp", "batch": 3, "lr_shift": 8}},
-    "tpsgd-l1-leaky": {"rule": {"name": "tpsgd-l1", "batch": 3, "lr_shift": 6}, "network": {"activation": "leaky-relu"}},
+    "tpsgd-l1-leaky": {
+        "rule": {"name": "tpsgd-l1", "batch": 3, "lr_shift": 6},
+        "network": {"activation": "leaky-relu"},
+    },
     "tpsgd-l2-hardsig-narrow": {
         "rule": {"name": "tpsgd-l2", "batch": 3, "lr_shift": 3, "tau_theta": 2},
         "network": {"activation": "hard-sigmoid"},

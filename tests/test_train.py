@@ -32,8 +32,7 @@ class DummyBackend:
     noise from the backend's generator; ``fail_at`` raises ``exc`` on that step.
     """
 
-    def __init__(self, cfg: Config, fail_at: int | None = None,
-                 exc: type[BaseException] = RuntimeError) -> None:
+    def __init__(self, cfg: Config, fail_at: int | None = None, exc: type[BaseException] = RuntimeError) -> None:
         self.w = torch.zeros(cfg.network.layers[-1], cfg.network.layers[0], dtype=torch.int64)
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.steps = 0
@@ -64,12 +63,15 @@ class DummyBackend:
 
 def make_cfg(steps: int = 20, seed: int = 7) -> Config:
     # 6 samples per step over 50 training samples: epochs end in the middle of steps
-    return parse_config({
-        "name": "dummy", "seed": seed,
-        "data": {"train_limit": 50},
-        "rule": {"name": "mgd-weight", "tau_theta": 2, "batch": 3},
-        "training": {"steps": steps, "eval_every": 5},
-    })
+    return parse_config(
+        {
+            "name": "dummy",
+            "seed": seed,
+            "data": {"train_limit": 50},
+            "rule": {"name": "mgd-weight", "tau_theta": 2, "batch": 3},
+            "training": {"steps": steps, "eval_every": 5},
+        }
+    )
 
 
 def temp_files(d: Path) -> list[Path]:
@@ -109,8 +111,11 @@ def test_resume_after_failure_is_bit_identical(tmp_path: Path, exc: type[BaseExc
     a = load_checkpoint(tmp_path / "whole" / CHECKPOINT_NAME)
     b = load_checkpoint(out / CHECKPOINT_NAME)
     assert without_time(a.trainer.history) == without_time(b.trainer.history)
-    assert (a.trainer.step, a.trainer.epoch, a.trainer.position) == \
-           (b.trainer.step, b.trainer.epoch, b.trainer.position) == (20, 2, 20)
+    assert (
+        (a.trainer.step, a.trainer.epoch, a.trainer.position)
+        == (b.trainer.step, b.trainer.epoch, b.trainer.position)
+        == (20, 2, 20)
+    )
     hist = json.loads((out / "history.json").read_text())["history"]
     assert without_time(hist) == without_time(a.trainer.history)
 
@@ -144,8 +149,7 @@ def test_fresh_run_does_not_clobber_a_checkpoint(tmp_path: Path) -> None:
     assert load_checkpoint(tmp_path).trainer.step == 10
 
 
-def test_interrupted_checkpoint_write_keeps_previous(tmp_path: Path,
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_interrupted_checkpoint_write_keeps_previous(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     run(make_cfg(steps=10), tmp_path)
     before = (tmp_path / CHECKPOINT_NAME).read_bytes()
 
@@ -176,8 +180,7 @@ def test_outputs_png_history_and_evaluate(tmp_path: Path) -> None:
     doc = json.loads((tmp_path / "history.json").read_text())
     assert [r["step"] for r in doc["history"]] == [2, 4, 5, 6, 8, 10]
     assert [r["step"] for r in doc["history"] if r["val_accuracy"] is not None] == [5, 10]
-    assert all({"step", "train_loss", "val_accuracy", "wall_time"} <= r.keys()
-               for r in doc["history"])
+    assert all({"step", "train_loss", "val_accuracy", "wall_time"} <= r.keys() for r in doc["history"])
     assert result.val_accuracy == doc["history"][-1]["val_accuracy"]
     acc = evaluate(cfg, backend, "val")
     assert acc == result.val_accuracy and 0.0 <= evaluate(cfg, backend, "test") <= 1.0
@@ -193,20 +196,32 @@ def good(tmp_path: Path) -> bytes:
     return (tmp_path / "run" / CHECKPOINT_NAME).read_bytes()
 
 
-@pytest.mark.parametrize(("mangle", "message"), [
-    (lambda b: b[:-10], "truncated: .* payload bytes present"),
-    (lambda b: b[:30], "truncated: its header is incomplete"),
-    (lambda b: b[:5], r"truncated \(5 bytes\)"),
-    (lambda b: b"", r"truncated \(0 bytes\)"),
-    (lambda b: b[:-100] + bytes([b[-100] ^ 1]) + b[-99:], "corrupt: the SHA-256"),
-    (lambda b: b + b"\x00", "corrupt: 1 bytes of trailing data"),
-    (lambda b: b"PK\x03\x04" + b[4:], "not a perturbo checkpoint"),
-    (lambda b: b.replace(b'"version": 1', b'"version": 9', 1), "format version 9"),
-    (lambda b: b.replace(b'"sha256"', b'"sha257"', 1), "header is unreadable"),
-], ids=["payload-cut", "header-cut", "magic-cut", "empty", "bit-flip", "trailing",
-        "wrong-format", "future-version", "bad-header"])
-def test_damaged_checkpoint_is_refused(tmp_path: Path, good: bytes, mangle: Any,
-                                       message: str) -> None:
+@pytest.mark.parametrize(
+    ("mangle", "message"),
+    [
+        (lambda b: b[:-10], "truncated: .* payload bytes present"),
+        (lambda b: b[:30], "truncated: its header is incomplete"),
+        (lambda b: b[:5], r"truncated \(5 bytes\)"),
+        (lambda b: b"", r"truncated \(0 bytes\)"),
+        (lambda b: b[:-100] + bytes([b[-100] ^ 1]) + b[-99:], "corrupt: the SHA-256"),
+        (lambda b: b + b"\x00", "corrupt: 1 bytes of trailing data"),
+        (lambda b: b"PK\x03\x04" + b[4:], "not a perturbo checkpoint"),
+        (lambda b: b.replace(b'"version": 1', b'"version": 9', 1), "format version 9"),
+        (lambda b: b.replace(b'"sha256"', b'"sha257"', 1), "header is unreadable"),
+    ],
+    ids=[
+        "payload-cut",
+        "header-cut",
+        "magic-cut",
+        "empty",
+        "bit-flip",
+        "trailing",
+        "wrong-format",
+        "future-version",
+        "bad-header",
+    ],
+)
+def test_damaged_checkpoint_is_refused(tmp_path: Path, good: bytes, mangle: Any, message: str) -> None:
     path = tmp_path / "damaged.ckpt"
     path.write_bytes(mangle(good))
     with pytest.raises(CheckpointError, match=message):
@@ -239,8 +254,7 @@ def test_checkpoint_layout(good: bytes) -> None:
 # -- the command line ----------------------------------------------------------------
 
 
-def test_cli_eval_corrupt_checkpoint_exits_2(tmp_path: Path, good: bytes,
-                                             capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_eval_corrupt_checkpoint_exits_2(tmp_path: Path, good: bytes, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "bad.ckpt"
     path.write_bytes(good[: len(good) // 2])
     assert cli.main(["eval", str(path)]) == 2
@@ -248,8 +262,7 @@ def test_cli_eval_corrupt_checkpoint_exits_2(tmp_path: Path, good: bytes,
     assert "truncated" in err and str(path) in err and "Traceback" not in err
 
 
-def test_cli_train_unavailable_backend_exits_2(tmp_path: Path,
-                                               capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_train_unavailable_backend_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     cfg = tmp_path / "c.yaml"
     cfg.write_text("name: c\nrule: {name: alr}\n")
     assert cli.main(["train", str(cfg), "--backend", "verilator", "--out", str(tmp_path)]) == 2
@@ -267,11 +280,14 @@ def test_cli_train_bad_config_exits_2(tmp_path: Path, capsys: pytest.CaptureFixt
     assert "training.step" in err and "steps, eval_every" in err
 
 
-def test_cli_train_resume_and_eval(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                   capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_train_resume_and_eval(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     built: list[tuple[str, bool]] = []
 
-    def fake_make_backend(cfg: Config, name: str, float_reference: bool = False, port: str | None = None) -> DummyBackend:
+    def fake_make_backend(
+        cfg: Config, name: str, float_reference: bool = False, port: str | None = None
+    ) -> DummyBackend:
         built.append((name, float_reference))
         return DummyBackend(cfg)
 
@@ -295,18 +311,21 @@ def test_cli_train_resume_and_eval(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 
 
 def test_cli_default_out_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cli, "make_backend", lambda cfg, name, float_reference=False, port=None:
-                        DummyBackend(cfg))
+    monkeypatch.setattr(cli, "make_backend", lambda cfg, name, float_reference=False, port=None: DummyBackend(cfg))
     monkeypatch.chdir(tmp_path)
     (tmp_path / "c.yaml").write_text("name: my run\ntraining:\n  steps: 2\n  eval_every: 1\n")
     assert cli.main(["train", "c.yaml", "--no-progress"]) == 0
     assert (tmp_path / "runs" / "my_run" / CHECKPOINT_NAME).is_file()
 
 
-def test_cli_interrupted_run_exits_130(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                       capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setattr(cli, "make_backend", lambda cfg, name, float_reference=False, port=None:
-                        DummyBackend(cfg, fail_at=3, exc=KeyboardInterrupt))
+def test_cli_interrupted_run_exits_130(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(
+        cli,
+        "make_backend",
+        lambda cfg, name, float_reference=False, port=None: DummyBackend(cfg, fail_at=3, exc=KeyboardInterrupt),
+    )
     cfg = tmp_path / "c.yaml"
     cfg.write_text("training:\n  steps: 5\n  eval_every: 2\n")
     out = tmp_path / "run"
@@ -325,15 +344,20 @@ def test_lr_mult_schedule_reaches_the_backend(tmp_path: Path) -> None:
             self.seen.append(self.lr_mult)
             return super().train_step(x, labels)
 
-    cfg = parse_config({"rule": {"name": "tpsgd-l2", "batch": 2, "lr_mult": 5},
-                        "training": {"steps": 8, "eval_every": 4, "lr_mult_schedule": [[3, 2], [6, 1]]}})
+    cfg = parse_config(
+        {
+            "rule": {"name": "tpsgd-l2", "batch": 2, "lr_mult": 5},
+            "training": {"steps": 8, "eval_every": 4, "lr_mult_schedule": [[3, 2], [6, 1]]},
+        }
+    )
     model = Recording(cfg)
     train(cfg, model, tmp_path, progress=False)
     assert model.seen == [5, 5, 5, 2, 2, 2, 1, 1]
     # resuming mid-schedule restores the multiplier in force at that step
     resumed = Recording(cfg)
     resumed.seen = []
-    cfg10 = parse_config({**cfg.model_dump(mode="json"), "training": {**cfg.training.model_dump(mode="json"),
-                                                                       "steps": 10}})
+    cfg10 = parse_config(
+        {**cfg.model_dump(mode="json"), "training": {**cfg.training.model_dump(mode="json"), "steps": 10}}
+    )
     train(cfg10, resumed, tmp_path, resume=True, progress=False)
     assert resumed.seen == [1, 1]

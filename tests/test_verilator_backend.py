@@ -41,8 +41,10 @@ def first_difference(rtl: list[torch.Tensor], gold: list[torch.Tensor], what: st
         diff = (a != b).nonzero()
         if diff.numel():
             i, j = (int(v) for v in diff[0])
-            return (f"{what} differ: layer {layer} neuron {i} input {j}: rtl {int(a[i, j])} "
-                    f"golden {int(b[i, j])} ({diff.shape[0]} differences)")
+            return (
+                f"{what} differ: layer {layer} neuron {i} input {j}: rtl {int(a[i, j])} "
+                f"golden {int(b[i, j])} ({diff.shape[0]} differences)"
+            )
     return None
 
 
@@ -58,7 +60,7 @@ def test_training_is_bit_identical_to_golden(cfg: Config, hw: VerilatorBackend) 
         x, y = stream.take(64 * n)
         hw_loss = hw.train_steps(x, y, 64)
         for k in range(64):
-            gold_loss = gold.train_step(x[k * n:(k + 1) * n], y[k * n:(k + 1) * n])
+            gold_loss = gold.train_step(x[k * n : (k + 1) * n], y[k * n : (k + 1) * n])
         assert hw_loss == gold_loss, f"last-step loss after chunk {chunk}: rtl {hw_loss} golden {gold_loss}"
         state = hw.state_dict()
         msg = first_difference(state["weights"], gold.weights, f"weights after step {gold.step}")
@@ -66,8 +68,10 @@ def test_training_is_bit_identical_to_golden(cfg: Config, hw: VerilatorBackend) 
         assert state["step"] == gold.step
     counters = hw.counters()
     assert counters.steps == 256
-    print(f"\n256 steps: {counters.cycles} cycles, {counters.cycles / 256:.0f} cycles/step, "
-          f"MAC busy {counters.mac_utilisation:.1%}, stalls {counters.stalls}")
+    print(
+        f"\n256 steps: {counters.cycles} cycles, {counters.cycles / 256:.0f} cycles/step, "
+        f"MAC busy {counters.mac_utilisation:.1%}, stalls {counters.stalls}"
+    )
     scores = hw.predict(splits.val.x)
     assert torch.equal(scores, gold.predict(splits.val.x)), "inference outputs differ from the golden model"
 
@@ -77,18 +81,33 @@ def test_bad_frames_are_never_applied(cfg: Config, hw: VerilatorBackend) -> None
     torch.set_num_threads(1)
     gold = IntegerModel(cfg)
     hw.load_state_dict(gold.state_dict())
-    settable = [Reg.STEPS, Reg.STEP, Reg.SEED, Reg.LR_MULT, Reg.DELTA, Reg.SIGMA, Reg.COPIES, Reg.STEP_SAMPLES,
-                Reg.TARGET_ON, Reg.SAMPLE_COUNT, Reg.SAMPLE_CURSOR, Reg.INFER_COUNT, Reg.NODE_DELTA]
+    settable = [
+        Reg.STEPS,
+        Reg.STEP,
+        Reg.SEED,
+        Reg.LR_MULT,
+        Reg.DELTA,
+        Reg.SIGMA,
+        Reg.COPIES,
+        Reg.STEP_SAMPLES,
+        Reg.TARGET_ON,
+        Reg.SAMPLE_COUNT,
+        Reg.SAMPLE_CURSOR,
+        Reg.INFER_COUNT,
+        Reg.NODE_DELTA,
+    ]
     before = {r.name: hw.link.read_word(Space.REGS, r) for r in settable}
     rng = random.Random(7)
     bad = []
     while len(bad) < 10_000:
-        bad += [c for c in fuzz_cases(rng, 2000, depth=1024, max_words=64) if c.kind in {"corrupt", "truncated", "random"}]
+        bad += [
+            c for c in fuzz_cases(rng, 2000, depth=1024, max_words=64) if c.kind in {"corrupt", "truncated", "random"}
+        ]
     bad = bad[:10_000]
     port = hw.link.transport
     replies = 0
     for start in range(0, len(bad), 500):
-        hw.link.send_raw(b"".join(c.data for c in bad[start:start + 500]))
+        hw.link.send_raw(b"".join(c.data for c in bad[start : start + 500]))
         # Drain the error replies until the line is quiet: a reply to garbage may carry
         # any sequence number, so it must not be mistaken for the answer to a request.
         port.timeout = 0.3
