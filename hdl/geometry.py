@@ -25,7 +25,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
+
+import numpy as np
+import torch
 
 from perturbo.config import Activation, Config, Optimizer, Rule
 
@@ -169,6 +173,29 @@ class Geometry:
             for j in range(lay.cols):
                 row, lane = self.row_of(layer, i, j)
                 out.append((i, j, row, lane))
+        return out
+
+
+    def to_image(self, mats: Sequence[torch.Tensor], depth: int | None = None) -> np.ndarray:
+        """The lane-memory image of per-layer matrices, flat by host word address ``row * lanes + lane``.
+
+        ``depth`` rows (default :attr:`rows`); words no weight uses are 0.
+        """
+        image = np.zeros((depth if depth is not None else self.rows) * self.lanes, dtype=np.int64)
+        for li, w in enumerate(mats):
+            for i, j, row, lane in self.matrix_rows(li):
+                image[row * self.lanes + lane] = int(w[i, j])
+        return image
+
+    def from_image(self, image: Sequence[int] | np.ndarray) -> list[torch.Tensor]:
+        """Per-layer matrices from a flat lane-memory image (the inverse of :meth:`to_image`)."""
+        image = np.asarray(image, dtype=np.int64)
+        out = []
+        for li, lay in enumerate(self.layers):
+            w = torch.zeros(lay.n_out, lay.cols, dtype=torch.int64)
+            for i, j, row, lane in self.matrix_rows(li):
+                w[i, j] = int(image[row * self.lanes + lane])
+            out.append(w)
         return out
 
 

@@ -105,21 +105,10 @@ class AcceleratorBackend:
             self.link.write_word(Space.REGS, reg, int(value))
 
     def _write_matrices(self, space: Space, mats: list[torch.Tensor]) -> None:
-        image = np.zeros(self.geo.rows * self.geo.lanes, dtype=np.int64)
-        for li, w in enumerate(mats):
-            for i, j, row, lane in self.geo.matrix_rows(li):
-                image[row * self.geo.lanes + lane] = int(w[i, j])
-        self.link.write_words(space, 0, image)
+        self.link.write_words(space, 0, self.geo.to_image(mats))
 
     def _read_matrices(self, space: Space) -> list[torch.Tensor]:
-        image = self.link.read_words(space, 0, self.geo.rows * self.geo.lanes, dtype=np.int32)
-        out = []
-        for li, lay in enumerate(self.geo.layers):
-            w = torch.zeros(lay.n_out, lay.cols, dtype=torch.int64)
-            for i, j, row, lane in self.geo.matrix_rows(li):
-                w[i, j] = int(image[row * self.geo.lanes + lane])
-            out.append(w)
-        return out
+        return self.geo.from_image(self.link.read_words(space, 0, self.geo.rows * self.geo.lanes, dtype=np.int32))
 
     def _load_samples(self, x: torch.Tensor, labels: torch.Tensor | None) -> None:
         self.link.write_words(Space.SAMPLES, 0, x.to(torch.int64).reshape(-1).numpy())

@@ -43,22 +43,12 @@ def pass_outputs(cfg: Config, weights: list[torch.Tensor], x: torch.Tensor, *, p
 
 def weight_rows(geo: Geometry, weights: list[torch.Tensor]) -> list[list[int]]:
     """The lane-memory image of per-layer matrices: ``rows[row][lane]`` (0 in empty lanes)."""
-    rows = [[0] * geo.lanes for _ in range(geo.weight_depth)]
-    for li, w in enumerate(weights):
-        for i, j, row, lane in geo.matrix_rows(li):
-            rows[row][lane] = int(w[i, j])
-    return rows
+    return geo.to_image(weights, geo.weight_depth).reshape(-1, geo.lanes).tolist()
 
 
 def matrices_from_rows(geo: Geometry, rows: list[list[int]]) -> list[torch.Tensor]:
     """Per-layer matrices from a lane-memory image (the inverse of :func:`weight_rows`)."""
-    out = []
-    for li, lay in enumerate(geo.layers):
-        w = torch.zeros(lay.n_out, lay.cols, dtype=torch.int64)
-        for i, j, row, lane in geo.matrix_rows(li):
-            w[i, j] = rows[row][lane]
-        out.append(w)
-    return out
+    return geo.from_image([v for row in rows for v in row])
 
 
 def first_difference(what: str, rtl: list[torch.Tensor], gold: list[torch.Tensor],
