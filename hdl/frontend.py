@@ -47,6 +47,9 @@ from amaranth.lib import data
 
 from perturbo.config import Overflow
 
+# One rule for the width of a correlation term, shared with the correlation unit.
+from .correlation import term_bits as term_width
+
 __all__ = [
     "DC_BITS",
     "X_BITS",
@@ -87,11 +90,6 @@ def check_common(lanes: int, grad_bits: int, overflow: Overflow) -> Overflow:
         raise ValueError(
             f"overflow must be one of {[o.value for o in Overflow]}, not {overflow!r}"
         ) from None
-
-
-def term_width(natural_bits: int, grad_bits: int) -> int:
-    """Bits of the terms a front end emits: ``min(natural_bits, grad_bits + 1)`` (see above)."""
-    return min(natural_bits, grad_bits + 1)
 
 
 def x_layout() -> data.StructLayout:
