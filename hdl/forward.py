@@ -6,7 +6,7 @@ multiply-accumulate the same ``x_j`` with their own weight.  The engine issues o
 *token* per cycle; a token flows through
 
 ======  ================================================================================
-pos     what happens (``H`` = :data:`~.random.DRAW_LATENCY` = 12)
+pos     what happens (``H`` = :data:`~.random.DRAW_LATENCY` = 6)
 ======  ================================================================================
 0       issue: counters give the token; each lane's weight index enters its :class:`Draw`
 1..H-1  the hash pipes; at ``H-1`` the weight, sample and activation reads are issued
@@ -23,7 +23,7 @@ H+5     the output register: the group's result on ``result``; ``y`` also writte
 The whole pipe advances together: it stops only when ``result`` is not ready or an
 injection it needs has not arrived.  The next layer starts issuing at once; a token
 that reads an activation word waits (*interlock*) until the group that writes it has
-left position 10.  Passes run back to back: a command is taken as soon as the previous
+left position ``H+5``.  Passes run back to back: a command is taken as soon as the previous
 pass has issued its last token, so the MACs do not idle between passes.
 
 The activation memory has two banks (a pass command chooses one), so the perturbed

@@ -6,8 +6,8 @@ and ``draw(key, index) = mix32(mix32(key ^ index))`` (two rounds: one leaves the
 bits of neighbouring indices correlated).
 Nothing is stored: the correlation unit replays an event's draws from its key.
 
-- :class:`Mix32`: the six stages of ``mix32``, one register after each, an enable for
-  the whole pipe (latency :data:`MIX32_LATENCY`, one word per cycle);
+- :class:`Mix32`: the six stages of ``mix32``, a register after every second one, an
+  enable for the whole pipe (latency :data:`MIX32_LATENCY`, one word per cycle);
 - :class:`Draw`: ``draw(key, index)``, two :class:`Mix32` in a row (latency
   :data:`DRAW_LATENCY`);
 - :class:`RandomSource`: ``lanes`` draws per cycle from a key and ``lanes`` indices,
@@ -39,8 +39,15 @@ __all__ = [
     "projection_value",
 ]
 
+#: The stages of ``mix32`` (docs/numerics.md §4).
+MIX32_STAGES = 6
+#: Stages between two registers of :class:`Mix32`.  Two: an xor stage then folds into
+#: the following adder's LUTs (an iCE40 carry cell has a spare LUT input), and the pipe
+#: holds half the flip-flops of one register per stage, which is most of what a hash
+#: costs in logic cells.  Three adders' carry chains in a row would still pass 50 MHz.
+MIX32_STAGES_PER_REGISTER = 2
 #: Cycles from a word entering :class:`Mix32` to its hash leaving it.
-MIX32_LATENCY = 6
+MIX32_LATENCY = MIX32_STAGES // MIX32_STAGES_PER_REGISTER
 #: Cycles from a key and index entering :class:`Draw` to the random word leaving it.
 DRAW_LATENCY = 2 * MIX32_LATENCY
 
@@ -70,7 +77,7 @@ def mix32_stage(x: Value, stage: int) -> Value:
 
 
 class Mix32(wiring.Component):
-    """Thomas Wang's ``hash32shift``, pipelined: one stage per cycle, six stages.
+    """Thomas Wang's ``hash32shift``, pipelined: two of its six stages per cycle.
 
     ``o`` is ``mix32`` of the ``i`` that was present :data:`MIX32_LATENCY` enabled
     cycles earlier.  All registers advance together when ``en`` is high, so the pipe
@@ -92,17 +99,19 @@ class Mix32(wiring.Component):
     def elaborate(self, platform: object) -> Module:
         m = Module()
         x = self.i
-        for stage in range(MIX32_LATENCY):
-            reg = Signal(32, name=f"s{stage}")
-            with m.If(self.en):
-                m.d.sync += reg.eq(mix32_stage(x, stage))
-            x = reg
+        for stage in range(MIX32_STAGES):
+            x = mix32_stage(x, stage)
+            if stage % MIX32_STAGES_PER_REGISTER == MIX32_STAGES_PER_REGISTER - 1:
+                reg = Signal(32, name=f"s{stage}")
+                with m.If(self.en):
+                    m.d.sync += reg.eq(x)
+                x = reg
         m.d.comb += self.o.eq(x)
         return m
 
 
 class Draw(wiring.Component):
-    """``draw(key, index) = mix32(mix32(key ^ index))``, pipelined over twelve stages.
+    """``draw(key, index) = mix32(mix32(key ^ index))``, pipelined over :data:`DRAW_LATENCY` cycles.
 
     Members
     -------
@@ -215,7 +224,7 @@ class RandomSource(wiring.Component):
 
 
 class KeyGen(wiring.Component):
-    """``pass_key(seed, stream, event)`` by one :class:`Mix32` used twice (about 14 cycles).
+    """``pass_key(seed, stream, event)`` by one :class:`Mix32` used twice (``2 * MIX32_LATENCY + 2`` cycles).
 
     Members
     -------
