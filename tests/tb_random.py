@@ -1,4 +1,4 @@
-"""cocotb: RandomSource (the 12-stage draw pipes), the drawn values and KeyGen vs golden.units."""
+"""cocotb: RandomSource (the pipelined draws), the drawn values and KeyGen vs golden.units."""
 
 from __future__ import annotations
 
