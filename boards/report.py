@@ -28,25 +28,15 @@ __all__ = [
     "summarise_resources",
 ]
 
-#: Friendly resource -> (nextpnr utilisation key per family, label for tables).
-RESOURCE_NAMES: dict[str, dict[str, str]] = {
-    "logic": {"ice40": "ICESTORM_LC", "ecp5": "TRELLIS_COMB"},
-    "ff": {"ecp5": "TRELLIS_FF"},
-    "dsp": {"ice40": "ICESTORM_DSP", "ecp5": "MULT18X18D"},
-    "bram": {"ice40": "ICESTORM_RAM", "ecp5": "DP16KD"},
-    "spram": {"ice40": "ICESTORM_SPRAM"},
-    "lutram": {"ecp5": "TRELLIS_RAMW"},
-    "io": {"ice40": "SB_IO", "ecp5": "TRELLIS_IO"},
-}
-
-_LABELS: dict[str, dict[str, str]] = {
-    "logic": {"ice40": "logic cells (LC)", "ecp5": "LUT4s (TRELLIS_COMB)"},
-    "ff": {"ecp5": "flip-flops"},
-    "dsp": {"ice40": "DSPs (SB_MAC16)", "ecp5": "multipliers (MULT18X18D)"},
-    "bram": {"ice40": "block RAMs (SB_RAM40_4K)", "ecp5": "block RAMs (DP16KD)"},
-    "spram": {"ice40": "SPRAM (SB_SPRAM256KA)"},
-    "lutram": {"ecp5": "LUT RAM (TRELLIS_RAMW)"},
-    "io": {"ice40": "I/O (SB_IO)", "ecp5": "I/O"},
+#: Friendly resource -> {family: (nextpnr utilisation key, label for tables)}.
+RESOURCE_NAMES: dict[str, dict[str, tuple[str, str]]] = {
+    "logic": {"ice40": ("ICESTORM_LC", "logic cells (LC)"), "ecp5": ("TRELLIS_COMB", "LUT4s (TRELLIS_COMB)")},
+    "ff": {"ecp5": ("TRELLIS_FF", "flip-flops")},
+    "dsp": {"ice40": ("ICESTORM_DSP", "DSPs (SB_MAC16)"), "ecp5": ("MULT18X18D", "multipliers (MULT18X18D)")},
+    "bram": {"ice40": ("ICESTORM_RAM", "block RAMs (SB_RAM40_4K)"), "ecp5": ("DP16KD", "block RAMs (DP16KD)")},
+    "spram": {"ice40": ("ICESTORM_SPRAM", "SPRAM (SB_SPRAM256KA)")},
+    "lutram": {"ecp5": ("TRELLIS_RAMW", "LUT RAM (TRELLIS_RAMW)")},
+    "io": {"ice40": ("SB_IO", "I/O (SB_IO)"), "ecp5": ("TRELLIS_IO", "I/O")},
 }
 
 #: Version of the ``report.json`` layout; a cached build with another one is parsed again.
@@ -271,7 +261,7 @@ class SynthReport:
         lines.append(f"  result: {verdict}")
         lines.append(f"  {'resource':<28}{'used':>8}{'of':>8}{'use':>7}")
         for name, use in self.resources.items():
-            label = _LABELS.get(name, {}).get(self.family, name)
+            label = RESOURCE_NAMES.get(name, {}).get(self.family, (None, name))[1]
             avail = "" if use.available is None else str(use.available)
             frac = use.fraction
             pct = "" if frac is None else f"{frac:.0%}"
@@ -404,10 +394,10 @@ def summarise_resources(family: str, utilisation: dict[str, ResourceUse],
         "ice40": {"dsp": "SB_MAC16", "bram": "SB_RAM40_4K", "spram": "SB_SPRAM256KA"},
         "ecp5": {"dsp": "MULT18X18D", "bram": "DP16KD", "logic": "LUT4"},
     }.get(family, {})
-    for name, keys in RESOURCE_NAMES.items():
-        key = keys.get(family)
-        if key is None:
+    for name, families in RESOURCE_NAMES.items():
+        if family not in families:
             continue
+        key = families[family][0]
         if key in utilisation:
             out[name] = utilisation[key]
         elif not utilisation and name in yosys_names:
