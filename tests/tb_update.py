@@ -27,6 +27,18 @@ def rand_mats(rng: random.Random, bits: int) -> list[torch.Tensor]:
             for lay in geo.layers]
 
 
+def golden_update(w: list[torch.Tensor], mom: list[torch.Tensor] | None, g: list[torch.Tensor],
+                  lr: int) -> None:
+    """The golden update of every layer, in place: momentum first (if any), then the weights."""
+    for li, lay in enumerate(geo.layers):
+        upd = g[li]
+        if mom is not None:
+            mom[li] = u.momentum_step(mom[li], g[li], geo.momentum_shift, GB, geo.rounding, geo.overflow)
+            upd = mom[li]
+        w[li] = u.update_weights(w[li], upd, lr_mult=lr, lr_shift=lay.lr_shift, weight_bits=WB,
+                                 rounding=geo.rounding, overflow=geo.overflow)
+
+
 @cocotb.test()
 async def updates(dut) -> None:
     """Three updates with different learning rates on random and extreme W, G, M."""
@@ -48,14 +60,7 @@ async def updates(dut) -> None:
         dut.start.value = 0
         await ClockCycles(dut.clk, geo.rows + 8)
         assert not int(dut.busy.value), "the update did not finish in rows + 8 cycles"
-        for li, lay in enumerate(geo.layers):
-            upd = g[li]
-            if mom is not None:
-                mom[li] = u.momentum_step(mom[li], g[li], geo.momentum_shift, GB, geo.rounding,
-                                          geo.overflow)
-                upd = mom[li]
-            w[li] = u.update_weights(w[li], upd, lr_mult=lr, lr_shift=lay.lr_shift,
-                                     weight_bits=WB, rounding=geo.rounding, overflow=geo.overflow)
+        golden_update(w, mom, g, lr)
         got_w = matrices_from_rows(geo, await read_rows(dut, "wtest", geo.weight_depth, geo.lanes, WB))
         msg = first_difference(f"weights after the update with lr_mult {lr}", got_w, w)
         assert msg is None, msg
@@ -93,14 +98,7 @@ async def fused(dut, idle: float) -> None:
         src.send({"row": r, "g": rows[r]})
     await bench.run(lambda: src.idle_now and not int(dut.busy.value), 20 * geo.rows + 100,
                     "the fused update")
-    for li, lay in enumerate(geo.layers):
-        upd = g[li]
-        if mom is not None:
-            mom[li] = u.momentum_step(mom[li], g[li], geo.momentum_shift, GB, geo.rounding,
-                                      geo.overflow)
-            upd = mom[li]
-        w[li] = u.update_weights(w[li], upd, lr_mult=lr, lr_shift=lay.lr_shift, weight_bits=WB,
-                                 rounding=geo.rounding, overflow=geo.overflow)
+    golden_update(w, mom, g, lr)
     got_w = matrices_from_rows(geo, await read_rows(dut, "wtest", geo.weight_depth, geo.lanes, WB))
     msg = first_difference("weights after the fused update", got_w, w)
     assert msg is None, msg
