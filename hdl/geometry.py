@@ -175,7 +175,6 @@ class Geometry:
                 out.append((i, j, row, lane))
         return out
 
-
     def to_image(self, mats: Sequence[torch.Tensor], depth: int | None = None) -> np.ndarray:
         """The lane-memory image of per-layer matrices, flat by host word address ``row * lanes + lane``.
 
