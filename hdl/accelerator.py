@@ -3,7 +3,8 @@
 ``Accelerator(cfg)`` puts together, for one configuration:
 
 - the memories: master weights, G and (with momentum) M, ``lanes`` lane memories each;
-  the sample buffer, the labels and the output scores;
+  the sample buffer, the labels and the output scores; the perturbation signs of the
+  last two perturbed passes (:class:`~.memories.SignMemory`, datapath only);
 - the :class:`~.forward.ForwardEngine`, the :class:`~.loss.LossUnit`, the
   :class:`~.correlation.MgdWeightFrontEnd` feeding the :class:`~.correlation.CorrelationUnit`,
   the :class:`~.update.UpdateUnit`, the :class:`~.sequencer.Sequencer` and its
@@ -38,7 +39,14 @@ from .correlation import CorrelationUnit, MgdWeightFrontEnd
 from .forward import ForwardEngine
 from .geometry import Geometry, config_hash
 from .loss import LossUnit
-from .memories import LaneMemory, LanePortSignature, MemoryBlock, PortSignature, mux_ports
+from .memories import (
+    LaneMemory,
+    LanePortSignature,
+    MemoryBlock,
+    PortSignature,
+    SignMemory,
+    mux_ports,
+)
 from .sequencer import COPIES_MAX, STEP_SAMPLES_MAX, OutputWriter, Sequencer
 from .update import UpdateUnit
 
@@ -122,11 +130,14 @@ class Accelerator(wiring.Component):
         m.submodules.samples = smem = MemoryBlock(geo.sample_words, signed(8))
         m.submodules.labels = lmem = MemoryBlock(geo.sample_depth, geo.label_bits)
         m.submodules.outputs = omem = MemoryBlock(geo.output_words, signed(8))
+        m.submodules.signs = signs = SignMemory(lanes, geo.rows, geo.row_bits)
 
         # -- datapath connections ---------------------------------------------------------------
         wiring.connect(m, seq.fwd_cmd, eng.cmd)
         wiring.connect(m, loss.o, seq.loss)
         wiring.connect(m, seq.corr_cmd, fe.cmd)
+        wiring.connect(m, eng.signs, signs.write)
+        wiring.connect(m, fe.signs, signs.read)
         wiring.connect(m, fe.o, corr.i)
         wiring.connect(m, corr.sums, upd.sums)
         m.d.comb += [

@@ -6,8 +6,8 @@ datapath has one generic accumulate-and-narrow :class:`CorrelationUnit` working 
 of ``lanes`` accumulators at a time, and per-rule *front ends* that produce row-addressed
 terms:
 
-- :class:`MgdWeightFrontEnd` (here): ``term = dC * (a * s_ij)``, ``s_ij`` replayed from
-  the event's key (stream 0), nothing stored;
+- :class:`MgdWeightFrontEnd` (here): ``term = dC * (a * s_ij)``, ``s_ij`` read back from
+  the :class:`~.memories.SignMemory` the forward engine wrote while it drew them;
 - node perturbation ``dC * (a * s_i) * x0_j``, ALR ``dC * sign * sign`` and target
   projection ``g_i * x_j`` (:mod:`.node`, :mod:`.alr`, :mod:`.projection`) produce one
   ``lanes``-wide term per layer input; giving each the weight-memory row of its
@@ -29,8 +29,7 @@ from perturbo.config import Overflow, Rule
 
 from .arith import narrow
 from .geometry import Geometry
-from .memories import LanePortSignature
-from .random import DRAW_LATENCY, RandomSource
+from .memories import LanePortSignature, SignReadSignature
 
 __all__ = ["DC_BITS", "term_bits", "row_layout", "sums_layout", "CorrelationUnit", "MgdWeightFrontEnd"]
 
@@ -153,10 +152,11 @@ class CorrelationUnit(wiring.Component):
 class MgdWeightFrontEnd(wiring.Component):
     """MGD weight perturbation: rows of ``dC * (a * s_ij)`` for every weight of one event.
 
-    Per command it walks the rows of every ``mgd-weight`` layer in memory order, draws
-    ``s_ij`` for all lanes of a row from the event's key (the same draws the forward
-    engine used for the perturbed pass) and emits ``+dC`` or ``-dC`` per lane.  One row
-    per cycle; a command is taken when the previous one has left the hash pipes.
+    Per command it walks the rows of every ``mgd-weight`` layer in memory order, reads
+    the signs ``s_ij`` of all lanes of a row from the :class:`~.memories.SignMemory` bank
+    the forward engine wrote them to in the event's perturbed pass, and emits ``+dC`` or
+    ``-dC`` per lane.  One row per cycle; a command is taken when the previous one has
+    left the front end.
 
     Parameters
     ----------
@@ -165,13 +165,15 @@ class MgdWeightFrontEnd(wiring.Component):
 
     Members
     -------
-    cmd : ``In(stream.Signature(StructLayout({"key": 32, "negate": 1, "dc": signed(32), "final": 1})))``
-        One event: its weight-sign key, the antithetic sign (``negate``: ``a = -1``),
-        ``dC``, and ``final`` for the last event of a training step.
+    cmd : ``In(stream.Signature(StructLayout({"sign_bank": 1, "negate": 1, "dc": signed(32), "final": 1})))``
+        One event: the sign bank of its perturbed pass, the antithetic sign (``negate``:
+        ``a = -1``), ``dC``, and ``final`` for the last event of a training step.
+    signs : ``Out(SignReadSignature(lanes, row_bits))``
+        Read port of the sign memory.
     o : ``Out(stream.Signature(row_layout(...)))``
         Rows of terms for :class:`CorrelationUnit`.
     busy : ``Out(1)``
-        A command is being worked on.
+        A command is being worked on (while it is, its sign bank is being read).
     """
 
     def __init__(self, geometry: Geometry) -> None:
@@ -179,12 +181,13 @@ class MgdWeightFrontEnd(wiring.Component):
             raise TypeError(f"geometry must be a Geometry, not {geometry!r}")
         self.geometry = geo = geometry
         self.term_bits = term_bits(DC_BITS + 1, geo.grad_bits)
-        self.cmd_layout = data.StructLayout({"key": 32, "negate": 1, "dc": signed(DC_BITS),
-                                             "final": 1})
+        self.cmd_layout = data.StructLayout({"sign_bank": 1, "negate": 1,
+                                             "dc": signed(DC_BITS), "final": 1})
         self.layout = row_layout(geo.lanes, geo.row_bits, self.term_bits)
         self.layers = [lay for lay in geo.layers if lay.rule == Rule.MGD_WEIGHT]
         super().__init__({
             "cmd": In(stream.Signature(self.cmd_layout)),
+            "signs": Out(SignReadSignature(geo.lanes, geo.row_bits)),
             "o": Out(stream.Signature(self.layout)),
             "busy": Out(1),
         })
@@ -194,7 +197,6 @@ class MgdWeightFrontEnd(wiring.Component):
         geo, lanes = self.geometry, self.geometry.lanes
         layers = self.layers or [geo.layers[0]]  # no mgd-weight layer: never commanded
         n = len(layers)
-        idx_bits = max(1, geo.total_weights.bit_length())
         max_cols = max(lay.cols for lay in layers)
         max_groups = max(lay.groups for lay in layers)
 
@@ -203,81 +205,74 @@ class MgdWeightFrontEnd(wiring.Component):
 
         t_last_col = table([lay.n_in for lay in layers], max_cols.bit_length())
         t_last_group = table([lay.groups - 1 for lay in layers], max(1, max_groups.bit_length()))
-        t_group_jump = table([1 + (lanes - 1) * lay.cols for lay in layers], idx_bits)
-        t_woff = table([lay.weight_offset for lay in layers] + [0], idx_bits)
         t_row = table([lay.row_base for lay in layers] + [0], geo.row_bits)
-        t_lane_off = [table([k * lay.cols for lay in layers], idx_bits) for k in range(lanes)]
         t_mask = Array(
             Array(Const((1 << lay.lane_count(g, lanes)) - 1, lanes) for g in range(max_groups))
             for lay in layers
         )
 
-        tag_layout = data.StructLayout({"row": geo.row_bits, "mask": lanes})
-        m.submodules.rand = rand = RandomSource(lanes, idx_bits, tag_layout)
-
+        # the walk: one row per cycle into the sign memory's read port
         active = Signal()
         li = Signal(range(max(2, n)))
         group = Signal(range(max(2, max_groups)))
         col = Signal(range(max(2, max_cols)))
         row = Signal(geo.row_bits)
-        idx0 = Signal(idx_bits)
-        key = Signal(32)
+        bank = Signal()
         negate = Signal()
         dc = Signal(signed(DC_BITS))
         final = Signal()
-        inflight = Signal(range(DRAW_LATENCY + 2))
+        # the output stage: the row whose signs the memory returns
+        out_valid = Signal()
+        out_row = Signal(geo.row_bits)
+        out_mask = Signal(lanes)
 
+        en = Signal()  # the walk and the output stage advance
+        m.d.comb += en.eq(~out_valid | self.o.ready)
+        issued = active & en
         is_last = col == t_last_col[li]
         group_done = is_last & (group == t_last_group[li])
         all_done = group_done & (li == n - 1)
         m.d.comb += [
-            rand.i.valid.eq(active),
-            rand.i.payload.key.eq(key),
-            rand.i.payload.tag.row.eq(row),
-            rand.i.payload.tag.mask.eq(t_mask[li][group]),
+            self.signs.bank.eq(bank),
+            self.signs.row.eq(row),
+            self.signs.en.eq(en),
         ]
-        for k in range(lanes):
-            m.d.comb += rand.i.payload.index[k].eq((idx0 + t_lane_off[k][li])[:idx_bits])
-        issued = rand.i.valid & rand.i.ready
+        with m.If(en):
+            m.d.sync += [out_valid.eq(active), out_row.eq(row), out_mask.eq(t_mask[li][group])]
         with m.If(issued):
             m.d.sync += row.eq(row + 1)
             with m.If(~is_last):
-                m.d.sync += [col.eq(col + 1), idx0.eq(idx0 + 1)]
+                m.d.sync += col.eq(col + 1)
             with m.Else():
                 m.d.sync += col.eq(0)
                 with m.If(~group_done):
-                    m.d.sync += [group.eq(group + 1), idx0.eq(idx0 + t_group_jump[li])]
+                    m.d.sync += group.eq(group + 1)
                 with m.Elif(~all_done):
-                    m.d.sync += [group.eq(0), li.eq(li + 1), idx0.eq(t_woff[li + 1]),
-                                 row.eq(t_row[li + 1])]
+                    m.d.sync += [group.eq(0), li.eq(li + 1), row.eq(t_row[li + 1])]
                 with m.Else():
                     m.d.sync += active.eq(0)
 
-        delivered = self.o.valid & self.o.ready
-        m.d.sync += inflight.eq(inflight + issued - delivered)
-
         cmd = self.cmd
-        m.d.comb += cmd.ready.eq(~active & (inflight == 0))
+        # the output stage uses dc, negate and final: the next event waits until it is empty
+        m.d.comb += cmd.ready.eq(~active & ~out_valid)
         with m.If(cmd.valid & cmd.ready):
             m.d.sync += [
-                active.eq(1), li.eq(0), group.eq(0), col.eq(0),
-                idx0.eq(layers[0].weight_offset), row.eq(layers[0].row_base),
-                key.eq(cmd.payload.key), negate.eq(cmd.payload.negate), dc.eq(cmd.payload.dc),
-                final.eq(cmd.payload.final),
+                active.eq(1), li.eq(0), group.eq(0), col.eq(0), row.eq(layers[0].row_base),
+                bank.eq(cmd.payload.sign_bank), negate.eq(cmd.payload.negate),
+                dc.eq(cmd.payload.dc), final.eq(cmd.payload.final),
             ]
 
         tb = self.term_bits
         plus = narrow(dc, tb, geo.overflow)
         minus = narrow(-dc, tb, geo.overflow)
         m.d.comb += [
-            self.o.valid.eq(rand.o.valid),
-            rand.o.ready.eq(self.o.ready),
-            self.o.payload.row.eq(rand.o.payload.tag.row),
-            self.o.payload.mask.eq(rand.o.payload.tag.mask),
+            self.o.valid.eq(out_valid),
+            self.o.payload.row.eq(out_row),
+            self.o.payload.mask.eq(out_mask),
             self.o.payload.final.eq(final),
-            self.busy.eq(active | (inflight != 0)),
+            self.busy.eq(active | out_valid),
         ]
         for k in range(lanes):
-            flip = rand.o.payload.word[k][31] ^ negate  # a * s = -1
+            flip = self.signs.data[k] ^ negate  # a * s = -1
             m.d.comb += self.o.payload.term[k].eq(Mux(flip, minus, plus))
         return m

@@ -11,7 +11,8 @@ pos     what happens (``H`` = :data:`~.random.DRAW_LATENCY` = 6)
 0       issue: counters give the token; each lane's weight index enters its :class:`Draw`
 1..H-1  the hash pipes; at ``H-1`` the weight, sample and activation reads are issued
 H       ``w8`` = top 8 bits of the master weight; ``narrow_8(w8 + delta * a * s)`` for a
-        perturbed ``mgd-weight`` layer; ``x_j`` selected (sample, activation byte or 127)
+        perturbed ``mgd-weight`` layer, whose signs ``s`` also go to ``signs``; ``x_j``
+        selected (sample, activation byte or 127)
 H+1     ``w * x``
 H+2     ``acc = w * x`` (first input) or ``acc + w * x``
 H+3     on the bias token: ``narrow_acc(acc + injection)`` (injection from ``inject``)
@@ -43,7 +44,7 @@ from perturbo.config import Activation, Rule
 
 from .arith import narrow, round_shift
 from .geometry import Geometry, ceil_log2
-from .memories import LanePortSignature, PortSignature
+from .memories import LanePortSignature, PortSignature, SignWriteSignature
 from .random import DRAW_LATENCY, Draw
 
 __all__ = ["ForwardEngine", "activation", "INJECT_BITS"]
@@ -94,14 +95,19 @@ class ForwardEngine(wiring.Component):
         One transfer per pass: ``perturb`` (a perturbed pass: ``mgd-weight`` layers use
         perturbed weights, ``mgd-node``/``alr`` layers take injections), ``negate``
         (the antithetic sign ``a = -1``), ``bank`` (activation bank), ``key`` (the
-        weight-sign pass key, stream 0), ``sample_base`` (address of the sample's first
-        feature in the sample buffer) and ``tag``.
+        weight-sign pass key, stream 0), ``sign_bank`` (the bank of ``signs`` the pass
+        writes), ``sample_base`` (address of the sample's first feature in the sample
+        buffer) and ``tag``.
     delta : ``In(7)``
         MGD amplitude ``delta`` (1..127), in INT8 weight LSBs.
     weights : ``Out(LanePortSignature)``
         Read port of the master weight memories (``raddr``, ``ren``, ``rdata`` only).
     samples : ``Out(PortSignature)``
         Read port of the sample buffer (``raddr``, ``ren``, ``rdata`` only).
+    signs : ``Out(SignWriteSignature(lanes, row_bits))``
+        The signs ``s`` of every row of the ``mgd-weight`` layers of a perturbed pass,
+        as drawn (bit set: ``s = -1``; ``a`` not applied), for a
+        :class:`~.memories.SignMemory` that the correlation front end reads.
     inject : ``In(stream.Signature(ArrayLayout(signed(INJECT_BITS), lanes)))``
         One transfer per neuron group of an ``mgd-node`` or ``alr`` layer in a perturbed
         pass, in issue order: the value each lane's accumulator gets before narrowing.
@@ -139,6 +145,7 @@ class ForwardEngine(wiring.Component):
             "negate": 1,
             "bank": 1,
             "key": 32,
+            "sign_bank": 1,
             "sample_base": self.sample_addr_bits,
             "tag": tag_shape,
         })
@@ -157,6 +164,7 @@ class ForwardEngine(wiring.Component):
             "delta": In(7),
             "weights": Out(LanePortSignature(lanes, geo.row_bits, signed(geo.weight_bits))),
             "samples": Out(PortSignature(self.sample_addr_bits, signed(8))),
+            "signs": Out(SignWriteSignature(lanes, geo.row_bits)),
             "inject": In(stream.Signature(data.ArrayLayout(signed(INJECT_BITS), lanes))),
             "result": Out(stream.Signature(self.result_layout)),
             "act_read": In(wiring.Signature({
@@ -210,6 +218,7 @@ class ForwardEngine(wiring.Component):
             "inject": 1,
             "negate": 1,
             "bank": 1,
+            "sign_bank": 1,
             "parity": 1,
         })
         pipe = [Signal(tok_layout, name=f"t{pos}") for pos in range(PIPE_DEPTH)]
@@ -242,6 +251,7 @@ class ForwardEngine(wiring.Component):
         p_perturb = Signal()
         p_negate = Signal()
         p_bank = Signal()
+        p_sign_bank = Signal()
         sample_base = Signal(self.sample_addr_bits)
         parity = Signal()
 
@@ -283,6 +293,7 @@ class ForwardEngine(wiring.Component):
             t0.inject.eq(p_perturb & t_inject[layer]),
             t0.negate.eq(p_negate),
             t0.bank.eq(p_bank),
+            t0.sign_bank.eq(p_sign_bank),
             t0.parity.eq(parity),
         ]
         fire = Signal()
@@ -319,6 +330,7 @@ class ForwardEngine(wiring.Component):
                 p_perturb.eq(cmd.payload.perturb),
                 p_negate.eq(cmd.payload.negate),
                 p_bank.eq(cmd.payload.bank),
+                p_sign_bank.eq(cmd.payload.sign_bank),
                 sample_base.eq(cmd.payload.sample_base),
                 parity.eq(~parity),
             ]
@@ -377,6 +389,12 @@ class ForwardEngine(wiring.Component):
             m.d.comb += x6.eq(self.samples.rdata)
         with m.Else():
             m.d.comb += x6.eq(act_rd.data[t6.byte])
+        m.d.comb += [
+            self.signs.bank.eq(t6.sign_bank),
+            self.signs.row.eq(t6.row),
+            self.signs.data.eq(Cat(word[31] for word in mix_out)),
+            self.signs.en.eq(en & t6.valid & t6.perturb),
+        ]
         with m.If(en):
             m.d.sync += x7.eq(x6)
             for k in range(lanes):

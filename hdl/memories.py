@@ -20,7 +20,10 @@ from amaranth.lib import data, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-__all__ = ["PortSignature", "LanePortSignature", "MemoryBlock", "LaneMemory", "mux_ports"]
+__all__ = [
+    "PortSignature", "LanePortSignature", "SignWriteSignature", "SignReadSignature",
+    "MemoryBlock", "LaneMemory", "SignMemory", "mux_ports",
+]
 
 
 class PortSignature(wiring.Signature):
@@ -76,6 +79,39 @@ class LanePortSignature(wiring.Signature):
             "wdata": Out(data.ArrayLayout(shape, lanes)),
             "we": Out(lanes),
         })
+
+
+class SignWriteSignature(wiring.Signature):
+    """The write side of a :class:`SignMemory`, from the writer's side.
+
+    Members
+    -------
+    bank : ``Out(1)``
+    row : ``Out(row_bits)``
+    data : ``Out(lanes)``
+        Bit ``k``: lane ``k``'s sign bit (1: ``s = -1``).
+    en : ``Out(1)``
+    """
+
+    def __init__(self, lanes: int, row_bits: int) -> None:
+        super().__init__({"bank": Out(1), "row": Out(row_bits), "data": Out(lanes), "en": Out(1)})
+
+
+class SignReadSignature(wiring.Signature):
+    """The read side of a :class:`SignMemory`, from the reader's side.
+
+    Members
+    -------
+    bank : ``Out(1)``
+    row : ``Out(row_bits)``
+    en : ``Out(1)``
+        Read enable; ``data`` holds while it is low.
+    data : ``In(lanes)``
+        The signs of the row presented in the last cycle ``en`` was high.
+    """
+
+    def __init__(self, lanes: int, row_bits: int) -> None:
+        super().__init__({"bank": Out(1), "row": Out(row_bits), "en": Out(1), "data": In(lanes)})
 
 
 def _check(depth: int, shape: ShapeLike) -> int:
@@ -156,6 +192,55 @@ class LaneMemory(wiring.Component):
                 wr.data.eq(self.port.wdata[k]),
                 wr.en.eq(self.port.we[k]),
             ]
+        return m
+
+
+class SignMemory(wiring.Component):
+    """The perturbation signs of two perturbed passes: ``lanes`` bits per weight row, two banks.
+
+    The forward engine writes each row's sign bits as it draws them; the MGD weight
+    front end reads them back once the pass's ``dC`` is known, while the next perturbed
+    pass writes the other bank.  Keeping ``rows * lanes * 2`` bits costs less than a second
+    set of hash pipes replaying the draws (a :class:`~.random.Draw` per lane), and the
+    values are the same.  Bank ``b`` of row ``r`` is word ``b * rows + r``, so the memory
+    holds ``2 * rows`` words, not a power of two (at one lane the digits network's 2 x 2410
+    bits fill three iCE40 block RAMs instead of four).
+
+    Members
+    -------
+    write : ``In(SignWriteSignature(lanes, row_bits))``
+    read : ``In(SignReadSignature(lanes, row_bits))``
+    """
+
+    def __init__(self, lanes: int, rows: int, row_bits: int) -> None:
+        if not isinstance(lanes, int) or lanes < 1:
+            raise ValueError(f"lanes must be a positive integer, not {lanes!r}")
+        if not isinstance(rows, int) or not 1 <= rows <= 1 << row_bits:
+            raise ValueError(f"rows must be an integer 1..2**row_bits, not {rows!r}")
+        self.lanes, self.rows, self.row_bits = lanes, rows, row_bits
+        super().__init__({
+            "write": In(SignWriteSignature(lanes, row_bits)),
+            "read": In(SignReadSignature(lanes, row_bits)),
+        })
+
+    def elaborate(self, platform: object) -> Module:
+        m = Module()
+        rows = self.rows
+        m.submodules.mem = mem = Memory(shape=self.lanes, depth=2 * rows, init=[])
+        rd = mem.read_port()
+        wr = mem.write_port()
+
+        def address(bank: Value, row: Value) -> Value:
+            return Mux(bank, row + rows, row)[: rd.addr.shape().width]
+
+        m.d.comb += [
+            wr.addr.eq(address(self.write.bank, self.write.row)),
+            wr.data.eq(self.write.data),
+            wr.en.eq(self.write.en),
+            rd.addr.eq(address(self.read.bank, self.read.row)),
+            rd.en.eq(self.read.en),
+            self.read.data.eq(rd.data),
+        ]
         return m
 
 

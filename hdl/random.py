@@ -4,7 +4,9 @@ docs/numerics.md §4: every random value is ``draw(key, index) = mix32(key ^ ind
 with ``key = pass_key(seed, stream, e) = mix32(seed ^ mix32((e << 2 | stream) mod 2^32))``
 and ``draw(key, index) = mix32(mix32(key ^ index))`` (two rounds: one leaves the top
 bits of neighbouring indices correlated).
-Nothing is stored: the correlation unit replays an event's draws from its key.
+Nothing needs storing: any draw can be replayed from its key.  (The MGD weight front end
+reads the signs back from the :class:`~.memories.SignMemory` the forward engine filled,
+which costs less logic than replaying them through a second set of hash pipes.)
 
 - :class:`Mix32`: the six stages of ``mix32``, a register after every second one, an
   enable for the whole pipe (latency :data:`MIX32_LATENCY`, one word per cycle);

@@ -14,10 +14,13 @@ Two processes keep the datapath busy:
   takes the next pass as soon as the previous one has issued its last token), with the
   pass key computed ahead by a :class:`~.random.KeyGen`;
 - the *collector* takes each pass's loss from the loss unit, adds the baseline losses,
-  hands each perturbed pass's ``dC`` with its key to the correlation front end (which
-  works while the next passes run); the step's last correlation is *final*: the
-  correlation unit hands each row's sums to the update unit as it goes, so the update
-  ends a few cycles after it; then the issuer starts the next step.
+  hands each perturbed pass's ``dC`` to the correlation front end, which reads back the
+  signs the pass drew from a :class:`~.memories.SignMemory` bank while the next passes
+  run (a perturbed pass waits if the correlation that read its bank before has not
+  finished: with one copy per sample the baseline pass in between hides that); the
+  step's last correlation is *final*: the correlation unit hands each row's sums to the
+  update unit as it goes, so the update ends a few cycles after it; then the issuer
+  starts the next step.
 
 The event number is kept as a running counter: ``k * S * P`` is computed once per run
 by a :class:`SerialMultiplier` (as is the cursor's sample address), then ``e`` advances
@@ -220,7 +223,7 @@ class Sequencer(wiring.Component):
             "negate": 1,
             "end_of_step": 1,
             "label": geometry.label_bits,
-            "key": 32,
+            "sign_bank": 1,
             "out_base": ceil_log2(geometry.output_words),
         })
 
@@ -241,6 +244,14 @@ class Sequencer(wiring.Component):
         obase = Signal(self.out_addr_bits)
         label = Signal(geo.label_bits)
         key = Signal(32)
+        # perturbed passes alternate between the two sign banks; a pass may write a bank
+        # only once the correlation of the pass two before, which read it, has finished
+        sign_bank = Signal()
+        ahead = Signal(range(3))  # perturbed passes issued whose correlation is not taken
+        taken = self.corr_cmd.valid & self.corr_cmd.ready
+        issued = Signal()
+        m.d.sync += ahead.eq(ahead + issued - taken)
+        bank_free = (ahead == 0) | ((ahead == 1) & ~self.corr_busy)
         count = Signal(range(geo.sample_depth + 1))
         loss_sum = Signal(32)
         step_done = Signal()  # collector -> issuer
@@ -253,7 +264,7 @@ class Sequencer(wiring.Component):
             self.labels.ren.eq(1),
             cmd.sample_base.eq(sbase),
             tag.label.eq(label),
-            tag.key.eq(key),
+            tag.sign_bank.eq(sign_bank),
             tag.out_base.eq(obase),
         ]
         with m.If(self.step_set & ~self.busy):
@@ -314,16 +325,18 @@ class Sequencer(wiring.Component):
                     m.next = "PERTURBED"
             with m.State("PERTURBED"):
                 m.d.comb += [
-                    self.fwd_cmd.valid.eq(1),
+                    self.fwd_cmd.valid.eq(bank_free),
                     cmd.perturb.eq(1),
                     cmd.bank.eq(1),
                     cmd.negate.eq(copy[0]),
                     cmd.key.eq(key),
+                    cmd.sign_bank.eq(sign_bank),
                     tag.negate.eq(copy[0]),
                     tag.end_of_step.eq(last_sample & last_copy),
                 ]
-                with m.If(self.fwd_cmd.ready):
-                    m.d.sync += copy.eq(copy + 1)
+                with m.If(self.fwd_cmd.valid & self.fwd_cmd.ready):
+                    m.d.comb += issued.eq(1)
+                    m.d.sync += [copy.eq(copy + 1), sign_bank.eq(~sign_bank)]
                     with m.If(last_copy):
                         m.next = "NEXT_SAMPLE"
                     with m.Elif(copy[0]):  # the next copy starts a new antithetic pair
@@ -366,7 +379,7 @@ class Sequencer(wiring.Component):
                     m.d.sync += collected.eq(collected + 1)
                 m.d.comb += [
                     self.corr_cmd.valid.eq(self.loss.valid & ~res.baseline),
-                    self.corr_cmd.payload.key.eq(res.tag.key),
+                    self.corr_cmd.payload.sign_bank.eq(res.tag.sign_bank),
                     self.corr_cmd.payload.negate.eq(res.tag.negate),
                     self.corr_cmd.payload.dc.eq(res.dc),
                     self.corr_cmd.payload.final.eq(res.tag.end_of_step),

@@ -13,7 +13,14 @@ from amaranth.lib.wiring import In, Out
 from perturbo.hdl.correlation import CorrelationUnit, MgdWeightFrontEnd
 from perturbo.hdl.forward import ForwardEngine
 from perturbo.hdl.geometry import Geometry, ceil_log2
-from perturbo.hdl.memories import LaneMemory, LanePortSignature, MemoryBlock, mux_ports
+from perturbo.hdl.memories import (
+    LaneMemory,
+    LanePortSignature,
+    MemoryBlock,
+    SignMemory,
+    SignWriteSignature,
+    mux_ports,
+)
 from perturbo.hdl.random import (
     KeyGen,
     RandomSource,
@@ -33,7 +40,8 @@ def _lane_load(lanes: int, addr_width: int, shape) -> dict:
 
 
 class ForwardHarness(wiring.Component):
-    """:class:`ForwardEngine` with its weight memories and sample buffer."""
+    """:class:`ForwardEngine` with its weight memories and sample buffer; ``signs`` is the
+    engine's sign-memory write port, for the testbench to watch."""
 
     def __init__(self, geometry: Geometry) -> None:
         self.geometry = geo = geometry
@@ -49,6 +57,7 @@ class ForwardHarness(wiring.Component):
                                                      signed(geo.weight_bits)).items()})),
             "sload": In(wiring.Signature({"addr": Out(sa), "data": Out(signed(8)),
                                           "we": Out(1)})),
+            "signs": Out(SignWriteSignature(geo.lanes, geo.row_bits)),
             "busy": Out(1),
         })
 
@@ -62,6 +71,7 @@ class ForwardHarness(wiring.Component):
         wiring.connect(m, wiring.flipped(self.cmd), eng.cmd)
         wiring.connect(m, wiring.flipped(self.inject), eng.inject)
         wiring.connect(m, eng.result, wiring.flipped(self.result))
+        wiring.connect(m, eng.signs, wiring.flipped(self.signs))
         m.d.comb += [
             eng.delta.eq(self.delta),
             self.busy.eq(eng.busy),
@@ -120,10 +130,11 @@ class RandomHarness(wiring.Component):
 
 
 class CorrelationHarness(wiring.Component):
-    """:class:`MgdWeightFrontEnd` -> :class:`CorrelationUnit` -> G memories.
+    """:class:`SignMemory` -> :class:`MgdWeightFrontEnd` -> :class:`CorrelationUnit` -> G memories.
 
-    ``direct`` = 1 feeds the unit from ``rows`` instead of the front end.  While neither
-    is busy, ``gtest`` owns the G memories.
+    The testbench writes the sign memory through ``sload`` (the forward engine's port in
+    the accelerator).  ``direct`` = 1 feeds the unit from ``rows`` instead of the front
+    end.  While neither is busy, ``gtest`` owns the G memories.
     """
 
     def __init__(self, geometry: Geometry) -> None:
@@ -133,6 +144,7 @@ class CorrelationHarness(wiring.Component):
                                     self.frontend.term_bits, geo.overflow)
         super().__init__({
             "cmd": In(stream.Signature(self.frontend.cmd_layout)),
+            "sload": In(SignWriteSignature(geo.lanes, geo.row_bits)),
             "rows": In(stream.Signature(self.unit.layout)),
             "sums": Out(stream.Signature(self.unit.sums.signature.members["payload"].shape)),
             "direct": In(1),
@@ -146,7 +158,10 @@ class CorrelationHarness(wiring.Component):
         m.submodules.frontend = fe = self.frontend
         m.submodules.unit = cu = self.unit
         m.submodules.grads = gmem = LaneMemory(geo.lanes, geo.weight_depth, signed(geo.grad_bits))
+        m.submodules.signs = signs = SignMemory(geo.lanes, geo.rows, geo.row_bits)
         wiring.connect(m, wiring.flipped(self.cmd), fe.cmd)
+        wiring.connect(m, wiring.flipped(self.sload), signs.write)
+        wiring.connect(m, fe.signs, signs.read)
         m.d.comb += [self.sums.valid.eq(cu.sums.valid), self.sums.payload.eq(cu.sums.payload)]
         with m.If(self.direct):
             m.d.comb += [

@@ -41,6 +41,22 @@ def pass_outputs(cfg: Config, weights: list[torch.Tensor], x: torch.Tensor, *, p
     return out
 
 
+def sign_writes(cfg: Config, geo: Geometry, key: int, bank: int
+                ) -> list[tuple[int, int, int, int]]:
+    """``(bank, row, bits, lanes)`` the forward engine writes to the sign memory in a
+    perturbed pass with ``key``, in order: the rows of the ``mgd-weight`` layers, bit ``k``
+    of ``bits`` set where lane ``k``'s weight has ``s = -1``, for the lanes set in ``lanes``
+    (those holding a neuron; the others are never read)."""
+    bits = [(u.perturbation_sign(u.draw(torch.tensor(key), lay.weight_indices())) < 0)
+            .to(torch.int64) for lay in layer_layouts(cfg)]
+    image = geo.to_image(bits, geo.rows).reshape(-1, geo.lanes).tolist()
+    return [(bank, lay.row_base + g * lay.cols + j,
+             sum(b << k for k, b in enumerate(image[lay.row_base + g * lay.cols + j])),
+             (1 << lay.lane_count(g, geo.lanes)) - 1)
+            for lay in geo.layers if lay.rule == Rule.MGD_WEIGHT
+            for g in range(lay.groups) for j in range(lay.cols)]
+
+
 def weight_rows(geo: Geometry, weights: list[torch.Tensor]) -> list[list[int]]:
     """The lane-memory image of per-layer matrices: ``rows[row][lane]`` (0 in empty lanes)."""
     return geo.to_image(weights, geo.weight_depth).reshape(-1, geo.lanes).tolist()

@@ -7,7 +7,8 @@ import random
 
 import cocotb
 import torch
-from hdl_model import first_difference, matrices_from_rows, weight_rows
+from cocotb.triggers import FallingEdge
+from hdl_model import first_difference, matrices_from_rows, sign_writes, weight_rows
 from hdl_tbutil import Bench, config, read_rows, write_rows
 
 from perturbo.golden import units as u
@@ -53,11 +54,26 @@ def golden_g(g: list[torch.Tensor], events: list[tuple[int, int, int]]) -> list[
     return out
 
 
+async def write_signs(dut, bank: int, key: int) -> None:
+    """Fill sign bank ``bank`` with the signs of ``key``, one row per cycle."""
+    for _, r, bits, _ in sign_writes(cfg, geo, key, bank):
+        await FallingEdge(dut.clk)
+        dut.sload__bank.value = bank
+        dut.sload__row.value = r
+        dut.sload__data.value = bits
+        dut.sload__en.value = 1
+    await FallingEdge(dut.clk)
+    dut.sload__en.value = 0
+
+
 @cocotb.test()
 @cocotb.parametrize(idle=[0.0, 0.5])
 async def mgd_weight_events(dut, idle: float) -> None:
     """Events with random keys, both antithetic signs and extreme dC, on random G; then
-    events of which the last is final: its sums go out on ``sums`` and G is cleared."""
+    events of which the last is final: its sums go out on ``sums`` and G is cleared.
+
+    Each event's signs go into the bank the front end is not reading, as the forward
+    engine's next perturbed pass writes them, while the previous event is correlated."""
     bench = Bench(dut, ("mgd", idle))
     await bench.reset()
     rng = random.Random(repr(idle))
@@ -72,7 +88,12 @@ async def mgd_weight_events(dut, idle: float) -> None:
             if n == 0:
                 dc = 2**31 - 1 if phase == "plain" else -(2**31)
             events.append((rng.getrandbits(32), rng.randint(0, 1), dc))
-            cmd.send({"key": events[-1][0], "negate": events[-1][1], "dc": dc,
+            if n >= 2:  # the bank's last reader, event n - 2, is done once n - 1 is taken
+                await bench.run(lambda cmd=cmd, n=n: cmd.sent >= n - 1, (geo.rows + 40) * 4,
+                                "the event before")
+            writer = cocotb.start_soon(write_signs(dut, n % 2, events[-1][0]))
+            await bench.run(writer.done, geo.rows + 10, "the sign writes")
+            cmd.send({"sign_bank": n % 2, "negate": events[-1][1], "dc": dc,
                       "final": int(phase == "final" and n == 3)})
         await bench.run(lambda cmd=cmd: cmd.idle_now and not int(dut.busy.value),
                         (geo.rows + 40) * len(events) * 4, "the correlation")

@@ -11,7 +11,7 @@ import random
 
 import cocotb
 import torch
-from hdl_model import pass_outputs, weight_rows
+from hdl_model import pass_outputs, sign_writes, weight_rows
 from hdl_tbutil import Bench, config
 
 from perturbo.hdl.forward import ForwardEngine
@@ -59,17 +59,40 @@ def random_weights(rng: random.Random, kind: str = "random") -> list[torch.Tenso
     return out
 
 
+class SignWatch:
+    """Records the engine's sign-memory writes as ``(bank, row, bits)`` (a bench sink)."""
+
+    def __init__(self, dut) -> None:
+        self.dut = dut
+        self.received: list[tuple[int, int, int]] = []
+
+    def drive(self) -> None:
+        pass
+
+    def sample(self) -> None:
+        d = self.dut
+        if int(d.signs__en.value):
+            self.received.append((int(d.signs__bank.value), int(d.signs__row.value),
+                                  int(d.signs__data.value)))
+
+
 async def run_passes(bench: Bench, weights: list[torch.Tensor], samples: torch.Tensor,
                      passes: list[dict], idle: float, backpressure: float, tag: str) -> None:
     """Send the passes back to back; check every group result of every layer."""
     cmd = bench.source("cmd", ENGINE.cmd_layout, idle)
     res = bench.sink("result", ENGINE.result_layout, backpressure)
     inj = bench.source("inject", ENGINE.inject.signature.members["payload"].shape, idle)
+    signs = SignWatch(bench.dut)
+    bench.sinks.append(signs)
     rng = random.Random(tag)
     expected = []
+    expected_signs = []
     for n, p in enumerate(passes):
         cmd.send({"perturb": p["perturb"], "negate": p["negate"], "bank": p["perturb"],
-                  "key": p["key"], "sample_base": p["sample"] * geo.n_inputs, "tag": n})
+                  "key": p["key"], "sign_bank": n % 2,
+                  "sample_base": p["sample"] * geo.n_inputs, "tag": n})
+        if p["perturb"]:
+            expected_signs += [(n, *w) for w in sign_writes(cfg, geo, p["key"], n % 2)]
         injections = {}
         if p["perturb"]:  # node-perturbed layers take one injection per neuron group
             for li in ENGINE.inject_layers:
@@ -93,6 +116,16 @@ async def run_passes(bench: Bench, weights: list[torch.Tensor], samples: torch.T
     bench.sources.remove(cmd)
     bench.sources.remove(inj)
     bench.sinks.remove(res)
+    bench.sinks.remove(signs)
+    assert len(signs.received) == len(expected_signs), \
+        f"{tag}: {len(signs.received)} sign rows written, golden {len(expected_signs)}"
+    for got, (n, bank, row, bits, live) in zip(signs.received, expected_signs, strict=True):
+        if got[:2] != (bank, row) or got[2] & live != bits:
+            lanes = [k for k in range(geo.lanes) if ((got[2] ^ bits) & live) >> k & 1]
+            layer = next(lay.index for lay in geo.layers if row < lay.row_base + lay.rows)
+            raise AssertionError(
+                f"forward engine signs differ: {tag}: pass {n} row {row} (layer {layer}): "
+                f"rtl (bank, row, bits) {got} golden {(bank, row, bits)}, lanes {lanes}")
     assert inj.idle_now, f"{tag}: {len(inj.items)} injections left over"
     for got, (n, li, g, (q, y)) in zip(res.received, expected, strict=True):
         lay = geo.layers[li]
