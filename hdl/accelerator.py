@@ -50,11 +50,15 @@ from .memories import (
 from .sequencer import COPIES_MAX, STEP_SAMPLES_MAX, OutputWriter, Sequencer
 from .update import UpdateUnit
 
-__all__ = ["Accelerator", "SUPPORTED_RULES"]
+__all__ = ["Accelerator", "SUPPORTED_RULES", "COUNTER_BITS"]
 
 #: Rules this datapath trains with (node perturbation, ALR and target projection front
 #: ends exist as units but are not yet wired into the sequencer).
 SUPPORTED_RULES = (Rule.MGD_WEIGHT,)
+#: Width of the ``CYCLES`` and ``MAC_BUSY`` counters: 2^48 cycles are 65 days at 50 MHz,
+#: and each bit costs a flip-flop and a carry cell (two 64-bit counters were 3 % of an
+#: iCE40UP5K).
+COUNTER_BITS = 48
 
 
 def divmod_const(value: Value, divisor: int, max_value: int) -> tuple[Value, Value]:
@@ -201,15 +205,18 @@ class Accelerator(wiring.Component):
         r_target = Signal(7, init=rule.target_on)
         r_count = Signal(range(geo.sample_depth + 1))
         r_infer = Signal(range(geo.sample_depth + 1))
+        # words wider than 32 bits (G, M with grad_bits > 32) pass through READ_HIGH and
+        # WRITE_HIGH; without them the two registers do not exist
+        wide_words = geo.grad_bits > 32
         r_write_high = Signal(32)
         r_read_high = Signal(32)
         done = Signal()
-        cycles = Signal(64)
-        mac_busy = Signal(64)
+        cycles = Signal(COUNTER_BITS)
+        mac_busy = Signal(COUNTER_BITS)
         stalls = Signal(32)
         steps_done = Signal(32)
-        cycles_hi = Signal(32)
-        mac_hi = Signal(32)
+        cycles_hi = Signal(COUNTER_BITS - 32)
+        mac_hi = Signal(COUNTER_BITS - 32)
         m.d.comb += [
             seq.steps.eq(r_steps),
             seq.seed.eq(r_seed),
@@ -259,19 +266,20 @@ class Accelerator(wiring.Component):
             Reg.MAC_BUSY_LO: (mac_busy[:32], None),
             Reg.MAC_BUSY_HI: (mac_hi, None),
             Reg.LAST_LOSS: (seq.last_loss, None),
-            Reg.READ_HIGH: (r_read_high, None),
-            Reg.WRITE_HIGH: (r_write_high, (0, 2**32 - 1)),
             Reg.LANES: (Const(lanes, 32), None),
             Reg.SAMPLE_DEPTH: (Const(geo.sample_depth, 32), None),
             Reg.ROWS: (Const(geo.rows, 32), None),
         }
+        if wide_words:
+            regs[Reg.READ_HIGH] = (r_read_high, None)
+            regs[Reg.WRITE_HIGH] = (r_write_high, (0, 2**32 - 1))
 
         # -- the bus target ---------------------------------------------------------------------
         bus = self.bus
         space = bus.addr[WORD_ADDR_BITS:]
         word = bus.addr[:WORD_ADDR_BITS]
         wdata = bus.wdata
-        wide = Cat(wdata, r_write_high).as_signed()  # a 64-bit value for wide words
+        wide = Cat(wdata, r_write_high).as_signed() if wide_words else wdata.as_signed()
 
         def fits(bits: int) -> Value:
             """Whether the written value (with ``WRITE_HIGH`` above 32 bits) fits ``bits``."""
@@ -382,7 +390,7 @@ class Accelerator(wiring.Component):
                 return Value.cast(port.rdata[read_lane]).as_signed()
             return Value.cast(port.rdata)
 
-        mem_value = Signal(signed(64))
+        mem_value = Signal(signed(64 if wide_words else 32))
         with m.Switch(read_space):
             with m.Case(Space.WEIGHTS):
                 m.d.comb += mem_value.eq(read_value(host_w, True))
@@ -397,8 +405,9 @@ class Accelerator(wiring.Component):
             if geo.momentum:
                 with m.Case(Space.MOMENTUM):
                     m.d.comb += mem_value.eq(read_value(host_m, True))
-        with m.If(ack & read_mem & ~err):
-            m.d.sync += r_read_high.eq(mem_value[32:])
+        if wide_words:
+            with m.If(ack & read_mem & ~err):
+                m.d.sync += r_read_high.eq(mem_value[32:])
         m.d.comb += [
             bus.ack.eq(ack),
             bus.err.eq(ack & err),

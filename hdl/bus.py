@@ -18,7 +18,8 @@ Addresses
 inside it.  Every word is 32 bits; narrower values are sign-extended on reads and must
 be in range on writes (otherwise ``err``).  Values wider than 32 bits (``grad_bits`` up
 to 48) are split: a read latches bits 32 and up (sign-extended) into ``Reg.READ_HIGH``;
-a write takes them from ``Reg.WRITE_HIGH``.
+a write takes them from ``Reg.WRITE_HIGH``.  The two registers exist only in an
+accelerator with ``grad_bits > 32``; elsewhere their addresses are unknown (``err``).
 
 ==============  =====================================================================
 space           word address
@@ -160,6 +161,7 @@ class Reg(IntEnum):
     #: RW: samples ``0 .. INFER_COUNT - 1`` that an ``INFER`` command runs, 0..sample_depth.
     INFER_COUNT = 0x0F
     #: RO: busy clock cycles, low word; reading it latches the high word for ``CYCLES_HI``.
+    #: The counter has :data:`~perturbo.hdl.accelerator.COUNTER_BITS` (48) bits.
     CYCLES_LO = 0x10
     #: RO: busy clock cycles, high word (as latched by the last ``CYCLES_LO`` read).
     CYCLES_HI = 0x11
@@ -173,9 +175,10 @@ class Reg(IntEnum):
     MAC_BUSY_HI = 0x15
     #: RO: sum of the baseline losses of the last completed step.
     LAST_LOSS = 0x16
-    #: RO: bits 32 and up (sign-extended) of the last memory word read.
+    #: RO: bits 32 and up (sign-extended) of the last memory word read (only with
+    #: ``grad_bits > 32``).
     READ_HIGH = 0x17
-    #: RW: bits 32 and up of the next memory word written (wide ``grad_bits`` only).
+    #: RW: bits 32 and up of the next memory word written (only with ``grad_bits > 32``).
     WRITE_HIGH = 0x18
     #: RO: MAC lanes.
     LANES = 0x19

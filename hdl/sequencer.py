@@ -24,7 +24,7 @@ Two processes keep the datapath busy:
 
 The event number is kept as a running counter: ``k * S * P`` is computed once per run
 by a :class:`SerialMultiplier` (as is the cursor's sample address), then ``e`` advances
-by ``P`` per sample.  Inference runs the baseline pass on samples ``0 .. count - 1``;
+by one per antithetic pair (``P`` per sample).  Inference runs the baseline pass on samples ``0 .. count - 1``;
 the :class:`OutputWriter` stores their output scores.
 """
 
@@ -237,9 +237,9 @@ class Sequencer(wiring.Component):
 
         pairs = (self.copies + 1) >> 1  # P = ceil(copies / 2)
         steps_left = Signal(32)
-        b = Signal(range(STEP_SAMPLES_MAX + 1))
+        samples_left = Signal(range(STEP_SAMPLES_MAX + 1))  # in this step, this one included
         copy = Signal(range(COPIES_MAX + 1))
-        ebase = Signal(32)
+        event = Signal(32)  # the event of the next antithetic pair
         sbase = Signal(self.sample_addr_bits)
         obase = Signal(self.out_addr_bits)
         label = Signal(geo.label_bits)
@@ -272,7 +272,7 @@ class Sequencer(wiring.Component):
         with m.If(self.cursor_set & ~self.busy):
             m.d.sync += self.cursor.eq(self.cursor_value)
 
-        last_sample = b == self.step_samples - 1
+        last_sample = samples_left == 1
         last_copy = copy == self.copies - 1
 
         # -- issuer --------------------------------------------------------------------------
@@ -289,14 +289,14 @@ class Sequencer(wiring.Component):
                 m.d.comb += [mul.start.eq(1), mul.a.eq(mul.p), mul.b.eq(self.step)]
                 m.next = "MUL_E"
             with m.State("MUL_E"), m.If(~mul.busy):  # k * S * P: the first event of the step
-                m.d.sync += ebase.eq(mul.p)
+                m.d.sync += event.eq(mul.p)
                 m.d.comb += [mul.start.eq(1), mul.a.eq(self.cursor), mul.b.eq(n_in0)]
                 m.next = "MUL_S"
             with m.State("MUL_S"), m.If(~mul.busy):  # the cursor's sample address
                 m.d.sync += sbase.eq(mul.p)
                 m.next = "STEP"
             with m.State("STEP"):
-                m.d.sync += b.eq(0)
+                m.d.sync += samples_left.eq(self.step_samples)
                 with m.If(steps_left == 0):
                     m.next = "FINISH"
                 with m.Else():
@@ -313,7 +313,7 @@ class Sequencer(wiring.Component):
             with m.State("KEY"):
                 m.d.comb += [
                     keygen.i.valid.eq(1),
-                    keygen.i.payload.event.eq(ebase + (copy >> 1)),
+                    keygen.i.payload.event.eq(event),
                     keygen.i.payload.stream.eq(STREAM_WEIGHT_SIGN),
                 ]
                 with m.If(keygen.i.ready):
@@ -337,12 +337,14 @@ class Sequencer(wiring.Component):
                 with m.If(self.fwd_cmd.valid & self.fwd_cmd.ready):
                     m.d.comb += issued.eq(1)
                     m.d.sync += [copy.eq(copy + 1), sign_bank.eq(~sign_bank)]
+                    with m.If(copy[0] | last_copy):  # a pair is complete: e + 1
+                        m.d.sync += event.eq(event + 1)
                     with m.If(last_copy):
                         m.next = "NEXT_SAMPLE"
                     with m.Elif(copy[0]):  # the next copy starts a new antithetic pair
                         m.next = "KEY"
             with m.State("NEXT_SAMPLE"):
-                m.d.sync += [ebase.eq(ebase + pairs), b.eq(b + 1)]
+                m.d.sync += samples_left.eq(samples_left - 1)
                 with m.If(self.cursor == self.sample_count - 1):
                     m.d.sync += [self.cursor.eq(0), sbase.eq(0)]
                 with m.Else():
