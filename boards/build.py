@@ -152,6 +152,11 @@ def build_plan(cfg: Config, board: str | Board, *, seed: int = 1,
     plan = platform.prepare(
         top, name=NAME,
         synth_opts=list(spec.synth_opts),
+        # yosys 0.70's abc_ops_reintegrate asserts when ABC names both bit i of an array
+        # signal `x` and Amaranth's element alias wire `x[i]` (which of the aliases
+        # collides depends on the net names ABC picks, so RTL edits move it around);
+        # hiding the aliases, which carry only debug names, avoids it
+        script_after_read="rename -hide w:*]",
         nextpnr_opts=[*spec.nextpnr_opts, "--seed", str(seed), "--report", NEXTPNR_REPORT],
     )
     return plan, top

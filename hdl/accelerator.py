@@ -50,7 +50,7 @@ from .memories import (
 from .sequencer import COPIES_MAX, STEP_SAMPLES_MAX, OutputWriter, Sequencer
 from .update import UpdateUnit
 
-__all__ = ["Accelerator", "SUPPORTED_RULES", "COUNTER_BITS"]
+__all__ = ["Accelerator", "SUPPORTED_RULES", "COUNTER_BITS", "absent_registers"]
 
 #: Rules this datapath trains with (node perturbation, ALR and target projection front
 #: ends exist as units but are not yet wired into the sequencer).
@@ -59,6 +59,25 @@ SUPPORTED_RULES = (Rule.MGD_WEIGHT,)
 #: and each bit costs a flip-flop and a carry cell (two 64-bit counters were 3 % of an
 #: iCE40UP5K).
 COUNTER_BITS = 48
+
+
+def absent_registers(cfg: Config) -> frozenset[Reg]:
+    """Registers a build for ``cfg`` leaves out (their addresses answer ``err``).
+
+    ``READ_HIGH`` and ``WRITE_HIGH`` carry the upper bits of words wider than 32 bits, so
+    they exist only with ``grad_bits > 32``; ``SIGMA`` and ``NODE_DELTA`` only when a layer
+    uses ALR or MGD node perturbation.  Every register costs flip-flops and a way of the
+    read multiplexer: on an iCE40UP5K these four were about 100 logic cells.
+    """
+    rules = set(cfg.layer_rules())
+    absent = set()
+    if cfg.numerics.grad_bits <= 32:
+        absent |= {Reg.READ_HIGH, Reg.WRITE_HIGH}
+    if Rule.ALR not in rules:
+        absent.add(Reg.SIGMA)
+    if Rule.MGD_NODE not in rules:
+        absent.add(Reg.NODE_DELTA)
+    return frozenset(absent)
 
 
 def divmod_const(value: Value, divisor: int, max_value: int) -> tuple[Value, Value]:
@@ -132,7 +151,7 @@ class Accelerator(wiring.Component):
         if geo.momentum:
             m.submodules.momentum = mmem = LaneMemory(lanes, geo.weight_depth, gshape)
         m.submodules.samples = smem = MemoryBlock(geo.sample_words, signed(8))
-        m.submodules.labels = lmem = MemoryBlock(geo.sample_depth, geo.label_bits)
+        m.submodules.labels = lmem = MemoryBlock(geo.sample_depth, geo.label_bits, block_ram=True)
         m.submodules.outputs = omem = MemoryBlock(geo.output_words, signed(8))
         m.submodules.signs = signs = SignMemory(lanes, geo.rows, geo.row_bits)
 
@@ -207,7 +226,8 @@ class Accelerator(wiring.Component):
         r_infer = Signal(range(geo.sample_depth + 1))
         # words wider than 32 bits (G, M with grad_bits > 32) pass through READ_HIGH and
         # WRITE_HIGH; without them the two registers do not exist
-        wide_words = geo.grad_bits > 32
+        absent = absent_registers(cfg)
+        wide_words = Reg.WRITE_HIGH not in absent
         r_write_high = Signal(32)
         r_read_high = Signal(32)
         done = Signal()
@@ -269,10 +289,10 @@ class Accelerator(wiring.Component):
             Reg.LANES: (Const(lanes, 32), None),
             Reg.SAMPLE_DEPTH: (Const(geo.sample_depth, 32), None),
             Reg.ROWS: (Const(geo.rows, 32), None),
+            Reg.READ_HIGH: (r_read_high, None),
+            Reg.WRITE_HIGH: (r_write_high, (0, 2**32 - 1)),
         }
-        if wide_words:
-            regs[Reg.READ_HIGH] = (r_read_high, None)
-            regs[Reg.WRITE_HIGH] = (r_write_high, (0, 2**32 - 1))
+        regs = {reg: entry for reg, entry in regs.items() if reg not in absent}
 
         # -- the bus target ---------------------------------------------------------------------
         bus = self.bus

@@ -19,7 +19,9 @@ inside it.  Every word is 32 bits; narrower values are sign-extended on reads an
 be in range on writes (otherwise ``err``).  Values wider than 32 bits (``grad_bits`` up
 to 48) are split: a read latches bits 32 and up (sign-extended) into ``Reg.READ_HIGH``;
 a write takes them from ``Reg.WRITE_HIGH``.  The two registers exist only in an
-accelerator with ``grad_bits > 32``; elsewhere their addresses are unknown (``err``).
+accelerator with ``grad_bits > 32``, ``SIGMA`` only with an ALR layer and ``NODE_DELTA``
+only with an MGD node-perturbation layer; elsewhere their addresses are unknown
+(``err``; :func:`~perturbo.hdl.accelerator.absent_registers`).
 
 ==============  =====================================================================
 space           word address
@@ -146,7 +148,7 @@ class Reg(IntEnum):
     LR_MULT = 0x07
     #: RW: MGD perturbation amplitude ``delta``, 1..127.
     DELTA = 0x08
-    #: RW: ALR noise scale ``sigma``, 1..4095 (kept for ALR layers; unused by MGD).
+    #: RW: ALR noise scale ``sigma``, 1..4095 (only with an ALR layer).
     SIGMA = 0x09
     #: RW: perturbed passes per sample ``copies``, 1..256.
     COPIES = 0x0A
@@ -186,7 +188,8 @@ class Reg(IntEnum):
     SAMPLE_DEPTH = 0x1A
     #: RO: weight/G/momentum rows used by the network.
     ROWS = 0x1B
-    #: RW: MGD node perturbation amplitude ``node_delta``, 1..2^20 (for ``mgd-node`` layers).
+    #: RW: MGD node perturbation amplitude ``node_delta``, 1..2^20 (only with an ``mgd-node``
+    #: layer).
     NODE_DELTA = 0x1C
 
 

@@ -6,7 +6,8 @@ multiply-accumulate the same ``x_j`` with their own weight.  The engine issues o
 *token* per cycle; a token flows through
 
 ======  ================================================================================
-pos     what happens (``H`` = :data:`~.random.DRAW_LATENCY` = 6)
+pos     what happens (``H`` = the :class:`Draw` latency: 6, or 2 with
+        ``hardware.hash_stages_per_register: 6``)
 ======  ================================================================================
 0       issue: counters give the token; each lane's weight index enters its :class:`Draw`
 1..H-1  the hash pipes; at ``H-1`` the weight, sample and activation reads are issued
@@ -45,7 +46,7 @@ from perturbo.config import Activation, Rule
 from .arith import narrow, round_shift
 from .geometry import Geometry, ceil_log2
 from .memories import LanePortSignature, PortSignature, SignWriteSignature
-from .random import DRAW_LATENCY, Draw
+from .random import Draw, mix32_latency
 
 __all__ = ["ForwardEngine", "activation", "INJECT_BITS"]
 
@@ -53,10 +54,6 @@ __all__ = ["ForwardEngine", "activation", "INJECT_BITS"]
 INJECT_BITS = 23
 #: The constant input of the bias column.
 BIAS_INPUT = 127
-#: Position of the perturbation stage (the random words are ready there).
-H = DRAW_LATENCY
-#: Position of the output register in the pipe (see the module docstring).
-PIPE_DEPTH = H + 5
 
 
 def activation(q: Value, kind: Activation | None) -> Value:
@@ -137,6 +134,8 @@ class ForwardEngine(wiring.Component):
         self.group_shape = _uint(geo.max_groups - 1)
         self.sample_addr_bits = ceil_log2(geo.sample_words)
         self.act_addr_bits = geo.act_bank_bits + 1
+        #: Position of the perturbation stage (the random words are ready there).
+        self.draw_latency = 2 * mix32_latency(geo.hash_stages_per_register)
         self.inject_layers = tuple(
             lay.index for lay in geo.layers if lay.rule in (Rule.MGD_NODE, Rule.ALR)
         )
@@ -221,6 +220,8 @@ class ForwardEngine(wiring.Component):
             "sign_bank": 1,
             "parity": 1,
         })
+        H = self.draw_latency  # noqa: N806 (the position's name in the module docstring)
+        PIPE_DEPTH = H + 5  # noqa: N806 (the output register's position, plus one)
         pipe = [Signal(tok_layout, name=f"t{pos}") for pos in range(PIPE_DEPTH)]
         # pipe[0] is combinational (the issue stage); pipe[1..H+4] are registers.
 
@@ -236,7 +237,7 @@ class ForwardEngine(wiring.Component):
         ]
 
         # -- tag FIFO: one entry per pass in flight ------------------------------------------
-        m.submodules.tags = tags = SyncFIFO(width=Shape.cast(self.tag_shape).width, depth=4)
+        m.submodules.tags = tags = SyncFIFO(width=Shape.cast(self.tag_shape).width, depth=2)
 
         # -- issue stage ---------------------------------------------------------------------
         active = Signal()
@@ -347,7 +348,7 @@ class ForwardEngine(wiring.Component):
         # hash pipes: one per lane, random index = weight index of (neuron, col)
         mix_out = []
         for k in range(lanes):
-            draw = m.submodules[f"draw{k}"] = Draw()
+            draw = m.submodules[f"draw{k}"] = Draw(geo.hash_stages_per_register)
             m.d.comb += [
                 draw.en.eq(en),
                 draw.key.eq(key),

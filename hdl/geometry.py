@@ -94,6 +94,7 @@ class Geometry:
         self.cfg = cfg
         hw, num, net, rule = cfg.hardware, cfg.numerics, cfg.network, cfg.rule
         self.lanes = hw.lanes
+        self.hash_stages_per_register = hw.hash_stages_per_register
         self.weight_bits = num.weight_bits
         self.acc_bits = num.acc_bits
         self.grad_bits = num.grad_bits

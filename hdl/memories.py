@@ -132,22 +132,30 @@ class MemoryBlock(wiring.Component):
         Shape of a word.
     init
         Initial contents (default zeros).
+    block_ram
+        Ask synthesis for block RAM even for a memory it would build from flip-flops
+        (yosys ``ram_style = "block"``): the label memory of a small sample buffer is
+        64 bits, which in flip-flops costs an iCE40 about 130 logic cells.
 
     Members
     -------
     port : ``In(PortSignature(addr_width, shape))``
     """
 
-    def __init__(self, depth: int, shape: ShapeLike, init: Sequence[int] = ()) -> None:
+    def __init__(self, depth: int, shape: ShapeLike, init: Sequence[int] = (), *,
+                 block_ram: bool = False) -> None:
         self.depth = depth
         self.shape = shape
         self.addr_width = _check(depth, shape)
         self.init = list(init)
+        self.block_ram = block_ram
         super().__init__({"port": In(PortSignature(self.addr_width, shape))})
 
     def elaborate(self, platform: object) -> Module:
         m = Module()
-        m.submodules.mem = mem = Memory(shape=self.shape, depth=self.depth, init=self.init)
+        attrs = {"ram_style": "block"} if self.block_ram else None
+        m.submodules.mem = mem = Memory(shape=self.shape, depth=self.depth, init=self.init,
+                                        attrs=attrs)
         rd = mem.read_port()
         wr = mem.write_port()
         m.d.comb += [

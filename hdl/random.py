@@ -8,10 +8,11 @@ Nothing needs storing: any draw can be replayed from its key.  (The MGD weight f
 reads the signs back from the :class:`~.memories.SignMemory` the forward engine filled,
 which costs less logic than replaying them through a second set of hash pipes.)
 
-- :class:`Mix32`: the six stages of ``mix32``, a register after every second one, an
-  enable for the whole pipe (latency :data:`MIX32_LATENCY`, one word per cycle);
+- :class:`Mix32`: the six stages of ``mix32``, a register after every second one (or
+  every ``stages_per_register``: ``hardware.hash_stages_per_register``), an enable for
+  the whole pipe (latency :data:`MIX32_LATENCY` by default, one word per cycle);
 - :class:`Draw`: ``draw(key, index)``, two :class:`Mix32` in a row (latency
-  :data:`DRAW_LATENCY`);
+  :data:`DRAW_LATENCY` by default);
 - :class:`RandomSource`: ``lanes`` draws per cycle from a key and ``lanes`` indices,
   as a stream with back-pressure and a side-band tag that travels with the draws;
 - :class:`KeyGen`: the pass key of one event, computed by one :class:`Mix32` used twice;
@@ -28,6 +29,7 @@ from amaranth.lib.wiring import In, Out
 __all__ = [
     "MIX32_LATENCY",
     "DRAW_LATENCY",
+    "mix32_latency",
     "STREAM_WEIGHT_SIGN",
     "STREAM_NODE",
     "STREAM_PROJECTION",
@@ -48,9 +50,20 @@ MIX32_STAGES = 6
 #: holds half the flip-flops of one register per stage, which is most of what a hash
 #: costs in logic cells.  Three adders' carry chains in a row would still pass 50 MHz.
 MIX32_STAGES_PER_REGISTER = 2
-#: Cycles from a word entering :class:`Mix32` to its hash leaving it.
-MIX32_LATENCY = MIX32_STAGES // MIX32_STAGES_PER_REGISTER
-#: Cycles from a key and index entering :class:`Draw` to the random word leaving it.
+
+
+def mix32_latency(stages_per_register: int = MIX32_STAGES_PER_REGISTER) -> int:
+    """Cycles from a word entering :class:`Mix32` to its hash leaving it."""
+    if stages_per_register not in (1, 2, 3, 6):
+        raise ValueError(f"stages_per_register must be 1, 2, 3 or 6 (a divisor of "
+                         f"{MIX32_STAGES}), not {stages_per_register!r}")
+    return MIX32_STAGES // stages_per_register
+
+
+#: Cycles from a word entering :class:`Mix32` to its hash leaving it (default pipelining).
+MIX32_LATENCY = mix32_latency()
+#: Cycles from a key and index entering :class:`Draw` to the random word leaving it
+#: (default pipelining).
 DRAW_LATENCY = 2 * MIX32_LATENCY
 
 STREAM_WEIGHT_SIGN = 0
@@ -79,11 +92,16 @@ def mix32_stage(x: Value, stage: int) -> Value:
 
 
 class Mix32(wiring.Component):
-    """Thomas Wang's ``hash32shift``, pipelined: two of its six stages per cycle.
+    """Thomas Wang's ``hash32shift``, pipelined: ``stages_per_register`` of its six stages per cycle.
 
-    ``o`` is ``mix32`` of the ``i`` that was present :data:`MIX32_LATENCY` enabled
-    cycles earlier.  All registers advance together when ``en`` is high, so the pipe
-    stalls as one piece with the datapath that carries the matching control.
+    ``o`` is ``mix32`` of the ``i`` that was present :attr:`latency` enabled cycles
+    earlier.  All registers advance together when ``en`` is high, so the pipe stalls as
+    one piece with the datapath that carries the matching control.
+
+    Parameters
+    ----------
+    stages_per_register
+        1, 2, 3 or 6 (default :data:`MIX32_STAGES_PER_REGISTER`).
 
     Members
     -------
@@ -92,18 +110,21 @@ class Mix32(wiring.Component):
     i : ``In(32)``
         Word to hash.
     o : ``Out(32)``
-        Hash of the word that entered ``MIX32_LATENCY`` advances ago.
+        Hash of the word that entered :attr:`latency` advances ago.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, stages_per_register: int = MIX32_STAGES_PER_REGISTER) -> None:
+        self.latency = mix32_latency(stages_per_register)
+        self.stages_per_register = stages_per_register
         super().__init__({"en": In(1, init=1), "i": In(32), "o": Out(32)})
 
     def elaborate(self, platform: object) -> Module:
         m = Module()
+        per = self.stages_per_register
         x = self.i
         for stage in range(MIX32_STAGES):
             x = mix32_stage(x, stage)
-            if stage % MIX32_STAGES_PER_REGISTER == MIX32_STAGES_PER_REGISTER - 1:
+            if stage % per == per - 1:
                 reg = Signal(32, name=f"s{stage}")
                 with m.If(self.en):
                     m.d.sync += reg.eq(x)
@@ -113,7 +134,12 @@ class Mix32(wiring.Component):
 
 
 class Draw(wiring.Component):
-    """``draw(key, index) = mix32(mix32(key ^ index))``, pipelined over :data:`DRAW_LATENCY` cycles.
+    """``draw(key, index) = mix32(mix32(key ^ index))``, pipelined over :attr:`latency` cycles.
+
+    Parameters
+    ----------
+    stages_per_register
+        Of each :class:`Mix32` (default :data:`MIX32_STAGES_PER_REGISTER`).
 
     Members
     -------
@@ -122,16 +148,18 @@ class Draw(wiring.Component):
     key : ``In(32)``
     index : ``In(32)``
     o : ``Out(32)``
-        The word of the key and index that entered :data:`DRAW_LATENCY` advances ago.
+        The word of the key and index that entered :attr:`latency` advances ago.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, stages_per_register: int = MIX32_STAGES_PER_REGISTER) -> None:
+        self.latency = 2 * mix32_latency(stages_per_register)
+        self.stages_per_register = stages_per_register
         super().__init__({"en": In(1, init=1), "key": In(32), "index": In(32), "o": Out(32)})
 
     def elaborate(self, platform: object) -> Module:
         m = Module()
-        m.submodules.round0 = r0 = Mix32()
-        m.submodules.round1 = r1 = Mix32()
+        m.submodules.round0 = r0 = Mix32(self.stages_per_register)
+        m.submodules.round1 = r1 = Mix32(self.stages_per_register)
         m.d.comb += [
             r0.en.eq(self.en), r1.en.eq(self.en),
             r0.i.eq(self.key ^ self.index), r1.i.eq(r0.o), self.o.eq(r1.o),
@@ -226,7 +254,12 @@ class RandomSource(wiring.Component):
 
 
 class KeyGen(wiring.Component):
-    """``pass_key(seed, stream, event)`` by one :class:`Mix32` used twice (``2 * MIX32_LATENCY + 2`` cycles).
+    """``pass_key(seed, stream, event)`` by one :class:`Mix32` used twice (``2 * latency + 2`` cycles).
+
+    Parameters
+    ----------
+    stages_per_register
+        Of the :class:`Mix32` (default :data:`MIX32_STAGES_PER_REGISTER`).
 
     Members
     -------
@@ -238,7 +271,9 @@ class KeyGen(wiring.Component):
         The key; held until taken.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, stages_per_register: int = MIX32_STAGES_PER_REGISTER) -> None:
+        self.stages_per_register = stages_per_register
+        self.latency = mix32_latency(stages_per_register)
         self.request_layout = data.StructLayout({"event": 32, "stream": 2})
         super().__init__({
             "seed": In(32),
@@ -248,9 +283,10 @@ class KeyGen(wiring.Component):
 
     def elaborate(self, platform: object) -> Module:
         m = Module()
-        m.submodules.mix = mix = Mix32()
+        m.submodules.mix = mix = Mix32(self.stages_per_register)
+        latency = self.latency
         word = Signal(32)
-        count = Signal(range(MIX32_LATENCY + 1))
+        count = Signal(range(latency + 1))
         m.d.comb += mix.i.eq(word)
         with m.FSM():
             with m.State("IDLE"):
@@ -261,12 +297,12 @@ class KeyGen(wiring.Component):
                     m.next = "INNER"
             with m.State("INNER"):
                 m.d.sync += count.eq(count + 1)
-                with m.If(count == MIX32_LATENCY):
+                with m.If(count == latency):
                     m.d.sync += [word.eq(self.seed ^ mix.o), count.eq(0)]
                     m.next = "OUTER"
             with m.State("OUTER"):
                 m.d.sync += count.eq(count + 1)
-                with m.If(count == MIX32_LATENCY):
+                with m.If(count == latency):
                     m.d.sync += self.o.payload.eq(mix.o)
                     m.next = "DONE"
             with m.State("DONE"):

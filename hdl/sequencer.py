@@ -232,7 +232,7 @@ class Sequencer(wiring.Component):
         geo = self.geometry
         n_in0 = geo.n_inputs
         m.submodules.mul = mul = SerialMultiplier()
-        m.submodules.keygen = keygen = KeyGen()
+        m.submodules.keygen = keygen = KeyGen(geo.hash_stages_per_register)
         m.d.comb += keygen.seed.eq(self.seed)
 
         pairs = (self.copies + 1) >> 1  # P = ceil(copies / 2)

@@ -11,7 +11,7 @@ import difflib
 import math
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, get_args
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -204,6 +204,12 @@ class HardwareConfig(_Strict):
     )
     sample_depth: int = Field(1024, ge=1, description="on-chip sample buffer, in samples")
     clock_mhz: float = Field(12.0, gt=0.0, description="board clock the UART divisor is computed from")
+    hash_stages_per_register: Literal[1, 2, 3, 6] = Field(
+        2,
+        description="stages of the six-stage mix32 hash between two pipeline registers: 6 (one "
+        "register per hash) saves an iCE40UP5K about 270 logic cells and suits its 12 MHz clock; "
+        "2 keeps the hash off the critical path above 50 MHz on ECP5",
+    )
     baud: int = Field(115200, gt=0)
 
 

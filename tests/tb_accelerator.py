@@ -18,6 +18,7 @@ from hdl_model import first_difference
 from hdl_tbutil import Bench, BusMaster, config
 
 from perturbo.golden.integer import IntegerModel, init_weights
+from perturbo.hdl.accelerator import absent_registers
 from perturbo.hdl.bus import ACCEL_ID, Command, Reg, Space, Status
 from perturbo.hdl.geometry import Geometry, config_hash
 
@@ -175,6 +176,8 @@ async def bus_refusals(dut) -> None:
     else:  # the registers exist only for wide words
         await bus.write(R, Reg.WRITE_HIGH, 0, expect_err=True)
         await bus.read(R, Reg.READ_HIGH, expect_err=True)
+    for reg in absent_registers(cfg):  # registers this build leaves out
+        await bus.read(R, reg, expect_err=True)
         await bus.write(G, 3, -7)
         assert await bus.read(G, 3) == -7
         await bus.write(G, 3, 0)

@@ -62,6 +62,13 @@ def test_bad_enum_value() -> None:
     assert "'mgd-weight'" in str(err.value)
 
 
+def test_hash_stages_per_register_names_the_allowed_values() -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_config({"hardware": {"hash_stages_per_register": 4}})
+    assert "hardware.hash_stages_per_register = 4" in str(err.value)
+    assert "1, 2, 3 or 6" in str(err.value)
+
+
 def test_acc_bits_too_narrow() -> None:
     with pytest.raises(ConfigError, match=r"numerics\.acc_bits = 22 is too narrow"):
         parse_config({"numerics": {"acc_bits": 22}})
