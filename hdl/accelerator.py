@@ -157,6 +157,8 @@ class Accelerator(wiring.Component):
 
         # -- datapath connections ---------------------------------------------------------------
         wiring.connect(m, seq.fwd_cmd, eng.cmd)
+        wiring.connect(m, seq.key_req, eng.key_req)
+        wiring.connect(m, eng.key, seq.key)
         wiring.connect(m, loss.o, seq.loss)
         wiring.connect(m, seq.corr_cmd, fe.cmd)
         wiring.connect(m, eng.signs, signs.write)
@@ -239,7 +241,7 @@ class Accelerator(wiring.Component):
         mac_hi = Signal(COUNTER_BITS - 32)
         m.d.comb += [
             seq.steps.eq(r_steps),
-            seq.seed.eq(r_seed),
+            eng.seed.eq(r_seed),
             seq.copies.eq(r_copies),
             seq.step_samples.eq(r_samples),
             seq.sample_count.eq(r_count),

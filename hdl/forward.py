@@ -113,6 +113,14 @@ class ForwardEngine(wiring.Component):
         One transfer per neuron group: ``layer``, ``group``, ``last`` (the last group of
         the pass), ``mask`` (lanes holding a neuron), ``q`` and ``y`` (``lanes`` INT8 each)
         and the pass's ``tag``.
+    seed : ``In(32)``
+        The seed of the pass keys.
+    key_req : ``In(stream.Signature(32))``
+        Pass-key requests: ``e << 2 | stream``.  Lane 0's hash pipe computes
+        ``pass_key(seed, stream, e)`` in a cycle in which no perturbed token issues (so
+        at once during a baseline pass, which is when the sequencer asks), one at a time.
+    key : ``Out(stream.Signature(32))``
+        The key, :attr:`draw_latency` cycles after the request was taken; held until taken.
     act_read : ``In(...)``
         ``addr`` (``{bank, word}``) in, ``data`` (``lanes`` INT8) out one cycle later:
         a read port of the activation memory for the correlation front ends.
@@ -166,6 +174,9 @@ class ForwardEngine(wiring.Component):
             "signs": Out(SignWriteSignature(lanes, geo.row_bits)),
             "inject": In(stream.Signature(data.ArrayLayout(signed(INJECT_BITS), lanes))),
             "result": Out(stream.Signature(self.result_layout)),
+            "seed": In(32),
+            "key_req": In(stream.Signature(32)),
+            "key": Out(stream.Signature(32)),
             "act_read": In(wiring.Signature({
                 "addr": Out(self.act_addr_bits), "data": In(int8s),
             })),
@@ -347,6 +358,7 @@ class ForwardEngine(wiring.Component):
 
         # hash pipes: one per lane, random index = weight index of (neuron, col)
         mix_out = []
+        draws = []
         for k in range(lanes):
             draw = m.submodules[f"draw{k}"] = Draw(geo.hash_stages_per_register)
             m.d.comb += [
@@ -355,6 +367,30 @@ class ForwardEngine(wiring.Component):
                 draw.index.eq((idx0 + t_lane_off[k][layer])[:idx_bits]),
             ]
             mix_out.append(draw.o)
+            draws.append(draw)
+
+        # pass keys on lane 0's hash pipe (a second hash only for keys, which are needed
+        # once per pass, cost as much logic as a lane's): a request takes the pipe's input
+        # in a cycle without a perturbed token, whose draw nobody reads; a flag travels
+        # with it to add the seed between the rounds and to catch the key at the end
+        key_req, key_out = self.key_req, self.key
+        key_busy = Signal()  # a request is in the pipe
+        key_take = Signal()
+        key_flag = [Signal(name=f"key_flag{i}") for i in range(H)]
+        m.d.comb += [
+            key_req.ready.eq(en & ~(t0.valid & t0.perturb) & ~key_busy & ~key_out.valid),
+            key_take.eq(key_req.valid & key_req.ready),
+            draws[0].tweak.eq(Mux(key_flag[H // 2 - 1], self.seed, 0)),
+        ]
+        with m.If(key_take):
+            m.d.comb += [draws[0].key.eq(key_req.payload), draws[0].index.eq(0)]
+            m.d.sync += key_busy.eq(1)
+        with m.If(en):
+            m.d.sync += [flag.eq(prev) for flag, prev in zip(key_flag, [key_take, *key_flag[:-1]], strict=True)]
+        with m.If(key_busy & key_flag[H - 1]):
+            m.d.sync += [key_out.payload.eq(draws[0].o), key_out.valid.eq(1), key_busy.eq(0)]
+        with m.If(key_out.valid & key_out.ready):
+            m.d.sync += key_out.valid.eq(0)
 
         # position H-1: memory reads
         t5 = pipe[H - 1]

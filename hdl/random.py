@@ -15,7 +15,9 @@ which costs less logic than replaying them through a second set of hash pipes.)
   :data:`DRAW_LATENCY` by default);
 - :class:`RandomSource`: ``lanes`` draws per cycle from a key and ``lanes`` indices,
   as a stream with back-pressure and a side-band tag that travels with the draws;
-- :class:`KeyGen`: the pass key of one event, computed by one :class:`Mix32` used twice;
+- the pass key of an event, ``pass_key = mix32(seed ^ mix32(e << 2 | stream))``, is a
+  :class:`Draw` with ``key = e << 2 | stream``, ``index = 0`` and ``tweak = seed``: the
+  forward engine computes it on a lane's hash pipe between perturbed tokens;
 - :func:`perturbation_sign`, :func:`gaussian_noise`, :func:`projection_value`: the
   values drawn from a word, named as in :mod:`perturbo.golden.units`.
 """
@@ -37,7 +39,6 @@ __all__ = [
     "Mix32",
     "Draw",
     "RandomSource",
-    "KeyGen",
     "perturbation_sign",
     "gaussian_noise",
     "projection_value",
@@ -134,7 +135,12 @@ class Mix32(wiring.Component):
 
 
 class Draw(wiring.Component):
-    """``draw(key, index) = mix32(mix32(key ^ index))``, pipelined over :attr:`latency` cycles.
+    """``mix32(mix32(key ^ index) ^ tweak)``, pipelined over :attr:`latency` cycles.
+
+    With ``tweak = 0`` (its default) that is ``draw(key, index)``; with ``key = e << 2 |
+    stream``, ``index = 0`` and ``tweak = seed`` it is ``pass_key(seed, stream, e)``.  The
+    tweak is added where the word leaves the first round, so it must be presented
+    ``latency // 2`` advances after the word entered.
 
     Parameters
     ----------
@@ -147,6 +153,8 @@ class Draw(wiring.Component):
         Advance the pipe (``init=1``).
     key : ``In(32)``
     index : ``In(32)``
+    tweak : ``In(32)``
+        XORed into the word between the rounds (0 unless connected).
     o : ``Out(32)``
         The word of the key and index that entered :attr:`latency` advances ago.
     """
@@ -154,7 +162,8 @@ class Draw(wiring.Component):
     def __init__(self, stages_per_register: int = MIX32_STAGES_PER_REGISTER) -> None:
         self.latency = 2 * mix32_latency(stages_per_register)
         self.stages_per_register = stages_per_register
-        super().__init__({"en": In(1, init=1), "key": In(32), "index": In(32), "o": Out(32)})
+        super().__init__({"en": In(1, init=1), "key": In(32), "index": In(32), "tweak": In(32),
+                          "o": Out(32)})
 
     def elaborate(self, platform: object) -> Module:
         m = Module()
@@ -162,7 +171,7 @@ class Draw(wiring.Component):
         m.submodules.round1 = r1 = Mix32(self.stages_per_register)
         m.d.comb += [
             r0.en.eq(self.en), r1.en.eq(self.en),
-            r0.i.eq(self.key ^ self.index), r1.i.eq(r0.o), self.o.eq(r1.o),
+            r0.i.eq(self.key ^ self.index), r1.i.eq(r0.o ^ self.tweak), self.o.eq(r1.o),
         ]
         return m
 
@@ -250,65 +259,6 @@ class RandomSource(wiring.Component):
                 m.d.sync += [v.eq(valid), t.eq(tag)]
             valid, tag = v, t
         m.d.comb += [self.o.valid.eq(valid), self.o.payload.tag.eq(tag)]
-        return m
-
-
-class KeyGen(wiring.Component):
-    """``pass_key(seed, stream, event)`` by one :class:`Mix32` used twice (``2 * latency + 2`` cycles).
-
-    Parameters
-    ----------
-    stages_per_register
-        Of the :class:`Mix32` (default :data:`MIX32_STAGES_PER_REGISTER`).
-
-    Members
-    -------
-    seed : ``In(32)``
-        The seed; sampled when the second hash starts.
-    i : ``In(stream.Signature(StructLayout({"event": 32, "stream": 2})))``
-        Requests; taken one at a time.
-    o : ``Out(stream.Signature(32))``
-        The key; held until taken.
-    """
-
-    def __init__(self, stages_per_register: int = MIX32_STAGES_PER_REGISTER) -> None:
-        self.stages_per_register = stages_per_register
-        self.latency = mix32_latency(stages_per_register)
-        self.request_layout = data.StructLayout({"event": 32, "stream": 2})
-        super().__init__({
-            "seed": In(32),
-            "i": In(stream.Signature(self.request_layout)),
-            "o": Out(stream.Signature(32)),
-        })
-
-    def elaborate(self, platform: object) -> Module:
-        m = Module()
-        m.submodules.mix = mix = Mix32(self.stages_per_register)
-        latency = self.latency
-        word = Signal(32)
-        count = Signal(range(latency + 1))
-        m.d.comb += mix.i.eq(word)
-        with m.FSM():
-            with m.State("IDLE"):
-                m.d.comb += self.i.ready.eq(1)
-                with m.If(self.i.valid):
-                    ev = self.i.payload.event
-                    m.d.sync += [word.eq((ev << 2)[:32] | self.i.payload.stream), count.eq(0)]
-                    m.next = "INNER"
-            with m.State("INNER"):
-                m.d.sync += count.eq(count + 1)
-                with m.If(count == latency):
-                    m.d.sync += [word.eq(self.seed ^ mix.o), count.eq(0)]
-                    m.next = "OUTER"
-            with m.State("OUTER"):
-                m.d.sync += count.eq(count + 1)
-                with m.If(count == latency):
-                    m.d.sync += self.o.payload.eq(mix.o)
-                    m.next = "DONE"
-            with m.State("DONE"):
-                m.d.comb += self.o.valid.eq(1)
-                with m.If(self.o.ready):
-                    m.next = "IDLE"
         return m
 
 

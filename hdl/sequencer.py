@@ -12,7 +12,8 @@ Two processes keep the datapath busy:
 
 - the *issuer* sends pass commands to the forward engine back to back (the engine
   takes the next pass as soon as the previous one has issued its last token), with the
-  pass key computed ahead by a :class:`~.random.KeyGen`;
+  pass key computed ahead on the forward engine's hash pipe (``key_req``, ``key``)
+  while the baseline pass runs;
 - the *collector* takes each pass's loss from the loss unit, adds the baseline losses,
   hands each perturbed pass's ``dC`` to the correlation front end, which reads back the
   signs the pass drew from a :class:`~.memories.SignMemory` bank while the next passes
@@ -36,7 +37,7 @@ from amaranth.lib.wiring import In, Out
 
 from .geometry import Geometry, ceil_log2
 from .memories import PortSignature
-from .random import STREAM_WEIGHT_SIGN, KeyGen
+from .random import STREAM_WEIGHT_SIGN
 
 __all__ = ["SerialMultiplier", "OutputWriter", "Sequencer", "STEP_SAMPLES_MAX", "COPIES_MAX"]
 
@@ -151,7 +152,7 @@ class Sequencer(wiring.Component):
     -------
     train, infer : ``In(1)``
         Pulses that start a command (when idle).
-    steps, step_samples, copies, seed, sample_count, infer_count : ``In(...)``
+    steps, step_samples, copies, sample_count, infer_count : ``In(...)``
         Run parameters (registers).
     step_set, cursor_set : ``In(1)``; step_value, cursor_value : ``In(...)``
         Host writes of the step counter ``k`` and the sample cursor.
@@ -168,6 +169,8 @@ class Sequencer(wiring.Component):
         Sum of the baseline losses of the last completed step.
     fwd_cmd : ``Out(stream)``
         Pass commands to the forward engine.
+    key_req : ``Out(stream.Signature(32))``; key : ``In(stream.Signature(32))``
+        Pass keys from the forward engine: ``e << 2 | stream`` out, ``pass_key`` back.
     loss : ``In(stream)``
         Per-pass results of the loss unit.
     corr_cmd : ``Out(stream)``
@@ -192,7 +195,6 @@ class Sequencer(wiring.Component):
             "steps": In(32),
             "step_samples": In(range(STEP_SAMPLES_MAX + 1)),
             "copies": In(range(COPIES_MAX + 1)),
-            "seed": In(32),
             "sample_count": In(range(geo.sample_depth + 1)),
             "infer_count": In(range(geo.sample_depth + 1)),
             "step_set": In(1),
@@ -207,6 +209,8 @@ class Sequencer(wiring.Component):
             "step_done": Out(1),
             "last_loss": Out(32),
             "fwd_cmd": Out(stream.Signature(fwd_cmd_layout)),
+            "key_req": Out(stream.Signature(32)),
+            "key": In(stream.Signature(32)),
             "loss": In(stream.Signature(loss_layout)),
             "corr_cmd": Out(stream.Signature(corr_cmd_layout)),
             "corr_busy": In(1),
@@ -232,8 +236,6 @@ class Sequencer(wiring.Component):
         geo = self.geometry
         n_in0 = geo.n_inputs
         m.submodules.mul = mul = SerialMultiplier()
-        m.submodules.keygen = keygen = KeyGen(geo.hash_stages_per_register)
-        m.d.comb += keygen.seed.eq(self.seed)
 
         pairs = (self.copies + 1) >> 1  # P = ceil(copies / 2)
         steps_left = Signal(32)
@@ -312,16 +314,15 @@ class Sequencer(wiring.Component):
                     m.next = "KEY"
             with m.State("KEY"):
                 m.d.comb += [
-                    keygen.i.valid.eq(1),
-                    keygen.i.payload.event.eq(event),
-                    keygen.i.payload.stream.eq(STREAM_WEIGHT_SIGN),
+                    self.key_req.valid.eq(1),
+                    self.key_req.payload.eq((event << 2)[:32] | STREAM_WEIGHT_SIGN),
                 ]
-                with m.If(keygen.i.ready):
+                with m.If(self.key_req.ready):
                     m.next = "KEY_WAIT"
             with m.State("KEY_WAIT"):
-                m.d.comb += keygen.o.ready.eq(1)
-                with m.If(keygen.o.valid):
-                    m.d.sync += key.eq(keygen.o.payload)
+                m.d.comb += self.key.ready.eq(1)
+                with m.If(self.key.valid):
+                    m.d.sync += key.eq(self.key.payload)
                     m.next = "PERTURBED"
             with m.State("PERTURBED"):
                 m.d.comb += [

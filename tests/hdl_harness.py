@@ -22,7 +22,6 @@ from perturbo.hdl.memories import (
     mux_ports,
 )
 from perturbo.hdl.random import (
-    KeyGen,
     RandomSource,
     gaussian_noise,
     perturbation_sign,
@@ -58,6 +57,9 @@ class ForwardHarness(wiring.Component):
             "sload": In(wiring.Signature({"addr": Out(sa), "data": Out(signed(8)),
                                           "we": Out(1)})),
             "signs": Out(SignWriteSignature(geo.lanes, geo.row_bits)),
+            "seed": In(32),
+            "key_req": In(stream.Signature(32)),
+            "key": Out(stream.Signature(32)),
             "busy": Out(1),
         })
 
@@ -72,8 +74,11 @@ class ForwardHarness(wiring.Component):
         wiring.connect(m, wiring.flipped(self.inject), eng.inject)
         wiring.connect(m, eng.result, wiring.flipped(self.result))
         wiring.connect(m, eng.signs, wiring.flipped(self.signs))
+        wiring.connect(m, wiring.flipped(self.key_req), eng.key_req)
+        wiring.connect(m, eng.key, wiring.flipped(self.key))
         m.d.comb += [
             eng.delta.eq(self.delta),
+            eng.seed.eq(self.seed),
             self.busy.eq(eng.busy),
             wmem.port.raddr.eq(eng.weights.raddr),
             wmem.port.ren.eq(eng.weights.ren),
@@ -93,32 +98,24 @@ class ForwardHarness(wiring.Component):
 
 
 class RandomHarness(wiring.Component):
-    """:class:`RandomSource` and :class:`KeyGen`, with the drawn values of every word."""
+    """:class:`RandomSource`, with the drawn values of every word."""
 
     def __init__(self, lanes: int) -> None:
         self.lanes = lanes
         self.source = RandomSource(lanes, 32, 16)
-        self.keygen = KeyGen()
         super().__init__({
             "i": In(stream.Signature(self.source.request_layout)),
             "o": Out(stream.Signature(self.source.response_layout)),
             "sign": Out(data.ArrayLayout(signed(2), lanes)),
             "noise": Out(data.ArrayLayout(signed(10), lanes)),
             "proj": Out(data.ArrayLayout(signed(8), lanes)),
-            "seed": In(32),
-            "kreq": In(stream.Signature(self.keygen.request_layout)),
-            "key": Out(stream.Signature(32)),
         })
 
     def elaborate(self, platform: object) -> Module:
         m = Module()
         m.submodules.source = src = self.source
-        m.submodules.keygen = kg = self.keygen
         wiring.connect(m, wiring.flipped(self.i), src.i)
         wiring.connect(m, src.o, wiring.flipped(self.o))
-        wiring.connect(m, wiring.flipped(self.kreq), kg.i)
-        wiring.connect(m, kg.o, wiring.flipped(self.key))
-        m.d.comb += kg.seed.eq(self.seed)
         for k in range(self.lanes):
             word = src.o.payload.word[k]
             m.d.comb += [

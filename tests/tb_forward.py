@@ -14,6 +14,7 @@ import torch
 from hdl_model import pass_outputs, sign_writes, weight_rows
 from hdl_tbutil import Bench, config
 
+from perturbo.golden import units as u
 from perturbo.hdl.forward import ForwardEngine
 from perturbo.hdl.geometry import Geometry
 
@@ -78,8 +79,14 @@ class SignWatch:
 
 async def run_passes(bench: Bench, weights: list[torch.Tensor], samples: torch.Tensor,
                      passes: list[dict], idle: float, backpressure: float, tag: str) -> None:
-    """Send the passes back to back; check every group result of every layer."""
+    """Send the passes back to back; check every group result of every layer, the sign
+    writes, and pass keys asked for on the way (they borrow lane 0's hash pipe)."""
     cmd = bench.source("cmd", ENGINE.cmd_layout, idle)
+    key_req = bench.source("key_req", 32, idle)
+    keys = bench.sink("key", 32, backpressure)
+    seed = random.Random(tag + "seed").getrandbits(32)
+    bench.dut.seed.value = seed
+    key_words = []
     res = bench.sink("result", ENGINE.result_layout, backpressure)
     inj = bench.source("inject", ENGINE.inject.signature.members["payload"].shape, idle)
     signs = SignWatch(bench.dut)
@@ -93,6 +100,9 @@ async def run_passes(bench: Bench, weights: list[torch.Tensor], samples: torch.T
                   "sample_base": p["sample"] * geo.n_inputs, "tag": n})
         if p["perturb"]:
             expected_signs += [(n, *w) for w in sign_writes(cfg, geo, p["key"], n % 2)]
+        for _ in range(2):
+            key_words.append(rng.getrandbits(32))
+            key_req.send(key_words[-1])
         injections = {}
         if p["perturb"]:  # node-perturbed layers take one injection per neuron group
             for li in ENGINE.inject_layers:
@@ -110,13 +120,19 @@ async def run_passes(bench: Bench, weights: list[torch.Tensor], samples: torch.T
             for g in range(lay.groups):
                 expected.append((n, li, g, outs[li]))
     bench.dut.delta.value = passes[0]["delta"]
-    await bench.run(lambda: len(res.received) >= len(expected),
+    await bench.run(lambda: len(res.received) >= len(expected) and len(keys.received) == len(key_words),
                     max_cycles=40 * sum(lay.rows for lay in geo.layers) * len(passes) + 1000,
                     what=f"{tag}: the passes")
     bench.sources.remove(cmd)
     bench.sources.remove(inj)
     bench.sinks.remove(res)
     bench.sinks.remove(signs)
+    bench.sources.remove(key_req)
+    bench.sinks.remove(keys)
+    for word, got in zip(key_words, keys.received, strict=True):
+        gold = int(u.pass_key(seed, word & 3, word >> 2))
+        assert got == gold, (f"forward engine pass key differs: {tag}: seed {seed:#x} stream "
+                             f"{word & 3} event {word >> 2:#x}: rtl {got:#x} golden {gold:#x}")
     assert len(signs.received) == len(expected_signs), \
         f"{tag}: {len(signs.received)} sign rows written, golden {len(expected_signs)}"
     for got, (n, bank, row, bits, live) in zip(signs.received, expected_signs, strict=True):
@@ -181,3 +197,27 @@ async def extremes(dut) -> None:
                    "delta": 127}
                   for s in range(len(samples)) for p, neg in ((0, 0), (1, 0), (1, 1))]
         await run_passes(bench, weights, samples, passes, 0.0, 0.2, f"all-{kind} weights")
+
+
+@cocotb.test()
+async def pass_keys(dut) -> None:
+    """pass_key(seed, stream, e) on the idle engine for extreme and random seeds and events."""
+    bench = Bench(dut, "keys")
+    await bench.reset()
+    rng = random.Random(5)
+    for seed in (0, 0xFFFF_FFFF, rng.getrandbits(32)):
+        dut.seed.value = seed
+        req = bench.source("key_req", 32, 0.3)
+        out = bench.sink("key", 32, 0.3)
+        events = [(0, 0), (0xFFFF_FFFF, 3), (0x4000_0000, 1)] + [
+            (rng.getrandbits(rng.choice([8, 32])), rng.randrange(3)) for _ in range(12)]
+        for e, s in events:
+            req.send(((e << 2) | s) & 0xFFFF_FFFF)
+        await bench.run(lambda out=out, events=events: len(out.received) == len(events), 5_000,
+                        "the keys")
+        bench.sources.remove(req)
+        bench.sinks.remove(out)
+        for (e, s), got in zip(events, out.received, strict=True):
+            gold = int(u.pass_key(seed, s, e))
+            assert got == gold, f"pass_key differs: seed {seed:#x} stream {s} event {e:#x}: " \
+                                f"rtl {got:#x} golden {gold:#x}"

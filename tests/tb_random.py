@@ -1,4 +1,4 @@
-"""cocotb: RandomSource (the pipelined draws), the drawn values and KeyGen vs golden.units."""
+"""cocotb: RandomSource (the pipelined draws) and the drawn values vs golden.units."""
 
 from __future__ import annotations
 
@@ -10,11 +10,10 @@ import torch
 from hdl_tbutil import Bench
 
 from perturbo.golden import units as u
-from perturbo.hdl.random import KeyGen, RandomSource
+from perturbo.hdl.random import RandomSource
 
 LANES = int(os.environ["RANDOM_LANES"])
 SOURCE = RandomSource(LANES, 32, 16)
-KEYGEN = KeyGen()
 
 
 @cocotb.test()
@@ -63,27 +62,3 @@ async def draws(dut, traffic: tuple[float, float]) -> None:
                 v = (raw >> (k * bits)) & ((1 << bits) - 1)
                 v = v - (1 << bits) if v >> (bits - 1) else v
                 assert v == int(gold), f"{name} differs: word {word:#x}: rtl {v} golden {int(gold)}"
-
-
-@cocotb.test()
-async def pass_keys(dut) -> None:
-    """pass_key(seed, stream, e) for random and extreme seeds, streams and events."""
-    bench = Bench(dut, "keys")
-    await bench.reset()
-    rng = random.Random(5)
-    for seed in (0, 0xFFFF_FFFF, rng.getrandbits(32)):
-        dut.seed.value = seed
-        req = bench.source("kreq", KEYGEN.request_layout, 0.3)
-        out = bench.sink("key", 32, 0.3)
-        events = [(0, 0), (0xFFFF_FFFF, 3), (0x4000_0000, 1)] + [
-            (rng.getrandbits(rng.choice([8, 32])), rng.randrange(3)) for _ in range(12)]
-        for e, s in events:
-            req.send({"event": e, "stream": s})
-        await bench.run(lambda out=out, events=events: len(out.received) == len(events), 5_000,
-                        "the keys")
-        bench.sources.remove(req)
-        bench.sinks.remove(out)
-        for (e, s), got in zip(events, out.received, strict=True):
-            gold = int(u.pass_key(seed, s, e))
-            assert got == gold, f"pass_key differs: seed {seed:#x} stream {s} event {e:#x}: " \
-                                f"rtl {got:#x} golden {gold:#x}"

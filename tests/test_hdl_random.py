@@ -1,4 +1,4 @@
-"""Random sources (Mix32/Draw pipes, KeyGen, drawn values) against golden.units, and the
+"""Random sources (Mix32/Draw pipes, drawn values) against golden.units, and the
 arithmetic helpers of hdl/arith.py (exhaustively, in Amaranth's simulator)."""
 
 from __future__ import annotations
