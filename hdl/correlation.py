@@ -263,8 +263,18 @@ class MgdWeightFrontEnd(wiring.Component):
             ]
 
         tb = self.term_bits
-        plus = narrow(dc, tb, geo.overflow)
-        minus = narrow(-dc, tb, geo.overflow)
+        plus = Signal(signed(tb))
+        minus = Signal(signed(tb))
+        m.d.comb += plus.eq(narrow(dc, tb, geo.overflow))
+        # narrow(-dc) from narrow(dc) with a tb-bit negation instead of a 33-bit one: it is
+        # -plus, except where -dc saturates (dc above the range, or at or below its bottom),
+        # where it is -plus - 1 = ~plus; under wrap-around always -plus (mod 2^tb)
+        if geo.overflow == Overflow.SATURATE and tb < DC_BITS + 1:
+            top = (1 << (tb - 1)) - 1
+            clipped = (dc > top) | (dc <= -(top + 1))
+            m.d.comb += minus.eq(Mux(clipped, ~plus, -plus))
+        else:
+            m.d.comb += minus.eq(-plus)
         m.d.comb += [
             self.o.valid.eq(out_valid),
             self.o.payload.row.eq(out_row),

@@ -83,10 +83,15 @@ async def mgd_weight_events(dut, idle: float) -> None:
     for phase in ("plain", "final"):
         cmd = bench.source("cmd", FE.cmd_layout, idle)
         events = []
-        for n in range(4):
+        edge = 1 << (FE.term_bits - 1)  # where a term saturates (or wraps)
+        edges = [max(-(2**31), min(2**31 - 1, v)) for v in (edge, edge - 1, -edge, -edge - 1)]
+        count = 8 if phase == "plain" else 4
+        for n in range(count):
             dc = rng.choice([rng.randint(-5000, 5000), 2**31 - 1, -(2**31), 0, rng.getrandbits(31)])
             if n == 0:
                 dc = 2**31 - 1 if phase == "plain" else -(2**31)
+            elif phase == "plain" and n <= len(edges):
+                dc = edges[n - 1]
             events.append((rng.getrandbits(32), rng.randint(0, 1), dc))
             if n >= 2:  # the bank's last reader, event n - 2, is done once n - 1 is taken
                 await bench.run(lambda cmd=cmd, n=n: cmd.sent >= n - 1, (geo.rows + 40) * 4,
@@ -94,7 +99,7 @@ async def mgd_weight_events(dut, idle: float) -> None:
             writer = cocotb.start_soon(write_signs(dut, n % 2, events[-1][0]))
             await bench.run(writer.done, geo.rows + 10, "the sign writes")
             cmd.send({"sign_bank": n % 2, "negate": events[-1][1], "dc": dc,
-                      "final": int(phase == "final" and n == 3)})
+                      "final": int(phase == "final" and n == count - 1)})
         await bench.run(lambda cmd=cmd: cmd.idle_now and not int(dut.busy.value),
                         (geo.rows + 40) * len(events) * 4, "the correlation")
         bench.sources.remove(cmd)
