@@ -50,6 +50,11 @@ class Board:
         for programming tools the platform checks for but a build never runs.
     extra_resources : callable, optional
         Returns resources to add to the platform (a UART where the board has none).
+    rx_fifo_depth : int
+        Bytes the UART buffers while the host link executes or answers a frame.  perturbo's
+        driver sends a request only after the previous reply, so nothing arrives then and
+        0 loses nothing; a host that sends ahead loses bytes, which the frame checks turn
+        into error replies or dropped frames, never into applied ones.
     """
 
     name: str
@@ -60,6 +65,7 @@ class Board:
     nextpnr_opts: tuple[str, ...] = ("--timing-allow-fail",)
     tools: dict[str, str] = field(default_factory=dict)
     extra_resources: Callable[[], list[Any]] | None = None
+    rx_fifo_depth: int = 16
 
     def platform_class(self) -> type:
         """Import and return the amaranth-boards platform class (needs amaranth-boards)."""
@@ -108,6 +114,9 @@ BOARDS: dict[str, Board] = {
             # Without -dsp yosys puts every multiply in LUTs (TOOLCHAIN.md).
             synth_opts=("-dsp",),
             tools=dict(_ICE40_TOOLS),
+            # the 16-byte FIFO (a block RAM and about 100 logic cells) is what kept the
+            # digits accelerator from fitting the UP5K (docs/boards.md)
+            rx_fifo_depth=0,
         ),
         Board(
             name="ulx3s-85f",
