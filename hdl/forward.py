@@ -247,7 +247,8 @@ class ForwardEngine(wiring.Component):
             self.inject.ready.eq(en & need_inject),
         ]
 
-        # -- tag FIFO: one entry per pass in flight ------------------------------------------
+        # -- tag FIFO: one entry per pass in flight: the one issuing and the one draining
+        # (a pass is far longer than the pipe, so a third waits only under back-pressure)
         m.submodules.tags = tags = SyncFIFO(width=Shape.cast(self.tag_shape).width, depth=2)
 
         # -- issue stage ---------------------------------------------------------------------
