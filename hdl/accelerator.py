@@ -22,7 +22,7 @@ final G (the fused update, :mod:`.update`).
 Cost of a training step, in cycles: ``S * (copies + 1) * R`` for the passes (``R`` =
 :attr:`~.geometry.Geometry.rows`, one MAC token per row and lane) plus about ``R + 30``
 for the last correlation with the fused update, plus a few cycles per pass.  The digits
-network (64-32-10, 8 lanes, ``R`` = 326) with batch 16 and one copy takes 10 820 cycles
+network (64-32-10, 8 lanes, ``R`` = 326) with batch 16 and one copy takes 10 815 cycles
 per step, the MACs busy 96 % of them (``bench/cosim_speed.py``).
 """
 
