@@ -116,9 +116,11 @@ class Accelerator(wiring.Component):
 
     def __init__(self, cfg: Config) -> None:
         if not isinstance(cfg, Config):
+            self._MustUse__silence = True  # no "created but never used" for a rejected cfg
             raise TypeError(f"cfg must be a perturbo.config.Config, not {cfg!r}")
         bad = sorted({r.value for r in cfg.layer_rules() if r not in SUPPORTED_RULES})
         if bad:
+            self._MustUse__silence = True
             raise ValueError(
                 f"the accelerator runs rule(s) {[r.value for r in SUPPORTED_RULES]} so far; "
                 f"this configuration asks for {bad}"
