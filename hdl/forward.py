@@ -46,7 +46,7 @@ from perturbo.config import Activation, Rule
 from .arith import narrow, round_shift
 from .geometry import Geometry, ceil_log2
 from .memories import LanePortSignature, PortSignature, SignWriteSignature
-from .random import Draw, mix32_latency
+from .random import Draw, draw_latency
 
 __all__ = ["ForwardEngine", "activation", "INJECT_BITS"]
 
@@ -143,7 +143,7 @@ class ForwardEngine(wiring.Component):
         self.sample_addr_bits = ceil_log2(geo.sample_words)
         self.act_addr_bits = geo.act_bank_bits + 1
         #: Position of the perturbation stage (the random words are ready there).
-        self.draw_latency = 2 * mix32_latency(geo.hash_stages_per_register)
+        self.draw_latency = draw_latency(geo.hash_stages_per_register)
         self.inject_layers = tuple(
             lay.index for lay in geo.layers if lay.rule in (Rule.MGD_NODE, Rule.ALR)
         )
@@ -358,7 +358,6 @@ class ForwardEngine(wiring.Component):
                     m.d.sync += pipe[pos].eq(src)
 
         # hash pipes: one per lane, random index = weight index of (neuron, col)
-        mix_out = []
         draws = []
         for k in range(lanes):
             draw = m.submodules[f"draw{k}"] = Draw(geo.hash_stages_per_register)
@@ -367,8 +366,8 @@ class ForwardEngine(wiring.Component):
                 draw.key.eq(key),
                 draw.index.eq((idx0 + t_lane_off[k][layer])[:idx_bits]),
             ]
-            mix_out.append(draw.o)
             draws.append(draw)
+        sign_bits = Cat(draw.o[31] for draw in draws)  # 1: s = -1 (docs/numerics.md §4)
 
         # pass keys on lane 0's hash pipe (a second hash only for keys, which are needed
         # once per pass, cost as much logic as a lane's): a request takes the pipe's input
@@ -430,14 +429,14 @@ class ForwardEngine(wiring.Component):
         m.d.comb += [
             self.signs.bank.eq(t6.sign_bank),
             self.signs.row.eq(t6.row),
-            self.signs.data.eq(Cat(word[31] for word in mix_out)),
+            self.signs.data.eq(sign_bits),
             self.signs.en.eq(en & t6.valid & t6.perturb),
         ]
         with m.If(en):
             m.d.sync += x7.eq(x6)
             for k in range(lanes):
                 w8 = Value.cast(self.weights.rdata[k])[wb - 8:wb].as_signed()
-                minus = mix_out[k][31] ^ t6.negate  # a * s = -1
+                minus = sign_bits[k] ^ t6.negate  # a * s = -1
                 step = Mux(minus, -delta, delta)
                 perturbed = narrow(w8 + step, 8, ovf)
                 m.d.sync += w7[k].eq(Mux(t6.perturb, perturbed, w8))

@@ -32,6 +32,7 @@ __all__ = [
     "MIX32_LATENCY",
     "DRAW_LATENCY",
     "mix32_latency",
+    "draw_latency",
     "STREAM_WEIGHT_SIGN",
     "STREAM_NODE",
     "STREAM_PROJECTION",
@@ -61,11 +62,15 @@ def mix32_latency(stages_per_register: int = MIX32_STAGES_PER_REGISTER) -> int:
     return MIX32_STAGES // stages_per_register
 
 
-#: Cycles from a word entering :class:`Mix32` to its hash leaving it (default pipelining).
+def draw_latency(stages_per_register: int = MIX32_STAGES_PER_REGISTER) -> int:
+    """Cycles from a key and index entering :class:`Draw` to the random word leaving it."""
+    return 2 * mix32_latency(stages_per_register)
+
+
+#: :func:`mix32_latency` with the default pipelining.
 MIX32_LATENCY = mix32_latency()
-#: Cycles from a key and index entering :class:`Draw` to the random word leaving it
-#: (default pipelining).
-DRAW_LATENCY = 2 * MIX32_LATENCY
+#: :func:`draw_latency` with the default pipelining.
+DRAW_LATENCY = draw_latency()
 
 STREAM_WEIGHT_SIGN = 0
 STREAM_NODE = 1
@@ -160,7 +165,7 @@ class Draw(wiring.Component):
     """
 
     def __init__(self, stages_per_register: int = MIX32_STAGES_PER_REGISTER) -> None:
-        self.latency = 2 * mix32_latency(stages_per_register)
+        self.latency = draw_latency(stages_per_register)
         self.stages_per_register = stages_per_register
         super().__init__({"en": In(1, init=1), "key": In(32), "index": In(32), "tweak": In(32),
                           "o": Out(32)})

@@ -25,8 +25,8 @@ Two processes keep the datapath busy:
 
 The event number is kept as a running counter: ``k * S * P`` is computed once per run
 by a :class:`SerialMultiplier` (as is the cursor's sample address), then ``e`` advances
-by one per antithetic pair (``P`` per sample).  Inference runs the baseline pass on samples ``0 .. count - 1``;
-the :class:`OutputWriter` stores their output scores.
+by one per antithetic pair (``P`` per sample).  Inference runs the baseline pass on
+samples ``0 .. count - 1``; the :class:`OutputWriter` stores their output scores.
 """
 
 from __future__ import annotations
