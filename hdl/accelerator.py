@@ -35,7 +35,7 @@ from amaranth.lib.wiring import In, Out
 from perturbo.config import Config, Rule
 
 from .bus import ACCEL_ID, WORD_ADDR_BITS, BusSignature, Command, Reg, Space
-from .correlation import CorrelationUnit, MgdWeightFrontEnd
+from .correlation import CorrelationUnit, CorrelationWalker
 from .forward import ForwardEngine
 from .geometry import Geometry, config_hash
 from .loss import LossUnit
@@ -52,9 +52,8 @@ from .update import UpdateUnit
 
 __all__ = ["Accelerator", "SUPPORTED_RULES", "COUNTER_BITS", "absent_registers"]
 
-#: Rules this datapath trains with (node perturbation, ALR and target projection front
-#: ends exist as units but are not yet wired into the sequencer).
-SUPPORTED_RULES = (Rule.MGD_WEIGHT,)
+#: Rules this datapath trains with: every integer rule (hybrids of the perturbative ones).
+SUPPORTED_RULES = (Rule.MGD_WEIGHT, Rule.MGD_NODE, Rule.ALR, Rule.DRTP, Rule.TPSGD_L1, Rule.TPSGD_L2)
 #: Width of the ``CYCLES`` and ``MAC_BUSY`` counters: 2^48 cycles are 65 days at 50 MHz,
 #: and each bit costs a flip-flop and a carry cell (two 64-bit counters were 3 % of an
 #: iCE40UP5K).
@@ -138,13 +137,14 @@ class Accelerator(wiring.Component):
         tag_layout = Sequencer.tag_layout(geo)
         m.submodules.engine = eng = ForwardEngine(geo, tag_layout)
         m.submodules.loss = loss = LossUnit(geo, tag_layout)
-        m.submodules.frontend = fe = MgdWeightFrontEnd(geo)
+        m.submodules.frontend = fe = CorrelationWalker(geo, eng.act_addr_bits, eng.factor_layout,
+                                                       eng.sample_addr_bits)
         m.submodules.corr = corr = CorrelationUnit(lanes, geo.row_bits, geo.grad_bits,
                                                    fe.term_bits, geo.overflow)
         m.submodules.update = upd = UpdateUnit(geo)
         m.submodules.writer = writer = OutputWriter(geo)
         m.submodules.seq = seq = Sequencer(geo, eng.cmd_layout, loss.result_layout,
-                                           fe.cmd_layout)
+                                           fe.job_layout)
 
         # -- memories -------------------------------------------------------------------------
         wshape, gshape = signed(geo.weight_bits), signed(geo.grad_bits)
@@ -152,10 +152,12 @@ class Accelerator(wiring.Component):
         m.submodules.grads = gmem = LaneMemory(lanes, geo.weight_depth, gshape)
         if geo.momentum:
             m.submodules.momentum = mmem = LaneMemory(lanes, geo.weight_depth, gshape)
-        m.submodules.samples = smem = MemoryBlock(geo.sample_words, signed(8))
+        m.submodules.samples = smem = MemoryBlock(geo.sample_words, signed(8),
+                                                  second_read=fe.uses_samples)
         m.submodules.labels = lmem = MemoryBlock(geo.sample_depth, geo.label_bits, block_ram=True)
         m.submodules.outputs = omem = MemoryBlock(geo.output_words, signed(8))
-        m.submodules.signs = signs = SignMemory(lanes, geo.rows, geo.row_bits)
+        if fe.uses_signs:
+            m.submodules.signs = signs = SignMemory(lanes, geo.rows, geo.row_bits)
 
         # -- datapath connections ---------------------------------------------------------------
         wiring.connect(m, seq.fwd_cmd, eng.cmd)
@@ -163,17 +165,25 @@ class Accelerator(wiring.Component):
         wiring.connect(m, eng.key, seq.key)
         wiring.connect(m, loss.o, seq.loss)
         wiring.connect(m, seq.corr_cmd, fe.cmd)
-        wiring.connect(m, eng.signs, signs.write)
-        wiring.connect(m, fe.signs, signs.read)
+        if fe.uses_signs:
+            wiring.connect(m, eng.signs, signs.write)
+            wiring.connect(m, fe.signs, signs.read)
+        if fe.uses_acts:
+            wiring.connect(m, fe.act_read, eng.act_read)
+        else:
+            m.d.comb += eng.act_read.addr.eq(0)
+        if geo.factor_bits:
+            wiring.connect(m, fe.factor_read, eng.factor_read)
+        if fe.uses_samples:
+            wiring.connect(m, fe.samples, smem.read)
         wiring.connect(m, fe.o, corr.i)
         wiring.connect(m, corr.sums, upd.sums)
         m.d.comb += [
             seq.corr_busy.eq(fe.busy | corr.busy),
+            seq.corr_done.eq(fe.done),
             upd.start.eq(0),  # (the sweep serves rules without a final correlation)
             seq.upd_busy.eq(upd.busy),
             seq.out_done.eq(writer.done),
-            eng.inject.valid.eq(0),
-            eng.act_read.addr.eq(0),
         ]
         # forward results: output-layer groups to the loss unit (training) or the writer
         res = eng.result
@@ -253,6 +263,10 @@ class Accelerator(wiring.Component):
             upd.lr_mult.eq(r_lr),
             self.busy.eq(running),
         ]
+        if geo.inject_layers:
+            m.d.comb += [eng.sigma.eq(r_sigma), eng.node_delta.eq(r_node_delta)]
+        if geo.projection:
+            m.d.comb += eng.target_on.eq(r_target)
         with m.If(running):
             m.d.sync += cycles.eq(cycles + 1)
         with m.If(eng.mac_active):

@@ -21,7 +21,7 @@ bits at most (:func:`term_bits`).
 
 from __future__ import annotations
 
-from amaranth.hdl import Array, Const, Module, Mux, Signal, signed
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, Value, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -29,12 +29,16 @@ from perturbo.config import Overflow, Rule
 
 from .arith import narrow
 from .geometry import Geometry
-from .memories import LanePortSignature, SignReadSignature
+from .memories import LanePortSignature, ReadPortSignature, SignReadSignature
 
-__all__ = ["DC_BITS", "term_bits", "row_layout", "sums_layout", "CorrelationUnit", "MgdWeightFrontEnd"]
+__all__ = ["DC_BITS", "term_bits", "row_layout", "sums_layout", "CorrelationUnit", "CorrelationWalker"]
 
 #: Width of the loss difference ``dC`` (exact; docs/numerics.md §2).
 DC_BITS = 32
+#: ``|g * x| <= 255 * 128 < 2^15``: a target-projection term is exact in 16 bits.
+TP_TERM_BITS = 16
+#: The constant input of the bias column.
+BIAS_INPUT = 127
 
 
 def term_bits(natural: int, grad_bits: int) -> int:
@@ -149,140 +153,219 @@ class CorrelationUnit(wiring.Component):
         return m
 
 
-class MgdWeightFrontEnd(wiring.Component):
-    """MGD weight perturbation: rows of ``dC * (a * s_ij)`` for every weight of one event.
+class CorrelationWalker(wiring.Component):
+    """Rows of terms for one *job* (an event): every synapse of every layer, one row a cycle.
 
-    Per command it walks the rows of every ``mgd-weight`` layer in memory order, reads
-    the signs ``s_ij`` of all lanes of a row from the :class:`~.memories.SignMemory` bank
-    the forward engine wrote them to in the event's perturbed pass, and emits ``+dC`` or
-    ``-dC`` per lane.  One row per cycle; a command is taken when the previous one has
-    left the front end.
+    The front end of the :class:`CorrelationUnit` for every rule.  A job is
+    rule-independent: the loss difference ``dC`` (1 for target projection), the
+    antithetic sign, the banks the job's pass left its data in, and ``final`` (the step's
+    last job).  The walker visits the rows of every layer in memory order, layer by layer
+    from constant per-layer tables fixed at generation (each layer's rule), and forms the
+    term of each lane (docs/numerics.md §6):
 
-    Parameters
-    ----------
-    geometry
-        Sizes and layouts.
+    ==============  ============================================================  =========
+    layer rule      term of synapse ``(i, j)``                                     reads
+    ==============  ============================================================  =========
+    ``mgd-weight``  ``dC * (a * s_ij)``: ``+dC`` or ``-dC``                        sign memory
+    ``mgd-node``    ``dC * (a * s_i) * x0_j`` (baseline input; one product per row) factors, x0
+    ``alr``         ``dC * sign(a * n_i) * sign(x_j)`` (the noisy copy's input)     factors, x
+    TP rules        ``g_i * x_j`` (the baseline pass's input)                       factors, x
+    ==============  ============================================================  =========
+
+    The per-neuron factors (``a * s_i``, ``sign(a * n_i)``, ``g_i``) are what the forward
+    engine stored beside the pass's activations (:meth:`~.forward.ForwardEngine._factors`);
+    ``x_j`` is the bias input 127, a sample feature (layer 0) or an activation byte.
+
+    Pipeline: A issues the memory reads of a row, B selects ``x`` from what they return,
+    C forms the terms into the output register; a job is taken when the pipe is empty.
+    The consumer (:class:`CorrelationUnit`) is always ready.
 
     Members
     -------
-    cmd : ``In(stream.Signature(StructLayout({"sign_bank": 1, "negate": 1, "dc": signed(32), "final": 1})))``
-        One event: the sign bank of its perturbed pass, the antithetic sign (``negate``:
-        ``a = -1``), ``dC``, and ``final`` for the last event of a training step.
-    signs : ``Out(SignReadSignature(lanes, row_bits))``
-        Read port of the sign memory.
+    cmd : ``In(stream.Signature(job_layout))``
+        Jobs: ``dc``, ``negate`` (``a = -1``), ``sign_bank`` (the pass's sign-memory bank),
+        ``bank`` (its activation and factor bank), ``base_bank`` (the bank of its sample's
+        baseline pass), ``sample_base`` (the sample's first feature) and ``final``.
+    signs : ``Out(SignReadSignature)``
+        With an ``mgd-weight`` layer.
+    act_read, factor_read : ``Out(...)``
+        ``addr`` out, ``data`` in one cycle later (the forward engine's read ports).
+    samples : ``Out(...)``
+        ``raddr``, ``ren`` out and ``rdata`` in: the sample buffer's second read port.
     o : ``Out(stream.Signature(row_layout(...)))``
-        Rows of terms for :class:`CorrelationUnit`.
     busy : ``Out(1)``
-        A command is being worked on (while it is, its sign bank is being read).
+    done : ``Out(1)``
+        Pulse: every read of the job is done (its banks may be overwritten).
     """
 
-    def __init__(self, geometry: Geometry) -> None:
+    def __init__(self, geometry: Geometry, act_addr_bits: int, factor_layout: data.ArrayLayout,
+                 sample_addr_bits: int) -> None:
         if not isinstance(geometry, Geometry):
             raise TypeError(f"geometry must be a Geometry, not {geometry!r}")
         self.geometry = geo = geometry
-        self.term_bits = term_bits(DC_BITS + 1, geo.grad_bits)
-        self.cmd_layout = data.StructLayout({"sign_bank": 1, "negate": 1,
-                                             "dc": signed(DC_BITS), "final": 1})
+        rules = {lay.rule for lay in geo.layers}
+        natural = max(
+            DC_BITS + 8 if rule == Rule.MGD_NODE else TP_TERM_BITS if geo.projection else DC_BITS + 1
+            for rule in rules
+        )
+        self.term_bits = term_bits(natural, geo.grad_bits)
+        self.act_addr_bits = act_addr_bits
+        self.factor_layout = factor_layout
+        self.sample_addr_bits = sample_addr_bits
+        self.job_layout = data.StructLayout({
+            "dc": signed(DC_BITS), "negate": 1, "sign_bank": 1, "bank": 2, "base_bank": 2,
+            "sample_base": sample_addr_bits, "final": 1,
+        })
         self.layout = row_layout(geo.lanes, geo.row_bits, self.term_bits)
-        self.layers = [lay for lay in geo.layers if lay.rule == Rule.MGD_WEIGHT]
-        super().__init__({
-            "cmd": In(stream.Signature(self.cmd_layout)),
-            "signs": Out(SignReadSignature(geo.lanes, geo.row_bits)),
+        self.uses_signs = Rule.MGD_WEIGHT in rules
+        self.uses_acts = any(lay.rule != Rule.MGD_WEIGHT for lay in geo.layers[1:])
+        self.uses_samples = geo.layers[0].rule != Rule.MGD_WEIGHT
+        int8s = data.ArrayLayout(signed(8), geo.lanes)
+        members = {
+            "cmd": In(stream.Signature(self.job_layout)),
             "o": Out(stream.Signature(self.layout)),
             "busy": Out(1),
-        })
+            "done": Out(1),
+        }
+        if self.uses_signs:
+            members["signs"] = Out(SignReadSignature(geo.lanes, geo.row_bits))
+        if self.uses_acts:
+            members["act_read"] = Out(wiring.Signature({"addr": Out(act_addr_bits), "data": In(int8s)}))
+        if geo.factor_bits:
+            members["factor_read"] = Out(wiring.Signature({"addr": Out(act_addr_bits),
+                                                           "data": In(factor_layout)}))
+        if self.uses_samples:
+            members["samples"] = Out(ReadPortSignature(sample_addr_bits, signed(8)))
+        super().__init__(members)
 
-    def elaborate(self, platform: object) -> Module:
+    def elaborate(self, platform: object) -> Module:  # noqa: C901 (one pipeline)
         m = Module()
         geo, lanes = self.geometry, self.geometry.lanes
-        layers = self.layers or [geo.layers[0]]  # no mgd-weight layer: never commanded
+        layers = geo.layers
         n = len(layers)
-        max_cols = max(lay.cols for lay in layers)
-        max_groups = max(lay.groups for lay in layers)
+        max_groups = geo.max_groups
 
         def table(values: list[int], width: int) -> Array:
             return Array(Const(v, width) for v in values)
 
-        t_last_col = table([lay.n_in for lay in layers], max_cols.bit_length())
+        word_bits = geo.act_bank_bits
+        t_last_col = table([lay.n_in for lay in layers], geo.max_cols.bit_length())
         t_last_group = table([lay.groups - 1 for lay in layers], max(1, max_groups.bit_length()))
         t_row = table([lay.row_base for lay in layers] + [0], geo.row_bits)
+        t_in_base = table([layers[i - 1].act_base if i else 0 for i in range(n)], word_bits)
+        t_out_base = table([lay.act_base for lay in layers], word_bits)
+        t_x_base = table([int(lay.rule == Rule.MGD_NODE) for lay in layers], 1)
         t_mask = Array(
             Array(Const((1 << lay.lane_count(g, lanes)) - 1, lanes) for g in range(max_groups))
             for lay in layers
         )
 
-        # the walk: one row per cycle into the sign memory's read port
+        # -- A: the walk ---------------------------------------------------------------------
+        job = Signal(self.job_layout)
         active = Signal()
         li = Signal(range(max(2, n)))
         group = Signal(range(max(2, max_groups)))
-        col = Signal(range(max(2, max_cols)))
+        col = Signal(range(max(2, geo.max_cols)))
+        word = Signal(range(max(2, -(-geo.max_cols // lanes) + 1)))
+        byte = Signal(range(lanes))
         row = Signal(geo.row_bits)
-        bank = Signal()
-        negate = Signal()
-        dc = Signal(signed(DC_BITS))
-        final = Signal()
-        # the output stage: the row whose signs the memory returns
-        out_valid = Signal()
-        out_row = Signal(geo.row_bits)
-        out_mask = Signal(lanes)
-
-        en = Signal()  # the walk and the output stage advance
-        m.d.comb += en.eq(~out_valid | self.o.ready)
-        issued = active & en
         is_last = col == t_last_col[li]
         group_done = is_last & (group == t_last_group[li])
         all_done = group_done & (li == n - 1)
-        m.d.comb += [
-            self.signs.bank.eq(bank),
-            self.signs.row.eq(row),
-            self.signs.en.eq(en),
-        ]
-        with m.If(en):
-            m.d.sync += [out_valid.eq(active), out_row.eq(row), out_mask.eq(t_mask[li][group])]
-        with m.If(issued):
+        with m.If(active):
             m.d.sync += row.eq(row + 1)
             with m.If(~is_last):
                 m.d.sync += col.eq(col + 1)
+                with m.If(byte == lanes - 1):
+                    m.d.sync += [byte.eq(0), word.eq(word + 1)]
+                with m.Else():
+                    m.d.sync += byte.eq(byte + 1)
             with m.Else():
-                m.d.sync += col.eq(0)
+                m.d.sync += [col.eq(0), byte.eq(0), word.eq(0)]
                 with m.If(~group_done):
                     m.d.sync += group.eq(group + 1)
                 with m.Elif(~all_done):
                     m.d.sync += [group.eq(0), li.eq(li + 1), row.eq(t_row[li + 1])]
                 with m.Else():
                     m.d.sync += active.eq(0)
+        if self.uses_signs:
+            m.d.comb += [self.signs.bank.eq(job.sign_bank), self.signs.row.eq(row),
+                         self.signs.en.eq(1)]
+        if self.uses_acts:
+            x_bank = Mux(t_x_base[li], job.base_bank, job.bank)
+            m.d.comb += self.act_read.addr.eq(Cat((t_in_base[li] + word)[:word_bits], x_bank))
+        if geo.factor_bits:
+            m.d.comb += self.factor_read.addr.eq(Cat((t_out_base[li] + group)[:word_bits], job.bank))
+        if self.uses_samples:
+            m.d.comb += [self.samples.raddr.eq(job.sample_base + col), self.samples.ren.eq(1)]
+
+        # -- B: the memories answer; select x -------------------------------------------------
+        ctrl = data.StructLayout({"valid": 1, "layer": range(max(2, n)), "row": geo.row_bits,
+                                  "mask": lanes, "bias": 1, "byte": range(lanes)})
+        b = Signal(ctrl)
+        m.d.sync += [
+            b.valid.eq(active), b.layer.eq(li), b.row.eq(row), b.mask.eq(t_mask[li][group]),
+            b.bias.eq(is_last), b.byte.eq(byte),
+        ]
+        m.d.comb += self.done.eq(b.valid & ~active)
+        x = Signal(signed(8))
+        with m.If(b.bias):
+            m.d.comb += x.eq(BIAS_INPUT)
+        if self.uses_samples:
+            with m.Elif(b.layer == 0):
+                m.d.comb += x.eq(self.samples.rdata)
+        if self.uses_acts:
+            with m.Else():
+                m.d.comb += x.eq(self.act_read.data[b.byte])
+        c = Signal(ctrl)
+        c_x = Signal(signed(8))
+        c_signs = Signal(lanes)
+        c_factor = Signal(self.factor_layout) if geo.factor_bits else None
+        m.d.sync += [c.eq(b), c_x.eq(x)]
+        if self.uses_signs:
+            m.d.sync += c_signs.eq(self.signs.data)
+        if geo.factor_bits:
+            m.d.sync += c_factor.eq(self.factor_read.data)
+
+        # -- C: the terms ---------------------------------------------------------------------
+        tb = self.term_bits
+        plus = Signal(signed(tb))  # narrow(dC) and narrow(-dC), set when the job is taken
+        minus = Signal(signed(tb))
+        out = self.o.payload
+        m.d.sync += [self.o.valid.eq(c.valid), out.row.eq(c.row), out.mask.eq(c.mask),
+                     out.final.eq(job.final)]
+        product = Signal(signed(DC_BITS + 8))  # dC * x0_j, shared by the lanes (MGD node)
+        m.d.comb += product.eq(job.dc * c_x)
+        x_zero, x_negative = c_x == 0, c_x[-1]
+        with m.Switch(c.layer):
+            for lay in layers:
+                with m.Case(lay.index):
+                    for k in range(lanes):
+                        m.d.sync += out.term[k].eq(self._term(lay.rule, k, plus, minus, product, x_zero,
+                                                              x_negative, c_x, c_signs, c_factor, job))
+        m.d.comb += self.busy.eq(active | b.valid | c.valid | self.o.valid)
 
         cmd = self.cmd
-        # the output stage uses dc, negate and final: the next event waits until it is empty
-        m.d.comb += cmd.ready.eq(~active & ~out_valid)
+        m.d.comb += cmd.ready.eq(~active & ~b.valid & ~c.valid)
         with m.If(cmd.valid & cmd.ready):
             m.d.sync += [
-                active.eq(1), li.eq(0), group.eq(0), col.eq(0), row.eq(layers[0].row_base),
-                bank.eq(cmd.payload.sign_bank), negate.eq(cmd.payload.negate),
-                dc.eq(cmd.payload.dc), final.eq(cmd.payload.final),
+                job.eq(cmd.payload), active.eq(1), li.eq(0), group.eq(0), col.eq(0),
+                word.eq(0), byte.eq(0), row.eq(layers[0].row_base),
+                plus.eq(narrow(cmd.payload.dc, tb, geo.overflow)),
+                minus.eq(narrow(-cmd.payload.dc, tb, geo.overflow)),
             ]
-
-        tb = self.term_bits
-        plus = Signal(signed(tb))
-        minus = Signal(signed(tb))
-        m.d.comb += plus.eq(narrow(dc, tb, geo.overflow))
-        # narrow(-dc) from narrow(dc) with a tb-bit negation instead of a 33-bit one: it is
-        # -plus, except where -dc saturates (dc above the range, or at or below its bottom),
-        # where it is -plus - 1 = ~plus; under wrap-around always -plus (mod 2^tb)
-        if geo.overflow == Overflow.SATURATE and tb < DC_BITS + 1:
-            top = (1 << (tb - 1)) - 1
-            clipped = (dc > top) | (dc <= -(top + 1))
-            m.d.comb += minus.eq(Mux(clipped, ~plus, -plus))
-        else:
-            m.d.comb += minus.eq(-plus)
-        m.d.comb += [
-            self.o.valid.eq(out_valid),
-            self.o.payload.row.eq(out_row),
-            self.o.payload.mask.eq(out_mask),
-            self.o.payload.final.eq(final),
-            self.busy.eq(active | out_valid),
-        ]
-        for k in range(lanes):
-            flip = self.signs.data[k] ^ negate  # a * s = -1
-            m.d.comb += self.o.payload.term[k].eq(Mux(flip, minus, plus))
         return m
+
+    def _term(self, rule: Rule, k: int, plus: Value, minus: Value, product: Value, x_zero: Value,
+              x_negative: Value, x: Value, signs: Value, factor: Value | None, job: Value) -> Value:
+        """The term of lane ``k`` in a layer of ``rule`` (see the class docstring)."""
+        ovf = self.geometry.overflow
+        if rule == Rule.MGD_WEIGHT:
+            return Mux(signs[k] ^ job.negate, minus, plus)
+        if rule == Rule.MGD_NODE:  # factor bit 0: a * s_i = -1
+            return Mux(factor[k][0], narrow(-product, self.term_bits, ovf),
+                       narrow(product, self.term_bits, ovf))
+        if rule == Rule.ALR:  # factor bits: sign(a * n_i) negative, zero
+            zero = x_zero | factor[k][1]
+            return Mux(zero, 0, Mux(x_negative ^ factor[k][0], minus, plus))
+        return narrow(factor[k] * x, self.term_bits, ovf)  # target projection: g_i * x_j (exact)

@@ -43,17 +43,28 @@ from amaranth.lib.wiring import In, Out
 
 from perturbo.config import Activation, Rule
 
-from .arith import narrow, round_shift
+from .arith import narrow, round_shift, sign
 from .geometry import Geometry, ceil_log2
 from .memories import LanePortSignature, PortSignature, SignWriteSignature
-from .random import Draw, draw_latency
+from .projection import ErrorKind, Gate, activation_gate, projection_error
+from .random import Draw, draw_latency, gaussian_noise, projection_value
 
-__all__ = ["ForwardEngine", "activation", "INJECT_BITS"]
+__all__ = ["ForwardEngine", "activation", "INJECT_BITS", "ACT_BANKS"]
 
 #: Width of an injected value: ALR's ``sigma * n`` reaches 4095 * 510 < 2^22.
 INJECT_BITS = 23
 #: The constant input of the bias column.
 BIAS_INPUT = 127
+#: Activation (and factor) memory banks: ``{perturbed, alternate}``.
+ACT_BANKS = 4
+#: Width of what travels from the draw to the injection and factor stages per lane:
+#: ``a * n`` (ALR, -510..510), ``a * s`` (MGD node, +-1) or ``tl`` (target projection).
+_DRAWN_BITS = 11
+
+_GATES = {None: Gate.NONE, Activation.RELU: Gate.RELU, Activation.LEAKY_RELU: Gate.LEAKY_RELU,
+          Activation.HARD_SIGMOID: Gate.HARD_SIGMOID}
+_ERRORS = {Rule.DRTP: ErrorKind.DRTP, Rule.TPSGD_L1: ErrorKind.TPSGD_L1,
+           Rule.TPSGD_L2: ErrorKind.TPSGD_L2}
 
 
 def activation(q: Value, kind: Activation | None) -> Value:
@@ -141,21 +152,23 @@ class ForwardEngine(wiring.Component):
         self.layer_shape = unsigned(ceil_log2(geo.n_layers))
         self.group_shape = _uint(geo.max_groups - 1)
         self.sample_addr_bits = ceil_log2(geo.sample_words)
-        self.act_addr_bits = geo.act_bank_bits + 1
+        self.act_addr_bits = geo.act_bank_bits + 2  # {bank (2 bits), word}
         #: Position of the perturbation stage (the random words are ready there).
         self.draw_latency = draw_latency(geo.hash_stages_per_register)
-        self.inject_layers = tuple(
-            lay.index for lay in geo.layers if lay.rule in (Rule.MGD_NODE, Rule.ALR)
-        )
-        self.cmd_layout = data.StructLayout({
+        self.inject_layers = geo.inject_layers
+        cmd_fields = {
             "perturb": 1,
             "negate": 1,
-            "bank": 1,
+            "bank": range(ACT_BANKS),
             "key": 32,
             "sign_bank": 1,
             "sample_base": self.sample_addr_bits,
-            "tag": tag_shape,
-        })
+        }
+        if self.inject_layers:
+            cmd_fields["node_key"] = 32  # stream 1's pass key: node signs and ALR noise
+        if geo.projection:
+            cmd_fields["label"] = geo.label_bits
+        self.cmd_layout = data.StructLayout({**cmd_fields, "tag": tag_shape})
         int8s = data.ArrayLayout(signed(8), lanes)
         self.result_layout = data.StructLayout({
             "layer": self.layer_shape,
@@ -166,13 +179,16 @@ class ForwardEngine(wiring.Component):
             "y": int8s,
             "tag": tag_shape,
         })
-        super().__init__({
+        fb = geo.factor_bits
+        #: One word of the factor memory: each lane's correlation factor.
+        self.factor_layout = data.ArrayLayout(signed(fb) if geo.projection else unsigned(max(1, fb)),
+                                              lanes)
+        members = {
             "cmd": In(stream.Signature(self.cmd_layout)),
             "delta": In(7),
             "weights": Out(LanePortSignature(lanes, geo.row_bits, signed(geo.weight_bits))),
             "samples": Out(PortSignature(self.sample_addr_bits, signed(8))),
             "signs": Out(SignWriteSignature(lanes, geo.row_bits)),
-            "inject": In(stream.Signature(data.ArrayLayout(signed(INJECT_BITS), lanes))),
             "result": Out(stream.Signature(self.result_layout)),
             "seed": In(32),
             "key_req": In(stream.Signature(32)),
@@ -183,7 +199,17 @@ class ForwardEngine(wiring.Component):
             "busy": Out(1),
             "mac_active": Out(1),
             "stall": Out(1),
-        })
+        }
+        if self.inject_layers:
+            members["sigma"] = In(12)
+            members["node_delta"] = In(21)
+        if geo.projection:
+            members["target_on"] = In(7)
+        if fb:
+            members["factor_read"] = In(wiring.Signature({
+                "addr": Out(self.act_addr_bits), "data": In(self.factor_layout),
+            }))
+        super().__init__(members)
 
     def elaborate(self, platform: object) -> Module:  # noqa: C901 (one pipeline)
         m = Module()
@@ -211,6 +237,16 @@ class ForwardEngine(wiring.Component):
         t_perturb = table([int(lay.rule == Rule.MGD_WEIGHT) for lay in layers], 1)
         t_inject = table([int(i in self.inject_layers) for i in range(n_layers)], 1)
         t_lane_off = [table([k * lay.cols for lay in layers], idx_bits) for k in range(lanes)]
+        # which layers draw one word per neuron on their bias token: the injected layers
+        # of a perturbed pass (stream 1) and the hidden layers of target projection (B)
+        projection = geo.projection
+        t_hidden = table([int(projection and lay.index < n_layers - 1) for lay in layers], 1)
+        t_alr = table([int(lay.rule == Rule.ALR) for lay in layers], 1)
+        if projection:
+            t_nbase = table([lay.projection_offset for lay in layers], 32)
+            t_label_off = Array(table([c * lay.n_out for c in range(geo.classes)], 32) for lay in layers)
+        else:
+            t_nbase = table([lay.neuron_offset for lay in layers], 32)
 
         # -- the token layout (control that travels down the pipe) -----------------------
         tok_layout = data.StructLayout({
@@ -227,9 +263,11 @@ class ForwardEngine(wiring.Component):
             "perturb": 1,
             "inject": 1,
             "negate": 1,
-            "bank": 1,
+            "bank": range(ACT_BANKS),
             "sign_bank": 1,
             "parity": 1,
+            "draw": 1,  # the bias token of a layer whose neuron draws are used
+            "label": geo.label_bits,  # target projection: the sample's label
         })
         H = self.draw_latency  # noqa: N806 (the position's name in the module docstring)
         PIPE_DEPTH = H + 5  # noqa: N806 (the output register's position, plus one)
@@ -240,12 +278,7 @@ class ForwardEngine(wiring.Component):
         en = Signal()
         out_valid = Signal()
         t9 = pipe[H + 3]
-        need_inject = Signal()
-        m.d.comb += need_inject.eq(t9.valid & t9.last & t9.inject)
-        m.d.comb += [
-            en.eq(~(out_valid & ~self.result.ready) & ~(need_inject & ~self.inject.valid)),
-            self.inject.ready.eq(en & need_inject),
-        ]
+        m.d.comb += en.eq(~(out_valid & ~self.result.ready))
 
         # -- tag FIFO: one entry per pass in flight: the one issuing and the one draining
         # (a pass is far longer than the pipe, so a third waits only under back-pressure)
@@ -263,8 +296,11 @@ class ForwardEngine(wiring.Component):
         key = Signal(32)
         p_perturb = Signal()
         p_negate = Signal()
-        p_bank = Signal()
+        p_bank = Signal(range(ACT_BANKS))
         p_sign_bank = Signal()
+        p_node_key = Signal(32)
+        p_label = Signal(geo.label_bits)
+        gbase = Signal(32)  # group * lanes: the neuron of lane 0
         sample_base = Signal(self.sample_addr_bits)
         parity = Signal()
 
@@ -308,6 +344,8 @@ class ForwardEngine(wiring.Component):
             t0.bank.eq(p_bank),
             t0.sign_bank.eq(p_sign_bank),
             t0.parity.eq(parity),
+            t0.draw.eq(is_last & ((p_perturb & t_inject[layer]) | t_hidden[layer])),
+            t0.label.eq(p_label),
         ]
         fire = Signal()
         m.d.comb += fire.eq(en & t0.valid)
@@ -322,9 +360,11 @@ class ForwardEngine(wiring.Component):
             with m.Else():
                 m.d.sync += [col.eq(0), byte.eq(0), word.eq(0)]
                 with m.If(~group_done):
-                    m.d.sync += [group.eq(group + 1), idx0.eq(idx0 + t_group_jump[layer])]
+                    m.d.sync += [group.eq(group + 1), idx0.eq(idx0 + t_group_jump[layer]),
+                                 gbase.eq(gbase + lanes)]
                 with m.Elif(~pass_done):
-                    m.d.sync += [group.eq(0), layer.eq(layer + 1), idx0.eq(t_woff[layer + 1])]
+                    m.d.sync += [group.eq(0), layer.eq(layer + 1), idx0.eq(t_woff[layer + 1]),
+                                 gbase.eq(0)]
                 with m.Else():
                     m.d.sync += active.eq(0)
 
@@ -338,7 +378,7 @@ class ForwardEngine(wiring.Component):
             m.d.sync += [
                 active.eq(1),
                 layer.eq(0), group.eq(0), col.eq(0), word.eq(0), byte.eq(0), row.eq(0),
-                idx0.eq(0),
+                idx0.eq(0), gbase.eq(0),
                 key.eq(cmd.payload.key),
                 p_perturb.eq(cmd.payload.perturb),
                 p_negate.eq(cmd.payload.negate),
@@ -347,6 +387,10 @@ class ForwardEngine(wiring.Component):
                 sample_base.eq(cmd.payload.sample_base),
                 parity.eq(~parity),
             ]
+            if self.inject_layers:
+                m.d.sync += p_node_key.eq(cmd.payload.node_key)
+            if projection:
+                m.d.sync += p_label.eq(cmd.payload.label)
 
         # -- positions 1..10: the control pipe -------------------------------------------------
         with m.If(en):
@@ -357,14 +401,22 @@ class ForwardEngine(wiring.Component):
                 else:
                     m.d.sync += pipe[pos].eq(src)
 
-        # hash pipes: one per lane, random index = weight index of (neuron, col)
+        # hash pipes: one per lane, random index = weight index of (neuron, col); on the
+        # bias token of a drawing layer the neuron's index instead (node sign, ALR noise or
+        # projection entry; docs/numerics.md §4), under stream 1's key for injections
+        neuron0 = t_nbase[layer] + gbase
+        if projection:
+            neuron0 = neuron0 + t_label_off[layer][p_label]
+        draw_key = Mux(t_inject[layer], p_node_key, key) if self.inject_layers else key
         draws = []
         for k in range(lanes):
             draw = m.submodules[f"draw{k}"] = Draw(geo.hash_stages_per_register)
+            weight_index = (idx0 + t_lane_off[k][layer])[:idx_bits]
             m.d.comb += [
                 draw.en.eq(en),
-                draw.key.eq(key),
-                draw.index.eq((idx0 + t_lane_off[k][layer])[:idx_bits]),
+                draw.key.eq(draw_key),
+                draw.index.eq(Mux(t0.draw, (neuron0 + k)[:32], weight_index)
+                              if (self.inject_layers or projection) else weight_index),
             ]
             draws.append(draw)
         sign_bits = Cat(draw.o[31] for draw in draws)  # 1: s = -1 (docs/numerics.md §4)
@@ -378,7 +430,7 @@ class ForwardEngine(wiring.Component):
         key_take = Signal()
         key_flag = [Signal(name=f"key_flag{i}") for i in range(H)]
         m.d.comb += [
-            key_req.ready.eq(en & ~(t0.valid & t0.perturb) & ~key_busy & ~key_out.valid),
+            key_req.ready.eq(en & ~(t0.valid & (t0.perturb | t0.draw)) & ~key_busy & ~key_out.valid),
             key_take.eq(key_req.valid & key_req.ready),
             draws[0].tweak.eq(Mux(key_flag[H // 2 - 1], self.seed, 0)),
         ]
@@ -432,6 +484,22 @@ class ForwardEngine(wiring.Component):
             self.signs.data.eq(sign_bits),
             self.signs.en.eq(en & t6.valid & t6.perturb),
         ]
+        # what the neuron draws give, carried from H to H+4 (a * n, a * s or tl per lane)
+        drawn = [[Signal(signed(_DRAWN_BITS), name=f"drawn{pos}_{k}") for k in range(lanes)]
+                 for pos in range(4)] if (self.inject_layers or projection) else None
+        if drawn is not None:
+            with m.If(en):
+                for k in range(lanes):
+                    word = draws[k].o
+                    if projection:
+                        value = projection_value(word)
+                    else:
+                        noise = Mux(t_alr[t6.layer], gaussian_noise(word),
+                                    Mux(word[31], -1, 1))
+                        value = Mux(t6.negate, -noise, noise)
+                    m.d.sync += drawn[0][k].eq(value)
+                    for pos in range(1, 4):
+                        m.d.sync += drawn[pos][k].eq(drawn[pos - 1][k])
         with m.If(en):
             m.d.sync += x7.eq(x6)
             for k in range(lanes):
@@ -457,11 +525,21 @@ class ForwardEngine(wiring.Component):
         m.d.comb += self.mac_active.eq(en & t8.valid)
 
         # position H+3: injection and narrowing to acc_bits, on the bias token
+        # the injection of an injected layer's neuron: sigma * a * n (ALR) or
+        # node_delta * a * s (MGD node), registered from the value drawn at H
         acc10 = [Signal(signed(acc_bits), name=f"acc10_{k}") for k in range(lanes)]
+        injection = [Signal(signed(INJECT_BITS), name=f"inj{k}") for k in range(lanes)]
+        if self.inject_layers:
+            t8_ = pipe[H + 2]
+            with m.If(en):
+                for k in range(lanes):
+                    an = drawn[1][k]
+                    node = Mux(an[-1], -self.node_delta, self.node_delta)
+                    m.d.sync += injection[k].eq(Mux(t8_.inject & t8_.last,
+                                                    Mux(t_alr[t8_.layer], self.sigma * an, node), 0))
         with m.If(en):
             for k in range(lanes):
-                inj = Mux(t9.inject, self.inject.payload[k], 0)
-                m.d.sync += acc10[k].eq(narrow(acc[k] + inj, acc_bits, ovf))
+                m.d.sync += acc10[k].eq(narrow(acc[k] + injection[k], acc_bits, ovf))
 
         # position H+4: requantise and activate; into the output register
         t10 = pipe[H + 4]
@@ -494,6 +572,8 @@ class ForwardEngine(wiring.Component):
             act_wr.data.eq(y10),
             act_wr.en.eq(en & t10.valid),
         ]
+        if geo.factor_bits:
+            self._factors(m, t10, q10, y10, drawn[3], act_wr)
         with m.If(en & t10.valid):
             m.d.sync += [
                 wr_parity.eq(t10.parity),
@@ -515,3 +595,41 @@ class ForwardEngine(wiring.Component):
             self.stall.eq((~en & in_pipe) | (active & ~ok)),
         ]
         return m
+
+    def _factors(self, m: Module, t10: Value, q10: Value, y10: Value, drawn: list[Signal],
+                 act_wr: object) -> None:
+        """The factor memory: what the correlation needs of each neuron, written beside its
+        activation word (same bank and word).
+
+        Target projection: the gated error ``g = e * phi'(q)`` (docs/numerics.md §6), with
+        ``e`` from ``y``, the local target ``tl`` drawn on the bias token, and on the output
+        layer the delta rule ``y - t``.  ALR: ``sign(a * n)`` as (negative, zero) bits; MGD
+        node: ``a * s = -1``.
+        """
+        geo, lanes = self.geometry, self.lanes
+        m.submodules.factors = mem = Memory(shape=self.factor_layout, depth=1 << self.act_addr_bits,
+                                            init=[])
+        wr = mem.write_port()
+        rd = mem.read_port()
+        m.d.comb += [
+            rd.addr.eq(self.factor_read.addr),
+            self.factor_read.data.eq(rd.data),
+            wr.addr.eq(act_wr.addr),
+            wr.en.eq(act_wr.en),
+        ]
+        if not geo.projection:
+            for k in range(lanes):
+                an = drawn[k]
+                bits = Cat(an[-1], an == 0)
+                m.d.comb += wr.data[k].eq(bits[:geo.factor_bits])
+            return
+        with m.Switch(t10.layer):
+            for lay in geo.layers:
+                with m.Case(lay.index):
+                    output = lay.index == geo.n_layers - 1
+                    kind = ErrorKind.DELTA if output else _ERRORS[lay.rule]
+                    gate = _GATES[None if output else lay.activation]
+                    for k in range(lanes):
+                        target = Mux(t10.group * lanes + k == t10.label, self.target_on, 0)
+                        e = projection_error(kind, y10[k], drawn[k], target)
+                        m.d.comb += wr.data[k].eq(activation_gate(gate, q10[k], e))

@@ -14,7 +14,10 @@ Activation memory (inside the forward engine)
     ``lanes`` INT8 values per word: the outputs of one neuron group.  Layer ``l``'s
     outputs occupy words ``act_base_l .. act_base_l + groups_l - 1``; input ``j`` of
     layer ``l >= 1`` is byte ``j % lanes`` of word ``act_base_{l-1} + j // lanes``.
-    Two banks (baseline and perturbed passes) double the depth.
+    Four banks: two for baseline passes (alternating by sample) and two for perturbed
+    passes (alternating by pass), so the correlation of a pass can read its layer
+    inputs while the next passes run.  A *factor memory* beside it holds, per neuron
+    group, what the correlation needs of each neuron (:attr:`Geometry.factor_bits`).
 
 Random-source indices (docs/numerics.md §4)
     weight ``(i, j)`` of layer ``l``: ``weight_offset_l + i * (n_in_l + 1) + j``;
@@ -31,9 +34,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from perturbo.config import Activation, Config, Optimizer, Rule
+from perturbo.config import TARGET_PROJECTION_RULES, Activation, Config, Optimizer, Rule
 
-__all__ = ["LayerGeometry", "Geometry", "config_hash", "ceil_log2"]
+__all__ = ["LayerGeometry", "Geometry", "config_hash", "ceil_log2", "FACTOR_BITS_PROJECTION"]
+
+#: Width of the gated error ``g`` of target projection: ``y - tl`` spans -255..255.
+FACTOR_BITS_PROJECTION = 9
 
 
 def ceil_log2(n: int) -> int:
@@ -52,6 +58,7 @@ class LayerGeometry:
     row_base: int  #: first weight-memory row
     weight_offset: int  #: first weight index of the random source
     neuron_offset: int  #: first neuron index of the random source
+    projection_offset: int  #: first projection index (``B[c, i]`` at ``+ c * n_out + i``)
     act_base: int  #: first activation word of this layer's outputs
     shift: int  #: requantisation shift
     activation: Activation | None  #: None for the (linear) output layer
@@ -110,19 +117,21 @@ class Geometry:
         lr_shifts = cfg.layer_lr_shifts()
         n = net.n_layers
         layers = []
-        row = w_off = n_off = act = 0
+        row = w_off = n_off = p_off = act = 0
         for li in range(n):
             n_in, n_out = net.layers[li], net.layers[li + 1]
             groups = -(-n_out // self.lanes)
             layers.append(LayerGeometry(
                 index=li, n_in=n_in, n_out=n_out, groups=groups, row_base=row,
-                weight_offset=w_off, neuron_offset=n_off, act_base=act, shift=shifts[li],
+                weight_offset=w_off, neuron_offset=n_off, projection_offset=p_off,
+                act_base=act, shift=shifts[li],
                 activation=net.activation if li < n - 1 else None, rule=rules[li],
                 lr_shift=lr_shifts[li],
             ))
             row += groups * (n_in + 1)
             w_off += n_out * (n_in + 1)
             n_off += n_out
+            p_off += self.classes * n_out
             act += groups
         self.layers: tuple[LayerGeometry, ...] = tuple(layers)
         #: weight/G/momentum rows the network uses
@@ -147,6 +156,23 @@ class Geometry:
         self.label_bits = max(1, (self.classes - 1).bit_length())
         self.loss_bits = (self.classes * 255 * 255).bit_length()  # unsigned, exact
         self.perturbed_layers = tuple(lay.index for lay in self.layers if lay.rule == Rule.MGD_WEIGHT)
+        #: layers that take an injection in a perturbed pass (MGD node perturbation, ALR)
+        self.inject_layers = tuple(lay.index for lay in self.layers
+                                   if lay.rule in (Rule.MGD_NODE, Rule.ALR))
+        #: target projection: one baseline pass per sample, no perturbed passes
+        self.projection = all(lay.rule in TARGET_PROJECTION_RULES for lay in self.layers)
+        #: bits per neuron of the correlation factor the forward engine stores for the
+        #: correlation walker: the gated error ``g`` (target projection, 9 bits), or
+        #: ``sign(a * n)`` as (negative, zero) (ALR, 2 bits), or ``a * s = -1`` (MGD node,
+        #: 1 bit); 0 when only weight perturbation runs
+        if self.projection:
+            self.factor_bits = FACTOR_BITS_PROJECTION
+        elif any(lay.rule == Rule.ALR for lay in self.layers):
+            self.factor_bits = 2
+        elif self.inject_layers:
+            self.factor_bits = 1
+        else:
+            self.factor_bits = 0
 
     @property
     def n_layers(self) -> int:

@@ -21,7 +21,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 __all__ = [
-    "PortSignature", "LanePortSignature", "SignWriteSignature", "SignReadSignature",
+    "PortSignature", "ReadPortSignature", "LanePortSignature", "SignWriteSignature", "SignReadSignature",
     "MemoryBlock", "LaneMemory", "SignMemory", "mux_ports",
 ]
 
@@ -51,6 +51,13 @@ class PortSignature(wiring.Signature):
             "wdata": Out(shape),
             "we": Out(1),
         })
+
+
+class ReadPortSignature(wiring.Signature):
+    """A read-only port, from the client's side: ``raddr``, ``ren`` out, ``rdata`` in."""
+
+    def __init__(self, addr_width: int, shape: ShapeLike) -> None:
+        super().__init__({"raddr": Out(addr_width), "ren": Out(1), "rdata": In(shape)})
 
 
 class LanePortSignature(wiring.Signature):
@@ -137,19 +144,28 @@ class MemoryBlock(wiring.Component):
         (yosys ``ram_style = "block"``): the label memory of a small sample buffer is
         64 bits, which in flip-flops costs an iCE40 about 130 logic cells.
 
+    second_read
+        Add a second read port (a second copy of the memory in an FPGA's block RAMs).
+
     Members
     -------
     port : ``In(PortSignature(addr_width, shape))``
+    read : ``In(ReadPortSignature(addr_width, shape))``
+        Only with ``second_read``.
     """
 
     def __init__(self, depth: int, shape: ShapeLike, init: Sequence[int] = (), *,
-                 block_ram: bool = False) -> None:
+                 block_ram: bool = False, second_read: bool = False) -> None:
         self.depth = depth
         self.shape = shape
         self.addr_width = _check(depth, shape)
         self.init = list(init)
         self.block_ram = block_ram
-        super().__init__({"port": In(PortSignature(self.addr_width, shape))})
+        self.second_read = second_read
+        members = {"port": In(PortSignature(self.addr_width, shape))}
+        if second_read:
+            members["read"] = In(ReadPortSignature(self.addr_width, shape))
+        super().__init__(members)
 
     def elaborate(self, platform: object) -> Module:
         m = Module()
@@ -166,6 +182,10 @@ class MemoryBlock(wiring.Component):
             wr.data.eq(self.port.wdata),
             wr.en.eq(self.port.we),
         ]
+        if self.second_read:
+            rd2 = mem.read_port()
+            m.d.comb += [rd2.addr.eq(self.read.raddr), rd2.en.eq(self.read.ren),
+                         self.read.rdata.eq(rd2.data)]
         return m
 
 

@@ -31,13 +31,13 @@ samples ``0 .. count - 1``; the :class:`OutputWriter` stores their output scores
 
 from __future__ import annotations
 
-from amaranth.hdl import Module, Signal, signed
+from amaranth.hdl import Cat, Module, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from .geometry import Geometry, ceil_log2
 from .memories import PortSignature
-from .random import STREAM_WEIGHT_SIGN
+from .random import STREAM_NODE, STREAM_PROJECTION, STREAM_WEIGHT_SIGN
 
 __all__ = ["SerialMultiplier", "OutputWriter", "Sequencer", "STEP_SAMPLES_MAX", "COPIES_MAX"]
 
@@ -176,6 +176,8 @@ class Sequencer(wiring.Component):
     corr_cmd : ``Out(stream)``
         Events for the correlation front end.
     corr_busy : ``In(1)``
+    corr_done : ``In(1)``
+        Pulse: the correlation walker finished reading a job's data (:attr:`pending` drops).
     upd_busy : ``In(1)``
         The update unit works (it takes the step's final sums from the correlation unit).
     labels : ``Out(PortSignature)``
@@ -214,6 +216,7 @@ class Sequencer(wiring.Component):
             "loss": In(stream.Signature(loss_layout)),
             "corr_cmd": Out(stream.Signature(corr_cmd_layout)),
             "corr_busy": In(1),
+            "corr_done": In(1),
             "upd_busy": In(1),
             "labels": Out(PortSignature(ceil_log2(geo.sample_depth), geo.label_bits)),
             "out_done": In(1),
@@ -224,10 +227,14 @@ class Sequencer(wiring.Component):
         """The pass tag that travels with each pass through the forward engine and loss unit."""
         return data.StructLayout({
             "baseline": 1,
+            "job": 1,  # the pass is followed by a correlation job
             "negate": 1,
             "end_of_step": 1,
             "label": geometry.label_bits,
             "sign_bank": 1,
+            "bank": 2,
+            "base_bank": 2,
+            "sample_base": ceil_log2(geometry.sample_words),
             "out_base": ceil_log2(geometry.output_words),
         })
 
@@ -245,15 +252,25 @@ class Sequencer(wiring.Component):
         sbase = Signal(self.sample_addr_bits)
         obase = Signal(self.out_addr_bits)
         label = Signal(geo.label_bits)
-        key = Signal(32)
-        # perturbed passes alternate between the two sign banks; a pass may write a bank
-        # only once the correlation of the pass two before, which read it, has finished
+        key = Signal(32)  # weight signs (stream 0), or the projection key of the run
+        node_key = Signal(32)  # node signs and ALR noise (stream 1)
+        projection = geo.projection
+        weight_keys = bool(geo.perturbed_layers)
+        node_keys = bool(geo.inject_layers)
+        # Passes leave their data in banks that the correlation job of the pass reads while
+        # the next passes run: perturbed passes alternate between two sign banks and two
+        # activation/factor banks, baseline passes between two activation/factor banks.  A
+        # pass may overwrite a bank once the jobs that read it are done (they finish in
+        # order): a perturbed pass when at most the previous perturbed pass's job is
+        # pending; a baseline pass when the jobs of the sample before the previous one are
+        # done (at most `copies` pending; target projection: at most one).
         sign_bank = Signal()
-        ahead = Signal(range(3))  # perturbed passes issued whose correlation is not taken
-        taken = self.corr_cmd.valid & self.corr_cmd.ready
-        issued = Signal()
-        m.d.sync += ahead.eq(ahead + issued - taken)
-        bank_free = (ahead == 0) | ((ahead == 1) & ~self.corr_busy)
+        base_bank = Signal()
+        pending = Signal(range(COPIES_MAX + 3))
+        issued = Signal()  # a pass with a job
+        m.d.sync += pending.eq(pending + issued - self.corr_done)
+        perturbed_free = pending <= 1
+        baseline_free = pending <= (1 if projection else self.copies)
         count = Signal(range(geo.sample_depth + 1))
         loss_sum = Signal(32)
         step_done = Signal()  # collector -> issuer
@@ -261,14 +278,23 @@ class Sequencer(wiring.Component):
 
         cmd = self.fwd_cmd.payload
         tag = cmd.tag
+        pass_bank = Signal(2)  # the activation bank of the pass being issued
         m.d.comb += [
             self.labels.raddr.eq(self.cursor),
             self.labels.ren.eq(1),
             cmd.sample_base.eq(sbase),
             tag.label.eq(label),
             tag.sign_bank.eq(sign_bank),
+            tag.base_bank.eq(Cat(base_bank, 0)),
+            tag.sample_base.eq(sbase),
             tag.out_base.eq(obase),
+            tag.bank.eq(pass_bank),
+            cmd.bank.eq(pass_bank),
         ]
+        if node_keys:
+            m.d.comb += cmd.node_key.eq(node_key)
+        if projection:
+            m.d.comb += cmd.label.eq(label)
         with m.If(self.step_set & ~self.busy):
             m.d.sync += self.step.eq(self.step_value)
         with m.If(self.cursor_set & ~self.busy):
@@ -296,7 +322,16 @@ class Sequencer(wiring.Component):
                 m.next = "MUL_S"
             with m.State("MUL_S"), m.If(~mul.busy):  # the cursor's sample address
                 m.d.sync += sbase.eq(mul.p)
-                m.next = "STEP"
+                m.next = "PROJECTION_KEY" if projection else "STEP"
+            with m.State("PROJECTION_KEY"):  # pass_key(seed, 2, 0), once per run
+                m.d.comb += [self.key_req.valid.eq(1), self.key_req.payload.eq(STREAM_PROJECTION)]
+                with m.If(self.key_req.ready):
+                    m.next = "PROJECTION_KEY_WAIT"
+            with m.State("PROJECTION_KEY_WAIT"):
+                m.d.comb += self.key.ready.eq(1)
+                with m.If(self.key.valid):
+                    m.d.sync += key.eq(self.key.payload)
+                    m.next = "STEP"
             with m.State("STEP"):
                 m.d.sync += samples_left.eq(self.step_samples)
                 with m.If(steps_left == 0):
@@ -309,26 +344,42 @@ class Sequencer(wiring.Component):
                 m.d.sync += [label.eq(self.labels.rdata), copy.eq(0)]
                 m.next = "BASE"
             with m.State("BASE"):
-                m.d.comb += [self.fwd_cmd.valid.eq(1), tag.baseline.eq(1)]
-                with m.If(self.fwd_cmd.ready):
-                    m.next = "KEY"
-            with m.State("KEY"):
                 m.d.comb += [
-                    self.key_req.valid.eq(1),
-                    self.key_req.payload.eq((event << 2)[:32] | STREAM_WEIGHT_SIGN),
+                    self.fwd_cmd.valid.eq(baseline_free),
+                    pass_bank.eq(Cat(base_bank, 0)),
+                    cmd.key.eq(key),
+                    tag.baseline.eq(1),
                 ]
-                with m.If(self.key_req.ready):
-                    m.next = "KEY_WAIT"
-            with m.State("KEY_WAIT"):
-                m.d.comb += self.key.ready.eq(1)
-                with m.If(self.key.valid):
-                    m.d.sync += key.eq(self.key.payload)
-                    m.next = "PERTURBED"
+                if projection:
+                    m.d.comb += [tag.job.eq(1), tag.end_of_step.eq(last_sample)]
+                with m.If(self.fwd_cmd.valid & self.fwd_cmd.ready):
+                    if projection:
+                        m.d.comb += issued.eq(1)
+                        m.next = "NEXT_SAMPLE"
+                    else:
+                        m.next = "KEY" if weight_keys else "NODE_KEY"
+            for state, stream_no, target, after in (
+                ("KEY", STREAM_WEIGHT_SIGN, key, "NODE_KEY" if node_keys else "PERTURBED"),
+                ("NODE_KEY", STREAM_NODE, node_key, "PERTURBED"),
+            ):
+                with m.State(state):
+                    m.d.comb += [
+                        self.key_req.valid.eq(1),
+                        self.key_req.payload.eq((event << 2)[:32] | stream_no),
+                    ]
+                    with m.If(self.key_req.ready):
+                        m.next = state + "_WAIT"
+                with m.State(state + "_WAIT"):
+                    m.d.comb += self.key.ready.eq(1)
+                    with m.If(self.key.valid):
+                        m.d.sync += target.eq(self.key.payload)
+                        m.next = after
             with m.State("PERTURBED"):
                 m.d.comb += [
-                    self.fwd_cmd.valid.eq(bank_free),
+                    self.fwd_cmd.valid.eq(perturbed_free),
                     cmd.perturb.eq(1),
-                    cmd.bank.eq(1),
+                    pass_bank.eq(Cat(sign_bank, 1)),
+                    tag.job.eq(1),
                     cmd.negate.eq(copy[0]),
                     cmd.key.eq(key),
                     cmd.sign_bank.eq(sign_bank),
@@ -343,9 +394,9 @@ class Sequencer(wiring.Component):
                     with m.If(last_copy):
                         m.next = "NEXT_SAMPLE"
                     with m.Elif(copy[0]):  # the next copy starts a new antithetic pair
-                        m.next = "KEY"
-            with m.State("NEXT_SAMPLE"):
-                m.d.sync += samples_left.eq(samples_left - 1)
+                        m.next = "KEY" if weight_keys else "NODE_KEY"
+            with m.State("NEXT_SAMPLE"):  # the next sample's baseline takes the other bank
+                m.d.sync += [samples_left.eq(samples_left - 1), base_bank.eq(~base_bank)]
                 with m.If(self.cursor == self.sample_count - 1):
                     m.d.sync += [self.cursor.eq(0), sbase.eq(0)]
                 with m.Else():
@@ -380,13 +431,17 @@ class Sequencer(wiring.Component):
                     m.d.sync += collected.eq(0)
                 with m.Elif(self.out_done):
                     m.d.sync += collected.eq(collected + 1)
+                job = self.corr_cmd.payload
                 m.d.comb += [
-                    self.corr_cmd.valid.eq(self.loss.valid & ~res.baseline),
-                    self.corr_cmd.payload.sign_bank.eq(res.tag.sign_bank),
-                    self.corr_cmd.payload.negate.eq(res.tag.negate),
-                    self.corr_cmd.payload.dc.eq(res.dc),
-                    self.corr_cmd.payload.final.eq(res.tag.end_of_step),
-                    self.loss.ready.eq(res.baseline | self.corr_cmd.ready),
+                    self.corr_cmd.valid.eq(self.loss.valid & res.tag.job),
+                    job.sign_bank.eq(res.tag.sign_bank),
+                    job.negate.eq(res.tag.negate),
+                    job.dc.eq(1 if projection else res.dc),  # target projection: g * x alone
+                    job.bank.eq(res.tag.bank),
+                    job.base_bank.eq(res.tag.base_bank),
+                    job.sample_base.eq(res.tag.sample_base),
+                    job.final.eq(res.tag.end_of_step),
+                    self.loss.ready.eq(~res.tag.job | self.corr_cmd.ready),
                 ]
                 with m.If(self.loss.valid & self.loss.ready):
                     with m.If(res.baseline):

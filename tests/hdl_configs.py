@@ -62,3 +62,44 @@ FORWARD_CONFIGS: dict[str, Config] = {
 def config_env(cfg: Config) -> dict[str, str]:
     """Environment that hands ``cfg`` to a testbench (``hdl_tbutil.config``)."""
     return {"PERTURBO_CFG": cfg.model_dump_json()}
+
+
+def _rule_config(name: str, layers: list[int], rule: dict, *, lanes: int, activation: str = "relu",
+                 numerics: dict | None = None, seed: int = 2) -> Config:
+    return parse_config({
+        "name": name, "seed": seed,
+        "network": {"layers": layers, "activation": activation},
+        "rule": {"batch": 2, "tau_theta": 1, "lr_mult": 3, **rule},
+        "numerics": numerics or {},
+        "hardware": {"lanes": lanes, "sample_depth": 8},
+    })
+
+
+#: One configuration of every other rule for the whole accelerator (and its co-simulation):
+#: lanes that do not divide the layer widths, antithetic pairs and an odd copy, momentum,
+#: every activation, narrow G that saturates or wraps, both rounding modes.
+RULE_CONFIGS: dict[str, Config] = {
+    "node": _rule_config("node", [7, 6, 3], {"name": "mgd-node", "node_delta": 300, "copies": 2,
+                                              "lr_shift": [7, 6], "optimizer": "momentum",
+                                              "momentum_shift": 2}, lanes=4,
+                         numerics={"grad_bits": 24}),
+    "alr": _rule_config("alr", [8, 5, 3], {"name": "alr", "sigma": 20, "copies": 3, "lr_shift": 8},
+                        lanes=3, activation="leaky-relu",
+                        numerics={"grad_bits": 18, "rounding": "floor"}),
+    "hybrid-alr": _rule_config("hybrid-alr", [6, 9, 5], {"name": "alr", "per_layer": ["alr", "mgd-weight"],
+                                                         "sigma": 9, "delta": 2, "copies": 2,
+                                                         "lr_shift": [9, 8]}, lanes=4),
+    "hybrid-node": _rule_config("hybrid-node", [5, 7, 4], {"name": "mgd-node",
+                                                           "per_layer": ["mgd-weight", "mgd-node"],
+                                                           "node_delta": 64, "delta": 3, "copies": 1,
+                                                           "lr_shift": 6, "optimizer": "momentum"},
+                                lanes=2, activation="hard-sigmoid",
+                                numerics={"grad_bits": 16, "overflow": "wrap"}),
+    "drtp": _rule_config("drtp", [8, 6, 3], {"name": "drtp", "batch": 3, "lr_shift": [6, 5]},
+                         lanes=4, activation="hard-sigmoid"),
+    "tpsgd-l1": _rule_config("tpsgd-l1", [5, 7, 4], {"name": "tpsgd-l1", "lr_shift": 4,
+                                                     "optimizer": "momentum"}, lanes=2),
+    "tpsgd-l2": _rule_config("tpsgd-l2", [6, 5, 4], {"name": "tpsgd-l2", "lr_shift": 3, "target_on": 127},
+                             lanes=3, activation="leaky-relu",
+                             numerics={"grad_bits": 16, "rounding": "floor"}),
+}

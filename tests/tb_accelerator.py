@@ -25,6 +25,8 @@ from perturbo.hdl.geometry import Geometry, config_hash
 cfg = config()
 geo = Geometry(cfg)
 S = cfg.rule.tau_theta * cfg.rule.batch
+#: the rule of each layer, for mismatch reports
+rules = "rule " + "/".join(r.value for r in cfg.layer_rules())
 R, W, G, M = Space.REGS, Space.WEIGHTS, Space.GRADS, Space.MOMENTUM
 
 
@@ -104,7 +106,7 @@ async def train_and_infer(dut) -> None:
         assert await bus.read(R, Reg.SAMPLE_CURSOR) == cursor
         assert await bus.read(R, Reg.LAST_LOSS) == model.last_loss_sum, "last step's loss sum"
         rtl = await read_matrices(bus, W)
-        msg = first_difference(f"weights after step {model.step}", rtl, model.weights)
+        msg = first_difference(f"{rules}: weights after step {model.step}", rtl, model.weights)
         assert msg is None, msg
         grads = await read_matrices(bus, G)
         assert all(int(g.abs().max()) == 0 for g in grads), "G not cleared by the update"
