@@ -6,7 +6,7 @@
   the sample buffer, the labels and the output scores; the perturbation signs of the
   last two perturbed passes (:class:`~.memories.SignMemory`, datapath only);
 - the :class:`~.forward.ForwardEngine`, the :class:`~.loss.LossUnit`, the
-  :class:`~.correlation.MgdWeightFrontEnd` feeding the :class:`~.correlation.CorrelationUnit`,
+  :class:`~.correlation.CorrelationWalker` feeding the :class:`~.correlation.CorrelationUnit`,
   the :class:`~.update.UpdateUnit`, the :class:`~.sequencer.Sequencer` and its
   :class:`~.sequencer.OutputWriter`;
 - the register file and the bus target of :mod:`.bus` (the register map, address spaces,
@@ -137,8 +137,7 @@ class Accelerator(wiring.Component):
         tag_layout = Sequencer.tag_layout(geo)
         m.submodules.engine = eng = ForwardEngine(geo, tag_layout)
         m.submodules.loss = loss = LossUnit(geo, tag_layout)
-        m.submodules.frontend = fe = CorrelationWalker(geo, eng.act_addr_bits, eng.factor_layout,
-                                                       eng.sample_addr_bits)
+        m.submodules.frontend = fe = CorrelationWalker(geo)
         m.submodules.corr = corr = CorrelationUnit(lanes, geo.row_bits, geo.grad_bits,
                                                    fe.term_bits, geo.overflow)
         m.submodules.update = upd = UpdateUnit(geo)

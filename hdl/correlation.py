@@ -3,15 +3,13 @@
 docs/numerics.md §6.  All learning rules reduce to one operation on a synapse's
 accumulator, ``G_ij = narrow_g(G_ij + term_ij)``; they differ only in the term.  So the
 datapath has one generic accumulate-and-narrow :class:`CorrelationUnit` working on a row
-of ``lanes`` accumulators at a time, and per-rule *front ends* that produce row-addressed
-terms:
+of ``lanes`` accumulators at a time, and one :class:`CorrelationWalker` that produces the
+row-addressed terms of every rule from a rule-independent job (the loss difference, the
+antithetic sign, the banks its pass left its data in, and whether it is the step's last),
+walking the layers from constant per-layer tables fixed at generation.
 
-- :class:`MgdWeightFrontEnd` (here): ``term = dC * (a * s_ij)``, ``s_ij`` read back from
-  the :class:`~.memories.SignMemory` the forward engine wrote while it drew them;
-- node perturbation ``dC * (a * s_i) * x0_j``, ALR ``dC * sign * sign`` and target
-  projection ``g_i * x_j`` (:mod:`.node`, :mod:`.alr`, :mod:`.projection`) produce one
-  ``lanes``-wide term per layer input; giving each the weight-memory row of its
-  ``(group, j)`` (:class:`~perturbo.hdl.geometry.Geometry`) makes the same stream.
+(:mod:`.node`, :mod:`.alr` and :mod:`.projection` hold stand-alone streaming twins of
+the node, ALR and projection terms, verified against the golden units on their own.)
 
 Term width.  With ``grad_bits``-bit ``G``, ``narrow(term, grad_bits + 1)`` changes no
 result of ``narrow_g(G + term)`` (for ``|term| >= 2^grad_bits`` the sum saturates either
@@ -198,8 +196,7 @@ class CorrelationWalker(wiring.Component):
         Pulse: every read of the job is done (its banks may be overwritten).
     """
 
-    def __init__(self, geometry: Geometry, act_addr_bits: int, factor_layout: data.ArrayLayout,
-                 sample_addr_bits: int) -> None:
+    def __init__(self, geometry: Geometry) -> None:
         if not isinstance(geometry, Geometry):
             raise TypeError(f"geometry must be a Geometry, not {geometry!r}")
         self.geometry = geo = geometry
@@ -209,9 +206,9 @@ class CorrelationWalker(wiring.Component):
             for rule in rules
         )
         self.term_bits = term_bits(natural, geo.grad_bits)
-        self.act_addr_bits = act_addr_bits
-        self.factor_layout = factor_layout
-        self.sample_addr_bits = sample_addr_bits
+        self.act_addr_bits = act_addr_bits = geo.act_addr_bits
+        self.factor_layout = factor_layout = geo.factor_layout()
+        self.sample_addr_bits = sample_addr_bits = geo.sample_addr_bits
         self.job_layout = data.StructLayout({
             "dc": signed(DC_BITS), "negate": 1, "sign_bank": 1, "bank": 2, "base_bank": 2,
             "sample_base": sample_addr_bits, "final": 1,

@@ -43,7 +43,7 @@ from amaranth.lib.wiring import In, Out
 
 from perturbo.config import Activation, Rule
 
-from .arith import narrow, round_shift, sign
+from .arith import narrow, round_shift
 from .geometry import Geometry, ceil_log2
 from .memories import LanePortSignature, PortSignature, SignWriteSignature
 from .projection import ErrorKind, Gate, activation_gate, projection_error
@@ -151,8 +151,8 @@ class ForwardEngine(wiring.Component):
         self.lanes = lanes = geo.lanes
         self.layer_shape = unsigned(ceil_log2(geo.n_layers))
         self.group_shape = _uint(geo.max_groups - 1)
-        self.sample_addr_bits = ceil_log2(geo.sample_words)
-        self.act_addr_bits = geo.act_bank_bits + 2  # {bank (2 bits), word}
+        self.sample_addr_bits = geo.sample_addr_bits
+        self.act_addr_bits = geo.act_addr_bits
         #: Position of the perturbation stage (the random words are ready there).
         self.draw_latency = draw_latency(geo.hash_stages_per_register)
         self.inject_layers = geo.inject_layers
@@ -180,9 +180,7 @@ class ForwardEngine(wiring.Component):
             "tag": tag_shape,
         })
         fb = geo.factor_bits
-        #: One word of the factor memory: each lane's correlation factor.
-        self.factor_layout = data.ArrayLayout(signed(fb) if geo.projection else unsigned(max(1, fb)),
-                                              lanes)
+        self.factor_layout = geo.factor_layout()
         members = {
             "cmd": In(stream.Signature(self.cmd_layout)),
             "delta": In(7),
@@ -277,7 +275,6 @@ class ForwardEngine(wiring.Component):
         # -- the global enable -------------------------------------------------------------
         en = Signal()
         out_valid = Signal()
-        t9 = pipe[H + 3]
         m.d.comb += en.eq(~(out_valid & ~self.result.ready))
 
         # -- tag FIFO: one entry per pass in flight: the one issuing and the one draining
@@ -524,19 +521,18 @@ class ForwardEngine(wiring.Component):
                 m.d.sync += acc[k].eq(Mux(t8.first, p8[k], (acc[k] + p8[k])[:acc_bits]))
         m.d.comb += self.mac_active.eq(en & t8.valid)
 
-        # position H+3: injection and narrowing to acc_bits, on the bias token
-        # the injection of an injected layer's neuron: sigma * a * n (ALR) or
-        # node_delta * a * s (MGD node), registered from the value drawn at H
+        # position H+3: on the bias token, the injection and narrowing to acc_bits; the
+        # injection (sigma * a * n for ALR, node_delta * a * s for MGD node) is registered
+        # from the value drawn at H when the token is at H+2
         acc10 = [Signal(signed(acc_bits), name=f"acc10_{k}") for k in range(lanes)]
         injection = [Signal(signed(INJECT_BITS), name=f"inj{k}") for k in range(lanes)]
         if self.inject_layers:
-            t8_ = pipe[H + 2]
             with m.If(en):
                 for k in range(lanes):
                     an = drawn[1][k]
                     node = Mux(an[-1], -self.node_delta, self.node_delta)
-                    m.d.sync += injection[k].eq(Mux(t8_.inject & t8_.last,
-                                                    Mux(t_alr[t8_.layer], self.sigma * an, node), 0))
+                    m.d.sync += injection[k].eq(Mux(t8.inject & t8.last,
+                                                    Mux(t_alr[t8.layer], self.sigma * an, node), 0))
         with m.If(en):
             for k in range(lanes):
                 m.d.sync += acc10[k].eq(narrow(acc[k] + injection[k], acc_bits, ovf))

@@ -33,6 +33,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from amaranth.hdl import signed, unsigned
+from amaranth.lib import data
 
 from perturbo.config import TARGET_PROJECTION_RULES, Activation, Config, Optimizer, Rule
 
@@ -152,6 +154,9 @@ class Geometry:
         self.max_groups = max(lay.groups for lay in self.layers)
         self.max_cols = max(lay.cols for lay in self.layers)
         self.sample_words = self.sample_depth * self.n_inputs
+        self.sample_addr_bits = ceil_log2(self.sample_words)
+        #: activation/factor memory address: ``{bank (2 bits), word}``
+        self.act_addr_bits = self.act_bank_bits + 2
         self.output_words = self.sample_depth * self.classes
         self.label_bits = max(1, (self.classes - 1).bit_length())
         self.loss_bits = (self.classes * 255 * 255).bit_length()  # unsigned, exact
@@ -173,6 +178,11 @@ class Geometry:
             self.factor_bits = 1
         else:
             self.factor_bits = 0
+
+    def factor_layout(self) -> data.ArrayLayout:
+        """One word of the factor memory: each lane's correlation factor (:attr:`factor_bits`)."""
+        shape = signed(self.factor_bits) if self.projection else unsigned(max(1, self.factor_bits))
+        return data.ArrayLayout(shape, self.lanes)
 
     @property
     def n_layers(self) -> int:

@@ -90,8 +90,8 @@ def _hardware_backend(cfg: Config, name: Backend, port: str | None) -> TrainingB
     unsupported = sorted({r.value for r in cfg.layer_rules()} - {r.value for r in SUPPORTED_RULES})
     if unsupported:
         raise BackendError(
-            f"the accelerator's sequencer runs {', '.join(r.value for r in SUPPORTED_RULES)} so far, "
-            f"not {', '.join(unsupported)}; train this rule on the golden backend (--backend golden)"
+            f"rule.name: the accelerator trains {', '.join(r.value for r in SUPPORTED_RULES)}, "
+            f"not {', '.join(unsupported)} (a float baseline); train it with --backend golden"
         )
     from perturbo.sim.backend import AcceleratorBackend, VerilatorBackend
     from perturbo.sim.driver import Link

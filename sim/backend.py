@@ -23,6 +23,7 @@ import torch
 
 from perturbo.config import Config
 from perturbo.golden.integer import init_weights
+from perturbo.hdl.accelerator import absent_registers
 from perturbo.hdl.bus import ACCEL_ID, Command, Reg, Space, Status
 from perturbo.hdl.geometry import Geometry, config_hash
 
@@ -85,10 +86,13 @@ class AcceleratorBackend:
                 f"this configuration {expected:#010x}); regenerate it with `perturbo gen`"
             )
         rule = cfg.rule
-        self._write_regs({
+        regs = {
             Reg.SEED: cfg.seed, Reg.LR_MULT: rule.lr_mult, Reg.DELTA: rule.delta, Reg.COPIES: rule.copies,
             Reg.STEP_SAMPLES: rule.tau_theta * rule.batch, Reg.TARGET_ON: rule.target_on, Reg.STEP: 0,
-        })
+            Reg.SIGMA: rule.sigma, Reg.NODE_DELTA: rule.node_delta,
+        }
+        absent = absent_registers(cfg)
+        self._write_regs({reg: value for reg, value in regs.items() if reg not in absent})
         self._lr_mult = rule.lr_mult
         self._write_matrices(Space.WEIGHTS, weights if weights is not None else init_weights(cfg))
         if self.geo.momentum:

@@ -45,8 +45,8 @@ UNIT_CONFIGS: dict[str, Config] = {
     }),
 }
 
-#: The forward engine's configurations: the above and a hybrid whose first layer takes
-#: injections (MGD node perturbation) through the engine's ``inject`` port.
+#: The forward engine's configurations: the above, a hybrid whose first layer takes
+#: injections (MGD node perturbation) and, below, an ALR network.
 FORWARD_CONFIGS: dict[str, Config] = {
     **UNIT_CONFIGS,
     "hybrid": parse_config({
@@ -103,3 +103,5 @@ RULE_CONFIGS: dict[str, Config] = {
                              lanes=3, activation="leaky-relu",
                              numerics={"grad_bits": 16, "rounding": "floor"}),
 }
+
+FORWARD_CONFIGS["alr"] = RULE_CONFIGS["alr"]

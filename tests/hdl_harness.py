@@ -10,7 +10,7 @@ from amaranth.hdl import Module, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from perturbo.hdl.correlation import CorrelationUnit, MgdWeightFrontEnd
+from perturbo.hdl.correlation import CorrelationUnit, CorrelationWalker
 from perturbo.hdl.forward import ForwardEngine
 from perturbo.hdl.geometry import Geometry, ceil_log2
 from perturbo.hdl.memories import (
@@ -46,10 +46,14 @@ class ForwardHarness(wiring.Component):
         self.geometry = geo = geometry
         self.engine = ForwardEngine(geo, tag_shape=16)
         sa = ceil_log2(geo.sample_words)
+        #: the engine's run parameters beyond ``delta`` (only with injected or TP layers)
+        self.params = {name: In(self.engine.signature.members[name].shape)
+                       for name in ("sigma", "node_delta", "target_on")
+                       if name in self.engine.signature.members}
         super().__init__({
             "cmd": In(stream.Signature(self.engine.cmd_layout)),
             "delta": In(7),
-            "inject": In(self.engine.inject.signature.flip()),
+            **self.params,
             "result": Out(stream.Signature(self.engine.result_layout)),
             "wload": In(wiring.Signature({k: v.flip() for k, v in
                                           _lane_load(geo.lanes, geo.row_bits,
@@ -71,7 +75,6 @@ class ForwardHarness(wiring.Component):
                                                  signed(geo.weight_bits))
         m.submodules.samples = smem = MemoryBlock(geo.sample_words, signed(8))
         wiring.connect(m, wiring.flipped(self.cmd), eng.cmd)
-        wiring.connect(m, wiring.flipped(self.inject), eng.inject)
         wiring.connect(m, eng.result, wiring.flipped(self.result))
         wiring.connect(m, eng.signs, wiring.flipped(self.signs))
         wiring.connect(m, wiring.flipped(self.key_req), eng.key_req)
@@ -94,6 +97,9 @@ class ForwardHarness(wiring.Component):
             smem.port.we.eq(self.sload.we),
             eng.act_read.addr.eq(0),
         ]
+        m.d.comb += [getattr(eng, name).eq(getattr(self, name)) for name in self.params]
+        if geo.factor_bits:
+            m.d.comb += eng.factor_read.addr.eq(0)
         return m
 
 
@@ -127,7 +133,7 @@ class RandomHarness(wiring.Component):
 
 
 class CorrelationHarness(wiring.Component):
-    """:class:`SignMemory` -> :class:`MgdWeightFrontEnd` -> :class:`CorrelationUnit` -> G memories.
+    """:class:`SignMemory` -> :class:`CorrelationWalker` -> :class:`CorrelationUnit` -> G memories.
 
     The testbench writes the sign memory through ``sload`` (the forward engine's port in
     the accelerator).  ``direct`` = 1 feeds the unit from ``rows`` instead of the front
@@ -136,11 +142,11 @@ class CorrelationHarness(wiring.Component):
 
     def __init__(self, geometry: Geometry) -> None:
         self.geometry = geo = geometry
-        self.frontend = MgdWeightFrontEnd(geo)
+        self.frontend = CorrelationWalker(geo)
         self.unit = CorrelationUnit(geo.lanes, geo.row_bits, geo.grad_bits,
                                     self.frontend.term_bits, geo.overflow)
         super().__init__({
-            "cmd": In(stream.Signature(self.frontend.cmd_layout)),
+            "cmd": In(stream.Signature(self.frontend.job_layout)),
             "sload": In(SignWriteSignature(geo.lanes, geo.row_bits)),
             "rows": In(stream.Signature(self.unit.layout)),
             "sums": Out(stream.Signature(self.unit.sums.signature.members["payload"].shape)),

@@ -13,12 +13,12 @@ from hdl_tbutil import Bench, config, read_rows, write_rows
 
 from perturbo.golden import units as u
 from perturbo.golden.integer import layer_layouts
-from perturbo.hdl.correlation import CorrelationUnit, MgdWeightFrontEnd
+from perturbo.hdl.correlation import CorrelationUnit, CorrelationWalker
 from perturbo.hdl.geometry import Geometry
 
 cfg = config()
 geo = Geometry(cfg)
-FE = MgdWeightFrontEnd(geo)
+FE = CorrelationWalker(geo)
 UNIT = CorrelationUnit(geo.lanes, geo.row_bits, geo.grad_bits, FE.term_bits, geo.overflow)
 GB = geo.grad_bits
 LO, HI = -(1 << (GB - 1)), (1 << (GB - 1)) - 1
@@ -81,7 +81,7 @@ async def mgd_weight_events(dut, idle: float) -> None:
     await load_g(dut, weight_rows(geo, g))
     sums = bench.sink("sums", UNIT.sums.signature.members["payload"].shape, 0.0)
     for phase in ("plain", "final"):
-        cmd = bench.source("cmd", FE.cmd_layout, idle)
+        cmd = bench.source("cmd", FE.job_layout, idle)
         events = []
         edge = 1 << (FE.term_bits - 1)  # where a term saturates (or wraps)
         edges = [max(-(2**31), min(2**31 - 1, v)) for v in (edge, edge - 1, -edge, -edge - 1)]

@@ -77,6 +77,24 @@ class SignWatch:
                                   int(d.signs__data.value)))
 
 
+#: ALR noise scale and MGD node amplitude of the injected layers (the largest allowed)
+PARAMS = {"sigma": 4095, "node_delta": 1 << 20}
+
+
+def injections_of(p: dict) -> dict[int, torch.Tensor]:
+    """What each injected layer's neurons get in a perturbed pass (docs/numerics.md §5)."""
+    out = {}
+    a = -1 if p["negate"] else 1
+    for li in ENGINE.inject_layers:
+        lay = geo.layers[li]
+        word = u.draw(torch.tensor(p["node_key"]), lay.neuron_offset + torch.arange(lay.n_out))
+        if lay.rule.value == "alr":
+            out[li] = PARAMS["sigma"] * a * u.gaussian_noise(word)
+        else:
+            out[li] = PARAMS["node_delta"] * a * u.perturbation_sign(word)
+    return out
+
+
 async def run_passes(bench: Bench, weights: list[torch.Tensor], samples: torch.Tensor,
                      passes: list[dict], idle: float, backpressure: float, tag: str) -> None:
     """Send the passes back to back; check every group result of every layer, the sign
@@ -88,31 +106,21 @@ async def run_passes(bench: Bench, weights: list[torch.Tensor], samples: torch.T
     bench.dut.seed.value = seed
     key_words = []
     res = bench.sink("result", ENGINE.result_layout, backpressure)
-    inj = bench.source("inject", ENGINE.inject.signature.members["payload"].shape, idle)
     signs = SignWatch(bench.dut)
     bench.sinks.append(signs)
     rng = random.Random(tag)
     expected = []
     expected_signs = []
     for n, p in enumerate(passes):
-        cmd.send({"perturb": p["perturb"], "negate": p["negate"], "bank": p["perturb"],
-                  "key": p["key"], "sign_bank": n % 2,
+        cmd.send({"perturb": p["perturb"], "negate": p["negate"], "bank": 2 * p["perturb"] + n % 2,
+                  "key": p["key"], "node_key": p["node_key"], "sign_bank": n % 2,
                   "sample_base": p["sample"] * geo.n_inputs, "tag": n})
         if p["perturb"]:
             expected_signs += [(n, *w) for w in sign_writes(cfg, geo, p["key"], n % 2)]
         for _ in range(2):
             key_words.append(rng.getrandbits(32))
             key_req.send(key_words[-1])
-        injections = {}
-        if p["perturb"]:  # node-perturbed layers take one injection per neuron group
-            for li in ENGINE.inject_layers:
-                lay = geo.layers[li]
-                values = torch.tensor([rng.choice([rng.randint(-(1 << 22), (1 << 22) - 1),
-                                                   rng.randint(-300, 300), 0])
-                                       for _ in range(lay.groups * geo.lanes)])
-                injections[li] = values[: lay.n_out]
-                for g in range(lay.groups):
-                    inj.send(values[g * geo.lanes:(g + 1) * geo.lanes].tolist())
+        injections = injections_of(p) if p["perturb"] else {}
         outs = pass_outputs(cfg, weights, samples[p["sample"]], perturb=bool(p["perturb"]),
                             key=p["key"], negate=bool(p["negate"]), delta=p["delta"],
                             injections=injections)
@@ -120,11 +128,13 @@ async def run_passes(bench: Bench, weights: list[torch.Tensor], samples: torch.T
             for g in range(lay.groups):
                 expected.append((n, li, g, outs[li]))
     bench.dut.delta.value = passes[0]["delta"]
+    if ENGINE.inject_layers:
+        for name, value in PARAMS.items():
+            getattr(bench.dut, name).value = value
     await bench.run(lambda: len(res.received) >= len(expected) and len(keys.received) == len(key_words),
                     max_cycles=40 * sum(lay.rows for lay in geo.layers) * len(passes) + 1000,
                     what=f"{tag}: the passes")
     bench.sources.remove(cmd)
-    bench.sources.remove(inj)
     bench.sinks.remove(res)
     bench.sinks.remove(signs)
     bench.sources.remove(key_req)
@@ -142,7 +152,6 @@ async def run_passes(bench: Bench, weights: list[torch.Tensor], samples: torch.T
             raise AssertionError(
                 f"forward engine signs differ: {tag}: pass {n} row {row} (layer {layer}): "
                 f"rtl (bank, row, bits) {got} golden {(bank, row, bits)}, lanes {lanes}")
-    assert inj.idle_now, f"{tag}: {len(inj.items)} injections left over"
     for got, (n, li, g, (q, y)) in zip(res.received, expected, strict=True):
         lay = geo.layers[li]
         where = f"{tag}: pass {n} ({passes[n]}) layer {li} group {g}"
@@ -177,7 +186,8 @@ async def random_passes(dut, traffic: tuple[float, float]) -> None:
         await load_weights(bench, weights)
         delta = rng.choice([1, 2, 127, rng.randint(1, 127)])
         passes = [{"perturb": m % 3 != 0, "negate": rng.randint(0, 1), "key": rng.getrandbits(32),
-                   "sample": rng.randrange(n_samples), "delta": delta} for m in range(6)]
+                   "node_key": rng.getrandbits(32), "sample": rng.randrange(n_samples), "delta": delta}
+                  for m in range(6)]
         await run_passes(bench, weights, samples, passes, idle, bp, f"{kind} weights")
 
 
@@ -193,7 +203,8 @@ async def extremes(dut) -> None:
     for kind in ("min", "max"):
         weights = random_weights(rng, kind)
         await load_weights(bench, weights)
-        passes = [{"perturb": p, "negate": neg, "key": rng.getrandbits(32), "sample": s,
+        passes = [{"perturb": p, "negate": neg, "key": rng.getrandbits(32),
+                   "node_key": rng.getrandbits(32), "sample": s,
                    "delta": 127}
                   for s in range(len(samples)) for p, neg in ((0, 0), (1, 0), (1, 1))]
         await run_passes(bench, weights, samples, passes, 0.0, 0.2, f"all-{kind} weights")

@@ -8,7 +8,6 @@ from hdl_configs import CONFIGS, RULE_CONFIGS, config_env
 
 from perturbo.hdl.accelerator import Accelerator
 
-
 ACCEL_CONFIGS = {**CONFIGS, **RULE_CONFIGS}
 
 
