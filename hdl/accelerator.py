@@ -34,7 +34,7 @@ from amaranth.lib.wiring import In, Out
 
 from perturbo.config import Config, Rule
 
-from .bus import ACCEL_ID, WORD_ADDR_BITS, BusSignature, Command, Reg, Space
+from .bus import WORD_ADDR_BITS, BusSignature, Command, Space
 from .correlation import CorrelationUnit, CorrelationWalker
 from .forward import ForwardEngine
 from .geometry import Geometry, config_hash
@@ -47,38 +47,14 @@ from .memories import (
     SignMemory,
     mux_ports,
 )
-from .sequencer import COPIES_MAX, STEP_SAMPLES_MAX, OutputWriter, Sequencer
+from .registers import COUNTER_BITS, RegisterFile, constant_sources
+from .sequencer import OutputWriter, Sequencer
 from .update import UpdateUnit
 
-__all__ = ["Accelerator", "SUPPORTED_RULES", "COUNTER_BITS", "absent_registers"]
+__all__ = ["Accelerator", "SUPPORTED_RULES"]
 
 #: Rules this datapath trains with: every integer rule (hybrids of the perturbative ones).
 SUPPORTED_RULES = (Rule.MGD_WEIGHT, Rule.MGD_NODE, Rule.ALR, Rule.DRTP, Rule.TPSGD_L1, Rule.TPSGD_L2)
-#: Width of the ``CYCLES`` and ``MAC_BUSY`` counters: 2^48 cycles are 65 days at 50 MHz,
-#: and each bit costs a flip-flop and a carry cell (two 64-bit counters were 3 % of an
-#: iCE40UP5K).
-COUNTER_BITS = 48
-
-
-def absent_registers(cfg: Config) -> frozenset[Reg]:
-    """Registers a build for ``cfg`` leaves out (their addresses answer ``err``).
-
-    ``READ_HIGH`` and ``WRITE_HIGH`` carry the upper bits of words wider than 32 bits, so
-    they exist only with ``grad_bits > 32``; ``SIGMA`` and ``NODE_DELTA`` only when a layer
-    uses ALR or MGD node perturbation.  Every register costs flip-flops and a way of the
-    read multiplexer: on an iCE40UP5K these four were about 100 logic cells.
-    """
-    rules = set(cfg.layer_rules())
-    absent = set()
-    if cfg.numerics.grad_bits <= 32:
-        absent |= {Reg.READ_HIGH, Reg.WRITE_HIGH}
-    if Rule.ALR not in rules:
-        absent.add(Reg.SIGMA)
-    if Rule.MGD_NODE not in rules:
-        absent.add(Reg.NODE_DELTA)
-    return frozenset(absent)
-
-
 def divmod_const(value: Value, divisor: int, max_value: int) -> tuple[Value, Value]:
     """``(value // divisor, value % divisor)`` for ``0 <= value <= max_value`` as logic.
 
@@ -130,8 +106,8 @@ class Accelerator(wiring.Component):
 
     def elaborate(self, platform: object) -> Module:  # noqa: C901 (the top)
         m = Module()
-        cfg, geo = self.cfg, self.geometry
-        lanes, rule = geo.lanes, cfg.rule
+        geo = self.geometry
+        lanes = geo.lanes
 
         # -- units ----------------------------------------------------------------------------
         tag_layout = Sequencer.tag_layout(geo)
@@ -225,47 +201,59 @@ class Accelerator(wiring.Component):
         mux_ports(m, lmem.port, [(running, seq.labels), (None, host_l)])
         mux_ports(m, omem.port, [(running, writer.mem), (None, host_o)])
 
-        # -- registers ----------------------------------------------------------------------------
-        r_steps = Signal(32, init=cfg.training.steps)
-        r_seed = Signal(32, init=cfg.seed)
-        r_lr = Signal(8, init=rule.lr_mult)
-        r_delta = Signal(7, init=rule.delta)
-        r_sigma = Signal(12, init=rule.sigma)
-        r_node_delta = Signal(21, init=rule.node_delta)
-        r_copies = Signal(range(COPIES_MAX + 1), init=rule.copies)
-        r_samples = Signal(range(STEP_SAMPLES_MAX + 1), init=rule.tau_theta * rule.batch)
-        r_target = Signal(7, init=rule.target_on)
-        r_count = Signal(range(geo.sample_depth + 1))
-        r_infer = Signal(range(geo.sample_depth + 1))
-        # words wider than 32 bits (G, M with grad_bits > 32) pass through READ_HIGH and
-        # WRITE_HIGH; without them the two registers do not exist
-        absent = absent_registers(cfg)
-        wide_words = Reg.WRITE_HIGH not in absent
-        r_write_high = Signal(32)
-        r_read_high = Signal(32)
+        # -- registers (hdl/registers.py) and the bus target -------------------------------------
+        regs = self._registers(m, seq, eng, loss, upd)
+        self._bus_target(m, regs, running, {
+            Space.WEIGHTS: (host_w, True), Space.GRADS: (host_g, True), Space.SAMPLES: (host_s, False),
+            Space.LABELS: (host_l, False), Space.OUTPUTS: (host_o, False),
+            **({Space.MOMENTUM: (host_m, True)} if geo.momentum else {}),
+        })
+        return m
+
+    def _registers(self, m: Module, seq: Sequencer, eng: ForwardEngine, loss: LossUnit,
+                   upd: UpdateUnit) -> RegisterFile:
+        """The register file, the counters and the commands."""
+        cfg, geo = self.cfg, self.geometry
+        m.submodules.regs = regs = RegisterFile(cfg)
+        running = seq.busy
         done = Signal()
         cycles = Signal(COUNTER_BITS)
         mac_busy = Signal(COUNTER_BITS)
         stalls = Signal(32)
         steps_done = Signal(32)
-        cycles_hi = Signal(COUNTER_BITS - 32)
-        mac_hi = Signal(COUNTER_BITS - 32)
         m.d.comb += [
-            seq.steps.eq(r_steps),
-            eng.seed.eq(r_seed),
-            seq.copies.eq(r_copies),
-            seq.step_samples.eq(r_samples),
-            seq.sample_count.eq(r_count),
-            seq.infer_count.eq(r_infer),
-            eng.delta.eq(r_delta),
-            loss.target_on.eq(r_target),
-            upd.lr_mult.eq(r_lr),
+            regs.locked.eq(running),
+            seq.steps.eq(regs.steps),
+            eng.seed.eq(regs.seed),
+            seq.copies.eq(regs.copies),
+            seq.step_samples.eq(regs.step_samples),
+            seq.sample_count.eq(regs.sample_count),
+            seq.infer_count.eq(regs.infer_count),
+            eng.delta.eq(regs.delta),
+            loss.target_on.eq(regs.target_on),
+            upd.lr_mult.eq(regs.lr_mult),
             self.busy.eq(running),
+            regs.status.eq(Cat(running, done, seq.inference)),
+            regs.step.eq(seq.step),
+            regs.cursor.eq(seq.cursor),
+            seq.step_set.eq(regs.step_set),
+            seq.step_value.eq(regs.wdata),
+            seq.cursor_set.eq(regs.cursor_set),
+            seq.cursor_value.eq(regs.wdata),
+            regs.cycles.eq(cycles),
+            regs.mac_busy.eq(mac_busy),
+            regs.stalls.eq(stalls),
+            regs.steps_done.eq(steps_done),
+            regs.last_loss.eq(seq.last_loss),
         ]
+        m.d.comb += [getattr(regs, name).eq(value)
+                     for name, value in constant_sources(cfg, geo.rows, config_hash(cfg)).items()]
         if geo.inject_layers:
-            m.d.comb += [eng.sigma.eq(r_sigma), eng.node_delta.eq(r_node_delta)]
+            for name in ("sigma", "node_delta"):
+                if hasattr(regs, name):
+                    m.d.comb += getattr(eng, name).eq(getattr(regs, name))
         if geo.projection:
-            m.d.comb += eng.target_on.eq(r_target)
+            m.d.comb += eng.target_on.eq(regs.target_on)
         with m.If(running):
             m.d.sync += cycles.eq(cycles + 1)
         with m.If(eng.mac_active):
@@ -276,47 +264,35 @@ class Accelerator(wiring.Component):
             m.d.sync += steps_done.eq(steps_done + 1)
         with m.If(seq.finished):  # DONE rises in the cycle BUSY falls
             m.d.sync += done.eq(1)
+        # commands (the register file refuses them while running)
+        with m.If(regs.command), m.Switch(regs.wdata):
+            with m.Case(Command.TRAIN):
+                ok = (regs.sample_count != 0) & (seq.cursor < regs.sample_count)
+                m.d.comb += [regs.command_ok.eq(ok), seq.train.eq(ok)]
+                with m.If(ok):
+                    m.d.sync += done.eq(0)
+            with m.Case(Command.INFER):
+                m.d.comb += [regs.command_ok.eq(1), seq.infer.eq(1)]
+                m.d.sync += done.eq(0)
+            with m.Case(Command.CLEAR_COUNTERS):
+                m.d.comb += regs.command_ok.eq(1)
+                m.d.sync += [cycles.eq(0), mac_busy.eq(0), stalls.eq(0), steps_done.eq(0)]
+        return regs
 
-        # read-only and read-write registers: reg -> (value, (lo, hi) or None for read-only)
-        status = Cat(running, done, seq.inference)
-        regs: dict[Reg, tuple[Value, tuple[int, int] | None]] = {
-            Reg.ID: (Const(ACCEL_ID, 32), None),
-            Reg.CONFIG_HASH: (Const(config_hash(cfg), 32), None),
-            Reg.STATUS: (status, None),
-            Reg.STEPS: (r_steps, (0, 2**32 - 1)),
-            Reg.STEP: (seq.step, (0, 2**32 - 1)),
-            Reg.SEED: (r_seed, (0, 2**32 - 1)),
-            Reg.LR_MULT: (r_lr, (1, 255)),
-            Reg.DELTA: (r_delta, (1, 127)),
-            Reg.SIGMA: (r_sigma, (1, 4095)),
-            Reg.NODE_DELTA: (r_node_delta, (1, 2**20)),
-            Reg.COPIES: (r_copies, (1, COPIES_MAX)),
-            Reg.STEP_SAMPLES: (r_samples, (1, STEP_SAMPLES_MAX)),
-            Reg.TARGET_ON: (r_target, (0, 127)),
-            Reg.SAMPLE_COUNT: (r_count, (1, geo.sample_depth)),
-            Reg.SAMPLE_CURSOR: (seq.cursor, (0, geo.sample_depth - 1)),
-            Reg.INFER_COUNT: (r_infer, (0, geo.sample_depth)),
-            Reg.CYCLES_LO: (cycles[:32], None),
-            Reg.CYCLES_HI: (cycles_hi, None),
-            Reg.STEPS_DONE: (steps_done, None),
-            Reg.STALLS: (stalls, None),
-            Reg.MAC_BUSY_LO: (mac_busy[:32], None),
-            Reg.MAC_BUSY_HI: (mac_hi, None),
-            Reg.LAST_LOSS: (seq.last_loss, None),
-            Reg.LANES: (Const(lanes, 32), None),
-            Reg.SAMPLE_DEPTH: (Const(geo.sample_depth, 32), None),
-            Reg.ROWS: (Const(geo.rows, 32), None),
-            Reg.READ_HIGH: (r_read_high, None),
-            Reg.WRITE_HIGH: (r_write_high, (0, 2**32 - 1)),
-        }
-        regs = {reg: entry for reg, entry in regs.items() if reg not in absent}
+    def _bus_target(self, m: Module, regs: RegisterFile, running: Value,
+                    memories: dict[Space, tuple[wiring.PureInterface, bool]]) -> None:
+        """The host bus: registers through ``regs``, memories through their host ports.
 
-        # -- the bus target ---------------------------------------------------------------------
+        ``memories`` maps each space to its host port and whether it is laned (one word per
+        lane of a row).  Memory accesses are refused while a command runs.
+        """
+        geo, lanes = self.geometry, self.geometry.lanes
         bus = self.bus
         space = bus.addr[WORD_ADDR_BITS:]
         word = bus.addr[:WORD_ADDR_BITS]
         wdata = bus.wdata
-        wide = Cat(wdata, r_write_high).as_signed() if wide_words else wdata.as_signed()
+        wide_words = hasattr(regs, "write_high")
+        wide = Cat(wdata, regs.write_high).as_signed() if wide_words else wdata.as_signed()
 
         def fits(bits: int) -> Value:
             """Whether the written value (with ``WRITE_HIGH`` above 32 bits) fits ``bits``."""
@@ -330,134 +306,66 @@ class Accelerator(wiring.Component):
         row, lane = divmod_const(word, lanes, lane_words - 1)
         ack = Signal()
         err = Signal()
-        rdata_reg = Signal(32)
         read_space = Signal(range(8))
         read_lane = Signal(range(lanes))
         read_mem = Signal()
         m.d.sync += ack.eq(0)
-
-        # host ports follow the bus address combinationally; writes only when accepted
-        for port in [host_w, host_g] + ([host_m] if geo.momentum else []):
-            m.d.comb += [port.raddr.eq(row), port.ren.eq(1), port.waddr.eq(row)]
-            for k in range(lanes):
-                m.d.comb += port.wdata[k].eq(wide)
-        for port in (host_s, host_l, host_o):
-            m.d.comb += [port.raddr.eq(word), port.ren.eq(1), port.waddr.eq(word),
-                         port.wdata.eq(wdata)]
+        for port, laned in memories.values():
+            # host ports follow the bus address combinationally; writes only when accepted
+            addr = row if laned else word
+            m.d.comb += [port.raddr.eq(addr), port.ren.eq(1), port.waddr.eq(addr)]
+            if laned:
+                m.d.comb += [port.wdata[k].eq(wide) for k in range(lanes)]
+            else:
+                m.d.comb += port.wdata.eq(wdata)
 
         request = bus.stb & ~ack
+        m.d.comb += [regs.addr.eq(word), regs.we.eq(bus.we), regs.wdata.eq(wdata)]
+        sizes = {Space.WEIGHTS: lane_words, Space.GRADS: lane_words, Space.MOMENTUM: lane_words,
+                 Space.SAMPLES: geo.sample_words, Space.LABELS: geo.sample_depth, Space.OUTPUTS: geo.output_words}
+        widths = {Space.WEIGHTS: geo.weight_bits, Space.GRADS: geo.grad_bits, Space.MOMENTUM: geo.grad_bits,
+                  Space.SAMPLES: 8}
         with m.If(request):
-            m.d.sync += [ack.eq(1), err.eq(0), read_mem.eq(0), read_space.eq(space),
-                         read_lane.eq(lane)]
+            m.d.sync += [ack.eq(1), err.eq(0), read_mem.eq(0), read_space.eq(space), read_lane.eq(lane)]
             with m.Switch(space):
-                with m.Case(Space.REGS), m.Switch(word):
-                    for reg, (value, rng) in regs.items():
-                        with m.Case(reg):
-                            m.d.sync += rdata_reg.eq(value)
-                            if reg == Reg.CYCLES_LO:
-                                m.d.sync += cycles_hi.eq(cycles[32:])
-                            if reg == Reg.MAC_BUSY_LO:
-                                m.d.sync += mac_hi.eq(mac_busy[32:])
-                            with m.If(bus.we):
-                                if rng is None:
-                                    m.d.sync += err.eq(1)
-                                else:
-                                    lo, hi = rng
-                                    ok = ~running
-                                    if lo > 0:
-                                        ok = ok & (wdata >= lo)
-                                    if hi < 2**32 - 1:
-                                        ok = ok & (wdata <= hi)
-                                    with m.If(ok):
-                                        self._write_reg(m, reg, value, wdata, seq)
-                                    with m.Else():
-                                        m.d.sync += err.eq(1)
-                    with m.Case(Reg.COMMAND):
-                        m.d.sync += rdata_reg.eq(0)
-                        with m.If(~bus.we | running):
-                            m.d.sync += err.eq(1)
-                        with m.Elif(wdata == Command.TRAIN):
-                            with m.If((r_count != 0) & (seq.cursor < r_count)):
-                                m.d.comb += seq.train.eq(1)
-                                m.d.sync += done.eq(0)
-                            with m.Else():
-                                m.d.sync += err.eq(1)
-                        with m.Elif(wdata == Command.INFER):
-                            m.d.comb += seq.infer.eq(1)
-                            m.d.sync += done.eq(0)
-                        with m.Elif(wdata == Command.CLEAR_COUNTERS):
-                            m.d.sync += [cycles.eq(0), mac_busy.eq(0), stalls.eq(0),
-                                         steps_done.eq(0)]
-                        with m.Else():
-                            m.d.sync += err.eq(1)
-                    with m.Default():
-                        m.d.sync += [rdata_reg.eq(0), err.eq(1)]
-                mems = [
-                    (Space.WEIGHTS, host_w, lane_words, geo.weight_bits, True),
-                    (Space.GRADS, host_g, lane_words, geo.grad_bits, True),
-                    (Space.SAMPLES, host_s, geo.sample_words, 8, False),
-                    (Space.LABELS, host_l, geo.sample_depth, None, False),
-                    (Space.OUTPUTS, host_o, geo.output_words, 0, False),
-                ]
-                if geo.momentum:
-                    mems.append((Space.MOMENTUM, host_m, lane_words, geo.grad_bits, True))
-                for sp, port, size, bits, laned in mems:
+                with m.Case(Space.REGS):
+                    with m.If(word[8:] == 0):
+                        m.d.comb += regs.req.eq(1)
+                    with m.Else():
+                        m.d.sync += err.eq(1)
+                for sp, (port, laned) in memories.items():
                     with m.Case(sp):
-                        if bits is None:  # labels: 0 .. classes - 1
+                        if sp == Space.LABELS:  # 0 .. classes - 1
                             value_ok = wdata < geo.classes
-                        elif bits == 0:  # read-only
+                        elif sp == Space.OUTPUTS:  # read-only
                             value_ok = Const(0, 1)
                         else:
-                            value_ok = fits(bits)
-                        with m.If(running | (word >= size) | (bus.we & ~value_ok)):
+                            value_ok = fits(widths[sp])
+                        with m.If(running | (word >= sizes[sp]) | (bus.we & ~value_ok)):
                             m.d.sync += err.eq(1)
                         with m.Elif(bus.we):
-                            if laned:
-                                m.d.comb += port.we.eq(1 << lane)
-                            else:
-                                m.d.comb += port.we.eq(1)
+                            m.d.comb += port.we.eq((1 << lane) if laned else 1)
                         with m.Else():
                             m.d.sync += read_mem.eq(1)
                 with m.Default():
                     m.d.sync += err.eq(1)
 
         # the answer, one cycle after the request
-        def read_value(port: wiring.PureInterface, laned: bool) -> Value:
-            if laned:
-                return Value.cast(port.rdata[read_lane]).as_signed()
-            return Value.cast(port.rdata)
-
         mem_value = Signal(signed(64 if wide_words else 32))
         with m.Switch(read_space):
-            with m.Case(Space.WEIGHTS):
-                m.d.comb += mem_value.eq(read_value(host_w, True))
-            with m.Case(Space.GRADS):
-                m.d.comb += mem_value.eq(read_value(host_g, True))
-            with m.Case(Space.SAMPLES):
-                m.d.comb += mem_value.eq(read_value(host_s, False))
-            with m.Case(Space.LABELS):
-                m.d.comb += mem_value.eq(read_value(host_l, False))
-            with m.Case(Space.OUTPUTS):
-                m.d.comb += mem_value.eq(read_value(host_o, False))
-            if geo.momentum:
-                with m.Case(Space.MOMENTUM):
-                    m.d.comb += mem_value.eq(read_value(host_m, True))
+            for sp, (port, laned) in memories.items():
+                with m.Case(sp):
+                    value = Value.cast(port.rdata[read_lane]).as_signed() if laned else Value.cast(port.rdata)
+                    m.d.comb += mem_value.eq(value)
         if wide_words:
+            read_high = Signal(32)
+            m.d.comb += regs.read_high.eq(read_high)
             with m.If(ack & read_mem & ~err):
-                m.d.sync += r_read_high.eq(mem_value[32:])
+                m.d.sync += read_high.eq(mem_value[32:])
+        refused = err | ((read_space == Space.REGS) & regs.err)
         m.d.comb += [
             bus.ack.eq(ack),
-            bus.err.eq(ack & err),
-            bus.rdata.eq(Mux(err, 0, Mux(read_mem, mem_value[:32], rdata_reg))),
+            bus.err.eq(ack & refused),
+            bus.rdata.eq(Mux(refused, 0, Mux(read_mem, mem_value[:32], regs.rdata))),
         ]
-        return m
 
-    @staticmethod
-    def _write_reg(m: Module, reg: Reg, target: Value, wdata: Value, seq: Sequencer) -> None:
-        """A host write of a read-write register (``STEP`` and the cursor live in the sequencer)."""
-        if reg == Reg.STEP:
-            m.d.comb += [seq.step_set.eq(1), seq.step_value.eq(wdata)]
-        elif reg == Reg.SAMPLE_CURSOR:
-            m.d.comb += [seq.cursor_set.eq(1), seq.cursor_value.eq(wdata)]
-        else:
-            m.d.sync += target.eq(wdata)

@@ -21,7 +21,7 @@ to 48) are split: a read latches bits 32 and up (sign-extended) into ``Reg.READ_
 a write takes them from ``Reg.WRITE_HIGH``.  The two registers exist only in an
 accelerator with ``grad_bits > 32``, ``SIGMA`` only with an ALR layer and ``NODE_DELTA``
 only with an MGD node-perturbation layer; elsewhere their addresses are unknown
-(``err``; :func:`~perturbo.hdl.accelerator.absent_registers`).
+(``err``; :func:`~perturbo.hdl.registers.absent_registers`).
 
 ==============  =====================================================================
 space           word address
@@ -52,6 +52,8 @@ from enum import IntEnum
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
+from .registers import ACCEL_ID, Reg
+
 __all__ = [
     "ACCEL_ID", "SPACE_BITS", "WORD_ADDR_BITS", "BusSignature", "HostBusSignature", "Space", "Reg",
     "Command", "Status",
@@ -61,10 +63,6 @@ __all__ = [
 WORD_ADDR_BITS = 24
 #: Bits of the address-space number.
 SPACE_BITS = 8
-
-#: Value of ``Reg.ID``: ASCII "PRTB" (perturbo), so a host can tell it found the accelerator.
-ACCEL_ID = 0x5052_5442
-
 
 class HostBusSignature(wiring.Signature):
     """Signature of the host bus, from the initiator's (host link's) side.
@@ -115,82 +113,6 @@ class Space(IntEnum):
     LABELS = 4
     OUTPUTS = 5
     MOMENTUM = 6
-
-
-class Reg(IntEnum):
-    """Register word addresses in ``Space.REGISTERS``.
-
-    Fixed at generation (and so not registers): lanes, layer sizes, widths, shifts, the
-    activation, rounding and overflow modes, the learning-rate shifts, the momentum
-    shift, the per-layer rules and the memory depths.  Everything else the golden
-    :class:`~perturbo.config.Config` lets vary is a register whose reset value comes
-    from the configuration the accelerator was generated from.
-
-    ``RW`` registers refuse writes while busy and values outside their range
-    (``err``); ``RO`` registers refuse every write.
-    """
-
-    #: RO: :data:`ACCEL_ID`.
-    ID = 0x00
-    #: RO: 32-bit hash of the generation-time parameters (:func:`~perturbo.hdl.geometry.config_hash`).
-    CONFIG_HASH = 0x01
-    #: RO: :class:`Status` bits.
-    STATUS = 0x02
-    #: WO: a :class:`Command`; refused while busy.
-    COMMAND = 0x03
-    #: RW: training steps (updates) the next ``TRAIN`` command runs.
-    STEPS = 0x04
-    #: RW: the step counter ``k`` that positions the random sources; +1 after every update.
-    STEP = 0x05
-    #: RW: ``seed`` of the on-chip random sources.
-    SEED = 0x06
-    #: RW: learning-rate numerator ``lr_mult``, 1..255.
-    LR_MULT = 0x07
-    #: RW: MGD perturbation amplitude ``delta``, 1..127.
-    DELTA = 0x08
-    #: RW: ALR noise scale ``sigma``, 1..4095 (only with an ALR layer).
-    SIGMA = 0x09
-    #: RW: perturbed passes per sample ``copies``, 1..256.
-    COPIES = 0x0A
-    #: RW: samples per update ``S = tau_theta * batch``, 1..2^24.
-    STEP_SAMPLES = 0x0B
-    #: RW: ``target_on``, 0..127.
-    TARGET_ON = 0x0C
-    #: RW: samples loaded in the sample buffer, 1..sample_depth; the cursor wraps here.
-    SAMPLE_COUNT = 0x0D
-    #: RW: next sample a training step takes, below ``sample_depth``; advances per sample.
-    SAMPLE_CURSOR = 0x0E
-    #: RW: samples ``0 .. INFER_COUNT - 1`` that an ``INFER`` command runs, 0..sample_depth.
-    INFER_COUNT = 0x0F
-    #: RO: busy clock cycles, low word; reading it latches the high word for ``CYCLES_HI``.
-    #: The counter has :data:`~perturbo.hdl.accelerator.COUNTER_BITS` (48) bits.
-    CYCLES_LO = 0x10
-    #: RO: busy clock cycles, high word (as latched by the last ``CYCLES_LO`` read).
-    CYCLES_HI = 0x11
-    #: RO: updates applied since the counters were cleared.
-    STEPS_DONE = 0x12
-    #: RO: cycles the forward pipeline stood still with work in it (back-pressure, interlock).
-    STALLS = 0x13
-    #: RO: cycles a MAC stage did work, low word; latches the high word like ``CYCLES_LO``.
-    MAC_BUSY_LO = 0x14
-    #: RO: high word of ``MAC_BUSY``.
-    MAC_BUSY_HI = 0x15
-    #: RO: sum of the baseline losses of the last completed step.
-    LAST_LOSS = 0x16
-    #: RO: bits 32 and up (sign-extended) of the last memory word read (only with
-    #: ``grad_bits > 32``).
-    READ_HIGH = 0x17
-    #: RW: bits 32 and up of the next memory word written (only with ``grad_bits > 32``).
-    WRITE_HIGH = 0x18
-    #: RO: MAC lanes.
-    LANES = 0x19
-    #: RO: sample buffer depth in samples.
-    SAMPLE_DEPTH = 0x1A
-    #: RO: weight/G/momentum rows used by the network.
-    ROWS = 0x1B
-    #: RW: MGD node perturbation amplitude ``node_delta``, 1..2^20 (only with an ``mgd-node``
-    #: layer).
-    NODE_DELTA = 0x1C
 
 
 class Command(IntEnum):

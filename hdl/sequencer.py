@@ -35,16 +35,13 @@ from amaranth.hdl import Cat, Module, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from perturbo.config import COPIES_MAX, STEP_SAMPLES_MAX
+
 from .geometry import Geometry, ceil_log2
 from .memories import PortSignature
 from .random import STREAM_NODE, STREAM_PROJECTION, STREAM_WEIGHT_SIGN
 
-__all__ = ["SerialMultiplier", "OutputWriter", "Sequencer", "STEP_SAMPLES_MAX", "COPIES_MAX"]
-
-#: Largest ``STEP_SAMPLES`` (``tau_theta * batch``) the sequencer counts.
-STEP_SAMPLES_MAX = 1 << 24
-#: Largest ``copies``.
-COPIES_MAX = 256
+__all__ = ["SerialMultiplier", "OutputWriter", "Sequencer"]
 
 
 class SerialMultiplier(wiring.Component):

@@ -31,6 +31,11 @@ class Rule(StrEnum):
     BP = "bp"
 
 
+#: Largest ``rule.tau_theta * rule.batch``: the samples of one step that the sequencer counts.
+STEP_SAMPLES_MAX = 1 << 24
+#: Largest ``rule.copies``.
+COPIES_MAX = 256
+
 #: Rules whose layers share one loss difference ΔC and may be mixed per layer (hybrids).
 PERTURBATIVE_RULES = (Rule.ALR, Rule.MGD_WEIGHT, Rule.MGD_NODE)
 TARGET_PROJECTION_RULES = (Rule.DRTP, Rule.TPSGD_L1, Rule.TPSGD_L2)
@@ -144,7 +149,8 @@ class RuleConfig(_Strict):
     node_delta: int = Field(128, ge=1, le=2**20, description="MGD node perturbation amplitude, in accumulator LSBs")
     sigma: int = Field(16, ge=1, le=4095, description="ALR noise scale: accumulator LSBs per unit of the integer noise")
     copies: int = Field(
-        1, ge=1, le=256, description="perturbed passes per sample (ALR noisy copies); an even count is antithetic pairs"
+        1, ge=1, le=COPIES_MAX,
+        description="perturbed passes per sample (ALR noisy copies); an even count is antithetic pairs",
     )
     tau_theta: int = Field(1, ge=1, le=65536, description="windows of `batch` samples integrated per update")
     batch: int = Field(8, ge=1, le=4096, description="samples per window; every sample gets `copies` perturbations")
@@ -156,6 +162,15 @@ class RuleConfig(_Strict):
     momentum_shift: int = Field(3, ge=1, le=16, description="momentum: m -= m >> momentum_shift; m += G")
     target_on: int = Field(96, ge=1, le=127, description="one-hot target value of the label's output (INT8)")
     float_lr: float = Field(0.003, gt=0.0, description="Adam learning rate of the float references (bp and friends)")
+
+    @model_validator(mode="after")
+    def _check_step_samples(self) -> RuleConfig:
+        if self.tau_theta * self.batch > STEP_SAMPLES_MAX:
+            raise ValueError(
+                f"rule.tau_theta * rule.batch = {self.tau_theta * self.batch}: a step may take at most "
+                f"{STEP_SAMPLES_MAX} samples (2^24); lower rule.tau_theta or rule.batch"
+            )
+        return self
 
     @model_validator(mode="after")
     def _check_hybrid(self) -> RuleConfig:

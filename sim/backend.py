@@ -23,9 +23,9 @@ import torch
 
 from perturbo.config import Config
 from perturbo.golden.integer import init_weights
-from perturbo.hdl.accelerator import absent_registers
 from perturbo.hdl.bus import ACCEL_ID, Command, Reg, Space, Status
 from perturbo.hdl.geometry import Geometry, config_hash
+from perturbo.hdl.registers import config_values
 
 from .cosim import VerilatorSim, cache_root
 from .driver import Link
@@ -86,13 +86,8 @@ class AcceleratorBackend:
                 f"this configuration {expected:#010x}); regenerate it with `perturbo gen`"
             )
         rule = cfg.rule
-        regs = {
-            Reg.SEED: cfg.seed, Reg.LR_MULT: rule.lr_mult, Reg.DELTA: rule.delta, Reg.COPIES: rule.copies,
-            Reg.STEP_SAMPLES: rule.tau_theta * rule.batch, Reg.TARGET_ON: rule.target_on, Reg.STEP: 0,
-            Reg.SIGMA: rule.sigma, Reg.NODE_DELTA: rule.node_delta,
-        }
-        absent = absent_registers(cfg)
-        self._write_regs({reg: value for reg, value in regs.items() if reg not in absent})
+        # every register that carries a configuration value, from the one register map
+        self._write_regs({**config_values(cfg), Reg.STEP: 0})
         self._lr_mult = rule.lr_mult
         self._write_matrices(Space.WEIGHTS, weights if weights is not None else init_weights(cfg))
         if self.geo.momentum:

@@ -18,9 +18,9 @@ from hdl_model import first_difference
 from hdl_tbutil import Bench, BusMaster, config
 
 from perturbo.golden.integer import IntegerModel, init_weights
-from perturbo.hdl.accelerator import absent_registers
 from perturbo.hdl.bus import ACCEL_ID, Command, Reg, Space, Status
 from perturbo.hdl.geometry import Geometry, config_hash
+from perturbo.hdl.registers import absent_registers
 
 cfg = config()
 geo = Geometry(cfg)

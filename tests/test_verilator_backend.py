@@ -18,8 +18,8 @@ from perturbo.backend import samples_per_step
 from perturbo.config import Config, load_config
 from perturbo.data import SampleStream, load_dataset
 from perturbo.golden.integer import IntegerModel
-from perturbo.hdl.accelerator import absent_registers
 from perturbo.hdl.bus import Reg, Space
+from perturbo.hdl.registers import absent_registers
 from perturbo.sim.backend import VerilatorBackend
 
 CONFIG = Path(__file__).resolve().parent.parent / "examples" / "digits-mgd-weight.yaml"
