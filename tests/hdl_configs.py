@@ -46,7 +46,7 @@ UNIT_CONFIGS: dict[str, Config] = {
 }
 
 #: The forward engine's configurations: the above, a hybrid whose first layer takes
-#: injections (MGD node perturbation) and, below, an ALR network.
+#: injections (MGD node perturbation) and, below, an ALR and a target-projection network.
 FORWARD_CONFIGS: dict[str, Config] = {
     **UNIT_CONFIGS,
     "hybrid": parse_config({
@@ -105,3 +105,5 @@ RULE_CONFIGS: dict[str, Config] = {
 }
 
 FORWARD_CONFIGS["alr"] = RULE_CONFIGS["alr"]
+# target projection: the engine draws B[label] and stores the gated errors
+FORWARD_CONFIGS["tpsgd-l2"] = RULE_CONFIGS["tpsgd-l2"]

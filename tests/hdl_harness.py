@@ -46,7 +46,8 @@ def _lane_load(lanes: int, addr_width: int, shape) -> dict:
 
 class ForwardHarness(wiring.Component):
     """:class:`ForwardEngine` with its weight memories and sample buffer; ``signs`` is the
-    engine's sign-memory write port, for the testbench to watch."""
+    engine's sign-memory write port, for the testbench to watch, and ``factor_read`` the
+    read port of its factor memory (when it has one), for the testbench to read."""
 
     def __init__(self, geometry: Geometry) -> None:
         self.geometry = geo = geometry
@@ -71,6 +72,8 @@ class ForwardHarness(wiring.Component):
             "key_req": In(stream.Signature(32)),
             "key": Out(stream.Signature(32)),
             "busy": Out(1),
+            **({"factor_read": self.engine.signature.members["factor_read"]}
+               if geo.factor_bits else {}),
         })
 
     def elaborate(self, platform: object) -> Module:
@@ -105,7 +108,7 @@ class ForwardHarness(wiring.Component):
         ]
         m.d.comb += [getattr(eng, name).eq(getattr(self, name)) for name in self.params]
         if geo.factor_bits:
-            m.d.comb += eng.factor_read.addr.eq(0)
+            wiring.connect(m, wiring.flipped(self.factor_read), eng.factor_read)
         return m
 
 
