@@ -22,12 +22,6 @@ from perturbo.hdl.memories import (
     SignWriteSignature,
     mux_ports,
 )
-from perturbo.hdl.random import (
-    RandomSource,
-    gaussian_noise,
-    perturbation_sign,
-    projection_value,
-)
 from perturbo.hdl.update import UpdateUnit
 
 
@@ -109,35 +103,6 @@ class ForwardHarness(wiring.Component):
         m.d.comb += [getattr(eng, name).eq(getattr(self, name)) for name in self.params]
         if geo.factor_bits:
             wiring.connect(m, wiring.flipped(self.factor_read), eng.factor_read)
-        return m
-
-
-class RandomHarness(wiring.Component):
-    """:class:`RandomSource`, with the drawn values of every word."""
-
-    def __init__(self, lanes: int) -> None:
-        self.lanes = lanes
-        self.source = RandomSource(lanes, 32, 16)
-        super().__init__({
-            "i": In(stream.Signature(self.source.request_layout)),
-            "o": Out(stream.Signature(self.source.response_layout)),
-            "sign": Out(data.ArrayLayout(signed(2), lanes)),
-            "noise": Out(data.ArrayLayout(signed(10), lanes)),
-            "proj": Out(data.ArrayLayout(signed(8), lanes)),
-        })
-
-    def elaborate(self, platform: object) -> Module:
-        m = Module()
-        m.submodules.source = src = self.source
-        wiring.connect(m, wiring.flipped(self.i), src.i)
-        wiring.connect(m, src.o, wiring.flipped(self.o))
-        for k in range(self.lanes):
-            word = src.o.payload.word[k]
-            m.d.comb += [
-                self.sign[k].eq(perturbation_sign(word)),
-                self.noise[k].eq(gaussian_noise(word)),
-                self.proj[k].eq(projection_value(word)),
-            ]
         return m
 
 
