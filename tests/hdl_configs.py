@@ -107,3 +107,8 @@ RULE_CONFIGS: dict[str, Config] = {
 FORWARD_CONFIGS["alr"] = RULE_CONFIGS["alr"]
 # target projection: the engine draws B[label] and stores the gated errors
 FORWARD_CONFIGS["tpsgd-l2"] = RULE_CONFIGS["tpsgd-l2"]
+# MGD node perturbation with the narrowest accumulator allowed: the injection (the
+# testbench's node_delta is 2^20) saturates the accumulator at both ends
+FORWARD_CONFIGS["node-narrow"] = _rule_config("node-narrow", [6, 5, 3], {"name": "mgd-node", "node_delta": 300,
+                                                                       "copies": 2, "lr_shift": 6},
+                                              lanes=2, numerics={"acc_bits": 19})
