@@ -243,7 +243,7 @@ async def run_passes(bench: Bench, weights: list[torch.Tensor], samples: torch.T
                 f"rtl (bank, row, bits) {got} golden {(bank, row, bits)}, lanes {lanes}")
     for got, (n, li, g, (q, y)) in zip(res.received, expected, strict=True):
         lay = geo.layers[li]
-        where = f"{tag}: pass {n} ({passes[n]}) layer {li} group {g}"
+        where = f"{tag}: pass {n} ({passes[n]}) rule {lay.rule.value} layer {li} group {g}"
         assert got["tag"] == n and got["layer"] == li and got["group"] == g, \
             f"{where}: result order: got tag {got['tag']} layer {got['layer']} group {got['group']}"
         count = lay.lane_count(g, geo.lanes)
