@@ -8,9 +8,6 @@ row-addressed terms of every rule from a rule-independent job (the loss differen
 antithetic sign, the banks its pass left its data in, and whether it is the step's last),
 walking the layers from constant per-layer tables fixed at generation.
 
-(:mod:`.node`, :mod:`.alr` and :mod:`.projection` hold stand-alone streaming twins of
-the node, ALR and projection terms, verified against the golden units on their own.)
-
 Term width.  With ``grad_bits``-bit ``G``, ``narrow(term, grad_bits + 1)`` changes no
 result of ``narrow_g(G + term)`` (for ``|term| >= 2^grad_bits`` the sum saturates either
 way; under wrap only ``term mod 2^grad_bits`` matters), so terms are ``grad_bits + 1``

@@ -16,21 +16,23 @@ H       ``w8`` = top 8 bits of the master weight; ``narrow_8(w8 + delta * a * s)
         selected (sample, activation byte or 127)
 H+1     ``w * x``
 H+2     ``acc = w * x`` (first input) or ``acc + w * x``
-H+3     on the bias token: ``narrow_acc(acc + injection)`` (injection from ``inject``)
+H+3     on the bias token: ``narrow_acc(acc + injection)`` (``node_delta * a * s`` or
+        ``sigma * a * n`` from the neuron draws of the bias token, or 0)
 H+4     ``q = narrow_8(round_shift(acc, shift_l))``, ``y = phi(q)``
 H+5     the output register: the group's result on ``result``; ``y`` also written to
         the activation memory, where the next layer reads it
 ======  ================================================================================
 
-The whole pipe advances together: it stops only when ``result`` is not ready or an
-injection it needs has not arrived.  The next layer starts issuing at once; a token
-that reads an activation word waits (*interlock*) until the group that writes it has
-left position ``H+5``.  Passes run back to back: a command is taken as soon as the previous
-pass has issued its last token, so the MACs do not idle between passes.
+The whole pipe advances together: it stops only when ``result`` is not ready.  The next
+layer starts issuing at once; a token that reads an activation word waits (*interlock*)
+until the group that writes it has left position ``H+5``.  Passes run back to back: a
+command is taken as soon as the previous pass has issued its last token, so the MACs do
+not idle between passes.
 
-The activation memory has two banks (a pass command chooses one), so the perturbed
-copies of a sample do not overwrite the baseline pass's layer inputs, which the node
-perturbation front end correlates with; ``act_read`` is a read port into it for them.
+The activation memory has four banks (a pass command chooses one), so the passes that
+follow do not overwrite the layer inputs and the per-neuron factors (the *factor memory*
+beside it, :meth:`ForwardEngine._factors`) that the correlation walker reads for a
+pass's job; ``act_read`` and ``factor_read`` are its read ports into them.
 """
 
 from __future__ import annotations
@@ -105,7 +107,8 @@ class ForwardEngine(wiring.Component):
         (the antithetic sign ``a = -1``), ``bank`` (activation bank), ``key`` (the
         weight-sign pass key, stream 0), ``sign_bank`` (the bank of ``signs`` the pass
         writes), ``sample_base`` (address of the sample's first feature in the sample
-        buffer) and ``tag``.
+        buffer), ``node_key`` (stream 1's pass key: node signs and ALR noise; with
+        ``mgd-node``/``alr`` layers), ``label`` (target projection) and ``tag``.
     delta : ``In(7)``
         MGD amplitude ``delta`` (1..127), in INT8 weight LSBs.
     weights : ``Out(LanePortSignature)``
@@ -115,11 +118,11 @@ class ForwardEngine(wiring.Component):
     signs : ``Out(SignWriteSignature(lanes, row_bits))``
         The signs ``s`` of every row of the ``mgd-weight`` layers of a perturbed pass,
         as drawn (bit set: ``s = -1``; ``a`` not applied), for a
-        :class:`~.memories.SignMemory` that the correlation front end reads.
-    inject : ``In(stream.Signature(ArrayLayout(signed(INJECT_BITS), lanes)))``
-        One transfer per neuron group of an ``mgd-node`` or ``alr`` layer in a perturbed
-        pass, in issue order: the value each lane's accumulator gets before narrowing.
-        Unused (never ready) when no layer takes injections.
+        :class:`~.memories.SignMemory` that the correlation walker reads.
+    sigma, node_delta : ``In(12)``, ``In(21)``
+        ALR noise scale and MGD node amplitude (with ``mgd-node``/``alr`` layers).
+    target_on : ``In(7)``
+        The one-hot target of the output layer's delta rule (target projection).
     result : ``Out(stream.Signature(result_layout))``
         One transfer per neuron group: ``layer``, ``group``, ``last`` (the last group of
         the pass), ``mask`` (lanes holding a neuron), ``q`` and ``y`` (``lanes`` INT8 each)
@@ -134,13 +137,16 @@ class ForwardEngine(wiring.Component):
         The key, :attr:`draw_latency` cycles after the request was taken; held until taken.
     act_read : ``In(...)``
         ``addr`` (``{bank, word}``) in, ``data`` (``lanes`` INT8) out one cycle later:
-        a read port of the activation memory for the correlation front ends.
+        a read port of the activation memory for the correlation walker.
+    factor_read : ``In(...)``
+        The same for the factor memory (``ArrayLayout`` of :attr:`Geometry.factor_bits`
+        per lane; when the configuration has factors).
     busy : ``Out(1)``
         A pass is issuing or has results still to deliver.
     mac_active : ``Out(1)``
         The MACs did work this cycle (a token at the accumulate stage moved).
     stall : ``Out(1)``
-        Work is held: back-pressure, a missing injection, or the interlock.
+        Work is held: back-pressure or the interlock.
     """
 
     def __init__(self, geometry: Geometry, tag_shape: ShapeLike = 1) -> None:
@@ -449,7 +455,7 @@ class ForwardEngine(wiring.Component):
             self.samples.raddr.eq(t5.saddr),
             self.samples.ren.eq(en),
         ]
-        # activation memory: two banks of act words
+        # activation memory: four banks of act words
         act_depth = 1 << self.act_addr_bits
         m.submodules.acts = acts = Memory(shape=data.ArrayLayout(signed(8), lanes),
                                           depth=act_depth, init=[])

@@ -226,8 +226,8 @@ class LaneMemory(wiring.Component):
 class SignMemory(wiring.Component):
     """The perturbation signs of two perturbed passes: ``lanes`` bits per weight row, two banks.
 
-    The forward engine writes each row's sign bits as it draws them; the MGD weight
-    front end reads them back once the pass's ``dC`` is known, while the next perturbed
+    The forward engine writes each row's sign bits as it draws them; the correlation
+    walker reads them back once the pass's ``dC`` is known, while the next perturbed
     pass writes the other bank.  Keeping ``rows * lanes * 2`` bits costs less than a second
     set of hash pipes replaying the draws (a :class:`~.random.Draw` per lane), and the
     values are the same.  Bank ``b`` of row ``r`` is word ``b * rows + r``, so the memory

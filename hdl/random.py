@@ -4,17 +4,16 @@ docs/numerics.md §4: every random value is ``draw(key, index) = mix32(key ^ ind
 with ``key = pass_key(seed, stream, e) = mix32(seed ^ mix32((e << 2 | stream) mod 2^32))``
 and ``draw(key, index) = mix32(mix32(key ^ index))`` (two rounds: one leaves the top
 bits of neighbouring indices correlated).
-Nothing needs storing: any draw can be replayed from its key.  (The MGD weight front end
-reads the signs back from the :class:`~.memories.SignMemory` the forward engine filled,
-which costs less logic than replaying them through a second set of hash pipes.)
+Nothing needs storing: any draw can be replayed from its key.  (The correlation walker
+reads the weight signs back from the :class:`~.memories.SignMemory` the forward engine
+filled, and the node signs and noise signs from its factor memory, which costs less
+logic than replaying them through a second set of hash pipes.)
 
 - :class:`Mix32`: the six stages of ``mix32``, a register after every second one (or
   every ``stages_per_register``: ``hardware.hash_stages_per_register``), an enable for
   the whole pipe (latency :data:`MIX32_LATENCY` by default, one word per cycle);
 - :class:`Draw`: ``draw(key, index)``, two :class:`Mix32` in a row (latency
   :data:`DRAW_LATENCY` by default);
-- :class:`RandomSource`: ``lanes`` draws per cycle from a key and ``lanes`` indices,
-  as a stream with back-pressure and a side-band tag that travels with the draws;
 - the pass key of an event, ``pass_key = mix32(seed ^ mix32(e << 2 | stream))``, is a
   :class:`Draw` with ``key = e << 2 | stream``, ``index = 0`` and ``tweak = seed``: the
   forward engine computes it on a lane's hash pipe between perturbed tokens;
@@ -24,8 +23,8 @@ which costs less logic than replaying them through a second set of hash pipes.)
 
 from __future__ import annotations
 
-from amaranth.hdl import Const, Module, Mux, Shape, ShapeLike, Signal, Value, signed
-from amaranth.lib import data, stream, wiring
+from amaranth.hdl import Const, Module, Mux, Signal, Value, signed
+from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
 __all__ = [
@@ -39,7 +38,6 @@ __all__ = [
     "mix32_stage",
     "Mix32",
     "Draw",
-    "RandomSource",
     "perturbation_sign",
     "gaussian_noise",
     "projection_value",
@@ -197,88 +195,3 @@ def gaussian_noise(word: Value) -> Value:
 def projection_value(word: Value) -> Value:
     """A target-projection matrix entry: the word's top byte read as ``signed(8)``."""
     return Value.cast(word)[24:32].as_signed()
-
-
-class RandomSource(wiring.Component):
-    """``lanes`` random words per cycle: ``draw(key, index_k)`` for every lane ``k``.
-
-    A stream in, a stream out, :data:`DRAW_LATENCY` cycles apart.  Back-pressure stalls
-    the whole pipe (``i.ready = ~o.valid | o.ready``).  ``tag`` (any shape) travels with
-    each request, so the consumer gets the control that belongs to each draw.
-
-    Parameters
-    ----------
-    lanes
-        Draws per transfer.
-    index_width
-        Bits of each index (zero-extended to 32 before the xor with the key).
-    tag_shape
-        Shape of the side-band tag.
-
-    Members
-    -------
-    i : ``In(stream.Signature(StructLayout({"key": 32, "index": ArrayLayout(index_width, lanes), "tag": tag_shape})))``
-        Requests.
-    o : ``Out(stream.Signature(StructLayout({"word": ArrayLayout(32, lanes), "tag": tag_shape})))``
-        The random words and the request's tag.
-    """
-
-    def __init__(self, lanes: int, index_width: int = 32, tag_shape: ShapeLike = 1) -> None:
-        if not isinstance(lanes, int) or lanes < 1:
-            raise ValueError(f"lanes must be a positive integer, not {lanes!r}")
-        if not isinstance(index_width, int) or not 1 <= index_width <= 32:
-            raise ValueError(f"index_width must be an integer 1..32, not {index_width!r}")
-        Shape.cast(tag_shape)
-        self.lanes = lanes
-        self.index_width = index_width
-        self.tag_shape = tag_shape
-        self.request_layout = data.StructLayout({
-            "key": 32, "index": data.ArrayLayout(index_width, lanes), "tag": tag_shape,
-        })
-        self.response_layout = data.StructLayout({
-            "word": data.ArrayLayout(32, lanes), "tag": tag_shape,
-        })
-        super().__init__({
-            "i": In(stream.Signature(self.request_layout)),
-            "o": Out(stream.Signature(self.response_layout)),
-        })
-
-    def elaborate(self, platform: object) -> Module:
-        m = Module()
-        en = Signal()
-        m.d.comb += [en.eq(~self.o.valid | self.o.ready), self.i.ready.eq(en)]
-        for k in range(self.lanes):
-            draw = m.submodules[f"draw{k}"] = Draw()
-            m.d.comb += [
-                draw.en.eq(en),
-                draw.key.eq(self.i.payload.key),
-                draw.index.eq(self.i.payload.index[k]),
-                self.o.payload.word[k].eq(draw.o),
-            ]
-        valid = self.i.valid
-        tag = self.i.payload.tag
-        for stage in range(DRAW_LATENCY):
-            v = Signal(name=f"valid{stage}")
-            t = Signal(self.tag_shape, name=f"tag{stage}")
-            with m.If(en):
-                m.d.sync += [v.eq(valid), t.eq(tag)]
-            valid, tag = v, t
-        m.d.comb += [self.o.valid.eq(valid), self.o.payload.tag.eq(tag)]
-        return m
-
-
-def draw_int(key: int, index: int) -> int:
-    """``draw`` on Python ints."""
-    return mix32_int(mix32_int(key ^ index))
-
-
-def mix32_int(x: int) -> int:
-    """``mix32`` on a Python int (for elaboration-time constants and testbenches)."""
-    x &= _MASK
-    x = ((x ^ _MASK) + (x << 15)) & _MASK
-    x ^= x >> 12
-    x = (x + (x << 2)) & _MASK
-    x ^= x >> 4
-    x = (x + (x << 3) + (x << 11)) & _MASK
-    x ^= x >> 16
-    return x

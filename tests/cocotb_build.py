@@ -90,7 +90,7 @@ def run_cocotb(component, toplevel: str, test_module: str, *, extra_env: dict[st
             # cocotb applies pytest's assertion rewriting to every imported module by
             # default; with PYTHONDONTWRITEBYTECODE nothing is cached, and torch alone
             # then takes ~14 s to import.  Rewrite only the testbenches.
-            "COCOTB_REWRITE_ASSERTION_FILES": "tb_*.py *_tb.py",
+            "COCOTB_REWRITE_ASSERTION_FILES": "tb_*.py",
             **(extra_env or {}),
             "PYTHONPATH": os.pathsep.join([tests_dir, str(REPO)]),
         },

@@ -46,7 +46,7 @@ UNIT_CONFIGS: dict[str, Config] = {
 }
 
 #: The forward engine's configurations: the above, a hybrid whose first layer takes
-#: injections (MGD node perturbation) and, below, an ALR network.
+#: injections (MGD node perturbation) and, below, an ALR and a target-projection network.
 FORWARD_CONFIGS: dict[str, Config] = {
     **UNIT_CONFIGS,
     "hybrid": parse_config({
@@ -105,3 +105,12 @@ RULE_CONFIGS: dict[str, Config] = {
 }
 
 FORWARD_CONFIGS["alr"] = RULE_CONFIGS["alr"]
+# target projection: the engine draws B[label] and stores the gated errors; one config per
+# error (tl, sign(y - tl), y - tl) and gate (hard sigmoid, ReLU, leaky ReLU)
+for _name in ("drtp", "tpsgd-l1", "tpsgd-l2"):
+    FORWARD_CONFIGS[_name] = RULE_CONFIGS[_name]
+# MGD node perturbation with the narrowest accumulator allowed: the injection (the
+# testbench's node_delta is 2^20) saturates the accumulator at both ends
+FORWARD_CONFIGS["node-narrow"] = _rule_config("node-narrow", [6, 5, 3], {"name": "mgd-node", "node_delta": 300,
+                                                                       "copies": 2, "lr_shift": 6},
+                                              lanes=2, numerics={"acc_bits": 19})

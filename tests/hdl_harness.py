@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from amaranth.hdl import Module, signed
 from amaranth.lib import data, stream, wiring
+from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from perturbo.hdl.correlation import CorrelationUnit, CorrelationWalker
@@ -21,13 +22,12 @@ from perturbo.hdl.memories import (
     SignWriteSignature,
     mux_ports,
 )
-from perturbo.hdl.random import (
-    RandomSource,
-    gaussian_noise,
-    perturbation_sign,
-    projection_value,
-)
 from perturbo.hdl.update import UpdateUnit
+
+
+def _word_load(addr_width: int, shape) -> wiring.Signature:
+    """A testbench write port of a one-word-per-address memory: ``addr``, ``data``, ``we``."""
+    return wiring.Signature({"addr": Out(addr_width), "data": Out(shape), "we": Out(1)})
 
 
 def _lane_load(lanes: int, addr_width: int, shape) -> dict:
@@ -40,7 +40,8 @@ def _lane_load(lanes: int, addr_width: int, shape) -> dict:
 
 class ForwardHarness(wiring.Component):
     """:class:`ForwardEngine` with its weight memories and sample buffer; ``signs`` is the
-    engine's sign-memory write port, for the testbench to watch."""
+    engine's sign-memory write port, for the testbench to watch, and ``factor_read`` the
+    read port of its factor memory (when it has one), for the testbench to read."""
 
     def __init__(self, geometry: Geometry) -> None:
         self.geometry = geo = geometry
@@ -65,6 +66,8 @@ class ForwardHarness(wiring.Component):
             "key_req": In(stream.Signature(32)),
             "key": Out(stream.Signature(32)),
             "busy": Out(1),
+            **({"factor_read": self.engine.signature.members["factor_read"]}
+               if geo.factor_bits else {}),
         })
 
     def elaborate(self, platform: object) -> Module:
@@ -99,61 +102,51 @@ class ForwardHarness(wiring.Component):
         ]
         m.d.comb += [getattr(eng, name).eq(getattr(self, name)) for name in self.params]
         if geo.factor_bits:
-            m.d.comb += eng.factor_read.addr.eq(0)
-        return m
-
-
-class RandomHarness(wiring.Component):
-    """:class:`RandomSource`, with the drawn values of every word."""
-
-    def __init__(self, lanes: int) -> None:
-        self.lanes = lanes
-        self.source = RandomSource(lanes, 32, 16)
-        super().__init__({
-            "i": In(stream.Signature(self.source.request_layout)),
-            "o": Out(stream.Signature(self.source.response_layout)),
-            "sign": Out(data.ArrayLayout(signed(2), lanes)),
-            "noise": Out(data.ArrayLayout(signed(10), lanes)),
-            "proj": Out(data.ArrayLayout(signed(8), lanes)),
-        })
-
-    def elaborate(self, platform: object) -> Module:
-        m = Module()
-        m.submodules.source = src = self.source
-        wiring.connect(m, wiring.flipped(self.i), src.i)
-        wiring.connect(m, src.o, wiring.flipped(self.o))
-        for k in range(self.lanes):
-            word = src.o.payload.word[k]
-            m.d.comb += [
-                self.sign[k].eq(perturbation_sign(word)),
-                self.noise[k].eq(gaussian_noise(word)),
-                self.proj[k].eq(projection_value(word)),
-            ]
+            wiring.connect(m, wiring.flipped(self.factor_read), eng.factor_read)
         return m
 
 
 class CorrelationHarness(wiring.Component):
-    """:class:`SignMemory` -> :class:`CorrelationWalker` -> :class:`CorrelationUnit` -> G memories.
+    """:class:`CorrelationWalker` -> :class:`CorrelationUnit` -> G memories, with every
+    memory the walker reads, each writable by the testbench.
 
-    The testbench writes the sign memory through ``sload`` (the forward engine's port in
-    the accelerator).  ``direct`` = 1 feeds the unit from ``rows`` instead of the front
-    end.  While neither is busy, ``gtest`` owns the G memories.
+    Memories (each only when the walker reads it, as in the accelerator):
+
+    - the :class:`SignMemory` (``sload``: the forward engine's write port);
+    - the activation and factor memories, ``{bank, word}`` addressed like the forward
+      engine's (four banks; ``aload`` and ``fload`` write one word a cycle, the walker
+      reads them through ``act_read`` / ``factor_read`` as it reads the engine's);
+    - the sample buffer (``xload`` writes; the walker has its second read port).
+
+    ``walk`` shows the walker's rows of terms as they go to the unit and ``done`` its
+    done pulse (monitors).  ``direct`` = 1 feeds the unit from ``rows`` instead of the
+    walker.  While neither is busy, ``gtest`` owns the G memories.
     """
 
     def __init__(self, geometry: Geometry) -> None:
         self.geometry = geo = geometry
-        self.frontend = CorrelationWalker(geo)
+        self.frontend = fe = CorrelationWalker(geo)
         self.unit = CorrelationUnit(geo.lanes, geo.row_bits, geo.grad_bits,
-                                    self.frontend.term_bits, geo.overflow)
-        super().__init__({
-            "cmd": In(stream.Signature(self.frontend.job_layout)),
-            "sload": In(SignWriteSignature(geo.lanes, geo.row_bits)),
+                                    fe.term_bits, geo.overflow)
+        members = {
+            "cmd": In(stream.Signature(fe.job_layout)),
             "rows": In(stream.Signature(self.unit.layout)),
             "sums": Out(stream.Signature(self.unit.sums.signature.members["payload"].shape)),
+            "walk": Out(wiring.Signature({"valid": Out(1), "payload": Out(fe.layout)})),
+            "done": Out(1),
             "direct": In(1),
             "busy": Out(1),
             "gtest": In(LanePortSignature(geo.lanes, geo.row_bits, signed(geo.grad_bits))),
-        })
+        }
+        if fe.uses_signs:
+            members["sload"] = In(SignWriteSignature(geo.lanes, geo.row_bits))
+        if fe.uses_acts:
+            members["aload"] = In(_word_load(geo.act_addr_bits, data.ArrayLayout(signed(8), geo.lanes)))
+        if geo.factor_bits:
+            members["fload"] = In(_word_load(geo.act_addr_bits, fe.factor_layout))
+        if fe.uses_samples:
+            members["xload"] = In(_word_load(geo.sample_addr_bits, signed(8)))
+        super().__init__(members)
 
     def elaborate(self, platform: object) -> Module:
         m = Module()
@@ -161,11 +154,33 @@ class CorrelationHarness(wiring.Component):
         m.submodules.frontend = fe = self.frontend
         m.submodules.unit = cu = self.unit
         m.submodules.grads = gmem = LaneMemory(geo.lanes, geo.weight_depth, signed(geo.grad_bits))
-        m.submodules.signs = signs = SignMemory(geo.lanes, geo.rows, geo.row_bits)
         wiring.connect(m, wiring.flipped(self.cmd), fe.cmd)
-        wiring.connect(m, wiring.flipped(self.sload), signs.write)
-        wiring.connect(m, fe.signs, signs.read)
-        m.d.comb += [self.sums.valid.eq(cu.sums.valid), self.sums.payload.eq(cu.sums.payload)]
+        if fe.uses_signs:
+            m.submodules.signs = signs = SignMemory(geo.lanes, geo.rows, geo.row_bits)
+            wiring.connect(m, wiring.flipped(self.sload), signs.write)
+            wiring.connect(m, fe.signs, signs.read)
+        # the forward engine's activation and factor memories: a write port, and a read
+        # port always enabled (the engine's act_read / factor_read)
+        reads = []
+        if fe.uses_acts:
+            reads.append(("acts", data.ArrayLayout(signed(8), geo.lanes), self.aload, fe.act_read))
+        if geo.factor_bits:
+            reads.append(("factors", fe.factor_layout, self.fload, fe.factor_read))
+        for name, shape, load, port in reads:
+            mem = m.submodules[name] = Memory(shape=shape, depth=1 << geo.act_addr_bits, init=[])
+            wr, rd = mem.write_port(), mem.read_port()
+            m.d.comb += [wr.addr.eq(load.addr), wr.data.eq(load.data), wr.en.eq(load.we),
+                         rd.addr.eq(port.addr), port.data.eq(rd.data)]
+        if fe.uses_samples:
+            m.submodules.samples = smem = MemoryBlock(geo.sample_words, signed(8), second_read=True)
+            wiring.connect(m, fe.samples, smem.read)
+            m.d.comb += [smem.port.waddr.eq(self.xload.addr), smem.port.wdata.eq(self.xload.data),
+                         smem.port.we.eq(self.xload.we)]
+        m.d.comb += [
+            self.sums.valid.eq(cu.sums.valid), self.sums.payload.eq(cu.sums.payload),
+            self.walk.valid.eq(fe.o.valid), self.walk.payload.eq(fe.o.payload),
+            self.done.eq(fe.done),
+        ]
         with m.If(self.direct):
             m.d.comb += [
                 cu.i.valid.eq(self.rows.valid),

@@ -1,4 +1,4 @@
-"""cocotb helpers shared by the datapath testbenches (tb_random, tb_forward, ...).
+"""cocotb helpers shared by the datapath testbenches (tb_forward, tb_correlation, ...).
 
 - :class:`Packer`: a ``data.StructLayout`` payload <-> Python values (nested structs,
   arrays, signed fields);

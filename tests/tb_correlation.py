@@ -1,5 +1,20 @@
-"""cocotb: the correlation unit, alone (any rows, repeats included) and behind the MGD
-weight-perturbation front end, against golden.units (narrow after every addition)."""
+"""cocotb: the correlation walker and unit of every rule against golden.units.
+
+The walker (:class:`~perturbo.hdl.correlation.CorrelationWalker`) reads what the
+forward engine and the sequencer leave for it (the sign memory, the activation and
+factor memories, the sample buffer): here the testbench fills those memories with
+random contents at the edges (zero inputs, -128, 127, sign of zero, gated errors at
++-255), sends random jobs (dC at the term's saturation edges, both antithetic signs,
+random banks, idle gaps) and checks
+
+- every row of terms the walker hands to the unit, against the golden unit of the
+  layer's rule (``mgd_weight_terms``, ``mgd_node_terms``, ``alr_sign_terms``,
+  ``target_projection_terms``), narrowed to the term width;
+- G after the jobs, against ``golden.units.accumulate`` (narrow after every addition);
+- a final job: its sums go out on ``sums`` and G is cleared.
+
+A mismatch names the unit, the rule, the layer and the index (neuron, input).
+"""
 
 from __future__ import annotations
 
@@ -7,167 +22,367 @@ import random
 
 import cocotb
 import torch
+from amaranth.hdl import signed
+from amaranth.lib import data
 from cocotb.triggers import FallingEdge
-from hdl_model import first_difference, matrices_from_rows, sign_writes, weight_rows
-from hdl_tbutil import Bench, config, read_rows, write_rows
+from hdl_model import matrices_from_rows, weight_rows
+from hdl_tbutil import Bench, Packer, Source, config, read_rows, write_rows
 
+from perturbo.config import Rule
 from perturbo.golden import units as u
-from perturbo.golden.integer import layer_layouts
-from perturbo.hdl.correlation import CorrelationUnit, CorrelationWalker
+from perturbo.hdl.correlation import BIAS_INPUT, CorrelationUnit, CorrelationWalker
+from perturbo.hdl.forward import ACT_BANKS
 from perturbo.hdl.geometry import Geometry
 
 cfg = config()
 geo = Geometry(cfg)
 FE = CorrelationWalker(geo)
 UNIT = CorrelationUnit(geo.lanes, geo.row_bits, geo.grad_bits, FE.term_bits, geo.overflow)
-GB = geo.grad_bits
+GB, TB, LANES = geo.grad_bits, FE.term_bits, geo.lanes
 LO, HI = -(1 << (GB - 1)), (1 << (GB - 1)) - 1
+RULES = [lay.rule for lay in geo.layers]
+TP = geo.projection
+#: (layer, group, input) of every row the walker visits, in order
+ROW_MAP = [(lay.index, g, j) for lay in geo.layers for g in range(lay.groups) for j in range(lay.cols)]
+ACTS = Packer(data.ArrayLayout(signed(8), LANES))
+FACTORS = Packer(FE.factor_layout) if geo.factor_bits else None
 
 
-async def load_g(dut, rows: list[list[int]]) -> None:
+def rule_name(li: int) -> str:
+    return f"{RULES[li].value}{' (output: delta rule)' if TP and li == geo.n_layers - 1 else ''}"
+
+
+# -- the memories the walker reads, as the testbench wrote them --------------------------
+
+
+class Contents:
+    """Random contents of the sign, activation, factor and sample memories."""
+
+    def __init__(self, rng: random.Random, zeros: float = 0.25) -> None:
+        def byte() -> int:
+            r = rng.random()
+            if r < zeros:
+                return 0
+            return rng.choice([127, -128, 1, -1, rng.randint(-128, 127), rng.randint(0, 127)])
+
+        def factor() -> int:
+            if TP:
+                return rng.choice([255, -255, 0, 1, -1, rng.randint(-255, 255)])
+            if geo.factor_bits == 2:  # ALR sign(a * n): + (00), - (01), zero (10)
+                return rng.choice([0b00, 0b01, 0b10])
+            return rng.randint(0, 1)  # MGD node: a * s = -1
+
+        words = 1 << geo.act_bank_bits
+        self.acts = [[[byte() for _ in range(LANES)] for _ in range(words)] for _ in range(ACT_BANKS)]
+        self.factors = [[[factor() for _ in range(LANES)] for _ in range(words)] for _ in range(ACT_BANKS)]
+        self.samples = [byte() for _ in range(geo.sample_words)]
+        self.signs = [[rng.getrandbits(LANES) for _ in range(geo.rows)] for _ in range(2)]
+
+    async def write(self, bench: Bench) -> None:
+        writes = []
+        if FE.uses_signs:
+            writes += [{"sload__bank": b, "sload__row": r, "sload__data": bits, "sload__en": 1}
+                       for b in range(2) for r, bits in enumerate(self.signs[b])]
+        for prefix, mem, packer, used in (("aload", self.acts, ACTS, FE.uses_acts),
+                                          ("fload", self.factors, FACTORS, bool(geo.factor_bits))):
+            if used:
+                writes += [{f"{prefix}__addr": b << geo.act_bank_bits | w,
+                            f"{prefix}__data": packer.pack(mem[b][w]), f"{prefix}__we": 1}
+                           for b in range(ACT_BANKS) for w in range(len(mem[b]))]
+        if FE.uses_samples:
+            writes += [{"xload__addr": a, "xload__data": v & 0xFF, "xload__we": 1}
+                       for a, v in enumerate(self.samples)]
+        await bench.write_cycles(writes)
+        if FE.uses_signs:
+            await FallingEdge(bench.dut.clk)
+            bench.dut.sload__en.value = 0
+
+    # the golden view
+
+    def x_aug(self, li: int, bank: int, sample_base: int) -> torch.Tensor:
+        """Layer ``li``'s input as the walker reads it, extended by the bias input."""
+        lay = geo.layers[li]
+        if li == 0:
+            x = self.samples[sample_base: sample_base + lay.n_in]
+        else:
+            base = geo.layers[li - 1].act_base
+            x = [self.acts[bank][base + j // LANES][j % LANES] for j in range(lay.n_in)]
+        return torch.tensor([*x, BIAS_INPUT], dtype=torch.int64)
+
+    def per_neuron(self, li: int, bank: int) -> list[int]:
+        lay = geo.layers[li]
+        return [self.factors[bank][lay.act_base + i // LANES][i % LANES] for i in range(lay.n_out)]
+
+    def weight_signs(self, li: int, bank: int) -> torch.Tensor:
+        """``s_ij`` of layer ``li`` in sign bank ``bank`` (bit set: -1)."""
+        lay = geo.layers[li]
+        return torch.tensor([[1 - 2 * (self.signs[bank][geo.row_of(li, i, j)[0]] >> (i % LANES) & 1)
+                              for j in range(lay.cols)] for i in range(lay.n_out)])
+
+
+def golden_terms(mem: Contents, job: dict) -> list[torch.Tensor]:
+    """The exact terms ``(n_out, n_in + 1)`` of every layer for one job (docs/numerics.md §6)."""
+    dc = torch.tensor([job["dc"]])
+    a = -1 if job["negate"] else 1
+    out = []
+    for li, rule in enumerate(RULES):
+        if rule == Rule.MGD_WEIGHT:
+            t = u.mgd_weight_terms(dc, (a * mem.weight_signs(li, job["sign_bank"]))[None])
+        elif rule == Rule.MGD_NODE:  # the factor holds a * s_i; x is the baseline input
+            s = torch.tensor([-1 if f & 1 else 1 for f in mem.per_neuron(li, job["bank"])])
+            t = u.mgd_node_terms(dc, s[None], mem.x_aug(li, job["base_bank"], job["sample_base"])[None])
+        elif rule == Rule.ALR:  # the factor holds sign(a * n_i) as (negative, zero)
+            sn = torch.tensor([0 if f >> 1 & 1 else -1 if f & 1 else 1
+                               for f in mem.per_neuron(li, job["bank"])])
+            t = u.alr_sign_terms(dc, sn[None], mem.x_aug(li, job["bank"], job["sample_base"])[None])
+        else:  # target projection: the factor is the gated error g_i
+            g = torch.tensor(mem.per_neuron(li, job["bank"]))
+            t = u.target_projection_terms(g[None], mem.x_aug(li, job["bank"], job["sample_base"])[None])
+        out.append(t[0])
+    return out
+
+
+# -- monitors and helpers -----------------------------------------------------------------
+
+
+class Watch:
+    """Records the walker's rows of terms and its done pulses (a bench sink)."""
+
+    def __init__(self, dut) -> None:
+        self.dut = dut
+        self.packer = Packer(FE.layout)
+        self.rows: list[dict] = []
+        self.done = 0
+
+    def drive(self) -> None:
+        pass
+
+    def sample(self) -> None:
+        if int(self.dut.walk__valid.value):
+            self.rows.append(self.packer.unpack(self.dut.walk__payload.value.to_unsigned()))
+        self.done += int(self.dut.done.value)
+
+
+async def load_g(dut, g: list[torch.Tensor]) -> None:
     dut.direct.value = 0
-    await write_rows(dut, "gtest", rows, GB)
+    await write_rows(dut, "gtest", weight_rows(geo, g), GB)
 
 
 async def read_g(dut) -> list[list[int]]:
-    return await read_rows(dut, "gtest", geo.weight_depth, geo.lanes, GB)
+    return await read_rows(dut, "gtest", geo.weight_depth, LANES, GB)
 
 
 def random_g(rng: random.Random) -> list[torch.Tensor]:
-    out = []
-    for lay in geo.layers:
-        g = torch.tensor([[rng.choice([rng.randint(LO, HI), LO, HI, HI - 3, 0])
-                           for _ in range(lay.cols)] for _ in range(lay.n_out)])
-        out.append(g.to(torch.int64))
-    return out
+    """Random G with values at the saturation edges."""
+    return [torch.tensor([[rng.choice([rng.randint(LO, HI), LO, HI, HI - 3, LO + 3, 0])
+                           for _ in range(lay.cols)] for _ in range(lay.n_out)], dtype=torch.int64)
+            for lay in geo.layers]
 
 
-def golden_g(g: list[torch.Tensor], events: list[tuple[int, int, int]]) -> list[torch.Tensor]:
-    """G after the events ``(key, negate, dC)``: narrow after every addition, in order."""
-    out = []
-    for li, lay in enumerate(layer_layouts(cfg)):
-        keys = torch.tensor([e[0] for e in events])[:, None, None]
-        a = torch.tensor([1 - 2 * e[1] for e in events])[:, None, None]
-        s = u.perturbation_sign(u.draw(keys, lay.weight_indices()[None])) * a
-        dcs = torch.tensor([e[2] for e in events])
-        out.append(u.accumulate(g[li], u.mgd_weight_terms(dcs, s), GB, geo.overflow))
-    return out
+def dc_values() -> list[int]:
+    """dC at the term's saturation edges (and the 32-bit ends), and where the MGD node
+    product ``dC * x`` reaches them."""
+    edge = 1 << (TB - 1)
+    clip = [max(-(2**31), min(2**31 - 1, v)) for v in
+            (edge, edge - 1, -edge, -edge - 1, edge // 127, -(edge // 127) - 1, edge // 128,
+             2**31 - 1, -(2**31), 0, 1, -1)]
+    return clip
 
 
-async def write_signs(dut, bank: int, key: int) -> None:
-    """Fill sign bank ``bank`` with the signs of ``key``, one row per cycle."""
-    for _, r, bits, _ in sign_writes(cfg, geo, key, bank):
-        await FallingEdge(dut.clk)
-        dut.sload__bank.value = bank
-        dut.sload__row.value = r
-        dut.sload__data.value = bits
-        dut.sload__en.value = 1
-    await FallingEdge(dut.clk)
-    dut.sload__en.value = 0
+def random_job(rng: random.Random, dcs: list[int]) -> dict:
+    return {
+        "dc": 1 if TP else rng.choice([*dcs, rng.randint(-5000, 5000), rng.getrandbits(31),
+                                       -rng.getrandbits(31)]),
+        "negate": rng.randint(0, 1),
+        "sign_bank": rng.randint(0, 1),
+        "bank": rng.randrange(ACT_BANKS),
+        "base_bank": rng.randrange(ACT_BANKS),
+        # the sample's first feature (the last sample included)
+        "sample_base": rng.choice([0, geo.sample_depth - 1, rng.randrange(geo.sample_depth)]) * geo.n_inputs,
+        "final": 0,
+    }
+
+
+def check_rows(watch: Watch, mem: Contents, jobs: list[dict], tag: str) -> None:
+    """The walker's rows of every job against the golden terms, narrowed to the term width."""
+    assert len(watch.rows) == len(jobs) * geo.rows, \
+        f"correlation walker: {tag}: {len(watch.rows)} rows for {len(jobs)} jobs, golden {geo.rows} each"
+    assert watch.done == len(jobs), f"correlation walker: {tag}: {watch.done} done pulses for {len(jobs)} jobs"
+    for n, job in enumerate(jobs):
+        terms = golden_terms(mem, job)
+        for r, (li, g, j) in enumerate(ROW_MAP):
+            got = watch.rows[n * geo.rows + r]
+            lay = geo.layers[li]
+            count = lay.lane_count(g, LANES)
+            where = f"{tag}: job {n} {job}: rule {rule_name(li)} layer {li}"
+            assert got["row"] == r and got["mask"] == (1 << count) - 1 and got["final"] == job["final"], \
+                (f"correlation walker row differs: {where} group {g} input {j}: rtl row {got['row']} "
+                 f"mask {got['mask']:b} final {got['final']}, golden row {r} mask {(1 << count) - 1:b} "
+                 f"final {job['final']}")
+            for k in range(count):
+                i = g * LANES + k
+                gold = int(u.narrow(terms[li][i, j], TB, geo.overflow))
+                assert got["term"][k] == gold, (
+                    f"correlation walker term differs: {where} neuron {i} input {j}: "
+                    f"rtl {got['term'][k]} golden {gold} (exact {int(terms[li][i, j])})")
+    watch.rows.clear()
+    watch.done = 0
+
+
+def first_g_difference(what: str, rtl: list[torch.Tensor], gold: list[torch.Tensor]) -> str | None:
+    for li, (a, b) in enumerate(zip(rtl, gold, strict=True)):
+        diff = (a != b).nonzero()
+        if len(diff):
+            i, j = (int(v) for v in diff[0])
+            return (f"{what} differ: rule {rule_name(li)} layer {li} neuron {i} input {j}: "
+                    f"rtl {int(a[i, j])} golden {int(b[i, j])} ({len(diff)} differ in this layer)")
+    return None
+
+
+def golden_g(g: list[torch.Tensor], mem: Contents, jobs: list[dict]) -> list[torch.Tensor]:
+    """G after the jobs: narrow after every addition, in order."""
+    per_job = [golden_terms(mem, job) for job in jobs]
+    return [u.accumulate(g[li], torch.stack([t[li] for t in per_job]), GB, geo.overflow)
+            for li in range(geo.n_layers)]
+
+
+class GapSource(Source):
+    """A job source that, with probability ``idle``, leaves the walker idle for a few
+    cycles (up to a whole walk) before it offers the next job."""
+
+    def __init__(self, bench: Bench, idle: float) -> None:
+        super().__init__(bench.dut, "cmd", FE.job_layout, 0.0, random.Random(bench.rng.random()))
+        self.gap_p = idle
+        self.wait = 0
+
+    def drive(self) -> None:
+        if self.wait and not self.holding:
+            self.wait -= int(self.ready.value)  # count the cycles the walker could take a job
+            self.valid.value = 0
+            return
+        super().drive()
+
+    def sample(self) -> None:
+        sent = self.sent
+        super().sample()
+        if self.sent != sent and self.rng.random() < self.gap_p:
+            self.wait = self.rng.choice([1, 2, 3, 5, geo.rows])
+
+
+async def run_jobs(bench: Bench, jobs: list[dict], idle: float, tag: str) -> None:
+    cmd = GapSource(bench, idle)
+    bench.sources.append(cmd)
+    for job in jobs:
+        cmd.send(job)
+    quiet = [0]  # cycles in a row with nothing left to send and the walker and unit idle
+
+    def done() -> bool:  # (the last job is taken at the edge after the cycle it was sent in)
+        quiet[0] = quiet[0] + 1 if cmd.idle_now and not int(bench.dut.busy.value) else 0
+        return quiet[0] >= 2
+
+    await bench.run(done, (geo.rows + 20) * len(jobs) * (3 if idle else 1) + 200, f"{tag}: the jobs")
+    bench.sources.remove(cmd)
+
+
+# -- tests --------------------------------------------------------------------------------
 
 
 @cocotb.test()
-@cocotb.parametrize(idle=[0.0, 0.5])
-async def mgd_weight_events(dut, idle: float) -> None:
-    """Events with random keys, both antithetic signs and extreme dC, on random G; then
-    events of which the last is final: its sums go out on ``sums`` and G is cleared.
-
-    Each event's signs go into the bank the front end is not reading, as the forward
-    engine's next perturbed pass writes them, while the previous event is correlated."""
-    bench = Bench(dut, ("mgd", idle))
+@cocotb.parametrize(idle=[0.0, 0.6])
+async def jobs(dut, idle: float) -> None:
+    """Phases of random jobs on random G and random memory contents: back to back or with
+    idle gaps; a phase that piles one sign of term on every synapse (G runs into both
+    ends); a last phase whose final job hands the sums on and clears G."""
+    bench = Bench(dut, ("jobs", idle))
     await bench.reset()
-    rng = random.Random(repr(idle))
+    rng = random.Random(repr(("jobs", idle)))
+    watch = Watch(dut)
+    bench.sinks.append(watch)
     g = random_g(rng)
-    await load_g(dut, weight_rows(geo, g))
-    sums = bench.sink("sums", UNIT.sums.signature.members["payload"].shape, 0.0)
-    for phase in ("plain", "final"):
-        cmd = bench.source("cmd", FE.job_layout, idle)
-        events = []
-        edge = 1 << (FE.term_bits - 1)  # where a term saturates (or wraps)
-        edges = [max(-(2**31), min(2**31 - 1, v)) for v in (edge, edge - 1, -edge, -edge - 1)]
-        count = 8 if phase == "plain" else 4
-        for n in range(count):
-            dc = rng.choice([rng.randint(-5000, 5000), 2**31 - 1, -(2**31), 0, rng.getrandbits(31)])
-            if n == 0:
-                dc = 2**31 - 1 if phase == "plain" else -(2**31)
-            elif phase == "plain" and n <= len(edges):
-                dc = edges[n - 1]
-            events.append((rng.getrandbits(32), rng.randint(0, 1), dc))
-            if n >= 2:  # the bank's last reader, event n - 2, is done once n - 1 is taken
-                await bench.run(lambda cmd=cmd, n=n: cmd.sent >= n - 1, (geo.rows + 40) * 4,
-                                "the event before")
-            writer = cocotb.start_soon(write_signs(dut, n % 2, events[-1][0]))
-            await bench.run(writer.done, geo.rows + 10, "the sign writes")
-            cmd.send({"sign_bank": n % 2, "negate": events[-1][1], "dc": dc,
-                      "final": int(phase == "final" and n == count - 1)})
-        await bench.run(lambda cmd=cmd: cmd.idle_now and not int(dut.busy.value),
-                        (geo.rows + 40) * len(events) * 4, "the correlation")
-        bench.sources.remove(cmd)
-        g = golden_g(g, events)
-        rows = await read_g(dut)
-        if phase == "plain":
-            assert not sums.received, "sums handed on without a final event"
-            msg = first_difference("correlation accumulators G", matrices_from_rows(geo, rows), g)
-            assert msg is None, msg
+    await load_g(dut, g)
+    dcs = dc_values()
+    for phase in ("edges", "random", "pile", "final"):
+        mem = Contents(rng, zeros=0.4 if phase == "edges" else 0.2)
+        await mem.write(bench)
+        if phase == "pile":  # the longest accumulation: one term per synapse again and again
+            job = random_job(rng, dcs)
+            job["dc"] = 1 if TP else rng.choice([1, -1]) * rng.choice([1 << (GB - 3), HI // 3, 2**31 - 1])
+            jobs_ = [dict(job) for _ in range(6)]
+        elif phase == "edges":
+            jobs_ = [{**random_job(rng, dcs), "dc": 1 if TP else dc} for dc in dcs]
         else:
-            image = [[0] * geo.lanes for _ in range(geo.weight_depth)]
-            for got in sums.received:
-                image[got["row"]] = got["g"]
-            assert sorted(got["row"] for got in sums.received) == list(range(geo.rows)), \
-                "the final event must hand on every row once"
-            msg = first_difference("final sums", matrices_from_rows(geo, image), g)
+            jobs_ = [random_job(rng, dcs) for _ in range(4 if phase == "final" else 8)]
+        if phase == "final":
+            jobs_[-1]["final"] = 1
+            sums = bench.sink("sums", UNIT.sums.signature.members["payload"].shape, 0.0)
+        await run_jobs(bench, jobs_, idle, phase)
+        check_rows(watch, mem, jobs_, phase)
+        g = golden_g(g, mem, jobs_)
+        rows = await read_g(dut)
+        if phase != "final":
+            msg = first_g_difference(f"correlation unit G ({phase})", matrices_from_rows(geo, rows), g)
             assert msg is None, msg
-            assert all(v == 0 for row in rows[: geo.rows] for v in row), "G not cleared by the final event"
+            continue
+        image = [[0] * LANES for _ in range(geo.weight_depth)]
+        for got in sums.received:
+            image[got["row"]] = got["g"]
+        assert [got["row"] for got in sums.received] == list(range(geo.rows)), \
+            "correlation unit: the final job must hand on every row once, in order"
+        msg = first_g_difference("correlation unit final sums", matrices_from_rows(geo, image), g)
+        assert msg is None, msg
+        assert all(v == 0 for row in rows[: geo.rows] for v in row), \
+            "correlation unit: G not cleared by the final job"
 
 
 @cocotb.test()
 async def direct_rows(dut) -> None:
-    """Any sequence of rows, the same row back to back included, random masks and gaps."""
+    """The unit alone: any sequence of rows, the same row back to back included, random
+    masks, terms at the term width's ends, random gaps; then a final pass over the rows."""
     bench = Bench(dut, "direct")
+    dut.cmd__valid.value = 0
     await bench.reset()
     rng = random.Random(9)
-    rows0 = [[rng.randint(LO, HI) for _ in range(geo.lanes)] for _ in range(geo.weight_depth)]
-    await load_g(dut, rows0)
+    rows0 = [[rng.choice([rng.randint(LO, HI), LO, HI]) for _ in range(LANES)]
+             for _ in range(geo.weight_depth)]
+    dut.direct.value = 0
+    await write_rows(dut, "gtest", rows0, GB)
     dut.direct.value = 1
     src = bench.source("rows", UNIT.layout, 0.3)
-    tb = FE.term_bits
+    tlo, thi = -(1 << (TB - 1)), (1 << (TB - 1)) - 1
     model = [list(r) for r in rows0]
     last = 0
     for _ in range(300):
         row = last if rng.random() < 0.4 else rng.randrange(geo.weight_depth)
         last = row
-        mask = rng.getrandbits(geo.lanes)
-        terms = [rng.choice([rng.randint(-(1 << (tb - 1)), (1 << (tb - 1)) - 1), 1, -1,
-                             (1 << (tb - 1)) - 1]) for _ in range(geo.lanes)]
+        mask = rng.getrandbits(LANES)
+        terms = [rng.choice([rng.randint(tlo, thi), 1, -1, thi, tlo]) for _ in range(LANES)]
         src.send({"row": row, "mask": mask, "term": terms})
-        for k in range(geo.lanes):
+        for k in range(LANES):
             if mask >> k & 1:
-                model[row][k] = int(u.narrow(torch.tensor(model[row][k] + terms[k]), GB,
-                                             geo.overflow))
+                model[row][k] = int(u.narrow(torch.tensor(model[row][k] + terms[k]), GB, geo.overflow))
     await bench.run(lambda: src.idle_now and not int(dut.busy.value), 3000, "the rows")
     dut.direct.value = 0
     got = await read_g(dut)
     for r in range(geo.weight_depth):
-        for k in range(geo.lanes):
+        for k in range(LANES):
             assert got[r][k] == model[r][k], \
                 f"correlation unit differs: row {r} lane {k}: rtl {got[r][k]} golden {model[r][k]}"
-    # a final pass over the rows in random order: sums out, G cleared
     sums = bench.sink("sums", UNIT.sums.signature.members["payload"].shape, 0.0)
     dut.direct.value = 1
     order = list(range(geo.weight_depth))
     rng.shuffle(order)
     expected = {}
     for row in order:
-        mask = rng.getrandbits(geo.lanes)
-        terms = [rng.randint(-(1 << (tb - 1)), (1 << (tb - 1)) - 1) for _ in range(geo.lanes)]
+        mask = rng.getrandbits(LANES)
+        terms = [rng.randint(tlo, thi) for _ in range(LANES)]
         src.send({"row": row, "mask": mask, "term": terms, "final": 1})
         expected[row] = [int(u.narrow(torch.tensor(model[row][k] + terms[k]), GB, geo.overflow))
-                         if mask >> k & 1 else model[row][k] for k in range(geo.lanes)]
+                         if mask >> k & 1 else model[row][k] for k in range(LANES)]
     await bench.run(lambda: src.idle_now and not int(dut.busy.value), 3000, "the final rows")
     dut.direct.value = 0
-    assert [s_["row"] for s_ in sums.received] == order
+    assert [s_["row"] for s_ in sums.received] == order, "correlation unit: final sums out of order"
     for s_ in sums.received:
-        assert s_["g"] == expected[s_["row"]], f"final sums differ: row {s_['row']}: " \
-                                               f"rtl {s_['g']} golden {expected[s_['row']]}"
+        assert s_["g"] == expected[s_["row"]], \
+            f"correlation unit final sums differ: row {s_['row']}: rtl {s_['g']} golden {expected[s_['row']]}"
     got = await read_g(dut)
-    assert all(v == 0 for row in got for v in row), "G not cleared by final rows"
+    assert all(v == 0 for row in got for v in row), "correlation unit: G not cleared by final rows"

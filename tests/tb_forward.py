@@ -3,6 +3,10 @@
 Random master weights and inputs, extreme cases (saturation at both ends, zero inputs,
 all -128 weights, the longest accumulation), baseline and perturbed passes with both
 antithetic signs, back-to-back commands with random gaps and random back-pressure.
+Besides the results and the sign writes, the factor memory: what each pass left there
+for the correlation walker (target projection's gated errors, with labels at both ends
+of the class range; ALR's sign(a * n), a noise of 0 included; MGD node's a * s), read
+back through ``factor_read``.
 """
 
 from __future__ import annotations
@@ -12,8 +16,9 @@ import random
 import cocotb
 import torch
 from hdl_model import pass_outputs, sign_writes, weight_rows
-from hdl_tbutil import Bench, config
+from hdl_tbutil import Bench, Packer, config
 
+from perturbo.config import Rule
 from perturbo.golden import units as u
 from perturbo.hdl.forward import ForwardEngine
 from perturbo.hdl.geometry import Geometry
@@ -21,6 +26,8 @@ from perturbo.hdl.geometry import Geometry
 cfg = config()
 geo = Geometry(cfg)
 ENGINE = ForwardEngine(geo, tag_shape=16)
+#: the run parameters the engine takes beyond delta (sigma, node_delta, target_on)
+HARNESS_PARAMS = [name for name in ("sigma", "node_delta", "target_on") if name in ENGINE.signature.members]
 WB = geo.weight_bits
 
 
@@ -77,8 +84,81 @@ class SignWatch:
                                   int(d.signs__data.value)))
 
 
-#: ALR noise scale and MGD node amplitude of the injected layers (the largest allowed)
-PARAMS = {"sigma": 4095, "node_delta": 1 << 20}
+#: ALR noise scale and MGD node amplitude of the injected layers (the largest allowed),
+#: the one-hot target of target projection (the largest: errors reach -255)
+PARAMS = {"sigma": 4095, "node_delta": 1 << 20, "target_on": 127}
+TP = geo.projection
+
+
+class FactorWatch:
+    """Reads the factor memory through ``factor_read`` (a bench sink): when the last result
+    of a pass is taken, every word the pass wrote (its bank, every layer's groups) is read,
+    one a cycle, before any later pass can write that bank again."""
+
+    def __init__(self, dut, res, passes: list[dict]) -> None:
+        self.dut, self.res, self.passes = dut, res, passes
+        self.packer = Packer(ENGINE.factor_layout)
+        self.seen = 0  # results looked at
+        self.queue: list[tuple[int, int, int, int]] = []  # (pass, layer, group, address)
+        self.cur = self.prev = None
+        self.words: dict[tuple[int, int, int], list[int]] = {}
+
+    def drive(self) -> None:
+        self.cur = self.queue.pop(0) if self.queue else None
+        if self.cur is not None:
+            self.dut.factor_read__addr.value = self.cur[3]
+
+    def sample(self) -> None:
+        if self.prev is not None:  # read data: the address presented in the previous cycle
+            n, li, g, _ = self.prev
+            self.words[(n, li, g)] = self.packer.unpack(self.dut.factor_read__data.value.to_unsigned())
+        self.prev = self.cur
+        for got in self.res.received[self.seen:]:
+            if got["last"]:
+                n = got["tag"]
+                bank = pass_bank(n, self.passes[n])
+                self.queue += [(n, lay.index, g, bank << geo.act_bank_bits | (lay.act_base + g))
+                               for lay in geo.layers for g in range(lay.groups)]
+        self.seen = len(self.res.received)
+
+    @property
+    def idle(self) -> bool:
+        return not self.queue and self.cur is None and self.prev is None
+
+
+def pass_bank(n: int, p: dict) -> int:
+    """The activation (and factor) bank of pass ``n``: as the sequencer picks them, perturbed
+    passes in banks 2 and 3, baseline passes in 0 and 1."""
+    return 2 * p["perturb"] + n % 2
+
+
+def golden_factors(p: dict, outs: list[tuple[torch.Tensor, torch.Tensor]]) -> dict[int, torch.Tensor]:
+    """The factor of every neuron of the layers whose factors the correlation reads, per
+    layer (docs/numerics.md §6; hdl/forward.py ``ForwardEngine._factors``): target
+    projection the gated error ``g`` (every pass, every layer); a perturbed pass the
+    (negative, zero) bits of ``sign(a * n)`` (ALR) or the bit ``a * s = -1`` (MGD node)."""
+    out = {}
+    if TP:
+        for li, lay in enumerate(geo.layers):
+            q, y = outs[li]
+            if li == geo.n_layers - 1:  # the delta rule
+                out[li] = y - u.one_hot_target(torch.tensor(p["label"]), lay.n_out, PARAMS["target_on"])
+                continue
+            index = lay.projection_offset + p["label"] * lay.n_out + torch.arange(lay.n_out)
+            tl = u.projection_value(u.draw(torch.tensor(p["key"]), index))
+            e = u.projection_error(lay.rule.value, y, tl)
+            out[li] = u.activation_gate(q, e, lay.activation)
+        return out
+    if not p["perturb"]:
+        return out
+    a = -1 if p["negate"] else 1
+    for li in ENGINE.inject_layers:
+        lay = geo.layers[li]
+        word = u.draw(torch.tensor(p["node_key"]), lay.neuron_offset + torch.arange(lay.n_out))
+        an = a * (u.gaussian_noise(word) if lay.rule == Rule.ALR else u.perturbation_sign(word))
+        bits = (an < 0).to(torch.int64) | ((an == 0).to(torch.int64) << 1)
+        out[li] = bits & ((1 << geo.factor_bits) - 1)
+    return out
 
 
 def injections_of(p: dict) -> dict[int, torch.Tensor]:
@@ -111,10 +191,14 @@ async def run_passes(bench: Bench, weights: list[torch.Tensor], samples: torch.T
     rng = random.Random(tag)
     expected = []
     expected_signs = []
+    factors = FactorWatch(bench.dut, res, passes) if geo.factor_bits else None
+    if factors is not None:
+        bench.sinks.append(factors)
+    expected_factors = []
     for n, p in enumerate(passes):
-        cmd.send({"perturb": p["perturb"], "negate": p["negate"], "bank": 2 * p["perturb"] + n % 2,
+        cmd.send({"perturb": p["perturb"], "negate": p["negate"], "bank": pass_bank(n, p),
                   "key": p["key"], "node_key": p["node_key"], "sign_bank": n % 2,
-                  "sample_base": p["sample"] * geo.n_inputs, "tag": n})
+                  "sample_base": p["sample"] * geo.n_inputs, "label": p.get("label", 0), "tag": n})
         if p["perturb"]:
             expected_signs += [(n, *w) for w in sign_writes(cfg, geo, p["key"], n % 2)]
         for _ in range(2):
@@ -127,11 +211,13 @@ async def run_passes(bench: Bench, weights: list[torch.Tensor], samples: torch.T
         for li, lay in enumerate(geo.layers):
             for g in range(lay.groups):
                 expected.append((n, li, g, outs[li]))
+        expected_factors.append(golden_factors(p, outs))
     bench.dut.delta.value = passes[0]["delta"]
-    if ENGINE.inject_layers:
-        for name, value in PARAMS.items():
+    for name, value in PARAMS.items():
+        if name in HARNESS_PARAMS:
             getattr(bench.dut, name).value = value
-    await bench.run(lambda: len(res.received) >= len(expected) and len(keys.received) == len(key_words),
+    await bench.run(lambda: len(res.received) >= len(expected) and len(keys.received) == len(key_words)
+                    and (factors is None or factors.idle),
                     max_cycles=40 * sum(lay.rows for lay in geo.layers) * len(passes) + 1000,
                     what=f"{tag}: the passes")
     bench.sources.remove(cmd)
@@ -139,6 +225,9 @@ async def run_passes(bench: Bench, weights: list[torch.Tensor], samples: torch.T
     bench.sinks.remove(signs)
     bench.sources.remove(key_req)
     bench.sinks.remove(keys)
+    if factors is not None:
+        bench.sinks.remove(factors)
+        check_factors(factors.words, expected_factors, passes, tag)
     for word, got in zip(key_words, keys.received, strict=True):
         gold = int(u.pass_key(seed, word & 3, word >> 2))
         assert got == gold, (f"forward engine pass key differs: {tag}: seed {seed:#x} stream "
@@ -154,7 +243,7 @@ async def run_passes(bench: Bench, weights: list[torch.Tensor], samples: torch.T
                 f"rtl (bank, row, bits) {got} golden {(bank, row, bits)}, lanes {lanes}")
     for got, (n, li, g, (q, y)) in zip(res.received, expected, strict=True):
         lay = geo.layers[li]
-        where = f"{tag}: pass {n} ({passes[n]}) layer {li} group {g}"
+        where = f"{tag}: pass {n} ({passes[n]}) rule {lay.rule.value} layer {li} group {g}"
         assert got["tag"] == n and got["layer"] == li and got["group"] == g, \
             f"{where}: result order: got tag {got['tag']} layer {got['layer']} group {got['group']}"
         count = lay.lane_count(g, geo.lanes)
@@ -166,6 +255,42 @@ async def run_passes(bench: Bench, weights: list[torch.Tensor], samples: torch.T
                 f"forward q differ: {where} neuron {i}: rtl {got['q'][k]} golden {int(q[i])}"
             assert got["y"][k] == int(y[i]), \
                 f"forward y differ: {where} neuron {i}: rtl {got['y'][k]} golden {int(y[i])}"
+
+
+def check_factors(words: dict, expected: list[dict[int, torch.Tensor]], passes: list[dict],
+                  tag: str) -> None:
+    """The factor words read back against golden, named by pass, rule, layer and neuron."""
+    for n, gold in enumerate(expected):
+        for li, values in gold.items():
+            lay = geo.layers[li]
+            for i in range(lay.n_out):
+                g, k = divmod(i, geo.lanes)
+                assert (n, li, g) in words, f"{tag}: pass {n}: factor word of layer {li} group {g} not read"
+                got = words[(n, li, g)][k]
+                assert got == int(values[i]), (
+                    f"forward engine factors differ: {tag}: pass {n} ({passes[n]}) rule "
+                    f"{lay.rule.value}{' (output: delta rule)' if TP and li == geo.n_layers - 1 else ''} "
+                    f"layer {li} neuron {i}: rtl {got} golden {int(values[i])}")
+
+
+ALR_LAYERS = [li for li in ENGINE.inject_layers if geo.layers[li].rule == Rule.ALR]
+
+
+def zero_noise_key(rng: random.Random) -> int:
+    """A stream-1 key under which a neuron of the first ALR layer draws the noise ``n = 0``
+    (its injection is 0 and its factor has the zero bit: the sign of zero)."""
+    lay = geo.layers[ALR_LAYERS[0]]
+    index = lay.neuron_offset + torch.arange(lay.n_out)
+    while True:
+        keys = torch.tensor([rng.getrandbits(32) for _ in range(4096)])
+        hit = (u.gaussian_noise(u.draw(keys[:, None], index[None])) == 0).any(1).nonzero()
+        if len(hit):
+            return int(keys[int(hit[0, 0])])
+
+
+def labels(rng: random.Random, count: int) -> list[int]:
+    """Labels for ``count`` passes: both ends of the class range, then random."""
+    return [[0, geo.classes - 1][m] if m < 2 else rng.randrange(geo.classes) for m in range(count)]
 
 
 @cocotb.test()
@@ -186,8 +311,11 @@ async def random_passes(dut, traffic: tuple[float, float]) -> None:
         await load_weights(bench, weights)
         delta = rng.choice([1, 2, 127, rng.randint(1, 127)])
         passes = [{"perturb": m % 3 != 0, "negate": rng.randint(0, 1), "key": rng.getrandbits(32),
-                   "node_key": rng.getrandbits(32), "sample": rng.randrange(n_samples), "delta": delta}
-                  for m in range(6)]
+                   "node_key": rng.getrandbits(32), "sample": rng.randrange(n_samples), "delta": delta,
+                   "label": label}
+                  for m, label in enumerate(labels(rng, 6))]
+        if ALR_LAYERS:  # a perturbed pass in which a neuron draws the noise n = 0
+            passes[1]["node_key"] = zero_noise_key(rng)
         await run_passes(bench, weights, samples, passes, idle, bp, f"{kind} weights")
 
 
@@ -205,7 +333,7 @@ async def extremes(dut) -> None:
         await load_weights(bench, weights)
         passes = [{"perturb": p, "negate": neg, "key": rng.getrandbits(32),
                    "node_key": rng.getrandbits(32), "sample": s,
-                   "delta": 127}
+                   "delta": 127, "label": [0, geo.classes - 1, rng.randrange(geo.classes)][neg + p]}
                   for s in range(len(samples)) for p, neg in ((0, 0), (1, 0), (1, 1))]
         await run_passes(bench, weights, samples, passes, 0.0, 0.2, f"all-{kind} weights")
 

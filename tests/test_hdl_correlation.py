@@ -1,17 +1,19 @@
-"""The correlation unit and the MGD weight front end against golden.units (cocotb)."""
+"""The correlation walker and unit of every rule against golden.units (cocotb)."""
 
 from __future__ import annotations
 
 import pytest
 from cocotb_build import run_cocotb
-from hdl_configs import UNIT_CONFIGS, config_env
+from hdl_configs import RULE_CONFIGS, UNIT_CONFIGS, config_env
 from hdl_harness import CorrelationHarness
 
 from perturbo.hdl.geometry import Geometry
 
+CORRELATION_CONFIGS = {**UNIT_CONFIGS, **RULE_CONFIGS}
 
-@pytest.mark.parametrize("name", list(UNIT_CONFIGS))
+
+@pytest.mark.parametrize("name", list(CORRELATION_CONFIGS))
 def test_correlation(name: str) -> None:
-    cfg = UNIT_CONFIGS[name]
+    cfg = CORRELATION_CONFIGS[name]
     run_cocotb(CorrelationHarness(Geometry(cfg)), "corr_top", "tb_correlation",
                extra_env=config_env(cfg))
