@@ -60,6 +60,8 @@ EXTRA_HINT = "pip install 'perturbo[sweep]'"
 TRIALS_DIR = "trials"
 RAY_DIR = "ray"
 PARAMS_NAME = "params.json"
+#: Ray's setting of its workers' niceness (read when a local instance starts).
+WORKER_NICENESS_ENV = "RAY_worker_niceness"
 
 
 class SweepError(ValueError):
@@ -356,6 +358,9 @@ def _ensure_ray(ray: Any, address: str | None, cpus: int | None) -> None:
     if address is not None:
         ray.init(address=address, **kwargs)
     else:
+        # Ray renices its workers to 15; the trials are the sweep's work, so on a shared machine
+        # they run at the niceness of the sweep itself, like `perturbo train` would.
+        os.environ.setdefault(WORKER_NICENESS_ENV, "0")
         ray.init(num_cpus=cpus, **kwargs)
 
 

@@ -23,6 +23,7 @@ from perturbo.backend import make_backend
 from perturbo.cli import main
 from perturbo.config import load_config
 from perturbo.data import load_dataset
+from perturbo.sweep import WORKER_NICENESS_ENV
 from perturbo.train import evaluate, train
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -113,6 +114,7 @@ def test_dry_run_lists_the_grid(tmp_path: Path, capsys: pytest.CaptureFixture[st
 def ray_address():
     ray = pytest.importorskip("ray")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault(WORKER_NICENESS_ENV, "0")  # as perturbo sweep's own local instance
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
