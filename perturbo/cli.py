@@ -223,6 +223,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     print(f"{spec.name}: {len(result.trials)} trials in {result.wall_time:.0f} s "
           f"({sum(r['status'] == 'done' for r in result.trials)} finished, "
           f"{sum(r['status'] == 'stopped' for r in result.trials)} stopped early, "
+          f"{sum(r['status'] == 'interrupted' for r in result.trials)} interrupted, "
           f"{sum(r['status'] == 'error' for r in result.trials)} failed)")
     for r in result.trials[:5]:
         acc = "n/a" if r["val_accuracy"] is None else f"{r['val_accuracy']:.4f}"
@@ -232,6 +233,10 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         print(f"best (validation): {result.best['trial']}, {result.out_dir / 'best.yaml'}")
     print(f"results: {result.results_csv}, {result.out_dir / 'results.json'}, "
           f"{result.out_dir / 'curves.png'}, {result.out_dir / 'keys.png'}")
+    if result.unfinished:
+        print(f"interrupted with {result.unfinished} trials unfinished; continue with:\n"
+              f"  perturbo sweep {args.sweep} --out {result.out_dir} --resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
     return 0
 
 

@@ -344,6 +344,8 @@ class SweepResult:
     trials: list[dict[str, Any]]
     best: dict[str, Any] | None
     wall_time: float
+    #: trials Ray had not ended (the sweep was interrupted): ``--resume`` continues them
+    unfinished: int = 0
 
     @property
     def results_csv(self) -> Path:
@@ -452,15 +454,20 @@ def run_sweep(
     wall = time.perf_counter() - t0
     errors = {r.metrics.get("trial_id") or Path(r.path).name: str(r.error).splitlines()[0]
               for r in grid if r.error is not None}
-    return write_results(sweep, out, wall, errors)
+    # Tune's own view of every trial: TERMINATED (finished or stopped by ASHA), ERROR, or
+    # PENDING / RUNNING / PAUSED when the sweep was interrupted (Ctrl-C) before they ended
+    analysis = tune.ExperimentAnalysis(str(exp_dir))
+    unfinished = {t.trial_id for t in analysis.trials if t.status not in ("TERMINATED", "ERROR")}
+    return write_results(sweep, out, wall, errors, unfinished)
 
 
 # -- results -------------------------------------------------------------------------
 
 
-def collect_trials(sweep: Sweep, out: Path, errors: dict[str, str] | None = None) -> list[dict[str, Any]]:
+def collect_trials(sweep: Sweep, out: Path, errors: dict[str, str] | None = None,
+                   unfinished: set[str] | None = None) -> list[dict[str, Any]]:
     """Every trial's parameters and history from its run directory, best final validation accuracy first."""
-    errors = errors or {}
+    errors, unfinished = errors or {}, unfinished or set()
     rows = []
     for params_file in sorted((out / TRIALS_DIR).glob(f"*/{PARAMS_NAME}")):
         info = json.loads(params_file.read_text())
@@ -471,7 +478,12 @@ def collect_trials(sweep: Sweep, out: Path, errors: dict[str, str] | None = None
         trial = info["trial"]
         error = next((e for t, e in errors.items() if trial in t), None)
         target = sweep.trial_config(info["params"]).training.steps
-        status = "error" if error else ("done" if steps >= target else "stopped")
+        if error:
+            status = "error"
+        elif steps >= target:
+            status = "done"
+        else:
+            status = "interrupted" if trial in unfinished else "stopped"
         rows.append({
             "trial": trial, "status": status, "steps": steps,
             METRIC: evals[-1][1] if evals else None,
@@ -484,9 +496,10 @@ def collect_trials(sweep: Sweep, out: Path, errors: dict[str, str] | None = None
     return rows
 
 
-def write_results(sweep: Sweep, out: Path, wall: float, errors: dict[str, str] | None = None) -> SweepResult:
+def write_results(sweep: Sweep, out: Path, wall: float, errors: dict[str, str] | None = None,
+                  unfinished: set[str] | None = None) -> SweepResult:
     """results.csv, results.json, best.yaml, curves.png and keys.png from the trials' run directories."""
-    rows = collect_trials(sweep, out, errors)
+    rows = collect_trials(sweep, out, errors, unfinished)
     done = [r for r in rows if r["status"] == "done" and r[METRIC] is not None]
     best = done[0] if done else None
     keys = list(sweep.spec.space)
@@ -505,7 +518,7 @@ def write_results(sweep: Sweep, out: Path, wall: float, errors: dict[str, str] |
         (out / "best.yaml").write_text(f"# best trial {best['trial']} of sweep {sweep.spec.name}: validation "
                                        f"accuracy {best[METRIC]:.4f} after {best['steps']} steps\n" + cfg.to_yaml())
     _plot(rows, keys, out)
-    return SweepResult(out, rows, best, wall)
+    return SweepResult(out, rows, best, wall, len(unfinished or ()))
 
 
 def _plot(rows: list[dict[str, Any]], keys: list[str], out: Path) -> None:
@@ -521,7 +534,8 @@ def _plot(rows: list[dict[str, Any]], keys: list[str], out: Path) -> None:
     ax.set_xlabel("step")
     ax.set_ylabel("validation accuracy")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
     ax.set_title("the best trials")
     fig.savefig(out / "curves.png", dpi=100)
 

@@ -198,7 +198,7 @@ def test_random_and_tpe_share_one_interface(ray_address: str, tmp_path: Path) ->
 
 
 def test_interrupted_sweep_resumes(ray_address: str, tmp_path: Path) -> None:
-    # three trials one after another; the sweep process is killed once the first has finished
+    # three trials one after another; the sweep process gets Ctrl-C once the first has finished
     path = write_sweep(tmp_path, base=str(EXAMPLES / "digits-mgd-node.yaml"), steps=600, eval_every=200,
                        space={"seed": {"grid": [1, 2, 3]}}, max_concurrent=1)
     out = tmp_path / "out"
@@ -216,10 +216,15 @@ def test_interrupted_sweep_resumes(ray_address: str, tmp_path: Path) -> None:
                 except (ValueError, KeyError, IndexError):
                     pass
             time.sleep(0.1)
+        proc.send_signal(signal.SIGINT)  # Ctrl-C
+        rc = proc.wait(timeout=120)
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    assert first is not None, f"the first trial did not finish: {proc.stderr.read().decode()[-2000:]}"
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    stderr = proc.stderr.read().decode()
+    assert first is not None, f"the first trial did not finish: {stderr[-2000:]}"
+    assert rc == 130 and "--resume" in stderr, (rc, stderr[-2000:])
     before = {p.parent.name: p.read_bytes() for p in (out / "trials").glob("*/checkpoint.ckpt")}
     finished_ckpt = before[first.name]
     assert len(before) < 3 or not all(
