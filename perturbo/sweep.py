@@ -362,7 +362,7 @@ def _ensure_ray(ray: Any, address: str | None, cpus: int | None) -> None:
     else:
         # Ray renices its workers to 15; the trials are the sweep's work, so on a shared machine
         # they run at the niceness of the sweep itself, like `perturbo train` would.
-        os.environ.setdefault(WORKER_NICENESS_ENV, "0")
+        os.environ.setdefault(WORKER_NICENESS_ENV, str(os.nice(0)))
         ray.init(num_cpus=cpus, **kwargs)
 
 
