@@ -41,6 +41,7 @@ import itertools
 import json
 import math
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -394,8 +395,6 @@ def run_sweep(
     verbose : int
         Ray Tune's verbosity (0 silent, 1 a status table now and then).
     """
-    import shutil
-
     spec = sweep.spec
     out = Path(out_dir if out_dir is not None else Path("sweeps") / spec.name).resolve()
     ray_root = out / RAY_DIR
