@@ -54,7 +54,7 @@ def main() -> None:
 
     import ray
 
-    os.environ.setdefault(WORKER_NICENESS_ENV, str(os.nice(0)))  # trials at this process's niceness, as the first half
+    os.environ.setdefault(WORKER_NICENESS_ENV, "0")  # trials at this process's niceness, as the first half
     t0 = time.perf_counter()
     ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
     t_init = time.perf_counter() - t0

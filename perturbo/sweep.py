@@ -61,7 +61,7 @@ EXTRA_HINT = "pip install 'perturbo[sweep]'"
 TRIALS_DIR = "trials"
 RAY_DIR = "ray"
 PARAMS_NAME = "params.json"
-#: Ray's setting of its workers' niceness (read when a local instance starts).
+#: Ray's increment of its workers' niceness over the raylet's (read when a local instance starts).
 WORKER_NICENESS_ENV = "RAY_worker_niceness"
 
 
@@ -361,9 +361,9 @@ def _ensure_ray(ray: Any, address: str | None, cpus: int | None) -> None:
     if address is not None:
         ray.init(address=address, **kwargs)
     else:
-        # Ray renices its workers to 15; the trials are the sweep's work, so on a shared machine
-        # they run at the niceness of the sweep itself, like `perturbo train` would.
-        os.environ.setdefault(WORKER_NICENESS_ENV, str(os.nice(0)))
+        # Ray raises its workers' niceness by 15; the trials are the sweep's work, so on a shared
+        # machine they run at the niceness of the sweep itself (an increment of 0), like `perturbo train`.
+        os.environ.setdefault(WORKER_NICENESS_ENV, "0")
         ray.init(num_cpus=cpus, **kwargs)
 
 

@@ -114,7 +114,7 @@ def test_dry_run_lists_the_grid(tmp_path: Path, capsys: pytest.CaptureFixture[st
 def ray_address():
     ray = pytest.importorskip("ray")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    os.environ.setdefault(WORKER_NICENESS_ENV, str(os.nice(0)))  # as perturbo sweep's own local instance
+    os.environ.setdefault(WORKER_NICENESS_ENV, "0")  # as perturbo sweep's own local instance
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
