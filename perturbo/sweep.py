@@ -198,7 +198,7 @@ def check_sweep(data: Any, source: str | Path) -> Sweep:
     try:
         base = load_config((source.parent / spec.base) if not Path(spec.base).is_absolute() else spec.base)
     except ConfigError as err:
-        raise SweepError(f"{where}: base: {err}") from None
+        raise SweepError(f"{where}: base: {' '.join(str(err).split())}") from None
     sweep = Sweep(spec, source, base)
     keys = _config_keys()
     for key, domain in spec.space.items():

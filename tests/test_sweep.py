@@ -82,6 +82,15 @@ def test_bad_sweep_file_fails_before_any_trial(case: str, fields: dict, expect: 
     assert not out.exists(), "nothing may start for a bad sweep file"
 
 
+def test_bad_base_config_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    base = tmp_path / "base.yaml"
+    base.write_text("rule: {lr_shfit: 9}\ndata: {datset: digits}\n")
+    assert main(["sweep", str(write_sweep(tmp_path, base="base.yaml")), "--out", str(tmp_path / "out")]) == 2
+    line = one_error_line(capsys)
+    assert "base: invalid configuration" in line and "rule.lr_shfit" in line and "data.datset" in line
+    assert not (tmp_path / "out").exists()
+
+
 def test_malformed_yaml_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text("name: [unclosed\nspace: {\n")
