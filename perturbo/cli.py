@@ -7,6 +7,7 @@
                           [--resume | --overwrite] [--float] [--no-progress]
     perturbo eval CHECKPOINT [--split test|val|train] [--backend NAME]
     perturbo synth CONFIG --board icebreaker|ulx3s-85f|orangecrab [-o DIR] [--seed N] [--force]
+    perturbo sweep SWEEP [--out DIR] [--address ADDR] [--cpus N] [--resume | --overwrite] [--dry-run]
 
 User errors (a bad configuration, a missing data set, an unusable checkpoint, a
 backend that is not available) print a message to stderr and exit with status 2,
@@ -25,10 +26,11 @@ from . import __version__
 from .backend import BackendError, make_backend
 from .config import Backend, Config, ConfigError, load_config, parse_config
 from .data import DatasetError, load_dataset
+from .sweep import SweepError
 from .train import CHECKPOINT_NAME, CheckpointError, evaluate, load_checkpoint, train
 
 #: Exceptions that are the user's to fix: reported in one message, exit status 2.
-USER_ERRORS = (ConfigError, DatasetError, CheckpointError, BackendError)
+USER_ERRORS = (ConfigError, DatasetError, CheckpointError, BackendError, SweepError)
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
 #: Boards ``perturbo synth`` builds for (perturbo.boards.top.BOARDS).
@@ -91,6 +93,18 @@ def _parser() -> argparse.ArgumentParser:
                     help="build directory root (default: perturbo's cache, boards/)")
     sy.add_argument("--seed", type=int, default=1, help="nextpnr placement seed (default: 1)")
     sy.add_argument("--force", action="store_true", help="build again even if the build is cached")
+
+    sw = sub.add_parser("sweep", help="search over config keys on Ray: every trial an ordinary training run")
+    sw.add_argument("sweep", type=Path, metavar="SWEEP", help="a sweep file (docs/tuning.md, examples/sweeps/)")
+    sw.add_argument("--out", type=Path, metavar="DIR", help="output directory (default: sweeps/<name>)")
+    sw.add_argument("--address", metavar="ADDR",
+                    help="an existing Ray cluster (host:6379 or ray://host:10001); default: a local instance")
+    sw.add_argument("--cpus", type=int, metavar="N", help="CPUs of the local Ray instance (default: all)")
+    sw_again = sw.add_mutually_exclusive_group()
+    sw_again.add_argument("--resume", action="store_true", help="continue an interrupted sweep in --out")
+    sw_again.add_argument("--overwrite", action="store_true", help="start the sweep in --out afresh")
+    sw.add_argument("--dry-run", action="store_true", help="check the sweep file and list the grid; run nothing")
+    sw.add_argument("--verbose", type=int, default=0, choices=[0, 1, 2], help="Ray Tune's status output")
     return p
 
 
@@ -191,11 +205,46 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     return 0 if report.fits else 1
 
 
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from .sweep import grid_size, load_sweep, run_sweep, trial_grid
+
+    sweep = load_sweep(args.sweep)  # the whole file is checked before Ray is imported
+    spec = sweep.spec
+    if args.dry_run:
+        n = grid_size(sweep) if spec.method == "grid" else spec.trials
+        print(f"{spec.name}: {n} trials ({spec.method}) of {sweep.steps} steps on the {spec.backend} backend, "
+              f"{spec.cpus_per_trial:g} CPUs each; keys {', '.join(spec.space)}")
+        if spec.method == "grid":
+            for params in trial_grid(sweep):
+                print("  " + ", ".join(f"{k}={v!r}" for k, v in params.items()))
+        return 0
+    result = run_sweep(sweep, args.out, address=args.address, cpus=args.cpus, resume=args.resume,
+                       overwrite=args.overwrite, verbose=args.verbose)
+    print(f"{spec.name}: {len(result.trials)} trials in {result.wall_time:.0f} s "
+          f"({sum(r['status'] == 'done' for r in result.trials)} finished, "
+          f"{sum(r['status'] == 'stopped' for r in result.trials)} stopped early, "
+          f"{sum(r['status'] == 'interrupted' for r in result.trials)} interrupted, "
+          f"{sum(r['status'] == 'error' for r in result.trials)} failed)")
+    for r in result.trials[:5]:
+        acc = "n/a" if r["val_accuracy"] is None else f"{r['val_accuracy']:.4f}"
+        print(f"  {r['trial']}  {r['status']:7s} val {acc} at step {r['steps']}  "
+              + ", ".join(f"{k}={v!r}" for k, v in r["params"].items()))
+    if result.best is not None:
+        print(f"best (validation): {result.best['trial']}, {result.out_dir / 'best.yaml'}")
+    print(f"results: {result.results_csv}, {result.out_dir / 'results.json'}, "
+          f"{result.out_dir / 'curves.png'}, {result.out_dir / 'keys.png'}")
+    if result.unfinished:
+        print(f"interrupted with {result.unfinished} trials unfinished; continue with:\n"
+              f"  perturbo sweep {args.sweep} --out {result.out_dir} --resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (the console script exits with it)."""
     args = _parser().parse_args(argv)
     commands = {"config": _cmd_config_show, "train": _cmd_train, "eval": _cmd_eval,
-                "synth": _cmd_synth, "gen": _cmd_gen}
+                "synth": _cmd_synth, "gen": _cmd_gen, "sweep": _cmd_sweep}
     try:
         return commands[args.command](args)
     except USER_ERRORS as err:

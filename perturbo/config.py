@@ -82,7 +82,7 @@ class _Strict(BaseModel):
 
 
 class DataConfig(_Strict):
-    """Which data set, and how it is split (deterministically, from ``seed``)."""
+    """Which data set, and how it is split (deterministically, from ``split_seed``, else ``seed``)."""
 
     dataset: Dataset = Field(Dataset.DIGITS, description="digits (sklearn) or fashion-mnist (Debian IDX files)")
     validation_fraction: float = Field(
@@ -92,6 +92,13 @@ class DataConfig(_Strict):
         0.2, gt=0.0, lt=0.5, description="share held out as the test split (digits; Fashion-MNIST has its own test set)"
     )
     train_limit: int | None = Field(None, gt=0, description="use at most this many training samples (quick runs)")
+    split_seed: int | None = Field(
+        None,
+        ge=0,
+        lt=2**32,
+        description="seed of the train/validation/test split (and of which samples train_limit keeps); "
+        "default: the top-level seed. Fix it to compare several training seeds on one test set",
+    )
     pool: int = Field(
         1,
         ge=1,
@@ -233,7 +240,11 @@ class Config(_Strict):
 
     name: str = "perturbo"
     seed: int = Field(
-        1, ge=0, lt=2**32, description="drives initial weights, splits, shuffles and the on-chip random sources"
+        1,
+        ge=0,
+        lt=2**32,
+        description="drives initial weights, shuffles and the on-chip random sources; also the data split "
+        "unless data.split_seed is set",
     )
     data: DataConfig = DataConfig()
     network: NetworkConfig = NetworkConfig()
@@ -267,6 +278,11 @@ class Config(_Strict):
         return self
 
     # -- derived quantities shared by golden/ and hdl/ ------------------------------
+
+    @property
+    def split_seed(self) -> int:
+        """The seed of the data split: ``data.split_seed``, or ``seed`` when that is not set."""
+        return self.seed if self.data.split_seed is None else self.data.split_seed
 
     def layer_rules(self) -> list[Rule]:
         """The rule each layer learns with."""

@@ -5,8 +5,10 @@ Fashion-MNIST from Debian's ``dataset-fashion-mnist`` package (IDX files). Input
 are returned in the INT8 input format of docs/numerics.md: int16 tensors with
 values 0..127; labels are int64 class indices.
 
-Splits and shuffles depend only on ``cfg.seed`` (and, for shuffles, the epoch),
-never on global random state, so a run is reproducible and resumable.
+Splits depend only on ``cfg.split_seed`` (``data.split_seed``, or ``seed`` when
+that is not set) and shuffles only on ``cfg.seed`` and the epoch, never on global
+random state, so a run is reproducible and resumable, and several training seeds
+can share one split.
 """
 
 from __future__ import annotations
@@ -227,13 +229,13 @@ def _split(x: np.ndarray, y: np.ndarray) -> Split:
 
 
 def load_dataset(cfg: Config, *, check_network: bool = True) -> Splits:
-    """Load ``cfg.data.dataset`` and split it deterministically from ``cfg.seed``.
+    """Load ``cfg.data.dataset`` and split it deterministically from ``cfg.split_seed``.
 
     Digits: a stratified ``test_fraction`` test split, then a stratified
     ``validation_fraction`` of the rest for validation. Fashion-MNIST: its own
     10 000-image test set, and a stratified ``validation_fraction`` of its
     training set for validation. The training split is then shuffled (from the
-    seed) and truncated to ``data.train_limit``; validation and test do not
+    split seed) and truncated to ``data.train_limit``; validation and test do not
     depend on ``train_limit``.
 
     Raises
@@ -244,12 +246,12 @@ def load_dataset(cfg: Config, *, check_network: bool = True) -> Splits:
         ``check_network`` and the network's input or output width does not
         match the data set.
     """
-    data = cfg.data
+    data, split_seed = cfg.data, cfg.split_seed
     if data.dataset == Dataset.DIGITS:
         x_all, y_all = _load_digits()
         x_rest, x_test, y_rest, y_test = train_test_split(
             x_all, y_all, test_size=data.test_fraction, stratify=y_all,
-            random_state=derive_seed(cfg.seed, "test-split"),
+            random_state=derive_seed(split_seed, "test-split"),
         )
     elif data.dataset == Dataset.FASHION_MNIST:
         x_rest, y_rest, x_test, y_test = _load_fashion(_fashion_dir(), data.pool)
@@ -258,9 +260,9 @@ def load_dataset(cfg: Config, *, check_network: bool = True) -> Splits:
         raise DatasetError(f"unknown data set {data.dataset!r}")
     x_train, x_val, y_train, y_val = train_test_split(
         x_rest, y_rest, test_size=data.validation_fraction, stratify=y_rest,
-        random_state=derive_seed(cfg.seed, "validation-split"),
+        random_state=derive_seed(split_seed, "validation-split"),
     )
-    order = np.random.Generator(np.random.PCG64(derive_seed(cfg.seed, "train-order"))).permutation(
+    order = np.random.Generator(np.random.PCG64(derive_seed(split_seed, "train-order"))).permutation(
         len(y_train)
     )
     if data.train_limit is not None:

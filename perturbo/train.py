@@ -534,6 +534,7 @@ def train(
     log_every: int | None = None,
     backend_name: str = "custom",
     float_reference: bool = False,
+    on_eval: Callable[[dict[str, Any]], None] | None = None,
 ) -> TrainResult:
     """Train ``backend`` for ``cfg.training.steps`` steps, checkpointing into ``out_dir``.
 
@@ -562,6 +563,10 @@ def train(
         Every evaluation step is also recorded.
     backend_name, float_reference : str, bool
         Recorded in the checkpoint so ``perturbo eval`` can rebuild the backend.
+    on_eval : callable, optional
+        Called with every history record that holds a validation accuracy, after
+        the checkpoint of that step is written (``perturbo sweep`` reports it to
+        its scheduler, which may stop the run there).
 
     Returns
     -------
@@ -668,6 +673,8 @@ def train(
                 save_checkpoint(ckpt_path, cfg, backend, state, info)
                 _write_history(out_dir / HISTORY_NAME, cfg, info, state)
             bar.update(k)
+            if on_eval is not None and is_eval:
+                on_eval(dict(state.history[-1]))
 
     history_path, curves_path = out_dir / HISTORY_NAME, out_dir / CURVES_NAME
     if not history_path.exists():  # resumed a finished run whose history.json was removed
