@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from perturbo.backend import BackendFailure
 from perturbo.config import Config
 from perturbo.golden.integer import init_weights
 from perturbo.hdl.bus import ACCEL_ID, Command, Reg, Space, Status
@@ -33,7 +34,7 @@ from .driver import Link
 COSIM_TOP = "perturbo_cosim"
 
 
-class AcceleratorError(RuntimeError):
+class AcceleratorError(BackendFailure):
     """The accelerator on the other end is not the one the configuration describes, or it stalled."""
 
 
