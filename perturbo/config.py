@@ -281,7 +281,7 @@ class Config(_Strict):
         synapses = sum(o * i for o, i in self.layer_shapes())
         if synapses > MAX_SYNAPSES:
             raise ValueError(
-                f"network.layers = {net.layers} has {synapses} weights and biases; at most "
+                f"network.layers = {_short_repr(net.layers)} has {synapses} weights and biases; at most "
                 f"{MAX_SYNAPSES} are allowed (the host's golden model keeps several copies of them)"
             )
         return self
