@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 
 import pytest
 import torch
-from cocotb_build import run_cocotb
+from cocotb_build import SIMULATORS, run_cocotb
 
 from perturbo.config import Overflow
 from perturbo.golden import units as u
@@ -50,23 +50,26 @@ CONFIGS = [
 ]
 
 
+@pytest.mark.parametrize("sim", SIMULATORS)
 @pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: c.id)
-def test_alr_sign_terms(cfg: FrontendConfig) -> None:
+def test_alr_sign_terms(cfg: FrontendConfig, sim: str) -> None:
     dut = AlrSignTerms(lanes=cfg.lanes, grad_bits=cfg.grad_bits, overflow=cfg.overflow)
-    run_cocotb(dut, "alr_frontend", "tb_alr", extra_env=cfg.env())
+    run_cocotb(dut, "alr_frontend", "tb_alr", extra_env=cfg.env(), simulator=sim)
 
 
+@pytest.mark.parametrize("sim", SIMULATORS)
 @pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: c.id)
-def test_mgd_node_terms(cfg: FrontendConfig) -> None:
+def test_mgd_node_terms(cfg: FrontendConfig, sim: str) -> None:
     dut = MgdNodeTerms(lanes=cfg.lanes, grad_bits=cfg.grad_bits, overflow=cfg.overflow)
-    run_cocotb(dut, "node_frontend", "tb_node", extra_env=cfg.env())
+    run_cocotb(dut, "node_frontend", "tb_node", extra_env=cfg.env(), simulator=sim)
 
 
+@pytest.mark.parametrize("sim", SIMULATORS)
 @pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: c.id)
-def test_target_projection_terms(cfg: FrontendConfig) -> None:
+def test_target_projection_terms(cfg: FrontendConfig, sim: str) -> None:
     dut = TargetProjectionTerms(lanes=cfg.lanes, classes=cfg.classes, max_width=cfg.max_width,
                                 grad_bits=cfg.grad_bits, overflow=cfg.overflow)
-    run_cocotb(dut, "projection_frontend", "tb_projection", extra_env=cfg.env())
+    run_cocotb(dut, "projection_frontend", "tb_projection", extra_env=cfg.env(), simulator=sim)
 
 
 # -- fast checks, no simulator ----------------------------------------------------------

@@ -9,7 +9,7 @@ import pytest
 import torch
 from amaranth.hdl import Module, Signal, signed, unsigned
 from amaranth.sim import Simulator
-from cocotb_build import run_cocotb
+from cocotb_build import SIMULATORS, run_cocotb
 from hdl_harness import RandomHarness
 
 from perturbo.config import Overflow, Rounding
@@ -17,9 +17,11 @@ from perturbo.golden import units as u
 from perturbo.hdl.arith import narrow, round_shift, sign
 
 
-def test_random_source() -> None:
+@pytest.mark.parametrize("sim", SIMULATORS)
+def test_random_source(sim: str) -> None:
     # 3 lanes: not a power of two
-    run_cocotb(RandomHarness(3), "random_top", "tb_random", extra_env={"RANDOM_LANES": "3"})
+    run_cocotb(RandomHarness(3), "random_top", "tb_random", extra_env={"RANDOM_LANES": "3"},
+               simulator=sim)
 
 
 @pytest.mark.parametrize("overflow", list(Overflow))

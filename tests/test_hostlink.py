@@ -13,7 +13,7 @@ import random
 from pathlib import Path
 
 import pytest
-from cocotb_build import run_cocotb
+from cocotb_build import SIMULATORS, run_cocotb
 from hostlink_top import HostLinkTop, TargetModel, fuzz_cases
 
 from perturbo.hdl.hostlink import HostLink
@@ -160,9 +160,11 @@ def test_amaranth_sim_fuzz(comb_ack: bool) -> None:
     assert bytes(got) == expected
 
 
-def test_hostlink_cocotb() -> None:
+@pytest.mark.parametrize("sim", SIMULATORS)
+def test_hostlink_cocotb(sim: str) -> None:
     cfg = COCOTB_CFG
     top = HostLinkTop(depth=cfg["depth"], max_words=cfg["max_words"],
                       byte_timeout=cfg["byte_timeout"], bus_timeout=cfg["bus_timeout"],
                       ident=cfg["ident"])
-    run_cocotb(top, "hostlink_top", "tb_hostlink", extra_env={"HOSTLINK_CFG": json.dumps(cfg)})
+    run_cocotb(top, "hostlink_top", "tb_hostlink", extra_env={"HOSTLINK_CFG": json.dumps(cfg)},
+               simulator=sim)
