@@ -49,11 +49,22 @@ def ports(dut: Any, direction: str = "input") -> list[str]:
 def undefined_outputs(dut: Any) -> list[str]:
     """Outputs of ``dut`` with an X or Z bit (only a four-state simulator can show one).
 
-    Memory read data (``*__rdata``) is left out: it is undefined until the first read of
-    an uninitialised memory, on the FPGA as on Icarus (Verilator reads 0).
+    Left out, because their value does not matter there: memory read data (``*__rdata``),
+    undefined until the first read of an uninitialised memory, on the FPGA as on Icarus
+    (Verilator reads 0); and a stream's payload while its ``valid`` is low (the stream
+    transfer rules of ``amaranth.lib.stream``), for instance G rows read from memory.
     """
-    return [f"{name} = {getattr(dut, name).value}" for name in ports(dut, "output")
-            if not name.endswith("__rdata") and any(c in "xXzZ" for c in str(getattr(dut, name).value))]
+    names = ports(dut, "output")
+    out = []
+    for name in names:
+        value = str(getattr(dut, name).value)
+        if name.endswith("__rdata") or not any(c in "xXzZ" for c in value):
+            continue
+        valid = name.removesuffix("__payload") + "__valid"
+        if name.endswith("__payload") and valid in names and str(getattr(dut, valid).value) == "0":
+            continue
+        out.append(f"{name} = {value}")
+    return out
 
 
 def drive_inputs(dut: Any, skip: tuple[str, ...] = ("clk",)) -> None:
