@@ -114,7 +114,7 @@ class TrainingInterrupted(KeyboardInterrupt):
 class _DeferredInterrupt:
     """While active, the first SIGINT only sets :attr:`requested`; a second raises KeyboardInterrupt.
 
-    Installed only in the main thread and only over Python's default handler.
+    Installed only in the main thread, and not where SIGINT is ignored (a ``nohup`` job).
     """
 
     def __init__(self) -> None:
@@ -128,7 +128,7 @@ class _DeferredInterrupt:
 
     def __enter__(self) -> _DeferredInterrupt:
         if threading.current_thread() is threading.main_thread() and \
-                signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+                signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
             self._previous = signal.signal(signal.SIGINT, self._handler)
         return self
 

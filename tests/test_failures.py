@@ -208,6 +208,15 @@ class InterruptAt:
         return getattr(self.model, name)
 
 
+@pytest.fixture
+def terminal_sigint() -> Any:
+    """Python's own SIGINT handler, as in a terminal, whatever an earlier test left installed."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+@pytest.mark.usefixtures("terminal_sigint")
 def test_ctrl_c_saves_the_step_under_way(tmp_path: Path) -> None:
     from perturbo.golden.integer import IntegerModel
 
