@@ -77,7 +77,7 @@ class LossUnit(wiring.Component):
         m = Module()
         geo, lanes = self.geometry, self.geometry.lanes
         cur = Signal(self.group_layout)
-        k = Signal(range(lanes))
+        k = Signal(range(max(lanes, 2)))  # one bit even for one lane: no [-1:0] vector
         total = Signal(geo.loss_bits)
         base_loss = Signal(geo.loss_bits)
 

@@ -48,6 +48,15 @@ class BackendError(RuntimeError):
     """A backend that cannot be built here (not available yet, or its module fails to import)."""
 
 
+class BackendFailure(RuntimeError):
+    """A backend that stopped working while in use: the link to a board or to the co-simulation
+    broke, the device stopped answering, or the co-simulation died.
+
+    ``perturbo.sim``'s ``LinkError``, ``AcceleratorError`` and ``CosimError`` derive from it,
+    so the command line reports them without importing the simulation modules.
+    """
+
+
 def make_backend(
     cfg: Config, backend_name: str = "golden", float_reference: bool = False, port: str | None = None
 ) -> TrainingBackend:
@@ -87,21 +96,46 @@ def make_backend(
 def _hardware_backend(cfg: Config, name: Backend, port: str | None) -> TrainingBackend:
     from perturbo.hdl.accelerator import SUPPORTED_RULES
 
+    from .limits import check_fits_target
+
     unsupported = sorted({r.value for r in cfg.layer_rules()} - {r.value for r in SUPPORTED_RULES})
     if unsupported:
         raise BackendError(
             f"rule.name: the accelerator trains {', '.join(r.value for r in SUPPORTED_RULES)}, "
             f"not {', '.join(unsupported)} (a float baseline); train it with --backend golden"
         )
+    check_fits_target(cfg)
     from perturbo.sim.backend import AcceleratorBackend, VerilatorBackend
     from perturbo.sim.driver import Link
     from perturbo.sim.toolchain import ToolchainError
 
+    if name is Backend.SERIAL and port is None:
+        raise BackendError("the serial backend needs the board's port: --port /dev/ttyUSB1 (any pyserial URL)")
     try:
         if name is Backend.VERILATOR:
             return VerilatorBackend(cfg)
-        if port is None:
-            raise BackendError("the serial backend needs the board's port: --port /dev/ttyUSB1 (any pyserial URL)")
-        return AcceleratorBackend(cfg, Link(port, baudrate=cfg.hardware.baud))
+        link = Link(port, baudrate=cfg.hardware.baud)
+        try:
+            return AcceleratorBackend(cfg, link)
+        except BaseException:
+            link.close()
+            raise
     except ToolchainError as err:
         raise BackendError(str(err)) from None
+    except (BackendFailure, OSError) as err:
+        if name is Backend.VERILATOR:
+            raise BackendError(
+                f"the Verilator co-simulation could not be started: {_one_line(err)}; "
+                "check the Verilator install (bash .ci/install) or train on --backend golden"
+            ) from None
+        raise BackendError(
+            f"no perturbo accelerator answers on {port}: {_one_line(err)}; check --port (a serial "
+            "device such as /dev/ttyUSB1 or a pyserial URL such as socket://host:port), the cable, "
+            "and that the board runs this configuration's bitstream (perturbo synth)"
+        ) from None
+
+
+def _one_line(err: BaseException) -> str:
+    """An exception's message on one line (long tool logs are cut to their first line)."""
+    text = str(err).strip() or type(err).__name__
+    return text.splitlines()[0]

@@ -5,32 +5,52 @@
     perturbo config show FILE
     perturbo train CONFIG [--backend golden|verilator|serial] [--out DIR] [--steps N]
                           [--resume | --overwrite] [--float] [--no-progress]
+                          [--checkpoint-seconds S]
     perturbo eval CHECKPOINT [--split test|val|train] [--backend NAME]
     perturbo synth CONFIG --board icebreaker|ulx3s-85f|orangecrab [-o DIR] [--seed N] [--force]
     perturbo sweep SWEEP [--out DIR] [--address ADDR] [--cpus N] [--resume | --overwrite] [--dry-run]
 
 User errors (a bad configuration, a missing data set, an unusable checkpoint, a
-backend that is not available) print a message to stderr and exit with status 2,
-without a traceback. An interrupted run exits with status 130.
+backend that is not available) and failures a user can meet (a board or a
+co-simulation that stops answering, a run directory that cannot be written) print
+one ``perturbo: error:`` line saying what failed and what to do, followed by the
+command that resumes the run when a checkpoint exists, and exit with status 2,
+without a traceback. Ctrl-C lets the step under way finish, saves it and exits
+with status 130 (a second Ctrl-C stops at once, keeping the last checkpoint).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import re
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from . import __version__
-from .backend import BackendError, make_backend
+from .backend import BackendError, BackendFailure, make_backend
 from .config import Backend, Config, ConfigError, load_config, parse_config
 from .data import DatasetError, load_dataset
 from .sweep import SweepError
-from .train import CHECKPOINT_NAME, CheckpointError, evaluate, load_checkpoint, train
+from .limits import check_fits_target
+from .train import (
+    CHECKPOINT_NAME,
+    CheckpointError,
+    TrainingInterrupted,
+    evaluate,
+    load_checkpoint,
+    train,
+)
+
+
+class RunError(RuntimeError):
+    """A run that failed part-way: the message says what failed, what to do, and how to resume."""
+
 
 #: Exceptions that are the user's to fix: reported in one message, exit status 2.
-USER_ERRORS = (ConfigError, DatasetError, CheckpointError, BackendError, SweepError)
+USER_ERRORS = (ConfigError, DatasetError, CheckpointError, BackendError, RunError, SweepError)
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
 #: Boards ``perturbo synth`` builds for (perturbo.boards.top.BOARDS).
@@ -71,6 +91,9 @@ def _parser() -> argparse.ArgumentParser:
                     help="train the float reference of the rule instead of the integer model")
     tr.add_argument("--no-progress", dest="progress", action="store_false",
                     help="no progress bar")
+    tr.add_argument("--checkpoint-seconds", type=float, metavar="S",
+                    help="override training.checkpoint_seconds: also checkpoint every S seconds "
+                         "(default 60; 0: only every eval_every steps)")
 
     ev = sub.add_parser("eval", help="accuracy of a checkpoint on a data split")
     ev.add_argument("checkpoint", type=Path, metavar="CHECKPOINT",
@@ -108,10 +131,39 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _with_steps(cfg: Config, steps: int, source: str) -> Config:
+def _with_training(cfg: Config, source: str, flag: str, **values: object) -> Config:
     data = cfg.model_dump(mode="json")
-    data["training"] = {**data["training"], "steps": steps}
-    return parse_config(data, f"{source} with --steps {steps}")
+    data["training"] = {**data["training"], **values}
+    return parse_config(data, f"{source} with {flag}")
+
+
+def _resume_command(args: argparse.Namespace, out: Path) -> str:
+    """The command line that continues this run from its checkpoint."""
+    words = ["perturbo", "train", str(args.config), "--out", str(out), "--resume"]
+    if args.backend != Backend.VERILATOR.value:
+        words += ["--backend", args.backend]
+    if args.port is not None:
+        words += ["--port", args.port]
+    if args.float_reference:
+        words.append("--float")
+    return " ".join(shlex.quote(w) for w in words)
+
+
+def _checkpoint_note(args: argparse.Namespace, out: Path) -> str:
+    """Where the run stands: the intact checkpoint and the resume command, or that there is none."""
+    path = out / CHECKPOINT_NAME
+    if not path.exists():
+        return "  no checkpoint was written; run the same command again to start over"
+    try:
+        step = load_checkpoint(path).trainer.step
+    except CheckpointError as err:
+        return f"  the checkpoint in {out} cannot be used ({err}); start over with --overwrite"
+    return f"  the checkpoint of step {step} in {out} is intact; continue with:\n    {_resume_command(args, out)}"
+
+
+def _failure(err: BaseException) -> str:
+    text = str(err).strip() or type(err).__name__
+    return text.splitlines()[0]
 
 
 def _default_out(cfg: Config) -> Path:
@@ -126,7 +178,10 @@ def _cmd_config_show(args: argparse.Namespace) -> int:
 def _cmd_train(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     if args.steps is not None:
-        cfg = _with_steps(cfg, args.steps, str(args.config))
+        cfg = _with_training(cfg, str(args.config), f"--steps {args.steps}", steps=args.steps)
+    if args.checkpoint_seconds is not None:
+        cfg = _with_training(cfg, str(args.config), f"--checkpoint-seconds {args.checkpoint_seconds}",
+                             checkpoint_seconds=args.checkpoint_seconds)
     out = args.out if args.out is not None else _default_out(cfg)
     splits = load_dataset(cfg)  # data problems surface before a backend is built
     backend = make_backend(cfg, args.backend, float_reference=args.float_reference, port=args.port)
@@ -134,14 +189,30 @@ def _cmd_train(args: argparse.Namespace) -> int:
         result = train(cfg, backend, out, resume=args.resume, progress=args.progress,
                        overwrite=args.overwrite, splits=splits, backend_name=args.backend,
                        float_reference=args.float_reference)
-    except KeyboardInterrupt:
-        print(f"\ninterrupted; the last checkpoint in {out} is intact. Continue with:\n"
-              f"  perturbo train {args.config} --out {out} --resume", file=sys.stderr)
+    except TrainingInterrupted as stop:
+        what = f"step {stop.step} saved" if stop.saved else "the state could not be saved"
+        print(f"\ninterrupted; {what}.\n{_checkpoint_note(args, out)}", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except KeyboardInterrupt:
+        print(f"\ninterrupted.\n{_checkpoint_note(args, out)}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BackendFailure as err:
+        todo = {
+            Backend.SERIAL.value: "check the board, its cable and --port; reset a board that stopped answering",
+            Backend.VERILATOR.value: "the co-simulation died or stopped answering; run again",
+        }.get(args.backend, "run again")
+        raise RunError(f"training on the {args.backend} backend failed: {_failure(err)}; {todo}\n"
+                       f"{_checkpoint_note(args, out)}") from None
+    except OSError as err:
+        where = err.filename if err.filename else out
+        raise RunError(f"cannot write the run directory {out} ({where}: {err.strerror or err}); "
+                       "free some space or make it writable, or choose another --out\n"
+                       f"{_checkpoint_note(args, out)}") from None
     finally:
         close = getattr(backend, "close", None)
         if close is not None:
-            close()
+            with contextlib.suppress(Exception):  # a broken link cannot be closed cleanly
+                close()
     acc = "n/a" if result.val_accuracy is None else f"{result.val_accuracy:.4f}"
     print(f"{cfg.name}: step {result.step}, validation accuracy {acc}")
     print(f"  checkpoint {result.checkpoint}\n  history    {result.history_path}\n"
@@ -153,6 +224,7 @@ def _cmd_gen(args: argparse.Namespace) -> int:
     from perturbo.hdl.generate import generate
 
     cfg = load_config(args.config)
+    check_fits_target(cfg, str(args.config))
     try:
         path = generate(cfg, args.out)
     except ValueError as err:
@@ -194,6 +266,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 def _cmd_synth(args: argparse.Namespace) -> int:
     """Build for a board; exit 0 if the design fits, 1 if it does not fit or the build failed."""
     cfg = load_config(args.config)
+    check_fits_target(cfg, str(args.config))
     from perturbo.boards.build import ToolchainError, build
 
     try:
@@ -249,6 +322,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return commands[args.command](args)
     except USER_ERRORS as err:
         print(f"perturbo: error: {err}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except BackendFailure as err:
+        print(f"perturbo: error: the backend failed: {_failure(err)}; check the board or run again",
+              file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)

@@ -9,12 +9,20 @@ from __future__ import annotations
 
 import difflib
 import math
+import reprlib
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+
+#: Largest configuration file read (bytes): a configuration is a few hundred bytes.
+MAX_CONFIG_BYTES = 1 << 20
+#: Most synapses (weights and biases) a network may have: the golden model keeps several
+#: int64 copies of them on the host (4 M synapses: 32 MB per copy), and the largest FPGA
+#: target holds far fewer (perturbo.limits).
+MAX_SYNAPSES = 1 << 22
 
 
 class ConfigError(ValueError):
@@ -77,8 +85,25 @@ class Backend(StrEnum):
     SERIAL = "serial"
 
 
+def _holds_bool(value: Any) -> bool:
+    if isinstance(value, (list, tuple)):
+        return any(_holds_bool(v) for v in value)
+    return isinstance(value, bool)
+
+
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, use_enum_values=False)
+    # allow_inf_nan=False: .inf and .nan are refused wherever a number is expected
+    model_config = ConfigDict(extra="forbid", frozen=True, use_enum_values=False, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_booleans(cls, value: Any, info: ValidationInfo) -> Any:
+        """YAML's true/false would otherwise be read as the numbers 1 and 0 (``lanes: true``)."""
+        if _holds_bool(value) and info.field_name is not None:
+            annotation = cls.model_fields[info.field_name].annotation
+            if bool not in get_args(annotation) and annotation is not bool:
+                raise ValueError("true/false is not a valid value here; write a number")
+        return value
 
 
 class DataConfig(_Strict):
@@ -193,6 +218,10 @@ class RuleConfig(_Strict):
 class TrainingConfig(_Strict):
     steps: int = Field(2000, ge=1, description="updates to train for")
     eval_every: int = Field(500, ge=1, description="evaluate on the validation split every this many steps")
+    checkpoint_seconds: float = Field(
+        60.0, ge=0.0, description="also checkpoint when this many seconds have passed since the last "
+        "checkpoint (besides every eval_every steps); 0: only every eval_every steps",
+    )
     lr_mult_schedule: list[tuple[Annotated[int, Field(ge=0)], Annotated[int, Field(ge=1, le=255)]]] = Field(
         [],
         description="step decay of the integer rules: [[step, lr_mult], ...]; from each step on, the host "
@@ -224,7 +253,7 @@ class HardwareConfig(_Strict):
     weight_depth: int | None = Field(
         None, gt=0, description="weight memory words per lane; default: what the network needs"
     )
-    sample_depth: int = Field(1024, ge=1, description="on-chip sample buffer, in samples")
+    sample_depth: int = Field(1024, ge=1, le=1 << 16, description="on-chip sample buffer, in samples")
     clock_mhz: float = Field(12.0, gt=0.0, description="board clock the UART divisor is computed from")
     hash_stages_per_register: Literal[1, 2, 3, 6] = Field(
         2,
@@ -275,6 +304,12 @@ class Config(_Strict):
                 )
         if num.grad_bits < 16:
             raise ValueError("numerics.grad_bits must be at least 16")
+        synapses = sum(o * i for o, i in self.layer_shapes())
+        if synapses > MAX_SYNAPSES:
+            raise ValueError(
+                f"network.layers = {_short_repr(net.layers)} has {synapses} weights and biases; at most "
+                f"{MAX_SYNAPSES} are allowed (the host's golden model keeps several copies of them)"
+            )
         return self
 
     # -- derived quantities shared by golden/ and hdl/ ------------------------------
@@ -354,11 +389,32 @@ def _format_error(err: ValidationError, source: str) -> str:
             if isinstance(value, dict):
                 lines.append(f"  {msg}" if not loc else f"  {key}: {msg}")
                 continue
-        shown = repr(value)
+        shown = _short_repr(value)
         if len(shown) > 60:
             shown = shown[:57] + "..."
         lines.append(f"  {key} = {shown}: {msg}")
     return "\n".join(lines)
+
+
+_REPR = reprlib.Repr()  # keyword arguments need Python 3.12
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxdict, _REPR.maxstring, _REPR.maxother = 2, 4, 4, 60, 60
+
+
+def _short_repr(value: Any) -> str:
+    """A value for an error message, without building the text of a huge one."""
+    return _REPR.repr(value)
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """safe_load without aliases: ``*name`` could expand a short file into gigabytes."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            raise yaml.composer.ComposerError(
+                None, None, "YAML aliases (*name) are not allowed in a perturbo configuration; "
+                "write the value out", mark)
+        return super().compose_node(parent, index)
 
 
 def parse_config(data: Any, source: str = "<config>") -> Config:
@@ -379,11 +435,21 @@ def load_config(path: str | Path) -> Config:
     """Read and validate one YAML configuration file."""
     path = Path(path)
     try:
-        text = path.read_text()
+        with path.open("rb") as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)
     except OSError as err:
         raise ConfigError(f"cannot read configuration {path}: {err.strerror}") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path} is larger than {MAX_CONFIG_BYTES} bytes; it is not a perturbo configuration")
     try:
-        data = yaml.safe_load(text)
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(
+            f"{path} is not UTF-8 text (byte {raw[err.start]:#04x} at offset {err.start}); "
+            "save the configuration as UTF-8"
+        ) from None
+    try:
+        data = yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 (a SafeLoader)
     except yaml.YAMLError as err:
         raise ConfigError(f"malformed YAML in {path}: {err}") from None
     return parse_config(data, str(path))

@@ -162,8 +162,11 @@ def _read_idx(path: Path, ndim: int) -> np.ndarray:
     try:
         with gzip.open(path, "rb") as f:
             raw = f.read()
-    except (OSError, EOFError) as err:
-        raise DatasetError(f"cannot read {path}: {err}") from None
+    except (OSError, EOFError, zlib.error) as err:  # zlib.error: corrupt deflate data
+        raise DatasetError(
+            f"cannot read {path}: {err}; the file is damaged: reinstall it "
+            f"(apt-get install --reinstall dataset-fashion-mnist) or point {FASHION_MNIST_ENV} at a good copy"
+        ) from None
     header = 4 + 4 * ndim
     if len(raw) < header:
         raise DatasetError(f"{path} is not an IDX file: only {len(raw)} bytes")

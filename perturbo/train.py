@@ -38,7 +38,9 @@ import io
 import json
 import math
 import os
+import signal
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -49,7 +51,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import __version__
-from .backend import TrainingBackend, samples_per_step
+from .backend import BackendFailure, TrainingBackend, samples_per_step
 from .config import Config, ConfigError, parse_config
 from .data import SampleStream, Split, Splits, load_dataset
 
@@ -62,6 +64,7 @@ __all__ = [
     "CheckpointError",
     "TrainResult",
     "TrainerState",
+    "TrainingInterrupted",
     "accuracy",
     "decode_checkpoint",
     "encode_checkpoint",
@@ -87,6 +90,51 @@ PREDICT_CHUNK = 1024
 
 class CheckpointError(RuntimeError):
     """A checkpoint that is missing, truncated, corrupt, of another format or another run."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped :func:`train`.
+
+    Attributes
+    ----------
+    step : int
+        Steps done when it stopped.
+    saved : bool
+        Whether a checkpoint of that step was written (the first Ctrl-C lets the step
+        finish and saves; a second one, or a backend that can no longer be read, stops
+        without saving and leaves the previous checkpoint intact).
+    """
+
+    def __init__(self, step: int, saved: bool) -> None:
+        super().__init__(f"interrupted at step {step}" + ("" if saved else " (not saved)"))
+        self.step = step
+        self.saved = saved
+
+
+class _DeferredInterrupt:
+    """While active, the first SIGINT only sets :attr:`requested`; a second raises KeyboardInterrupt.
+
+    Installed only in the main thread, and not where SIGINT is ignored (a ``nohup`` job).
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __enter__(self) -> _DeferredInterrupt:
+        if threading.current_thread() is threading.main_thread() and \
+                signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+            self._previous = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
 
 
 # -- state ---------------------------------------------------------------------------
@@ -531,6 +579,7 @@ def train(
     overwrite: bool = False,
     splits: Splits | None = None,
     checkpoint_every: int | None = None,
+    checkpoint_seconds: float | None = None,
     log_every: int | None = None,
     backend_name: str = "custom",
     float_reference: bool = False,
@@ -558,6 +607,10 @@ def train(
     checkpoint_every : int, optional
         Steps between checkpoints; default ``training.eval_every``. A checkpoint
         is always written after the last step.
+    checkpoint_seconds : float, optional
+        Also write a checkpoint once this many seconds have passed since the last one
+        (after the step that crosses it); default ``training.checkpoint_seconds``; 0 turns
+        the timer off.
     log_every : int, optional
         Steps between history records; default ``max(1, eval_every // 10)``.
         Every evaluation step is also recorded.
@@ -578,10 +631,17 @@ def train(
         ``resume`` without a usable checkpoint, a checkpoint of another
         configuration, or a fresh run over an existing checkpoint without ``overwrite``.
 
+    TrainingInterrupted
+        Ctrl-C (SIGINT, in the main thread): the step under way finishes and its state
+        is saved before this is raised (``saved``); a second Ctrl-C stops at once.
+
     Notes
     -----
     If the run fails (an exception, KeyboardInterrupt), the last good
     checkpoint is left intact and no temporary file remains: resume from it.
+    A backend may return from ``train_steps`` either the mean loss of its steps or
+    the sequence of their losses (then the history sums them in step order, exactly
+    as a one-step backend's).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -592,7 +652,15 @@ def train(
     if resume:
         ckpt = load_checkpoint(ckpt_path)
         _check_resumable(ckpt, cfg, info, ckpt_path)
-        backend.load_state_dict(ckpt.backend_state)
+        try:
+            backend.load_state_dict(ckpt.backend_state)
+        except (KeyError, ValueError, TypeError, IndexError, AttributeError, RuntimeError) as err:
+            if isinstance(err, (CheckpointError, BackendFailure)):
+                raise  # a checkpoint problem already, or the link failed while loading
+            raise CheckpointError(
+                f"cannot resume from {ckpt_path}: its backend state does not fit this configuration "
+                f"({type(err).__name__}: {err}); start afresh with --overwrite"
+            ) from None
         state = ckpt.trainer
     else:
         if ckpt_path.exists() and not overwrite:
@@ -608,6 +676,8 @@ def train(
     total = cfg.training.steps
     eval_every = cfg.training.eval_every
     checkpoint_every = checkpoint_every or eval_every
+    if checkpoint_seconds is None:
+        checkpoint_seconds = cfg.training.checkpoint_seconds
     log_every = log_every or max(1, eval_every // 10)
     stream = SampleStream(splits.train.x, splits.train.y, cfg.seed, state.epoch, state.position)
 
@@ -623,7 +693,13 @@ def train(
     if state.val_accuracy is not None:
         postfix["val"] = f"{state.val_accuracy:.3f}"
 
-    with tqdm(
+    def save() -> None:
+        state.elapsed = elapsed()
+        save_checkpoint(ckpt_path, cfg, backend, state, info)
+        _write_history(out_dir / HISTORY_NAME, cfg, info, state)
+
+    last_save = time.monotonic()
+    with _DeferredInterrupt() as stop, tqdm(
         total=total,
         initial=min(state.step, total),
         disable=not progress,
@@ -651,10 +727,14 @@ def train(
             )
             k = max(1, min(max_chunk, boundary - state.step))
             x, y = stream.take(n * k)
-            loss = float(many(x, y, k) if many is not None else backend.train_step(x, y))
+            out = many(x, y, k) if many is not None else backend.train_step(x, y)
             state.step += k
             state.epoch, state.position = stream.cursor
-            state.loss_sum += loss * k
+            if isinstance(out, (int, float)) or (isinstance(out, torch.Tensor) and out.ndim == 0):
+                state.loss_sum += float(out) * k
+            else:  # one loss per step: summed in step order, as a one-step backend's
+                for v in out:
+                    state.loss_sum += float(v)
             state.loss_count += k
             is_eval = state.step % eval_every == 0 or state.step == total
             if is_eval or state.step % log_every == 0:
@@ -668,13 +748,20 @@ def train(
                 if val is not None:
                     postfix["val"] = f"{val:.3f}"
                 bar.set_postfix(postfix, refresh=False)
-            if state.step % checkpoint_every == 0 or state.step == total:
-                state.elapsed = elapsed()
-                save_checkpoint(ckpt_path, cfg, backend, state, info)
-                _write_history(out_dir / HISTORY_NAME, cfg, info, state)
+            due = checkpoint_seconds > 0 and time.monotonic() - last_save >= checkpoint_seconds
+            if state.step % checkpoint_every == 0 or state.step == total or due or stop.requested:
+                try:
+                    save()
+                except Exception:
+                    if stop.requested:  # the backend can no longer be read: keep the last checkpoint
+                        raise TrainingInterrupted(state.step, saved=False) from None
+                    raise
+                last_save = time.monotonic()
             bar.update(k)
             if on_eval is not None and is_eval:
                 on_eval(dict(state.history[-1]))
+            if stop.requested:
+                raise TrainingInterrupted(state.step, saved=True)
 
     history_path, curves_path = out_dir / HISTORY_NAME, out_dir / CURVES_NAME
     if not history_path.exists():  # resumed a finished run whose history.json was removed

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from perturbo.backend import BackendFailure
 from perturbo.config import Config
 from perturbo.golden.integer import init_weights
 from perturbo.hdl.bus import ACCEL_ID, Command, Reg, Space, Status
@@ -34,7 +35,7 @@ from .driver import Link
 COSIM_TOP = "perturbo_cosim"
 
 
-class AcceleratorError(RuntimeError):
+class AcceleratorError(BackendFailure):
     """The accelerator on the other end is not the one the configuration describes, or it stalled."""
 
 
@@ -136,25 +137,30 @@ class AcceleratorBackend:
         self.link.write_word(Space.REGS, Reg.LR_MULT, int(value))
         self._lr_mult = int(value)
 
-    def train_steps(self, x: torch.Tensor, labels: torch.Tensor, steps: int) -> float:
+    def train_steps(self, x: torch.Tensor, labels: torch.Tensor, steps: int) -> list[float]:
         """Run ``steps`` updates on the ``steps * samples_per_step`` samples, in order, on chip.
 
-        Returns the mean baseline loss of the last step.
+        Returns the mean baseline loss of every step (``LAST_LOSS / samples_per_step``,
+        what the golden model's ``train_step`` returns). The samples of up to
+        :attr:`max_steps_per_call` steps go over in one burst; the accelerator then runs
+        them one ``TRAIN`` command (``STEPS = 1``) at a time, because ``LAST_LOSS`` holds
+        only the last step's loss.
         """
         s = self.samples_per_step
         if x.shape[0] != steps * s:
             raise ValueError(f"{steps} steps take {steps * s} samples, got {x.shape[0]}")
-        loss = 0.0
+        losses: list[float] = []
         for start in range(0, steps, self.max_steps_per_call):
             k = min(self.max_steps_per_call, steps - start)
             self._load_samples(x[start * s:(start + k) * s], labels[start * s:(start + k) * s])
-            self._write_regs({Reg.SAMPLE_COUNT: k * s, Reg.SAMPLE_CURSOR: 0, Reg.STEPS: k})
-            self._run(Command.TRAIN, timeout=60 + 0.5 * k * s)
-            loss = self.link.read_word(Space.REGS, Reg.LAST_LOSS) / s
-        return loss
+            self._write_regs({Reg.SAMPLE_COUNT: k * s, Reg.SAMPLE_CURSOR: 0, Reg.STEPS: 1})
+            for _ in range(k):  # the sample cursor advances through the buffer step by step
+                self._run(Command.TRAIN, timeout=60 + 0.5 * s)
+                losses.append(self.link.read_word(Space.REGS, Reg.LAST_LOSS) / s)
+        return losses
 
     def train_step(self, x: torch.Tensor, labels: torch.Tensor) -> float:
-        return self.train_steps(x, labels, 1)
+        return self.train_steps(x, labels, 1)[0]
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         depth, classes = self.geo.sample_depth, self.geo.classes

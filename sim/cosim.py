@@ -33,6 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
+from perturbo.backend import BackendFailure
+
 from .toolchain import verilator_env
 
 __all__ = ["CosimError", "RunStats", "VerilatorSim", "build_harness", "cache_root"]
@@ -48,7 +50,7 @@ BUILD_FLAGS = ["--cc", "--exe", "--build", "-O3", "--build-jobs", "1",
                "--prefix", "Vtop", *VERILATOR_WAIVERS]
 
 
-class CosimError(RuntimeError):
+class CosimError(BackendFailure):
     """The harness could not be built or started, or it died."""
 
 

@@ -25,6 +25,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from perturbo.backend import BackendFailure
 from perturbo.hdl.hostlink import WORD_ADDR_BITS
 
 from .protocol import (
@@ -57,7 +58,7 @@ class Transport(Protocol):
     def close(self) -> None: ...
 
 
-class LinkError(RuntimeError):
+class LinkError(BackendFailure):
     """A request failed for good.
 
     Attributes
@@ -248,8 +249,15 @@ class Link:
         if self._port.timeout is None or abs(self._port.timeout - remaining) > 0.05:
             self._port.timeout = remaining  # reconfigures a serial port: not on every read
         # never ask for more than the current frame still needs: read() returns at once
-        data = self._port.read(self._decoder.need())
+        try:
+            data = self._port.read(self._decoder.need())
+        except OSError as error:  # serial.SerialException is an OSError too
+            raise self._broken("read from", error) from error
         return self._decoder.feed(data) if data else []
+
+    def _broken(self, what: str, error: OSError) -> LinkError:
+        where = repr(self.url) if self.url is not None else "the transport"
+        return LinkError(f"cannot {what} {where}: the link is broken ({error})")
 
     def _reply_time(self, nbytes: int) -> float:
         return self.timeout + 2.0 * nbytes * 10 / self.baudrate
@@ -286,7 +294,10 @@ class Link:
                 self.stats.retries += 1
             seq = self._next_seq()
             frame = encode_request(seq, op, payload)
-            self._port.write(frame)
+            try:
+                self._port.write(frame)
+            except OSError as error:
+                raise self._broken("write to", error) from error
             deadline = time.monotonic() + self._reply_time(len(frame) + reply_len + 8)
             reason = self._await(seq, op, deadline, attempts)
             if isinstance(reason, bytes):

@@ -8,7 +8,7 @@
 // which is what Amaranth generates for In(stream.Signature(8)) / Out(stream.Signature(8)).
 //
 // Usage: harness [--port P] [--poll N] [--accept-timeout S] [--bench CYCLES]
-//   --port P            TCP port on 127.0.0.1; 0 (default) picks a free one. The chosen
+//   --port P            TCP port on 127.0.0.1, 0..65535; 0 (default) picks a free one. The chosen
 //                       port is printed on stdout as "PORT <n>" once listening.
 //   --poll N            cycles between socket polls (default 1024): the socket is read and
 //                       written with non-blocking calls every N cycles, so the model runs at
@@ -116,11 +116,15 @@ inline void cycle(Top* top, Buffer& rxbuf, Buffer& txbuf, Stats& stats) {
     ++stats.cycles;
 }
 
-int parse_int(const char* text, const char* what) {
+// A decimal integer in 0..max; anything else (a sign, trailing text, a value that would
+// wrap, such as a --port above 65535) ends the harness with status 2 and a message.
+int parse_int(const char* text, const char* what, long max = 1000000000L) {
     char* end = nullptr;
+    errno = 0;
     long value = std::strtol(text, &end, 10);
-    if (!*text || *end || value < 0) {
-        std::fprintf(stderr, "harness: %s must be a non-negative integer, not '%s'\n", what, text);
+    if (!*text || *end || errno == ERANGE || value < 0 || value > max) {
+        std::fprintf(stderr, "harness: %s must be an integer from 0 to %ld, not '%s'\n", what, max,
+                     text);
         std::exit(2);
     }
     return static_cast<int>(value);
@@ -137,7 +141,7 @@ int main(int argc, char** argv) {
         const char* arg = argv[i];
         const char* value = i + 1 < argc ? argv[i + 1] : nullptr;
         if (!std::strcmp(arg, "--port") && value) {
-            port = parse_int(value, "--port");
+            port = parse_int(value, "--port", 65535);
             ++i;
         } else if (!std::strcmp(arg, "--poll") && value) {
             poll_cycles = parse_int(value, "--poll");

@@ -1,10 +1,17 @@
-"""Build-once-per-configuration helper that runs cocotb testbenches on Verilator.
+"""Build-once-per-configuration helper that runs cocotb testbenches on Verilator and Icarus.
 
 Every hardware unit's pytest entry point calls :func:`run_cocotb`.  The Verilog
 is generated from the Amaranth component and the verilated model is built in a
 directory keyed by a hash of that Verilog and the build options, so a unit's
 model is built once per configuration and reused by every later test and run
 (``~/.cache/perturbo/cocotb``, or ``$PERTURBO_BUILD_DIR``: cached across runs and checkouts).
+
+Every testbench also runs on Icarus Verilog (Debian's ``iverilog``, ``-g2005``; see
+:data:`ICARUS_ARGS`), a four-state simulator: an input a testbench leaves undriven reads
+X there where Verilator's two-state start reads 0, so both must pass.  The testbench sees
+``PERTURBO_SIM`` (``verilator`` or ``icarus``); Icarus runs about 25x slower, so the
+host-link fuzz sends 250 frames there instead of 1 000 (tests/test_hostlink.py); every
+other testbench runs the same stimulus on both.
 """
 
 from __future__ import annotations
@@ -28,10 +35,45 @@ BUILD_ROOT = Path(os.environ.get("PERTURBO_BUILD_DIR", cache_root() / "cocotb"))
 # Verilator; none of them is a bug in generated code (widths are explicit there).
 VERILATOR_WAIVERS = ["-Wno-WIDTHEXPAND", "-Wno-WIDTHTRUNC", "-Wno-CASEINCOMPLETE", "-Wno-fatal"]
 
+#: The two simulators every unit testbench runs on.
+SIMULATORS = ["verilator", "icarus"]
+#: Icarus flags.  ``-g2005``: Amaranth's Verilog evaluates combinational ``always @*``
+#: blocks at time zero through a dummy assignment that produces no event in Icarus'
+#: SystemVerilog mode (cocotb's default ``-g2012``; the later flag wins), so their
+#: outputs would stay X until an input changes.
+ICARUS_ARGS = ["-g2005"]
+#: Amaranth's Verilog has no `timescale; the testbenches clock in ns.
+ICARUS_TIMESCALE = ("1ns", "1ps")
+
+
+def _run_icarus(text: str, toplevel: str, test_module: str, testcase: str | None,
+                extra_env: dict[str, str]) -> None:
+    import shutil
+
+    from cocotb_tools.runner import get_results, get_runner
+
+    assert shutil.which("iverilog"), "Icarus Verilog is missing: install Debian's iverilog (bash .ci/install does)"
+    digest = hashlib.sha256((text + repr(ICARUS_ARGS) + repr(ICARUS_TIMESCALE)).encode()).hexdigest()[:16]
+    build_dir = BUILD_ROOT / f"icarus-{toplevel}-{digest}"
+    build_dir.mkdir(parents=True, exist_ok=True)
+    source = build_dir / f"{toplevel}.v"
+    if not source.exists() or source.read_text() != text:
+        source.write_text(text)
+    extra_env = {**extra_env, "PERTURBO_TOP_VERILOG": str(source)}
+    runner = get_runner("icarus")
+    runner.build(sources=[source], hdl_toplevel=toplevel, build_dir=build_dir, build_args=ICARUS_ARGS,
+                 timescale=ICARUS_TIMESCALE, always=False)
+    results = runner.test(hdl_toplevel=toplevel, hdl_toplevel_lang="verilog", test_module=test_module,
+                          build_dir=build_dir, test_dir=build_dir, testcase=testcase, extra_env=extra_env)
+    total, failed = get_results(results)
+    assert total > 0, f"no cocotb test ran from {test_module} on Icarus (see {results})"
+    assert failed == 0, f"{failed} of {total} cocotb tests failed in {test_module} on Icarus (see {results})"
+
 
 def run_cocotb(component, toplevel: str, test_module: str, *, extra_env: dict[str, str] | None = None,
-               testcase: str | None = None, big: bool = False) -> None:
-    """Generate ``component`` as ``toplevel``, build it once, run the cocotb ``test_module``.
+               testcase: str | None = None, big: bool = False, simulator: str = "verilator") -> None:
+    """Generate ``component`` as ``toplevel``, build it once, run the cocotb ``test_module``
+    on ``simulator`` (``"verilator"`` or ``"icarus"``).
 
     ``extra_env`` reaches the testbench as environment variables (for instance a
     JSON-encoded configuration); a failing cocotb test fails the calling pytest test.
@@ -43,6 +85,23 @@ def run_cocotb(component, toplevel: str, test_module: str, *, extra_env: dict[st
     from cocotb_tools.runner import get_runner
 
     text = verilog.convert(component, name=toplevel, emit_src=False)
+    tests_dir = str(Path(__file__).resolve().parent)
+    if tests_dir not in sys.path:
+        sys.path.insert(0, tests_dir)
+    env_common = {
+        # cocotb applies pytest's assertion rewriting to every imported module by
+        # default; with PYTHONDONTWRITEBYTECODE nothing is cached, and torch alone
+        # then takes ~14 s to import.  Rewrite only the testbenches.
+        "COCOTB_REWRITE_ASSERTION_FILES": "tb_*.py *_tb.py",
+        **(extra_env or {}),
+        "PERTURBO_SIM": simulator,
+        "PYTHONPATH": os.pathsep.join([tests_dir, str(REPO)]),
+    }
+    if simulator == "icarus":
+        _run_icarus(text, toplevel, test_module, testcase, env_common)
+        return
+    if simulator != "verilator":
+        raise ValueError(f"simulator must be one of {SIMULATORS}, not {simulator!r}")
     digest = hashlib.sha256((text + repr(VERILATOR_WAIVERS)).encode()).hexdigest()[:16]
     build_dir = BUILD_ROOT / f"{toplevel}-{digest}"
     build_dir.mkdir(parents=True, exist_ok=True)
@@ -76,9 +135,6 @@ def run_cocotb(component, toplevel: str, test_module: str, *, extra_env: dict[st
         finally:
             os.environ["MAKEFLAGS"] = saved_makeflags
         stamp.write_text(repr(build_args) + make_opts)
-    tests_dir = str(Path(__file__).resolve().parent)
-    if tests_dir not in sys.path:
-        sys.path.insert(0, tests_dir)
     results = runner.test(
         hdl_toplevel=toplevel,
         hdl_toplevel_lang="verilog",
@@ -86,14 +142,7 @@ def run_cocotb(component, toplevel: str, test_module: str, *, extra_env: dict[st
         build_dir=build_dir,
         test_dir=build_dir,
         testcase=testcase,
-        extra_env={
-            # cocotb applies pytest's assertion rewriting to every imported module by
-            # default; with PYTHONDONTWRITEBYTECODE nothing is cached, and torch alone
-            # then takes ~14 s to import.  Rewrite only the testbenches.
-            "COCOTB_REWRITE_ASSERTION_FILES": "tb_*.py",
-            **(extra_env or {}),
-            "PYTHONPATH": os.pathsep.join([tests_dir, str(REPO)]),
-        },
+        extra_env={**env_common, "PERTURBO_TOP_VERILOG": str(source)},
     )
     from cocotb_tools.runner import get_results
 

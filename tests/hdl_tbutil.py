@@ -5,7 +5,9 @@
 - :class:`Bench`: clock, reset, and a once-per-cycle loop that drives stream sources
   (with random idle cycles), stream sinks (with random back-pressure) and one-shot
   writes, all from one coroutine;
-- :func:`config`: the :class:`~perturbo.config.Config` handed over by the pytest side.
+- :func:`config`: the :class:`~perturbo.config.Config` handed over by the pytest side;
+- :func:`drive_inputs`: every input of the top driven to 0 (the Bench does it first), so
+  that a four-state simulator (Icarus) sees no X/Z where Verilator's two-state start reads 0.
 
 Timing: inputs change at the falling edge; handshakes are sampled in the ``ReadOnly``
 phase of that time step, i.e. with the values the next rising edge sees.
@@ -16,8 +18,10 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 from collections import deque
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import cocotb
@@ -32,6 +36,42 @@ from perturbo.config import Config
 def config() -> Config:
     """The configuration the pytest side put in ``PERTURBO_CFG``."""
     return Config.model_validate(json.loads(os.environ["PERTURBO_CFG"]))
+
+
+def ports(dut: Any, direction: str = "input") -> list[str]:
+    """The top module's ``input`` or ``output`` ports, read from its Verilog (``PERTURBO_TOP_VERILOG``)."""
+    text = Path(os.environ["PERTURBO_TOP_VERILOG"]).read_text()
+    top = re.search(rf"^module \\?{re.escape(dut._name)}\s*\(.*?^endmodule", text, re.M | re.S)
+    assert top is not None, f"module {dut._name} not found in {os.environ['PERTURBO_TOP_VERILOG']}"
+    return re.findall(rf"^\s*{direction}\s+(?:\[[^\]]*\]\s*)?(\S+?)\s*;", top.group(0), re.M)
+
+
+def undefined_outputs(dut: Any) -> list[str]:
+    """Outputs of ``dut`` with an X or Z bit (only a four-state simulator can show one).
+
+    Left out, because their value does not matter there: memory read data (``*__rdata``),
+    undefined until the first read of an uninitialised memory, on the FPGA as on Icarus
+    (Verilator reads 0); and a stream's payload while its ``valid`` is low (the stream
+    transfer rules of ``amaranth.lib.stream``), for instance G rows read from memory.
+    """
+    names = ports(dut, "output")
+    out = []
+    for name in names:
+        value = str(getattr(dut, name).value)
+        if name.endswith("__rdata") or not any(c in "xXzZ" for c in value):
+            continue
+        valid = name.removesuffix("__payload") + "__valid"
+        if name.endswith("__payload") and valid in names and str(getattr(dut, valid).value) == "0":
+            continue
+        out.append(f"{name} = {value}")
+    return out
+
+
+def drive_inputs(dut: Any, skip: tuple[str, ...] = ("clk",)) -> None:
+    """Drive every input of ``dut`` (but ``skip``) to 0: nothing is left X or Z on Icarus."""
+    for name in ports(dut, "input"):
+        if name not in skip:
+            getattr(dut, name).value = 0
 
 
 def to_signed(v: int, bits: int) -> int:
@@ -152,6 +192,7 @@ class Bench:
         self.sources: list[Source] = []
         self.sinks: list[Sink] = []
         self.cycles = 0
+        drive_inputs(dut)
         cocotb.start_soon(Clock(dut.clk, 10, unit="ns").start())
 
     def source(self, name: str, layout: Any, idle: float = 0.0) -> Source:
@@ -169,6 +210,10 @@ class Bench:
         await ClockCycles(self.dut.clk, 2)
         await FallingEdge(self.dut.clk)
         self.dut.rst.value = 0
+        await ReadOnly()
+        undefined = undefined_outputs(self.dut)
+        assert not undefined, f"outputs undefined after reset: {', '.join(undefined)}"
+        await FallingEdge(self.dut.clk)
 
     async def write_cycles(self, writes: list[dict[str, int]]) -> None:
         """One cycle per entry: set the given signals at a falling edge, then clear ``*we*``."""

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import pytest
-from cocotb_build import run_cocotb
+from cocotb_build import SIMULATORS, run_cocotb
 from hdl_configs import FORWARD_CONFIGS, config_env
 from hdl_harness import ForwardHarness
 
 from perturbo.hdl.geometry import Geometry
 
 
+@pytest.mark.parametrize("sim", SIMULATORS)
 @pytest.mark.parametrize("name", list(FORWARD_CONFIGS))
-def test_forward(name: str) -> None:
+def test_forward(name: str, sim: str) -> None:
     cfg = FORWARD_CONFIGS[name]
-    run_cocotb(ForwardHarness(Geometry(cfg)), "forward_top", "tb_forward", extra_env=config_env(cfg))
+    run_cocotb(ForwardHarness(Geometry(cfg)), "forward_top", "tb_forward", extra_env=config_env(cfg),
+               simulator=sim)

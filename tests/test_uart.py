@@ -5,7 +5,7 @@ from __future__ import annotations
 import gc
 
 import pytest
-from cocotb_build import run_cocotb
+from cocotb_build import SIMULATORS, run_cocotb
 
 from perturbo.hdl.uart import UART, uart_divisor
 
@@ -23,10 +23,11 @@ def test_divisor() -> None:
     gc.collect()  # the half-built components warn now, inside this test's warning filter
 
 
+@pytest.mark.parametrize("sim", SIMULATORS)
 @pytest.mark.parametrize(("divisor", "fifo"), [(5, 0), (8, 4)])
-def test_uart_cocotb(divisor: int, fifo: int) -> None:
+def test_uart_cocotb(divisor: int, fifo: int, sim: str) -> None:
     run_cocotb(UART(divisor=divisor, rx_fifo_depth=fifo), "uart_top", "tb_uart",
-               extra_env={"UART_DIVISOR": str(divisor), "UART_FIFO": str(fifo)})
+               extra_env={"UART_DIVISOR": str(divisor), "UART_FIFO": str(fifo)}, simulator=sim)
 
 
 def test_hostlink_over_uart() -> None:

@@ -59,10 +59,9 @@ def test_training_is_bit_identical_to_golden(cfg: Config, hw: VerilatorBackend) 
     hw.clear_counters()
     for chunk in range(4):  # 4 x 64 = 256 steps, across an epoch boundary of the sample stream
         x, y = stream.take(64 * n)
-        hw_loss = hw.train_steps(x, y, 64)
-        for k in range(64):
-            gold_loss = gold.train_step(x[k * n : (k + 1) * n], y[k * n : (k + 1) * n])
-        assert hw_loss == gold_loss, f"last-step loss after chunk {chunk}: rtl {hw_loss} golden {gold_loss}"
+        hw_losses = hw.train_steps(x, y, 64)
+        gold_losses = [gold.train_step(x[k * n : (k + 1) * n], y[k * n : (k + 1) * n]) for k in range(64)]
+        assert hw_losses == gold_losses, f"per-step losses of chunk {chunk}: rtl {hw_losses} golden {gold_losses}"
         state = hw.state_dict()
         msg = first_difference(state["weights"], gold.weights, f"weights after step {gold.step}")
         assert msg is None, msg
@@ -175,4 +174,34 @@ def test_bad_frames_are_never_applied(cfg: Config, hw: VerilatorBackend) -> None
     x, y = splits.train.x[:n], splits.train.y[:n]
     assert hw.train_step(x, y) == gold.train_step(x, y)
     msg = first_difference(hw.state_dict()["weights"], gold.weights, "weights after a step following the fuzz")
+    assert msg is None, msg
+
+
+def _same_run(cfg: Config, steps: int, eval_every: int) -> Config:
+    data = cfg.model_dump(mode="json")
+    data["training"] = {**data["training"], "steps": steps, "eval_every": eval_every}
+    return Config.model_validate(data)
+
+
+def test_history_equals_golden(cfg: Config, hw: VerilatorBackend, tmp_path: Path) -> None:
+    """The whole history.json (every mean train loss and validation accuracy), not only the
+    weights, is the golden model's: the accelerator path returns every step's loss."""
+    import json
+
+    from perturbo.train import train
+
+    torch.set_num_threads(1)
+    run_cfg = _same_run(cfg, 160, 80)  # history records every 8 steps; 64-step chunks in between
+    hw.load_state_dict(IntegerModel(cfg).state_dict())
+    gold = IntegerModel(cfg)
+    a = train(run_cfg, gold, tmp_path / "golden", progress=False, backend_name="golden")
+    b = train(run_cfg, hw, tmp_path / "verilator", progress=False, backend_name="verilator")
+
+    def records(result) -> list[dict]:
+        doc = json.loads(result.history_path.read_text())
+        return [{k: v for k, v in r.items() if k != "wall_time"} for r in doc["history"]]
+
+    assert len(records(a)) == 20
+    assert records(a) == records(b)
+    msg = first_difference(hw.state_dict()["weights"], gold.weights, "weights after 160 steps")
     assert msg is None, msg
