@@ -307,7 +307,7 @@ class Accelerator(wiring.Component):
         ack = Signal()
         err = Signal()
         read_space = Signal(range(8))
-        read_lane = Signal(range(lanes))
+        read_lane = Signal(range(max(2, lanes)))  # at least one bit: no zero-width vector at one lane
         read_mem = Signal()
         m.d.sync += ack.eq(0)
         for port, laned in memories.values():

@@ -261,7 +261,7 @@ class CorrelationWalker(wiring.Component):
         group = Signal(range(max(2, max_groups)))
         col = Signal(range(max(2, geo.max_cols)))
         word = Signal(range(max(2, -(-geo.max_cols // lanes) + 1)))
-        byte = Signal(range(lanes))
+        byte = Signal(range(max(2, lanes)))
         row = Signal(geo.row_bits)
         is_last = col == t_last_col[li]
         group_done = is_last & (group == t_last_group[li])
@@ -295,7 +295,7 @@ class CorrelationWalker(wiring.Component):
 
         # -- B: the memories answer; select x -------------------------------------------------
         ctrl = data.StructLayout({"valid": 1, "layer": range(max(2, n)), "row": geo.row_bits,
-                                  "mask": lanes, "bias": 1, "byte": range(lanes)})
+                                  "mask": lanes, "bias": 1, "byte": range(max(2, lanes))})
         b = Signal(ctrl)
         m.d.sync += [
             b.valid.eq(active), b.layer.eq(li), b.row.eq(row), b.mask.eq(t_mask[li][group]),

@@ -260,7 +260,7 @@ class ForwardEngine(wiring.Component):
             "first": 1,
             "last": 1,  # the bias token: the group's last input
             "pass_last": 1,
-            "byte": range(lanes),
+            "byte": range(max(2, lanes)),  # at least one bit at one lane
             "row": geo.row_bits,
             "saddr": self.sample_addr_bits,
             "aaddr": self.act_addr_bits,
@@ -293,7 +293,7 @@ class ForwardEngine(wiring.Component):
         group = Signal(self.group_shape)
         col = Signal(col_shape)
         word = Signal(word_shape)
-        byte = Signal(range(lanes))
+        byte = Signal(range(max(2, lanes)))
         row = Signal(geo.row_bits)
         idx0 = Signal(idx_bits)
         key = Signal(32)

@@ -110,7 +110,7 @@ class OutputWriter(wiring.Component):
         m = Module()
         lanes = self.geometry.lanes
         cur = Signal(self.layout)
-        k = Signal(range(lanes))
+        k = Signal(range(max(2, lanes)))
         lane_on = cur.mask.bit_select(k, 1)
         m.d.comb += [
             self.mem.waddr.eq(cur.base + cur.group * lanes + k),

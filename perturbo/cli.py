@@ -33,8 +33,8 @@ from . import __version__
 from .backend import BackendError, BackendFailure, make_backend
 from .config import Backend, Config, ConfigError, load_config, parse_config
 from .data import DatasetError, load_dataset
-from .sweep import SweepError
 from .limits import check_fits_target
+from .sweep import SweepError
 from .train import (
     CHECKPOINT_NAME,
     CheckpointError,
