@@ -23,17 +23,15 @@ from amaranth.lib.wiring import In, Out
 from perturbo.config import Overflow, Rule
 
 from .arith import narrow
+from .forward import BIAS_INPUT
 from .geometry import Geometry
+from .loss import DC_BITS
 from .memories import LanePortSignature, ReadPortSignature, SignReadSignature
 
-__all__ = ["DC_BITS", "term_bits", "row_layout", "sums_layout", "CorrelationUnit", "CorrelationWalker"]
+__all__ = ["term_bits", "row_layout", "sums_layout", "CorrelationUnit", "CorrelationWalker"]
 
-#: Width of the loss difference ``dC`` (exact; docs/numerics.md §2).
-DC_BITS = 32
 #: ``|g * x| <= 255 * 128 < 2^15``: a target-projection term is exact in 16 bits.
 TP_TERM_BITS = 16
-#: The constant input of the bias column.
-BIAS_INPUT = 127
 
 
 def term_bits(natural: int, grad_bits: int) -> int:

@@ -1,5 +1,6 @@
-"""The register map, written once: the gateware decoder, the host's writes, ``accelerator.json``
-and the register table of docs/protocol.md are all generated from :data:`REGISTERS`.
+"""The register map, written once: the gateware decoder (:class:`RegisterFile`), the host's
+configuration writes (:func:`config_values`) and the registers a build leaves out
+(:func:`absent_registers`) are generated from :data:`REGISTERS`.
 
 Each :class:`RegisterSpec` names a register's address, access, width, reset value and
 write range, and the configuration key it comes from.  Where a register carries a
@@ -26,7 +27,7 @@ from perturbo.config import STEP_SAMPLES_MAX, Config, Rule
 
 __all__ = [
     "ACCEL_ID", "COUNTER_BITS", "Access", "RegisterSpec", "RegisterInfo", "REGISTERS", "Reg",
-    "register_map", "absent_registers", "config_values", "register_table", "RegisterFile",
+    "register_map", "absent_registers", "config_values", "RegisterFile",
     "constant_sources",
 ]
 
@@ -150,7 +151,6 @@ REGISTERS: tuple[RegisterSpec, ...] = (
                  width=21, config="rule.node_delta", present=_has_rule(Rule.MGD_NODE), source="node_delta"),
 )
 
-REGISTER_SPECS = {spec.name: spec for spec in REGISTERS}
 #: Register word addresses in ``Space.REGS``, by name.
 Reg = IntEnum("Reg", [(spec.name, spec.address) for spec in REGISTERS])
 Reg.__doc__ = "Register word addresses in ``Space.REGS`` (docs: :data:`REGISTERS`)."
@@ -212,20 +212,26 @@ def _width(spec: RegisterSpec, cfg: Config) -> int:
     return spec.width(cfg) if callable(spec.width) else spec.width
 
 
+def _from_config(spec: RegisterSpec) -> bool:
+    """Whether the register's reset value is a configuration value."""
+    return spec.config is not None or spec.reset is not None
+
+
+def _reset(spec: RegisterSpec, cfg: Config) -> int:
+    if spec.config is not None:
+        return _config_value(cfg, spec.config)
+    return spec.reset(cfg) if spec.reset is not None else 0
+
+
 def register_map(cfg: Config) -> list[RegisterInfo]:
     """The registers an accelerator generated from ``cfg`` has, with ranges and reset values."""
     out = []
     for spec in REGISTERS:
         if not spec.present(cfg):
             continue
-        if spec.config is not None:
-            reset = _config_value(cfg, spec.config)
-        elif spec.reset is not None:
-            reset = spec.reset(cfg)
-        else:
-            reset = 0
         rng = _bounds(spec, cfg)
-        out.append(RegisterInfo(spec.name, spec.address, spec.access.value, min(_width(spec, cfg), 32), reset,
+        out.append(RegisterInfo(spec.name, spec.address, spec.access.value, min(_width(spec, cfg), 32),
+                                _reset(spec, cfg),
                                 None if rng is None else rng[0], None if rng is None else rng[1],
                                 spec.config, spec.doc))
     return out
@@ -245,32 +251,8 @@ def absent_registers(cfg: Config) -> frozenset[Reg]:
 def config_values(cfg: Config) -> dict[Reg, int]:
     """The registers that carry configuration values, and those values (what a host writes
     to put a device into ``cfg``'s state)."""
-    return {Reg[r.name]: r.reset for r in register_map(cfg)
-            if r.access == "rw" and (r.config is not None or REGISTER_SPECS[r.name].reset is not None)}
-
-
-def register_table() -> str:
-    """The register table of docs/protocol.md (Markdown), generated from :data:`REGISTERS`."""
-    rows = ["| address | name | access | range | reset | exists | what |",
-            "| --- | --- | --- | --- | --- | --- | --- |"]
-    for spec in REGISTERS:
-        if spec.access != Access.RW:
-            rng = ""
-        elif callable(spec.bounds):
-            rng = {"SAMPLE_COUNT": "1..sample_depth", "SAMPLE_CURSOR": "0..sample_depth-1",
-                   "INFER_COUNT": "0..sample_depth"}[spec.name]
-        else:
-            lo, hi = spec.bounds if spec.bounds is not None else _config_bounds(spec.config or "")
-            rng = f"{lo}..{hi if hi < 2**32 - 1 else '2^32-1'}"
-        reset = f"`{spec.config}`" if spec.config else ("tau_theta * batch" if spec.reset else "0")
-        if spec.access == Access.RO:
-            reset = "–"
-        exists = {_wide: "grad_bits > 32"}.get(spec.present, "always")
-        if spec.name in ("SIGMA", "NODE_DELTA"):
-            exists = "with an " + ("alr" if spec.name == "SIGMA" else "mgd-node") + " layer"
-        rows.append(f"| `{spec.address:#04x}` | `{spec.name}` | {spec.access.value.upper()} | {rng} | {reset} "
-                    f"| {exists} | {spec.doc} |")
-    return "\n".join(rows) + "\n"
+    return {Reg[spec.name]: _reset(spec, cfg) for spec in REGISTERS
+            if spec.access == Access.RW and _from_config(spec) and spec.present(cfg)}
 
 
 class RegisterFile(wiring.Component):
