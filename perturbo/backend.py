@@ -79,7 +79,8 @@ def make_backend(
         raise BackendError(f"unknown backend {backend_name!r}; choose one of {allowed}") from None
     if name is not Backend.GOLDEN:
         if float_reference or Rule.BP in cfg.layer_rules():
-            raise BackendError(f"the float references run on the golden backend only, not on {name.value}")
+            raise BackendError(f"the float references (rule bp, --float) run on the golden backend only, "
+                               f"not on {name.value}: train them with --backend golden")
         return _hardware_backend(cfg, name, port)
     use_float = float_reference or Rule.BP in cfg.layer_rules()
     module, cls = ("float_ref", "FloatModel") if use_float else ("integer", "IntegerModel")

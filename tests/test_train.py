@@ -264,9 +264,9 @@ def test_cli_eval_corrupt_checkpoint_exits_2(tmp_path: Path, good: bytes, capsys
 
 def test_cli_train_unavailable_backend_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     cfg = tmp_path / "c.yaml"
-    cfg.write_text("name: c\nrule: {name: alr}\n")
+    cfg.write_text("name: c\nrule: {name: bp}\n")
     assert cli.main(["train", str(cfg), "--backend", "verilator", "--out", str(tmp_path)]) == 2
-    assert "train this rule on the golden backend" in capsys.readouterr().err
+    assert "--backend golden" in capsys.readouterr().err
     cfg.write_text("name: c\n")
     assert cli.main(["train", str(cfg), "--backend", "serial", "--out", str(tmp_path)]) == 2
     assert "--port" in capsys.readouterr().err

@@ -78,7 +78,7 @@ def test_training_is_bit_identical_to_golden(cfg: Config, hw: VerilatorBackend) 
 
 def train_side_by_side(cfg: Config, hw: VerilatorBackend, chunks: int, steps: int) -> None:
     """``chunks`` runs of ``steps`` steps on the co-simulation and on the golden model; the
-    weights, step counter and last loss must be equal after each chunk."""
+    weights, step counter and every step's loss must be equal after each chunk."""
     gold = IntegerModel(cfg)
     hw.load_state_dict(gold.state_dict())
     splits = load_dataset(cfg)
@@ -87,10 +87,12 @@ def train_side_by_side(cfg: Config, hw: VerilatorBackend, chunks: int, steps: in
     rules = "/".join(r.value for r in cfg.layer_rules())
     for chunk in range(chunks):
         x, y = stream.take(steps * n)
-        hw_loss = hw.train_steps(x, y, steps)
-        for k in range(steps):
-            gold_loss = gold.train_step(x[k * n : (k + 1) * n], y[k * n : (k + 1) * n])
-        assert hw_loss == gold_loss, f"{rules}: last-step loss after chunk {chunk}: rtl {hw_loss} golden {gold_loss}"
+        hw_losses = hw.train_steps(x, y, steps)
+        gold_losses = [gold.train_step(x[k * n : (k + 1) * n], y[k * n : (k + 1) * n]) for k in range(steps)]
+        if hw_losses != gold_losses:
+            k = next(k for k, (a, b) in enumerate(zip(hw_losses, gold_losses, strict=True)) if a != b)
+            raise AssertionError(f"{rules}: loss of step {chunk * steps + k + 1}: rtl {hw_losses[k]} "
+                                 f"golden {gold_losses[k]}")
         state = hw.state_dict()
         msg = first_difference(state["weights"], gold.weights, f"{rules}: weights after step {gold.step}")
         assert msg is None, msg
