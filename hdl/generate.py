@@ -9,6 +9,7 @@ generation parameters, their hash and the register/space maps) into a directory.
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 from amaranth.back import verilog
@@ -16,8 +17,9 @@ from amaranth.back import verilog
 from perturbo.config import Config
 
 from .accelerator import Accelerator
-from .bus import Reg, Space
+from .bus import Space
 from .geometry import Geometry, config_hash, generation_parameters
+from .registers import register_map
 
 __all__ = ["TOP", "generate", "LINT_WAIVERS"]
 
@@ -70,7 +72,7 @@ def generate(cfg: Config, out_dir: str | Path) -> Path:
         "weight_depth": geo.weight_depth,
         "sample_depth": geo.sample_depth,
         "spaces": {s.name: int(s) for s in Space},
-        "registers": {r.name: int(r) for r in Reg},
+        "registers": [asdict(info) for info in register_map(cfg)],
         "layers": [{"n_in": lay.n_in, "n_out": lay.n_out, "row_base": lay.row_base,
                     "groups": lay.groups} for lay in geo.layers],
     }

@@ -28,7 +28,7 @@ from perturbo.config import STEP_SAMPLES_MAX, Config, Rule
 __all__ = [
     "ACCEL_ID", "COUNTER_BITS", "Access", "RegisterSpec", "RegisterInfo", "REGISTERS", "Reg",
     "register_map", "absent_registers", "config_values", "RegisterFile",
-    "constant_sources",
+    "constant_sources", "register_table",
 ]
 
 #: Value of ``ID``: ASCII "PRTB" (perturbo), so a host can tell it found the accelerator.
@@ -48,16 +48,24 @@ class Access(Enum):
     WO = "wo"
 
 
+# The docstrings of these functions are what the generated register table
+# (:func:`register_table`) says about the values they compute.
+
 def _always(cfg: Config) -> bool:
+    """always"""
     return True
 
 
 def _wide(cfg: Config) -> bool:
+    """`numerics.grad_bits` > 32"""
     return cfg.numerics.grad_bits > 32
 
 
 def _has_rule(rule: Rule) -> Callable[[Config], bool]:
-    return lambda cfg: rule in cfg.layer_rules()
+    def present(cfg: Config) -> bool:
+        return rule in cfg.layer_rules()
+    present.__doc__ = f"a layer uses `{rule.value}`"
+    return present
 
 
 def _sample_depth(cfg: Config) -> int:
@@ -65,7 +73,28 @@ def _sample_depth(cfg: Config) -> int:
 
 
 def _depth_bits(cfg: Config) -> int:
+    """bits of `hardware.sample_depth`"""
     return cfg.hardware.sample_depth.bit_length()
+
+
+def _step_samples(cfg: Config) -> int:
+    """`rule.tau_theta * rule.batch`"""
+    return cfg.rule.tau_theta * cfg.rule.batch
+
+
+def _sample_count_bounds(cfg: Config) -> tuple[int, int]:
+    """1 .. `sample_depth`"""
+    return 1, _sample_depth(cfg)
+
+
+def _cursor_bounds(cfg: Config) -> tuple[int, int]:
+    """0 .. `sample_depth` − 1"""
+    return 0, _sample_depth(cfg) - 1
+
+
+def _infer_count_bounds(cfg: Config) -> tuple[int, int]:
+    """0 .. `sample_depth`"""
+    return 0, _sample_depth(cfg)
 
 
 @dataclass(frozen=True)
@@ -119,16 +148,16 @@ REGISTERS: tuple[RegisterSpec, ...] = (
     RegisterSpec("COPIES", 0x0A, Access.RW, "perturbed passes per sample", width=9,
                  config="rule.copies", source="copies"),
     RegisterSpec("STEP_SAMPLES", 0x0B, Access.RW, "samples per update, tau_theta * batch", width=25,
-                 reset=lambda cfg: cfg.rule.tau_theta * cfg.rule.batch, bounds=(1, STEP_SAMPLES_MAX),
+                 reset=_step_samples, bounds=(1, STEP_SAMPLES_MAX),
                  source="step_samples"),
     RegisterSpec("TARGET_ON", 0x0C, Access.RW, "one-hot target value of the label's output", width=7,
                  config="rule.target_on", source="target_on"),
     RegisterSpec("SAMPLE_COUNT", 0x0D, Access.RW, "samples loaded; the cursor wraps here", width=_depth_bits,
-                 bounds=lambda cfg: (1, _sample_depth(cfg)), source="sample_count"),
+                 bounds=_sample_count_bounds, source="sample_count"),
     RegisterSpec("SAMPLE_CURSOR", 0x0E, Access.RW, "next sample a training step takes",
-                 bounds=lambda cfg: (0, _sample_depth(cfg) - 1), source="cursor", outside=True),
+                 bounds=_cursor_bounds, source="cursor", outside=True),
     RegisterSpec("INFER_COUNT", 0x0F, Access.RW, "samples 0 .. INFER_COUNT - 1 that INFER runs",
-                 width=_depth_bits, bounds=lambda cfg: (0, _sample_depth(cfg)), source="infer_count"),
+                 width=_depth_bits, bounds=_infer_count_bounds, source="infer_count"),
     RegisterSpec("CYCLES_LO", 0x10, Access.RO, "busy clock cycles, low word (latches CYCLES_HI)",
                  width=COUNTER_BITS, source="cycles", high="CYCLES_HI"),
     RegisterSpec("CYCLES_HI", 0x11, Access.RO, "busy clock cycles, high word as latched"),
@@ -347,3 +376,34 @@ def constant_sources(cfg: Config, rows: int, config_hash: int) -> dict[str, Valu
     return {"id": Const(ACCEL_ID, 32), "config_hash": Const(config_hash, 32),
             "lanes": Const(cfg.hardware.lanes, 32), "sample_depth": Const(cfg.hardware.sample_depth, 32),
             "rows": Const(rows, 32)}
+
+
+def _cell(value: object) -> str:
+    """A table cell for a spec field: a function by its docstring, a number as is."""
+    return (value.__doc__ or "").strip() if callable(value) else str(value)
+
+
+def register_table() -> str:
+    """The register map as the Markdown table in ``docs/protocol.md`` (a test keeps the two
+    equal: regenerate with ``python -m perturbo.hdl.registers``)."""
+    lines = ["| address | name | access | bits | reset | writes accepted | present | meaning |",
+             "| --- | --- | --- | ---: | --- | --- | --- | --- |"]
+    for spec in REGISTERS:
+        reset = f"`{spec.config}`" if spec.config else _cell(spec.reset) if spec.reset else "0"
+        bits = f"32 of {_cell(spec.width)}" if spec.high else _cell(spec.width)
+        if spec.access != Access.RW:
+            bounds = reset = "—"
+        elif spec.bounds is None:
+            lo, hi = _config_bounds(spec.config or "")
+            bounds = f"{lo} .. {hi} (the config's range)"
+        elif callable(spec.bounds):
+            bounds = _cell(spec.bounds)
+        else:
+            bounds = f"{spec.bounds[0]} .. {spec.bounds[1]}"
+        lines.append(f"| `0x{spec.address:02X}` | `{spec.name}` | {spec.access.name} | {bits} "
+                     f"| {reset} | {bounds} | {_cell(spec.present)} | {spec.doc} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(register_table(), end="")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -41,7 +42,10 @@ def test_gen_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     cfg = tmp_path / "c.yaml"
     cfg.write_text("network: {layers: [8, 4, 2]}\nhardware: {lanes: 2, sample_depth: 16}\n")
     assert main(["gen", str(cfg), "-o", str(tmp_path / "out")]) == 0
-    assert (tmp_path / "out" / "accelerator.json").is_file()
+    info = json.loads((tmp_path / "out" / "accelerator.json").read_text())
+    regs = {r["name"]: r for r in info["registers"]}
+    assert regs["STEP_SAMPLES"]["reset"] == 8 and regs["SAMPLE_COUNT"]["hi"] == 16
+    assert "SIGMA" not in regs and regs["TARGET_ON"]["lo"] == 1
     cfg.write_text("rule: {name: bp}\n")
     assert main(["gen", str(cfg), "-o", str(tmp_path / "out2")]) == 2
     assert "bp" in capsys.readouterr().err
@@ -67,3 +71,13 @@ def test_every_example_generates_lint_clean(example: str, tmp_path: Path, capsys
     assert status == 0
     result = lint(tmp_path)
     assert result.returncode == 0 and "%Warning" not in result.stderr, result.stderr[-3000:]
+
+
+def test_protocol_doc_register_table_is_generated() -> None:
+    """docs/protocol.md shows exactly the table that ``REGISTERS`` generates."""
+    from perturbo.hdl.registers import register_table
+
+    doc = (Path(__file__).parent.parent / "docs" / "protocol.md").read_text()
+    start = doc.index("<!-- registers: generated")
+    body = doc[doc.index("\n", start) + 1 : doc.index("<!-- registers: end -->")]
+    assert body == register_table(), "docs/protocol.md is stale: run python -m perturbo.hdl.registers"
