@@ -89,7 +89,7 @@ class Accelerator(wiring.Component):
         A command is running (for a LED, and for testbenches to wait on).
     """
 
-    def __init__(self, cfg: Config) -> None:
+    def __init__(self, cfg: Config, *, overlap: bool = True) -> None:
         if not isinstance(cfg, Config):
             self._MustUse__silence = True  # no "created but never used" for a rejected cfg
             raise TypeError(f"cfg must be a perturbo.config.Config, not {cfg!r}")
@@ -102,6 +102,7 @@ class Accelerator(wiring.Component):
             )
         self.cfg = cfg
         self.geometry = Geometry(cfg)
+        self.overlap = overlap
         super().__init__({"bus": In(BusSignature), "busy": Out(1)})
 
     def elaborate(self, platform: object) -> Module:  # noqa: C901 (the top)
@@ -119,7 +120,7 @@ class Accelerator(wiring.Component):
         m.submodules.update = upd = UpdateUnit(geo)
         m.submodules.writer = writer = OutputWriter(geo)
         m.submodules.seq = seq = Sequencer(geo, eng.cmd_layout, loss.result_layout,
-                                           fe.job_layout)
+                                           fe.job_layout, overlap=self.overlap)
 
         # -- memories -------------------------------------------------------------------------
         wshape, gshape = signed(geo.weight_bits), signed(geo.grad_bits)

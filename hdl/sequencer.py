@@ -144,6 +144,11 @@ class Sequencer(wiring.Component):
         The loss unit's result layout (with the same tag).
     corr_cmd_layout
         The correlation front end's command layout.
+    overlap
+        Run the next passes while the correlation walker reads the banks of the previous
+        ones (the default).  ``False`` issues a pass only when every job is done: the
+        same results, more cycles; ``bench/verilator_vs_golden.py`` measures the overlap
+        with it.
 
     Members
     -------
@@ -184,8 +189,10 @@ class Sequencer(wiring.Component):
     """
 
     def __init__(self, geometry: Geometry, fwd_cmd_layout: data.StructLayout,
-                 loss_layout: data.StructLayout, corr_cmd_layout: data.StructLayout) -> None:
+                 loss_layout: data.StructLayout, corr_cmd_layout: data.StructLayout, *,
+                 overlap: bool = True) -> None:
         self.geometry = geo = geometry
+        self.overlap = overlap
         self.sample_addr_bits = ceil_log2(geo.sample_words)
         self.out_addr_bits = ceil_log2(geo.output_words)
         super().__init__({
@@ -268,6 +275,8 @@ class Sequencer(wiring.Component):
         m.d.sync += pending.eq(pending + issued - self.corr_done)
         perturbed_free = pending <= 1
         baseline_free = pending <= (1 if projection else self.copies)
+        if not self.overlap:
+            perturbed_free = baseline_free = pending == 0
         count = Signal(range(geo.sample_depth + 1))
         loss_sum = Signal(32)
         step_done = Signal()  # collector -> issuer

@@ -217,9 +217,11 @@ def _hdl_fingerprint() -> str:
     return digest.hexdigest()[:16]
 
 
-def cosim_verilog(cfg: Config) -> str:
-    """Verilog of ``LinkedTarget(Accelerator(cfg))`` as :data:`COSIM_TOP`, cached per config and hdl/ sources."""
-    path = cache_root() / "verilog" / f"{COSIM_TOP}-{config_hash(cfg):08x}-{_hdl_fingerprint()}.v"
+def cosim_verilog(cfg: Config, *, overlap: bool = True) -> str:
+    """Verilog of ``LinkedTarget(Accelerator(cfg, overlap=overlap))`` as :data:`COSIM_TOP`, cached
+    per config and hdl/ sources."""
+    variant = "" if overlap else "-serial"
+    path = cache_root() / "verilog" / f"{COSIM_TOP}-{config_hash(cfg):08x}{variant}-{_hdl_fingerprint()}.v"
     if path.exists():
         return path.read_text()
     from amaranth.back import verilog
@@ -227,7 +229,7 @@ def cosim_verilog(cfg: Config) -> str:
     from perturbo.hdl.accelerator import Accelerator
     from perturbo.hdl.hostlink import LinkedTarget
 
-    text = verilog.convert(LinkedTarget(Accelerator(cfg)), name=COSIM_TOP, emit_src=False)
+    text = verilog.convert(LinkedTarget(Accelerator(cfg, overlap=overlap)), name=COSIM_TOP, emit_src=False)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(text)
@@ -239,10 +241,13 @@ class VerilatorBackend(AcceleratorBackend):
     """:class:`AcceleratorBackend` on the Verilator co-simulation, started and stopped here.
 
     The verilated model is built once per configuration (and hdl/ sources) and cached.
+    ``overlap=False`` builds the accelerator that runs each pass only after the previous
+    correlation (a measurement of what the overlap buys, see :class:`~perturbo.hdl.sequencer.Sequencer`).
     """
 
-    def __init__(self, cfg: Config, *, weights: list[torch.Tensor] | None = None, poll_cycles: int = 1024) -> None:
-        self.sim = VerilatorSim(cosim_verilog(cfg), COSIM_TOP, poll_cycles=poll_cycles)
+    def __init__(self, cfg: Config, *, weights: list[torch.Tensor] | None = None, poll_cycles: int = 1024,
+                 overlap: bool = True) -> None:
+        self.sim = VerilatorSim(cosim_verilog(cfg, overlap=overlap), COSIM_TOP, poll_cycles=poll_cycles)
         self.sim.start()
         try:
             super().__init__(cfg, Link(self.sim.url, timeout=10.0), weights=weights, poll_interval=0.0005)
