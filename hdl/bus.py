@@ -23,22 +23,9 @@ accelerator with ``grad_bits > 32``, ``SIGMA`` only with an ALR layer and ``NODE
 only with an MGD node-perturbation layer; elsewhere their addresses are unknown
 (``err``; :func:`~perturbo.hdl.registers.absent_registers`).
 
-==============  =====================================================================
-space           word address
-==============  =====================================================================
-``REGS``        a :class:`Reg`
-``WEIGHTS``     ``row * LANES + lane`` (master weights, ``weight_bits``)
-``GRADS``       ``row * LANES + lane`` (correlation accumulators G, ``grad_bits``)
-``SAMPLES``     ``sample * n_in0 + feature`` (one INT8 per word)
-``LABELS``      ``sample`` (0 .. classes - 1)
-``OUTPUTS``     ``sample * classes + k`` (INT8 output scores of inference, read-only)
-``MOMENTUM``    ``row * LANES + lane`` (only with ``optimizer: momentum``)
-==============  =====================================================================
-
-Lane ``k`` holds the neurons ``i`` with ``i % LANES == k``.  The row of weight
-``(layer l, neuron i, input j)`` is ``base_l + (i // LANES) * (n_in_l + 1) + j``, where
-``j = n_in_l`` is the bias and ``base_l`` is the number of rows of the layers before
-(:class:`~perturbo.hdl.geometry.Geometry` computes it).
+The spaces (:class:`Space`), their word addresses and the register table are in
+``docs/protocol.md`` ("The accelerator's address map"), the registers generated from
+:data:`~perturbo.hdl.registers.REGISTERS`.
 
 Memory accesses while a command runs (``STATUS.BUSY``) are refused with ``err``, as
 are writes to any register then, accesses outside a space's range, writes to read-only

@@ -1,12 +1,13 @@
-"""The sequencer: whole MGD training steps and inference runs, without the host.
+"""The sequencer: whole training steps of every rule, and inference runs, without the host.
 
 docs/numerics.md §4 and §6.  A training step takes ``S = STEP_SAMPLES`` samples from
 the sample buffer, starting at the cursor (which wraps at ``SAMPLE_COUNT``); for each
 sample it runs the baseline pass and ``copies`` perturbed passes, copy ``m`` with the
 event ``e = (k * S + b) * P + (m >> 1)`` and the antithetic sign ``a = -1`` for odd
-``m``; after each perturbed pass the correlation unit adds ``dC * (a * s_ij)`` to every
-``G_ij``; after the last sample the update unit applies ``G`` and clears it, and ``k``
-increases by one.
+``m`` (target projection: the baseline pass alone, with the sample's label); each
+perturbed pass (target projection: each baseline pass) leaves a job for the
+correlation walker, which adds the rule's term of every synapse to ``G``; after the
+last sample the update unit applies ``G`` and clears it, and ``k`` increases by one.
 
 Two processes keep the datapath busy:
 
