@@ -74,7 +74,6 @@ __all__ = [
     "batch_cost",
     "bp_grad",
     "cosine_similarity",
-    "es_grad",
     "forward",
     "hybrid_grad",
     "init_weights",
@@ -739,45 +738,6 @@ def alr_grad(
         params, x, labels, generator, ["alr"] * len(params), copies=copies, sigma=sigma,
         antithetic=antithetic, baseline=baseline, activation=activation, target_on=target_on,
         chunk_size=chunk_size,
-    )
-    return grads
-
-
-def es_grad(
-    params: Sequence[torch.Tensor],
-    x: torch.Tensor,
-    labels: torch.Tensor,
-    generator: torch.Generator,
-    *,
-    copies: int = 16,
-    weight_sigma: float = 0.01,
-    antithetic: bool = True,
-    activation: ActivationName = Activation.RELU,
-    target_on: float = 0.75,
-    chunk_size: int = 1024,
-) -> list[torch.Tensor]:
-    """ES-style weight-noise LR: ``G = mean_m (C(W + s eps) - C(W)) eps / s``.
-
-    Parameters
-    ----------
-    params, x, labels, generator, activation, target_on, chunk_size
-        As for :func:`perturbative_grad`.
-    copies : int
-        Weight-noise draws.
-    weight_sigma : float
-        Weight noise scale ``s``.
-    antithetic : bool
-        Use pairs ``(eps, -eps)`` (an odd last copy has no twin).
-
-    Returns
-    -------
-    list of torch.Tensor
-        The estimate, shaped like ``params``.
-    """
-    grads, _ = perturbative_grad(
-        params, x, labels, generator, ["es"] * len(params), copies=copies,
-        weight_sigma=weight_sigma, antithetic=antithetic, activation=activation,
-        target_on=target_on, chunk_size=chunk_size,
     )
     return grads
 

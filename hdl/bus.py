@@ -90,10 +90,9 @@ BusSignature = HostBusSignature()
 
 
 class Space(IntEnum):
-    """Address spaces (``addr[24:32]``); ``REGISTERS`` is an alias of ``REGS``."""
+    """Address spaces (``addr[24:32]``)."""
 
     REGS = 0
-    REGISTERS = 0  # alias of REGS
     WEIGHTS = 1
     GRADS = 2
     SAMPLES = 3

@@ -25,7 +25,7 @@ from amaranth.lib import enum, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from .bus import BusSignature
+from .bus import WORD_ADDR_BITS, BusSignature
 
 __all__ = [
     "CRC_INIT",
@@ -67,8 +67,6 @@ ID_LEN = 11
 REQUEST_HEADER_LEN = 4
 #: Reply header after SOF: SEQ, OP, STATUS, LEN_LO, LEN_HI.
 REPLY_HEADER_LEN = 5
-#: Bits of the word address in a bus address (``addr[0:24]``; ``addr[24:32]`` is the space).
-WORD_ADDR_BITS = 24
 #: Largest burst: a READ reply of ``4 * max_words`` bytes must fit the 16-bit length.
 MAX_WORDS_LIMIT = 16383
 

@@ -26,7 +26,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from perturbo.backend import BackendFailure
-from perturbo.hdl.hostlink import WORD_ADDR_BITS
+from perturbo.hdl.bus import WORD_ADDR_BITS
 
 from .protocol import (
     ID_LEN,

@@ -9,13 +9,13 @@ gateware byte for byte.
 
 from __future__ import annotations
 
+import binascii
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import Enum
 
 from perturbo.hdl.hostlink import (
     CRC_INIT,
-    CRC_POLY,
     ESC,
     ESC_XOR,
     ID_LEN,
@@ -52,21 +52,12 @@ __all__ = [
 ]
 
 
-def _crc_table() -> list[int]:
-    table = []
-    for byte in range(256):
-        crc = byte << 8
-        for _ in range(8):
-            crc = ((crc << 1) ^ CRC_POLY) if crc & 0x8000 else crc << 1
-        table.append(crc & 0xFFFF)
-    return table
-
-
-_CRC_TABLE = _crc_table()
-
-
 def crc16(data: bytes | bytearray | memoryview, crc: int = CRC_INIT) -> int:
     """CRC-16/CCITT-FALSE of ``data`` (``crc16(b"123456789") == 0x29B1``).
+
+    ``binascii.crc_hqx`` is this CRC (polynomial 0x1021, no reflection, no final XOR)
+    from a given start, in C; the gateware's :data:`CRC_POLY` and :data:`CRC_INIT` are
+    the same constants, checked by ``tests/test_hostlink.py``.
 
     Parameters
     ----------
@@ -75,10 +66,7 @@ def crc16(data: bytes | bytearray | memoryview, crc: int = CRC_INIT) -> int:
     crc : int
         Starting value, for computing a CRC in pieces.
     """
-    table = _CRC_TABLE
-    for byte in data:
-        crc = ((crc << 8) & 0xFFFF) ^ table[(crc >> 8) ^ byte]
-    return crc
+    return binascii.crc_hqx(data, crc)
 
 
 def stuff(body: bytes) -> bytes:

@@ -4,7 +4,7 @@ Shared by the cocotb testbench (``test_hostlink.py`` / ``tb_hostlink.py``) and t
 Verilator co-simulation tests (``test_cosim.py``). The target answers:
 
 - ``Space.WEIGHTS``: a RAM of ``depth`` words; addresses past the end get ``err``;
-- ``Space.REGISTERS`` word 0: a read-only ID register (:data:`REG_ID`); writes get ``err``;
+- ``Space.REGS`` word 0: a read-only ID register (:data:`REG_ID`); writes get ``err``;
 - ``Space.OUTPUTS``: never answers (exercises the bus timeout);
 - anything else: ``err``.
 
@@ -68,7 +68,7 @@ class MemTarget(wiring.Component):
         space = bus.addr[WORD_ADDR_BITS:]
         word = bus.addr[:WORD_ADDR_BITS]
         is_ram = (space == Space.WEIGHTS) & (word < self.depth)
-        is_id = (space == Space.REGISTERS) & (word == 0)
+        is_id = (space == Space.REGS) & (word == 0)
 
         ack = Signal()
         if self.comb_ack:
@@ -142,7 +142,7 @@ class TargetModel:
             if we:
                 self.mem[word] = wdata
             return BusResult.ACK, int(self.mem[word])
-        if space == Space.REGISTERS and word == 0 and not we:
+        if space == Space.REGS and word == 0 and not we:
             return BusResult.ACK, REG_ID
         return BusResult.ERR, 0
 
@@ -215,7 +215,7 @@ def fuzz_cases(rng: random.Random, count: int, *, depth: int, max_words: int,
             elif variant == 7:  # past the end of the RAM: the first words land, then err
                 payload, op = write_payload(weights | (depth - 1), [5] * 2), Op.WRITE
             elif variant == 8:
-                space = rng.choice([Space.GRADS, Space.MOMENTUM, Space.REGISTERS])
+                space = rng.choice([Space.GRADS, Space.MOMENTUM, Space.REGS])
                 payload, op = write_payload(space << WORD_ADDR_BITS, [1]), Op.WRITE
             else:
                 payload, op = write_payload(Space.OUTPUTS << WORD_ADDR_BITS, [1]), Op.WRITE

@@ -155,7 +155,7 @@ async def test_every_opcode(dut, idle_bp: tuple[bool, bool]) -> None:
     await tb.send(encode_request(3, Op.READ, read_payload(WEIGHTS | 10, MAX_WORDS)))
     await tb.send(encode_request(4, Op.WRITE, write_payload(WEIGHTS | 3, [0xDEADBEEF])))
     await tb.send(encode_request(5, Op.READ, read_payload(WEIGHTS | 2, 3)))
-    await tb.send(encode_request(6, Op.READ, read_payload(Space.REGISTERS << WORD_ADDR_BITS, 1)))
+    await tb.send(encode_request(6, Op.READ, read_payload(Space.REGS << WORD_ADDR_BITS, 1)))
     await tb.settle()
     replies = tb.decoded()
     assert [r.seq for r in replies] == [1, 2, 3, 4, 5, 6]

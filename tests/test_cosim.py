@@ -60,7 +60,7 @@ def test_link_bursts_and_errors(sim: VerilatorSim) -> None:
         signed = np.array([-1, -(1 << 31), (1 << 31) - 1, 0, 5], dtype=np.int64)
         link.write_words(Space.WEIGHTS, 100, signed)
         assert (link.read_words(Space.WEIGHTS, 100, 5, dtype=np.int32) == signed).all()
-        assert link.read_word(Space.REGISTERS, 0) == 0xC0FFEE42
+        assert link.read_word(Space.REGS, 0) == 0xC0FFEE42
         with pytest.raises(LinkError, match="BUS_ERR") as err:
             link.write_words(Space.WEIGHTS, DEPTH - 2, [1, 2, 3, 4])
         assert err.value.status == Status.BUS_ERR and err.value.completed == 2
