@@ -45,6 +45,7 @@ __all__ = [
     "Op",
     "Status",
     "crc16_next",
+    "id_payload",
 ]
 
 #: Start of frame; never appears inside a frame (it is stuffed).
@@ -69,6 +70,11 @@ REQUEST_HEADER_LEN = 4
 REPLY_HEADER_LEN = 5
 #: Largest burst: a READ reply of ``4 * max_words`` bytes must fit the 16-bit length.
 MAX_WORDS_LIMIT = 16383
+
+
+def id_payload(max_words: int, ident: int) -> bytes:
+    """Payload of a PING reply: magic, version, ``max_words`` and ``ident``, little-endian."""
+    return MAGIC + bytes([VERSION]) + max_words.to_bytes(2, "little") + ident.to_bytes(4, "little")
 
 
 class Op(enum.IntEnum, shape=8):
@@ -199,8 +205,7 @@ class HostLink(wiring.Component):
 
     def id_payload(self) -> bytes:
         """The PING reply payload this instance sends."""
-        return (MAGIC + bytes([VERSION]) + self.max_words.to_bytes(2, "little")
-                + self.ident.to_bytes(4, "little"))
+        return id_payload(self.max_words, self.ident)
 
     def elaborate(self, platform) -> Module:
         m = Module()

@@ -27,6 +27,7 @@ from perturbo.hdl.hostlink import (
     VERSION,
     Op,
     Status,
+    id_payload,
 )
 
 __all__ = [
@@ -40,6 +41,7 @@ __all__ = [
     "DeviceModel",
     "Frame",
     "FrameDecoder",
+    "Unstuffer",
     "Op",
     "Status",
     "crc16",
@@ -108,11 +110,6 @@ def write_payload(addr: int, words: Iterable[int]) -> bytes:
     return addr.to_bytes(4, "little") + b"".join(w.to_bytes(4, "little") for w in words)
 
 
-def id_payload(max_words: int, ident: int) -> bytes:
-    """Payload of a PING reply."""
-    return MAGIC + bytes([VERSION]) + max_words.to_bytes(2, "little") + ident.to_bytes(4, "little")
-
-
 @dataclass(frozen=True)
 class Frame:
     """A decoded frame whose CRC checked.
@@ -141,6 +138,31 @@ class DecodeError:
     seq: int | None = None
 
 
+class Unstuffer:
+    """Undoes the byte stuffing, one wire byte at a time (shared by the host's decoder and
+    the reference model of the device, so that both read the wire the same way)."""
+
+    #: :meth:`push`'s answer to a ``SOF``: a frame starts.
+    START = -1
+
+    def __init__(self) -> None:
+        self.escaped = False
+
+    def push(self, byte: int) -> int | None:
+        """:data:`START` for a ``SOF``, ``None`` for an ``ESC`` (the next byte is escaped),
+        otherwise the unstuffed data byte."""
+        if byte == SOF:
+            self.escaped = False
+            return self.START
+        if byte == ESC:
+            self.escaped = True
+            return None
+        if self.escaped:
+            self.escaped = False
+            return byte ^ ESC_XOR
+        return byte
+
+
 class FrameDecoder:
     """Incremental decoder of a stuffed byte stream into frames.
 
@@ -154,13 +176,13 @@ class FrameDecoder:
         self._header_len = REPLY_HEADER_LEN if reply else REQUEST_HEADER_LEN
         self._reply = reply
         self._body: bytearray | None = None  # None: hunting for SOF
-        self._esc = False
+        self._unstuff = Unstuffer()
         self._total: int | None = None
 
     def reset(self) -> None:
         """Forget any partial frame and hunt for the next SOF."""
         self._body = None
-        self._esc = False
+        self._unstuff.escaped = False
         self._total = None
 
     def need(self) -> int:
@@ -174,23 +196,17 @@ class FrameDecoder:
     def feed(self, data: bytes | bytearray) -> list[Frame | DecodeError]:
         """Decode ``data``; returns the frames (and decoding errors) it completed."""
         events: list[Frame | DecodeError] = []
-        for byte in data:
-            if byte == SOF:
+        for wire_byte in data:
+            byte = self._unstuff.push(wire_byte)
+            if byte == Unstuffer.START:
                 if self._body:  # a SOF inside a frame: it was truncated
                     events.append(DecodeError("truncated", self._body[0]))
                 self._body = bytearray()
-                self._esc = False
                 self._total = None
                 continue
             body = self._body
-            if body is None:
+            if body is None or byte is None:
                 continue
-            if byte == ESC:
-                self._esc = True
-                continue
-            if self._esc:
-                byte ^= ESC_XOR
-                self._esc = False
             body.append(byte)
             if self._total is None and len(body) == self._header_len:
                 length = int.from_bytes(body[-2:], "little")
@@ -253,7 +269,7 @@ class DeviceModel:
         self.max_words = max_words
         self.ident = ident
         self._state = self._HUNT
-        self._esc = False
+        self._unstuff = Unstuffer()
         self._start()
 
     def _start(self) -> None:
@@ -265,7 +281,7 @@ class DeviceModel:
 
     def byte_timeout(self) -> bytes:
         """The inter-byte timeout expired: drop a partial frame (its reply is returned)."""
-        self._esc = False
+        self._unstuff.escaped = False
         if self._state == self._HUNT:
             return b""
         if self._state == self._SEQ:
@@ -277,21 +293,15 @@ class DeviceModel:
     def feed(self, data: bytes | bytearray) -> bytes:
         """Process ``data``; returns the reply bytes it causes."""
         out = bytearray()
-        for byte in data:
-            if byte == SOF:
+        for wire_byte in data:
+            byte = self._unstuff.push(wire_byte)
+            if byte == Unstuffer.START:
                 if self._state not in (self._HUNT, self._SEQ):
                     out += encode_reply(self._seq, self._op, Status.TRUNCATED)
-                self._esc = False
                 self._state = self._SEQ
                 self._start()
                 continue
-            if byte == ESC:
-                self._esc = True
-                continue
-            if self._esc:
-                byte ^= ESC_XOR
-                self._esc = False
-            if self._state == self._HUNT:
+            if byte is None or self._state == self._HUNT:
                 continue
             self._crc = crc16(bytes([byte]), self._crc)
             state = self._state
