@@ -1,14 +1,17 @@
 """cocotb: the whole accelerator through its host bus against golden.integer.IntegerModel.
 
-Loads the initial weights, samples and labels over the bus, runs MGD weight-perturbation
-steps on chip (in two runs, so the step counter and the sample cursor carry over), reads
-every master weight back and compares it with the golden model trained on the same
-samples in the same order; then inference against ``IntegerModel.predict``; then the
-bus's refusals (``err``).
+Loads the initial weights, samples and labels over the bus, runs training steps of the
+configuration's rule on chip (in runs of 1 and 2 steps, so the step counter and the
+sample cursor carry over, then ``PERTURBO_TB_STEPS`` more, default none), reads every
+master weight back after each run and compares it with the golden model trained on the
+same samples in the same order; then inference against ``IntegerModel.predict``; then
+the bus's refusals (``err``).  The cycle budgets of each command are derived from the
+configuration (:func:`step_budget`).
 """
 
 from __future__ import annotations
 
+import os
 import random
 
 import cocotb
@@ -28,6 +31,19 @@ S = cfg.rule.tau_theta * cfg.rule.batch
 #: the rule of each layer, for mismatch reports
 rules = "rule " + "/".join(r.value for r in cfg.layer_rules())
 R, W, G, M = Space.REGS, Space.WEIGHTS, Space.GRADS, Space.MOMENTUM
+
+
+def pass_budget() -> int:
+    """Cycles one pass may take at most: a cycle per weight row and lane group (the
+    forward engine, and the correlation walker after it), plus the pipelines' latency."""
+    return 2 * geo.rows + 200
+
+
+def step_budget() -> int:
+    """Twice the cycles of a step with nothing overlapped: every pass of every sample, then
+    the update walking every row."""
+    passes = S * (1 + cfg.rule.copies)
+    return 2 * (passes * pass_budget() + 4 * geo.rows + 500)
 
 
 async def write_matrices(bus: BusMaster, space: int, mats: list[torch.Tensor]) -> None:
@@ -94,10 +110,10 @@ async def train_and_infer(dut) -> None:
     await bus.write(R, Reg.COMMAND, Command.CLEAR_COUNTERS)
 
     cursor = 0
-    runs = [1, 2]
+    runs = [1, 2] + ([int(os.environ["PERTURBO_TB_STEPS"])] if os.environ.get("PERTURBO_TB_STEPS") else [])
     for steps in runs:
         await bus.write(R, Reg.STEPS, steps)
-        await run_command(dut, bus, Command.TRAIN, 20_000 * steps * cfg.rule.copies)
+        await run_command(dut, bus, Command.TRAIN, step_budget() * steps)
         for _ in range(steps):
             idx = [(cursor + b) % n_samples for b in range(S)]
             cursor = (cursor + S) % n_samples
@@ -128,7 +144,7 @@ async def train_and_infer(dut) -> None:
 
     # inference on every loaded sample
     await bus.write(R, Reg.INFER_COUNT, n_samples)
-    await run_command(dut, bus, Command.INFER, 2_000 * n_samples)
+    await run_command(dut, bus, Command.INFER, pass_budget() * n_samples)
     assert await bus.read(R, Reg.STATUS) & Status.INFERENCE
     expect = model.predict(x)
     for s in range(n_samples):

@@ -7,6 +7,7 @@ from cocotb_build import SIMULATORS, run_cocotb
 from hdl_configs import CONFIGS, RULE_CONFIGS, config_env
 
 from perturbo.hdl.accelerator import Accelerator
+from perturbo.hdl.geometry import Geometry
 
 ACCEL_CONFIGS = {**CONFIGS, **RULE_CONFIGS}
 
@@ -16,12 +17,18 @@ ACCEL_CONFIGS = {**CONFIGS, **RULE_CONFIGS}
 #: beside mgd-weight, target projection), in about a minute; the digits-sized ones would
 #: take several minutes each there.
 ICARUS_CONFIGS = ("tiny", "hybrid-alr", "hybrid-node", "tpsgd-l2")
+#: Steps of the long run on Verilator (configurations of fewer than 1000 weight rows).
+LONG_RUN_STEPS = 300
 
 
 @pytest.mark.parametrize(("name", "simulator"),
                          [(name, SIMULATORS[0]) for name in ACCEL_CONFIGS]
                          + [(name, SIMULATORS[1]) for name in ICARUS_CONFIGS])
 def test_accelerator(name: str, simulator: str) -> None:
+    """Three steps on both simulators; on Verilator then a long run (a few hundred steps of
+    the small configurations, where G saturates or wraps and the cursor wraps many times)."""
     cfg = ACCEL_CONFIGS[name]
-    run_cocotb(Accelerator(cfg), "accel_top", "tb_accelerator", extra_env=config_env(cfg), big=True,
-               simulator=simulator)
+    env = config_env(cfg)
+    if simulator == "verilator":
+        env["PERTURBO_TB_STEPS"] = str(LONG_RUN_STEPS if Geometry(cfg).rows < 1000 else 10)
+    run_cocotb(Accelerator(cfg), "accel_top", "tb_accelerator", extra_env=env, big=True, simulator=simulator)
