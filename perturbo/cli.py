@@ -6,7 +6,9 @@
     perturbo train CONFIG [--backend golden|verilator|serial] [--out DIR] [--steps N]
                           [--resume | --overwrite] [--float] [--no-progress]
                           [--checkpoint-seconds S]
-    perturbo eval CHECKPOINT [--split test|val|train] [--backend NAME]
+    perturbo eval CHECKPOINT|EXPORT [--split test|val|train] [--backend NAME]
+    perturbo export RUN --format npz|pt|onnx [-o FILE]
+    perturbo plot RUN [RUN ...] [-o FILE] | --histograms RUN | --boards DIR|REPORT ...
     perturbo synth CONFIG --board icebreaker|ulx3s-85f|orangecrab [-o DIR] [--seed N] [--force]
     perturbo sweep SWEEP [--out DIR] [--address ADDR] [--cpus N] [--resume | --overwrite] [--dry-run]
 
@@ -33,7 +35,9 @@ from . import __version__
 from .backend import BackendError, BackendFailure, make_backend
 from .config import Backend, Config, ConfigError, load_config, parse_config
 from .data import DatasetError, load_dataset
+from .export import EXPORT_SUFFIXES, FORMATS, ExportError
 from .limits import check_fits_target
+from .plot import PlotError
 from .sweep import SweepError
 from .train import (
     CHECKPOINT_NAME,
@@ -50,7 +54,8 @@ class RunError(RuntimeError):
 
 
 #: Exceptions that are the user's to fix: reported in one message, exit status 2.
-USER_ERRORS = (ConfigError, DatasetError, CheckpointError, BackendError, RunError, SweepError)
+USER_ERRORS = (ConfigError, DatasetError, CheckpointError, BackendError, RunError, SweepError, ExportError,
+               PlotError)
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
 #: Boards ``perturbo synth`` builds for (perturbo.boards.top.BOARDS).
@@ -95,13 +100,32 @@ def _parser() -> argparse.ArgumentParser:
                     help="override training.checkpoint_seconds: also checkpoint every S seconds "
                          "(default 60; 0: only every eval_every steps)")
 
-    ev = sub.add_parser("eval", help="accuracy of a checkpoint on a data split")
+    ev = sub.add_parser("eval", help="accuracy of a checkpoint or an exported network on a data split")
     ev.add_argument("checkpoint", type=Path, metavar="CHECKPOINT",
-                    help=f"a checkpoint file or a run directory (holding {CHECKPOINT_NAME})")
+                    help=f"a checkpoint file, a run directory (holding {CHECKPOINT_NAME}), or a file written "
+                         "by perturbo export (.npz, .pt: evaluated in-process on its stored configuration's data)")
     ev.add_argument("--split", choices=["test", "val", "train"], default="test")
     ev.add_argument("--backend", choices=backends,
                     help="evaluate on this backend (default: the one that trained it)")
     ev.add_argument("--port", metavar="URL", help="serial backend: the board's port or pyserial URL")
+
+    ex = sub.add_parser("export", help="write a trained network as integers and as an equivalent float model")
+    ex.add_argument("run", type=Path, metavar="RUN", help="a run directory or a checkpoint file")
+    ex.add_argument("--format", required=True, choices=FORMATS,
+                    help="npz (numpy arrays + JSON metadata), pt (torch tensors + JSON metadata), onnx")
+    ex.add_argument("-o", "--out", type=Path, metavar="FILE", help="output file (default: RUN/model.FORMAT)")
+
+    pl = sub.add_parser("plot", help="training curves of runs, weight histograms, or board reports as a PNG")
+    pl.add_argument("paths", type=Path, nargs="+", metavar="RUN",
+                    help="run directories (curves from history.json); with --boards: report.json files or "
+                         "directories holding them")
+    what = pl.add_mutually_exclusive_group()
+    what.add_argument("--histograms", action="store_true",
+                      help="per-layer histograms of the weights in one run's checkpoint")
+    what.add_argument("--boards", action="store_true",
+                      help="resources and Fmax of perturbo synth builds (their report.json files)")
+    pl.add_argument("-o", "--out", type=Path, metavar="FILE",
+                    help="the PNG (default: runs.png, RUN/histograms.png, or boards.png)")
 
     # board names are listed here rather than imported: perturbo.boards pulls in Amaranth
     gen = sub.add_parser("gen", help="write the accelerator's Verilog (lint-clean under verilator -Wall)")
@@ -235,6 +259,8 @@ def _cmd_gen(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
+    if args.checkpoint.suffix in EXPORT_SUFFIXES and not args.checkpoint.is_dir():
+        return _eval_export(args)
     ckpt = load_checkpoint(args.checkpoint)
     name = args.backend or ckpt.backend.get("name")
     if name not in {b.value for b in Backend}:
@@ -260,6 +286,50 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     n = len(splits.split(args.split))
     print(f"{ckpt.config.name} at step {ckpt.trainer.step}: {args.split} accuracy {acc:.4f} "
           f"({round(acc * n)}/{n})")
+    return 0
+
+
+def _eval_export(args: argparse.Namespace) -> int:
+    from .export import evaluate_export, load_export
+
+    if args.backend is not None or args.port is not None:
+        raise ExportError(f"{args.checkpoint} is an exported network, evaluated in-process: "
+                          "--backend and --port apply to checkpoints")
+    net = load_export(args.checkpoint)
+    acc, n = evaluate_export(net, args.split)
+    meta = net.metadata
+    print(f"{meta['name']} at step {meta['step']}: {args.split} accuracy {acc:.4f} ({round(acc * n)}/{n}) "
+          f"[{meta['kind']} export {args.checkpoint}]")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .export import export_run
+
+    result = export_run(args.run, args.format, args.out)
+    meta = result.network.metadata
+    if result.max_score_diff == 0:
+        same = "the same INT8 scores" if meta["kind"] == "integer" else "the same scores"
+    else:  # a float export may differ in the last bits, never in a prediction (export_run checks)
+        same = f"the same predictions (scores within {result.max_score_diff:.2g})"
+    print(f"{result.path}: {meta['name']} at step {meta['step']}, {meta['kind']} export; "
+          f"test accuracy {result.test_accuracy:.4f} ({meta['test']['samples']} samples), "
+          f"{same} as the checkpoint")
+    return 0
+
+
+def _cmd_plot(args: argparse.Namespace) -> int:
+    from .plot import plot_boards, plot_histograms, plot_runs
+
+    if args.histograms:
+        if len(args.paths) != 1:
+            raise PlotError("--histograms takes one run directory or checkpoint")
+        path = plot_histograms(args.paths[0], args.out)
+    elif args.boards:
+        path = plot_boards(args.paths, args.out)
+    else:
+        path = plot_runs(args.paths, args.out)
+    print(path)
     return 0
 
 
@@ -317,7 +387,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (the console script exits with it)."""
     args = _parser().parse_args(argv)
     commands = {"config": _cmd_config_show, "train": _cmd_train, "eval": _cmd_eval,
-                "synth": _cmd_synth, "gen": _cmd_gen, "sweep": _cmd_sweep}
+                "synth": _cmd_synth, "gen": _cmd_gen, "sweep": _cmd_sweep,
+                "export": _cmd_export, "plot": _cmd_plot}
     try:
         return commands[args.command](args)
     except USER_ERRORS as err:
