@@ -1,0 +1,200 @@
+"""``perturbo export``: the exported float model gives the integer model's scores, eval reads exports,
+and every defect of an export (or of ONNX support) ends in one ``perturbo: error:`` line."""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import perturbo.cli as cli
+from perturbo.backend import make_backend
+from perturbo.config import parse_config
+from perturbo.data import load_dataset
+from perturbo.export import load_export
+from perturbo.golden.integer import IntegerModel
+from perturbo.inference import ExportedMLP
+from perturbo.train import load_checkpoint
+
+ROOT = Path(__file__).resolve().parent.parent
+DRTP = ROOT / "examples" / "digits-drtp.yaml"
+BP = ROOT / "examples" / "digits-bp.yaml"
+
+
+def fails(capsys: pytest.CaptureFixture[str], argv: list[str], first: str) -> str:
+    """Exit status 2 and exactly one ``perturbo: error:`` line starting with ``first``."""
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"perturbo: error: {first}"), err
+    return err[0]
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
+    assert cli.main(argv) == 0, capsys.readouterr().err
+    return capsys.readouterr().out
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A 50-step integer DRTP run and a 20-step float BP run on the golden model."""
+    base = tmp_path_factory.mktemp("runs")
+    out = {"drtp": base / "drtp", "bp": base / "bp"}
+    for name, cfg, steps in (("drtp", DRTP, 50), ("bp", BP, 20)):
+        assert cli.main(["train", str(cfg), "--backend", "golden", "--steps", str(steps), "--out", str(out[name]),
+                         "--no-progress"]) == 0
+    return out
+
+
+def accuracy_line(out: str) -> str:
+    """``... test accuracy 0.1234 (n/m)`` without what follows."""
+    return out.split("accuracy", 1)[1].split(")")[0]
+
+
+@pytest.mark.parametrize("fmt", ["npz", "pt"])
+def test_integer_export_gives_the_integer_scores(
+    runs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], fmt: str
+) -> None:
+    path = tmp_path / f"m.{fmt}"
+    out = run_cli(capsys, ["export", str(runs["drtp"]), "--format", fmt, "-o", str(path)])
+    assert "the same INT8 scores" in out
+    ckpt = load_checkpoint(runs["drtp"])
+    model = make_backend(ckpt.config, "golden")
+    model.load_state_dict(ckpt.backend_state)
+    test = load_dataset(ckpt.config).test
+    net = load_export(path)
+    assert torch.equal(net.module()(test.x), model.predict(test.x).double())
+    for k, master in enumerate(ckpt.backend_state["weights"]):
+        assert torch.equal(net.tensors[f"layer{k}.master"].long(), master)
+        assert torch.equal(net.tensors[f"layer{k}.w8"].long(), master >> 8)
+    meta = net.metadata
+    assert meta["kind"] == "integer" and meta["step"] == 50 and meta["numerics"]["rounding"] == "half-up"
+    assert [lay["shift"] for lay in meta["layers"]] == [7, 7] and "127" in meta["input"]["quantisation"]
+    # the same accuracy from eval on the export as on the checkpoint
+    assert accuracy_line(run_cli(capsys, ["eval", str(path)])) == accuracy_line(run_cli(capsys, ["eval",
+                                                                                              str(runs["drtp"])]))
+
+
+def test_npz_is_plain_arrays_and_json(runs: dict[str, Path], tmp_path: Path,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """Readable with numpy alone: no pickles, metadata as JSON text."""
+    run_cli(capsys, ["export", str(runs["drtp"]), "--format", "npz"])
+    with np.load(runs["drtp"] / "model.npz", allow_pickle=False) as z:
+        meta = json.loads(str(z["metadata"]))
+        assert z["layer0.w8"].dtype == np.int8 and z["layer0.weight"].shape == (32, 65)
+    assert meta["format"] == "perturbo-export" and meta["config"]["name"] == "digits-drtp"
+
+
+@pytest.mark.parametrize("fmt", ["npz", "pt"])
+def test_float_export_gives_the_float_predictions(
+    runs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], fmt: str
+) -> None:
+    path = tmp_path / f"bp.{fmt}"
+    run_cli(capsys, ["export", str(runs["bp"] / "checkpoint.ckpt"), "--format", fmt, "-o", str(path)])
+    ckpt = load_checkpoint(runs["bp"])
+    model = make_backend(ckpt.config, "golden")
+    model.load_state_dict(ckpt.backend_state)
+    test = load_dataset(ckpt.config).test
+    net = load_export(path)
+    assert net.metadata["kind"] == "float"
+    assert torch.equal(net.module().predict(test.x), model.predict(test.x).argmax(1))
+    assert accuracy_line(run_cli(capsys, ["eval", str(path)])) == accuracy_line(run_cli(capsys, ["eval",
+                                                                                              str(runs["bp"])]))
+
+
+@pytest.mark.parametrize("activation", ["relu", "leaky-relu", "hard-sigmoid"])
+@pytest.mark.parametrize("rounding", ["half-up", "floor"])
+@pytest.mark.parametrize("overflow", ["saturate", "wrap"])
+def test_float_module_equals_the_integer_forward(activation: str, rounding: str, overflow: str) -> None:
+    """Large random weights and small shifts drive every layer into narrowing: the scores stay equal."""
+    cfg = parse_config({"network": {"layers": [20, 12, 7], "activation": activation, "shifts": [5, 6]},
+                        "rule": {"name": "drtp"}, "numerics": {"rounding": rounding, "overflow": overflow}})
+    gen = torch.Generator().manual_seed(3)
+    weights = [torch.randint(-2**15, 2**15, (n_out, cols), generator=gen) for n_out, cols in cfg.layer_shapes()]
+    model = IntegerModel(cfg, weights)
+    x = torch.randint(0, 128, (500, 20), generator=gen)
+    mlp = ExportedMLP([w.double() for w in model.mac_weights()], kind="integer", activation=activation,
+                      shifts=cfg.network.layer_shifts, rounding=rounding, overflow=overflow)
+    trace = model.forward(x)
+    assert all(bool((q.abs() >= 127).any()) for q in trace.q)  # narrowing happened in every layer
+    want = trace.output
+    assert torch.equal(mlp(x), want.double())
+
+
+# -- defects --------------------------------------------------------------------------
+
+
+def test_damaged_exports(runs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for fmt in ("npz", "pt"):
+        good = tmp_path / f"good.{fmt}"
+        run_cli(capsys, ["export", str(runs["drtp"]), "--format", fmt, "-o", str(good)])
+        data = good.read_bytes()
+        cut = tmp_path / f"cut.{fmt}"
+        cut.write_bytes(data[: len(data) // 2])
+        fails(capsys, ["eval", str(cut)], f"{cut} is not a readable perturbo {fmt} export")
+        flipped = bytearray(data)
+        flipped[len(data) // 2] ^= 0xFF
+        bad = tmp_path / f"flipped.{fmt}"
+        bad.write_bytes(bytes(flipped))
+        fails(capsys, ["eval", str(bad)], f"{bad}")
+    fails(capsys, ["eval", str(tmp_path / "missing.npz")], f"cannot read the export {tmp_path / 'missing.npz'}")
+
+
+def test_export_with_changed_arrays_or_foreign_content(tmp_path: Path, runs: dict[str, Path],
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "m.pt"
+    run_cli(capsys, ["export", str(runs["drtp"]), "--format", "pt", "-o", str(path)])
+    obj = torch.load(path, weights_only=True)
+    obj["tensors"]["layer0.weight"][0, 0] += 1
+    torch.save(obj, path)
+    fails(capsys, ["eval", str(path)], f"{path} is corrupt: its arrays do not match the SHA-256")
+    torch.save({"weights": [torch.zeros(2)]}, path)
+    fails(capsys, ["eval", str(path)], f"{path} is not a readable perturbo pt export")
+    np.savez(tmp_path / "other.npz", metadata=np.array(json.dumps({"format": "x"})))
+    fails(capsys, ["eval", str(tmp_path / "other.npz")], f"{tmp_path / 'other.npz'} is not a perturbo export")
+
+
+def test_export_of_a_missing_or_corrupt_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    fails(capsys, ["export", str(tmp_path), "--format", "npz"], f"no checkpoint at {tmp_path / 'checkpoint.ckpt'}")
+    bad = tmp_path / "x.ckpt"
+    bad.write_bytes(b"PERTURBO-CHECKPOINT\n{")
+    fails(capsys, ["export", str(bad), "--format", "pt"], f"{bad} is")
+    assert not list(tmp_path.glob("model.*"))
+
+
+def test_eval_of_an_export_refuses_a_backend(runs: dict[str, Path], tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "m.npz"
+    run_cli(capsys, ["export", str(runs["drtp"]), "--format", "npz", "-o", str(path)])
+    fails(capsys, ["eval", str(path), "--backend", "verilator"], f"{path} is an exported network")
+
+
+def test_export_that_disagrees_is_not_written(runs: dict[str, Path], tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str],
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    forward = ExportedMLP.forward
+    monkeypatch.setattr(ExportedMLP, "forward", lambda self, x: forward(self, x) + (x[:, :1] == 0))
+    path = tmp_path / "m.npz"
+    fails(capsys, ["export", str(runs["drtp"]), "--format", "npz", "-o", str(path)], f"not writing {path}")
+    assert not path.exists() and not list(tmp_path.glob(".*.tmp"))
+
+
+def test_onnx_without_onnx(runs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "onnx", None)  # import onnx raises ImportError
+    err = fails(capsys, ["export", str(runs["drtp"]), "--format", "onnx", "-o", str(tmp_path / "m.onnx")],
+                "--format onnx needs the onnx package")
+    assert "pip install onnx" in err and not (tmp_path / "m.onnx").exists()
+
+
+def test_onnx_with_onnx_is_not_written_yet(runs: dict[str, Path], tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str],
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "onnx", types.ModuleType("onnx"))
+    fails(capsys, ["export", str(runs["drtp"]), "--format", "onnx", "-o", str(tmp_path / "m.onnx")],
+          "--format onnx is not implemented yet")
+    assert not (tmp_path / "m.onnx").exists()
