@@ -308,6 +308,9 @@ def export_run(run: str | Path, fmt: str, out: str | Path | None = None) -> Expo
         raise ExportError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
     if fmt == "onnx":
         _require_onnx()
+    if out is not None and Path(out).suffix != f".{fmt}":
+        # perturbo eval tells an export from a checkpoint by its suffix
+        raise ExportError(f"-o {out}: a {fmt} export's name ends in .{fmt}")
     ckpt = load_checkpoint(run)
     source = run / "checkpoint.ckpt" if run.is_dir() else run
     reference = _reference(ckpt, source)

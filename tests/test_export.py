@@ -160,6 +160,8 @@ def test_export_with_changed_arrays_or_foreign_content(tmp_path: Path, runs: dic
 
 def test_export_of_a_missing_or_corrupt_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     fails(capsys, ["export", str(tmp_path), "--format", "npz"], f"no checkpoint at {tmp_path / 'checkpoint.ckpt'}")
+    fails(capsys, ["export", str(tmp_path), "--format", "npz", "-o", str(tmp_path / "m.pt")],
+          f"-o {tmp_path / 'm.pt'}: a npz export's name ends in .npz")
     bad = tmp_path / "x.ckpt"
     bad.write_bytes(b"PERTURBO-CHECKPOINT\n{")
     fails(capsys, ["export", str(bad), "--format", "pt"], f"{bad} is")
