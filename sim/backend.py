@@ -94,6 +94,8 @@ class AcceleratorBackend:
         if self.geo.momentum:
             self._write_matrices(Space.MOMENTUM, [torch.zeros(lay.n_out, lay.cols, dtype=torch.int64)
                                                   for lay in self.geo.layers])
+        #: the step counter as the host tracks it (the next step run is ``step + 1``)
+        self.step = 0
         self.samples_per_step = rule.tau_theta * rule.batch
         #: steps one :meth:`train_steps` call may run: as many as the sample buffer holds
         self.max_steps_per_call = max(1, self.geo.sample_depth // self.samples_per_step)
@@ -155,9 +157,18 @@ class AcceleratorBackend:
             self._load_samples(x[start * s:(start + k) * s], labels[start * s:(start + k) * s])
             self._write_regs({Reg.SAMPLE_COUNT: k * s, Reg.SAMPLE_CURSOR: 0, Reg.STEPS: 1})
             for _ in range(k):  # the sample cursor advances through the buffer step by step
+                self._before_step(self.step + 1)
                 self._run(Command.TRAIN, timeout=60 + 0.5 * s)
                 losses.append(self.link.read_word(Space.REGS, Reg.LAST_LOSS) / s)
+                self.step += 1
+                self._after_step(self.step)
         return losses
+
+    def _before_step(self, step: int) -> None:
+        """Called before step ``step`` (1-based) is sent; a subclass may act on it."""
+
+    def _after_step(self, step: int) -> None:
+        """Called after step ``step`` finished."""
 
     def train_step(self, x: torch.Tensor, labels: torch.Tensor) -> float:
         return self.train_steps(x, labels, 1)[0]
@@ -202,6 +213,7 @@ class AcceleratorBackend:
         if self.geo.momentum and state.get("momentum") is not None:
             self._write_matrices(Space.MOMENTUM, state["momentum"])
         self.link.write_word(Space.REGS, Reg.STEP, int(state["step"]))
+        self.step = int(state["step"])
 
     def close(self) -> None:
         self.link.close()
@@ -217,10 +229,12 @@ def _hdl_fingerprint() -> str:
     return digest.hexdigest()[:16]
 
 
-def cosim_verilog(cfg: Config, *, overlap: bool = True) -> str:
+def cosim_verilog(cfg: Config, *, overlap: bool = True, emit_src: bool = False) -> str:
     """Verilog of ``LinkedTarget(Accelerator(cfg, overlap=overlap))`` as :data:`COSIM_TOP`, cached
-    per config and hdl/ sources."""
-    variant = "" if overlap else "-serial"
+    per config and hdl/ sources.  ``emit_src``: keep Amaranth's ``src`` attributes (the Python
+    line of every signal), for waveforms; they change no logic but do change the text, and
+    with it the build cache key."""
+    variant = ("" if overlap else "-serial") + ("-src" if emit_src else "")
     path = cache_root() / "verilog" / f"{COSIM_TOP}-{config_hash(cfg):08x}{variant}-{_hdl_fingerprint()}.v"
     if path.exists():
         return path.read_text()
@@ -229,12 +243,36 @@ def cosim_verilog(cfg: Config, *, overlap: bool = True) -> str:
     from perturbo.hdl.accelerator import Accelerator
     from perturbo.hdl.hostlink import LinkedTarget
 
-    text = verilog.convert(LinkedTarget(Accelerator(cfg, overlap=overlap)), name=COSIM_TOP, emit_src=False)
+    text = verilog.convert(LinkedTarget(Accelerator(cfg, overlap=overlap)), name=COSIM_TOP, emit_src=emit_src)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(text)
     tmp.replace(path)
     return text
+
+
+@dataclass(frozen=True)
+class WaveWindow:
+    """Training steps whose cycles the co-simulation dumps to an FST file.
+
+    Attributes
+    ----------
+    first : int
+        The first traced step, counted from 1 as the step counter counts.
+    count : int
+        How many steps are traced.
+    path : Path
+        The FST file.
+    """
+
+    first: int
+    count: int
+    path: Path
+
+    @property
+    def last(self) -> int:
+        """The last traced step."""
+        return self.first + self.count - 1
 
 
 class VerilatorBackend(AcceleratorBackend):
@@ -243,17 +281,35 @@ class VerilatorBackend(AcceleratorBackend):
     The verilated model is built once per configuration (and hdl/ sources) and cached.
     ``overlap=False`` builds the accelerator that runs each pass only after the previous
     correlation (a measurement of what the overlap buys, see :class:`~perturbo.hdl.sequencer.Sequencer`).
+    ``waves``: run the traced model (a separate cached build, from Verilog that keeps its
+    Python source locations) and dump the cycles of those training steps; without it the
+    untraced model runs, as fast as ever.
     """
 
     def __init__(self, cfg: Config, *, weights: list[torch.Tensor] | None = None, poll_cycles: int = 1024,
-                 overlap: bool = True) -> None:
-        self.sim = VerilatorSim(cosim_verilog(cfg, overlap=overlap), COSIM_TOP, poll_cycles=poll_cycles)
+                 overlap: bool = True, waves: WaveWindow | None = None) -> None:
+        self.waves = waves
+        self._tracing = False
+        verilog = cosim_verilog(cfg, overlap=overlap, emit_src=waves is not None)
+        self.sim = VerilatorSim(verilog, COSIM_TOP, poll_cycles=poll_cycles,
+                                trace=waves.path if waves is not None else None)
         self.sim.start()
         try:
             super().__init__(cfg, Link(self.sim.url, timeout=10.0), weights=weights, poll_interval=0.0005)
         except BaseException:
             self.sim.stop()
             raise
+
+    def _before_step(self, step: int) -> None:
+        # a run resumed inside the window traces the rest of it
+        if self.waves is not None and self.waves.first <= step <= self.waves.last and not self._tracing:
+            self.sim.trace_on()
+            self._tracing = True
+
+    def _after_step(self, step: int) -> None:
+        if self._tracing and step >= self.waves.last:
+            self.sim.trace_off()
+            self._tracing = False
 
     def close(self) -> None:
         try:

