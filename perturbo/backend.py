@@ -58,7 +58,8 @@ class BackendFailure(RuntimeError):
 
 
 def make_backend(
-    cfg: Config, backend_name: str = "golden", float_reference: bool = False, port: str | None = None
+    cfg: Config, backend_name: str = "golden", float_reference: bool = False, port: str | None = None,
+    waves: Any = None,
 ) -> TrainingBackend:
     """Build the training backend called ``backend_name`` for ``cfg``.
 
@@ -66,6 +67,7 @@ def make_backend(
     (``perturbo.golden.integer.IntegerModel``) for the integer rules, or the float
     reference (``perturbo.golden.float_ref.FloatModel``) when the rule is ``bp`` or
     ``float_reference`` is set. The golden modules are imported here, on demand.
+    ``waves``: a :class:`perturbo.sim.backend.WaveWindow` the Verilator backend dumps.
 
     Raises
     ------
@@ -77,11 +79,14 @@ def make_backend(
     except ValueError:
         allowed = ", ".join(b.value for b in Backend)
         raise BackendError(f"unknown backend {backend_name!r}; choose one of {allowed}") from None
+    if waves is not None and name is not Backend.VERILATOR:
+        raise BackendError(f"--waves dumps the Verilator co-simulation's signals; the {name.value} backend has "
+                           "none to dump: train with --backend verilator")
     if name is not Backend.GOLDEN:
         if float_reference or Rule.BP in cfg.layer_rules():
             raise BackendError(f"the float references (rule bp, --float) run on the golden backend only, "
                                f"not on {name.value}: train them with --backend golden")
-        return _hardware_backend(cfg, name, port)
+        return _hardware_backend(cfg, name, port, waves)
     use_float = float_reference or Rule.BP in cfg.layer_rules()
     module, cls = ("float_ref", "FloatModel") if use_float else ("integer", "IntegerModel")
     try:
@@ -94,7 +99,7 @@ def make_backend(
     return factory(cfg)
 
 
-def _hardware_backend(cfg: Config, name: Backend, port: str | None) -> TrainingBackend:
+def _hardware_backend(cfg: Config, name: Backend, port: str | None, waves: Any = None) -> TrainingBackend:
     from perturbo.hdl.accelerator import SUPPORTED_RULES
 
     from .limits import check_fits_target
@@ -114,7 +119,7 @@ def _hardware_backend(cfg: Config, name: Backend, port: str | None) -> TrainingB
         raise BackendError("the serial backend needs the board's port: --port /dev/ttyUSB1 (any pyserial URL)")
     try:
         if name is Backend.VERILATOR:
-            return VerilatorBackend(cfg)
+            return VerilatorBackend(cfg, waves=waves)
         link = Link(port, baudrate=cfg.hardware.baud)
         try:
             return AcceleratorBackend(cfg, link)

@@ -5,7 +5,8 @@
     perturbo config show FILE
     perturbo train CONFIG [--backend golden|verilator|serial] [--out DIR] [--steps N]
                           [--resume | --overwrite] [--float] [--no-progress]
-                          [--checkpoint-seconds S]
+                          [--checkpoint-seconds S] [--waves STEP:COUNT]
+    perturbo verify CONFIG [--backend verilator|serial] [--port P] [--steps N] [--every K]
     perturbo eval CHECKPOINT|EXPORT [--split test|val|train] [--backend NAME]
     perturbo export RUN --format npz|pt|onnx [-o FILE]
     perturbo plot RUN [RUN ...] [-o FILE] | --histograms RUN | --boards DIR|REPORT ...
@@ -17,7 +18,8 @@ backend that is not available) and failures a user can meet (a board or a
 co-simulation that stops answering, a run directory that cannot be written) print
 one ``perturbo: error:`` line saying what failed and what to do, followed by the
 command that resumes the run when a checkpoint exists, and exit with status 2,
-without a traceback. Ctrl-C lets the step under way finish, saves it and exits
+without a traceback. ``perturbo verify`` exits with 0 when the device agrees with
+the golden model, 1 at the first difference. Ctrl-C lets the step under way finish, saves it and exits
 with status 130 (a second Ctrl-C stops at once, keeping the last checkpoint).
 """
 
@@ -53,9 +55,14 @@ class RunError(RuntimeError):
     """A run that failed part-way: the message says what failed, what to do, and how to resume."""
 
 
+class UsageError(ValueError):
+    """An option value the command cannot use (the message says which form it takes)."""
+
+
 #: Exceptions that are the user's to fix: reported in one message, exit status 2.
 USER_ERRORS = (ConfigError, DatasetError, CheckpointError, BackendError, RunError, SweepError, ExportError,
-               PlotError)
+               PlotError, UsageError)
+EXIT_DIFFERENCE = 1
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
 #: Boards ``perturbo synth`` builds for (perturbo.boards.top.BOARDS).
@@ -99,6 +106,18 @@ def _parser() -> argparse.ArgumentParser:
     tr.add_argument("--checkpoint-seconds", type=float, metavar="S",
                     help="override training.checkpoint_seconds: also checkpoint every S seconds "
                          "(default 60; 0: only every eval_every steps)")
+    tr.add_argument("--waves", metavar="STEP:COUNT",
+                    help="verilator backend: dump every cycle of COUNT training steps from step STEP (counted "
+                         "from 1) to RUN/waves-STEP-LAST.fst, on a separately built traced model")
+
+    ve = sub.add_parser("verify", help="check a device's registers and training against the golden model")
+    ve.add_argument("config", type=Path, metavar="CONFIG")
+    ve.add_argument("--backend", choices=[Backend.VERILATOR.value, Backend.SERIAL.value],
+                    default=Backend.VERILATOR.value, help="the co-simulation (default) or a board on a serial port")
+    ve.add_argument("--port", metavar="URL", help="serial backend: the board's port or any pyserial URL")
+    ve.add_argument("--steps", type=int, default=32, metavar="N", help="training steps to compare (default 32)")
+    ve.add_argument("--every", type=int, default=1, metavar="K",
+                    help="read the device's state back every K steps (default 1: the exact step of a difference)")
 
     ev = sub.add_parser("eval", help="accuracy of a checkpoint or an exported network on a data split")
     ev.add_argument("checkpoint", type=Path, metavar="CHECKPOINT",
@@ -199,6 +218,23 @@ def _cmd_config_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _wave_window(text: str | None, backend: str, out: Path) -> object | None:
+    """``--waves STEP:COUNT`` as a :class:`~perturbo.sim.backend.WaveWindow` in the run directory."""
+    if text is None:
+        return None
+    match = re.fullmatch(r"\s*(\d+)\s*:\s*(\d+)\s*", text)
+    if not match or int(match[1]) < 1 or int(match[2]) < 1:
+        raise UsageError(f"--waves takes STEP:COUNT, the first traced step (from 1) and how many steps, "
+                         f"such as 10:2; not {text!r}")
+    if backend != Backend.VERILATOR.value:
+        raise UsageError(f"--waves dumps the Verilator co-simulation; the {backend} backend has no signals to "
+                         "dump: add --backend verilator")
+    from perturbo.sim.backend import WaveWindow
+
+    first, count = int(match[1]), int(match[2])
+    return WaveWindow(first, count, out / f"waves-{first}-{first + count - 1}.fst")
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     if args.steps is not None:
@@ -207,8 +243,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
         cfg = _with_training(cfg, str(args.config), f"--checkpoint-seconds {args.checkpoint_seconds}",
                              checkpoint_seconds=args.checkpoint_seconds)
     out = args.out if args.out is not None else _default_out(cfg)
+    waves = _wave_window(args.waves, args.backend, out)
     splits = load_dataset(cfg)  # data problems surface before a backend is built
-    backend = make_backend(cfg, args.backend, float_reference=args.float_reference, port=args.port)
+    backend = make_backend(cfg, args.backend, float_reference=args.float_reference, port=args.port,
+                           waves=waves)
     try:
         result = train(cfg, backend, out, resume=args.resume, progress=args.progress,
                        overwrite=args.overwrite, splits=splits, backend_name=args.backend,
@@ -241,7 +279,65 @@ def _cmd_train(args: argparse.Namespace) -> int:
     print(f"{cfg.name}: step {result.step}, validation accuracy {acc}")
     print(f"  checkpoint {result.checkpoint}\n  history    {result.history_path}\n"
           f"  curves     {result.curves_path}")
+    if waves is not None:
+        _print_waves(waves, backend)
     return 0
+
+
+def _print_waves(waves: object, backend: object) -> None:
+    windows = backend.sim.trace_windows  # known once the harness stopped (train closed it)
+    if not windows:
+        print(f"  waves      none: the run never reached step {waves.first}", file=sys.stderr)
+        return
+    cycles = ", ".join(f"{on}-{off if off is not None else 'end'}" for on, off in windows)
+    print(f"  waves      {waves.path} (steps {waves.first}-{waves.last}, cycles {cycles})")
+
+
+def _verify_device(cfg: Config, args: argparse.Namespace) -> tuple[object | None, list]:
+    """The device under test, or None and the identity registers that already differ."""
+    from .verify import identity_differences
+
+    if args.backend == Backend.VERILATOR.value:
+        return make_backend(cfg, args.backend), []
+    if args.port is None:
+        raise UsageError("the serial backend needs the board's port: --port /dev/ttyUSB1 (any pyserial URL)")
+    from perturbo.sim.backend import AcceleratorBackend
+    from perturbo.sim.driver import Link
+
+    try:
+        link = Link(args.port, baudrate=cfg.hardware.baud)
+    except OSError as err:
+        raise BackendError(f"cannot open {args.port}: {_failure(err)}; check --port and the cable") from None
+    # the identity is read before the backend writes a register: a board running another
+    # configuration's bitstream is a difference to report, not a device to configure
+    found = identity_differences(cfg, link)
+    if found:
+        link.close()
+        return None, found
+    return AcceleratorBackend(cfg, link), []
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from .verify import Report, verify
+
+    cfg = load_config(args.config)
+    if args.steps < 1 or args.every < 1:
+        raise UsageError(f"--steps and --every take positive integers, not {args.steps} and {args.every}")
+    load_dataset(cfg)  # data problems surface before a device is started
+    hw, found = _verify_device(cfg, args)
+    if hw is None:
+        report = Report(difference=found[0])
+    else:
+        try:
+            report = verify(cfg, hw, steps=args.steps, every=args.every, progress=lambda s: print(f"  ok  {s}"))
+        finally:
+            hw.close()
+    where = f"{cfg.name} on {args.backend}" + (f" ({args.port})" if args.port else "")
+    if report.passed:
+        print(f"PASS: {where} agrees with the golden model ({report.steps} steps)")
+        return 0
+    print(f"FAIL: {where}: {report.difference}")
+    return EXIT_DIFFERENCE
 
 
 def _cmd_gen(args: argparse.Namespace) -> int:
@@ -388,7 +484,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     commands = {"config": _cmd_config_show, "train": _cmd_train, "eval": _cmd_eval,
                 "synth": _cmd_synth, "gen": _cmd_gen, "sweep": _cmd_sweep,
-                "export": _cmd_export, "plot": _cmd_plot}
+                "export": _cmd_export, "plot": _cmd_plot, "verify": _cmd_verify}
     try:
         return commands[args.command](args)
     except USER_ERRORS as err:

@@ -114,3 +114,29 @@ for _name in ("drtp", "tpsgd-l1", "tpsgd-l2"):
 FORWARD_CONFIGS["node-narrow"] = _rule_config("node-narrow", [6, 5, 3], {"name": "mgd-node", "node_delta": 300,
                                                                        "copies": 2, "lr_shift": 6},
                                               lanes=2, numerics={"acc_bits": 19})
+
+
+def _digits_config(name: str, hidden: int, rule: dict, *, lanes: int, numerics: dict | None = None) -> Config:
+    # 64 inputs and 10 classes: the digits data set, so the whole host path (data, stream) runs
+    return parse_config({
+        "name": name, "seed": 4,
+        "network": {"layers": [64, hidden, 10]},
+        "rule": {"batch": 2, "tau_theta": 1, "lr_mult": 3, **rule},
+        "numerics": numerics or {},
+        "hardware": {"lanes": lanes, "sample_depth": 8},
+        "training": {"steps": 40, "eval_every": 20},
+    })
+
+
+#: Small digits networks of the three rule families, for ``perturbo verify`` and the
+#: co-simulation waveform test (each is one Verilator build of a minute or two).
+VERIFY_CONFIGS: dict[str, Config] = {
+    "mgd-weight": _digits_config("verify-mgd-weight", 6, {"name": "mgd-weight", "delta": 2, "copies": 3,
+                                                          "lr_shift": [7, 6], "optimizer": "momentum",
+                                                          "momentum_shift": 2},
+                                 lanes=4, numerics={"grad_bits": 24}),
+    "alr": _digits_config("verify-alr", 5, {"name": "alr", "sigma": 20, "copies": 2, "lr_shift": 8},
+                          lanes=3, numerics={"rounding": "floor"}),
+    "tpsgd-l1": _digits_config("verify-tpsgd-l1", 7, {"name": "tpsgd-l1", "lr_shift": 4,
+                                                      "optimizer": "momentum"}, lanes=4),
+}

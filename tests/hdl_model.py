@@ -8,6 +8,7 @@ from perturbo.config import Config, Rule
 from perturbo.golden import units as u
 from perturbo.golden.integer import layer_layouts
 from perturbo.hdl.geometry import Geometry
+from perturbo.verify import first_difference  # noqa: F401  (the testbenches' name for it)
 
 
 def pass_outputs(cfg: Config, weights: list[torch.Tensor], x: torch.Tensor, *, perturb: bool,
@@ -65,15 +66,3 @@ def weight_rows(geo: Geometry, weights: list[torch.Tensor]) -> list[list[int]]:
 def matrices_from_rows(geo: Geometry, rows: list[list[int]]) -> list[torch.Tensor]:
     """Per-layer matrices from a lane-memory image (the inverse of :func:`weight_rows`)."""
     return geo.from_image([v for row in rows for v in row])
-
-
-def first_difference(what: str, rtl: list[torch.Tensor], gold: list[torch.Tensor],
-                     cols_name: str = "input") -> str | None:
-    """The first differing element of per-layer matrices, named by unit, layer and index."""
-    for li, (a, b) in enumerate(zip(rtl, gold, strict=True)):
-        diff = (a != b).nonzero()
-        if len(diff):
-            i, j = (int(v) for v in diff[0])
-            return (f"{what} differ: layer {li} neuron {i} {cols_name} {j}: "
-                    f"rtl {int(a[i, j])} golden {int(b[i, j])} ({len(diff)} differ in this layer)")
-    return None

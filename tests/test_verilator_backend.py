@@ -16,11 +16,12 @@ from hostlink_top import fuzz_cases
 
 from perturbo.backend import samples_per_step
 from perturbo.config import Config, load_config
-from perturbo.data import SampleStream, load_dataset
+from perturbo.data import load_dataset
 from perturbo.golden.integer import IntegerModel
 from perturbo.hdl.bus import Reg, Space
 from perturbo.hdl.registers import absent_registers
 from perturbo.sim.backend import VerilatorBackend
+from perturbo.verify import SideBySide, first_difference
 
 CONFIG = Path(__file__).resolve().parent.parent / "examples" / "digits-mgd-weight.yaml"
 
@@ -37,68 +38,30 @@ def hw(cfg: Config):
     backend.close()
 
 
-def first_difference(rtl: list[torch.Tensor], gold: list[torch.Tensor], what: str) -> str | None:
-    for layer, (a, b) in enumerate(zip(rtl, gold, strict=True)):
-        diff = (a != b).nonzero()
-        if diff.numel():
-            i, j = (int(v) for v in diff[0])
-            return (
-                f"{what} differ: layer {layer} neuron {i} input {j}: rtl {int(a[i, j])} "
-                f"golden {int(b[i, j])} ({diff.shape[0]} differences)"
-            )
-    return None
-
-
 def test_training_is_bit_identical_to_golden(cfg: Config, hw: VerilatorBackend) -> None:
     torch.set_num_threads(1)
-    gold = IntegerModel(cfg)
-    hw.load_state_dict(gold.state_dict())
-    splits = load_dataset(cfg)
-    stream = SampleStream(splits.train.x, splits.train.y, cfg.seed)
-    n = samples_per_step(cfg)
     hw.clear_counters()
-    for chunk in range(4):  # 4 x 64 = 256 steps, across an epoch boundary of the sample stream
-        x, y = stream.take(64 * n)
-        hw_losses = hw.train_steps(x, y, 64)
-        gold_losses = [gold.train_step(x[k * n : (k + 1) * n], y[k * n : (k + 1) * n]) for k in range(64)]
-        assert hw_losses == gold_losses, f"per-step losses of chunk {chunk}: rtl {hw_losses} golden {gold_losses}"
-        state = hw.state_dict()
-        msg = first_difference(state["weights"], gold.weights, f"weights after step {gold.step}")
-        assert msg is None, msg
-        assert state["step"] == gold.step
+    # 4 x 64 = 256 steps, across an epoch boundary of the sample stream
+    train_side_by_side(cfg, hw, 4, 64)
     counters = hw.counters()
     assert counters.steps == 256
     print(
         f"\n256 steps: {counters.cycles} cycles, {counters.cycles / 256:.0f} cycles/step, "
         f"MAC busy {counters.mac_utilisation:.1%}, stalls {counters.stalls}"
     )
-    scores = hw.predict(splits.val.x)
-    assert torch.equal(scores, gold.predict(splits.val.x)), "inference outputs differ from the golden model"
 
 
 def train_side_by_side(cfg: Config, hw: VerilatorBackend, chunks: int, steps: int) -> None:
-    """``chunks`` runs of ``steps`` steps on the co-simulation and on the golden model; the
-    weights, step counter and every step's loss must be equal after each chunk."""
-    gold = IntegerModel(cfg)
-    hw.load_state_dict(gold.state_dict())
-    splits = load_dataset(cfg)
-    stream = SampleStream(splits.train.x, splits.train.y, cfg.seed)
-    n = samples_per_step(cfg)
+    """``chunks`` runs of ``steps`` steps on the co-simulation and on the golden model
+    (:class:`perturbo.verify.SideBySide`, what ``perturbo verify`` runs): every step's loss,
+    the weights, momentum and step counter after each chunk, then the inference outputs."""
     rules = "/".join(r.value for r in cfg.layer_rules())
-    for chunk in range(chunks):
-        x, y = stream.take(steps * n)
-        hw_losses = hw.train_steps(x, y, steps)
-        gold_losses = [gold.train_step(x[k * n : (k + 1) * n], y[k * n : (k + 1) * n]) for k in range(steps)]
-        if hw_losses != gold_losses:
-            k = next(k for k, (a, b) in enumerate(zip(hw_losses, gold_losses, strict=True)) if a != b)
-            raise AssertionError(f"{rules}: loss of step {chunk * steps + k + 1}: rtl {hw_losses[k]} "
-                                 f"golden {gold_losses[k]}")
-        state = hw.state_dict()
-        msg = first_difference(state["weights"], gold.weights, f"{rules}: weights after step {gold.step}")
-        assert msg is None, msg
-        assert state["step"] == gold.step
-    scores = hw.predict(splits.val.x)
-    assert torch.equal(scores, gold.predict(splits.val.x)), f"{rules}: inference outputs differ from golden"
+    run = SideBySide(cfg, hw)
+    for _ in range(chunks):
+        diff = run.advance(steps)
+        assert diff is None, f"{rules}: {diff}"
+    diff = run.compare_inference()
+    assert diff is None, f"{rules}: {diff}"
 
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -167,7 +130,7 @@ def test_bad_frames_are_never_applied(cfg: Config, hw: VerilatorBackend) -> None
     hw.link.ping()
     assert replies > 0, "the device answered none of the bad frames"
     state = hw.state_dict()
-    msg = first_difference(state["weights"], gold.weights, "weights after 10,000 bad frames")
+    msg = first_difference("weights after 10,000 bad frames", state["weights"], gold.weights)
     assert msg is None, msg
     after = {r.name: hw.link.read_word(Space.REGS, r) for r in settable}
     assert after == before, "registers changed by bad frames"
@@ -175,7 +138,8 @@ def test_bad_frames_are_never_applied(cfg: Config, hw: VerilatorBackend) -> None
     n = samples_per_step(cfg)
     x, y = splits.train.x[:n], splits.train.y[:n]
     assert hw.train_step(x, y) == gold.train_step(x, y)
-    msg = first_difference(hw.state_dict()["weights"], gold.weights, "weights after a step following the fuzz")
+    msg = first_difference("weights after a step following the fuzz", hw.state_dict()["weights"],
+                           gold.weights)
     assert msg is None, msg
 
 
@@ -205,5 +169,5 @@ def test_history_equals_golden(cfg: Config, hw: VerilatorBackend, tmp_path: Path
 
     assert len(records(a)) == 20
     assert records(a) == records(b)
-    msg = first_difference(hw.state_dict()["weights"], gold.weights, "weights after 160 steps")
+    msg = first_difference("weights after 160 steps", hw.state_dict()["weights"], gold.weights)
     assert msg is None, msg

@@ -1,0 +1,101 @@
+"""``perturbo verify`` on the Verilator co-simulation: three rule families pass, a weight
+written behind the trainer's back is found at the right step and place, a device of another
+configuration fails its identity check, and bad options end in one error line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from hdl_configs import VERIFY_CONFIGS
+
+from perturbo.cli import main
+from perturbo.config import Config
+from perturbo.hdl.bus import Space
+
+
+def write_config(cfg: Config, tmp_path: Path) -> Path:
+    path = tmp_path / f"{cfg.name}.yaml"
+    path.write_text(cfg.to_yaml())
+    return path
+
+
+@pytest.mark.parametrize("name", list(VERIFY_CONFIGS))
+def test_verify_passes(name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    torch.set_num_threads(1)
+    path = write_config(VERIFY_CONFIGS[name], tmp_path)
+    status = main(["verify", str(path), "--backend", "verilator", "--steps", "12", "--every", "3"])
+    out = capsys.readouterr().out
+    assert status == 0, out
+    assert "ok  identity" in out and "ok  configuration registers read back" in out
+    assert out.strip().splitlines()[-1].startswith(f"PASS: verify-{name} on verilator"), out
+
+
+def test_corrupted_weight_is_found(tmp_path: Path) -> None:
+    """A weight on an input that is 0 in every digits sample (pixel 39) is changed between
+    steps 3 and 4: it changes no loss and no other update, so the first difference read
+    after step 4 is that weight, off by what was added (step 4's update, from momentum,
+    applies to both)."""
+    from perturbo.hdl.geometry import Geometry
+    from perturbo.sim.backend import VerilatorBackend
+    from perturbo.verify import SideBySide
+
+    torch.set_num_threads(1)
+    cfg = VERIFY_CONFIGS["mgd-weight"]
+    layer, neuron, col = 0, 4, 39
+    hw = VerilatorBackend(cfg)
+    try:
+        run = SideBySide(cfg, hw)
+        assert (run.splits.train.x[:, col] == 0).all()
+        for _ in range(3):
+            assert run.advance(1) is None
+        value = int(hw.state_dict()["weights"][layer][neuron, col]) + 37
+        hw.link.write_word(Space.WEIGHTS, Geometry(cfg).address_of(layer, neuron, col), value)
+        diff = run.advance(1)
+    finally:
+        hw.close()
+    assert diff is not None
+    assert (diff.step, diff.what, diff.rule) == (4, "weights", "mgd-weight")
+    assert (diff.layer, diff.neuron, diff.col, diff.count) == (layer, neuron, col, 1)
+    assert diff.device - diff.golden == 37
+    assert str(diff) == (f"step 4: weights differ: layer 0 (mgd-weight) neuron 4 input 39: device {diff.device} "
+                         f"golden {diff.golden} (1 differ in this layer)")
+
+
+def test_serial_verify_of_another_configuration_fails(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The serial backend on the ALR co-simulation (a TCP port): its own configuration passes;
+    the MGD configuration finds CONFIG_HASH differing before anything is written, exit 1."""
+    from perturbo.hdl.geometry import config_hash
+    from perturbo.sim.backend import COSIM_TOP, cosim_verilog
+    from perturbo.sim.cosim import VerilatorSim
+
+    torch.set_num_threads(1)
+    alr, mgd = VERIFY_CONFIGS["alr"], VERIFY_CONFIGS["mgd-weight"]
+    with VerilatorSim(cosim_verilog(alr), COSIM_TOP) as sim:
+        status = main(["verify", str(write_config(alr, tmp_path)), "--backend", "serial", "--port", sim.url,
+                       "--steps", "4"])
+    assert status == 0, capsys.readouterr().out
+    with VerilatorSim(cosim_verilog(alr), COSIM_TOP) as sim:
+        status = main(["verify", str(write_config(mgd, tmp_path)), "--backend", "serial", "--port", sim.url])
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert status == 1
+    assert last == (f"FAIL: verify-mgd-weight on serial ({sim.url}): register CONFIG_HASH differ: "
+                    f"device {config_hash(alr):#010x} golden {config_hash(mgd):#010x}")
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["verify", "{cfg}", "--backend", "serial"], "the serial backend needs the board's port"),
+    (["verify", "{cfg}", "--steps", "0"], "--steps and --every take positive integers"),
+    (["train", "{cfg}", "--out", "{out}", "--waves", "3"], "--waves takes STEP:COUNT"),
+    (["train", "{cfg}", "--out", "{out}", "--waves", "0:2"], "--waves takes STEP:COUNT"),
+    (["train", "{cfg}", "--out", "{out}", "--waves", "3:2", "--backend", "golden"],
+     "--waves dumps the Verilator co-simulation"),
+])
+def test_bad_options_are_one_line(argv: list[str], message: str, tmp_path: Path,
+                                  capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = write_config(VERIFY_CONFIGS["mgd-weight"], tmp_path)
+    argv = [a.replace("{cfg}", str(cfg)).replace("{out}", str(tmp_path / "run")) for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("perturbo: error: ") and message in err[0], err
