@@ -77,10 +77,11 @@ def test_serial_verify_of_another_configuration_fails(tmp_path: Path, capsys: py
                        "--steps", "4"])
     assert status == 0, capsys.readouterr().out
     with VerilatorSim(cosim_verilog(alr), COSIM_TOP) as sim:
-        status = main(["verify", str(write_config(mgd, tmp_path)), "--backend", "serial", "--port", sim.url])
+        url = sim.url
+        status = main(["verify", str(write_config(mgd, tmp_path)), "--backend", "serial", "--port", url])
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert status == 1
-    assert last == (f"FAIL: verify-mgd-weight on serial ({sim.url}): register CONFIG_HASH differ: "
+    assert last == (f"FAIL: verify-mgd-weight on serial ({url}): register CONFIG_HASH differ: "
                     f"device {config_hash(alr):#010x} golden {config_hash(mgd):#010x}")
 
 
