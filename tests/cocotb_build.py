@@ -12,12 +12,20 @@ X there where Verilator's two-state start reads 0, so both must pass.  The testb
 ``PERTURBO_SIM`` (``verilator`` or ``icarus``); Icarus runs about 25x slower, so the
 host-link fuzz sends 250 frames there instead of 1 000 (tests/test_hostlink.py); every
 other testbench runs the same stimulus on both.
+
+Waveforms on demand: with ``PERTURBO_WAVES=1`` in the environment every testbench dumps
+its signals, on Verilator as FST (``--trace-fst``), on Icarus as FST too (``vvp -fst``
+with a small ``$dumpvars`` module, :func:`_icarus_dumper`), into ``waves/<test>.fst`` in its build
+directory, and a failing test's message names that file.  The Verilog then keeps
+Amaranth's ``src`` attributes (the Python line of every signal).  Traced models are built
+in their own directories (the cache key holds the flag), so untraced runs stay fast.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -44,30 +52,90 @@ SIMULATORS = ["verilator", "icarus"]
 ICARUS_ARGS = ["-g2005"]
 #: Amaranth's Verilog has no `timescale; the testbenches clock in ns.
 ICARUS_TIMESCALE = ("1ns", "1ps")
+#: Verilator flags of a traced build (the runner adds ``--trace`` before them; the later
+#: ``--trace-fst`` sets the format).  Structs whole, not split into one signal per field.
+VERILATOR_TRACE_ARGS = ["--trace-fst", "--trace-structs"]
+
+
+def waves_requested() -> bool:
+    """Whether ``PERTURBO_WAVES`` asks for waveforms (anything but empty or ``0``)."""
+    return os.environ.get("PERTURBO_WAVES", "").strip() not in ("", "0")
+
+
+def waves_path(build_dir: Path, test_module: str, testcase: str | None) -> Path:
+    """Where this run's dump goes: named after the pytest test running it, so the tests that
+    share one build (parametrisations) do not overwrite each other's dumps."""
+    current = os.environ.get("PYTEST_CURRENT_TEST", "").rsplit(" (", 1)[0]
+    name = current.split("::", 1)[-1] if current else f"{test_module}-{testcase or 'all'}"
+    return build_dir / "waves" / (re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") + ".fst")
+
+
+def _run_test(runner, sim: str, dump: Path | None, **kwargs) -> None:
+    """``runner.test(**kwargs)``, its failures as one AssertionError that names the dump."""
+    from cocotb_tools.runner import get_results
+
+    test_module = kwargs["test_module"]
+    where = f" on {sim}" if sim != "verilator" else ""
+    wave = f"; waveform: {dump}" if dump is not None else ""
+    try:
+        results = runner.test(**kwargs)
+    except SystemExit as stop:
+        # under pytest cocotb's runner exits on a failed test; its log above names the failures
+        raise AssertionError(f"cocotb tests failed in {test_module}{where} (exit {stop.code}; "
+                             f"see the log above){wave}") from None
+    total, failed = get_results(results)
+    assert total > 0, f"no cocotb test ran from {test_module}{where} (see {results})"
+    assert failed == 0, f"{failed} of {total} cocotb tests failed in {test_module}{where} (see {results}){wave}"
 
 
 def _run_icarus(text: str, toplevel: str, test_module: str, testcase: str | None,
-                extra_env: dict[str, str]) -> None:
+                extra_env: dict[str, str], waves: bool) -> None:
     import shutil
 
-    from cocotb_tools.runner import get_results, get_runner
+    from cocotb_tools.runner import get_runner
 
     assert shutil.which("iverilog"), "Icarus Verilog is missing: install Debian's iverilog (bash .ci/install does)"
-    digest = hashlib.sha256((text + repr(ICARUS_ARGS) + repr(ICARUS_TIMESCALE)).encode()).hexdigest()[:16]
-    build_dir = BUILD_ROOT / f"icarus-{toplevel}-{digest}"
+    key = text + repr(ICARUS_ARGS) + repr(ICARUS_TIMESCALE) + ("waves" if waves else "")
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    build_dir = BUILD_ROOT / f"icarus-{toplevel}{'-waves' if waves else ''}-{digest}"
     build_dir.mkdir(parents=True, exist_ok=True)
     source = build_dir / f"{toplevel}.v"
     if not source.exists() or source.read_text() != text:
         source.write_text(text)
     extra_env = {**extra_env, "PERTURBO_TOP_VERILOG": str(source)}
     runner = get_runner("icarus")
-    runner.build(sources=[source], hdl_toplevel=toplevel, build_dir=build_dir, build_args=ICARUS_ARGS,
+    sources, build_args = [source], ICARUS_ARGS
+    if waves:  # a second root module that dumps the top; see _icarus_dumper
+        sources, build_args = [source, _icarus_dumper(build_dir, toplevel)], [*ICARUS_ARGS, "-s", "perturbo_waves"]
+    runner.build(sources=sources, hdl_toplevel=toplevel, build_dir=build_dir, build_args=build_args,
                  timescale=ICARUS_TIMESCALE, always=False)
-    results = runner.test(hdl_toplevel=toplevel, hdl_toplevel_lang="verilog", test_module=test_module,
-                          build_dir=build_dir, test_dir=build_dir, testcase=testcase, extra_env=extra_env)
-    total, failed = get_results(results)
-    assert total > 0, f"no cocotb test ran from {test_module} on Icarus (see {results})"
-    assert failed == 0, f"{failed} of {total} cocotb tests failed in {test_module} on Icarus (see {results})"
+    dump = waves_path(build_dir, test_module, testcase) if waves else None
+    raw = build_dir / f"{toplevel}.fst"
+    raw.unlink(missing_ok=True)
+    try:
+        # waves=True: vvp -fst (FST, not VCD); no build flag, the dumper is our own
+        _run_test(runner, "icarus", dump, hdl_toplevel=toplevel, hdl_toplevel_lang="verilog",
+                  test_module=test_module, build_dir=build_dir, test_dir=build_dir, testcase=testcase,
+                  extra_env=extra_env, waves=waves)
+    finally:
+        if dump is not None and raw.exists():
+            dump.parent.mkdir(exist_ok=True)
+            raw.replace(dump)
+
+
+def _icarus_dumper(build_dir: Path, toplevel: str) -> Path:
+    """Verilog-2005 module dumping ``toplevel`` to ``build_dir/<toplevel>.fst``.
+
+    cocotb's own (``build(waves=True)``) declares a SystemVerilog ``string``, which
+    ``-g2005`` (:data:`ICARUS_ARGS`) refuses; the path is fixed here and the file moved to
+    its per-test name after the run.
+    """
+    path = build_dir / "perturbo_waves.v"
+    text = (f"module perturbo_waves;\ninitial begin\n    $dumpfile(\"{build_dir / toplevel}.fst\");\n"
+            f"    $dumpvars(0, {toplevel});\nend\nendmodule\n")
+    if not path.exists() or path.read_text() != text:
+        path.write_text(text)
+    return path
 
 
 def run_cocotb(component, toplevel: str, test_module: str, *, extra_env: dict[str, str] | None = None,
@@ -84,7 +152,10 @@ def run_cocotb(component, toplevel: str, test_module: str, *, extra_env: dict[st
     """
     from cocotb_tools.runner import get_runner
 
-    text = verilog.convert(component, name=toplevel, emit_src=False)
+    waves = waves_requested()
+    # src attributes lead a traced signal back to its Python line; untraced builds keep
+    # the Verilog (and so the cache key) they always had
+    text = verilog.convert(component, name=toplevel, emit_src=waves)
     tests_dir = str(Path(__file__).resolve().parent)
     if tests_dir not in sys.path:
         sys.path.insert(0, tests_dir)
@@ -98,12 +169,13 @@ def run_cocotb(component, toplevel: str, test_module: str, *, extra_env: dict[st
         "PYTHONPATH": os.pathsep.join([tests_dir, str(REPO)]),
     }
     if simulator == "icarus":
-        _run_icarus(text, toplevel, test_module, testcase, env_common)
+        _run_icarus(text, toplevel, test_module, testcase, env_common, waves)
         return
     if simulator != "verilator":
         raise ValueError(f"simulator must be one of {SIMULATORS}, not {simulator!r}")
-    digest = hashlib.sha256((text + repr(VERILATOR_WAIVERS)).encode()).hexdigest()[:16]
-    build_dir = BUILD_ROOT / f"{toplevel}-{digest}"
+    trace_args = VERILATOR_TRACE_ARGS if waves else []
+    digest = hashlib.sha256((text + repr(VERILATOR_WAIVERS) + repr(trace_args)).encode()).hexdigest()[:16]
+    build_dir = BUILD_ROOT / f"{toplevel}{'-waves' if waves else ''}-{digest}"
     build_dir.mkdir(parents=True, exist_ok=True)
     source = build_dir / f"{toplevel}.v"
     if not source.exists() or source.read_text() != text:
@@ -111,10 +183,10 @@ def run_cocotb(component, toplevel: str, test_module: str, *, extra_env: dict[st
     env = verilator_env()
     os.environ.update(env)
     runner = get_runner("verilator")
-    build_args = [*VERILATOR_WAIVERS, "-CFLAGS", "-O2"]
+    build_args = [*VERILATOR_WAIVERS, *trace_args, "-CFLAGS", "-O2"]
     make_opts = ""
     if big:  # per-file-class optimisation through make variables instead of -CFLAGS
-        build_args = [*VERILATOR_WAIVERS]
+        build_args = [*VERILATOR_WAIVERS, *trace_args]
         make_opts = "OPT_FAST=-O2 OPT_GLOBAL=-O2 OPT_SLOW=-O0"
     # The runner re-runs Verilator on every build() call, which rewrites the C++ and
     # makes make recompile it (10-20 s); a stamp written after a finished build skips it.
@@ -131,11 +203,19 @@ def run_cocotb(component, toplevel: str, test_module: str, *, extra_env: dict[st
                 build_dir=build_dir,
                 build_args=build_args,
                 always=False,
+                waves=waves,
             )
         finally:
             os.environ["MAKEFLAGS"] = saved_makeflags
         stamp.write_text(repr(build_args) + make_opts)
-    results = runner.test(
+    dump = waves_path(build_dir, test_module, testcase) if waves else None
+    test_args = []
+    if dump is not None:  # cocotb's verilator.cpp: --trace (added by waves=) and --trace-file
+        dump.parent.mkdir(exist_ok=True)
+        dump.unlink(missing_ok=True)
+        test_args = ["--trace-file", str(dump)]
+    _run_test(
+        runner, "verilator", dump,
         hdl_toplevel=toplevel,
         hdl_toplevel_lang="verilog",
         test_module=test_module,
@@ -143,9 +223,6 @@ def run_cocotb(component, toplevel: str, test_module: str, *, extra_env: dict[st
         test_dir=build_dir,
         testcase=testcase,
         extra_env={**env_common, "PERTURBO_TOP_VERILOG": str(source)},
+        waves=waves,
+        test_args=test_args,
     )
-    from cocotb_tools.runner import get_results
-
-    total, failed = get_results(results)
-    assert total > 0, f"no cocotb test ran from {test_module} (see {results})"
-    assert failed == 0, f"{failed} of {total} cocotb tests failed in {test_module} (see {results})"
