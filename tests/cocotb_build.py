@@ -174,7 +174,9 @@ def run_cocotb(component, toplevel: str, test_module: str, *, extra_env: dict[st
     if simulator != "verilator":
         raise ValueError(f"simulator must be one of {SIMULATORS}, not {simulator!r}")
     trace_args = VERILATOR_TRACE_ARGS if waves else []
-    digest = hashlib.sha256((text + repr(VERILATOR_WAIVERS) + repr(trace_args)).encode()).hexdigest()[:16]
+    # untraced builds keep the key they always had, so the caches of earlier runs stay valid
+    key = text + repr(VERILATOR_WAIVERS) + (repr(trace_args) if waves else "")
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     build_dir = BUILD_ROOT / f"{toplevel}{'-waves' if waves else ''}-{digest}"
     build_dir.mkdir(parents=True, exist_ok=True)
     source = build_dir / f"{toplevel}.v"
