@@ -72,6 +72,7 @@ def waves_path(build_dir: Path, test_module: str, testcase: str | None) -> Path:
 
 def _run_test(runner, sim: str, dump: Path | None, **kwargs) -> None:
     """``runner.test(**kwargs)``, its failures as one AssertionError that names the dump."""
+    __tracebackhide__ = True  # pytest: the message, not this frame's locals
     from cocotb_tools.runner import get_results
 
     test_module = kwargs["test_module"]
