@@ -39,9 +39,14 @@ def narrow(value: Value | ValueCastable | int, bits: int,
         return low
     hi = Const((1 << (bits - 1)) - 1, signed(bits))
     lo = Const(-(1 << (bits - 1)), signed(bits))
+    # The value fits when the bits from bits-1 up are all copies of its sign: tests of
+    # those bits (a few LUTs) instead of comparisons against hi and lo, which yosys builds
+    # as carry chains across the whole width.
+    top = value[bits - 1:]
     if not shape.signed:
-        return Mux(value > hi.value, hi, low)
-    return Mux(value > hi.value, hi, Mux(value < lo.value, lo, low))
+        return Mux(top.any(), hi, low)
+    fits = ~top.any() | top.all()
+    return Mux(fits, low, Mux(value[-1], lo, hi))
 
 
 def round_shift(value: Value | ValueCastable, shift: int,
