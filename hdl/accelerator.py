@@ -110,10 +110,10 @@ class Accelerator(wiring.Component):
         lanes = geo.lanes
 
         # -- units ----------------------------------------------------------------------------
-        tag_layout = Sequencer.tag_layout(geo)
+        m.submodules.frontend = fe = CorrelationWalker(geo)
+        tag_layout = Sequencer.tag_layout(geo, fe.job_layout)
         m.submodules.engine = eng = ForwardEngine(geo, tag_layout)
         m.submodules.loss = loss = LossUnit(geo, tag_layout)
-        m.submodules.frontend = fe = CorrelationWalker(geo)
         m.submodules.corr = corr = CorrelationUnit(lanes, geo.row_bits, geo.grad_bits,
                                                    fe.term_bits, geo.overflow)
         m.submodules.update = upd = UpdateUnit(geo)
@@ -180,7 +180,7 @@ class Accelerator(wiring.Component):
             writer.i.payload.mask.eq(res.payload.mask),
             writer.i.payload.group.eq(res.payload.group),
             writer.i.payload.last.eq(res.payload.last),
-            writer.i.payload.base.eq(rtag.out_base),
+            writer.start.eq(seq.infer),
             res.ready.eq(~is_out | (to_loss & loss.i.ready) | (to_writer & writer.i.ready)),
         ]
 
