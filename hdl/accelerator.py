@@ -34,6 +34,7 @@ from amaranth.lib.wiring import In, Out
 
 from perturbo.config import Config, Rule
 
+from .arith import at_least, fits_signed
 from .bus import WORD_ADDR_BITS, BusSignature, Command, Space
 from .correlation import CorrelationUnit, CorrelationWalker
 from .forward import ForwardEngine
@@ -111,10 +112,10 @@ class Accelerator(wiring.Component):
         lanes = geo.lanes
 
         # -- units ----------------------------------------------------------------------------
-        tag_layout = Sequencer.tag_layout(geo)
+        m.submodules.frontend = fe = CorrelationWalker(geo)
+        tag_layout = Sequencer.tag_layout(geo, fe.job_layout)
         m.submodules.engine = eng = ForwardEngine(geo, tag_layout)
         m.submodules.loss = loss = LossUnit(geo, tag_layout)
-        m.submodules.frontend = fe = CorrelationWalker(geo)
         m.submodules.corr = corr = CorrelationUnit(lanes, geo.row_bits, geo.grad_bits,
                                                    fe.term_bits, geo.overflow)
         m.submodules.update = upd = UpdateUnit(geo)
@@ -181,7 +182,7 @@ class Accelerator(wiring.Component):
             writer.i.payload.mask.eq(res.payload.mask),
             writer.i.payload.group.eq(res.payload.group),
             writer.i.payload.last.eq(res.payload.last),
-            writer.i.payload.base.eq(rtag.out_base),
+            writer.start.eq(seq.infer),
             res.ready.eq(~is_out | (to_loss & loss.i.ready) | (to_writer & writer.i.ready)),
         ]
 
@@ -299,9 +300,7 @@ class Accelerator(wiring.Component):
             """Whether the written value (with ``WRITE_HIGH`` above 32 bits) fits ``bits``."""
             if bits in (32, 64):
                 return Const(1, 1)
-            value = wide if bits > 32 else wdata.as_signed()
-            lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
-            return (value >= lo) & (value <= hi)
+            return fits_signed(wide if bits > 32 else wdata.as_signed(), bits)
 
         lane_words = geo.weight_depth * lanes
         row, lane = divmod_const(word, lanes, lane_words - 1)
@@ -337,12 +336,12 @@ class Accelerator(wiring.Component):
                 for sp, (port, laned) in memories.items():
                     with m.Case(sp):
                         if sp == Space.LABELS:  # 0 .. classes - 1
-                            value_ok = wdata < geo.classes
+                            value_ok = ~at_least(wdata, geo.classes)
                         elif sp == Space.OUTPUTS:  # read-only
                             value_ok = Const(0, 1)
                         else:
                             value_ok = fits(widths[sp])
-                        with m.If(running | (word >= sizes[sp]) | (bus.we & ~value_ok)):
+                        with m.If(running | at_least(word, sizes[sp]) | (bus.we & ~value_ok)):
                             m.d.sync += err.eq(1)
                         with m.Elif(bus.we):
                             m.d.comb += port.we.eq((1 << lane) if laned else 1)

@@ -10,7 +10,7 @@ from amaranth.hdl import Const, Mux, Value, ValueCastable, signed
 
 from perturbo.config import Overflow, Rounding
 
-__all__ = ["narrow", "round_shift", "sign"]
+__all__ = ["narrow", "round_shift", "sign", "fits_signed", "at_least", "at_most"]
 
 
 def narrow(value: Value | ValueCastable | int, bits: int,
@@ -40,8 +40,52 @@ def narrow(value: Value | ValueCastable | int, bits: int,
     hi = Const((1 << (bits - 1)) - 1, signed(bits))
     lo = Const(-(1 << (bits - 1)), signed(bits))
     if not shape.signed:
-        return Mux(value > hi.value, hi, low)
-    return Mux(value > hi.value, hi, Mux(value < lo.value, lo, low))
+        return Mux(value[bits - 1:].any(), hi, low)
+    return Mux(fits_signed(value, bits), low, Mux(value[-1], lo, hi))
+
+
+# Comparisons against constants: yosys builds `value <= c` as a carry chain across the
+# whole width of `value`; these test the bits above the constant's width with a few LUTs
+# and compare only the bits below it (not at all when c is 2^k - 1 or 2^k).
+
+
+def fits_signed(value: Value | ValueCastable, bits: int) -> Value:
+    """Whether a signed ``value`` lies in ``-2^(bits-1) .. 2^(bits-1) - 1``: the bits from
+    ``bits - 1`` up are all copies of its sign."""
+    value = Value.cast(value)
+    if value.shape().width <= bits:
+        return Const(1, 1)
+    top = value[bits - 1:]
+    return ~top.any() | top.all()
+
+
+def at_most(value: Value | ValueCastable, limit: int) -> Value:
+    """``value <= limit`` for an unsigned ``value`` and a constant ``limit >= 0``."""
+    value = Value.cast(value)
+    width = value.shape().width
+    if limit >= (1 << width) - 1:
+        return Const(1, 1)
+    k = limit.bit_length()
+    if k == width:
+        return value <= limit
+    above = value[k:].any()
+    if limit == (1 << k) - 1:
+        return ~above
+    return ~above & (value[:k] <= limit)
+
+
+def at_least(value: Value | ValueCastable, limit: int) -> Value:
+    """``value >= limit`` for an unsigned ``value`` and a constant ``limit >= 0``."""
+    value = Value.cast(value)
+    if limit <= 0:
+        return Const(1, 1)
+    k = (limit - 1).bit_length()  # 2^k >= limit
+    if k >= value.shape().width:
+        return value >= limit
+    above = value[k:].any()
+    if limit == 1 << k:
+        return above
+    return above | (value[:k] >= limit)
 
 
 def round_shift(value: Value | ValueCastable, shift: int,

@@ -16,14 +16,14 @@ bits at most (:func:`term_bits`).
 
 from __future__ import annotations
 
-from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, Value, signed
+from amaranth.hdl import Array, Cat, Const, Module, Mux, ShapeLike, Signal, Value, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from perturbo.config import Overflow, Rule
+from perturbo.config import TARGET_PROJECTION_RULES, Overflow, Rule
 
 from .arith import narrow
-from .forward import BIAS_INPUT
+from .forward import ACT_BANKS, BIAS_INPUT
 from .geometry import Geometry
 from .loss import DC_BITS
 from .memories import LanePortSignature, ReadPortSignature, SignReadSignature
@@ -204,14 +204,24 @@ class CorrelationWalker(wiring.Component):
         self.act_addr_bits = act_addr_bits = geo.act_addr_bits
         self.factor_layout = factor_layout = geo.factor_layout()
         self.sample_addr_bits = sample_addr_bits = geo.sample_addr_bits
-        self.job_layout = data.StructLayout({
-            "dc": signed(DC_BITS), "negate": 1, "sign_bank": 1, "bank": 2, "base_bank": 2,
-            "sample_base": sample_addr_bits, "final": 1,
-        })
         self.layout = row_layout(geo.lanes, geo.row_bits, self.term_bits)
         self.uses_signs = Rule.MGD_WEIGHT in rules
         self.uses_acts = any(lay.rule != Rule.MGD_WEIGHT for lay in geo.layers[1:])
         self.uses_samples = geo.layers[0].rule != Rule.MGD_WEIGHT
+        # a job has only the fields this configuration's layers read: the pass tag carries
+        # them through the forward engine's tag FIFO and the loss unit, where unread bits
+        # would still cost flip-flops (Sequencer.tag_layout takes them from here)
+        fields: dict[str, ShapeLike] = {"dc": signed(DC_BITS)}
+        if self.uses_signs:
+            fields |= {"negate": 1, "sign_bank": 1}
+        if any(lay.rule in (Rule.ALR, *TARGET_PROJECTION_RULES) for lay in geo.layers[1:]) \
+                or geo.factor_bits:
+            fields["bank"] = range(ACT_BANKS)
+        if any(lay.rule == Rule.MGD_NODE for lay in geo.layers[1:]):
+            fields["base_bank"] = range(ACT_BANKS)
+        if self.uses_samples:
+            fields["sample_base"] = sample_addr_bits
+        self.job_layout = data.StructLayout({**fields, "final": 1})
         int8s = data.ArrayLayout(signed(8), geo.lanes)
         members = {
             "cmd": In(stream.Signature(self.job_layout)),
@@ -284,7 +294,8 @@ class CorrelationWalker(wiring.Component):
             m.d.comb += [self.signs.bank.eq(job.sign_bank), self.signs.row.eq(row),
                          self.signs.en.eq(1)]
         if self.uses_acts:
-            x_bank = Mux(t_x_base[li], job.base_bank, job.bank)
+            x_bank = (Mux(t_x_base[li], job.base_bank, job.bank)
+                      if "base_bank" in self.job_layout.members else job.bank)
             m.d.comb += self.act_read.addr.eq(Cat((t_in_base[li] + word)[:word_bits], x_bank))
         if geo.factor_bits:
             m.d.comb += self.factor_read.addr.eq(Cat((t_out_base[li] + group)[:word_bits], job.bank))
@@ -329,22 +340,42 @@ class CorrelationWalker(wiring.Component):
         product = Signal(signed(DC_BITS + 8))  # dC * x0_j, shared by the lanes (MGD node)
         m.d.comb += product.eq(job.dc * c_x)
         x_zero, x_negative = c_x == 0, c_x[-1]
-        with m.Switch(c.layer):
-            for lay in layers:
-                with m.Case(lay.index):
-                    for k in range(lanes):
-                        m.d.sync += out.term[k].eq(self._term(lay.rule, k, plus, minus, product, x_zero,
-                                                              x_negative, c_x, c_signs, c_factor, job))
+        # one case per rule, not per layer (layers of one rule form their terms alike), and
+        # no case at all when every layer has the same rule
+        layers_of: dict[Rule, list[int]] = {}
+        for lay in layers:
+            layers_of.setdefault(lay.rule, []).append(lay.index)
+
+        def terms(rule: Rule) -> list:
+            return [out.term[k].eq(self._term(rule, k, plus, minus, product, x_zero, x_negative,
+                                              c_x, c_signs, c_factor, job)) for k in range(lanes)]
+
+        if len(layers_of) == 1:
+            m.d.sync += terms(layers[0].rule)
+        else:
+            with m.Switch(c.layer):
+                for rule, indices in layers_of.items():
+                    with m.Case(*indices):
+                        m.d.sync += terms(rule)
         m.d.comb += self.busy.eq(active | b.valid | c.valid | self.o.valid)
 
         cmd = self.cmd
+        dc = cmd.payload.dc
+        narrow_dc = narrow(dc, tb, geo.overflow)
+        # narrow(-dC) from narrow(dC) with a term-wide negation instead of a 33-bit one: it
+        # is -narrow(dC), except where -dC saturates (dC above the range, or at or below
+        # its bottom), where it is -narrow(dC) - 1 = ~narrow(dC); under wrap-around always
+        # -narrow(dC)
+        narrow_minus_dc = -narrow_dc
+        if geo.overflow == Overflow.SATURATE and tb < DC_BITS + 1:
+            top = (1 << (tb - 1)) - 1
+            narrow_minus_dc = Mux((dc > top) | (dc <= -(top + 1)), ~narrow_dc, -narrow_dc)
         m.d.comb += cmd.ready.eq(~active & ~b.valid & ~c.valid)
         with m.If(cmd.valid & cmd.ready):
             m.d.sync += [
                 job.eq(cmd.payload), active.eq(1), li.eq(0), group.eq(0), col.eq(0),
                 word.eq(0), byte.eq(0), row.eq(layers[0].row_base),
-                plus.eq(narrow(cmd.payload.dc, tb, geo.overflow)),
-                minus.eq(narrow(-cmd.payload.dc, tb, geo.overflow)),
+                plus.eq(narrow_dc), minus.eq(narrow_minus_dc),
             ]
         return m
 

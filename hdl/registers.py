@@ -25,6 +25,8 @@ from amaranth.lib.wiring import In, Out
 
 from perturbo.config import STEP_SAMPLES_MAX, Config, Rule
 
+from .arith import at_least, at_most
+
 __all__ = [
     "ACCEL_ID", "COUNTER_BITS", "Access", "RegisterSpec", "RegisterInfo", "REGISTERS", "Reg",
     "register_map", "absent_registers", "config_values", "RegisterFile",
@@ -357,10 +359,7 @@ class RegisterFile(wiring.Component):
                 m.d.sync += self.err.eq(1)
             return
         ok = ~self.locked
-        if info.lo > 0:
-            ok = ok & (self.wdata >= info.lo)
-        if info.hi < 2**32 - 1:
-            ok = ok & (self.wdata <= info.hi)
+        ok = ok & at_least(self.wdata, info.lo) & at_most(self.wdata, info.hi)
         with m.If(self.we):
             with m.If(ok):
                 if spec.outside:

@@ -32,7 +32,7 @@ samples ``0 .. count - 1``; the :class:`OutputWriter` stores their output scores
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Module, Signal, signed
+from amaranth.hdl import Cat, Const, Module, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -80,11 +80,17 @@ class SerialMultiplier(wiring.Component):
 class OutputWriter(wiring.Component):
     """Stores output-layer groups in the output score memory, one lane per cycle.
 
+    The passes of an inference run arrive in sample order, so the writer counts the
+    address of each pass's scores (``sample * classes``) itself instead of taking it
+    with each pass through the forward engine's tag FIFO.
+
     Members
     -------
+    start : ``In(1)``
+        Pulse: an inference run begins; its first pass's scores go to address 0.
     i : ``In(stream.Signature(layout))``
-        ``y`` (``lanes`` INT8), ``mask`` (a prefix of lanes), ``group``, ``last``
-        (the pass's last group) and ``base`` (``sample * classes``).
+        ``y`` (``lanes`` INT8), ``mask`` (a prefix of lanes), ``group`` and ``last``
+        (the pass's last group).
     mem : ``Out(PortSignature)``
         Write side of the output memory (``waddr``, ``wdata``, ``we``).
     done : ``Out(1)``
@@ -99,9 +105,9 @@ class OutputWriter(wiring.Component):
             "mask": geo.lanes,
             "group": range(max(2, geo.layers[-1].groups)),
             "last": 1,
-            "base": self.addr_bits,
         })
         super().__init__({
+            "start": In(1),
             "i": In(stream.Signature(self.layout)),
             "mem": Out(PortSignature(self.addr_bits, signed(8))),
             "done": Out(1),
@@ -111,10 +117,15 @@ class OutputWriter(wiring.Component):
         m = Module()
         lanes = self.geometry.lanes
         cur = Signal(self.layout)
+        base = Signal(self.addr_bits)  # sample * classes of the pass being stored
         k = Signal(range(max(2, lanes)))
         lane_on = cur.mask.bit_select(k, 1)
+        with m.If(self.start):
+            m.d.sync += base.eq(0)
+        with m.Elif(self.done):
+            m.d.sync += base.eq(base + self.geometry.classes)
         m.d.comb += [
-            self.mem.waddr.eq(cur.base + cur.group * lanes + k),
+            self.mem.waddr.eq(base + cur.group * lanes + k),
             self.mem.wdata.eq(cur.y[k]),
         ]
         with m.FSM():
@@ -195,7 +206,7 @@ class Sequencer(wiring.Component):
         self.geometry = geo = geometry
         self.overlap = overlap
         self.sample_addr_bits = ceil_log2(geo.sample_words)
-        self.out_addr_bits = ceil_log2(geo.output_words)
+        self.job_fields = {name for name, _ in corr_cmd_layout}
         super().__init__({
             "train": In(1),
             "infer": In(1),
@@ -228,19 +239,21 @@ class Sequencer(wiring.Component):
         })
 
     @staticmethod
-    def tag_layout(geometry: Geometry) -> data.StructLayout:
-        """The pass tag that travels with each pass through the forward engine and loss unit."""
+    def tag_layout(geometry: Geometry, job_layout: data.StructLayout) -> data.StructLayout:
+        """The pass tag that travels with each pass through the forward engine and loss unit.
+
+        Besides what the loss unit and the collector need, it carries the fields of the
+        pass's correlation job (``job_layout``, the :class:`~.correlation.CorrelationWalker`'s)
+        that the issuer knows: only those the configuration's walker reads exist.  Whether
+        a pass has a job is not carried: every training pass of target projection has one,
+        otherwise every perturbed pass.
+        """
+        carried = {name: fld.shape for name, fld in job_layout if name not in ("dc", "final")}
         return data.StructLayout({
             "baseline": 1,
-            "job": 1,  # the pass is followed by a correlation job
-            "negate": 1,
             "end_of_step": 1,
             "label": geometry.label_bits,
-            "sign_bank": 1,
-            "bank": 2,
-            "base_bank": 2,
-            "sample_base": ceil_log2(geometry.sample_words),
-            "out_base": ceil_log2(geometry.output_words),
+            **carried,
         })
 
     def elaborate(self, platform: object) -> Module:  # noqa: C901 (two state machines)
@@ -255,7 +268,6 @@ class Sequencer(wiring.Component):
         copy = Signal(range(COPIES_MAX + 1))
         event = Signal(32)  # the event of the next antithetic pair
         sbase = Signal(self.sample_addr_bits)
-        obase = Signal(self.out_addr_bits)
         label = Signal(geo.label_bits)
         key = Signal(32)  # weight signs (stream 0), or the projection key of the run
         node_key = Signal(32)  # node signs and ALR noise (stream 1)
@@ -268,10 +280,11 @@ class Sequencer(wiring.Component):
         # pass may overwrite a bank once the jobs that read it are done (they finish in
         # order): a perturbed pass when at most the previous perturbed pass's job is
         # pending; a baseline pass when the jobs of the sample before the previous one are
-        # done (at most `copies` pending; target projection: at most one).
+        # done (at most `copies` pending; target projection: at most one).  Only passes
+        # with a job count, and each waits for at most one pending job: at most 2 pending.
         sign_bank = Signal()
         base_bank = Signal()
-        pending = Signal(range(COPIES_MAX + 3))
+        pending = Signal(range(3))
         issued = Signal()  # a pass with a job
         m.d.sync += pending.eq(pending + issued - self.corr_done)
         perturbed_free = pending <= 1
@@ -291,13 +304,13 @@ class Sequencer(wiring.Component):
             self.labels.ren.eq(1),
             cmd.sample_base.eq(sbase),
             tag.label.eq(label),
-            tag.sign_bank.eq(sign_bank),
-            tag.base_bank.eq(Cat(base_bank, 0)),
-            tag.sample_base.eq(sbase),
-            tag.out_base.eq(obase),
-            tag.bank.eq(pass_bank),
             cmd.bank.eq(pass_bank),
         ]
+        # the job fields the tag carries (Sequencer.tag_layout), where they exist
+        for name, value in (("sign_bank", sign_bank), ("bank", pass_bank),
+                            ("base_bank", Cat(base_bank, 0)), ("sample_base", sbase)):
+            if name in self.job_fields:
+                m.d.comb += tag[name].eq(value)
         if node_keys:
             m.d.comb += cmd.node_key.eq(node_key)
         if projection:
@@ -318,7 +331,7 @@ class Sequencer(wiring.Component):
                     m.d.comb += [mul.start.eq(1), mul.a.eq(self.step_samples), mul.b.eq(pairs)]
                     m.next = "MUL_SP"
                 with m.Elif(self.infer):
-                    m.d.sync += [self.inference.eq(1), count.eq(0), sbase.eq(0), obase.eq(0)]
+                    m.d.sync += [self.inference.eq(1), count.eq(0), sbase.eq(0)]
                     m.next = "INFER"
             with m.State("MUL_SP"), m.If(~mul.busy):  # S * P
                 m.d.comb += [mul.start.eq(1), mul.a.eq(mul.p), mul.b.eq(self.step)]
@@ -358,7 +371,7 @@ class Sequencer(wiring.Component):
                     tag.baseline.eq(1),
                 ]
                 if projection:
-                    m.d.comb += [tag.job.eq(1), tag.end_of_step.eq(last_sample)]
+                    m.d.comb += tag.end_of_step.eq(last_sample)
                 with m.If(self.fwd_cmd.valid & self.fwd_cmd.ready):
                     if projection:
                         m.d.comb += issued.eq(1)
@@ -386,13 +399,13 @@ class Sequencer(wiring.Component):
                     self.fwd_cmd.valid.eq(perturbed_free),
                     cmd.perturb.eq(1),
                     pass_bank.eq(Cat(sign_bank, 1)),
-                    tag.job.eq(1),
                     cmd.negate.eq(copy[0]),
                     cmd.key.eq(key),
                     cmd.sign_bank.eq(sign_bank),
-                    tag.negate.eq(copy[0]),
                     tag.end_of_step.eq(last_sample & last_copy),
                 ]
+                if "negate" in self.job_fields:
+                    m.d.comb += tag.negate.eq(copy[0])
                 with m.If(self.fwd_cmd.valid & self.fwd_cmd.ready):
                     m.d.comb += issued.eq(1)
                     m.d.sync += [copy.eq(copy + 1), sign_bank.eq(~sign_bank)]
@@ -421,8 +434,7 @@ class Sequencer(wiring.Component):
                 with m.Else():
                     m.d.comb += [self.fwd_cmd.valid.eq(1), tag.baseline.eq(1)]
                     with m.If(self.fwd_cmd.ready):
-                        m.d.sync += [count.eq(count + 1), sbase.eq(sbase + n_in0),
-                                     obase.eq(obase + geo.classes)]
+                        m.d.sync += [count.eq(count + 1), sbase.eq(sbase + n_in0)]
             with m.State("INFER_WAIT"), m.If(collected == self.infer_count):
                 m.next = "FINISH"
             with m.State("FINISH"):
@@ -439,17 +451,15 @@ class Sequencer(wiring.Component):
                 with m.Elif(self.out_done):
                     m.d.sync += collected.eq(collected + 1)
                 job = self.corr_cmd.payload
+                has_job = Const(1, 1) if projection else ~res.baseline  # (see tag_layout)
                 m.d.comb += [
-                    self.corr_cmd.valid.eq(self.loss.valid & res.tag.job),
-                    job.sign_bank.eq(res.tag.sign_bank),
-                    job.negate.eq(res.tag.negate),
+                    self.corr_cmd.valid.eq(self.loss.valid & has_job),
                     job.dc.eq(1 if projection else res.dc),  # target projection: g * x alone
-                    job.bank.eq(res.tag.bank),
-                    job.base_bank.eq(res.tag.base_bank),
-                    job.sample_base.eq(res.tag.sample_base),
                     job.final.eq(res.tag.end_of_step),
-                    self.loss.ready.eq(~res.tag.job | self.corr_cmd.ready),
+                    self.loss.ready.eq(~has_job | self.corr_cmd.ready),
                 ]
+                m.d.comb += [job[name].eq(res.tag[name])
+                             for name in self.job_fields - {"dc", "final"}]
                 with m.If(self.loss.valid & self.loss.ready):
                     with m.If(res.baseline):
                         m.d.sync += loss_sum.eq(loss_sum + res.loss)

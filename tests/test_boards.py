@@ -5,7 +5,8 @@ cache key is stable, the log parsers read real nextpnr/yosys output, a missing t
 says how to install it.  ``board``: the digits network on the iCEBreaker's budget
 (``examples/digits-mgd-weight-icebreaker.yaml``) built with the yowasp tools, fitting
 and meeting 12 MHz (about two minutes).  ``slow``: the 8-lane digits configuration on
-the ULX3S-85F (minutes; cached, so a second run is instant).
+the ULX3S-85F and DRTP on the iCEBreaker's budget (``examples/digits-drtp-icebreaker.yaml``)
+(minutes; cached, so a second run is instant).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ DIGITS = REPO / "examples" / "digits-mgd-weight.yaml"
 #: The digits network with the iCEBreaker's budget (1 lane, 16 samples, 16-bit G, one
 #: register per hash).
 DIGITS_ICEBREAKER = REPO / "examples" / "digits-mgd-weight-icebreaker.yaml"
+DRTP_ICEBREAKER = REPO / "examples" / "digits-drtp-icebreaker.yaml"
 
 #: An 8-6-3 network on 2 lanes with a 16-sample buffer: the smallest accelerator worth building.
 TINY: Config = parse_config({
@@ -241,6 +243,16 @@ def _digits_build(board: str, config: Path = DIGITS) -> SynthReport:
     report = build(load_config(config), board, quiet=True)  # perturbo's build cache
     _check_sane(report, board)
     return report
+
+
+@pytest.mark.slow
+@pytest.mark.board
+def test_drtp_build_icebreaker() -> None:
+    """DRTP (target projection) on the iCEBreaker's budget fits and meets 12 MHz.  Slow: a
+    second two-minute build (nine under CI's load) beside the MGD one."""
+    report = _digits_build("icebreaker", DRTP_ICEBREAKER)
+    assert report.fits, report.overflow
+    assert report.timing_met, report.clocks
 
 
 @pytest.mark.slow
