@@ -43,9 +43,11 @@ HARNESS_SOURCE = Path(__file__).resolve().parent / "harness.cpp"
 
 # Amaranth's Verilog trips these warnings, fatal by default (as in tests/cocotb_build.py).
 VERILATOR_WAIVERS = ["-Wno-WIDTHEXPAND", "-Wno-WIDTHTRUNC", "-Wno-CASEINCOMPLETE", "-Wno-fatal"]
-# One build job (the machines are shared); -O3 for Verilator and for the C++ compiler
-# (OPT_FAST is the model's hot code and the harness, OPT_GLOBAL the Verilator runtime).
-BUILD_FLAGS = ["--cc", "--exe", "--build", "-O3", "--build-jobs", "1",
+# A C++ compile job per core (the tests build one model at a time, and a cold CI run
+# spends much of its time compiling the co-simulation models, as cocotb's runner does
+# with make -j); -O3 for Verilator and for the C++ compiler (OPT_FAST is the model's hot
+# code and the harness, OPT_GLOBAL the Verilator runtime).
+BUILD_FLAGS = ["--cc", "--exe", "--build", "-O3", "--build-jobs", str(os.cpu_count() or 1),
                "-MAKEFLAGS", "OPT_FAST=-O3", "-MAKEFLAGS", "OPT_GLOBAL=-O3",
                "--prefix", "Vtop", *VERILATOR_WAIVERS]
 #: Added for a traced harness (``--trace``): FST output, structs kept whole.  A traced model
