@@ -286,7 +286,7 @@ def test_cli_train_resume_and_eval(
     built: list[tuple[str, bool]] = []
 
     def fake_make_backend(
-        cfg: Config, name: str, float_reference: bool = False, port: str | None = None
+        cfg: Config, name: str, float_reference: bool = False, port: str | None = None, waves: object = None
     ) -> DummyBackend:
         built.append((name, float_reference))
         return DummyBackend(cfg)
@@ -311,7 +311,7 @@ def test_cli_train_resume_and_eval(
 
 
 def test_cli_default_out_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cli, "make_backend", lambda cfg, name, float_reference=False, port=None: DummyBackend(cfg))
+    monkeypatch.setattr(cli, "make_backend", lambda cfg, name, **options: DummyBackend(cfg))
     monkeypatch.chdir(tmp_path)
     (tmp_path / "c.yaml").write_text("name: my run\ntraining:\n  steps: 2\n  eval_every: 1\n")
     assert cli.main(["train", "c.yaml", "--no-progress"]) == 0
@@ -324,7 +324,7 @@ def test_cli_interrupted_run_exits_130(
     monkeypatch.setattr(
         cli,
         "make_backend",
-        lambda cfg, name, float_reference=False, port=None: DummyBackend(cfg, fail_at=3, exc=KeyboardInterrupt),
+        lambda cfg, name, **options: DummyBackend(cfg, fail_at=3, exc=KeyboardInterrupt),
     )
     cfg = tmp_path / "c.yaml"
     cfg.write_text("training:\n  steps: 5\n  eval_every: 2\n")
