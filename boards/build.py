@@ -17,18 +17,19 @@ does); a build that failed for another reason is left in ``<board>-<key>.failed/
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
 import subprocess
-import tempfile
 import time
 from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from perturbo.cache import cache_root, cached_dir
 from perturbo.config import Config
 from perturbo.sim.toolchain import ToolchainError
 
@@ -74,9 +75,7 @@ INSTALL_HINT = "pip install 'perturbo[yowasp]'"
 
 
 def default_out_dir() -> Path:
-    """``boards/`` under perturbo's cache directory (see :func:`perturbo.sim.cosim.cache_root`)."""
-    from perturbo.sim.cosim import cache_root
-
+    """``boards/`` in perturbo's build cache (:func:`perturbo.cache.cache_root`)."""
     return cache_root() / "boards"
 
 
@@ -243,6 +242,26 @@ def _collect(spec: Board, work: Path, failure: str) -> dict[str, Any]:
     }
 
 
+class _KeptAside(Exception):
+    """A failed build was moved to ``<board>-<key>.failed/``: nothing enters the cache."""
+
+
+def _cached_report(dest: Path, spec: Board, say: Callable[[str], None]) -> SynthReport:
+    report = SynthReport.load(dest / REPORT)
+    if report.format != REPORT_FORMAT:  # written by older code: read the logs again
+        failure = "" if report.status == STATUS_OK else (report.message or "failed")
+        for name, value in _collect(spec, dest, failure).items():
+            setattr(report, name, value)
+        report.format = REPORT_FORMAT
+        report.save(dest / REPORT)
+    report.cached = True
+    report.build_dir = str(dest)
+    if report.bitstream:
+        report.bitstream = str(dest / Path(report.bitstream).name)
+    say(report.table())
+    return report
+
+
 def build(cfg: Config, board: str, out_dir: str | Path | None = None, *, seed: int = 1,
           force: bool = False, quiet: bool = False, timeout: float | None = None,
           **top_options: Any) -> SynthReport:
@@ -290,26 +309,13 @@ def build(cfg: Config, board: str, out_dir: str | Path | None = None, *, seed: i
     root = Path(out_dir) if out_dir is not None else default_out_dir()
     dest = root / f"{spec.name}-{key}"
     if (dest / REPORT).exists() and not force:
-        report = SynthReport.load(dest / REPORT)
-        if report.format != REPORT_FORMAT:  # written by older code: read the logs again
-            failure = "" if report.status == STATUS_OK else (report.message or "failed")
-            for name, value in _collect(spec, dest, failure).items():
-                setattr(report, name, value)
-            report.format = REPORT_FORMAT
-            report.save(dest / REPORT)
-        report.cached = True
-        report.build_dir = str(dest)
-        if report.bitstream:
-            report.bitstream = str(dest / Path(report.bitstream).name)
-        say(report.table())
-        return report
+        return _cached_report(dest, spec, say)
 
     from perturbo.hdl.geometry import config_hash
 
-    say(f"building {cfg.name} for {spec.name} in {dest}")
-    root.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{spec.name}-{key}-", dir=root))
-    try:
+    built: list[SynthReport] = []
+
+    def run(work: Path) -> None:
         plan.extract(work)
         seconds, failure = _run_plan(plan, work, env, timeout=timeout, say=say)
         found = _collect(spec, work, failure)
@@ -326,21 +332,26 @@ def build(cfg: Config, board: str, out_dir: str | Path | None = None, *, seed: i
             seconds={k: round(v, 2) for k, v in seconds.items()}, key=key, toolchain=versions,
             notes=notes, **found,
         )
+        built.append(report)
+        # a build that failed for another reason than fitting is kept aside for its logs
         final = dest if report.status != STATUS_FAILED else dest.with_name(dest.name + ".failed")
-        if final.exists():
-            shutil.rmtree(final)
         report.build_dir = str(final)
         if report.bitstream:
             report.bitstream = str(final / report.bitstream)
         report.save(work / REPORT)
-        try:
+        if final != dest:
+            shutil.rmtree(final, ignore_errors=True)
             work.rename(final)
-        except OSError:  # another process finished the same build first
-            if not (final / REPORT).exists():
-                raise
-    finally:
-        if work.exists():
-            shutil.rmtree(work, ignore_errors=True)
+            raise _KeptAside
+
+    say(f"building {cfg.name} for {spec.name} in {dest}")
+    if force:
+        shutil.rmtree(dest, ignore_errors=True)
+    with contextlib.suppress(_KeptAside):
+        cached_dir(dest, run, done=REPORT)
+    if not built:  # another process finished the same build while this one waited
+        return _cached_report(dest, spec, say)
+    report = built[0]
     say(report.table())
     return report
 

@@ -12,7 +12,6 @@ checkpoint written on one backend resumes on the other.
 
 from __future__ import annotations
 
-import hashlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,13 +21,14 @@ import numpy as np
 import torch
 
 from perturbo.backend import BackendFailure
+from perturbo.cache import cache_root, cached_text, digest
 from perturbo.config import Config
 from perturbo.golden.integer import init_weights
 from perturbo.hdl.bus import ACCEL_ID, Command, Reg, Space, Status
 from perturbo.hdl.geometry import Geometry, config_hash
 from perturbo.hdl.registers import config_values
 
-from .cosim import VerilatorSim, cache_root
+from .cosim import VerilatorSim
 from .driver import Link
 
 #: Top module name of the co-simulated accelerator with its host link.
@@ -223,10 +223,8 @@ def _hdl_fingerprint() -> str:
     """Hash of the RTL generator's sources: a change to hdl/ invalidates cached Verilog."""
     from perturbo import hdl
 
-    digest = hashlib.sha256()
-    for path in sorted(Path(hdl.__file__).parent.glob("*.py")):
-        digest.update(path.name.encode() + path.read_bytes())
-    return digest.hexdigest()[:16]
+    return digest(*(path.name.encode() + path.read_bytes()
+                    for path in sorted(Path(hdl.__file__).parent.glob("*.py"))))
 
 
 def cosim_verilog(cfg: Config, *, overlap: bool = True, emit_src: bool = False) -> str:
@@ -236,19 +234,17 @@ def cosim_verilog(cfg: Config, *, overlap: bool = True, emit_src: bool = False) 
     with it the build cache key."""
     variant = ("" if overlap else "-serial") + ("-src" if emit_src else "")
     path = cache_root() / "verilog" / f"{COSIM_TOP}-{config_hash(cfg):08x}{variant}-{_hdl_fingerprint()}.v"
-    if path.exists():
-        return path.read_text()
-    from amaranth.back import verilog
 
-    from perturbo.hdl.accelerator import Accelerator
-    from perturbo.hdl.hostlink import LinkedTarget
+    def generate() -> str:
+        from amaranth.back import verilog
 
-    text = verilog.convert(LinkedTarget(Accelerator(cfg, overlap=overlap)), name=COSIM_TOP, emit_src=emit_src)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-    return text
+        from perturbo.hdl.accelerator import Accelerator
+        from perturbo.hdl.hostlink import LinkedTarget
+
+        return verilog.convert(LinkedTarget(Accelerator(cfg, overlap=overlap)), name=COSIM_TOP,
+                               emit_src=emit_src)
+
+    return cached_text(path, generate)
 
 
 @dataclass(frozen=True)

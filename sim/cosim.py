@@ -13,31 +13,29 @@ The top must expose the host byte streams as ``rx`` (``In(stream.Signature(8))``
 ``rx__ready``, ``rx__payload``, ``tx__valid``, ``tx__ready`` and ``tx__payload``, and a
 ``sync`` domain (``clk``, ``rst``).
 
-Builds go to ``$PERTURBO_CACHE/cosim`` when that is set, else to the platform's user
-cache directory (``platformdirs``), else ``~/.cache/perturbo/cosim``.
+Builds go to ``cosim/`` in perturbo's build cache (:mod:`perturbo.cache`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import re
 import select
 import shutil
 import signal
 import subprocess
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
 from perturbo.backend import BackendFailure
+from perturbo.cache import cache_root, cached_dir, digest
 
 from .toolchain import check_fst_headers, verilator_env
 
-__all__ = ["CosimError", "RunStats", "VerilatorSim", "build_harness", "cache_root"]
+__all__ = ["CosimError", "RunStats", "VerilatorSim", "build_harness"]
 
 HARNESS_SOURCE = Path(__file__).resolve().parent / "harness.cpp"
 
@@ -106,27 +104,12 @@ def _trace_windows(text: str) -> list[tuple[int, int | None]]:
     return windows
 
 
-def cache_root() -> Path:
-    """Where co-simulation builds are cached (see the module docstring)."""
-    if env := os.environ.get("PERTURBO_CACHE"):
-        return Path(env)
-    try:
-        import platformdirs
-    except ImportError:
-        return Path.home() / ".cache" / "perturbo"
-    return Path(platformdirs.user_cache_dir("perturbo"))
-
-
 def _flags(trace: bool) -> list[str]:
     return [*BUILD_FLAGS, *TRACE_FLAGS] if trace else BUILD_FLAGS
 
 
 def _build_key(verilog: str, top: str, trace: bool = False) -> str:
-    digest = hashlib.sha256()
-    for part in (verilog, top, HARNESS_SOURCE.read_text(), repr(_flags(trace))):
-        digest.update(part.encode())
-        digest.update(b"\0")
-    return digest.hexdigest()[:16]
+    return digest(verilog, top, HARNESS_SOURCE.read_text(), repr(_flags(trace)))
 
 
 def build_harness(verilog: str, top: str, *, cache_dir: Path | None = None,
@@ -140,7 +123,7 @@ def build_harness(verilog: str, top: str, *, cache_dir: Path | None = None,
     top : str
         Its module name.
     cache_dir : Path, optional
-        Overrides :func:`cache_root`.
+        Overrides :func:`perturbo.cache.cache_root`.
     timeout : float
         Seconds the build may take.
     trace : bool
@@ -157,18 +140,12 @@ def build_harness(verilog: str, top: str, *, cache_dir: Path | None = None,
         The build failed; the message ends with Verilator's output.
     """
     root = Path(cache_dir) if cache_dir is not None else cache_root()
-    builds = root / "cosim"
     variant = "-trace" if trace else ""
-    dest = builds / f"{top}{variant}-{_build_key(verilog, top, trace)}"
-    binary = dest / "harness"
-    if binary.exists():
-        return binary
-    if trace:
-        check_fst_headers()
-    builds.mkdir(parents=True, exist_ok=True)
-    # build in a private directory and rename it into place: concurrent builds are safe
-    work = Path(tempfile.mkdtemp(prefix=f".{top}-", dir=builds))
-    try:
+    dest = root / "cosim" / f"{top}{variant}-{_build_key(verilog, top, trace)}"
+
+    def build(work: Path) -> None:
+        if trace:
+            check_fst_headers()
         (work / f"{top}.v").write_text(verilog)
         shutil.copy(HARNESS_SOURCE, work / "harness.cpp")
         command = ["verilator", *_flags(trace), "--top-module", top, "-Mdir", "obj",
@@ -181,15 +158,8 @@ def build_harness(verilog: str, top: str, *, cache_dir: Path | None = None,
             raise CosimError(f"Verilator failed to build the harness for {top!r} "
                              f"(exit {result.returncode}):\n{log}")
         shutil.rmtree(work / "obj", ignore_errors=True)
-        try:
-            work.rename(dest)
-        except OSError:  # another process built it first
-            if not binary.exists():
-                raise
-    finally:
-        if work.exists():
-            shutil.rmtree(work, ignore_errors=True)
-    return binary
+
+    return cached_dir(dest, build, done="harness") / "harness"
 
 
 class VerilatorSim:
@@ -206,7 +176,7 @@ class VerilatorSim:
     poll_cycles : int
         Cycles between socket polls (latency against speed; see ``sim/harness.cpp``).
     cache_dir : Path, optional
-        Overrides :func:`cache_root`.
+        Overrides :func:`perturbo.cache.cache_root`.
     start_timeout : float
         Seconds to wait for the harness to listen (after the build).
     accept_timeout : int

@@ -4,7 +4,8 @@ Every hardware unit's pytest entry point calls :func:`run_cocotb`.  The Verilog
 is generated from the Amaranth component and the verilated model is built in a
 directory keyed by a hash of that Verilog and the build options, so a unit's
 model is built once per configuration and reused by every later test and run
-(``~/.cache/perturbo/cocotb``, or ``$PERTURBO_BUILD_DIR``: cached across runs and checkouts).
+(``cocotb/`` in perturbo's build cache, :mod:`perturbo.cache`, or ``$PERTURBO_BUILD_DIR``:
+cached across runs and checkouts; parallel test workers build each model once).
 
 Every testbench also runs on Icarus Verilog (Debian's ``iverilog``, ``-g2005``; see
 :data:`ICARUS_ARGS`), a four-state simulator: an input a testbench leaves undriven reads
@@ -23,7 +24,6 @@ in their own directories (the cache key holds the flag), so untraced runs stay f
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import sys
@@ -31,7 +31,7 @@ from pathlib import Path
 
 from amaranth.back import verilog
 
-from perturbo.sim.cosim import cache_root
+from perturbo.cache import cache_root, cached_dir, digest
 from perturbo.sim.toolchain import verilator_env
 
 REPO = Path(__file__).resolve().parent.parent
@@ -62,12 +62,17 @@ def waves_requested() -> bool:
     return os.environ.get("PERTURBO_WAVES", "").strip() not in ("", "0")
 
 
-def waves_path(build_dir: Path, test_module: str, testcase: str | None) -> Path:
-    """Where this run's dump goes: named after the pytest test running it, so the tests that
-    share one build (parametrisations) do not overwrite each other's dumps."""
+def _run_name(test_module: str, testcase: str | None) -> str:
+    """The pytest test running now (else the cocotb module and test), as a file name: the
+    tests that share one build (parametrisations, parallel workers) each get their own."""
     current = os.environ.get("PYTEST_CURRENT_TEST", "").rsplit(" (", 1)[0]
     name = current.split("::", 1)[-1] if current else f"{test_module}-{testcase or 'all'}"
-    return build_dir / "waves" / (re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") + ".fst")
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_")
+
+
+def waves_path(build_dir: Path, test_module: str, testcase: str | None) -> Path:
+    """Where this run's dump goes: ``waves/<test>.fst`` in the build directory."""
+    return build_dir / "waves" / f"{_run_name(test_module, testcase)}.fst"
 
 
 def _run_test(runner, sim: str, dump: Path | None, **kwargs) -> None:
@@ -96,28 +101,30 @@ def _run_icarus(text: str, toplevel: str, test_module: str, testcase: str | None
     from cocotb_tools.runner import get_runner
 
     assert shutil.which("iverilog"), "Icarus Verilog is missing: install Debian's iverilog (bash .ci/install does)"
-    key = text + repr(ICARUS_ARGS) + repr(ICARUS_TIMESCALE) + ("waves" if waves else "")
-    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-    build_dir = BUILD_ROOT / f"icarus-{toplevel}{'-waves' if waves else ''}-{digest}"
-    build_dir.mkdir(parents=True, exist_ok=True)
-    source = build_dir / f"{toplevel}.v"
-    if not source.exists() or source.read_text() != text:
-        source.write_text(text)
-    extra_env = {**extra_env, "PERTURBO_TOP_VERILOG": str(source)}
+    build_dir = BUILD_ROOT / f"icarus-{toplevel}{'-waves' if waves else ''}-" \
+        f"{digest(text, repr(ICARUS_ARGS), repr(ICARUS_TIMESCALE), 'waves' if waves else '')}"
     runner = get_runner("icarus")
-    sources, build_args = [source], ICARUS_ARGS
-    if waves:  # a second root module that dumps the top; see _icarus_dumper
-        sources, build_args = [source, _icarus_dumper(build_dir, toplevel)], [*ICARUS_ARGS, "-s", "perturbo_waves"]
-    runner.build(sources=sources, hdl_toplevel=toplevel, build_dir=build_dir, build_args=build_args,
-                 timescale=ICARUS_TIMESCALE, always=False)
+
+    def build(work: Path) -> None:
+        source = work / f"{toplevel}.v"
+        source.write_text(text)
+        sources, build_args = [source], ICARUS_ARGS
+        if waves:  # a second root module that dumps the top; see _icarus_dumper
+            sources, build_args = [source, _icarus_dumper(work, toplevel)], [*ICARUS_ARGS, "-s", "perturbo_waves"]
+        runner.build(sources=sources, hdl_toplevel=toplevel, build_dir=work, build_args=build_args,
+                     timescale=ICARUS_TIMESCALE, always=True)
+
+    cached_dir(build_dir, build, done="sim.vvp")
+    run_dir = _run_dir(build_dir, test_module, testcase)
     dump = waves_path(build_dir, test_module, testcase) if waves else None
-    raw = build_dir / f"{toplevel}.fst"
+    raw = run_dir / f"{toplevel}.fst"
     raw.unlink(missing_ok=True)
     try:
         # waves=True: vvp -fst (FST, not VCD); no build flag, the dumper is our own
         _run_test(runner, "icarus", dump, hdl_toplevel=toplevel, hdl_toplevel_lang="verilog",
-                  test_module=test_module, build_dir=build_dir, test_dir=build_dir, testcase=testcase,
-                  extra_env=extra_env, waves=waves)
+                  test_module=test_module, build_dir=build_dir, test_dir=run_dir, testcase=testcase,
+                  extra_env={**extra_env, "PERTURBO_TOP_VERILOG": str(build_dir / f"{toplevel}.v")},
+                  waves=waves)
     finally:
         if dump is not None and raw.exists():
             dump.parent.mkdir(exist_ok=True)
@@ -125,18 +132,22 @@ def _run_icarus(text: str, toplevel: str, test_module: str, testcase: str | None
 
 
 def _icarus_dumper(build_dir: Path, toplevel: str) -> Path:
-    """Verilog-2005 module dumping ``toplevel`` to ``build_dir/<toplevel>.fst``.
+    """Verilog-2005 module dumping ``toplevel`` to ``<toplevel>.fst`` in the run directory.
 
     cocotb's own (``build(waves=True)``) declares a SystemVerilog ``string``, which
-    ``-g2005`` (:data:`ICARUS_ARGS`) refuses; the path is fixed here and the file moved to
+    ``-g2005`` (:data:`ICARUS_ARGS`) refuses; the name is fixed here and the file moved to
     its per-test name after the run.
     """
     path = build_dir / "perturbo_waves.v"
-    text = (f"module perturbo_waves;\ninitial begin\n    $dumpfile(\"{build_dir / toplevel}.fst\");\n"
-            f"    $dumpvars(0, {toplevel});\nend\nendmodule\n")
-    if not path.exists() or path.read_text() != text:
-        path.write_text(text)
+    path.write_text(f"module perturbo_waves;\ninitial begin\n    $dumpfile(\"{toplevel}.fst\");\n"
+                    f"    $dumpvars(0, {toplevel});\nend\nendmodule\n")
     return path
+
+
+def _run_dir(build_dir: Path, test_module: str, testcase: str | None) -> Path:
+    """``runs/<test>/`` in the build directory: the simulator runs there and writes its
+    results file, so tests sharing a build on parallel workers never overwrite each other's."""
+    return build_dir / "runs" / _run_name(test_module, testcase)
 
 
 def run_cocotb(component, toplevel: str, test_module: str, *, extra_env: dict[str, str] | None = None,
@@ -175,42 +186,28 @@ def run_cocotb(component, toplevel: str, test_module: str, *, extra_env: dict[st
     if simulator != "verilator":
         raise ValueError(f"simulator must be one of {SIMULATORS}, not {simulator!r}")
     trace_args = VERILATOR_TRACE_ARGS if waves else []
-    # untraced builds keep the key they always had, so the caches of earlier runs stay valid
-    key = text + repr(VERILATOR_WAIVERS) + (repr(trace_args) if waves else "")
-    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-    build_dir = BUILD_ROOT / f"{toplevel}{'-waves' if waves else ''}-{digest}"
-    build_dir.mkdir(parents=True, exist_ok=True)
-    source = build_dir / f"{toplevel}.v"
-    if not source.exists() or source.read_text() != text:
-        source.write_text(text)
-    env = verilator_env()
-    os.environ.update(env)
-    runner = get_runner("verilator")
     build_args = [*VERILATOR_WAIVERS, *trace_args, "-CFLAGS", "-O2"]
     make_opts = ""
     if big:  # per-file-class optimisation through make variables instead of -CFLAGS
         build_args = [*VERILATOR_WAIVERS, *trace_args]
         make_opts = "OPT_FAST=-O2 OPT_GLOBAL=-O2 OPT_SLOW=-O0"
-    # The runner re-runs Verilator on every build() call, which rewrites the C++ and
-    # makes make recompile it (10-20 s); a stamp written after a finished build skips it.
-    stamp = build_dir / "build.stamp"
-    if not (stamp.exists() and stamp.read_text() == repr(build_args) + make_opts
-            and (build_dir / toplevel).exists()):
-        stamp.unlink(missing_ok=True)
+    build_dir = BUILD_ROOT / f"{toplevel}{'-waves' if waves else ''}-{digest(text, repr(build_args), make_opts)}"
+    env = verilator_env()
+    os.environ.update(env)
+    runner = get_runner("verilator")
+
+    def build(work: Path) -> None:
+        source = work / f"{toplevel}.v"
+        source.write_text(text)
         saved_makeflags = os.environ.get("MAKEFLAGS", "")
         os.environ["MAKEFLAGS"] = f"{saved_makeflags} {make_opts}".strip()
         try:
-            runner.build(
-                sources=[source],
-                hdl_toplevel=toplevel,
-                build_dir=build_dir,
-                build_args=build_args,
-                always=False,
-                waves=waves,
-            )
+            runner.build(sources=[source], hdl_toplevel=toplevel, build_dir=work,
+                         build_args=build_args, always=True, waves=waves)
         finally:
             os.environ["MAKEFLAGS"] = saved_makeflags
-        stamp.write_text(repr(build_args) + make_opts)
+
+    cached_dir(build_dir, build, done=toplevel)
     dump = waves_path(build_dir, test_module, testcase) if waves else None
     test_args = []
     if dump is not None:  # cocotb's verilator.cpp: --trace (added by waves=) and --trace-file
@@ -223,9 +220,9 @@ def run_cocotb(component, toplevel: str, test_module: str, *, extra_env: dict[st
         hdl_toplevel_lang="verilog",
         test_module=test_module,
         build_dir=build_dir,
-        test_dir=build_dir,
+        test_dir=_run_dir(build_dir, test_module, testcase),
         testcase=testcase,
-        extra_env={**env_common, "PERTURBO_TOP_VERILOG": str(source)},
+        extra_env={**env_common, "PERTURBO_TOP_VERILOG": str(build_dir / f"{toplevel}.v")},
         waves=waves,
         test_args=test_args,
     )

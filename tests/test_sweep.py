@@ -26,6 +26,9 @@ from perturbo.data import load_dataset
 from perturbo.sweep import WORKER_NICENESS_ENV
 from perturbo.train import evaluate, train
 
+# One worker runs this module: the tests start and join local Ray instances, one at a time.
+pytestmark = pytest.mark.xdist_group("ray")
+
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
