@@ -266,19 +266,24 @@ class Accelerator(wiring.Component):
             m.d.sync += steps_done.eq(steps_done + 1)
         with m.If(seq.finished):  # DONE rises in the cycle BUSY falls
             m.d.sync += done.eq(1)
-        # commands (the register file refuses them while running)
+        # commands: only ABORT is accepted while one runs
+        idle = ~running
         with m.If(regs.command), m.Switch(regs.wdata):
             with m.Case(Command.TRAIN):
-                ok = (regs.sample_count != 0) & (seq.cursor < regs.sample_count)
+                ok = idle & (regs.sample_count != 0) & (seq.cursor < regs.sample_count)
                 m.d.comb += [regs.command_ok.eq(ok), seq.train.eq(ok)]
                 with m.If(ok):
                     m.d.sync += done.eq(0)
             with m.Case(Command.INFER):
-                m.d.comb += [regs.command_ok.eq(1), seq.infer.eq(1)]
-                m.d.sync += done.eq(0)
+                m.d.comb += [regs.command_ok.eq(idle), seq.infer.eq(idle)]
+                with m.If(idle):
+                    m.d.sync += done.eq(0)
             with m.Case(Command.CLEAR_COUNTERS):
-                m.d.comb += regs.command_ok.eq(1)
-                m.d.sync += [cycles.eq(0), mac_busy.eq(0), stalls.eq(0), steps_done.eq(0)]
+                m.d.comb += regs.command_ok.eq(idle)
+                with m.If(idle):
+                    m.d.sync += [cycles.eq(0), mac_busy.eq(0), stalls.eq(0), steps_done.eq(0)]
+            with m.Case(Command.ABORT):
+                m.d.comb += [regs.command_ok.eq(1), seq.abort.eq(1)]
         return regs
 
     def _bus_target(self, m: Module, regs: RegisterFile, running: Value,

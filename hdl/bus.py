@@ -110,6 +110,11 @@ class Command(IntEnum):
     INFER = 2
     #: Zero ``CYCLES``, ``STEPS_DONE``, ``STALLS`` and ``MAC_BUSY``.
     CLEAR_COUNTERS = 3
+    #: Stop the running command where its state is whole: a training run after the step
+    #: in progress (its update applied, ``STEP`` and ``STEPS_DONE`` counting it), an
+    #: inference run after the passes already issued.  The only command accepted while
+    #: busy; accepted and without effect when idle.  ``DONE`` rises when it has stopped.
+    ABORT = 4
 
 
 class Status(IntEnum):

@@ -134,7 +134,8 @@ REGISTERS: tuple[RegisterSpec, ...] = (
                  source="config_hash"),
     RegisterSpec("STATUS", 0x02, Access.RO, "bit 0 BUSY, bit 1 DONE, bit 2 INFERENCE", source="status",
                  width=3),
-    RegisterSpec("COMMAND", 0x03, Access.WO, "1 TRAIN, 2 INFER, 3 CLEAR_COUNTERS; refused while busy"),
+    RegisterSpec("COMMAND", 0x03, Access.WO,
+                 "1 TRAIN, 2 INFER, 3 CLEAR_COUNTERS (refused while busy); 4 ABORT (always accepted)"),
     RegisterSpec("STEPS", 0x04, Access.RW, "training steps (updates) the next TRAIN runs",
                  config="training.steps", bounds=_U32, source="steps"),
     RegisterSpec("STEP", 0x05, Access.RW, "the step counter k that positions the random sources",
@@ -295,7 +296,7 @@ class RegisterFile(wiring.Component):
         A request to a register this cycle (``addr``, ``we``, ``wdata`` valid).
     addr : ``In(8)``; we : ``In(1)``; wdata : ``In(32)``
     locked : ``In(1)``
-        A command runs: every write is refused.
+        A command runs: every register write is refused (``COMMAND`` is left to ``command_ok``).
     rdata, err : ``Out(32)``, ``Out(1)``
         The answer, the cycle after ``req``.
     <source> : ``Out(width)`` for each ``RW`` register kept here (reset: its reset value);
@@ -343,8 +344,8 @@ class RegisterFile(wiring.Component):
         return m
 
     def _decode(self, m: Module, spec: RegisterSpec, info: RegisterInfo, latched: dict[str, Signal]) -> None:
-        if spec.access == Access.WO:
-            with m.If(~self.we | self.locked):
+        if spec.access == Access.WO:  # the command decides, busy or not (ABORT is always taken)
+            with m.If(~self.we):
                 m.d.sync += self.err.eq(1)
             with m.Else():
                 m.d.comb += self.command.eq(1)

@@ -166,6 +166,9 @@ class Sequencer(wiring.Component):
     -------
     train, infer : ``In(1)``
         Pulses that start a command (when idle).
+    abort : ``In(1)``
+        Pulse: stop the running command where its state is whole (``Command.ABORT``): a
+        training run before its next step, an inference run after the passes issued.
     steps, step_samples, copies, sample_count, infer_count : ``In(...)``
         Run parameters (registers).
     step_set, cursor_set : ``In(1)``; step_value, cursor_value : ``In(...)``
@@ -210,6 +213,7 @@ class Sequencer(wiring.Component):
         super().__init__({
             "train": In(1),
             "infer": In(1),
+            "abort": In(1),
             "steps": In(32),
             "step_samples": In(range(STEP_SAMPLES_MAX + 1)),
             "copies": In(range(COPIES_MAX + 1)),
@@ -322,6 +326,9 @@ class Sequencer(wiring.Component):
 
         last_sample = samples_left == 1
         last_copy = copy == self.copies - 1
+        aborting = Signal()  # ABORT arrived: no new step, no new inference pass
+        with m.If(self.abort & self.busy):
+            m.d.sync += aborting.eq(1)
 
         # -- issuer --------------------------------------------------------------------------
         with m.FSM(name="issuer") as issuer:
@@ -354,7 +361,7 @@ class Sequencer(wiring.Component):
                     m.next = "STEP"
             with m.State("STEP"):
                 m.d.sync += samples_left.eq(self.step_samples)
-                with m.If(steps_left == 0):
+                with m.If((steps_left == 0) | aborting):
                     m.next = "FINISH"
                 with m.Else():
                     m.next = "SAMPLE"
@@ -429,16 +436,17 @@ class Sequencer(wiring.Component):
                 m.d.sync += steps_left.eq(steps_left - 1)
                 m.next = "STEP"
             with m.State("INFER"):
-                with m.If(count == self.infer_count):
+                with m.If((count == self.infer_count) | aborting):
                     m.next = "INFER_WAIT"
                 with m.Else():
                     m.d.comb += [self.fwd_cmd.valid.eq(1), tag.baseline.eq(1)]
                     with m.If(self.fwd_cmd.ready):
                         m.d.sync += [count.eq(count + 1), sbase.eq(sbase + n_in0)]
-            with m.State("INFER_WAIT"), m.If(collected == self.infer_count):
+            with m.State("INFER_WAIT"), m.If(collected == count):
                 m.next = "FINISH"
             with m.State("FINISH"):
                 m.d.comb += self.finished.eq(1)
+                m.d.sync += aborting.eq(0)
                 m.next = "IDLE"
         m.d.comb += self.busy.eq(~issuer.ongoing("IDLE"))
 

@@ -12,6 +12,8 @@ checkpoint written on one backend resumes on the other.
 
 from __future__ import annotations
 
+import contextlib
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,6 +89,13 @@ class AcceleratorBackend:
                 f"this configuration {expected:#010x}); regenerate it with `perturbo gen`"
             )
         rule = cfg.rule
+        self.samples_per_step = rule.tau_theta * rule.batch
+        if link.read_word(Space.REGS, Reg.STATUS) & Status.BUSY:
+            # an earlier session left a command running, and every write is refused until
+            # it stops: stop it (the state it leaves is overwritten below)
+            print("perturbo: note: the accelerator was still running a command from an earlier "
+                  "session; aborted it", file=sys.stderr)
+            self._abort(timeout=60 + 0.5 * self.samples_per_step)
         # every register that carries a configuration value, from the one register map
         self._write_regs({**config_values(cfg), Reg.STEP: 0})
         self._lr_mult = rule.lr_mult
@@ -96,7 +105,6 @@ class AcceleratorBackend:
                                                   for lay in self.geo.layers])
         #: the step counter as the host tracks it (the next step run is ``step + 1``)
         self.step = 0
-        self.samples_per_step = rule.tau_theta * rule.batch
         #: steps one :meth:`train_steps` call may run: as many as the sample buffer holds
         self.max_steps_per_call = max(1, self.geo.sample_depth // self.samples_per_step)
 
@@ -119,6 +127,20 @@ class AcceleratorBackend:
 
     def _run(self, command: Command, timeout: float) -> None:
         self.link.write_word(Space.REGS, Reg.COMMAND, int(command))
+        try:
+            self._wait_done(command, timeout)
+        except KeyboardInterrupt:
+            # leave the accelerator usable: stop the command where its state is whole
+            with contextlib.suppress(Exception):
+                self._abort(timeout)
+            raise
+
+    def _abort(self, timeout: float) -> None:
+        """ABORT the running command; wait until it has stopped (after the step in progress)."""
+        self.link.write_word(Space.REGS, Reg.COMMAND, int(Command.ABORT))
+        self._wait_done(Command.ABORT, timeout)
+
+    def _wait_done(self, command: Command, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while True:
             status = self.link.read_word(Space.REGS, Reg.STATUS)

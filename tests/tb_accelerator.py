@@ -5,6 +5,8 @@ configuration's rule on chip (in runs of 1 and 2 steps, so the step counter and 
 sample cursor carry over, then ``PERTURBO_TB_STEPS`` more, default none), reads every
 master weight back after each run and compares it with the golden model trained on the
 same samples in the same order; then inference against ``IntegerModel.predict``; then
+``ABORT`` of an inference run and of a training run of 2^32 - 1 steps, which stops at a
+step boundary with the weights of the golden model after the steps it reports; then
 the bus's refusals (``err``).  The cycle budgets of each command are derived from the
 configuration (:func:`step_budget`).
 """
@@ -152,6 +154,41 @@ async def train_and_infer(dut) -> None:
             got = await bus.read(Space.OUTPUTS, s * geo.classes + k)
             assert got == int(expect[s, k]), \
                 f"inference outputs differ: sample {s} class {k}: rtl {got} golden {int(expect[s, k])}"
+    await aborted_runs(dut, bus, model, x, labels, cursor, cycles // steps_total)
+
+
+async def abort_when_busy(dut, bus: BusMaster, command: Command, after_cycles: int, max_cycles: int) -> None:
+    """Start ``command``, ``ABORT`` it ``after_cycles`` later, wait until it has stopped."""
+    await bus.write(R, Reg.COMMAND, command)
+    await ClockCycles(dut.clk, after_cycles)
+    assert int(dut.busy.value), f"{command!r} ended before the ABORT: the test proves nothing"
+    await bus.write(R, Reg.COMMAND, Command.ABORT)  # accepted while busy: no err
+    if int(dut.busy.value):
+        await with_timeout(FallingEdge(dut.busy), max_cycles * 10, "ns")
+    status = await bus.read(R, Reg.STATUS)
+    assert status & Status.DONE and not status & Status.BUSY, f"status {status:#x} after ABORT of {command!r}"
+
+
+async def aborted_runs(dut, bus: BusMaster, model: IntegerModel, x: torch.Tensor, labels: torch.Tensor,
+                       cursor: int, step_cycles: int) -> None:
+    """ABORT an inference run, then a training run that would never end: it stops after the
+    step in progress, and the weights are the golden model's after the steps it counted."""
+    n_samples = x.shape[0]
+    await abort_when_busy(dut, bus, Command.INFER, 5, pass_budget() * 4)
+    await bus.write(R, Reg.STEPS, 0xFFFF_FFFF)
+    done_before = await bus.read(R, Reg.STEPS_DONE)
+    await abort_when_busy(dut, bus, Command.TRAIN, step_cycles + step_cycles // 2, step_budget())
+    steps = await bus.read(R, Reg.STEPS_DONE) - done_before
+    assert 1 <= steps <= 3, f"ABORT 1.5 steps into a run stopped after {steps} steps"
+    for _ in range(steps):
+        idx = [(cursor + b) % n_samples for b in range(S)]
+        cursor = (cursor + S) % n_samples
+        model.train_step(x[idx], labels[idx])
+    assert await bus.read(R, Reg.STEP) == model.step
+    assert await bus.read(R, Reg.SAMPLE_CURSOR) == cursor
+    rtl = await read_matrices(bus, W)
+    msg = first_difference(f"{rules}: weights after the aborted run (step {model.step})", rtl, model.weights)
+    assert msg is None, msg
 
 
 @cocotb.test()
@@ -183,6 +220,8 @@ async def bus_refusals(dut) -> None:
     await bus.write(R, Reg.COPIES, 257, expect_err=True)
     await bus.write(R, Reg.SAMPLE_COUNT, geo.sample_depth + 1, expect_err=True)
     await bus.write(R, Reg.COMMAND, 99, expect_err=True)
+    await bus.write(R, Reg.COMMAND, Command.ABORT)  # accepted when idle, and changes nothing
+    assert not await bus.read(R, Reg.STATUS) & Status.BUSY
     await bus.write(R, Reg.COMMAND, Command.TRAIN, expect_err=True)  # no samples loaded
     assert await bus.read(R, Reg.LR_MULT) == cfg.rule.lr_mult
     if geo.grad_bits > 32:  # wide G words go through READ_HIGH / WRITE_HIGH
@@ -208,6 +247,7 @@ async def bus_refusals(dut) -> None:
     await bus.read(W, 0, expect_err=True)
     await bus.write(R, Reg.STEPS, 2, expect_err=True)
     await bus.write(R, Reg.COMMAND, Command.INFER, expect_err=True)
+    await bus.write(R, Reg.COMMAND, Command.CLEAR_COUNTERS, expect_err=True)
     assert await bus.read(R, Reg.STATUS) & Status.BUSY
     await with_timeout(FallingEdge(dut.busy), 10_000_000, "ns")
     await ClockCycles(dut.clk, 2)

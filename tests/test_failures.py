@@ -389,3 +389,39 @@ def test_harness_port_out_of_range(port: str) -> None:
     result = subprocess.run([str(binary), "--port", port], capture_output=True, text=True, timeout=30)
     assert result.returncode == 2
     assert f"harness: --port must be an integer from 0 to 65535, not '{port}'" in result.stderr
+
+
+# -- a run that cannot be stopped --------------------------------------------------------------
+
+
+def test_run_left_going_is_aborted_by_the_next_session(capsys: pytest.CaptureFixture[str]) -> None:
+    """A host starts TRAIN for 2^32 - 1 steps and goes away; every write is then refused. The
+    next session's driver ABORTs it (the step in progress ends whole) and trains as golden."""
+    from hdl_configs import VERIFY_CONFIGS
+
+    from perturbo.data import load_dataset
+    from perturbo.hdl.bus import Command, Reg, Space, Status
+    from perturbo.sim.backend import AcceleratorBackend, VerilatorBackend
+    from perturbo.sim.driver import LinkError
+    from perturbo.verify import SideBySide
+
+    cfg = VERIFY_CONFIGS["alr"]
+    first = VerilatorBackend(cfg)
+    try:
+        link = first.link
+        x = load_dataset(cfg).train.x[: first.samples_per_step]
+        first._load_samples(x, torch.zeros(x.shape[0], dtype=torch.int64))
+        link.write_word(Space.REGS, Reg.SAMPLE_COUNT, x.shape[0])
+        link.write_word(Space.REGS, Reg.STEPS, 0xFFFF_FFFF)
+        link.write_word(Space.REGS, Reg.COMMAND, int(Command.TRAIN))
+        time.sleep(0.5)
+        assert link.read_word(Space.REGS, Reg.STATUS) & Status.BUSY
+        with pytest.raises(LinkError, match="refused"):
+            link.write_word(Space.REGS, Reg.STEPS, 1)
+        second = AcceleratorBackend(cfg, link)  # what `perturbo train --backend serial` does
+        assert "aborted it" in capsys.readouterr().err
+        assert not link.read_word(Space.REGS, Reg.STATUS) & Status.BUSY
+        diff = SideBySide(cfg, second).advance(6)
+        assert diff is None, diff
+    finally:
+        first.close()
