@@ -59,7 +59,7 @@ from typing import Any, Literal
 
 import torch
 
-from perturbo.backend import samples_per_step
+from perturbo.backend import OneStepAtATime, samples_per_step
 from perturbo.config import TARGET_PROJECTION_RULES, Activation, Config, Rule
 
 __all__ = [
@@ -69,18 +69,13 @@ __all__ = [
     "WEIGHT_MODES",
     "FloatModel",
     "activation_derivative",
-    "alr_grad",
     "apply_activation",
     "batch_cost",
     "bp_grad",
     "cosine_similarity",
     "forward",
-    "hybrid_grad",
     "init_weights",
-    "lr_grad",
     "make_feedback_matrices",
-    "mgd_node_grad",
-    "mgd_weight_grad",
     "one_hot_target",
     "per_sample_loss",
     "perturbative_grad",
@@ -570,222 +565,6 @@ def _repeat_copies(t: torch.Tensor, copies: int) -> torch.Tensor:
     return t.unsqueeze(1).expand(t.shape[0], copies, *t.shape[1:]).reshape(-1, *t.shape[1:])
 
 
-def mgd_weight_grad(
-    params: Sequence[torch.Tensor],
-    x: torch.Tensor,
-    labels: torch.Tensor,
-    generator: torch.Generator,
-    *,
-    n_perturbations: int = 1,
-    delta: float = 0.01,
-    activation: ActivationName = Activation.RELU,
-    target_on: float = 0.75,
-    chunk_size: int = 1024,
-) -> list[torch.Tensor]:
-    """MGD weight perturbation: ``G = 1/(K delta^2) sum_t dC(t) theta(t)``.
-
-    ``theta(t)`` is Bernoulli ``+-delta`` per weight (bias included) and
-    ``dC(t) = C(W + theta(t)) - C(W)`` on the batch of perturbation ``t``.  This
-    is the 2023 normalisation (``dC theta / delta^2``), an unbiased estimate of
-    ``dC/dW`` for small ``delta``; its cosine with the gradient grows like
-    ``sqrt(K / (K + N))`` for ``N`` weights.
-
-    Parameters
-    ----------
-    params, x, labels, generator, activation, target_on, chunk_size
-        As for :func:`perturbative_grad`.
-    n_perturbations : int
-        Perturbations per batch of ``x`` (``K`` = ``T * n_perturbations``).
-    delta : float
-        Perturbation amplitude.
-
-    Returns
-    -------
-    list of torch.Tensor
-        The estimate, shaped like ``params``.
-    """
-    grads, _ = perturbative_grad(
-        params, x, labels, generator, ["mgd-weight"] * len(params), copies=n_perturbations,
-        delta=delta, activation=activation, target_on=target_on, chunk_size=chunk_size,
-    )
-    return grads
-
-
-def mgd_node_grad(
-    params: Sequence[torch.Tensor],
-    x: torch.Tensor,
-    labels: torch.Tensor,
-    generator: torch.Generator,
-    *,
-    n_perturbations: int = 1,
-    delta: float = 0.01,
-    activation: ActivationName = Activation.RELU,
-    target_on: float = 0.75,
-    chunk_size: int = 1024,
-) -> list[torch.Tensor]:
-    """MGD node perturbation: ``G_kj = 1/(K delta^2) sum_t dC(t) theta_k(t) x_j``.
-
-    ``theta_k(t)`` is Bernoulli ``+-delta`` per neuron, added to its
-    pre-activation ``z_k`` for every sample of the batch; the loss difference
-    and the layer input ``x_j`` are taken per sample and averaged over the batch
-    (2023 normalisation, ``dC theta / delta^2``).
-
-    Parameters
-    ----------
-    params, x, labels, generator, activation, target_on, chunk_size
-        As for :func:`perturbative_grad`.
-    n_perturbations : int
-        Perturbations per batch of ``x``.
-    delta : float
-        Perturbation amplitude.
-
-    Returns
-    -------
-    list of torch.Tensor
-        The estimate, shaped like ``params``.
-    """
-    grads, _ = perturbative_grad(
-        params, x, labels, generator, ["mgd-node"] * len(params), copies=n_perturbations,
-        delta=delta, activation=activation, target_on=target_on, chunk_size=chunk_size,
-    )
-    return grads
-
-
-def lr_grad(
-    params: Sequence[torch.Tensor],
-    x: torch.Tensor,
-    labels: torch.Tensor,
-    generator: torch.Generator,
-    *,
-    copies: int = 16,
-    sigma: float = 0.1,
-    antithetic: bool = True,
-    baseline: bool = True,
-    activation: ActivationName = Activation.RELU,
-    target_on: float = 0.75,
-    chunk_size: int = 1024,
-) -> list[torch.Tensor]:
-    """Likelihood-ratio estimate ``dC/dW_ij ~ mean_m (L - L0) x_j eps_i / sigma``.
-
-    Noise ``sigma * eps_i`` (``eps ~ N(0, 1)``) is added to every neuron's
-    pre-activation, independently per sample and copy.
-
-    Parameters
-    ----------
-    params, x, labels, generator, activation, target_on, chunk_size
-        As for :func:`perturbative_grad`.
-    copies : int
-        Noisy copies per sample.
-    sigma : float
-        Noise scale.
-    antithetic : bool
-        Use pairs ``(eps, -eps)`` (an odd last copy has no twin).
-    baseline : bool
-        Subtract the clean loss ``L0``.
-
-    Returns
-    -------
-    list of torch.Tensor
-        The estimate, shaped like ``params``.
-    """
-    grads, _ = perturbative_grad(
-        params, x, labels, generator, ["lr"] * len(params), copies=copies, sigma=sigma,
-        antithetic=antithetic, baseline=baseline, activation=activation, target_on=target_on,
-        chunk_size=chunk_size,
-    )
-    return grads
-
-
-def alr_grad(
-    params: Sequence[torch.Tensor],
-    x: torch.Tensor,
-    labels: torch.Tensor,
-    generator: torch.Generator,
-    *,
-    copies: int = 16,
-    sigma: float = 0.1,
-    antithetic: bool = True,
-    baseline: bool = True,
-    activation: ActivationName = Activation.RELU,
-    target_on: float = 0.75,
-    chunk_size: int = 1024,
-) -> list[torch.Tensor]:
-    """Approximated likelihood ratio ``mean_m (L - L0) sign(x_j) sign(eps_i)``.
-
-    The noise is that of :func:`lr_grad`; the correlation keeps only the signs
-    (the hardware's INT8 sign units).  The estimate is biased and is not
-    scale-matched to the gradient (its unit is the loss); compare directions.
-
-    Parameters
-    ----------
-    params, x, labels, generator, activation, target_on, chunk_size
-        As for :func:`perturbative_grad`.
-    copies : int
-        Noisy copies per sample.
-    sigma : float
-        Noise scale.
-    antithetic : bool
-        Use pairs ``(eps, -eps)`` (an odd last copy has no twin).
-    baseline : bool
-        Subtract the clean loss ``L0``.
-
-    Returns
-    -------
-    list of torch.Tensor
-        The estimate, shaped like ``params``.
-    """
-    grads, _ = perturbative_grad(
-        params, x, labels, generator, ["alr"] * len(params), copies=copies, sigma=sigma,
-        antithetic=antithetic, baseline=baseline, activation=activation, target_on=target_on,
-        chunk_size=chunk_size,
-    )
-    return grads
-
-
-def hybrid_grad(
-    params: Sequence[torch.Tensor],
-    x: torch.Tensor,
-    labels: torch.Tensor,
-    generator: torch.Generator,
-    modes: Sequence[str],
-    *,
-    copies: int = 16,
-    sigma: float = 0.1,
-    weight_sigma: float = 0.01,
-    delta: float = 0.01,
-    antithetic: bool = True,
-    activation: ActivationName = Activation.RELU,
-    target_on: float = 0.75,
-    chunk_size: int = 1024,
-) -> list[torch.Tensor]:
-    """ALR hybrid: ES weight noise on some layers, LR/ALR node noise on the rest.
-
-    All layers are perturbed in the same noisy copies and share its loss
-    difference, e.g. ``modes=["es", "alr"]``.  Any :data:`PERTURBATIVE_MODES`
-    may be mixed (MGD modes included).
-
-    Parameters
-    ----------
-    params, x, labels, generator, activation, target_on, chunk_size
-        As for :func:`perturbative_grad`.
-    modes : sequence of str
-        One mode per layer.
-    copies, sigma, weight_sigma, delta, antithetic
-        As for :func:`perturbative_grad`.
-
-    Returns
-    -------
-    list of torch.Tensor
-        The estimate, shaped like ``params``.
-    """
-    grads, _ = perturbative_grad(
-        params, x, labels, generator, modes, copies=copies, delta=delta, sigma=sigma,
-        weight_sigma=weight_sigma, antithetic=antithetic, activation=activation,
-        target_on=target_on, chunk_size=chunk_size,
-    )
-    return grads
-
-
 # -- target projection ------------------------------------------------------------------
 
 
@@ -912,7 +691,7 @@ def target_projection_grad(
 _RULE_MODES = {Rule.ALR: "alr", Rule.MGD_WEIGHT: "mgd-weight", Rule.MGD_NODE: "mgd-node"}
 
 
-class FloatModel:
+class FloatModel(OneStepAtATime):
     """Float reference implementing :class:`perturbo.backend.TrainingBackend`.
 
     The rule comes from ``cfg.layer_rules()`` (``cfg.rule.name``, or the
@@ -966,6 +745,9 @@ class FloatModel:
     dtype : torch.dtype
         Float dtype of the weights.
     """
+
+    #: no LR_MULT register: the float references' rate is ``cfg.rule.float_lr``
+    lr_mult: int | None = None
 
     def __init__(
         self,

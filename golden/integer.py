@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from perturbo.backend import OneStepAtATime
 from perturbo.config import (
     PERTURBATIVE_RULES,
     TARGET_PROJECTION_RULES,
@@ -98,7 +99,7 @@ class ForwardTrace:
         return self.y[-1]
 
 
-class IntegerModel:
+class IntegerModel(OneStepAtATime):
     """The bit-exact integer accelerator: weights, accumulators and the training step.
 
     Parameters

@@ -26,7 +26,7 @@ from .arith import narrow
 from .forward import ACT_BANKS, BIAS_INPUT
 from .geometry import Geometry
 from .loss import DC_BITS
-from .memories import LanePortSignature, ReadPortSignature, SignReadSignature
+from .memories import LanePortSignature, ReadPortSignature, SignReadSignature, next_column
 
 __all__ = ["term_bits", "row_layout", "sums_layout", "CorrelationUnit", "CorrelationWalker"]
 
@@ -276,14 +276,8 @@ class CorrelationWalker(wiring.Component):
         all_done = group_done & (li == n - 1)
         with m.If(active):
             m.d.sync += row.eq(row + 1)
-            with m.If(~is_last):
-                m.d.sync += col.eq(col + 1)
-                with m.If(byte == lanes - 1):
-                    m.d.sync += [byte.eq(0), word.eq(word + 1)]
-                with m.Else():
-                    m.d.sync += byte.eq(byte + 1)
-            with m.Else():
-                m.d.sync += [col.eq(0), byte.eq(0), word.eq(0)]
+            next_column(m, is_last, col, byte, word, lanes)
+            with m.If(is_last):
                 with m.If(~group_done):
                     m.d.sync += group.eq(group + 1)
                 with m.Elif(~all_done):

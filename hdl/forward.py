@@ -47,7 +47,7 @@ from perturbo.config import Activation, Rule
 
 from .arith import narrow, round_shift
 from .geometry import Geometry, ceil_log2
-from .memories import LanePortSignature, PortSignature, SignWriteSignature
+from .memories import LanePortSignature, PortSignature, SignWriteSignature, next_column
 from .projection import ErrorKind, Gate, activation_gate, projection_error
 from .random import Draw, draw_latency, gaussian_noise, projection_value
 
@@ -354,14 +354,10 @@ class ForwardEngine(wiring.Component):
         m.d.comb += fire.eq(en & t0.valid)
         with m.If(fire):
             m.d.sync += row.eq(row + 1)
+            next_column(m, is_last, col, byte, word, lanes)
             with m.If(~is_last):
-                m.d.sync += [col.eq(col + 1), idx0.eq(idx0 + 1)]
-                with m.If(byte == lanes - 1):
-                    m.d.sync += [byte.eq(0), word.eq(word + 1)]
-                with m.Else():
-                    m.d.sync += byte.eq(byte + 1)
+                m.d.sync += idx0.eq(idx0 + 1)
             with m.Else():
-                m.d.sync += [col.eq(0), byte.eq(0), word.eq(0)]
                 with m.If(~group_done):
                     m.d.sync += [group.eq(group + 1), idx0.eq(idx0 + t_group_jump[layer]),
                                  gbase.eq(gbase + lanes)]

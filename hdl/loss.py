@@ -24,6 +24,16 @@ __all__ = ["LossUnit", "DC_BITS"]
 DC_BITS = 32
 
 
+def take_group(m: Module, i: stream.Interface, cur: Signal, k: Signal) -> None:
+    """The idle state of a unit that walks a result group of the forward engine lane by
+    lane (the loss unit, the inference output writer): take the next group into ``cur``,
+    restart the lane counter ``k`` and go to state ``LANES``."""
+    m.d.comb += i.ready.eq(1)
+    with m.If(i.valid):
+        m.d.sync += [cur.eq(i.payload), k.eq(0)]
+        m.next = "LANES"
+
+
 class LossUnit(wiring.Component):
     """Squared error of the output layer against the one-hot target, per pass.
 
@@ -91,10 +101,7 @@ class LossUnit(wiring.Component):
         res = self.o.payload
         with m.FSM():
             with m.State("IDLE"):
-                m.d.comb += self.i.ready.eq(1)
-                with m.If(self.i.valid):
-                    m.d.sync += [cur.eq(self.i.payload), k.eq(0)]
-                    m.next = "LANES"
+                take_group(m, self.i, cur, k)
             with m.State("LANES"):
                 lane_on = cur.mask.bit_select(k, 1)
                 with m.If(lane_on):

@@ -121,6 +121,24 @@ class SignReadSignature(wiring.Signature):
         super().__init__({"bank": Out(1), "row": Out(row_bits), "en": Out(1), "data": In(lanes)})
 
 
+def next_column(m: Module, last: Value, col: Value, byte: Value, word: Value, lanes: int) -> None:
+    """Advance a weight-row walker by one input column (in ``m.d.sync``).
+
+    ``col`` is the input index ``j``; layer inputs are packed ``lanes`` per activation
+    word, so the input is byte ``byte`` of word ``word``.  After the ``last`` column (the
+    bias) all three restart at 0 for the next row group.  The forward engine and the
+    correlation walker both read the activations this way.
+    """
+    with m.If(~last):
+        m.d.sync += col.eq(col + 1)
+        with m.If(byte == lanes - 1):
+            m.d.sync += [byte.eq(0), word.eq(word + 1)]
+        with m.Else():
+            m.d.sync += byte.eq(byte + 1)
+    with m.Else():
+        m.d.sync += [col.eq(0), byte.eq(0), word.eq(0)]
+
+
 def _check(depth: int, shape: ShapeLike) -> int:
     if not isinstance(depth, int) or depth < 1:
         raise ValueError(f"depth must be a positive integer, not {depth!r}")

@@ -39,6 +39,7 @@ from amaranth.lib.wiring import In, Out
 from perturbo.config import COPIES_MAX, STEP_SAMPLES_MAX
 
 from .geometry import Geometry, ceil_log2
+from .loss import take_group
 from .memories import PortSignature
 from .random import STREAM_NODE, STREAM_PROJECTION, STREAM_WEIGHT_SIGN
 
@@ -130,10 +131,7 @@ class OutputWriter(wiring.Component):
         ]
         with m.FSM():
             with m.State("IDLE"):
-                m.d.comb += self.i.ready.eq(1)
-                with m.If(self.i.valid):
-                    m.d.sync += [cur.eq(self.i.payload), k.eq(0)]
-                    m.next = "LANES"
+                take_group(m, self.i, cur, k)
             with m.State("LANES"):
                 m.d.comb += self.mem.we.eq(lane_on)
                 m.d.sync += k.eq(k + 1)

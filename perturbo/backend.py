@@ -27,10 +27,23 @@ class TrainingBackend(Protocol):
 
     Inputs are integer tensors of shape ``(n, features)`` with values in 0..127 (the
     INT8 input format of docs/numerics.md) and labels are ``(n,)`` int64 class indices.
+    The golden models get :meth:`train_steps`, :meth:`close` and
+    :attr:`max_steps_per_call` from :class:`OneStepAtATime`.
     """
+
+    #: Steps one :meth:`train_steps` call may run (a backend behind a link runs many
+    #: at once: the samples go over in one burst and the device runs them on its own).
+    max_steps_per_call: int
+    #: The learning-rate numerator (``LR_MULT``) the next step uses; ``None`` for the
+    #: float references, which have none (``training.lr_mult_schedule`` needs it).
+    lr_mult: int | None
 
     def train_step(self, x: torch.Tensor, labels: torch.Tensor) -> float:
         """One update on ``samples_per_step`` samples; returns the mean loss of the baseline passes."""
+        ...
+
+    def train_steps(self, x: torch.Tensor, labels: torch.Tensor, steps: int) -> list[float]:
+        """``steps`` updates on ``steps * samples_per_step`` samples in order; every step's mean loss."""
         ...
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
@@ -42,6 +55,25 @@ class TrainingBackend(Protocol):
         ...
 
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+    def close(self) -> None:
+        """Release what the backend holds (a link, a co-simulation process)."""
+        ...
+
+
+class OneStepAtATime:
+    """The part of :class:`TrainingBackend` a backend that runs in this process (the
+    golden models) shares: one step per :meth:`train_step`, nothing to release."""
+
+    max_steps_per_call = 1
+
+    def train_steps(self, x: torch.Tensor, labels: torch.Tensor, steps: int) -> list[float]:
+        n = x.shape[0] // steps
+        return [self.train_step(x[i * n:(i + 1) * n], labels[i * n:(i + 1) * n])  # type: ignore[attr-defined]
+                for i in range(steps)]
+
+    def close(self) -> None:
+        """Nothing to release."""
 
 
 class BackendError(RuntimeError):

@@ -271,10 +271,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
                        "free some space or make it writable, or choose another --out\n"
                        f"{_checkpoint_note(args, out)}") from None
     finally:
-        close = getattr(backend, "close", None)
-        if close is not None:
-            with contextlib.suppress(Exception):  # a broken link cannot be closed cleanly
-                close()
+        with contextlib.suppress(Exception):  # a broken link cannot be closed cleanly
+            backend.close()
     acc = "n/a" if result.val_accuracy is None else f"{result.val_accuracy:.4f}"
     print(f"{cfg.name}: step {result.step}, validation accuracy {acc}")
     print(f"  checkpoint {result.checkpoint}\n  history    {result.history_path}\n"
@@ -376,9 +374,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             ) from None
         acc = evaluate(ckpt.config, backend, args.split, splits=splits)
     finally:
-        close = getattr(backend, "close", None)
-        if close is not None:
-            close()
+        backend.close()
     n = len(splits.split(args.split))
     print(f"{ckpt.config.name} at step {ckpt.trainer.step}: {args.split} accuracy {acc:.4f} "
           f"({round(acc * n)}/{n})")

@@ -332,9 +332,7 @@ def _run_trial(params: dict[str, Any], *, sweep: Sweep, out: str) -> None:
             if last:
                 report(last[-1])
     finally:
-        close = getattr(backend, "close", None)
-        if close is not None:
-            close()
+        backend.close()
 
 
 @dataclass

@@ -710,10 +710,9 @@ def train(
         bar.set_postfix(postfix, refresh=False)
         # Backends behind a link (Verilator, boards) run many steps per call: the
         # samples go over in one burst and the accelerator runs them without the host.
-        many = getattr(backend, "train_steps", None)
-        max_chunk = int(getattr(backend, "max_steps_per_call", 1)) if many is not None else 1
+        max_chunk = backend.max_steps_per_call
         schedule = cfg.training.lr_mult_schedule
-        if schedule and not hasattr(backend, "lr_mult"):
+        if schedule and backend.lr_mult is None:
             raise ConfigError(
                 "training.lr_mult_schedule needs an integer backend (the float references have no LR_MULT)"
             )
@@ -727,14 +726,11 @@ def train(
             )
             k = max(1, min(max_chunk, boundary - state.step))
             x, y = stream.take(n * k)
-            out = many(x, y, k) if many is not None else backend.train_step(x, y)
+            losses = backend.train_steps(x, y, k)
             state.step += k
             state.epoch, state.position = stream.cursor
-            if isinstance(out, (int, float)) or (isinstance(out, torch.Tensor) and out.ndim == 0):
-                state.loss_sum += float(out) * k
-            else:  # one loss per step: summed in step order, as a one-step backend's
-                for v in out:
-                    state.loss_sum += float(v)
+            for v in losses:  # summed in step order, whatever the chunk size
+                state.loss_sum += float(v)
             state.loss_count += k
             is_eval = state.step % eval_every == 0 or state.step == total
             if is_eval or state.step % log_every == 0:

@@ -24,7 +24,7 @@ import torch
 
 import perturbo.cli as cli
 import perturbo.train as train_mod
-from perturbo.backend import make_backend
+from perturbo.backend import OneStepAtATime, make_backend
 from perturbo.config import load_config, parse_config
 from perturbo.train import (
     CHECKPOINT_NAME,
@@ -190,7 +190,7 @@ def test_run_directory_that_is_read_only(
 # -- Ctrl-C and kill -9 ---------------------------------------------------------------------
 
 
-class InterruptAt:
+class InterruptAt(OneStepAtATime):
     """The golden integer model, sending this process SIGINT (Ctrl-C) during step ``at``."""
 
     def __init__(self, cfg: Any, at: int) -> None:

@@ -11,7 +11,7 @@ import torch
 
 import perturbo.cli as cli
 import perturbo.train as train_mod
-from perturbo.backend import samples_per_step
+from perturbo.backend import OneStepAtATime, samples_per_step
 from perturbo.config import Config, parse_config
 from perturbo.train import (
     CHECKPOINT_NAME,
@@ -25,7 +25,7 @@ from perturbo.train import (
 )
 
 
-class DummyBackend:
+class DummyBackend(OneStepAtATime):
     """A tiny deterministic learner with its own RNG: resuming must restore all of it.
 
     Integer weights (classes x features) move towards each sample's label row, plus
@@ -37,6 +37,7 @@ class DummyBackend:
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.steps = 0
         self.fail_at, self.exc = fail_at, exc
+        self.lr_mult: int | None = None
 
     def train_step(self, x: torch.Tensor, labels: torch.Tensor) -> float:
         if self.fail_at is not None and self.steps + 1 == self.fail_at:
