@@ -122,7 +122,8 @@ def _parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", help="accuracy of a checkpoint or an exported network on a data split")
     ev.add_argument("checkpoint", type=Path, metavar="CHECKPOINT",
                     help=f"a checkpoint file, a run directory (holding {CHECKPOINT_NAME}), or a file written "
-                         "by perturbo export (.npz, .pt: evaluated in-process on its stored configuration's data)")
+                         "by perturbo export (.npz, .pt, .onnx: evaluated in-process on its stored configuration's "
+                         "data, an .onnx graph on onnxruntime)")
     ev.add_argument("--split", choices=["test", "val", "train"], default="test")
     ev.add_argument("--backend", choices=backends,
                     help="evaluate on this backend (default: the one that trained it)")
@@ -131,7 +132,8 @@ def _parser() -> argparse.ArgumentParser:
     ex = sub.add_parser("export", help="write a trained network as integers and as an equivalent float model")
     ex.add_argument("run", type=Path, metavar="RUN", help="a run directory or a checkpoint file")
     ex.add_argument("--format", required=True, choices=FORMATS,
-                    help="npz (numpy arrays + JSON metadata), pt (torch tensors + JSON metadata), onnx")
+                    help="npz (numpy arrays + JSON metadata), pt (torch tensors + JSON metadata), onnx (a graph of "
+                         "standard ONNX operators; needs the onnx package, checked on onnxruntime if installed)")
     ex.add_argument("-o", "--out", type=Path, metavar="FILE", help="output file (default: RUN/model.FORMAT)")
 
     pl = sub.add_parser("plot", help="training curves of runs, weight histograms, or board reports as a PNG")
@@ -404,9 +406,10 @@ def _cmd_export(args: argparse.Namespace) -> int:
         same = "the same INT8 scores" if meta["kind"] == "integer" else "the same scores"
     else:  # a float export may differ in the last bits, never in a prediction (export_run checks)
         same = f"the same predictions (scores within {result.max_score_diff:.2g})"
+    on = "" if result.checked_with == "torch" else f" (run on {result.checked_with})"
     print(f"{result.path}: {meta['name']} at step {meta['step']}, {meta['kind']} export; "
           f"test accuracy {result.test_accuracy:.4f} ({meta['test']['samples']} samples), "
-          f"{same} as the checkpoint")
+          f"{same} as the checkpoint{on}")
     return 0
 
 

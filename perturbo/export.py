@@ -27,11 +27,15 @@ Two containers, the same names in both::
 ``inference`` (the formula), ``test`` (accuracy at export time) and ``sha256`` of
 the arrays (names, dtypes, shapes and bytes, in name order).
 
-ONNX (``--format onnx``) is refused unless ``import onnx`` works, and then too: the
-graph is not written yet, because it could not be tested here. The plan: the same
-layers in standard operators on float64 (MatMul with the bias column, Add of
-2^(shift-1), Div by 2^shift, Floor, Clip to -128..127, Relu or Where), checked like
-the other formats with onnx.reference.ReferenceEvaluator before the file is written.
+A third container, ``onnx`` (:mod:`perturbo.onnx_export`, which needs the onnx
+package), holds the network as a graph of standard ONNX operators: int8 input,
+the integer layers on exact float64 (MatMul, Add, Div, Floor, Clip, Relu/Where),
+int8 ``scores`` and an int64 ``prediction``. Its initializers are ``layer{k}.w8``
+(int8, integer exports) or ``layer{k}.weight`` (float32, float exports), its
+``metadata_props["perturbo"]`` is the same JSON metadata, with ``sha256`` taken
+over the serialised graph. Before it is written the graph runs on the test split
+on onnxruntime (onnx's reference evaluator when onnxruntime is not installed) and
+is held to the same standard as the other formats.
 """
 
 from __future__ import annotations
@@ -58,7 +62,7 @@ __all__ = ["EXPORT_SUFFIXES", "FORMATS", "ExportError", "ExportedNetwork", "expo
 
 FORMATS = ("npz", "pt", "onnx")
 #: Files ``perturbo eval`` reads as exports rather than checkpoints.
-EXPORT_SUFFIXES = (".npz", ".pt")
+EXPORT_SUFFIXES = (".npz", ".pt", ".onnx")
 _FORMAT = "perturbo-export"
 _VERSION = 1
 _INPUT_NOTES = {
@@ -81,11 +85,14 @@ class ExportedNetwork:
     metadata : dict
         The ``metadata`` JSON (module docstring).
     tensors : dict of str to torch.Tensor
-        The arrays, by name.
+        The arrays, by name (an ONNX export: the graph's weight initializers).
+    graph : bytes or None
+        An ONNX export's serialised model, which :meth:`scores` runs; None otherwise.
     """
 
     metadata: dict[str, Any]
     tensors: dict[str, torch.Tensor]
+    graph: bytes | None = None
 
     @property
     def config(self) -> Config:
@@ -96,7 +103,9 @@ class ExportedNetwork:
         """The float model (:class:`perturbo.inference.ExportedMLP`)."""
         meta = self.metadata
         layers = meta["layers"]
-        weights = [self.tensors[f"layer{k}.weight"] for k in range(len(layers))]
+        # an ONNX integer export holds w8 alone; its float model is w8 as float64
+        weights = [self.tensors[f"layer{k}.weight"] if f"layer{k}.weight" in self.tensors
+                   else self.tensors[f"layer{k}.w8"].to(torch.float64) for k in range(len(layers))]
         for k, (w, lay) in enumerate(zip(weights, layers, strict=True)):
             if tuple(w.shape) != (lay["n_out"], lay["n_in"] + 1) or not w.is_floating_point():
                 raise ValueError(f"layer{k}.weight is {w.dtype} {tuple(w.shape)}, "
@@ -104,6 +113,19 @@ class ExportedNetwork:
         return ExportedMLP(weights, kind=meta["kind"], activation=meta["activation"],
                            shifts=[lay["shift"] for lay in layers] if meta["kind"] == "integer" else (),
                            rounding=meta["numerics"]["rounding"], overflow=meta["numerics"]["overflow"])
+
+    def scores(self, x: torch.Tensor) -> tuple[torch.Tensor, str]:
+        """Scores on INT8-format inputs and what computed them.
+
+        An ONNX export runs its graph (on onnxruntime when installed, else onnx's
+        reference evaluator); the others run :meth:`module`.
+        """
+        if self.graph is None:
+            return self.module()(x), "torch"
+        from .onnx_export import run
+
+        scores, _, runtime = run(self.graph, x)
+        return scores, runtime
 
 
 # -- building an export --------------------------------------------------------------
@@ -176,6 +198,28 @@ def _metadata(ckpt: Checkpoint, source: Path, kind: str) -> dict[str, Any]:
 # -- containers ----------------------------------------------------------------------
 
 
+def _encode_onnx(meta: dict[str, Any], tensors: dict[str, torch.Tensor], kind: str) -> bytes:
+    """The ONNX model: the graph's weights only (``w8`` or the float weights), the metadata as JSON."""
+    from .onnx_export import METADATA_KEY, build_model
+
+    name = "w8" if kind == "integer" else "weight"
+    weights = {k: t for k, t in tensors.items() if k.endswith(f".{name}")}
+    if kind == "integer":
+        weights = {k: t.to(torch.int8) for k, t in weights.items()}
+    meta = dict(meta, onnx={
+        "input": "x: int8 (N, features), values 0..127",
+        "outputs": {"scores": "int8 (N, classes)" if kind == "integer" else "float32 (N, classes)",
+                    "prediction": "int64 (N,): ArgMax of scores, the first index on ties"},
+        "arithmetic": "float64, exact for these integers (perturbo/onnx_export.py)" if kind == "integer"
+                      else "float32, as the float reference",
+    })
+    doc = f"perturbo {meta['name']} at step {meta['step']}: {meta['inference']}"
+    model = build_model(meta, weights, doc)
+    meta["sha256"] = _graph_digest(model)
+    model.metadata_props.add(key=METADATA_KEY, value=json.dumps(meta, sort_keys=True))
+    return model.SerializeToString()
+
+
 def _encode(meta: dict[str, Any], tensors: dict[str, torch.Tensor], fmt: str) -> bytes:
     buf = io.BytesIO()
     text = json.dumps(meta, sort_keys=True)
@@ -213,13 +257,19 @@ def decode_export(data: bytes, source: str, fmt: str) -> ExportedNetwork:
     except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError, RuntimeError, TypeError) as err:
         raise ExportError(f"{source} is not a readable perturbo {fmt} export ({_first_line(err)}); "
                           "export it again with perturbo export") from None
+    return _verify(meta, tensors, source, _digest(tensors))
+
+
+def _verify(meta: Any, tensors: dict[str, torch.Tensor], source: str, digest: str,
+            graph: bytes | None = None) -> ExportedNetwork:
+    """The checks every container shares: format, version, digest, a configuration and a network."""
     if not isinstance(meta, dict) or meta.get("format") != _FORMAT:
         raise ExportError(f"{source} is not a perturbo export (no format {_FORMAT!r} in its metadata)")
     if meta.get("version") != _VERSION:
         raise ExportError(f"{source} has export version {meta.get('version')!r}; this perturbo reads {_VERSION}")
-    if meta.get("sha256") != _digest(tensors):
+    if meta.get("sha256") != digest:
         raise ExportError(f"{source} is corrupt: its arrays do not match the SHA-256 in its metadata")
-    net = ExportedNetwork(meta, tensors)
+    net = ExportedNetwork(meta, tensors, graph)
     try:
         net.config  # noqa: B018 - validates the stored configuration
         net.module()
@@ -228,27 +278,52 @@ def decode_export(data: bytes, source: str, fmt: str) -> ExportedNetwork:
     return net
 
 
+def decode_onnx(data: bytes, source: str) -> ExportedNetwork:
+    """Read and verify an ONNX export's bytes; :class:`ExportError` on any defect or without onnx."""
+    onnx = _require_onnx(f"reading {source}")
+    from .onnx_export import initializers, metadata
+
+    try:
+        model = onnx.load_from_string(data)
+        onnx.checker.check_model(model)
+        meta = metadata(model)
+        tensors = initializers(model)
+    except Exception as err:  # noqa: BLE001 - protobuf's DecodeError, the checker's errors, JSON, numpy
+        raise ExportError(f"{source} is not a readable perturbo onnx export ({_first_line(err)}); "
+                          "export it again with perturbo export") from None
+    if any(op.domain not in ("", "ai.onnx") for op in model.opset_import) \
+            or any(node.domain not in ("", "ai.onnx") for node in model.graph.node):
+        raise ExportError(f"{source} uses operators outside the standard ONNX domain; it is not a perturbo export")
+    return _verify(meta, tensors, source, _graph_digest(model), data)
+
+
+def _graph_digest(model: Any) -> str:
+    # the whole graph (nodes, their attributes, every initializer), not only the weights
+    return hashlib.sha256(model.graph.SerializeToString()).hexdigest()
+
+
 def _first_line(err: BaseException) -> str:
     return (str(err).strip() or type(err).__name__).splitlines()[0]
 
 
 def load_export(path: str | Path) -> ExportedNetwork:
-    """Read an exported ``.npz`` or ``.pt`` file.
+    """Read an exported ``.npz``, ``.pt`` or ``.onnx`` file.
 
     Raises
     ------
     ExportError
-        Missing, unreadable, corrupt, or not a perturbo export.
+        Missing, unreadable, corrupt, or not a perturbo export; an ``.onnx`` file
+        without the onnx package.
     """
     path = Path(path)
     fmt = path.suffix.lstrip(".")
-    if fmt not in ("npz", "pt"):
-        raise ExportError(f"{path}: an export ends in .npz or .pt")
+    if fmt not in FORMATS:
+        raise ExportError(f"{path}: an export ends in .npz, .pt or .onnx")
     try:
         data = path.read_bytes()
     except OSError as err:
         raise ExportError(f"cannot read the export {path}: {err.strerror or err}") from None
-    return decode_export(data, str(path), fmt)
+    return decode_onnx(data, str(path)) if fmt == "onnx" else decode_export(data, str(path), fmt)
 
 
 # -- perturbo export -----------------------------------------------------------------
@@ -269,22 +344,27 @@ class ExportResult:
     max_score_diff : float
         Largest difference between the export's and the checkpoint's test scores
         (0 for integer exports).
+    checked_with : str
+        What computed the export's scores for that comparison: ``"torch"``
+        (:class:`perturbo.inference.ExportedMLP`), ``"onnxruntime <version>"`` or
+        ``"onnx.reference"``.
     """
 
     path: Path
     network: ExportedNetwork
     test_accuracy: float
     max_score_diff: float
+    checked_with: str = "torch"
 
 
-def _require_onnx() -> None:
+def _require_onnx(what: str = "--format onnx") -> Any:
+    """The onnx module, or the one-line error that says how to install it."""
     try:
-        import onnx  # noqa: F401
+        import onnx
     except ImportError:
-        raise ExportError("--format onnx needs the onnx package: pip install onnx (this perturbo does not "
-                          "write the ONNX graph yet either; --format npz or pt need nothing more)") from None
-    raise ExportError("--format onnx is not implemented yet (the planned graph is described in "
-                      "perturbo/export.py); export npz or pt")
+        raise ExportError(f"{what} needs the onnx package: pip install onnx onnxruntime (or perturbo[onnx]); "
+                          "--format npz or pt need nothing more") from None
+    return onnx
 
 
 def default_output(run: Path, fmt: str) -> Path:
@@ -307,7 +387,7 @@ def export_run(run: str | Path, fmt: str, out: str | Path | None = None) -> Expo
     if fmt not in FORMATS:
         raise ExportError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
     if fmt == "onnx":
-        _require_onnx()
+        _require_onnx()  # before the checkpoint is read: the one thing to fix first
     if out is not None and Path(out).suffix != f".{fmt}":
         # perturbo eval tells an export from a checkpoint by its suffix
         raise ExportError(f"-o {out}: a {fmt} export's name ends in .{fmt}")
@@ -320,17 +400,29 @@ def export_run(run: str | Path, fmt: str, out: str | Path | None = None) -> Expo
     tensors = _tensors(reference, kind)
     meta = _metadata(ckpt, source, kind)
     meta["test"] = {"accuracy": _accuracy(want, test.y), "samples": len(test.y)}
-    meta["sha256"] = _digest(tensors)
-    data = _encode(meta, tensors, fmt)
     path = Path(out) if out is not None else default_output(run, fmt)
-    network = decode_export(data, str(path), fmt)  # check what will be on disk, not what is in memory
-    diff = _check_agrees(network.module()(test.x), want, kind, path)
+    if fmt == "onnx":
+        data = _encode_onnx(meta, tensors, kind)
+        network = decode_onnx(data, str(path))  # check what will be on disk, not what is in memory
+    else:
+        meta["sha256"] = _digest(tensors)
+        data = _encode(meta, tensors, fmt)
+        network = decode_export(data, str(path), fmt)
+    if fmt == "onnx":
+        from .onnx_export import run
+
+        got, prediction, checked_with = run(data, test.x)
+    else:
+        got, checked_with = network.scores(test.x)
+    diff = _check_agrees(got, want, kind, path)
+    if fmt == "onnx":
+        _check_prediction_output(prediction, want, path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         _atomic_write(path, lambda f: f.write(data))
     except OSError as err:
         raise ExportError(f"cannot write {path}: {err.strerror or err}; choose another -o") from None
-    return ExportResult(path, network, meta["test"]["accuracy"], diff)
+    return ExportResult(path, network, meta["test"]["accuracy"], diff, checked_with)
 
 
 def _accuracy(scores: torch.Tensor, labels: torch.Tensor) -> float:
@@ -353,8 +445,16 @@ def _check_agrees(got: torch.Tensor, want: torch.Tensor, kind: str, path: Path) 
     return diff
 
 
+def _check_prediction_output(prediction: torch.Tensor, want: torch.Tensor, path: Path) -> None:
+    """The graph's own ``prediction`` output (its ArgMax, ties included) is the checkpoint's argmax."""
+    moved = int((prediction != want.argmax(dim=1)).sum())
+    if moved:
+        raise ExportError(f"not writing {path}: the graph's prediction output differs from the checkpoint's "
+                          f"argmax on {moved} test samples; this is a bug in perturbo export")
+
+
 def evaluate_export(net: ExportedNetwork, split: str) -> tuple[float, int]:
     """Accuracy of an export on ``split`` of its stored configuration's data; returns (accuracy, samples)."""
     part = load_dataset(net.config).split(split)
-    scores = net.module()(part.x)
+    scores, _ = net.scores(part.x)
     return _accuracy(scores, part.y), len(part.y)

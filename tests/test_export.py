@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import sys
-import types
 from pathlib import Path
 
 import numpy as np
@@ -187,16 +186,193 @@ def test_export_that_disagrees_is_not_written(runs: dict[str, Path], tmp_path: P
 
 def test_onnx_without_onnx(runs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str],
                            monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("onnx")
+    good = tmp_path / "good.onnx"
+    run_cli(capsys, ["export", str(runs["drtp"]), "--format", "onnx", "-o", str(good)])
     monkeypatch.setitem(sys.modules, "onnx", None)  # import onnx raises ImportError
     err = fails(capsys, ["export", str(runs["drtp"]), "--format", "onnx", "-o", str(tmp_path / "m.onnx")],
                 "--format onnx needs the onnx package")
     assert "pip install onnx" in err and not (tmp_path / "m.onnx").exists()
+    err = fails(capsys, ["eval", str(good)], f"reading {good} needs the onnx package")
+    assert "pip install onnx" in err
 
 
-def test_onnx_with_onnx_is_not_written_yet(runs: dict[str, Path], tmp_path: Path,
-                                           capsys: pytest.CaptureFixture[str],
-                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "onnx", types.ModuleType("onnx"))
-    fails(capsys, ["export", str(runs["drtp"]), "--format", "onnx", "-o", str(tmp_path / "m.onnx")],
-          "--format onnx is not implemented yet")
-    assert not (tmp_path / "m.onnx").exists()
+# -- ONNX -----------------------------------------------------------------------------
+
+
+def onnx_run(path: Path, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scores, prediction) of an ONNX file on onnxruntime, without perturbo in between."""
+    ort = pytest.importorskip("onnxruntime")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    scores, prediction = session.run(["scores", "prediction"], {"x": x.numpy().astype(np.int8)})
+    return torch.from_numpy(scores), torch.from_numpy(prediction)
+
+
+def check_standard_graph(path: Path) -> None:
+    """The full ONNX checker passes and every operator is from the standard domain."""
+    onnx = pytest.importorskip("onnx")
+    model = onnx.load(str(path))
+    onnx.checker.check_model(model, full_check=True)
+    assert [(o.domain, o.version) for o in model.opset_import] == [("", 17)]
+    assert all(node.domain == "" for node in model.graph.node)
+    ops = {node.op_type for node in model.graph.node}
+    assert {"MatMul", "Floor", "Clip", "ArgMax"} <= ops or {"MatMul", "ArgMax"} <= ops
+
+
+def test_onnx_integer_export_gives_the_integer_scores(runs: dict[str, Path], tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """On onnxruntime, the graph's INT8 scores are the golden model's on the whole test split."""
+    pytest.importorskip("onnxruntime")
+    path = tmp_path / "m.onnx"
+    out = run_cli(capsys, ["export", str(runs["drtp"]), "--format", "onnx", "-o", str(path)])
+    assert "the same INT8 scores" in out and "run on onnxruntime" in out
+    check_standard_graph(path)
+    ckpt = load_checkpoint(runs["drtp"])
+    model = make_backend(ckpt.config, "golden")
+    model.load_state_dict(ckpt.backend_state)
+    test = load_dataset(ckpt.config).test
+    scores, prediction = onnx_run(path, test.x)
+    want = model.predict(test.x)
+    assert scores.dtype == torch.int8 and torch.equal(scores.long(), want)
+    assert torch.equal(prediction, want.argmax(1))
+    net = load_export(path)
+    for k, master in enumerate(ckpt.backend_state["weights"]):
+        assert torch.equal(net.tensors[f"layer{k}.w8"].long(), master >> 8)
+    assert net.metadata["kind"] == "integer" and net.metadata["step"] == 50
+    assert torch.equal(net.module()(test.x), want.double())  # the torch model of the same file agrees too
+    assert accuracy_line(run_cli(capsys, ["eval", str(path)])) == accuracy_line(run_cli(capsys, ["eval",
+                                                                                              str(runs["drtp"])]))
+
+
+def test_onnx_float_export_gives_the_float_predictions(runs: dict[str, Path], tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("onnxruntime")
+    path = tmp_path / "bp.onnx"
+    run_cli(capsys, ["export", str(runs["bp"]), "--format", "onnx", "-o", str(path)])
+    check_standard_graph(path)
+    ckpt = load_checkpoint(runs["bp"])
+    model = make_backend(ckpt.config, "golden")
+    model.load_state_dict(ckpt.backend_state)
+    test = load_dataset(ckpt.config).test
+    scores, prediction = onnx_run(path, test.x)
+    want = model.predict(test.x)
+    assert scores.dtype == torch.float32 and torch.allclose(scores, want, rtol=0, atol=1e-5)
+    assert torch.equal(prediction, want.argmax(1))
+    assert load_export(path).metadata["kind"] == "float"
+    assert accuracy_line(run_cli(capsys, ["eval", str(path)])) == accuracy_line(run_cli(capsys, ["eval",
+                                                                                              str(runs["bp"])]))
+
+
+def integer_graph(cfg_dict: dict, weights: list[torch.Tensor]) -> tuple[IntegerModel, bytes]:
+    """The golden model and the ONNX graph of the same configuration and master weights."""
+    from perturbo.onnx_export import build_model
+
+    cfg = parse_config(cfg_dict)
+    model = IntegerModel(cfg, weights)
+    acts = [cfg.network.activation.value] * (cfg.network.n_layers - 1) + [None]
+    meta = {"kind": "integer",
+            "layers": [{"n_in": cols - 1, "n_out": n_out, "shift": shift, "activation": act}
+                       for (n_out, cols), shift, act in zip(cfg.layer_shapes(), cfg.network.layer_shifts, acts,
+                                                            strict=True)],
+            "numerics": {"rounding": cfg.numerics.rounding.value, "overflow": cfg.numerics.overflow.value}}
+    w8 = {f"layer{k}.w8": w.to(torch.int8) for k, w in enumerate(model.mac_weights())}
+    return model, build_model(meta, w8, "test").SerializeToString()
+
+
+@pytest.mark.parametrize("activation", ["relu", "leaky-relu", "hard-sigmoid"])
+@pytest.mark.parametrize("rounding", ["half-up", "floor"])
+@pytest.mark.parametrize("overflow", ["saturate", "wrap"])
+def test_onnx_graph_equals_the_integer_forward(activation: str, rounding: str, overflow: str,
+                                               tmp_path: Path) -> None:
+    """Large random weights and small shifts drive every layer into narrowing: onnxruntime stays equal."""
+    pytest.importorskip("onnx")
+    gen = torch.Generator().manual_seed(3)
+    cfg = {"network": {"layers": [20, 12, 7], "activation": activation, "shifts": [5, 6]},
+           "rule": {"name": "drtp"}, "numerics": {"rounding": rounding, "overflow": overflow}}
+    weights = [torch.randint(-2**15, 2**15, shape, generator=gen) for shape in ((12, 21), (7, 13))]
+    model, graph = integer_graph(cfg, weights)
+    path = tmp_path / "g.onnx"
+    path.write_bytes(graph)
+    x = torch.randint(0, 128, (500, 20), generator=gen)
+    trace = model.forward(x)
+    assert all(bool((q.abs() >= 127).any()) for q in trace.q)  # narrowing happened in every layer
+    if activation == "leaky-relu":
+        assert bool((trace.y[0] < 0).any())  # the signed hidden activations were exercised
+    scores, prediction = onnx_run(path, x)
+    assert torch.equal(scores.long(), trace.output)
+    assert torch.equal(prediction, trace.output.argmax(1))  # ties (saturated 127s) go to the first index
+
+
+def test_onnx_graph_is_exact_where_float32_is_not(tmp_path: Path) -> None:
+    """A 4 096-input layer with shift 0 and wrap: every bit of the accumulator reaches the score.
+
+    The sums are about 2^25, beyond float32's 24-bit significand, so a float32
+    MatMul gets low bits wrong; the float64 graph does not.
+    """
+    pytest.importorskip("onnx")
+    gen = torch.Generator().manual_seed(5)
+    cfg = {"network": {"layers": [4096, 10], "shifts": [0]}, "rule": {"name": "drtp"},
+           "numerics": {"overflow": "wrap", "weight_bits": 8}}
+    weights = [torch.randint(64, 128, (10, 4097), generator=gen)]
+    model, graph = integer_graph(cfg, weights)
+    path = tmp_path / "g.onnx"
+    path.write_bytes(graph)
+    x = torch.randint(100, 128, (64, 4096), generator=gen)
+    want = model.predict(x)
+    scores, _ = onnx_run(path, x)
+    assert torch.equal(scores.long(), want)
+    # the same layer in float32 loses the low bits that the wrap keeps
+    xa = torch.cat([x, torch.full((64, 1), 127)], 1)
+    acc32 = (xa.float() @ weights[0].float().T).double()
+    assert float(acc32.abs().max()) > 2**24
+    wrapped32 = acc32 - 256 * torch.floor((acc32 + 128) / 256)
+    assert not torch.equal(wrapped32, want.double())
+
+
+def test_onnx_export_without_onnxruntime_uses_the_reference_evaluator(
+    runs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("onnx")
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    path = tmp_path / "m.onnx"
+    out = run_cli(capsys, ["export", str(runs["drtp"]), "--format", "onnx", "-o", str(path)])
+    assert "the same INT8 scores" in out and "run on onnx.reference" in out
+    assert accuracy_line(run_cli(capsys, ["eval", str(path)])) == accuracy_line(run_cli(capsys, ["eval",
+                                                                                              str(runs["drtp"])]))
+
+
+def test_onnx_export_that_disagrees_is_not_written(runs: dict[str, Path], tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str],
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A graph without the half-up rounding term gives other scores: nothing is written."""
+    pytest.importorskip("onnx")
+    import perturbo.onnx_export as ox
+
+    requantise = ox._requantise
+    monkeypatch.setattr(ox, "_requantise", lambda op, const, z, shift, rounding, overflow:
+                        requantise(op, const, z, shift, "floor", overflow))
+    path = tmp_path / "m.onnx"
+    fails(capsys, ["export", str(runs["drtp"]), "--format", "onnx", "-o", str(path)], f"not writing {path}")
+    assert not path.exists()
+
+
+def test_damaged_onnx_exports(runs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    onnx = pytest.importorskip("onnx")
+    good = tmp_path / "good.onnx"
+    run_cli(capsys, ["export", str(runs["drtp"]), "--format", "onnx", "-o", str(good)])
+    data = good.read_bytes()
+    cut = tmp_path / "cut.onnx"
+    cut.write_bytes(data[: len(data) // 2])
+    fails(capsys, ["eval", str(cut)], f"{cut} is not a readable perturbo onnx export")
+    model = onnx.load(str(good))
+    w = next(t for t in model.graph.initializer if t.name == "layer0.w8")
+    raw = bytearray(w.raw_data)
+    raw[0] ^= 1
+    w.raw_data = bytes(raw)
+    changed = tmp_path / "changed.onnx"
+    onnx.save(model, str(changed))
+    fails(capsys, ["eval", str(changed)], f"{changed} is corrupt: its arrays do not match the SHA-256")
+    del model.metadata_props[:]
+    bare = tmp_path / "bare.onnx"
+    onnx.save(model, str(bare))
+    fails(capsys, ["eval", str(bare)], f"{bare} is not a readable perturbo onnx export")
