@@ -221,6 +221,16 @@ class BoardTop(Elaboratable):
     when the clock runs.  The OrangeCrab has one RGB LED: red and green.
     """
 
+    def __new__(cls, cfg: Config, platform: Any, *args: Any, **kwargs: Any) -> BoardTop:
+        # what a user's configuration can get wrong is checked before the object exists:
+        # a rejected top leaves no unused elaboratable behind ("created but never used")
+        from perturbo.hdl.accelerator import check_supported
+        from perturbo.hdl.uart import uart_divisor
+
+        check_supported(cfg)
+        uart_divisor(float(platform.default_clk_frequency), cfg.hardware.baud)
+        return super().__new__(cls, cfg, platform, *args, src_loc_at=1, **kwargs)
+
     def __init__(self, cfg: Config, platform: Any, *, rx_fifo_depth: int = 16,
                  **link_options: int) -> None:
         from perturbo.hdl.accelerator import Accelerator
@@ -228,20 +238,14 @@ class BoardTop(Elaboratable):
         from perturbo.hdl.hostlink import LinkedTarget
         from perturbo.hdl.uart import UART, uart_divisor
 
-        try:
-            if not isinstance(cfg, Config):
-                raise TypeError(f"cfg must be a perturbo.config.Config, not {cfg!r}")
-            self.cfg = cfg
-            self.platform = platform
-            self.clk_freq = float(platform.default_clk_frequency)
-            self.divisor = uart_divisor(self.clk_freq, cfg.hardware.baud)
-            link_options.setdefault("ident", config_hash(cfg))
-            self.accelerator = Accelerator(cfg)
-            self.uart = UART(divisor=self.divisor, rx_fifo_depth=rx_fifo_depth)
-            self.linked = LinkedTarget(self.accelerator, uart=self.uart, **link_options)
-        except Exception:
-            self._MustUse__silence = True  # no "created but never used" for a rejected top
-            raise
+        self.cfg = cfg
+        self.platform = platform
+        self.clk_freq = float(platform.default_clk_frequency)
+        self.divisor = uart_divisor(self.clk_freq, cfg.hardware.baud)
+        link_options.setdefault("ident", config_hash(cfg))
+        self.accelerator = Accelerator(cfg)
+        self.uart = UART(divisor=self.divisor, rx_fifo_depth=rx_fifo_depth)
+        self.linked = LinkedTarget(self.accelerator, uart=self.uart, **link_options)
 
     def elaborate(self, platform: Any) -> Module:
         m = Module()

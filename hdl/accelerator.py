@@ -52,7 +52,7 @@ from .registers import COUNTER_BITS, RegisterFile, constant_sources
 from .sequencer import OutputWriter, Sequencer
 from .update import UpdateUnit
 
-__all__ = ["Accelerator", "SUPPORTED_RULES"]
+__all__ = ["Accelerator", "SUPPORTED_RULES", "check_supported"]
 
 #: Rules this datapath trains with: every integer rule (hybrids of the perturbative ones).
 SUPPORTED_RULES = (Rule.MGD_WEIGHT, Rule.MGD_NODE, Rule.ALR, Rule.DRTP, Rule.TPSGD_L1, Rule.TPSGD_L2)
@@ -73,6 +73,19 @@ def divmod_const(value: Value, divisor: int, max_value: int) -> tuple[Value, Val
     return quotient, (value - quotient * divisor)[: divisor.bit_length()]
 
 
+def check_supported(cfg: Config) -> None:
+    """Raise ``ValueError`` naming the key if the accelerator cannot run ``cfg``'s rules
+    (``TypeError`` if ``cfg`` is not a :class:`~perturbo.config.Config`)."""
+    if not isinstance(cfg, Config):
+        raise TypeError(f"cfg must be a perturbo.config.Config, not {cfg!r}")
+    unsupported = sorted({r.value for r in cfg.layer_rules() if r not in SUPPORTED_RULES})
+    if unsupported:
+        raise ValueError(
+            f"rule.name: the accelerator trains {', '.join(r.value for r in SUPPORTED_RULES)}, "
+            f"not {', '.join(unsupported)} (a float baseline); train it with --backend golden"
+        )
+
+
 class Accelerator(wiring.Component):
     """The whole training accelerator for one configuration.
 
@@ -90,17 +103,13 @@ class Accelerator(wiring.Component):
         A command is running (for a LED, and for testbenches to wait on).
     """
 
+    def __new__(cls, cfg: Config, *args: object, **kwargs: object) -> Accelerator:
+        # checked before the object exists: a rejected configuration leaves no unused
+        # elaboratable behind (Amaranth would warn "created but never used")
+        check_supported(cfg)
+        return super().__new__(cls, cfg, *args, src_loc_at=1, **kwargs)
+
     def __init__(self, cfg: Config, *, overlap: bool = True) -> None:
-        if not isinstance(cfg, Config):
-            self._MustUse__silence = True  # no "created but never used" for a rejected cfg
-            raise TypeError(f"cfg must be a perturbo.config.Config, not {cfg!r}")
-        bad = sorted({r.value for r in cfg.layer_rules() if r not in SUPPORTED_RULES})
-        if bad:
-            self._MustUse__silence = True
-            raise ValueError(
-                f"the accelerator runs rule(s) {[r.value for r in SUPPORTED_RULES]} so far; "
-                f"this configuration asks for {bad}"
-            )
         self.cfg = cfg
         self.geometry = Geometry(cfg)
         self.overlap = overlap

@@ -26,15 +26,16 @@ Random-source indices (docs/numerics.md §4)
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 from amaranth.hdl import signed, unsigned
 from amaranth.lib import data
+from numpy.typing import ArrayLike
 
 from perturbo.config import TARGET_PROJECTION_RULES, Activation, Config, Optimizer, Rule
 
@@ -212,26 +213,29 @@ class Geometry:
                 out.append((i, j, row, lane))
         return out
 
-    def to_image(self, mats: Sequence[torch.Tensor], depth: int | None = None) -> np.ndarray:
-        """The lane-memory image of per-layer matrices, flat by host word address ``row * lanes + lane``.
+    def to_image(self, mats: Sequence[ArrayLike], depth: int | None = None) -> np.ndarray:
+        """The lane-memory image of per-layer matrices (numpy arrays or torch tensors), flat
+        by host word address ``row * lanes + lane``.
 
         ``depth`` rows (default :attr:`rows`); words no weight uses are 0.
         """
         image = np.zeros((depth if depth is not None else self.rows) * self.lanes, dtype=np.int64)
         for li, w in enumerate(mats):
-            for i, j, row, lane in self.matrix_rows(li):
-                image[row * self.lanes + lane] = int(w[i, j])
+            image[self._addresses(li)] = np.asarray(w, dtype=np.int64)
         return image
 
-    def from_image(self, image: Sequence[int] | np.ndarray) -> list[torch.Tensor]:
-        """Per-layer matrices from a flat lane-memory image (the inverse of :meth:`to_image`)."""
+    def from_image(self, image: ArrayLike) -> list[np.ndarray]:
+        """Per-layer int64 matrices from a flat lane-memory image (the inverse of :meth:`to_image`)."""
         image = np.asarray(image, dtype=np.int64)
-        out = []
-        for li, lay in enumerate(self.layers):
-            w = torch.zeros(lay.n_out, lay.cols, dtype=torch.int64)
-            for i, j, row, lane in self.matrix_rows(li):
-                w[i, j] = int(image[row * self.lanes + lane])
-            out.append(w)
+        return [image[self._addresses(li)] for li in range(len(self.layers))]
+
+    @functools.cache  # noqa: B019 (a few Geometry objects per process; they live as long)
+    def _addresses(self, layer: int) -> np.ndarray:
+        """Host word address of every weight of ``layer``, shaped ``(n_out, cols)``."""
+        lay = self.layers[layer]
+        out = np.zeros((lay.n_out, lay.cols), dtype=np.int64)
+        for i, j, row, lane in self.matrix_rows(layer):
+            out[i, j] = row * self.lanes + lane
         return out
 
 

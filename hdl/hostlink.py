@@ -20,14 +20,15 @@ significant byte first.
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal, Value
-from amaranth.lib import enum, stream, wiring
+from amaranth.hdl import Cat, Module, Mux, Signal, Value
+from amaranth.lib import crc, enum, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from .bus import WORD_ADDR_BITS, BusSignature
 
 __all__ = [
+    "CRC",
     "CRC_INIT",
     "CRC_POLY",
     "ESC",
@@ -44,7 +45,6 @@ __all__ = [
     "LinkedTarget",
     "Op",
     "Status",
-    "crc16_next",
     "id_payload",
 ]
 
@@ -54,10 +54,14 @@ SOF = 0x7E
 ESC = 0x7D
 #: What an escaped byte is XORed with.
 ESC_XOR = 0x20
-#: CRC-16/CCITT-FALSE generator polynomial.
-CRC_POLY = 0x1021
-#: CRC-16/CCITT-FALSE initial value.
-CRC_INIT = 0xFFFF
+#: The frame check: CRC-16/CCITT-FALSE over bytes (``amaranth.lib.crc``'s catalogue entry;
+#: its ``Processor`` is the gateware's CRC unit, and the host's ``binascii.crc_hqx`` from
+#: :data:`CRC_INIT` computes the same values).
+CRC = crc.catalog.CRC16_CCITT_FALSE(data_width=8)
+#: Its generator polynomial.
+CRC_POLY = CRC.algorithm.polynomial
+#: Its initial value.
+CRC_INIT = CRC.algorithm.initial_crc
 #: First four bytes of the PING reply.
 MAGIC = b"PTRB"
 #: Protocol version, the fifth byte of the PING reply.
@@ -104,46 +108,6 @@ class Status(enum.IntEnum, shape=8):
     BUS_TIMEOUT = 0x05
     #: The frame stopped early (a new SOF, or the inter-byte timeout); nothing applied.
     TRUNCATED = 0x06
-
-
-def _crc16_terms() -> list[frozenset[int]]:
-    """Which inputs each next-state CRC bit XORs: CRC bits 0..15 are 0..15, data bits 16..23."""
-    crc = [frozenset({i}) for i in range(16)]
-    for i in range(8):
-        crc[8 + i] = crc[8 + i] ^ frozenset({16 + i})
-    for _ in range(8):
-        msb = crc[15]
-        crc = [frozenset()] + crc[:15]
-        crc = [bit ^ msb if (CRC_POLY >> i) & 1 else bit for i, bit in enumerate(crc)]
-    return crc
-
-
-_CRC16_TERMS = _crc16_terms()
-
-
-def crc16_next(crc: Value, byte: Value) -> Value:
-    """CRC-16/CCITT-FALSE after one more byte, as XOR logic (one byte per cycle).
-
-    Parameters
-    ----------
-    crc : Value
-        Current 16-bit CRC.
-    byte : Value
-        Next 8-bit data byte.
-
-    Returns
-    -------
-    Value
-        The 16-bit CRC including ``byte``.
-    """
-    inputs = [crc[i] for i in range(16)] + [byte[i] for i in range(8)]
-    bits = []
-    for terms in _CRC16_TERMS:
-        bit: Value = Const(0, 1)
-        for index in sorted(terms):
-            bit = bit ^ inputs[index]
-        bits.append(bit)
-    return Cat(*bits)
 
 
 def _positive_int(name: str, value: object, limit: int | None = None) -> int:
@@ -265,10 +229,12 @@ class HostLink(wiring.Component):
         hpos = Signal(range(6))  # reply header byte; 0 is the SOF
         crc_lo = Signal()  # sending the low CRC byte
 
-        # one CRC unit: over received bytes while receiving, over sent bytes while replying
-        crc = Signal(16, init=CRC_INIT)
-        crc_in = Signal(8)
-        crc_next = crc16_next(crc, crc_in)
+        # one CRC unit: over received bytes while receiving, over sent bytes while replying;
+        # a restart wins over an update in the same cycle
+        m.submodules.crc = crc_unit = CRC.create()
+        crc_in, crc_start, crc_update = Signal(8), Signal(), Signal()
+        m.d.comb += [crc_unit.data.eq(crc_in), crc_unit.start.eq(crc_start),
+                     crc_unit.valid.eq(crc_update & ~crc_start)]
 
         # the logical reply byte stream and the stuffer that consumes it
         g_valid = Signal()
@@ -277,14 +243,16 @@ class HostLink(wiring.Component):
         g_take = Signal()
 
         def start_frame() -> None:
-            m.d.sync += [seq.eq(0), op.eq(0), length.eq(0), crc.eq(CRC_INIT), esc.eq(0)]
+            m.d.sync += [seq.eq(0), op.eq(0), length.eq(0), esc.eq(0)]
+            m.d.comb += crc_start.eq(1)
 
         def reply(code: int, kind: int = KIND_NONE, nbytes: Value | int = 0) -> None:
             """Answer with ``nbytes`` of payload (``left`` doubles as the LEN field)."""
             m.d.sync += [
                 status.eq(code), rkind.eq(kind), left.eq(nbytes),
-                hpos.eq(0), idx.eq(0), wpos.eq(0), crc_lo.eq(0), crc.eq(CRC_INIT),
+                hpos.eq(0), idx.eq(0), wpos.eq(0), crc_lo.eq(0),
             ]
+            m.d.comb += crc_start.eq(1)
             m.next = "REPLY_HDR"
 
         def abort(restarted: bool) -> None:
@@ -314,14 +282,14 @@ class HostLink(wiring.Component):
                         else:
                             abort(restarted=False)
                     with m.Elif(dval):
-                        m.d.sync += crc.eq(crc_next)
+                        m.d.comb += crc_update.eq(1)
                         self._receive(m, name, data, seq=seq, op=op, length=length,
                                       addr=addr, count=count, wshift=wshift, hdr=hdr,
                                       wpos=wpos, left=left, idx=idx, idx_next=idx_next, wr=wr)
 
             with m.State("EXEC"):
                 # idx is 0 here (CRC1 reset it), so rd.data holds the first word of a WRITE
-                with m.If(crc != 0):
+                with m.If(~crc_unit.match_detected):  # data then its CRC leave the residue 0
                     reply(Status.BAD_CRC)
                 with m.Elif(op == Op.PING):
                     with m.If(length == 0):
@@ -390,7 +358,7 @@ class HostLink(wiring.Component):
                 with m.If(g_take):
                     m.d.sync += hpos.eq(hpos + 1)
                     with m.If(hpos != 0):
-                        m.d.sync += crc.eq(crc_next)
+                        m.d.comb += crc_update.eq(1)
                     with m.If(hpos == 5):
                         with m.If(left == 0):
                             m.next = "REPLY_CRC"
@@ -411,14 +379,15 @@ class HostLink(wiring.Component):
                 # read the buffer one cycle ahead: rd.data always holds word idx
                 m.d.comb += advance.eq(g_take & (wpos == 3))
                 with m.If(g_take):
-                    m.d.sync += [crc.eq(crc_next), wpos.eq(wpos + 1), left.eq(left - 1)]
+                    m.d.sync += [wpos.eq(wpos + 1), left.eq(left - 1)]
+                    m.d.comb += crc_update.eq(1)
                     with m.If(wpos == 3):
                         m.d.sync += idx.eq(idx_next)
                     with m.If(left == 1):
                         m.next = "REPLY_CRC"
 
             with m.State("REPLY_CRC"):
-                m.d.comb += [g_valid.eq(1), g_byte.eq(Mux(crc_lo, crc[0:8], crc[8:16]))]
+                m.d.comb += [g_valid.eq(1), g_byte.eq(Mux(crc_lo, crc_unit.crc[0:8], crc_unit.crc[8:16]))]
                 with m.If(g_take):
                     m.d.sync += crc_lo.eq(1)
                     with m.If(crc_lo):

@@ -132,16 +132,14 @@ def make_backend(
 
 
 def _hardware_backend(cfg: Config, name: Backend, port: str | None, waves: Any = None) -> TrainingBackend:
-    from perturbo.hdl.accelerator import SUPPORTED_RULES
+    from perturbo.hdl.accelerator import check_supported
 
     from .limits import check_fits_target
 
-    unsupported = sorted({r.value for r in cfg.layer_rules()} - {r.value for r in SUPPORTED_RULES})
-    if unsupported:
-        raise BackendError(
-            f"rule.name: the accelerator trains {', '.join(r.value for r in SUPPORTED_RULES)}, "
-            f"not {', '.join(unsupported)} (a float baseline); train it with --backend golden"
-        )
+    try:
+        check_supported(cfg)
+    except ValueError as err:
+        raise BackendError(str(err)) from None
     check_fits_target(cfg)
     from perturbo.sim.backend import AcceleratorBackend, VerilatorBackend
     from perturbo.sim.driver import Link

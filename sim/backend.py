@@ -118,7 +118,8 @@ class AcceleratorBackend:
         self.link.write_words(space, 0, self.geo.to_image(mats))
 
     def _read_matrices(self, space: Space) -> list[torch.Tensor]:
-        return self.geo.from_image(self.link.read_words(space, 0, self.geo.rows * self.geo.lanes, dtype=np.int32))
+        image = self.link.read_words(space, 0, self.geo.rows * self.geo.lanes, dtype=np.int32)
+        return [torch.from_numpy(w) for w in self.geo.from_image(image)]
 
     def _load_samples(self, x: torch.Tensor, labels: torch.Tensor | None) -> None:
         self.link.write_words(Space.SAMPLES, 0, x.to(torch.int64).reshape(-1).numpy())

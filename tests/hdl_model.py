@@ -65,4 +65,4 @@ def weight_rows(geo: Geometry, weights: list[torch.Tensor]) -> list[list[int]]:
 
 def matrices_from_rows(geo: Geometry, rows: list[list[int]]) -> list[torch.Tensor]:
     """Per-layer matrices from a lane-memory image (the inverse of :func:`weight_rows`)."""
-    return geo.from_image([v for row in rows for v in row])
+    return [torch.from_numpy(w) for w in geo.from_image([v for row in rows for v in row])]

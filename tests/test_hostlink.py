@@ -16,7 +16,7 @@ import pytest
 from cocotb_build import SIMULATORS, run_cocotb
 from hostlink_top import HostLinkTop, TargetModel, fuzz_cases
 
-from perturbo.hdl.hostlink import CRC_INIT, CRC_POLY, HostLink
+from perturbo.hdl.hostlink import CRC, CRC_INIT, CRC_POLY, HostLink
 from perturbo.sim.protocol import (
     DecodeError,
     DeviceModel,
@@ -37,8 +37,9 @@ COCOTB_CFG = {"depth": 256, "max_words": 16, "byte_timeout": 300, "bus_timeout":
 
 
 def test_crc16_check_value() -> None:
-    """The host's CRC (binascii) is the bitwise CRC of the gateware's constants."""
-    assert crc16(b"123456789") == 0x29B1  # CRC-16/CCITT-FALSE
+    """The host's CRC (binascii) is the bitwise CRC of the gateware's constants, and what
+    the gateware's CRC unit (amaranth.lib.crc) computes."""
+    assert crc16(b"123456789") == 0x29B1 == CRC.compute(b"123456789")  # CRC-16/CCITT-FALSE
 
     def bitwise(data: bytes) -> int:
         crc = CRC_INIT
@@ -49,7 +50,7 @@ def test_crc16_check_value() -> None:
         return crc
 
     data = bytes(random.Random(5).randrange(256) for _ in range(300))
-    assert all(crc16(data[:n]) == bitwise(data[:n]) for n in range(0, 300, 7))
+    assert all(crc16(data[:n]) == bitwise(data[:n]) == CRC.compute(data[:n]) for n in range(0, 300, 7))
 
 
 def test_frame_examples_in_docs() -> None:
