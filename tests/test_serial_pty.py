@@ -12,7 +12,12 @@ backend: ``perturbo train CONFIG --backend serial --port /dev/pts/<n>``.
 from __future__ import annotations
 
 import os
+import re
+import select
+import signal
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -25,6 +30,7 @@ from perturbo.config import Config
 from perturbo.hdl.bus import Reg, Space
 from perturbo.hdl.geometry import config_hash
 from perturbo.sim.backend import SERIAL_TOP, serial_cosim
+from perturbo.sim.driver import Link
 from perturbo.train import load_checkpoint
 from perturbo.verify import SideBySide
 
@@ -104,3 +110,39 @@ def test_train_and_verify_over_a_pty(cfg: Config, tmp_path: Path, capsys: pytest
     assert stats.cycles >= (stats.rx + stats.tx) * 10 * DIVISOR
     print(f"\n{DIVISOR} cycles/bit: {stats.cycles} cycles, {stats.rx} bytes in, {stats.tx} bytes out, "
           f"{stats.rate / 1e6:.2f} M cycles/s")
+
+
+def test_serve_command(cfg: Config, tmp_path: Path) -> None:
+    """``perturbo serve CONFIG`` prints the terminal, answers there as the board would, and on
+    Ctrl-C reports exactly the bytes the host moved."""
+    config_file = tmp_path / "serial.yaml"
+    config_file.write_text(cfg.to_yaml())
+    process = subprocess.Popen([sys.executable, "-m", "perturbo.cli", "serve", str(config_file),
+                                "--divisor", str(DIVISOR)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None
+        ready, _, _ = select.select([process.stdout], [], [], 300)  # a build when not cached
+        assert ready, "perturbo serve printed nothing"
+        line = process.stdout.readline()
+        match = re.search(r"serves (/dev/pts/\d+)$", line.strip())
+        assert match, line
+        with Link(match[1], baudrate=cfg.hardware.baud) as link:
+            assert link.ping().ident == config_hash(cfg)
+            assert link.read_word(Space.REGS, Reg.CONFIG_HASH) == config_hash(cfg)
+            sent, received = link.stats.sent, link.stats.received
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 0, err
+    assert f"{sent} bytes from hosts, {received} to them" in err
+
+
+def test_serve_refuses_a_bad_divisor(cfg: Config, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config_file = tmp_path / "serial.yaml"
+    config_file.write_text(cfg.to_yaml())
+    assert cli.main(["serve", str(config_file), "--divisor", "3"]) == 2
+    assert capsys.readouterr().err.startswith("perturbo: error: --divisor must be at least 4")
