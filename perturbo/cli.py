@@ -166,7 +166,8 @@ def _parser() -> argparse.ArgumentParser:
                                       "the serial backend without a board")
     se.add_argument("config", type=Path, metavar="CONFIG")
     se.add_argument("--divisor", type=int, default=8, metavar="N",
-                    help="simulated clock cycles per bit on the UART lines (at least 4; default 8)")
+                    help="simulated clock cycles per bit on the UART lines (at least 4; default 8); "
+                         "the line's speed falls with it, and the driver's reply timeouts allow for hardware.baud")
     se.add_argument("--rx-fifo", type=int, default=16, metavar="N",
                     help="bytes the board's UART buffers (default 16, as on the ECP5 boards; 0 on the iCEBreaker)")
 
