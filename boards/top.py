@@ -24,7 +24,7 @@ from amaranth.lib import io
 
 from perturbo.config import Config
 
-__all__ = ["BOARDS", "Board", "BoardTop", "board_names", "get_board", "make_platform"]
+__all__ = ["BOARDS", "Board", "BoardTop", "board_link", "board_names", "get_board", "make_platform"]
 
 
 @dataclass(frozen=True)
@@ -187,6 +187,37 @@ def _leds(platform: Any) -> list[Any]:
     return ports
 
 
+def board_link(cfg: Config, *, divisor: int, rx_fifo_depth: int = 16, **link_options: int) -> Any:
+    """The accelerator for ``cfg`` behind its host link and a UART: what :class:`BoardTop` puts on
+    the pins, and what the serial co-simulation (:func:`perturbo.sim.backend.serial_verilog`) runs.
+
+    Parameters
+    ----------
+    cfg : Config
+        The configuration the accelerator is generated for.
+    divisor : int
+        UART clock cycles per bit.
+    rx_fifo_depth : int
+        Bytes the UART buffers while the host link answers a frame.
+    **link_options
+        Passed to :class:`~perturbo.hdl.hostlink.HostLink`; ``ident`` defaults to the
+        configuration hash (the accelerator's ``CONFIG_HASH`` register).
+
+    Returns
+    -------
+    LinkedTarget
+        With ``rx``/``tx`` pins; ``.target`` is the accelerator, ``.uart`` the UART.
+    """
+    from perturbo.hdl.accelerator import Accelerator
+    from perturbo.hdl.geometry import config_hash
+    from perturbo.hdl.hostlink import LinkedTarget
+    from perturbo.hdl.uart import UART
+
+    link_options.setdefault("ident", config_hash(cfg))
+    return LinkedTarget(Accelerator(cfg), uart=UART(divisor=divisor, rx_fifo_depth=rx_fifo_depth),
+                        **link_options)
+
+
 class BoardTop(Elaboratable):
     """The accelerator for ``cfg`` behind a UART host link, on a board.
 
@@ -233,19 +264,15 @@ class BoardTop(Elaboratable):
 
     def __init__(self, cfg: Config, platform: Any, *, rx_fifo_depth: int = 16,
                  **link_options: int) -> None:
-        from perturbo.hdl.accelerator import Accelerator
-        from perturbo.hdl.geometry import config_hash
-        from perturbo.hdl.hostlink import LinkedTarget
-        from perturbo.hdl.uart import UART, uart_divisor
+        from perturbo.hdl.uart import uart_divisor
 
         self.cfg = cfg
         self.platform = platform
         self.clk_freq = float(platform.default_clk_frequency)
         self.divisor = uart_divisor(self.clk_freq, cfg.hardware.baud)
-        link_options.setdefault("ident", config_hash(cfg))
-        self.accelerator = Accelerator(cfg)
-        self.uart = UART(divisor=self.divisor, rx_fifo_depth=rx_fifo_depth)
-        self.linked = LinkedTarget(self.accelerator, uart=self.uart, **link_options)
+        self.linked = board_link(cfg, divisor=self.divisor, rx_fifo_depth=rx_fifo_depth, **link_options)
+        self.accelerator = self.linked.target
+        self.uart = self.linked.uart
 
     def elaborate(self, platform: Any) -> Module:
         m = Module()

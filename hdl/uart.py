@@ -5,6 +5,11 @@ cannot stall its sender, so the receiver's ``o`` stream holds one byte: a byte t
 arrives while the previous one still waits is dropped and reported on ``overrun``.
 :class:`UART` puts a FIFO (``rx_fifo_depth``) after the receiver for consumers that
 sometimes wait, as HostLink does while it answers a frame.
+
+:class:`SerialAdapter` models the host's side of the cable in gateware (a second UART,
+as a USB-serial adapter): the co-simulation of a board top puts it between the
+Verilator harness's byte streams and the board top's pins, so that every byte crosses
+the ``rx``/``tx`` lines bit by bit.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from amaranth.lib.cdc import FFSynchronizer
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
-__all__ = ["UART", "UARTRx", "UARTTx", "uart_divisor"]
+__all__ = ["UART", "SerialAdapter", "UARTRx", "UARTTx", "uart_divisor"]
 
 
 def uart_divisor(clk_freq: float, baud: float, *, tolerance: float = 0.02) -> int:
@@ -246,4 +251,55 @@ class UART(wiring.Component):
             wiring.connect(m, fifo.r_stream, wiring.flipped(self.o))
         else:
             wiring.connect(m, receiver.o, wiring.flipped(self.o))
+        return m
+
+
+class SerialAdapter(wiring.Component):
+    """A device with UART pins, reached through a host-side UART: byte streams outside, bits inside.
+
+    The host's serial adapter in gateware: bytes from the host (``rx``) leave this UART's
+    transmitter on a line into the device's ``rx`` pin; the device's ``tx`` pin feeds this
+    UART's receiver, whose bytes go to the host (``tx``). Both ends run at ``divisor``
+    cycles per bit from the one simulated clock, so the line has no rate error; what the
+    co-simulation checks is the device's PHY, framing and flow over real bit timing.
+
+    Parameters
+    ----------
+    device : wiring.Component
+        Has members ``rx`` (``In(1)``) and ``tx`` (``Out(1)``): for instance a
+        :class:`~perturbo.hdl.hostlink.LinkedTarget` with a :class:`UART`.
+    divisor : int
+        Cycles per bit of the adapter (the device's UART must use the same).
+    rx_fifo_depth : int
+        Bytes the adapter buffers from the device while the host side waits.  The
+        Verilator harness takes a byte per cycle, so this only matters when the host stops
+        reading for a long time; then, as on a real adapter, bytes are lost.
+
+    Members
+    -------
+    rx : ``In(stream.Signature(8))``
+        Bytes from the host, sent on the line as fast as the UART allows (``ready`` while
+        the transmitter is idle).
+    tx : ``Out(stream.Signature(8))``
+        Bytes the device sent, as received from its line.
+    """
+
+    def __init__(self, device: wiring.Component, *, divisor: int, rx_fifo_depth: int = 16) -> None:
+        members = getattr(device, "signature", wiring.Signature({})).members
+        if not ("rx" in members and "tx" in members and members["rx"].flow == wiring.In
+                and members["tx"].flow == wiring.Out and members["rx"].is_port
+                and members["tx"].is_port and members["rx"].shape == 1 and members["tx"].shape == 1):
+            raise TypeError(f"device must be a component with 1-bit rx (In) and tx (Out) pins, not {device!r}")
+        self.device = device
+        self.divisor = _check_divisor(divisor)
+        self.adapter = UART(divisor=divisor, rx_fifo_depth=rx_fifo_depth)
+        super().__init__({"rx": In(stream.Signature(8)), "tx": Out(stream.Signature(8))})
+
+    def elaborate(self, platform) -> Module:
+        m = Module()
+        m.submodules.device = device = self.device
+        m.submodules.adapter = adapter = self.adapter
+        wiring.connect(m, wiring.flipped(self.rx), adapter.i)
+        wiring.connect(m, adapter.o, wiring.flipped(self.tx))
+        m.d.comb += [device.rx.eq(adapter.tx), adapter.rx.eq(device.tx)]
         return m

@@ -131,7 +131,17 @@ def make_backend(
     return factory(cfg)
 
 
-def _hardware_backend(cfg: Config, name: Backend, port: str | None, waves: Any = None) -> TrainingBackend:
+def check_accelerator(cfg: Config) -> None:
+    """Refuse a configuration the accelerator cannot be generated for (a float rule, or
+    memories beyond the largest target).
+
+    Raises
+    ------
+    BackendError
+        A rule the accelerator does not train.
+    ConfigError
+        The configuration does not fit (:func:`perturbo.limits.check_fits_target`).
+    """
     from perturbo.hdl.accelerator import check_supported
 
     from .limits import check_fits_target
@@ -141,6 +151,10 @@ def _hardware_backend(cfg: Config, name: Backend, port: str | None, waves: Any =
     except ValueError as err:
         raise BackendError(str(err)) from None
     check_fits_target(cfg)
+
+
+def _hardware_backend(cfg: Config, name: Backend, port: str | None, waves: Any = None) -> TrainingBackend:
+    check_accelerator(cfg)
     from perturbo.sim.backend import AcceleratorBackend, VerilatorBackend
     from perturbo.sim.driver import Link
     from perturbo.sim.toolchain import ToolchainError

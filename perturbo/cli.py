@@ -12,6 +12,7 @@
     perturbo plot RUN [RUN ...] [-o FILE] | --histograms RUN | --boards DIR|REPORT ...
     perturbo synth CONFIG --board icebreaker|ulx3s-85f|orangecrab [-o DIR] [--seed N] [--force]
     perturbo sweep SWEEP [--out DIR] [--address ADDR] [--cpus N] [--resume | --overwrite] [--dry-run]
+    perturbo serve CONFIG [--divisor N] [--rx-fifo N]
 
 User errors (a bad configuration, a missing data set, an unusable checkpoint, a
 backend that is not available) and failures a user can meet (a board or a
@@ -30,6 +31,7 @@ import contextlib
 import re
 import shlex
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -161,6 +163,15 @@ def _parser() -> argparse.ArgumentParser:
                     help="build directory root (default: perturbo's cache, boards/)")
     sy.add_argument("--seed", type=int, default=1, help="nextpnr placement seed (default: 1)")
     sy.add_argument("--force", action="store_true", help="build again even if the build is cached")
+
+    se = sub.add_parser("serve", help="co-simulate the board top, UART pins and all, on a pseudo-terminal: "
+                                      "the serial backend without a board")
+    se.add_argument("config", type=Path, metavar="CONFIG")
+    se.add_argument("--divisor", type=int, default=8, metavar="N",
+                    help="simulated clock cycles per bit on the UART lines (at least 4; default 8); "
+                         "the line's speed falls with it, and the driver's reply timeouts allow for hardware.baud")
+    se.add_argument("--rx-fifo", type=int, default=16, metavar="N",
+                    help="bytes the board's UART buffers (default 16, as on the ECP5 boards; 0 on the iCEBreaker)")
 
     sw = sub.add_parser("sweep", help="search over config keys on Ray: every trial an ordinary training run")
     sw.add_argument("sweep", type=Path, metavar="SWEEP", help="a sweep file (docs/tuning.md, examples/sweeps/)")
@@ -354,6 +365,44 @@ def _cmd_gen(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from perturbo.backend import check_accelerator
+    from perturbo.sim.backend import serial_cosim
+    from perturbo.sim.toolchain import ToolchainError
+
+    cfg = load_config(args.config)
+    if args.divisor < 4:
+        raise UsageError(f"--divisor must be at least 4 cycles per bit (the UART samples mid-bit), not {args.divisor}")
+    if args.rx_fifo < 0:
+        raise UsageError(f"--rx-fifo must be 0 or more bytes, not {args.rx_fifo}")
+    check_accelerator(cfg)
+    sim = serial_cosim(cfg, divisor=args.divisor, rx_fifo_depth=args.rx_fifo)
+    try:
+        try:
+            sim.start()
+        except ToolchainError as err:
+            raise BackendError(str(err)) from None
+        except BackendFailure as err:
+            raise BackendError(f"the serial co-simulation could not be started: {_failure(err)}; "
+                               "check the Verilator install (bash .ci/install)") from None
+        # flushed at once: a script reads the device from this line
+        print(f"{cfg.name}: the board top ({args.divisor} cycles per bit on its UART pins) serves {sim.url}\n"
+              f"  perturbo train {shlex.quote(str(args.config))} --backend serial --port {sim.url}\n"
+              "  Ctrl-C stops it", flush=True)
+        while sim.running:
+            time.sleep(0.2)
+        sim.stop()
+        raise BackendFailure(f"the co-simulation exited by itself (status {sim.returncode})")
+    except KeyboardInterrupt:
+        stats = sim.stop()
+        if stats is not None:
+            print(f"\nstopped after {stats.cycles} cycles ({stats.rate / 1e6:.2f} M cycles/s); "
+                  f"{stats.rx} bytes from hosts, {stats.tx} to them", file=sys.stderr)
+        return 0
+    finally:
+        sim.stop()
+
+
 def _cmd_eval(args: argparse.Namespace) -> int:
     if args.checkpoint.suffix in EXPORT_SUFFIXES and not args.checkpoint.is_dir():
         return _eval_export(args)
@@ -483,7 +532,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     commands = {"config": _cmd_config_show, "train": _cmd_train, "eval": _cmd_eval,
                 "synth": _cmd_synth, "gen": _cmd_gen, "sweep": _cmd_sweep,
-                "export": _cmd_export, "plot": _cmd_plot, "verify": _cmd_verify}
+                "export": _cmd_export, "plot": _cmd_plot, "verify": _cmd_verify, "serve": _cmd_serve}
     try:
         return commands[args.command](args)
     except USER_ERRORS as err:

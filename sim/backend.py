@@ -4,7 +4,9 @@
 :class:`~perturbo.sim.driver.Link` (any pyserial URL).  :class:`VerilatorBackend` starts
 the Verilator co-simulation of ``LinkedTarget(Accelerator(cfg))`` and connects an
 :class:`AcceleratorBackend` to it over ``socket://127.0.0.1:PORT``; a board is
-``AcceleratorBackend(cfg, Link("/dev/ttyUSB1", baudrate=...))``.
+``AcceleratorBackend(cfg, Link("/dev/ttyUSB1", baudrate=...))``.  :func:`serial_cosim`
+co-simulates the board top itself, UART pins and all, behind a pseudo-terminal: the
+serial backend's path, without a board.
 
 Its state dicts are the golden :class:`~perturbo.golden.integer.IntegerModel`'s, so a
 checkpoint written on one backend resumes on the other.
@@ -35,6 +37,11 @@ from .driver import Link
 
 #: Top module name of the co-simulated accelerator with its host link.
 COSIM_TOP = "perturbo_cosim"
+#: Top module name of the co-simulated board top behind a host-side UART (:func:`serial_verilog`).
+SERIAL_TOP = "perturbo_serial"
+#: Default cycles per bit of the serial co-simulation: a byte takes 81 cycles on the line,
+#: about the ratio of a 12 MHz iCEBreaker to 1.5 Mbaud, and training stays quick.
+SERIAL_DIVISOR = 8
 
 
 class AcceleratorError(BackendFailure):
@@ -79,6 +86,9 @@ class AcceleratorBackend:
         self.link = link
         self.geo = Geometry(cfg)
         self.poll_interval = poll_interval
+        #: ``STATUS`` reads made while waiting for commands (each one request and reply on the
+        #: link: a slow link or a fast accelerator needs one per command)
+        self.status_polls = 0
         ident = link.read_word(Space.REGS, Reg.ID)
         if ident != ACCEL_ID:
             raise AcceleratorError(f"no perturbo accelerator answers on the link (ID {ident:#010x})")
@@ -145,6 +155,7 @@ class AcceleratorBackend:
         deadline = time.monotonic() + timeout
         while True:
             status = self.link.read_word(Space.REGS, Reg.STATUS)
+            self.status_polls += 1
             if status & Status.DONE and not status & Status.BUSY:
                 return
             if time.monotonic() > deadline:
@@ -268,6 +279,45 @@ def cosim_verilog(cfg: Config, *, overlap: bool = True, emit_src: bool = False) 
                                emit_src=emit_src)
 
     return cached_text(path, generate)
+
+
+def serial_verilog(cfg: Config, *, divisor: int = SERIAL_DIVISOR, rx_fifo_depth: int = 16) -> str:
+    """Verilog of the board top's accelerator, host link and UART (:func:`perturbo.boards.top.board_link`)
+    behind a host-side UART (:class:`~perturbo.hdl.uart.SerialAdapter`), as :data:`SERIAL_TOP`;
+    cached per config, UART parameters and hdl/ sources."""
+    path = (cache_root() / "verilog"
+            / f"{SERIAL_TOP}-{config_hash(cfg):08x}-d{divisor}-f{rx_fifo_depth}-{_hdl_fingerprint()}.v")
+
+    def generate() -> str:
+        from amaranth.back import verilog
+
+        from perturbo.boards.top import board_link
+        from perturbo.hdl.uart import SerialAdapter
+
+        top = SerialAdapter(board_link(cfg, divisor=divisor, rx_fifo_depth=rx_fifo_depth), divisor=divisor)
+        return verilog.convert(top, name=SERIAL_TOP, emit_src=False)
+
+    return cached_text(path, generate)
+
+
+def serial_cosim(cfg: Config, *, divisor: int = SERIAL_DIVISOR, rx_fifo_depth: int = 16, pty: bool = True,
+                 poll_cycles: int = 1024) -> VerilatorSim:
+    """The co-simulation of ``cfg``'s board top with its UART, not yet started.
+
+    Every byte crosses the accelerator's ``rx``/``tx`` pins bit-serially at ``divisor``
+    cycles per bit, sent and received by a second UART that plays the host's serial
+    adapter.  With ``pty`` (the default) the simulation serves a pseudo-terminal
+    (``sim.url`` is ``/dev/pts/<n>`` once started), which the serial backend opens as
+    it would a board's port::
+
+        with serial_cosim(cfg) as sim:
+            backend = make_backend(cfg, "serial", port=sim.url)
+
+    ``pty=False`` serves ``socket://127.0.0.1:PORT`` instead (one host, as
+    :class:`VerilatorBackend`).
+    """
+    return VerilatorSim(serial_verilog(cfg, divisor=divisor, rx_fifo_depth=rx_fifo_depth), SERIAL_TOP,
+                        poll_cycles=poll_cycles, pty=pty)
 
 
 @dataclass(frozen=True)

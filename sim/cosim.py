@@ -8,6 +8,12 @@ to connect; the host driver then talks to the simulation exactly as to a board::
         with Link(sim.url) as link:          # "socket://127.0.0.1:<port>"
             link.write_words(Space.WEIGHTS, 0, weights)
 
+With ``pty=True`` the harness serves a pseudo-terminal instead of a socket, and
+:attr:`VerilatorSim.url` is its device (``/dev/pts/<n>``), which a host opens as it
+would a board's serial port (``Link("/dev/pts/5")``, ``perturbo train ... --backend
+serial --port /dev/pts/5``); the simulation then runs until :meth:`VerilatorSim.stop`,
+and hosts may open and close the terminal in turn.
+
 The top must expose the host byte streams as ``rx`` (``In(stream.Signature(8))``) and
 ``tx`` (``Out(stream.Signature(8))``), so that its Verilog ports are ``rx__valid``,
 ``rx__ready``, ``rx__payload``, ``tx__valid``, ``tx__ready`` and ``tx__payload``, and a
@@ -184,6 +190,9 @@ class VerilatorSim:
     trace : Path, optional
         Run the traced build of the harness, writing this FST file; nothing is dumped
         until :meth:`trace_on`, and nothing after :meth:`trace_off`.
+    pty : bool
+        Serve a pseudo-terminal (:attr:`device`) instead of a TCP port; the harness then
+        outlives each host that opens and closes it, as a board does.
 
     Notes
     -----
@@ -194,7 +203,9 @@ class VerilatorSim:
     Attributes
     ----------
     port : int
-        The port it listens on (after :meth:`start`).
+        The port it listens on (after :meth:`start`; None with ``pty``).
+    device : str
+        The pseudo-terminal's path (after :meth:`start` with ``pty``; else None).
     stats : RunStats or None
         What the harness reported when it stopped.
     returncode : int or None
@@ -203,7 +214,7 @@ class VerilatorSim:
 
     def __init__(self, verilog: str, top: str, *, port: int = 0, poll_cycles: int = 1024,
                  cache_dir: Path | None = None, start_timeout: float = 30.0,
-                 accept_timeout: int = 60, trace: Path | None = None) -> None:
+                 accept_timeout: int = 60, trace: Path | None = None, pty: bool = False) -> None:
         if not isinstance(poll_cycles, int) or poll_cycles < 1:
             raise ValueError(f"poll_cycles must be a positive integer, not {poll_cycles!r}")
         self.verilog = verilog
@@ -216,7 +227,9 @@ class VerilatorSim:
         self.trace = Path(trace) if trace is not None else None
         #: ``(on, off)`` cycle of every traced window, from the harness's TRACE lines (after :meth:`stop`)
         self.trace_windows: list[tuple[int, int | None]] = []
+        self.pty = pty
         self.port: int | None = None
+        self.device: str | None = None
         self.stats: RunStats | None = None
         self.returncode: int | None = None
         self._process: subprocess.Popen[str] | None = None
@@ -230,7 +243,9 @@ class VerilatorSim:
 
     @property
     def url(self) -> str:
-        """The pyserial URL of the running simulation."""
+        """The pyserial URL of the running simulation: ``socket://...``, or the pty's path."""
+        if self.device is not None:
+            return self.device
         if self.port is None:
             raise CosimError("the simulation is not running")
         return f"socket://127.0.0.1:{self.port}"
@@ -254,8 +269,8 @@ class VerilatorSim:
             raise CosimError("the simulation is already running")
         binary = self.build()
         self.stats = None
-        command = [str(binary), "--port", str(self.requested_port), "--poll", str(self.poll_cycles),
-                   "--accept-timeout", str(self.accept_timeout)]
+        command = [str(binary), "--poll", str(self.poll_cycles), "--accept-timeout", str(self.accept_timeout)]
+        command += ["--pty"] if self.pty else ["--port", str(self.requested_port)]
         if self.trace is not None:
             self.trace.parent.mkdir(parents=True, exist_ok=True)
             command += ["--trace", str(self.trace)]
@@ -277,6 +292,9 @@ class VerilatorSim:
                 raise CosimError(f"the harness exited before listening: {err[-2000:]}")
             if match := re.match(r"PORT (\d+)", line):
                 self.port = int(match.group(1))
+                return self
+            if match := re.match(r"PTY (\S+)", line):
+                self.device = match.group(1)
                 return self
 
     def trace_on(self) -> None:
@@ -317,6 +335,7 @@ class VerilatorSim:
         self.returncode = process.returncode
         self._process = None
         self.port = None
+        self.device = None
         self.stats = RunStats.parse(err or "")
         self.trace_windows = _trace_windows(err or "")
         return self.stats

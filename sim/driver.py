@@ -113,11 +113,16 @@ class LinkStats:
         Extra attempts (timeouts, corrupt replies, BAD_CRC/TRUNCATED from the device).
     stale : int
         Replies ignored because their sequence number was not the one awaited.
+    sent, received : int
+        Bytes written to and read from the transport: on a UART, what the line carries
+        (10 bit times each at 8N1).
     """
 
     requests: int = 0
     retries: int = 0
     stale: int = 0
+    sent: int = 0
+    received: int = 0
 
 
 def bus_address(space: int, word: int) -> int:
@@ -224,6 +229,7 @@ class Link:
     def send_raw(self, data: bytes) -> None:
         """Write ``data`` to the transport as it is (for tests and diagnostics)."""
         self._port.write(data)
+        self.stats.sent += len(data)
 
     def receive(self, timeout: float, *, count: int | None = None) -> list[Frame | DecodeError]:
         """Decoded replies (and decoding errors) that arrive within ``timeout`` seconds.
@@ -253,6 +259,7 @@ class Link:
             data = self._port.read(self._decoder.need())
         except OSError as error:  # serial.SerialException is an OSError too
             raise self._broken("read from", error) from error
+        self.stats.received += len(data)
         return self._decoder.feed(data) if data else []
 
     def _broken(self, what: str, error: OSError) -> LinkError:
@@ -298,6 +305,7 @@ class Link:
                 self._port.write(frame)
             except OSError as error:
                 raise self._broken("write to", error) from error
+            self.stats.sent += len(frame)
             deadline = time.monotonic() + self._reply_time(len(frame) + reply_len + 8)
             reason = self._await(seq, op, deadline, attempts)
             if isinstance(reason, bytes):

@@ -1,5 +1,6 @@
 // Verilator co-simulation harness: a free-running verilated top whose host byte stream
-// is bridged to a TCP socket on 127.0.0.1 (the LiteX serial2tcp idea).
+// is bridged to a TCP socket on 127.0.0.1 (the LiteX serial2tcp idea), or to a
+// pseudo-terminal that a host opens as it would a board's serial port.
 //
 // The top (built with --prefix Vtop) must have the ports
 //   clk, rst                                  the sync domain
@@ -7,12 +8,16 @@
 //   tx__valid, tx__ready, tx__payload[7:0]     bytes to the host (stream out of the top)
 // which is what Amaranth generates for In(stream.Signature(8)) / Out(stream.Signature(8)).
 //
-// Usage: harness [--port P] [--poll N] [--accept-timeout S] [--bench CYCLES] [--trace FILE]
+// Usage: harness [--port P | --pty] [--poll N] [--accept-timeout S] [--bench CYCLES] [--trace FILE]
 //   --port P            TCP port on 127.0.0.1, 0..65535; 0 (default) picks a free one. The chosen
 //                       port is printed on stdout as "PORT <n>" once listening.
 //   --poll N            cycles between socket polls (default 1024): the socket is read and
 //                       written with non-blocking calls every N cycles, so the model runs at
 //                       near full speed and the host sees at most N cycles of extra latency.
+//   --pty               no socket: open a pseudo-terminal (raw mode) and print its device as
+//                       "PTY /dev/pts/<n>" on stdout. The harness keeps the terminal open itself,
+//                       so hosts may open and close it in turn, as they would a board's port; it
+//                       runs until SIGTERM/SIGINT.
 //   --accept-timeout S  exit with status 3 when no host connects within S seconds (default 60).
 //   --bench CYCLES      no socket: run CYCLES idle cycles and print the bare model's speed.
 //   --trace FILE        only in a build with --trace-fst (VM_TRACE): open the FST FILE and dump
@@ -47,6 +52,7 @@
 #include <poll.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <termios.h>
 #include <unistd.h>
 
 // Verilator escapes "__" in port names as "___05F": rx__valid is Vtop::rx___05Fvalid.
@@ -66,7 +72,7 @@ volatile std::sig_atomic_t g_stop = 0;
 void on_signal(int) { g_stop = 1; }
 
 // The host asks for tracing out of band (the byte streams belong to the device): SIGUSR1
-// on, SIGUSR2 off. The main loop reads the flag after each recv(), so bytes the host sent
+// on, SIGUSR2 off. The main loop reads the flag after each read(), so bytes the host sent
 // after the signal are never simulated before the switch.
 volatile std::sig_atomic_t g_trace = 0;
 
@@ -181,6 +187,72 @@ int parse_int(const char* text, const char* what, long max = 1000000000L) {
     return static_cast<int>(value);
 }
 
+// Listen on 127.0.0.1:port, print "PORT <n>", accept one host. Returns its non-blocking
+// socket, or -1 (an error), -2 (stopped by a signal), -3 (no host within accept_timeout s).
+int accept_host(int port, int accept_timeout) {
+    int listener = socket(AF_INET, SOCK_STREAM, 0);
+    if (listener < 0) {
+        std::perror("harness: socket");
+        return -1;
+    }
+    int one = 1;
+    setsockopt(listener, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    sockaddr_in address{};
+    address.sin_family = AF_INET;
+    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    address.sin_port = htons(static_cast<uint16_t>(port));
+    if (bind(listener, reinterpret_cast<sockaddr*>(&address), sizeof address) < 0 ||
+        listen(listener, 1) < 0) {
+        std::perror("harness: bind/listen");
+        return -1;
+    }
+    socklen_t length = sizeof address;
+    getsockname(listener, reinterpret_cast<sockaddr*>(&address), &length);
+    std::printf("PORT %d\n", ntohs(address.sin_port));
+    std::fflush(stdout);
+
+    int client = -1;
+    auto waiting = std::chrono::steady_clock::now();
+    while (client < 0) {
+        if (g_stop) return -2;
+        if (accept_timeout > 0 && seconds_since(waiting) > accept_timeout) {
+            std::fprintf(stderr, "harness: no host connected within %d s\n", accept_timeout);
+            return -3;
+        }
+        pollfd pfd{listener, POLLIN, 0};
+        if (poll(&pfd, 1, 100) > 0) client = accept(listener, nullptr, nullptr);
+    }
+    close(listener);
+    setsockopt(client, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    fcntl(client, F_SETFL, fcntl(client, F_GETFL) | O_NONBLOCK);
+    return client;
+}
+
+// A pseudo-terminal in raw mode (no echo, no line editing, no CR/LF translation: the
+// bytes pass unchanged, as through a USB-serial adapter). Returns the non-blocking master
+// and keeps the slave open in *slave: while it is open a host closing the terminal is not
+// a hang-up of the master, so the next host can open it again.
+int open_pty(int* slave) {
+    int master = posix_openpt(O_RDWR | O_NOCTTY);
+    if (master < 0 || grantpt(master) < 0 || unlockpt(master) < 0) {
+        std::perror("harness: posix_openpt");
+        return -1;
+    }
+    const char* name = ptsname(master);
+    *slave = name ? open(name, O_RDWR | O_NOCTTY) : -1;
+    termios mode{};
+    if (*slave < 0 || tcgetattr(*slave, &mode) < 0) {
+        std::perror("harness: open pty slave");
+        return -1;
+    }
+    cfmakeraw(&mode);
+    tcsetattr(*slave, TCSANOW, &mode);
+    fcntl(master, F_SETFL, fcntl(master, F_GETFL) | O_NONBLOCK);
+    std::printf("PTY %s\n", name);
+    std::fflush(stdout);
+    return master;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -188,6 +260,7 @@ int main(int argc, char** argv) {
     int poll_cycles = 1024;
     int accept_timeout = 60;
     long long bench = -1;
+    bool use_pty = false;
     const char* trace_path = nullptr;
     for (int i = 1; i < argc; ++i) {
         const char* arg = argv[i];
@@ -199,6 +272,8 @@ int main(int argc, char** argv) {
             poll_cycles = parse_int(value, "--poll");
             if (poll_cycles < 1) poll_cycles = 1;
             ++i;
+        } else if (!std::strcmp(arg, "--pty")) {
+            use_pty = true;
         } else if (!std::strcmp(arg, "--accept-timeout") && value) {
             accept_timeout = parse_int(value, "--accept-timeout");
             ++i;
@@ -217,7 +292,7 @@ int main(int argc, char** argv) {
             // passed on to Verilated::commandArgs below
         } else {
             std::fprintf(stderr,
-                         "usage: %s [--port P] [--poll N] [--accept-timeout S] [--bench CYCLES] "
+                         "usage: %s [--port P | --pty] [--poll N] [--accept-timeout S] [--bench CYCLES] "
                          "[--trace FILE]\n",
                          argv[0]);
             return 2;
@@ -279,44 +354,17 @@ int main(int argc, char** argv) {
         return 0;
     }
 
-    int listener = socket(AF_INET, SOCK_STREAM, 0);
-    if (listener < 0) {
-        std::perror("harness: socket");
-        return 1;
-    }
-    int one = 1;
-    setsockopt(listener, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    sockaddr_in address{};
-    address.sin_family = AF_INET;
-    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    address.sin_port = htons(static_cast<uint16_t>(port));
-    if (bind(listener, reinterpret_cast<sockaddr*>(&address), sizeof address) < 0 ||
-        listen(listener, 1) < 0) {
-        std::perror("harness: bind/listen");
-        return 1;
-    }
-    socklen_t length = sizeof address;
-    getsockname(listener, reinterpret_cast<sockaddr*>(&address), &length);
-    std::printf("PORT %d\n", ntohs(address.sin_port));
-    std::fflush(stdout);
-
     int client = -1;
-    auto waiting = std::chrono::steady_clock::now();
-    while (client < 0) {
-        if (g_stop) {
-            tracer.close();
-            return 0;
-        }
-        if (accept_timeout > 0 && seconds_since(waiting) > accept_timeout) {
-            std::fprintf(stderr, "harness: no host connected within %d s\n", accept_timeout);
-            return 3;
-        }
-        pollfd pfd{listener, POLLIN, 0};
-        if (poll(&pfd, 1, 100) > 0) client = accept(listener, nullptr, nullptr);
+    int pty_slave = -1;
+    if (use_pty) {
+        client = open_pty(&pty_slave);
+    } else {
+        client = accept_host(port, accept_timeout);
     }
-    close(listener);
-    setsockopt(client, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    fcntl(client, F_SETFL, fcntl(client, F_GETFL) | O_NONBLOCK);
+    if (client < 0) {
+        tracer.close();
+        return client == -3 ? 3 : client == -2 ? 0 : 1;
+    }
 
     auto start = std::chrono::steady_clock::now();
     int status = 0;
@@ -327,32 +375,35 @@ int main(int argc, char** argv) {
         if (rxbuf->head == rxbuf->tail) rxbuf->head = rxbuf->tail = 0;
         if (rxbuf->tail == kBufSize) rxbuf->compact();
         if (rxbuf->tail < kBufSize) {
-            ssize_t got = recv(client, rxbuf->data + rxbuf->tail, kBufSize - rxbuf->tail, 0);
+            // read()/write() serve the socket and the pty master alike; with its slave held
+            // open the master never reads end-of-file
+            ssize_t got = read(client, rxbuf->data + rxbuf->tail, kBufSize - rxbuf->tail);
             if (got > 0) {
                 rxbuf->tail += static_cast<size_t>(got);
             } else if (got == 0) {
                 open = false;  // the host closed the connection
             } else if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
-                std::perror("harness: recv");
+                std::perror("harness: read");
                 open = false;
                 status = 1;
             }
         }
-        tracer.update(stats.cycles);  // after recv(): see g_trace
+        tracer.update(stats.cycles);  // after read(): see g_trace
         // model -> host
         if (txbuf->size() > 0) {
-            ssize_t sent = send(client, txbuf->data + txbuf->head, txbuf->size(), MSG_NOSIGNAL);
+            ssize_t sent = write(client, txbuf->data + txbuf->head, txbuf->size());  // SIGPIPE ignored
             if (sent > 0) {
                 txbuf->head += static_cast<size_t>(sent);
                 txbuf->compact();
             } else if (sent < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
-                if (errno != EPIPE && errno != ECONNRESET) std::perror("harness: send");
+                if (errno != EPIPE && errno != ECONNRESET) std::perror("harness: write");
                 open = false;
             }
         }
     }
     print_stats("STATS", stats, seconds_since(start));
     close(client);
+    if (pty_slave >= 0) close(pty_slave);
     top->final();
     tracer.close();
     return status;
