@@ -39,7 +39,8 @@ import torch
 from perturbo.backend import make_backend, samples_per_step
 from perturbo.config import TARGET_PROJECTION_RULES, Config, Rule, load_config
 from perturbo.data import SampleStream, Splits, load_dataset
-from perturbo.sim.backend import Counters, VerilatorBackend
+from perturbo.host.accelerator import Counters
+from perturbo.sim.backend import VerilatorBackend
 from perturbo.train import CheckpointError, evaluate, load_checkpoint, train
 
 sys.path.insert(0, str(Path(__file__).parent))

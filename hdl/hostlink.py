@@ -4,7 +4,7 @@
 socket in the Verilator co-simulation), checks them, applies them to the accelerator's
 memory-mapped bus (:mod:`perturbo.hdl.bus`) and answers every frame with a reply
 frame. ``docs/protocol.md`` is the specification; this module holds the gateware and
-the wire constants that the host side (:mod:`perturbo.sim.protocol`) imports.
+the wire constants that the host side (:mod:`perturbo.host.protocol`) imports.
 
 Wire format, both directions (after the start byte every byte is *stuffed*: ``SOF``
 and ``ESC`` inside a frame are sent as ``ESC, byte ^ 0x20``, so a ``SOF`` on the wire

@@ -155,8 +155,9 @@ def check_accelerator(cfg: Config) -> None:
 
 def _hardware_backend(cfg: Config, name: Backend, port: str | None, waves: Any = None) -> TrainingBackend:
     check_accelerator(cfg)
-    from perturbo.sim.backend import AcceleratorBackend, VerilatorBackend
-    from perturbo.sim.driver import Link
+    from perturbo.host.accelerator import AcceleratorBackend
+    from perturbo.host.link import Link
+    from perturbo.sim.backend import VerilatorBackend
     from perturbo.sim.toolchain import ToolchainError
 
     if name is Backend.SERIAL and port is None:

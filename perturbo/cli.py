@@ -312,8 +312,8 @@ def _verify_device(cfg: Config, args: argparse.Namespace) -> tuple[object | None
         return make_backend(cfg, args.backend), []
     if args.port is None:
         raise UsageError("the serial backend needs the board's port: --port /dev/ttyUSB1 (any pyserial URL)")
-    from perturbo.sim.backend import AcceleratorBackend
-    from perturbo.sim.driver import Link
+    from perturbo.host.accelerator import AcceleratorBackend
+    from perturbo.host.link import Link
 
     try:
         link = Link(args.port, baudrate=cfg.hardware.baud)

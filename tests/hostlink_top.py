@@ -25,7 +25,7 @@ from amaranth.lib.wiring import In
 
 from perturbo.hdl.bus import BusSignature, Space
 from perturbo.hdl.hostlink import WORD_ADDR_BITS, LinkedTarget
-from perturbo.sim.protocol import (
+from perturbo.host.protocol import (
     SOF,
     BusResult,
     Frame,
@@ -123,7 +123,7 @@ class HostLinkTop(LinkedTarget):
 
 
 class TargetModel:
-    """Python model of :class:`MemTarget` for :class:`perturbo.sim.protocol.DeviceModel`.
+    """Python model of :class:`MemTarget` for :class:`perturbo.host.protocol.DeviceModel`.
 
     Parameters
     ----------

@@ -3,7 +3,7 @@
 The design is :class:`hostlink_top.HostLinkTop` (HostLink and a RAM bus target with
 random wait states), configured from the JSON in ``HOSTLINK_CFG``. Every test sends
 bytes with an idle-gap generator, takes the replies with a back-pressure generator, and
-compares the reply bytes with :class:`perturbo.sim.protocol.DeviceModel` byte for byte;
+compares the reply bytes with :class:`perturbo.host.protocol.DeviceModel` byte for byte;
 each test runs crossed with (no gaps, no back-pressure) and (gaps, back-pressure).
 """
 
@@ -21,7 +21,7 @@ from hostlink_top import REG_ID, TargetModel, fuzz_cases
 
 from perturbo.hdl.bus import Space
 from perturbo.hdl.hostlink import WORD_ADDR_BITS
-from perturbo.sim.protocol import (
+from perturbo.host.protocol import (
     SOF,
     DeviceModel,
     Frame,

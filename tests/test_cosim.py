@@ -1,10 +1,10 @@
 """The Verilator co-simulation and the host driver, end to end over TCP.
 
 :class:`hostlink_top.HostLinkTop` (HostLink and a RAM target) runs in ``sim/harness.cpp``;
-the tests talk to it with :class:`perturbo.sim.driver.Link` over
+the tests talk to it with :class:`perturbo.host.link.Link` over
 ``socket://127.0.0.1:<port>``, exactly as to a board. The fuzz test sends 10,000 good,
 refused, corrupted, truncated and random frames as raw bytes and compares every reply
-byte with :class:`perturbo.sim.protocol.DeviceModel`, then reads the whole memory back.
+byte with :class:`perturbo.host.protocol.DeviceModel`, then reads the whole memory back.
 """
 
 from __future__ import annotations
@@ -18,9 +18,8 @@ import pytest
 from hostlink_top import HostLinkTop, TargetModel, fuzz_cases
 
 from perturbo.hdl.bus import Space
-from perturbo.sim.cosim import RunStats, VerilatorSim
-from perturbo.sim.driver import Link, LinkError
-from perturbo.sim.protocol import (
+from perturbo.host.link import Link, LinkError
+from perturbo.host.protocol import (
     DeviceModel,
     Frame,
     FrameDecoder,
@@ -28,6 +27,7 @@ from perturbo.sim.protocol import (
     Status,
     encode_request,
 )
+from perturbo.sim.cosim import RunStats, VerilatorSim
 
 DEPTH = 1024
 MAX_WORDS = 64

@@ -401,8 +401,9 @@ def test_run_left_going_is_aborted_by_the_next_session(capsys: pytest.CaptureFix
 
     from perturbo.data import load_dataset
     from perturbo.hdl.bus import Command, Reg, Space, Status
-    from perturbo.sim.backend import AcceleratorBackend, VerilatorBackend
-    from perturbo.sim.driver import LinkError
+    from perturbo.host.accelerator import AcceleratorBackend
+    from perturbo.host.link import LinkError
+    from perturbo.sim.backend import VerilatorBackend
     from perturbo.verify import SideBySide
 
     cfg = VERIFY_CONFIGS["alr"]

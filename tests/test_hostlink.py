@@ -1,7 +1,7 @@
 """HostLink: the protocol model on its own, and the cocotb testbench on Verilator.
 
 The cocotb tests (``tb_hostlink.py``) drive :class:`hostlink_top.HostLinkTop` byte by
-byte and compare every reply byte with :class:`perturbo.sim.protocol.DeviceModel`. The
+byte and compare every reply byte with :class:`perturbo.host.protocol.DeviceModel`. The
 10,000-frame fuzz runs through the Verilator co-simulation instead (``test_cosim.py``).
 """
 
@@ -17,7 +17,7 @@ from cocotb_build import SIMULATORS, run_cocotb
 from hostlink_top import HostLinkTop, TargetModel, fuzz_cases
 
 from perturbo.hdl.hostlink import CRC, CRC_INIT, CRC_POLY, HostLink
-from perturbo.sim.protocol import (
+from perturbo.host.protocol import (
     DecodeError,
     DeviceModel,
     Frame,

@@ -28,8 +28,9 @@ from perturbo import cli
 from perturbo.config import Config, parse_config
 from perturbo.hdl.bus import Reg, Space
 from perturbo.hdl.geometry import config_hash
-from perturbo.sim.backend import SERIAL_TOP, AcceleratorBackend, serial_cosim
-from perturbo.sim.driver import Link
+from perturbo.host.accelerator import AcceleratorBackend
+from perturbo.host.link import Link
+from perturbo.sim.backend import SERIAL_TOP, serial_cosim
 from perturbo.train import load_checkpoint
 from perturbo.verify import SideBySide
 

@@ -39,7 +39,7 @@ def test_hostlink_over_uart() -> None:
     from hostlink_top import MemTarget, TargetModel
 
     from perturbo.hdl.hostlink import LinkedTarget
-    from perturbo.sim.protocol import (
+    from perturbo.host.protocol import (
         DeviceModel,
         Op,
         encode_request,
