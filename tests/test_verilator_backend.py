@@ -41,10 +41,12 @@ def hw(cfg: Config):  # the module's shared model; test_every_rule_verifies star
 
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-#: Every digits example, a few hundred steps each (fewer where a step runs many copies).
+#: Every digits example, a few hundred steps each (fewer where a step runs many copies), and
+#: the 1-lane iCEBreaker builds (about 80 000 cycles a step: fewer steps).
 RULE_EXAMPLES = {
     "digits-mgd-weight": 256, "digits-mgd-node": 256, "digits-alr": 128, "digits-hybrid-alr-mgd": 128,
     "digits-drtp": 256, "digits-tpsgd-l1": 256, "digits-tpsgd-l2": 256,
+    "digits-mgd-weight-icebreaker": 64, "digits-drtp-icebreaker": 64,
 }
 
 
