@@ -92,8 +92,16 @@ class Accelerator(wiring.Component):
     Parameters
     ----------
     cfg
-        The resolved configuration.  Its rule must be ``mgd-weight`` (every layer);
-        optimizer ``sgd`` or ``momentum``.
+        The resolved configuration; every layer's rule one of :data:`SUPPORTED_RULES`.
+    overlap
+        Run the next passes while the correlation walker reads the previous ones (the
+        default; see :class:`~.sequencer.Sequencer`).
+    config_resets
+        The run registers (steps, seed, rates, ...) reset to ``cfg``'s values, so that a
+        bitstream comes up configured (the default).  ``False``: to their smallest values,
+        which makes the design a function of the generation parameters alone (what
+        :func:`~.geometry.config_hash` covers); the co-simulation's cached models use it,
+        and the host writes every run register before it trains.
 
     Members
     -------
@@ -109,10 +117,11 @@ class Accelerator(wiring.Component):
         check_supported(cfg)
         return super().__new__(cls, cfg, *args, src_loc_at=1, **kwargs)
 
-    def __init__(self, cfg: Config, *, overlap: bool = True) -> None:
+    def __init__(self, cfg: Config, *, overlap: bool = True, config_resets: bool = True) -> None:
         self.cfg = cfg
         self.geometry = Geometry(cfg)
         self.overlap = overlap
+        self.config_resets = config_resets
         super().__init__({"bus": In(BusSignature), "busy": Out(1)})
 
     def elaborate(self, platform: object) -> Module:  # noqa: C901 (the top)
@@ -225,7 +234,7 @@ class Accelerator(wiring.Component):
                    upd: UpdateUnit) -> RegisterFile:
         """The register file, the counters and the commands."""
         cfg, geo = self.cfg, self.geometry
-        m.submodules.regs = regs = RegisterFile(cfg)
+        m.submodules.regs = regs = RegisterFile(cfg, config_resets=self.config_resets)
         running = seq.busy
         done = Signal()
         cycles = Signal(COUNTER_BITS)

@@ -255,15 +255,22 @@ def _reset(spec: RegisterSpec, cfg: Config) -> int:
     return spec.reset(cfg) if spec.reset is not None else 0
 
 
-def register_map(cfg: Config) -> list[RegisterInfo]:
-    """The registers an accelerator generated from ``cfg`` has, with ranges and reset values."""
+def register_map(cfg: Config, *, config_resets: bool = True) -> list[RegisterInfo]:
+    """The registers an accelerator generated from ``cfg`` has, with ranges and reset values.
+
+    ``config_resets=False``: a register whose reset is a configuration value (a run
+    parameter: steps, seed, rates, ...) resets to the smallest value it accepts instead,
+    so that the design depends on the generation parameters alone (:func:`config_hash`);
+    the host writes those registers before every run anyway (:func:`config_values`).
+    """
     out = []
     for spec in REGISTERS:
         if not spec.present(cfg):
             continue
         rng = _bounds(spec, cfg)
+        reset = _reset(spec, cfg) if config_resets or not _from_config(spec) else rng[0]
         out.append(RegisterInfo(spec.name, spec.address, spec.access.value, min(_width(spec, cfg), 32),
-                                _reset(spec, cfg),
+                                reset,
                                 None if rng is None else rng[0], None if rng is None else rng[1],
                                 spec.config, spec.doc))
     return out
@@ -308,9 +315,9 @@ class RegisterFile(wiring.Component):
         cycle) says whether it was accepted.
     """
 
-    def __init__(self, cfg: Config) -> None:
+    def __init__(self, cfg: Config, *, config_resets: bool = True) -> None:
         self.cfg = cfg
-        self.infos = {info.name: info for info in register_map(cfg)}
+        self.infos = {info.name: info for info in register_map(cfg, config_resets=config_resets)}
         members: dict[str, object] = {
             "req": In(1), "addr": In(8), "we": In(1), "wdata": In(32), "locked": In(1),
             "rdata": Out(32), "err": Out(1), "command": Out(1), "command_ok": In(1),

@@ -17,6 +17,7 @@ import torch
 from perturbo.cache import cache_root, cached_text, digest
 from perturbo.config import Config
 from perturbo.hdl.geometry import config_hash
+from perturbo.hdl.registers import config_values
 from perturbo.host.accelerator import AcceleratorBackend
 from perturbo.host.link import Link
 
@@ -40,8 +41,10 @@ def _hdl_fingerprint() -> str:
 
 
 def cosim_verilog(cfg: Config, *, overlap: bool = True, emit_src: bool = False) -> str:
-    """Verilog of ``LinkedTarget(Accelerator(cfg, overlap=overlap))`` as :data:`COSIM_TOP`, cached
-    per config and hdl/ sources.  ``emit_src``: keep Amaranth's ``src`` attributes (the Python
+    """Verilog of ``LinkedTarget(Accelerator(cfg, overlap=overlap, config_resets=False))`` as
+    :data:`COSIM_TOP`, cached per generation parameters (:func:`config_hash`, all that this
+    Verilog depends on: its run registers reset to fixed values, and the driver writes
+    them) and hdl/ sources.  ``emit_src``: keep Amaranth's ``src`` attributes (the Python
     line of every signal), for waveforms; they change no logic but do change the text, and
     with it the build cache key."""
     variant = ("" if overlap else "-serial") + ("-src" if emit_src else "")
@@ -53,8 +56,8 @@ def cosim_verilog(cfg: Config, *, overlap: bool = True, emit_src: bool = False) 
         from perturbo.hdl.accelerator import Accelerator
         from perturbo.hdl.hostlink import LinkedTarget
 
-        return verilog.convert(LinkedTarget(Accelerator(cfg, overlap=overlap)), name=COSIM_TOP,
-                               emit_src=emit_src)
+        return verilog.convert(LinkedTarget(Accelerator(cfg, overlap=overlap, config_resets=False)),
+                               name=COSIM_TOP, emit_src=emit_src)
 
     return cached_text(path, generate)
 
@@ -62,9 +65,11 @@ def cosim_verilog(cfg: Config, *, overlap: bool = True, emit_src: bool = False) 
 def serial_verilog(cfg: Config, *, divisor: int = SERIAL_DIVISOR, rx_fifo_depth: int = 16) -> str:
     """Verilog of the board top's accelerator, host link and UART (:func:`perturbo.boards.top.board_link`)
     behind a host-side UART (:class:`~perturbo.hdl.uart.SerialAdapter`), as :data:`SERIAL_TOP`;
-    cached per config, UART parameters and hdl/ sources."""
-    path = (cache_root() / "verilog"
-            / f"{SERIAL_TOP}-{config_hash(cfg):08x}-d{divisor}-f{rx_fifo_depth}-{_hdl_fingerprint()}.v")
+    cached per config (the generation parameters and, as on a board, the run registers' resets),
+    UART parameters and hdl/ sources."""
+    resets = digest(repr(sorted((reg.name, value) for reg, value in config_values(cfg).items())))
+    path = (cache_root() / "verilog" / f"{SERIAL_TOP}-{config_hash(cfg):08x}-{resets}-d{divisor}"
+            f"-f{rx_fifo_depth}-{_hdl_fingerprint()}.v")
 
     def generate() -> str:
         from amaranth.back import verilog
