@@ -345,16 +345,8 @@ def bp_grad(
 
     Parameters
     ----------
-    params : sequence of torch.Tensor
-        Weight matrices (not modified).
-    x : torch.Tensor
-        Float inputs ``(n, n_in)``.
-    labels : torch.Tensor
-        Class indices ``(n,)``.
-    activation : Activation or str
-        Hidden activation.
-    target_on : float
-        Target value of the label's output.
+    params, x, labels, activation, target_on
+        As for :func:`batch_cost` (``params`` is not modified).
 
     Returns
     -------

@@ -30,6 +30,8 @@ class ConfigError(ValueError):
 
 
 class Rule(StrEnum):
+    """``rule.name`` (and ``rule.per_layer``): the learning rule (docs/numerics.md)."""
+
     ALR = "alr"
     MGD_WEIGHT = "mgd-weight"
     MGD_NODE = "mgd-node"
@@ -50,12 +52,16 @@ TARGET_PROJECTION_RULES = (Rule.DRTP, Rule.TPSGD_L1, Rule.TPSGD_L2)
 
 
 class Activation(StrEnum):
+    """``network.activation``: the hidden layers' activation (the output layer is linear)."""
+
     RELU = "relu"
     LEAKY_RELU = "leaky-relu"
     HARD_SIGMOID = "hard-sigmoid"
 
 
 class Rounding(StrEnum):
+    """``numerics.rounding``: how a right shift rounds."""
+
     #: add 2^(s-1) then shift right arithmetically: ties go towards +infinity
     HALF_UP = "half-up"
     #: plain arithmetic shift right: towards -infinity
@@ -63,6 +69,8 @@ class Rounding(StrEnum):
 
 
 class Overflow(StrEnum):
+    """``numerics.overflow``: what a value that does not fit its narrower type becomes."""
+
     #: clamp to the narrower type's range
     SATURATE = "saturate"
     #: keep the low bits (two's complement wrap-around)
@@ -70,16 +78,22 @@ class Overflow(StrEnum):
 
 
 class Optimizer(StrEnum):
+    """``rule.optimizer``: plain SGD, or momentum kept in its own memory."""
+
     SGD = "sgd"
     MOMENTUM = "momentum"
 
 
 class Dataset(StrEnum):
+    """``data.dataset``: the data sets that ship in packages (nothing is downloaded)."""
+
     DIGITS = "digits"
     FASHION_MNIST = "fashion-mnist"
 
 
 class Backend(StrEnum):
+    """Where ``perturbo train --backend`` trains: the golden model, the co-simulation, a board."""
+
     GOLDEN = "golden"
     VERILATOR = "verilator"
     SERIAL = "serial"
