@@ -563,8 +563,11 @@ class Sequencer(wiring.Component):
                     job.final.eq(res.tag.end_of_step),
                     self.loss.ready.eq(~has_job | self.corr_cmd.ready),
                 ]
+                # sorted: a set of strings iterates in an order that changes with the hash
+                # seed of the process, and so would the order of these assignments in the
+                # Verilog (the same configuration gave different text from run to run)
                 m.d.comb += [job[name].eq(res.tag[name])
-                             for name in self.job_fields - {"dc", "final"}]
+                             for name in sorted(self.job_fields - {"dc", "final"})]
                 with m.If(self.loss.valid & self.loss.ready):
                     with m.If(res.baseline):
                         m.d.sync += s.loss_sum.eq(s.loss_sum + res.loss)
