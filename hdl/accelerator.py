@@ -28,6 +28,8 @@ per step, the MACs busy 96 % of them (``bench/cosim_speed.py``).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from amaranth.hdl import Cat, Const, Module, Mux, Signal, Value, signed
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
@@ -86,6 +88,33 @@ def check_supported(cfg: Config) -> None:
         )
 
 
+@dataclass(frozen=True)
+class _Units:
+    """The accelerator's datapath units (see ``Accelerator._units``)."""
+
+    fe: CorrelationWalker
+    eng: ForwardEngine
+    loss: LossUnit
+    corr: CorrelationUnit
+    upd: UpdateUnit
+    writer: OutputWriter
+    seq: Sequencer
+
+
+@dataclass(frozen=True)
+class _Memories:
+    """The accelerator's memories (``mmem`` only with momentum, ``signs`` only when the
+    correlation reads signs)."""
+
+    wmem: LaneMemory
+    gmem: LaneMemory
+    mmem: LaneMemory | None
+    smem: MemoryBlock
+    lmem: MemoryBlock
+    omem: MemoryBlock
+    signs: SignMemory | None
+
+
 class Accelerator(wiring.Component):
     """The whole training accelerator for one configuration.
 
@@ -124,27 +153,52 @@ class Accelerator(wiring.Component):
         self.config_resets = config_resets
         super().__init__({"bus": In(BusSignature), "busy": Out(1)})
 
-    def elaborate(self, platform: object) -> Module:  # noqa: C901 (the top)
+    def elaborate(self, platform: object) -> Module:
+        """The units and memories, the datapath between them, the memory ports (datapath
+        while running, host bus while idle), the registers and the bus target."""
         m = Module()
         geo = self.geometry
-        lanes = geo.lanes
+        units = self._units(m)
+        mems = self._memories(m, units.fe)
+        self._connect_datapath(m, units, mems)
+        self._route_results(m, units)
+        hosts = self._memory_ports(m, units, mems)
 
-        # -- units ----------------------------------------------------------------------------
+        # -- registers (hdl/registers.py) and the bus target -------------------------------------
+        seq, eng, loss, upd = units.seq, units.eng, units.loss, units.upd
+        regs = self._registers(m, seq, eng, loss, upd)
+        self._bus_target(m, regs, seq.busy, {
+            Space.WEIGHTS: (hosts["w"], True), Space.GRADS: (hosts["g"], True),
+            Space.SAMPLES: (hosts["s"], False), Space.LABELS: (hosts["l"], False),
+            Space.OUTPUTS: (hosts["o"], False),
+            **({Space.MOMENTUM: (hosts["m"], True)} if geo.momentum else {}),
+        })
+        return m
+
+    def _units(self, m: Module) -> _Units:
+        """The datapath units, as submodules (the sequencer's pass tag carries the
+        correlation walker's job fields)."""
+        geo = self.geometry
         m.submodules.frontend = fe = CorrelationWalker(geo)
         tag_layout = Sequencer.tag_layout(geo, fe.job_layout)
         m.submodules.engine = eng = ForwardEngine(geo, tag_layout)
         m.submodules.loss = loss = LossUnit(geo, tag_layout)
-        m.submodules.corr = corr = CorrelationUnit(lanes, geo.row_bits, geo.grad_bits,
+        m.submodules.corr = corr = CorrelationUnit(geo.lanes, geo.row_bits, geo.grad_bits,
                                                    fe.term_bits, geo.overflow)
         m.submodules.update = upd = UpdateUnit(geo)
         m.submodules.writer = writer = OutputWriter(geo)
         m.submodules.seq = seq = Sequencer(geo, eng.cmd_layout, loss.result_layout,
                                            fe.job_layout, overlap=self.overlap)
+        return _Units(fe=fe, eng=eng, loss=loss, corr=corr, upd=upd, writer=writer, seq=seq)
 
-        # -- memories -------------------------------------------------------------------------
+    def _memories(self, m: Module, fe: CorrelationWalker) -> _Memories:
+        """The memories, as submodules: weights, G, momentum (with momentum), samples,
+        labels, outputs and the sign memory (when the correlation reads signs)."""
+        geo, lanes = self.geometry, self.geometry.lanes
         wshape, gshape = signed(geo.weight_bits), signed(geo.grad_bits)
         m.submodules.weights = wmem = LaneMemory(lanes, geo.weight_depth, wshape)
         m.submodules.grads = gmem = LaneMemory(lanes, geo.weight_depth, gshape)
+        mmem = signs = None
         if geo.momentum:
             m.submodules.momentum = mmem = LaneMemory(lanes, geo.weight_depth, gshape)
         m.submodules.samples = smem = MemoryBlock(geo.sample_words, signed(8),
@@ -153,16 +207,19 @@ class Accelerator(wiring.Component):
         m.submodules.outputs = omem = MemoryBlock(geo.output_words, signed(8))
         if fe.uses_signs:
             m.submodules.signs = signs = SignMemory(lanes, geo.rows, geo.row_bits)
+        return _Memories(wmem=wmem, gmem=gmem, mmem=mmem, smem=smem, lmem=lmem, omem=omem, signs=signs)
 
-        # -- datapath connections ---------------------------------------------------------------
+    def _connect_datapath(self, m: Module, u: _Units, mems: _Memories) -> None:
+        """The streams and read ports between the units, and the sequencer's status inputs."""
+        geo, fe, eng, seq = self.geometry, u.fe, u.eng, u.seq
         wiring.connect(m, seq.fwd_cmd, eng.cmd)
         wiring.connect(m, seq.key_req, eng.key_req)
         wiring.connect(m, eng.key, seq.key)
-        wiring.connect(m, loss.o, seq.loss)
+        wiring.connect(m, u.loss.o, seq.loss)
         wiring.connect(m, seq.corr_cmd, fe.cmd)
         if fe.uses_signs:
-            wiring.connect(m, eng.signs, signs.write)
-            wiring.connect(m, fe.signs, signs.read)
+            wiring.connect(m, eng.signs, mems.signs.write)
+            wiring.connect(m, fe.signs, mems.signs.read)
         if fe.uses_acts:
             wiring.connect(m, fe.act_read, eng.act_read)
         else:
@@ -170,19 +227,23 @@ class Accelerator(wiring.Component):
         if geo.factor_bits:
             wiring.connect(m, fe.factor_read, eng.factor_read)
         if fe.uses_samples:
-            wiring.connect(m, fe.samples, smem.read)
-        wiring.connect(m, fe.o, corr.i)
-        wiring.connect(m, corr.sums, upd.sums)
+            wiring.connect(m, fe.samples, mems.smem.read)
+        wiring.connect(m, fe.o, u.corr.i)
+        wiring.connect(m, u.corr.sums, u.upd.sums)
         m.d.comb += [
-            seq.corr_busy.eq(fe.busy | corr.busy),
+            seq.corr_busy.eq(fe.busy | u.corr.busy),
             seq.corr_done.eq(fe.done),
-            upd.start.eq(0),  # (the sweep serves rules without a final correlation)
-            seq.upd_busy.eq(upd.busy),
-            seq.out_done.eq(writer.done),
+            u.upd.start.eq(0),  # (the sweep serves rules without a final correlation)
+            seq.upd_busy.eq(u.upd.busy),
+            seq.out_done.eq(u.writer.done),
         ]
-        # forward results: output-layer groups to the loss unit (training) or the writer
-        res = eng.result
-        is_out = res.payload.layer == geo.n_layers - 1
+
+    def _route_results(self, m: Module, u: _Units) -> None:
+        """Forward results: output-layer groups to the loss unit (training) or the output
+        writer (inference); hidden-layer groups are only written to the activation memory."""
+        loss, writer, seq = u.loss, u.writer, u.seq
+        res = u.eng.result
+        is_out = res.payload.layer == self.geometry.n_layers - 1
         to_loss = ~seq.inference & is_out
         to_writer = seq.inference & is_out
         rtag = res.payload.tag
@@ -204,31 +265,32 @@ class Accelerator(wiring.Component):
             res.ready.eq(~is_out | (to_loss & loss.i.ready) | (to_writer & writer.i.ready)),
         ]
 
-        # -- memory ports: datapath while running, host bus while idle ---------------------------
-        running = seq.busy
+    def _memory_ports(self, m: Module, u: _Units, mems: _Memories) -> dict[str, object]:
+        """Each memory's port: the datapath while running, the host bus while idle.
+
+        Returns the host-side ports by memory (``w``, ``g``, ``s``, ``l``, ``o`` and ``m``
+        with momentum) for the bus target.
+        """
+        geo, lanes = self.geometry, self.geometry.lanes
+        wshape, gshape = signed(geo.weight_bits), signed(geo.grad_bits)
+        upd, eng = u.upd, u.eng
+        running = u.seq.busy
         host_w = LanePortSignature(lanes, geo.row_bits, wshape).create(path=("host_w",))
         host_g = LanePortSignature(lanes, geo.row_bits, gshape).create(path=("host_g",))
-        host_s = PortSignature(smem.addr_width, signed(8)).create(path=("host_s",))
-        host_l = PortSignature(lmem.addr_width, geo.label_bits).create(path=("host_l",))
-        host_o = PortSignature(omem.addr_width, signed(8)).create(path=("host_o",))
-        mux_ports(m, wmem.port, [(upd.busy, upd.weights), (running, eng.weights), (None, host_w)])
-        mux_ports(m, gmem.port, [(upd.owns_grads, upd.grads), (running, corr.grads),
-                                 (None, host_g)])
+        host_s = PortSignature(mems.smem.addr_width, signed(8)).create(path=("host_s",))
+        host_l = PortSignature(mems.lmem.addr_width, geo.label_bits).create(path=("host_l",))
+        host_o = PortSignature(mems.omem.addr_width, signed(8)).create(path=("host_o",))
+        hosts = {"w": host_w, "g": host_g, "s": host_s, "l": host_l, "o": host_o}
+        mux_ports(m, mems.wmem.port, [(upd.busy, upd.weights), (running, eng.weights), (None, host_w)])
+        mux_ports(m, mems.gmem.port, [(upd.owns_grads, upd.grads), (running, u.corr.grads),
+                                      (None, host_g)])
         if geo.momentum:
-            host_m = LanePortSignature(lanes, geo.row_bits, gshape).create(path=("host_m",))
-            mux_ports(m, mmem.port, [(running, upd.momentum), (None, host_m)])
-        mux_ports(m, smem.port, [(running, eng.samples), (None, host_s)])
-        mux_ports(m, lmem.port, [(running, seq.labels), (None, host_l)])
-        mux_ports(m, omem.port, [(running, writer.mem), (None, host_o)])
-
-        # -- registers (hdl/registers.py) and the bus target -------------------------------------
-        regs = self._registers(m, seq, eng, loss, upd)
-        self._bus_target(m, regs, running, {
-            Space.WEIGHTS: (host_w, True), Space.GRADS: (host_g, True), Space.SAMPLES: (host_s, False),
-            Space.LABELS: (host_l, False), Space.OUTPUTS: (host_o, False),
-            **({Space.MOMENTUM: (host_m, True)} if geo.momentum else {}),
-        })
-        return m
+            hosts["m"] = host_m = LanePortSignature(lanes, geo.row_bits, gshape).create(path=("host_m",))
+            mux_ports(m, mems.mmem.port, [(running, upd.momentum), (None, host_m)])
+        mux_ports(m, mems.smem.port, [(running, eng.samples), (None, host_s)])
+        mux_ports(m, mems.lmem.port, [(running, u.seq.labels), (None, host_l)])
+        mux_ports(m, mems.omem.port, [(running, u.writer.mem), (None, host_o)])
+        return hosts
 
     def _registers(self, m: Module, seq: Sequencer, eng: ForwardEngine, loss: LossUnit,
                    upd: UpdateUnit) -> RegisterFile:

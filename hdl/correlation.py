@@ -16,6 +16,8 @@ bits at most (:func:`term_bits`).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from amaranth.hdl import Array, Cat, Const, Module, Mux, ShapeLike, Signal, Value, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
@@ -146,6 +148,25 @@ class CorrelationUnit(wiring.Component):
         return m
 
 
+@dataclass(frozen=True)
+class _Walk:
+    """Stage A of :class:`CorrelationWalker`: the job being walked and where the walk is
+    (``li`` the layer, ``group``, ``col``, the input activation ``word`` and ``byte``, the
+    sign and term ``row``); ``is_last`` (the bias column) and ``mask`` (the lanes of the
+    group that hold a neuron) are expressions of them."""
+
+    job: Signal
+    active: Signal
+    li: Signal
+    group: Signal
+    col: Signal
+    word: Signal
+    byte: Signal
+    row: Signal
+    is_last: Value
+    mask: Value
+
+
 class CorrelationWalker(wiring.Component):
     """Rows of terms for one *job* (an event): every synapse of every layer, one row a cycle.
 
@@ -240,8 +261,21 @@ class CorrelationWalker(wiring.Component):
             members["samples"] = Out(ReadPortSignature(sample_addr_bits, signed(8)))
         super().__init__(members)
 
-    def elaborate(self, platform: object) -> Module:  # noqa: C901 (one pipeline)
+    def elaborate(self, platform: object) -> Module:
+        """A pipeline of three stages (A: the walk issues the reads, B: the memories answer
+        and ``x`` is selected, C: the terms), then the job intake, which waits for the
+        pipe to drain."""
         m = Module()
+        walk = self._walk(m)
+        b, c, c_x, c_signs, c_factor = self._select_input(m, walk)
+        plus, minus = self._terms(m, walk.job, c, c_x, c_signs, c_factor)
+        m.d.comb += self.busy.eq(walk.active | b.valid | c.valid | self.o.valid)
+        self._take_job(m, walk, b, c, plus, minus)
+        return m
+
+    def _walk(self, m: Module) -> _Walk:
+        """Stage A: walk the job's rows (layer, group, column; one row per cycle) and issue
+        the reads of its signs, the input ``x`` (activation or sample) and the factors."""
         geo, lanes = self.geometry, self.geometry.lanes
         layers = geo.layers
         n = len(layers)
@@ -262,7 +296,6 @@ class CorrelationWalker(wiring.Component):
             for lay in layers
         )
 
-        # -- A: the walk ---------------------------------------------------------------------
         job = Signal(self.job_layout)
         active = Signal()
         li = Signal(range(max(2, n)))
@@ -295,16 +328,27 @@ class CorrelationWalker(wiring.Component):
             m.d.comb += self.factor_read.addr.eq(Cat((t_out_base[li] + group)[:word_bits], job.bank))
         if self.uses_samples:
             m.d.comb += [self.samples.raddr.eq(job.sample_base + col), self.samples.ren.eq(1)]
+        return _Walk(job=job, active=active, li=li, group=group, col=col, word=word, byte=byte,
+                     row=row, is_last=is_last, mask=t_mask[li][group])
 
-        # -- B: the memories answer; select x -------------------------------------------------
+    def _select_input(self, m: Module, walk: _Walk) -> tuple[Signal, Signal, Signal, Signal,
+                                                             Signal | None]:
+        """Stage B: the memories answer; ``x`` is selected (bias input, sample or activation
+        byte) and registered with the signs and factors for stage C.
+
+        Returns the control at B and at C, and C's ``x``, signs and factors (None without
+        factors).
+        """
+        geo, lanes = self.geometry, self.geometry.lanes
+        n = len(geo.layers)
         ctrl = data.StructLayout({"valid": 1, "layer": range(max(2, n)), "row": geo.row_bits,
                                   "mask": lanes, "bias": 1, "byte": range(max(2, lanes))})
         b = Signal(ctrl)
         m.d.sync += [
-            b.valid.eq(active), b.layer.eq(li), b.row.eq(row), b.mask.eq(t_mask[li][group]),
-            b.bias.eq(is_last), b.byte.eq(byte),
+            b.valid.eq(walk.active), b.layer.eq(walk.li), b.row.eq(walk.row), b.mask.eq(walk.mask),
+            b.bias.eq(walk.is_last), b.byte.eq(walk.byte),
         ]
-        m.d.comb += self.done.eq(b.valid & ~active)
+        m.d.comb += self.done.eq(b.valid & ~walk.active)
         x = Signal(signed(8))
         with m.If(b.bias):
             m.d.comb += x.eq(BIAS_INPUT)
@@ -323,8 +367,15 @@ class CorrelationWalker(wiring.Component):
             m.d.sync += c_signs.eq(self.signs.data)
         if geo.factor_bits:
             m.d.sync += c_factor.eq(self.factor_read.data)
+        return b, c, c_x, c_signs, c_factor
 
-        # -- C: the terms ---------------------------------------------------------------------
+    def _terms(self, m: Module, job: Signal, c: Signal, c_x: Signal, c_signs: Signal,
+               c_factor: Signal | None) -> tuple[Signal, Signal]:
+        """Stage C: each lane's term into the output register, by the rule of the row's
+        layer.  Returns ``plus`` and ``minus`` (``narrow(dC)`` and ``narrow(-dC)``), which
+        the job intake sets."""
+        geo, lanes = self.geometry, self.geometry.lanes
+        layers = geo.layers
         tb = self.term_bits
         plus = Signal(signed(tb))  # narrow(dC) and narrow(-dC), set when the job is taken
         minus = Signal(signed(tb))
@@ -351,8 +402,14 @@ class CorrelationWalker(wiring.Component):
                 for rule, indices in layers_of.items():
                     with m.Case(*indices):
                         m.d.sync += terms(rule)
-        m.d.comb += self.busy.eq(active | b.valid | c.valid | self.o.valid)
+        return plus, minus
 
+    def _take_job(self, m: Module, walk: _Walk, b: Signal, c: Signal, plus: Signal,
+                  minus: Signal) -> None:
+        """Take the next job once the pipe is empty: start the walk and set ``plus`` and
+        ``minus`` from its ``dC``."""
+        geo = self.geometry
+        tb = self.term_bits
         cmd = self.cmd
         dc = cmd.payload.dc
         narrow_dc = narrow(dc, tb, geo.overflow)
@@ -364,14 +421,13 @@ class CorrelationWalker(wiring.Component):
         if geo.overflow == Overflow.SATURATE and tb < DC_BITS + 1:
             top = (1 << (tb - 1)) - 1
             narrow_minus_dc = Mux((dc > top) | (dc <= -(top + 1)), ~narrow_dc, -narrow_dc)
-        m.d.comb += cmd.ready.eq(~active & ~b.valid & ~c.valid)
+        m.d.comb += cmd.ready.eq(~walk.active & ~b.valid & ~c.valid)
         with m.If(cmd.valid & cmd.ready):
             m.d.sync += [
-                job.eq(cmd.payload), active.eq(1), li.eq(0), group.eq(0), col.eq(0),
-                word.eq(0), byte.eq(0), row.eq(layers[0].row_base),
+                walk.job.eq(cmd.payload), walk.active.eq(1), walk.li.eq(0), walk.group.eq(0),
+                walk.col.eq(0), walk.word.eq(0), walk.byte.eq(0), walk.row.eq(geo.layers[0].row_base),
                 plus.eq(narrow_dc), minus.eq(narrow_minus_dc),
             ]
-        return m
 
     def _term(self, rule: Rule, k: int, plus: Value, minus: Value, product: Value, x_zero: Value,
               x_negative: Value, x: Value, signs: Value, factor: Value | None, job: Value) -> Value:

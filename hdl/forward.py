@@ -37,6 +37,8 @@ pass's job; ``act_read`` and ``factor_read`` are its read ports into them.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from amaranth.hdl import Array, Cat, Const, Module, Mux, Shape, ShapeLike, Signal, Value, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFO
@@ -86,6 +88,61 @@ def activation(q: Value, kind: Activation | None) -> Value:
 def _uint(n: int) -> unsigned:
     """An unsigned shape holding 0..n (at least 1 bit)."""
     return unsigned(max(1, n.bit_length()))
+
+
+@dataclass(frozen=True)
+class _LayerTables:
+    """Per-layer constants of the forward engine as tables indexed by a layer number, and
+    the widths of the issue counters."""
+
+    idx_bits: int  #: a weight index
+    col_shape: unsigned  #: the column counter (inputs of the widest layer, bias included)
+    word_shape: unsigned  #: the activation word counter
+    last_col: Array  #: the bias column
+    last_group: Array  #: the last neuron group
+    group_jump: Array  #: weight index step from a group's last input to the next group
+    woff: Array  #: weight index of the layer's first weight (one more entry: 0)
+    in_base: Array  #: activation word of the layer's input (layer 0: unused)
+    out_base: Array  #: activation word of the layer's output
+    perturb: Array  #: an ``mgd-weight`` layer: weights perturbed in a perturbed pass
+    inject: Array  #: an injected layer (``mgd-node``/``alr``)
+    lane_off: list[Array]  #: per lane: weight index of the lane's neuron from lane 0's
+    hidden: Array  #: a hidden layer of target projection (draws B on its bias token)
+    alr: Array  #: an ALR layer
+    nbase: Array  #: neuron (or projection entry) index of the layer's first neuron
+    label_off: Array | None  #: target projection: the label's rows of B, per layer
+
+
+@dataclass(frozen=True)
+class _IssueRegs:
+    """The issue stage's registers: where the pass is (``layer``, ``group``, ``col``, the
+    input activation ``word`` and ``byte``, the weight ``row`` and ``idx0``, lane 0's weight
+    index; ``gbase`` = group * lanes, the neuron of lane 0), the pass command's fields
+    (``key``, ``p_*``, ``sample_base``, ``parity``) and the interlock's record of the last
+    group written (``wr_parity``, ``wr_layer_p1``: that layer plus one, 0 for none,
+    ``wr_groups``)."""
+
+    active: Signal
+    layer: Signal
+    group: Signal
+    col: Signal
+    word: Signal
+    byte: Signal
+    row: Signal
+    idx0: Signal
+    key: Signal
+    p_perturb: Signal
+    p_negate: Signal
+    p_bank: Signal
+    p_sign_bank: Signal
+    p_node_key: Signal
+    p_label: Signal
+    gbase: Signal
+    sample_base: Signal
+    parity: Signal
+    wr_parity: Signal
+    wr_layer_p1: Signal
+    wr_groups: Signal
 
 
 class ForwardEngine(wiring.Component):
@@ -215,45 +272,99 @@ class ForwardEngine(wiring.Component):
             }))
         super().__init__(members)
 
-    def elaborate(self, platform: object) -> Module:  # noqa: C901 (one pipeline)
+    def elaborate(self, platform: object) -> Module:
+        """The pipe of the module docstring, one method per position or group of positions.
+
+        The stages are built in pipe order (issue, control pipe, hash pipes, reads, select
+        and perturb, MAC, injection, output), which is also the order of the netlist.
+        """
         m = Module()
+        tabs = self._layer_tables()
+        tok_layout = self._token_layout()
+        H = self.draw_latency  # noqa: N806 (the position's name in the module docstring)
+        PIPE_DEPTH = H + 5  # noqa: N806 (the output register's position, plus one)
+        pipe = [Signal(tok_layout, name=f"t{pos}") for pos in range(PIPE_DEPTH)]
+        # pipe[0] is combinational (the issue stage); pipe[1..H+4] are registers.
+
+        # -- the global enable -------------------------------------------------------------
+        en = Signal()
+        out_valid = Signal()
+        m.d.comb += en.eq(~(out_valid & ~self.result.ready))
+
+        # -- tag FIFO: one entry per pass in flight: the one issuing and the one draining
+        # (a pass is far longer than the pipe, so a third waits only under back-pressure)
+        m.submodules.tags = tags = SyncFIFO(width=Shape.cast(self.tag_shape).width, depth=2)
+
+        regs, ok = self._issue(m, tabs, pipe[0], en, tags)
+        self._control_pipe(m, pipe, en)
+        draws, sign_bits = self._hash_pipes(m, tabs, regs, pipe[0], en)
+        self._key_pipe(m, draws, pipe[0], en)
+        act_rd, act_wr = self._memory_reads(m, pipe[H - 1], en)
+        w7, x7, drawn = self._select_and_perturb(m, tabs, pipe[H], en, draws, sign_bits, act_rd)
+        acc = self._multiply_accumulate(m, pipe[H + 2], en, w7, x7)
+        acc10 = self._inject(m, tabs, pipe[H + 2], en, acc, drawn)
+        self._output(m, tabs, regs, pipe[H + 4], en, out_valid, acc10, act_wr, drawn)
+
+        # -- result stream and tags ------------------------------------------------------------
+        out = self.result.payload
+        m.d.comb += [
+            self.result.valid.eq(out_valid),
+            out.tag.eq(tags.r_data),
+            tags.r_en.eq(self.result.valid & self.result.ready & out.last),
+        ]
+
+        # -- status ----------------------------------------------------------------------------
+        in_pipe = Cat(*(p.valid for p in pipe[1:]), out_valid).any()
+        m.d.comb += [
+            self.busy.eq(regs.active | tags.r_rdy),
+            self.stall.eq((~en & in_pipe) | (regs.active & ~ok)),
+        ]
+        return m
+
+    def _layer_tables(self) -> _LayerTables:
+        """The per-layer constants, as tables indexed by a token's or the issue stage's layer."""
         geo, lanes = self.geometry, self.lanes
         layers = geo.layers
         n_layers = geo.n_layers
-        wb = geo.weight_bits
-        ovf = geo.overflow
         idx_bits = max(1, geo.total_weights.bit_length())
         col_shape = _uint(geo.max_cols - 1)
-        word_shape = _uint(max(geo.in_words(lay) for lay in layers))
         act_word_bits = geo.act_bank_bits
 
         def table(values: list[int], shape: ShapeLike) -> Array:
             return Array(Const(v, shape) for v in values)
 
-        # -- per-layer constants --------------------------------------------------------
-        t_last_col = table([lay.n_in for lay in layers], col_shape)
-        t_last_group = table([lay.groups - 1 for lay in layers], self.group_shape)
-        t_group_jump = table([1 + (lanes - 1) * lay.cols for lay in layers], idx_bits)
-        t_woff = table([lay.weight_offset for lay in layers] + [0], idx_bits)
-        t_in_base = table([layers[i - 1].act_base if i else 0 for i in range(n_layers)],
-                          act_word_bits)
-        t_out_base = table([lay.act_base for lay in layers], act_word_bits)
-        t_perturb = table([int(lay.rule == Rule.MGD_WEIGHT) for lay in layers], 1)
-        t_inject = table([int(i in self.inject_layers) for i in range(n_layers)], 1)
-        t_lane_off = [table([k * lay.cols for lay in layers], idx_bits) for k in range(lanes)]
         # which layers draw one word per neuron on their bias token: the injected layers
         # of a perturbed pass (stream 1) and the hidden layers of target projection (B)
         projection = geo.projection
-        t_hidden = table([int(projection and lay.index < n_layers - 1) for lay in layers], 1)
-        t_alr = table([int(lay.rule == Rule.ALR) for lay in layers], 1)
         if projection:
-            t_nbase = table([lay.projection_offset for lay in layers], 32)
-            t_label_off = Array(table([c * lay.n_out for c in range(geo.classes)], 32) for lay in layers)
+            nbase = table([lay.projection_offset for lay in layers], 32)
+            label_off = Array(table([c * lay.n_out for c in range(geo.classes)], 32) for lay in layers)
         else:
-            t_nbase = table([lay.neuron_offset for lay in layers], 32)
+            nbase = table([lay.neuron_offset for lay in layers], 32)
+            label_off = None
+        return _LayerTables(
+            idx_bits=idx_bits,
+            col_shape=col_shape,
+            word_shape=_uint(max(geo.in_words(lay) for lay in layers)),
+            last_col=table([lay.n_in for lay in layers], col_shape),
+            last_group=table([lay.groups - 1 for lay in layers], self.group_shape),
+            group_jump=table([1 + (lanes - 1) * lay.cols for lay in layers], idx_bits),
+            woff=table([lay.weight_offset for lay in layers] + [0], idx_bits),
+            in_base=table([layers[i - 1].act_base if i else 0 for i in range(n_layers)], act_word_bits),
+            out_base=table([lay.act_base for lay in layers], act_word_bits),
+            perturb=table([int(lay.rule == Rule.MGD_WEIGHT) for lay in layers], 1),
+            inject=table([int(i in self.inject_layers) for i in range(n_layers)], 1),
+            lane_off=[table([k * lay.cols for lay in layers], idx_bits) for k in range(lanes)],
+            hidden=table([int(projection and lay.index < n_layers - 1) for lay in layers], 1),
+            alr=table([int(lay.rule == Rule.ALR) for lay in layers], 1),
+            nbase=nbase,
+            label_off=label_off,
+        )
 
-        # -- the token layout (control that travels down the pipe) -----------------------
-        tok_layout = data.StructLayout({
+    def _token_layout(self) -> data.StructLayout:
+        """The token: the control that travels down the pipe beside each input."""
+        geo, lanes = self.geometry, self.lanes
+        return data.StructLayout({
             "valid": 1,
             "layer": self.layer_shape,
             "group": self.group_shape,
@@ -273,144 +384,178 @@ class ForwardEngine(wiring.Component):
             "draw": 1,  # the bias token of a layer whose neuron draws are used
             "label": geo.label_bits,  # target projection: the sample's label
         })
-        H = self.draw_latency  # noqa: N806 (the position's name in the module docstring)
-        PIPE_DEPTH = H + 5  # noqa: N806 (the output register's position, plus one)
-        pipe = [Signal(tok_layout, name=f"t{pos}") for pos in range(PIPE_DEPTH)]
-        # pipe[0] is combinational (the issue stage); pipe[1..H+4] are registers.
 
-        # -- the global enable -------------------------------------------------------------
-        en = Signal()
-        out_valid = Signal()
-        m.d.comb += en.eq(~(out_valid & ~self.result.ready))
+    # -- position 0: issue ---------------------------------------------------------------------
 
-        # -- tag FIFO: one entry per pass in flight: the one issuing and the one draining
-        # (a pass is far longer than the pipe, so a third waits only under back-pressure)
-        m.submodules.tags = tags = SyncFIFO(width=Shape.cast(self.tag_shape).width, depth=2)
+    def _issue(self, m: Module, tabs: _LayerTables, t0: Value, en: Signal,
+               tags: SyncFIFO) -> tuple[_IssueRegs, Signal]:
+        """Position 0: one token per cycle from the pass counters, held by the interlock.
 
-        # -- issue stage ---------------------------------------------------------------------
-        active = Signal()
-        layer = Signal(self.layer_shape)
-        group = Signal(self.group_shape)
-        col = Signal(col_shape)
-        word = Signal(word_shape)
-        byte = Signal(range(max(2, lanes)))
-        row = Signal(geo.row_bits)
-        idx0 = Signal(idx_bits)
-        key = Signal(32)
-        p_perturb = Signal()
-        p_negate = Signal()
-        p_bank = Signal(range(ACT_BANKS))
-        p_sign_bank = Signal()
-        p_node_key = Signal(32)
-        p_label = Signal(geo.label_bits)
-        gbase = Signal(32)  # group * lanes: the neuron of lane 0
-        sample_base = Signal(self.sample_addr_bits)
-        parity = Signal()
+        Returns the issue registers and ``ok``, the interlock's verdict on the token.
+        """
+        regs = self._issue_registers(tabs)
+        is_last, ok = self._interlock(m, regs, tabs)
+        group_done = is_last & (regs.group == tabs.last_group[regs.layer])
+        pass_done = group_done & (regs.layer == self.geometry.n_layers - 1)
+        self._issue_token(m, regs, tabs, t0, ok, is_last, pass_done)
+        fire = Signal()
+        m.d.comb += fire.eq(en & t0.valid)
+        self._advance(m, regs, tabs, fire, is_last, group_done, pass_done)
+        self._take_command(m, regs, tags)
+        return regs, ok
 
-        # written-group tracker for the interlock
-        wr_parity = Signal()
-        wr_layer_p1 = Signal(range(n_layers + 1))  # layer written last, plus one (0: none)
-        wr_groups = Signal(_uint(geo.max_groups))
+    def _issue_registers(self, tabs: _LayerTables) -> _IssueRegs:
+        """The issue stage's registers (their names are the netlist's)."""
+        geo = self.geometry
+        return _IssueRegs(
+            active=Signal(name="active"),
+            layer=Signal(self.layer_shape, name="layer"),
+            group=Signal(self.group_shape, name="group"),
+            col=Signal(tabs.col_shape, name="col"),
+            word=Signal(tabs.word_shape, name="word"),
+            byte=Signal(range(max(2, self.lanes)), name="byte"),
+            row=Signal(geo.row_bits, name="row"),
+            idx0=Signal(tabs.idx_bits, name="idx0"),
+            key=Signal(32, name="key"),
+            p_perturb=Signal(name="p_perturb"),
+            p_negate=Signal(name="p_negate"),
+            p_bank=Signal(range(ACT_BANKS), name="p_bank"),
+            p_sign_bank=Signal(name="p_sign_bank"),
+            p_node_key=Signal(32, name="p_node_key"),
+            p_label=Signal(geo.label_bits, name="p_label"),
+            gbase=Signal(32, name="gbase"),
+            sample_base=Signal(self.sample_addr_bits, name="sample_base"),
+            parity=Signal(name="parity"),
+            wr_parity=Signal(name="wr_parity"),
+            wr_layer_p1=Signal(range(geo.n_layers + 1), name="wr_layer_p1"),
+            wr_groups=Signal(_uint(geo.max_groups), name="wr_groups"),
+        )
 
-        last_col = t_last_col[layer]
+    def _interlock(self, m: Module, regs: _IssueRegs, tabs: _LayerTables) -> tuple[Signal, Signal]:
+        """``is_last`` (the bias token) and ``ok``: a token may issue if it reads no activation
+        word (the first layer or the bias input) or the group writing that word has left
+        the output register in this pass (``wr_*``, updated at position H+4)."""
+        layer, parity = regs.layer, regs.parity
+        wr_parity, wr_layer_p1, wr_groups = regs.wr_parity, regs.wr_layer_p1, regs.wr_groups
+        last_col = tabs.last_col[layer]
         is_last = Signal()
-        m.d.comb += is_last.eq(col == last_col)
+        m.d.comb += is_last.eq(regs.col == last_col)
         ok = Signal()
-        if n_layers > 1:
+        if self.geometry.n_layers > 1:
             m.d.comb += ok.eq(
                 (layer == 0) | is_last | (
                     (wr_parity == parity) & (
-                        (wr_layer_p1 > layer) | ((wr_layer_p1 == layer) & (wr_groups > word))
+                        (wr_layer_p1 > layer) | ((wr_layer_p1 == layer) & (wr_groups > regs.word))
                     )
                 )
             )
         else:
             m.d.comb += ok.eq(1)
+        return is_last, ok
 
-        t0 = pipe[0]
-        group_done = is_last & (group == t_last_group[layer])
-        pass_done = group_done & (layer == n_layers - 1)
+    def _issue_token(self, m: Module, regs: _IssueRegs, tabs: _LayerTables, t0: Value, ok: Signal,
+                     is_last: Signal, pass_done: Value) -> None:
+        """The token at position 0, from the counters and the pass command's fields."""
+        layer = regs.layer
         m.d.comb += [
-            t0.valid.eq(active & ok),
+            t0.valid.eq(regs.active & ok),
             t0.layer.eq(layer),
-            t0.group.eq(group),
-            t0.first.eq(col == 0),
+            t0.group.eq(regs.group),
+            t0.first.eq(regs.col == 0),
             t0.last.eq(is_last),
             t0.pass_last.eq(pass_done),
-            t0.byte.eq(byte),
-            t0.row.eq(row),
-            t0.saddr.eq(sample_base + col),
-            t0.aaddr.eq(Cat((t_in_base[layer] + word)[:act_word_bits], p_bank)),
-            t0.perturb.eq(p_perturb & t_perturb[layer]),
-            t0.inject.eq(p_perturb & t_inject[layer]),
-            t0.negate.eq(p_negate),
-            t0.bank.eq(p_bank),
-            t0.sign_bank.eq(p_sign_bank),
-            t0.parity.eq(parity),
-            t0.draw.eq(is_last & ((p_perturb & t_inject[layer]) | t_hidden[layer])),
-            t0.label.eq(p_label),
+            t0.byte.eq(regs.byte),
+            t0.row.eq(regs.row),
+            t0.saddr.eq(regs.sample_base + regs.col),
+            t0.aaddr.eq(Cat((tabs.in_base[layer] + regs.word)[:self.geometry.act_bank_bits], regs.p_bank)),
+            t0.perturb.eq(regs.p_perturb & tabs.perturb[layer]),
+            t0.inject.eq(regs.p_perturb & tabs.inject[layer]),
+            t0.negate.eq(regs.p_negate),
+            t0.bank.eq(regs.p_bank),
+            t0.sign_bank.eq(regs.p_sign_bank),
+            t0.parity.eq(regs.parity),
+            t0.draw.eq(is_last & ((regs.p_perturb & tabs.inject[layer]) | tabs.hidden[layer])),
+            t0.label.eq(regs.p_label),
         ]
-        fire = Signal()
-        m.d.comb += fire.eq(en & t0.valid)
+
+    def _advance(self, m: Module, regs: _IssueRegs, tabs: _LayerTables, fire: Signal, is_last: Signal,
+                 group_done: Value, pass_done: Value) -> None:
+        """Step the counters when a token issues: next column, next group, next layer, done."""
+        layer, group, idx0, gbase = regs.layer, regs.group, regs.idx0, regs.gbase
         with m.If(fire):
-            m.d.sync += row.eq(row + 1)
-            next_column(m, is_last, col, byte, word, lanes)
+            m.d.sync += regs.row.eq(regs.row + 1)
+            next_column(m, is_last, regs.col, regs.byte, regs.word, self.lanes)
             with m.If(~is_last):
                 m.d.sync += idx0.eq(idx0 + 1)
             with m.Else():
                 with m.If(~group_done):
-                    m.d.sync += [group.eq(group + 1), idx0.eq(idx0 + t_group_jump[layer]),
-                                 gbase.eq(gbase + lanes)]
+                    m.d.sync += [group.eq(group + 1), idx0.eq(idx0 + tabs.group_jump[layer]),
+                                 gbase.eq(gbase + self.lanes)]
                 with m.Elif(~pass_done):
-                    m.d.sync += [group.eq(0), layer.eq(layer + 1), idx0.eq(t_woff[layer + 1]),
+                    m.d.sync += [group.eq(0), layer.eq(layer + 1), idx0.eq(tabs.woff[layer + 1]),
                                  gbase.eq(0)]
                 with m.Else():
-                    m.d.sync += active.eq(0)
+                    m.d.sync += regs.active.eq(0)
 
+    def _take_command(self, m: Module, regs: _IssueRegs, tags: SyncFIFO) -> None:
+        """Take a pass command once the previous pass has issued its last token; its tag
+        waits in the FIFO until the pass's last result leaves."""
         cmd = self.cmd
         m.d.comb += [
-            cmd.ready.eq(~active & tags.w_rdy),
+            cmd.ready.eq(~regs.active & tags.w_rdy),
             tags.w_data.eq(cmd.payload.tag),
             tags.w_en.eq(cmd.valid & cmd.ready),
         ]
         with m.If(cmd.valid & cmd.ready):
             m.d.sync += [
-                active.eq(1),
-                layer.eq(0), group.eq(0), col.eq(0), word.eq(0), byte.eq(0), row.eq(0),
-                idx0.eq(0), gbase.eq(0),
-                key.eq(cmd.payload.key),
-                p_perturb.eq(cmd.payload.perturb),
-                p_negate.eq(cmd.payload.negate),
-                p_bank.eq(cmd.payload.bank),
-                p_sign_bank.eq(cmd.payload.sign_bank),
-                sample_base.eq(cmd.payload.sample_base),
-                parity.eq(~parity),
+                regs.active.eq(1),
+                regs.layer.eq(0), regs.group.eq(0), regs.col.eq(0), regs.word.eq(0), regs.byte.eq(0),
+                regs.row.eq(0), regs.idx0.eq(0), regs.gbase.eq(0),
+                regs.key.eq(cmd.payload.key),
+                regs.p_perturb.eq(cmd.payload.perturb),
+                regs.p_negate.eq(cmd.payload.negate),
+                regs.p_bank.eq(cmd.payload.bank),
+                regs.p_sign_bank.eq(cmd.payload.sign_bank),
+                regs.sample_base.eq(cmd.payload.sample_base),
+                regs.parity.eq(~regs.parity),
             ]
             if self.inject_layers:
-                m.d.sync += p_node_key.eq(cmd.payload.node_key)
-            if projection:
-                m.d.sync += p_label.eq(cmd.payload.label)
+                m.d.sync += regs.p_node_key.eq(cmd.payload.node_key)
+            if self.geometry.projection:
+                m.d.sync += regs.p_label.eq(cmd.payload.label)
 
-        # -- positions 1..10: the control pipe -------------------------------------------------
+    # -- positions 1..H+4: the control pipe, the hash pipes and the key requests ---------------
+
+    def _control_pipe(self, m: Module, pipe: list[Signal], en: Signal) -> None:
+        """Positions 1..H+4: each token moves one position per enabled cycle."""
+        H = self.draw_latency  # noqa: N806
         with m.If(en):
-            for pos in range(1, PIPE_DEPTH):
+            for pos in range(1, len(pipe)):
                 src = pipe[pos - 1]
                 if pos == H + 4:  # only bias tokens (group results) go on from H+3
                     m.d.sync += [pipe[pos].eq(src), pipe[pos].valid.eq(src.valid & src.last)]
                 else:
                     m.d.sync += pipe[pos].eq(src)
 
-        # hash pipes: one per lane, random index = weight index of (neuron, col); on the
-        # bias token of a drawing layer the neuron's index instead (node sign, ALR noise or
-        # projection entry; docs/numerics.md §4), under stream 1's key for injections
-        neuron0 = t_nbase[layer] + gbase
+    def _hash_pipes(self, m: Module, tabs: _LayerTables, regs: _IssueRegs, t0: Value,
+                    en: Signal) -> tuple[list[Draw], Value]:
+        """One :class:`Draw` per lane, fed at issue; returns them and the weight signs
+        (bit k set: lane k's ``s = -1``, docs/numerics.md §4) at position H.
+
+        The random index is the weight index of (neuron, col); on the bias token of a
+        drawing layer the neuron's index instead (node sign, ALR noise or projection entry;
+        docs/numerics.md §4), under stream 1's key for injections.
+        """
+        geo, lanes, layer = self.geometry, self.lanes, regs.layer
+        projection = geo.projection
+        neuron0 = tabs.nbase[layer] + regs.gbase
         if projection:
-            neuron0 = neuron0 + t_label_off[layer][p_label]
-        draw_key = Mux(t_inject[layer], p_node_key, key) if self.inject_layers else key
+            neuron0 = neuron0 + tabs.label_off[layer][regs.p_label]
+        draw_key = Mux(tabs.inject[layer], regs.p_node_key, regs.key) if self.inject_layers else regs.key
         draws = []
         for k in range(lanes):
             draw = m.submodules[f"draw{k}"] = Draw(geo.hash_stages_per_register)
-            weight_index = (idx0 + t_lane_off[k][layer])[:idx_bits]
+            weight_index = (regs.idx0 + tabs.lane_off[k][layer])[:tabs.idx_bits]
             m.d.comb += [
                 draw.en.eq(en),
                 draw.key.eq(draw_key),
@@ -419,11 +564,17 @@ class ForwardEngine(wiring.Component):
             ]
             draws.append(draw)
         sign_bits = Cat(draw.o[31] for draw in draws)  # 1: s = -1 (docs/numerics.md §4)
+        return draws, sign_bits
 
-        # pass keys on lane 0's hash pipe (a second hash only for keys, which are needed
-        # once per pass, cost as much logic as a lane's): a request takes the pipe's input
-        # in a cycle without a perturbed token, whose draw nobody reads; a flag travels
-        # with it to add the seed between the rounds and to catch the key at the end
+    def _key_pipe(self, m: Module, draws: list[Draw], t0: Value, en: Signal) -> None:
+        """Pass keys on lane 0's hash pipe.
+
+        A second hash only for keys, which are needed once per pass, would cost as much
+        logic as a lane's: a request takes the pipe's input in a cycle without a perturbed
+        token, whose draw nobody reads; a flag travels with it to add the seed between the
+        rounds and to catch the key at the end.
+        """
+        H = self.draw_latency  # noqa: N806
         key_req, key_out = self.key_req, self.key
         key_busy = Signal()  # a request is in the pipe
         key_take = Signal()
@@ -443,17 +594,22 @@ class ForwardEngine(wiring.Component):
         with m.If(key_out.valid & key_out.ready):
             m.d.sync += key_out.valid.eq(0)
 
-        # position H-1: memory reads
-        t5 = pipe[H - 1]
+    # -- positions H-1..H+4: the datapath --------------------------------------------------------
+
+    def _memory_reads(self, m: Module, t5: Value, en: Signal) -> tuple[object, object]:
+        """Position H-1: the weight, sample and activation reads (data at H).
+
+        The activation memory (four banks of act words) lives here; returns its read port
+        for position H and its write port for the output register.
+        """
         m.d.comb += [
             self.weights.raddr.eq(t5.row),
             self.weights.ren.eq(en),
             self.samples.raddr.eq(t5.saddr),
             self.samples.ren.eq(en),
         ]
-        # activation memory: four banks of act words
         act_depth = 1 << self.act_addr_bits
-        m.submodules.acts = acts = Memory(shape=data.ArrayLayout(signed(8), lanes),
+        m.submodules.acts = acts = Memory(shape=data.ArrayLayout(signed(8), self.lanes),
                                           depth=act_depth, init=[])
         act_rd = acts.read_port()
         act_wr = acts.write_port()
@@ -464,9 +620,15 @@ class ForwardEngine(wiring.Component):
             act_rd2.addr.eq(self.act_read.addr),
             self.act_read.data.eq(act_rd2.data),
         ]
+        return act_rd, act_wr
 
-        # position H: weight select and perturbation, input select
-        t6 = pipe[H]
+    def _select_and_perturb(self, m: Module, tabs: _LayerTables, t6: Value, en: Signal,
+                            draws: list[Draw], sign_bits: Value,
+                            act_rd: object) -> tuple[list[Signal], Signal, list[list[Signal]] | None]:
+        """Position H: each lane's weight (perturbed in a perturbed ``mgd-weight`` layer, its
+        signs written to ``signs``) and the shared input (sample, activation byte or the
+        bias input), registered as ``w7`` and ``x7``; also the neuron draws (``drawn``)."""
+        lanes, wb, ovf = self.lanes, self.geometry.weight_bits, self.geometry.overflow
         delta = self.delta
         w7 = [Signal(signed(8), name=f"w7_{k}") for k in range(lanes)]
         x7 = Signal(signed(8))
@@ -483,7 +645,24 @@ class ForwardEngine(wiring.Component):
             self.signs.data.eq(sign_bits),
             self.signs.en.eq(en & t6.valid & t6.perturb),
         ]
-        # what the neuron draws give, carried from H to H+4 (a * n, a * s or tl per lane)
+        drawn = self._neuron_draws(m, tabs, t6, en, draws)
+        with m.If(en):
+            m.d.sync += x7.eq(x6)
+            for k in range(lanes):
+                w8 = Value.cast(self.weights.rdata[k])[wb - 8:wb].as_signed()
+                minus = sign_bits[k] ^ t6.negate  # a * s = -1
+                step = Mux(minus, -delta, delta)
+                perturbed = narrow(w8 + step, 8, ovf)
+                m.d.sync += w7[k].eq(Mux(t6.perturb, perturbed, w8))
+        return w7, x7, drawn
+
+    def _neuron_draws(self, m: Module, tabs: _LayerTables, t6: Value, en: Signal,
+                      draws: list[Draw]) -> list[list[Signal]] | None:
+        """What the neuron draws give at H (``a * n``, ``a * s`` or ``tl`` per lane), carried
+        to H+4 for the injection (read at H+1..) and the factors (at H+4); None when no
+        layer draws per neuron."""
+        lanes = self.lanes
+        projection = self.geometry.projection
         drawn = [[Signal(signed(_DRAWN_BITS), name=f"drawn{pos}_{k}") for k in range(lanes)]
                  for pos in range(4)] if (self.inject_layers or projection) else None
         if drawn is not None:
@@ -493,39 +672,40 @@ class ForwardEngine(wiring.Component):
                     if projection:
                         value = projection_value(word)
                     else:
-                        noise = Mux(t_alr[t6.layer], gaussian_noise(word),
+                        noise = Mux(tabs.alr[t6.layer], gaussian_noise(word),
                                     Mux(word[31], -1, 1))
                         value = Mux(t6.negate, -noise, noise)
                     m.d.sync += drawn[0][k].eq(value)
                     for pos in range(1, 4):
                         m.d.sync += drawn[pos][k].eq(drawn[pos - 1][k])
-        with m.If(en):
-            m.d.sync += x7.eq(x6)
-            for k in range(lanes):
-                w8 = Value.cast(self.weights.rdata[k])[wb - 8:wb].as_signed()
-                minus = sign_bits[k] ^ t6.negate  # a * s = -1
-                step = Mux(minus, -delta, delta)
-                perturbed = narrow(w8 + step, 8, ovf)
-                m.d.sync += w7[k].eq(Mux(t6.perturb, perturbed, w8))
+        return drawn
 
-        # position H+1: products
+    def _multiply_accumulate(self, m: Module, t8: Value, en: Signal, w7: list[Signal],
+                             x7: Signal) -> list[Signal]:
+        """Positions H+1 (products) and H+2 (accumulate; exact: the configuration sizes
+        ``acc_bits`` for it)."""
+        lanes = self.lanes
         p8 = [Signal(signed(16), name=f"p8_{k}") for k in range(lanes)]
         with m.If(en):
             for k in range(lanes):
                 m.d.sync += p8[k].eq(w7[k] * x7)
 
-        # position H+2: accumulate (exact: the configuration sizes acc_bits for it)
-        acc_bits = geo.acc_bits
+        acc_bits = self.geometry.acc_bits
         acc = [Signal(signed(acc_bits), name=f"acc{k}") for k in range(lanes)]
-        t8 = pipe[H + 2]
         with m.If(en & t8.valid):
             for k in range(lanes):
                 m.d.sync += acc[k].eq(Mux(t8.first, p8[k], (acc[k] + p8[k])[:acc_bits]))
         m.d.comb += self.mac_active.eq(en & t8.valid)
+        return acc
 
-        # position H+3: on the bias token, the injection and narrowing to acc_bits; the
-        # injection (sigma * a * n for ALR, node_delta * a * s for MGD node) is registered
-        # from the value drawn at H when the token is at H+2
+    def _inject(self, m: Module, tabs: _LayerTables, t8: Value, en: Signal, acc: list[Signal],
+                drawn: list[list[Signal]] | None) -> list[Signal]:
+        """Position H+3: on the bias token, the injection and narrowing to ``acc_bits``.
+
+        The injection (``sigma * a * n`` for ALR, ``node_delta * a * s`` for MGD node) is
+        registered from the value drawn at H when the token is at H+2.
+        """
+        lanes, acc_bits, ovf = self.lanes, self.geometry.acc_bits, self.geometry.overflow
         acc10 = [Signal(signed(acc_bits), name=f"acc10_{k}") for k in range(lanes)]
         injection = [Signal(signed(INJECT_BITS), name=f"inj{k}") for k in range(lanes)]
         if self.inject_layers:
@@ -534,18 +714,22 @@ class ForwardEngine(wiring.Component):
                     an = drawn[1][k]
                     node = Mux(an[-1], -self.node_delta, self.node_delta)
                     m.d.sync += injection[k].eq(Mux(t8.inject & t8.last,
-                                                    Mux(t_alr[t8.layer], self.sigma * an, node), 0))
+                                                    Mux(tabs.alr[t8.layer], self.sigma * an, node), 0))
         with m.If(en):
             for k in range(lanes):
                 m.d.sync += acc10[k].eq(narrow(acc[k] + injection[k], acc_bits, ovf))
+        return acc10
 
-        # position H+4: requantise and activate; into the output register
-        t10 = pipe[H + 4]
+    def _output(self, m: Module, tabs: _LayerTables, regs: _IssueRegs, t10: Value, en: Signal, out_valid: Signal,
+                acc10: list[Signal], act_wr: object, drawn: list[list[Signal]] | None) -> None:
+        """Position H+4: requantise and activate, into the output register and the
+        activation (and factor) memory; record the group written for the interlock."""
+        geo, lanes, ovf = self.geometry, self.lanes, self.geometry.overflow
         q10 = Signal(data.ArrayLayout(signed(8), lanes))
         y10 = Signal(data.ArrayLayout(signed(8), lanes))
         mask10 = Signal(lanes)
         with m.Switch(t10.layer):
-            for lay in layers:
+            for lay in geo.layers:
                 with m.Case(lay.index):
                     for k in range(lanes):
                         q = narrow(round_shift(acc10[k], lay.shift, geo.rounding), 8, ovf)
@@ -566,7 +750,7 @@ class ForwardEngine(wiring.Component):
                 out.y.eq(y10),
             ]
         m.d.comb += [
-            act_wr.addr.eq(Cat((t_out_base[t10.layer] + t10.group)[:act_word_bits], t10.bank)),
+            act_wr.addr.eq(Cat((tabs.out_base[t10.layer] + t10.group)[:geo.act_bank_bits], t10.bank)),
             act_wr.data.eq(y10),
             act_wr.en.eq(en & t10.valid),
         ]
@@ -574,25 +758,10 @@ class ForwardEngine(wiring.Component):
             self._factors(m, t10, q10, y10, drawn[3], act_wr)
         with m.If(en & t10.valid):
             m.d.sync += [
-                wr_parity.eq(t10.parity),
-                wr_layer_p1.eq(t10.layer + 1),
-                wr_groups.eq(t10.group + 1),
+                regs.wr_parity.eq(t10.parity),
+                regs.wr_layer_p1.eq(t10.layer + 1),
+                regs.wr_groups.eq(t10.group + 1),
             ]
-
-        # -- result stream and tags ------------------------------------------------------------
-        m.d.comb += [
-            self.result.valid.eq(out_valid),
-            out.tag.eq(tags.r_data),
-            tags.r_en.eq(self.result.valid & self.result.ready & out.last),
-        ]
-
-        # -- status ----------------------------------------------------------------------------
-        in_pipe = Cat(*(p.valid for p in pipe[1:]), out_valid).any()
-        m.d.comb += [
-            self.busy.eq(active | tags.r_rdy),
-            self.stall.eq((~en & in_pipe) | (active & ~ok)),
-        ]
-        return m
 
     def _factors(self, m: Module, t10: Value, q10: Value, y10: Value, drawn: list[Signal],
                  act_wr: object) -> None:

@@ -20,6 +20,8 @@ significant byte first.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from amaranth.hdl import Cat, Module, Mux, Signal, Value
 from amaranth.lib import crc, enum, stream, wiring
 from amaranth.lib.memory import Memory
@@ -118,6 +120,61 @@ def _positive_int(name: str, value: object, limit: int | None = None) -> int:
     return value
 
 
+#: What a reply's payload is (``_LinkState.rkind``): none, the PING ident, buffered READ
+#: data, or the count of words done.
+_KIND_NONE, _KIND_ID, _KIND_DATA, _KIND_COUNT = 0, 1, 2, 3
+
+
+@dataclass(frozen=True)
+class _LinkState:
+    """What :class:`HostLink`'s states and datapaths share (see ``HostLink._link_state``).
+
+    The frame buffer's ports; the unstuffer's outputs (``take``: a byte moves on ``rx``,
+    ``is_sof``, ``dval`` and ``data``: an unstuffed data byte, ``esc``); the frame registers
+    (``seq`` .. ``idx_next``); the bus engine's ``advance``, ``bwe`` and the timers' inputs and
+    outputs; the reply's ``status``, ``rkind``, ``hpos`` and ``crc_lo``; the CRC unit and its
+    inputs; the logical reply byte stream ``g_*`` that the stuffer consumes.
+    """
+
+    wr: object
+    rd: object
+    take: Signal
+    is_sof: Signal
+    dval: Signal
+    data: Signal
+    esc: Signal
+    seq: Signal
+    op: Signal
+    length: Signal
+    addr: Signal
+    count: Signal
+    wshift: Signal
+    hdr: Signal
+    wpos: Signal
+    left: Signal
+    idx: Signal
+    idx_next: Signal
+    advance: Signal
+    in_frame: Signal
+    in_bus: Signal
+    timer_done: Signal
+    restart: Signal
+    btimer_done: Signal
+    bwe: Signal
+    status: Signal
+    rkind: Signal
+    hpos: Signal
+    crc_lo: Signal
+    crc_unit: object
+    crc_in: Signal
+    crc_start: Signal
+    crc_update: Signal
+    g_valid: Signal
+    g_byte: Signal
+    g_raw: Signal
+    g_take: Signal
+
+
 class HostLink(wiring.Component):
     """Framed command protocol from a byte stream to a bus initiator.
 
@@ -172,6 +229,8 @@ class HostLink(wiring.Component):
         return id_payload(self.max_words, self.ident)
 
     def elaborate(self, platform) -> Module:
+        """The frame buffer, the byte unstuffer, the link's state machine (receive, check and
+        execute, bus, reply) and the byte stuffer, built in that order."""
         m = Module()
         max_words = self.max_words
 
@@ -179,6 +238,19 @@ class HostLink(wiring.Component):
         wr = buffer.write_port()
         rd = buffer.read_port()  # synchronous, not transparent: data one cycle after addr
 
+        s = self._link_state(m, wr, rd)
+        with m.FSM(name="link"):
+            self._receive_states(m, s)
+            self._exec_state(m, s)
+            self._bus_state(m, s)
+            self._reply_states(m, s)
+        self._datapaths(m, s)
+        self._transmit(m, s)
+        return m
+
+    def _link_state(self, m: Module, wr: object, rd: object) -> _LinkState:
+        """The unstuffer and the registers, timers, CRC unit and reply byte stream that the
+        states share (receiving, executing and replying happen one at a time)."""
         # ---- receive: unstuffing -------------------------------------------------------
         take = Signal()  # a byte is transferred on rx this cycle
         is_sof = Signal()
@@ -206,7 +278,7 @@ class HostLink(wiring.Component):
         hdr = Signal(range(7))  # payload bytes seen, saturating at 6 (address and count)
         wpos = Signal(2)  # byte within a word
         left = Signal(16)  # bytes (receive, reply) or words (bus) still to go
-        idx = Signal(range(max_words + 1))  # word index: buffered, on the bus, or sent
+        idx = Signal(range(self.max_words + 1))  # word index: buffered, on the bus, or sent
         idx_next = Signal.like(idx)
         m.d.comb += idx_next.eq(idx + 1)
         advance = Signal()  # idx moves on next cycle: read the next buffer word now
@@ -224,15 +296,16 @@ class HostLink(wiring.Component):
         m.d.sync += btimer.eq(Mux(in_bus & ~self.bus.ack, btimer + 1, 0))
         bwe = Signal()
         status = Signal(8)
-        rkind = Signal(2)  # reply payload: 0 none, 1 ident, 2 buffered data, 3 word count
-        KIND_NONE, KIND_ID, KIND_DATA, KIND_COUNT = 0, 1, 2, 3
+        rkind = Signal(2)  # reply payload: one of the _KIND_* constants
         hpos = Signal(range(6))  # reply header byte; 0 is the SOF
         crc_lo = Signal()  # sending the low CRC byte
 
         # one CRC unit: over received bytes while receiving, over sent bytes while replying;
         # a restart wins over an update in the same cycle
         m.submodules.crc = crc_unit = CRC.create()
-        crc_in, crc_start, crc_update = Signal(8), Signal(), Signal()
+        crc_in = Signal(8)
+        crc_start = Signal()
+        crc_update = Signal()
         m.d.comb += [crc_unit.data.eq(crc_in), crc_unit.start.eq(crc_start),
                      crc_unit.valid.eq(crc_update & ~crc_start)]
 
@@ -241,197 +314,232 @@ class HostLink(wiring.Component):
         g_byte = Signal(8)
         g_raw = Signal()  # send unstuffed (the SOF)
         g_take = Signal()
+        return _LinkState(
+            wr=wr, rd=rd, take=take, is_sof=is_sof, dval=dval, data=data, esc=esc,
+            seq=seq, op=op, length=length, addr=addr, count=count, wshift=wshift, hdr=hdr,
+            wpos=wpos, left=left, idx=idx, idx_next=idx_next, advance=advance,
+            in_frame=in_frame, in_bus=in_bus, timer_done=timer_done, restart=restart,
+            btimer_done=btimer_done, bwe=bwe, status=status, rkind=rkind, hpos=hpos,
+            crc_lo=crc_lo, crc_unit=crc_unit, crc_in=crc_in, crc_start=crc_start,
+            crc_update=crc_update, g_valid=g_valid, g_byte=g_byte, g_raw=g_raw, g_take=g_take,
+        )
 
-        def start_frame() -> None:
-            m.d.sync += [seq.eq(0), op.eq(0), length.eq(0), esc.eq(0)]
-            m.d.comb += crc_start.eq(1)
+    # ---- actions shared by several states ------------------------------------------------
 
-        def reply(code: int, kind: int = KIND_NONE, nbytes: Value | int = 0) -> None:
-            """Answer with ``nbytes`` of payload (``left`` doubles as the LEN field)."""
-            m.d.sync += [
-                status.eq(code), rkind.eq(kind), left.eq(nbytes),
-                hpos.eq(0), idx.eq(0), wpos.eq(0), crc_lo.eq(0),
-            ]
-            m.d.comb += crc_start.eq(1)
-            m.next = "REPLY_HDR"
+    def _start_frame(self, m: Module, s: _LinkState) -> None:
+        """A SOF arrived: clear the header and restart the CRC."""
+        m.d.sync += [s.seq.eq(0), s.op.eq(0), s.length.eq(0), s.esc.eq(0)]
+        m.d.comb += s.crc_start.eq(1)
 
-        def abort(restarted: bool) -> None:
-            m.d.sync += [restart.eq(restarted), esc.eq(0)]
-            reply(Status.TRUNCATED)
+    def _reply(self, m: Module, s: _LinkState, code: int, kind: int = _KIND_NONE,
+               nbytes: Value | int = 0) -> None:
+        """Answer with ``nbytes`` of payload (``left`` doubles as the LEN field)."""
+        m.d.sync += [
+            s.status.eq(code), s.rkind.eq(kind), s.left.eq(nbytes),
+            s.hpos.eq(0), s.idx.eq(0), s.wpos.eq(0), s.crc_lo.eq(0),
+        ]
+        m.d.comb += s.crc_start.eq(1)
+        m.next = "REPLY_HDR"
 
-        rx_states = ["SEQ", "OP", "LEN0", "LEN1", "PAYLOAD", "CRC0", "CRC1"]
-        with m.FSM(name="link"):
-            with m.State("HUNT"):
-                m.d.comb += self.rx.ready.eq(1)
-                with m.If(take & is_sof):
-                    start_frame()
-                    m.next = "SEQ"
+    def _abort(self, m: Module, s: _LinkState, restarted: bool) -> None:
+        """Drop the frame being received (``restarted``: by a SOF, which starts the next)."""
+        m.d.sync += [s.restart.eq(restarted), s.esc.eq(0)]
+        self._reply(m, s, Status.TRUNCATED)
 
-            for name in rx_states:
-                with m.State(name):
-                    m.d.comb += [self.rx.ready.eq(1), crc_in.eq(data), in_frame.eq(1)]
-                    with m.If(take & is_sof):
-                        if name == "SEQ":
-                            start_frame()  # SOF SOF: an empty frame, ignored
-                        else:
-                            abort(restarted=True)
-                    with m.Elif(timer_done):
-                        if name == "SEQ":
-                            m.d.sync += esc.eq(0)
-                            m.next = "HUNT"
-                        else:
-                            abort(restarted=False)
-                    with m.Elif(dval):
-                        m.d.comb += crc_update.eq(1)
-                        self._receive(m, name, data, seq=seq, op=op, length=length,
-                                      addr=addr, count=count, wshift=wshift, hdr=hdr,
-                                      wpos=wpos, left=left, idx=idx, idx_next=idx_next, wr=wr)
+    def _finish(self, m: Module, s: _LinkState) -> None:
+        """The reply is out: receive the frame whose SOF aborted the last one, or hunt."""
+        with m.If(s.restart):
+            self._start_frame(m, s)
+            m.d.sync += s.restart.eq(0)
+            m.next = "SEQ"
+        with m.Else():
+            m.next = "HUNT"
 
-            with m.State("EXEC"):
-                # idx is 0 here (CRC1 reset it), so rd.data holds the first word of a WRITE
-                with m.If(~crc_unit.match_detected):  # data then its CRC leave the residue 0
-                    reply(Status.BAD_CRC)
-                with m.Elif(op == Op.PING):
-                    with m.If(length == 0):
-                        reply(Status.OK, KIND_ID, ID_LEN)
-                    with m.Else():
-                        reply(Status.BAD_LEN)
-                with m.Elif(op == Op.READ):
-                    with m.If((length == 6) & (count != 0) & (count <= max_words)):
-                        m.d.sync += [left.eq(count), bwe.eq(0)]
-                        m.next = "BUS"
-                    with m.Else():
-                        reply(Status.BAD_LEN)
-                with m.Elif(op == Op.WRITE):
-                    with m.If((length >= 8) & (length[0:2] == 0) & (length <= 4 + 4 * max_words)):
-                        # left holds the words the payload filled the buffer with
-                        m.d.sync += bwe.eq(1)
-                        m.next = "BUS"
-                    with m.Else():
-                        reply(Status.BAD_LEN)
+    # ---- the states ----------------------------------------------------------------------
+
+    def _receive_states(self, m: Module, s: _LinkState) -> None:
+        """HUNT for a SOF, then one state per request field; a SOF inside a frame or the
+        inter-byte timeout drops the frame with a TRUNCATED reply (before SEQ: silently)."""
+        with m.State("HUNT"):
+            m.d.comb += self.rx.ready.eq(1)
+            with m.If(s.take & s.is_sof):
+                self._start_frame(m, s)
+                m.next = "SEQ"
+
+        for name in ["SEQ", "OP", "LEN0", "LEN1", "PAYLOAD", "CRC0", "CRC1"]:
+            with m.State(name):
+                m.d.comb += [self.rx.ready.eq(1), s.crc_in.eq(s.data), s.in_frame.eq(1)]
+                with m.If(s.take & s.is_sof):
+                    if name == "SEQ":
+                        self._start_frame(m, s)  # SOF SOF: an empty frame, ignored
+                    else:
+                        self._abort(m, s, restarted=True)
+                with m.Elif(s.timer_done):
+                    if name == "SEQ":
+                        m.d.sync += s.esc.eq(0)
+                        m.next = "HUNT"
+                    else:
+                        self._abort(m, s, restarted=False)
+                with m.Elif(s.dval):
+                    m.d.comb += s.crc_update.eq(1)
+                    self._receive(m, name, s)
+
+    def _exec_state(self, m: Module, s: _LinkState) -> None:
+        """EXEC: check the CRC, the opcode and the length; answer PING and errors at once,
+        start the bus engine for READ and WRITE."""
+        max_words, op, length = self.max_words, s.op, s.length
+        with m.State("EXEC"):
+            # idx is 0 here (CRC1 reset it), so rd.data holds the first word of a WRITE
+            with m.If(~s.crc_unit.match_detected):  # data then its CRC leave the residue 0
+                self._reply(m, s, Status.BAD_CRC)
+            with m.Elif(op == Op.PING):
+                with m.If(length == 0):
+                    self._reply(m, s, Status.OK, _KIND_ID, ID_LEN)
                 with m.Else():
-                    reply(Status.BAD_OP)
-
-            with m.State("BUS"):
-                m.d.comb += [self.bus.stb.eq(1), advance.eq(self.bus.ack), in_bus.eq(1)]
-                with m.If(self.bus.ack):
-                    with m.If(self.bus.err):
-                        m.d.sync += count.eq(idx)
-                        reply(Status.BUS_ERR, KIND_COUNT, 2)
-                    with m.Else():
-                        with m.If(~bwe):
-                            m.d.comb += wr.en.eq(1)
-                        m.d.sync += [idx.eq(idx_next), left.eq(left - 1)]
-                        with m.If(left == 1):
-                            m.d.sync += count.eq(idx_next)
-                            with m.If(bwe):
-                                reply(Status.OK, KIND_COUNT, 2)
-                            with m.Else():
-                                reply(Status.OK, KIND_DATA, idx_next << 2)
-                with m.Elif(btimer_done):
-                    m.d.sync += count.eq(idx)
-                    reply(Status.BUS_TIMEOUT, KIND_COUNT, 2)
-
-            def finish() -> None:
-                with m.If(restart):
-                    start_frame()
-                    m.d.sync += restart.eq(0)
-                    m.next = "SEQ"
+                    self._reply(m, s, Status.BAD_LEN)
+            with m.Elif(op == Op.READ):
+                with m.If((length == 6) & (s.count != 0) & (s.count <= max_words)):
+                    m.d.sync += [s.left.eq(s.count), s.bwe.eq(0)]
+                    m.next = "BUS"
                 with m.Else():
-                    m.next = "HUNT"
+                    self._reply(m, s, Status.BAD_LEN)
+            with m.Elif(op == Op.WRITE):
+                with m.If((length >= 8) & (length[0:2] == 0) & (length <= 4 + 4 * max_words)):
+                    # left holds the words the payload filled the buffer with
+                    m.d.sync += s.bwe.eq(1)
+                    m.next = "BUS"
+                with m.Else():
+                    self._reply(m, s, Status.BAD_LEN)
+            with m.Else():
+                self._reply(m, s, Status.BAD_OP)
 
-            with m.State("REPLY_HDR"):
-                m.d.comb += [g_valid.eq(1), g_raw.eq(hpos == 0), crc_in.eq(g_byte)]
-                with m.Switch(hpos):
-                    with m.Case(0):
-                        m.d.comb += g_byte.eq(SOF)
-                    with m.Case(1):
-                        m.d.comb += g_byte.eq(seq)
-                    with m.Case(2):
-                        m.d.comb += g_byte.eq(op)
-                    with m.Case(3):
-                        m.d.comb += g_byte.eq(status)
-                    with m.Case(4):
-                        m.d.comb += g_byte.eq(left[0:8])
-                    with m.Default():
-                        m.d.comb += g_byte.eq(left[8:16])
-                with m.If(g_take):
-                    m.d.sync += hpos.eq(hpos + 1)
-                    with m.If(hpos != 0):
-                        m.d.comb += crc_update.eq(1)
-                    with m.If(hpos == 5):
-                        with m.If(left == 0):
-                            m.next = "REPLY_CRC"
-                        with m.Else():
-                            m.next = "REPLY_PAY"
-
-            with m.State("REPLY_PAY"):
-                m.d.comb += [g_valid.eq(1), crc_in.eq(g_byte)]
-                with m.Switch(rkind):
-                    with m.Case(KIND_ID), m.Switch(Cat(wpos, idx[0:2])):
-                        for index, value in enumerate(self.id_payload()):
-                            with m.Case(index):
-                                m.d.comb += g_byte.eq(value)
-                    with m.Case(KIND_DATA):
-                        m.d.comb += g_byte.eq(rd.data.word_select(wpos, 8))
-                    with m.Default():
-                        m.d.comb += g_byte.eq(count.word_select(wpos[0], 8))
-                # read the buffer one cycle ahead: rd.data always holds word idx
-                m.d.comb += advance.eq(g_take & (wpos == 3))
-                with m.If(g_take):
-                    m.d.sync += [wpos.eq(wpos + 1), left.eq(left - 1)]
-                    m.d.comb += crc_update.eq(1)
-                    with m.If(wpos == 3):
-                        m.d.sync += idx.eq(idx_next)
+    def _bus_state(self, m: Module, s: _LinkState) -> None:
+        """BUS: one request per word (READ data into the buffer); an error or the bus
+        timeout stops the burst and the reply counts the words done."""
+        bus, idx, idx_next, left = self.bus, s.idx, s.idx_next, s.left
+        with m.State("BUS"):
+            m.d.comb += [bus.stb.eq(1), s.advance.eq(bus.ack), s.in_bus.eq(1)]
+            with m.If(bus.ack):
+                with m.If(bus.err):
+                    m.d.sync += s.count.eq(idx)
+                    self._reply(m, s, Status.BUS_ERR, _KIND_COUNT, 2)
+                with m.Else():
+                    with m.If(~s.bwe):
+                        m.d.comb += s.wr.en.eq(1)
+                    m.d.sync += [idx.eq(idx_next), left.eq(left - 1)]
                     with m.If(left == 1):
+                        m.d.sync += s.count.eq(idx_next)
+                        with m.If(s.bwe):
+                            self._reply(m, s, Status.OK, _KIND_COUNT, 2)
+                        with m.Else():
+                            self._reply(m, s, Status.OK, _KIND_DATA, idx_next << 2)
+            with m.Elif(s.btimer_done):
+                m.d.sync += s.count.eq(idx)
+                self._reply(m, s, Status.BUS_TIMEOUT, _KIND_COUNT, 2)
+
+    def _reply_states(self, m: Module, s: _LinkState) -> None:
+        """REPLY_HDR, REPLY_PAY, REPLY_CRC: the reply frame as logical bytes on ``g_*``
+        (the stuffer takes one when ``g_take``), the CRC over all but the SOF."""
+        g_byte, hpos, left, wpos = s.g_byte, s.hpos, s.left, s.wpos
+        with m.State("REPLY_HDR"):
+            m.d.comb += [s.g_valid.eq(1), s.g_raw.eq(hpos == 0), s.crc_in.eq(g_byte)]
+            with m.Switch(hpos):
+                with m.Case(0):
+                    m.d.comb += g_byte.eq(SOF)
+                with m.Case(1):
+                    m.d.comb += g_byte.eq(s.seq)
+                with m.Case(2):
+                    m.d.comb += g_byte.eq(s.op)
+                with m.Case(3):
+                    m.d.comb += g_byte.eq(s.status)
+                with m.Case(4):
+                    m.d.comb += g_byte.eq(left[0:8])
+                with m.Default():
+                    m.d.comb += g_byte.eq(left[8:16])
+            with m.If(s.g_take):
+                m.d.sync += hpos.eq(hpos + 1)
+                with m.If(hpos != 0):
+                    m.d.comb += s.crc_update.eq(1)
+                with m.If(hpos == 5):
+                    with m.If(left == 0):
                         m.next = "REPLY_CRC"
+                    with m.Else():
+                        m.next = "REPLY_PAY"
 
-            with m.State("REPLY_CRC"):
-                m.d.comb += [g_valid.eq(1), g_byte.eq(Mux(crc_lo, crc_unit.crc[0:8], crc_unit.crc[8:16]))]
-                with m.If(g_take):
-                    m.d.sync += crc_lo.eq(1)
-                    with m.If(crc_lo):
-                        finish()
+        with m.State("REPLY_PAY"):
+            m.d.comb += [s.g_valid.eq(1), s.crc_in.eq(g_byte)]
+            with m.Switch(s.rkind):
+                with m.Case(_KIND_ID), m.Switch(Cat(wpos, s.idx[0:2])):
+                    for index, value in enumerate(self.id_payload()):
+                        with m.Case(index):
+                            m.d.comb += g_byte.eq(value)
+                with m.Case(_KIND_DATA):
+                    m.d.comb += g_byte.eq(s.rd.data.word_select(wpos, 8))
+                with m.Default():
+                    m.d.comb += g_byte.eq(s.count.word_select(wpos[0], 8))
+            # read the buffer one cycle ahead: rd.data always holds word idx
+            m.d.comb += s.advance.eq(s.g_take & (wpos == 3))
+            with m.If(s.g_take):
+                m.d.sync += [wpos.eq(wpos + 1), left.eq(left - 1)]
+                m.d.comb += s.crc_update.eq(1)
+                with m.If(wpos == 3):
+                    m.d.sync += s.idx.eq(s.idx_next)
+                with m.If(left == 1):
+                    m.next = "REPLY_CRC"
 
-        # ---- datapaths that do not depend on the state (the enables do) --------------------
+        with m.State("REPLY_CRC"):
+            crc = s.crc_unit.crc
+            m.d.comb += [s.g_valid.eq(1), g_byte.eq(Mux(s.crc_lo, crc[0:8], crc[8:16]))]
+            with m.If(s.g_take):
+                m.d.sync += s.crc_lo.eq(1)
+                with m.If(s.crc_lo):
+                    self._finish(m, s)
+
+    # ---- datapaths that do not depend on the state (the enables do) ------------------------
+
+    def _datapaths(self, m: Module, s: _LinkState) -> None:
+        """The bus request and the buffer's addresses and write data."""
+        addr, idx, rd, wr = s.addr, s.idx, s.rd, s.wr
         word = (addr[:WORD_ADDR_BITS] + idx)[:WORD_ADDR_BITS]
         m.d.comb += [
-            self.bus.we.eq(bwe),
+            self.bus.we.eq(s.bwe),
             self.bus.addr.eq(Cat(word, addr[WORD_ADDR_BITS:])),
             self.bus.wdata.eq(rd.data),
-            rd.addr.eq(Mux(advance, idx_next, idx)),
+            rd.addr.eq(Mux(s.advance, s.idx_next, idx)),
             wr.addr.eq(idx),
             # the receiver buffers WRITE payload words, the bus engine READ data
-            wr.data.eq(Mux(self.rx.ready, Cat(wshift, data), self.bus.rdata)),
+            wr.data.eq(Mux(self.rx.ready, Cat(s.wshift, s.data), self.bus.rdata)),
         ]
 
-        # ---- transmit: stuffing and the output register ------------------------------------
+    def _transmit(self, m: Module, s: _LinkState) -> None:
+        """Stuffing and the output register: ``SOF`` and ``ESC`` inside a frame go out as
+        ``ESC``, then the byte XOR ``ESC_XOR`` (held in ``pend``)."""
+        g_byte, g_valid = s.g_byte, s.g_valid
         pend = Signal(8)  # the byte after an ESC
         pend_valid = Signal()
         load = ~self.tx.valid | self.tx.ready
-        m.d.comb += g_take.eq(load & ~pend_valid & g_valid)
+        m.d.comb += s.g_take.eq(load & ~pend_valid & g_valid)
         with m.If(load):
             with m.If(pend_valid):
                 m.d.sync += [self.tx.payload.eq(pend ^ ESC_XOR), self.tx.valid.eq(1),
                              pend_valid.eq(0)]
             with m.Elif(g_valid):
-                with m.If(~g_raw & ((g_byte == SOF) | (g_byte == ESC))):
+                with m.If(~s.g_raw & ((g_byte == SOF) | (g_byte == ESC))):
                     m.d.sync += [self.tx.payload.eq(ESC), pend.eq(g_byte), pend_valid.eq(1)]
                 with m.Else():
                     m.d.sync += self.tx.payload.eq(g_byte)
                 m.d.sync += self.tx.valid.eq(1)
             with m.Else():
                 m.d.sync += self.tx.valid.eq(0)
-        return m
 
-    def _receive(self, m: Module, state: str, data: Value, *, seq, op, length, addr, count,
-                 wshift, hdr, wpos, left, idx, idx_next, wr) -> None:
+    def _receive(self, m: Module, state: str, s: _LinkState) -> None:
         """Act on one unstuffed byte in receive state ``state``."""
+        data, length, left, hdr, wpos, idx = s.data, s.length, s.left, s.hdr, s.wpos, s.idx
         if state == "SEQ":
-            m.d.sync += seq.eq(data)
+            m.d.sync += s.seq.eq(data)
             m.next = "OP"
         elif state == "OP":
-            m.d.sync += op.eq(data)
+            m.d.sync += s.op.eq(data)
             m.next = "LEN0"
         elif state == "LEN0":
             m.d.sync += length[0:8].eq(data)
@@ -445,17 +553,17 @@ class HostLink(wiring.Component):
             with m.Else():
                 m.next = "PAYLOAD"
         elif state == "PAYLOAD":
-            m.d.sync += [wpos.eq(wpos + 1), left.eq(left - 1), wshift.eq(Cat(wshift[8:], data))]
+            m.d.sync += [wpos.eq(wpos + 1), left.eq(left - 1), s.wshift.eq(Cat(s.wshift[8:], data))]
             with m.If(hdr != 6):
                 m.d.sync += hdr.eq(hdr + 1)
             with m.If(hdr < 4):
-                m.d.sync += addr.word_select(hdr[0:2], 8).eq(data)
+                m.d.sync += s.addr.word_select(hdr[0:2], 8).eq(data)
             with m.Elif(hdr < 6):
-                m.d.sync += count.word_select(hdr[0], 8).eq(data)
+                m.d.sync += s.count.word_select(hdr[0], 8).eq(data)
             # bytes 4.. are little-endian words: buffer each one as its last byte arrives
             with m.If((hdr >= 4) & (wpos == 3) & (idx < self.max_words)):
-                m.d.comb += wr.en.eq(1)
-                m.d.sync += idx.eq(idx_next)
+                m.d.comb += s.wr.en.eq(1)
+                m.d.sync += idx.eq(s.idx_next)
             with m.If(left == 1):
                 m.next = "CRC0"
         elif state == "CRC0":

@@ -32,7 +32,9 @@ samples ``0 .. count - 1``; the :class:`OutputWriter` stores their output scores
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Const, Module, Signal, signed
+from dataclasses import dataclass
+
+from amaranth.hdl import Cat, Const, Module, Signal, Value, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -76,6 +78,39 @@ class SerialMultiplier(wiring.Component):
                 m.d.sync += self.p.eq(self.p + a)
         m.d.comb += self.busy.eq(b != 0)
         return m
+
+
+@dataclass(frozen=True)
+class _SequencerState:
+    """What the sequencer's issuer and collector share (see ``Sequencer._registers``).
+
+    ``last_sample``, ``last_copy``, ``perturbed_free`` and ``baseline_free`` are
+    expressions: the step's last sample, the sample's last copy, and the bank accounting's
+    verdicts on the next perturbed and baseline pass.
+    """
+
+    mul: SerialMultiplier  #: k * S * P and the cursor's sample address
+    steps_left: Signal
+    samples_left: Signal  #: in this step, this one included
+    copy: Signal
+    event: Signal  #: the event of the next antithetic pair
+    sbase: Signal  #: the sample's first feature in the sample buffer
+    label: Signal
+    key: Signal  #: weight signs (stream 0), or the projection key of the run
+    node_key: Signal  #: node signs and ALR noise (stream 1)
+    sign_bank: Signal
+    base_bank: Signal
+    issued: Signal  #: a pass with a job leaves this cycle
+    perturbed_free: Value
+    baseline_free: Value
+    count: Signal  #: inference passes issued
+    loss_sum: Signal
+    step_done: Signal  #: collector -> issuer
+    collected: Signal  #: inference results written
+    pass_bank: Signal  #: the activation bank of the pass being issued
+    aborting: Signal  #: ABORT arrived: no new step, no new inference pass
+    last_sample: Value
+    last_copy: Value
 
 
 class OutputWriter(wiring.Component):
@@ -258,13 +293,30 @@ class Sequencer(wiring.Component):
             **carried,
         })
 
-    def elaborate(self, platform: object) -> Module:  # noqa: C901 (two state machines)
+    def elaborate(self, platform: object) -> Module:
+        """The registers and bank accounting, the pass command's fixed fields, then the
+        issuer and the collector (the module docstring's two processes)."""
         m = Module()
-        geo = self.geometry
-        n_in0 = geo.n_inputs
-        m.submodules.mul = mul = SerialMultiplier()
+        s = self._registers(m)
+        self._command_fields(m, s)
+        self._issuer(m, s)
+        self._collector(m, s)
+        return m
 
-        pairs = (self.copies + 1) >> 1  # P = ceil(copies / 2)
+    def _registers(self, m: Module) -> _SequencerState:
+        """The run's counters and pass registers, and the bank accounting.
+
+        Passes leave their data in banks that the correlation job of the pass reads while
+        the next passes run: perturbed passes alternate between two sign banks and two
+        activation/factor banks, baseline passes between two activation/factor banks.  A
+        pass may overwrite a bank once the jobs that read it are done (they finish in
+        order): a perturbed pass when at most the previous perturbed pass's job is
+        pending; a baseline pass when the jobs of the sample before the previous one are
+        done (at most `copies` pending; target projection: at most one).  Only passes
+        with a job count, and each waits for at most one pending job: at most 2 pending.
+        """
+        geo = self.geometry
+        m.submodules.mul = mul = SerialMultiplier()
         steps_left = Signal(32)
         samples_left = Signal(range(STEP_SAMPLES_MAX + 1))  # in this step, this one included
         copy = Signal(range(COPIES_MAX + 1))
@@ -273,183 +325,230 @@ class Sequencer(wiring.Component):
         label = Signal(geo.label_bits)
         key = Signal(32)  # weight signs (stream 0), or the projection key of the run
         node_key = Signal(32)  # node signs and ALR noise (stream 1)
-        projection = geo.projection
-        weight_keys = bool(geo.perturbed_layers)
-        node_keys = bool(geo.inject_layers)
-        # Passes leave their data in banks that the correlation job of the pass reads while
-        # the next passes run: perturbed passes alternate between two sign banks and two
-        # activation/factor banks, baseline passes between two activation/factor banks.  A
-        # pass may overwrite a bank once the jobs that read it are done (they finish in
-        # order): a perturbed pass when at most the previous perturbed pass's job is
-        # pending; a baseline pass when the jobs of the sample before the previous one are
-        # done (at most `copies` pending; target projection: at most one).  Only passes
-        # with a job count, and each waits for at most one pending job: at most 2 pending.
         sign_bank = Signal()
         base_bank = Signal()
         pending = Signal(range(3))
         issued = Signal()  # a pass with a job
         m.d.sync += pending.eq(pending + issued - self.corr_done)
         perturbed_free = pending <= 1
-        baseline_free = pending <= (1 if projection else self.copies)
+        baseline_free = pending <= (1 if geo.projection else self.copies)
         if not self.overlap:
             perturbed_free = baseline_free = pending == 0
         count = Signal(range(geo.sample_depth + 1))
         loss_sum = Signal(32)
         step_done = Signal()  # collector -> issuer
         collected = Signal(range(geo.sample_depth + 1))
+        pass_bank = Signal(2)  # the activation bank of the pass being issued
+        aborting = Signal()  # ABORT arrived: no new step, no new inference pass
+        return _SequencerState(
+            mul=mul, steps_left=steps_left, samples_left=samples_left, copy=copy, event=event,
+            sbase=sbase, label=label, key=key, node_key=node_key, sign_bank=sign_bank,
+            base_bank=base_bank, issued=issued, perturbed_free=perturbed_free,
+            baseline_free=baseline_free, count=count, loss_sum=loss_sum, step_done=step_done,
+            collected=collected, pass_bank=pass_bank, aborting=aborting,
+            last_sample=samples_left == 1, last_copy=copy == self.copies - 1,
+        )
 
+    def _command_fields(self, m: Module, s: _SequencerState) -> None:
+        """The pass command's fields that every state drives the same way, the host's
+        writes of ``step`` and ``cursor`` (while idle) and the latched ABORT."""
         cmd = self.fwd_cmd.payload
         tag = cmd.tag
-        pass_bank = Signal(2)  # the activation bank of the pass being issued
         m.d.comb += [
             self.labels.raddr.eq(self.cursor),
             self.labels.ren.eq(1),
-            cmd.sample_base.eq(sbase),
-            tag.label.eq(label),
-            cmd.bank.eq(pass_bank),
+            cmd.sample_base.eq(s.sbase),
+            tag.label.eq(s.label),
+            cmd.bank.eq(s.pass_bank),
         ]
         # the job fields the tag carries (Sequencer.tag_layout), where they exist
-        for name, value in (("sign_bank", sign_bank), ("bank", pass_bank),
-                            ("base_bank", Cat(base_bank, 0)), ("sample_base", sbase)):
+        for name, value in (("sign_bank", s.sign_bank), ("bank", s.pass_bank),
+                            ("base_bank", Cat(s.base_bank, 0)), ("sample_base", s.sbase)):
             if name in self.job_fields:
                 m.d.comb += tag[name].eq(value)
-        if node_keys:
-            m.d.comb += cmd.node_key.eq(node_key)
-        if projection:
-            m.d.comb += cmd.label.eq(label)
+        if self.geometry.inject_layers:
+            m.d.comb += cmd.node_key.eq(s.node_key)
+        if self.geometry.projection:
+            m.d.comb += cmd.label.eq(s.label)
         with m.If(self.step_set & ~self.busy):
             m.d.sync += self.step.eq(self.step_value)
         with m.If(self.cursor_set & ~self.busy):
             m.d.sync += self.cursor.eq(self.cursor_value)
 
-        last_sample = samples_left == 1
-        last_copy = copy == self.copies - 1
-        aborting = Signal()  # ABORT arrived: no new step, no new inference pass
         with m.If(self.abort & self.busy):
-            m.d.sync += aborting.eq(1)
+            m.d.sync += s.aborting.eq(1)
 
-        # -- issuer --------------------------------------------------------------------------
+    # -- issuer ------------------------------------------------------------------------------
+
+    def _issuer(self, m: Module, s: _SequencerState) -> None:
+        """The issuer: start a run, then per step and sample the baseline pass, the pass
+        keys and the perturbed passes; inference passes; ``busy`` while not IDLE."""
         with m.FSM(name="issuer") as issuer:
-            with m.State("IDLE"):
-                with m.If(self.train):
-                    m.d.sync += [self.inference.eq(0), steps_left.eq(self.steps)]
-                    m.d.comb += [mul.start.eq(1), mul.a.eq(self.step_samples), mul.b.eq(pairs)]
-                    m.next = "MUL_SP"
-                with m.Elif(self.infer):
-                    m.d.sync += [self.inference.eq(1), count.eq(0), sbase.eq(0)]
-                    m.next = "INFER"
-            with m.State("MUL_SP"), m.If(~mul.busy):  # S * P
-                m.d.comb += [mul.start.eq(1), mul.a.eq(mul.p), mul.b.eq(self.step)]
-                m.next = "MUL_E"
-            with m.State("MUL_E"), m.If(~mul.busy):  # k * S * P: the first event of the step
-                m.d.sync += event.eq(mul.p)
-                m.d.comb += [mul.start.eq(1), mul.a.eq(self.cursor), mul.b.eq(n_in0)]
-                m.next = "MUL_S"
-            with m.State("MUL_S"), m.If(~mul.busy):  # the cursor's sample address
-                m.d.sync += sbase.eq(mul.p)
-                m.next = "PROJECTION_KEY" if projection else "STEP"
-            with m.State("PROJECTION_KEY"):  # pass_key(seed, 2, 0), once per run
-                m.d.comb += [self.key_req.valid.eq(1), self.key_req.payload.eq(STREAM_PROJECTION)]
-                with m.If(self.key_req.ready):
-                    m.next = "PROJECTION_KEY_WAIT"
-            with m.State("PROJECTION_KEY_WAIT"):
-                m.d.comb += self.key.ready.eq(1)
-                with m.If(self.key.valid):
-                    m.d.sync += key.eq(self.key.payload)
-                    m.next = "STEP"
-            with m.State("STEP"):
-                m.d.sync += samples_left.eq(self.step_samples)
-                with m.If((steps_left == 0) | aborting):
-                    m.next = "FINISH"
-                with m.Else():
-                    m.next = "SAMPLE"
-            with m.State("SAMPLE"):  # the label of the cursor's sample is read this cycle
-                m.next = "LABEL"
-            with m.State("LABEL"):
-                m.d.sync += [label.eq(self.labels.rdata), copy.eq(0)]
-                m.next = "BASE"
-            with m.State("BASE"):
-                m.d.comb += [
-                    self.fwd_cmd.valid.eq(baseline_free),
-                    pass_bank.eq(Cat(base_bank, 0)),
-                    cmd.key.eq(key),
-                    tag.baseline.eq(1),
-                ]
-                if projection:
-                    m.d.comb += tag.end_of_step.eq(last_sample)
-                with m.If(self.fwd_cmd.valid & self.fwd_cmd.ready):
-                    if projection:
-                        m.d.comb += issued.eq(1)
-                        m.next = "NEXT_SAMPLE"
-                    else:
-                        m.next = "KEY" if weight_keys else "NODE_KEY"
-            for state, stream_no, target, after in (
-                ("KEY", STREAM_WEIGHT_SIGN, key, "NODE_KEY" if node_keys else "PERTURBED"),
-                ("NODE_KEY", STREAM_NODE, node_key, "PERTURBED"),
-            ):
-                with m.State(state):
-                    m.d.comb += [
-                        self.key_req.valid.eq(1),
-                        self.key_req.payload.eq((event << 2)[:32] | stream_no),
-                    ]
-                    with m.If(self.key_req.ready):
-                        m.next = state + "_WAIT"
-                with m.State(state + "_WAIT"):
-                    m.d.comb += self.key.ready.eq(1)
-                    with m.If(self.key.valid):
-                        m.d.sync += target.eq(self.key.payload)
-                        m.next = after
-            with m.State("PERTURBED"):
-                m.d.comb += [
-                    self.fwd_cmd.valid.eq(perturbed_free),
-                    cmd.perturb.eq(1),
-                    pass_bank.eq(Cat(sign_bank, 1)),
-                    cmd.negate.eq(copy[0]),
-                    cmd.key.eq(key),
-                    cmd.sign_bank.eq(sign_bank),
-                    tag.end_of_step.eq(last_sample & last_copy),
-                ]
-                if "negate" in self.job_fields:
-                    m.d.comb += tag.negate.eq(copy[0])
-                with m.If(self.fwd_cmd.valid & self.fwd_cmd.ready):
-                    m.d.comb += issued.eq(1)
-                    m.d.sync += [copy.eq(copy + 1), sign_bank.eq(~sign_bank)]
-                    with m.If(copy[0] | last_copy):  # a pair is complete: e + 1
-                        m.d.sync += event.eq(event + 1)
-                    with m.If(last_copy):
-                        m.next = "NEXT_SAMPLE"
-                    with m.Elif(copy[0]):  # the next copy starts a new antithetic pair
-                        m.next = "KEY" if weight_keys else "NODE_KEY"
-            with m.State("NEXT_SAMPLE"):  # the next sample's baseline takes the other bank
-                m.d.sync += [samples_left.eq(samples_left - 1), base_bank.eq(~base_bank)]
-                with m.If(self.cursor == self.sample_count - 1):
-                    m.d.sync += [self.cursor.eq(0), sbase.eq(0)]
-                with m.Else():
-                    m.d.sync += [self.cursor.eq(self.cursor + 1), sbase.eq(sbase + n_in0)]
-                with m.If(last_sample):
-                    m.next = "WAIT_UPDATE"
-                with m.Else():
-                    m.next = "SAMPLE"
-            with m.State("WAIT_UPDATE"), m.If(step_done):
-                m.d.sync += steps_left.eq(steps_left - 1)
-                m.next = "STEP"
-            with m.State("INFER"):
-                with m.If((count == self.infer_count) | aborting):
-                    m.next = "INFER_WAIT"
-                with m.Else():
-                    m.d.comb += [self.fwd_cmd.valid.eq(1), tag.baseline.eq(1)]
-                    with m.If(self.fwd_cmd.ready):
-                        m.d.sync += [count.eq(count + 1), sbase.eq(sbase + n_in0)]
-            with m.State("INFER_WAIT"), m.If(collected == count):
-                m.next = "FINISH"
-            with m.State("FINISH"):
-                m.d.comb += self.finished.eq(1)
-                m.d.sync += aborting.eq(0)
-                m.next = "IDLE"
+            self._run_start_states(m, s)
+            self._sample_states(m, s)
+            self._key_states(m, s)
+            self._perturbed_state(m, s)
+            self._step_end_states(m, s)
+            self._inference_states(m, s)
         m.d.comb += self.busy.eq(~issuer.ongoing("IDLE"))
 
-        # -- collector ----------------------------------------------------------------------
+    def _run_start_states(self, m: Module, s: _SequencerState) -> None:
+        """IDLE until TRAIN or INFER; for training, the first event ``k * S * P`` and the
+        cursor's sample address on the serial multiplier, then (target projection) the
+        run's projection key."""
+        mul = s.mul
+        pairs = (self.copies + 1) >> 1  # P = ceil(copies / 2)
+        with m.State("IDLE"):
+            with m.If(self.train):
+                m.d.sync += [self.inference.eq(0), s.steps_left.eq(self.steps)]
+                m.d.comb += [mul.start.eq(1), mul.a.eq(self.step_samples), mul.b.eq(pairs)]
+                m.next = "MUL_SP"
+            with m.Elif(self.infer):
+                m.d.sync += [self.inference.eq(1), s.count.eq(0), s.sbase.eq(0)]
+                m.next = "INFER"
+        with m.State("MUL_SP"), m.If(~mul.busy):  # S * P
+            m.d.comb += [mul.start.eq(1), mul.a.eq(mul.p), mul.b.eq(self.step)]
+            m.next = "MUL_E"
+        with m.State("MUL_E"), m.If(~mul.busy):  # k * S * P: the first event of the step
+            m.d.sync += s.event.eq(mul.p)
+            m.d.comb += [mul.start.eq(1), mul.a.eq(self.cursor), mul.b.eq(self.geometry.n_inputs)]
+            m.next = "MUL_S"
+        with m.State("MUL_S"), m.If(~mul.busy):  # the cursor's sample address
+            m.d.sync += s.sbase.eq(mul.p)
+            m.next = "PROJECTION_KEY" if self.geometry.projection else "STEP"
+        with m.State("PROJECTION_KEY"):  # pass_key(seed, 2, 0), once per run
+            m.d.comb += [self.key_req.valid.eq(1), self.key_req.payload.eq(STREAM_PROJECTION)]
+            with m.If(self.key_req.ready):
+                m.next = "PROJECTION_KEY_WAIT"
+        with m.State("PROJECTION_KEY_WAIT"):
+            m.d.comb += self.key.ready.eq(1)
+            with m.If(self.key.valid):
+                m.d.sync += s.key.eq(self.key.payload)
+                m.next = "STEP"
+
+    def _sample_states(self, m: Module, s: _SequencerState) -> None:
+        """STEP (or FINISH), then per sample its label and its baseline pass (BASE)."""
+        cmd = self.fwd_cmd.payload
+        projection = self.geometry.projection
+        with m.State("STEP"):
+            m.d.sync += s.samples_left.eq(self.step_samples)
+            with m.If((s.steps_left == 0) | s.aborting):
+                m.next = "FINISH"
+            with m.Else():
+                m.next = "SAMPLE"
+        with m.State("SAMPLE"):  # the label of the cursor's sample is read this cycle
+            m.next = "LABEL"
+        with m.State("LABEL"):
+            m.d.sync += [s.label.eq(self.labels.rdata), s.copy.eq(0)]
+            m.next = "BASE"
+        with m.State("BASE"):
+            m.d.comb += [
+                self.fwd_cmd.valid.eq(s.baseline_free),
+                s.pass_bank.eq(Cat(s.base_bank, 0)),
+                cmd.key.eq(s.key),
+                cmd.tag.baseline.eq(1),
+            ]
+            if projection:
+                m.d.comb += cmd.tag.end_of_step.eq(s.last_sample)
+            with m.If(self.fwd_cmd.valid & self.fwd_cmd.ready):
+                if projection:
+                    m.d.comb += s.issued.eq(1)
+                    m.next = "NEXT_SAMPLE"
+                else:
+                    m.next = "KEY" if self.geometry.perturbed_layers else "NODE_KEY"
+
+    def _key_states(self, m: Module, s: _SequencerState) -> None:
+        """KEY and NODE_KEY: the antithetic pair's pass keys (streams 0 and 1) from the
+        forward engine's hash pipe, each requested, then awaited (``_WAIT``)."""
+        node_keys = bool(self.geometry.inject_layers)
+        for state, stream_no, target, after in (
+            ("KEY", STREAM_WEIGHT_SIGN, s.key, "NODE_KEY" if node_keys else "PERTURBED"),
+            ("NODE_KEY", STREAM_NODE, s.node_key, "PERTURBED"),
+        ):
+            with m.State(state):
+                m.d.comb += [
+                    self.key_req.valid.eq(1),
+                    self.key_req.payload.eq((s.event << 2)[:32] | stream_no),
+                ]
+                with m.If(self.key_req.ready):
+                    m.next = state + "_WAIT"
+            with m.State(state + "_WAIT"):
+                m.d.comb += self.key.ready.eq(1)
+                with m.If(self.key.valid):
+                    m.d.sync += target.eq(self.key.payload)
+                    m.next = after
+
+    def _perturbed_state(self, m: Module, s: _SequencerState) -> None:
+        """PERTURBED: one perturbed pass per copy, alternating the sign bank; the event
+        advances after each antithetic pair (and after an odd last copy)."""
+        cmd = self.fwd_cmd.payload
+        copy, last_copy = s.copy, s.last_copy
+        with m.State("PERTURBED"):
+            m.d.comb += [
+                self.fwd_cmd.valid.eq(s.perturbed_free),
+                cmd.perturb.eq(1),
+                s.pass_bank.eq(Cat(s.sign_bank, 1)),
+                cmd.negate.eq(copy[0]),
+                cmd.key.eq(s.key),
+                cmd.sign_bank.eq(s.sign_bank),
+                cmd.tag.end_of_step.eq(s.last_sample & last_copy),
+            ]
+            if "negate" in self.job_fields:
+                m.d.comb += cmd.tag.negate.eq(copy[0])
+            with m.If(self.fwd_cmd.valid & self.fwd_cmd.ready):
+                m.d.comb += s.issued.eq(1)
+                m.d.sync += [copy.eq(copy + 1), s.sign_bank.eq(~s.sign_bank)]
+                with m.If(copy[0] | last_copy):  # a pair is complete: e + 1
+                    m.d.sync += s.event.eq(s.event + 1)
+                with m.If(last_copy):
+                    m.next = "NEXT_SAMPLE"
+                with m.Elif(copy[0]):  # the next copy starts a new antithetic pair
+                    m.next = "KEY" if self.geometry.perturbed_layers else "NODE_KEY"
+
+    def _step_end_states(self, m: Module, s: _SequencerState) -> None:
+        """NEXT_SAMPLE: advance the cursor (wrapping) and the sample address; after the
+        step's last sample WAIT_UPDATE for the collector's ``step_done``."""
+        n_in0 = self.geometry.n_inputs
+        with m.State("NEXT_SAMPLE"):  # the next sample's baseline takes the other bank
+            m.d.sync += [s.samples_left.eq(s.samples_left - 1), s.base_bank.eq(~s.base_bank)]
+            with m.If(self.cursor == self.sample_count - 1):
+                m.d.sync += [self.cursor.eq(0), s.sbase.eq(0)]
+            with m.Else():
+                m.d.sync += [self.cursor.eq(self.cursor + 1), s.sbase.eq(s.sbase + n_in0)]
+            with m.If(s.last_sample):
+                m.next = "WAIT_UPDATE"
+            with m.Else():
+                m.next = "SAMPLE"
+        with m.State("WAIT_UPDATE"), m.If(s.step_done):
+            m.d.sync += s.steps_left.eq(s.steps_left - 1)
+            m.next = "STEP"
+
+    def _inference_states(self, m: Module, s: _SequencerState) -> None:
+        """INFER: baseline passes on samples ``0 .. count - 1``; INFER_WAIT for their
+        results; FINISH (also the end of a training run) clears ABORT."""
+        with m.State("INFER"):
+            with m.If((s.count == self.infer_count) | s.aborting):
+                m.next = "INFER_WAIT"
+            with m.Else():
+                m.d.comb += [self.fwd_cmd.valid.eq(1), self.fwd_cmd.payload.tag.baseline.eq(1)]
+                with m.If(self.fwd_cmd.ready):
+                    m.d.sync += [s.count.eq(s.count + 1), s.sbase.eq(s.sbase + self.geometry.n_inputs)]
+        with m.State("INFER_WAIT"), m.If(s.collected == s.count):
+            m.next = "FINISH"
+        with m.State("FINISH"):
+            m.d.comb += self.finished.eq(1)
+            m.d.sync += s.aborting.eq(0)
+            m.next = "IDLE"
+
+    # -- collector ---------------------------------------------------------------------------
+
+    def _collector(self, m: Module, s: _SequencerState) -> None:
+        """The collector: sum the baseline losses, hand each pass with a job to the
+        correlation front end, count inference results, and end the step once the
+        correlation and the update unit are idle."""
         res = self.loss.payload
+        projection = self.geometry.projection
+        collected = s.collected
         with m.FSM(name="collector"):
             with m.State("COLLECT"):
                 with m.If(self.infer & ~self.busy):
@@ -464,11 +563,14 @@ class Sequencer(wiring.Component):
                     job.final.eq(res.tag.end_of_step),
                     self.loss.ready.eq(~has_job | self.corr_cmd.ready),
                 ]
+                # sorted: a set of strings iterates in an order that changes with the hash
+                # seed of the process, and so would the order of these assignments in the
+                # Verilog (the same configuration gave different text from run to run)
                 m.d.comb += [job[name].eq(res.tag[name])
-                             for name in self.job_fields - {"dc", "final"}]
+                             for name in sorted(self.job_fields - {"dc", "final"})]
                 with m.If(self.loss.valid & self.loss.ready):
                     with m.If(res.baseline):
-                        m.d.sync += loss_sum.eq(loss_sum + res.loss)
+                        m.d.sync += s.loss_sum.eq(s.loss_sum + res.loss)
                     with m.If(res.tag.end_of_step):
                         m.next = "UPDATE"
             # the last correlation of the step hands its sums to the update unit row by
@@ -476,9 +578,8 @@ class Sequencer(wiring.Component):
             with m.State("UPDATE"), m.If(~self.corr_busy & ~self.upd_busy):
                 m.d.sync += [
                     self.step.eq(self.step + 1),
-                    self.last_loss.eq(loss_sum),
-                    loss_sum.eq(0),
+                    self.last_loss.eq(s.loss_sum),
+                    s.loss_sum.eq(0),
                 ]
-                m.d.comb += [step_done.eq(1), self.step_done.eq(1)]
+                m.d.comb += [s.step_done.eq(1), self.step_done.eq(1)]
                 m.next = "COLLECT"
-        return m

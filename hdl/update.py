@@ -13,7 +13,9 @@ by ``lr_mult``; round, shift and subtract; write ``W``.  ``G`` comes from one of
 
 from __future__ import annotations
 
-from amaranth.hdl import Module, Mux, Signal, signed
+from dataclasses import dataclass
+
+from amaranth.hdl import Module, Mux, Signal, Value, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -23,6 +25,18 @@ from .geometry import Geometry
 from .memories import LanePortSignature
 
 __all__ = ["UpdateUnit"]
+
+
+@dataclass(frozen=True)
+class _Stage:
+    """The registers of one stage of :class:`UpdateUnit`'s pipe: ``valid``, the ``row``, its
+    ``layer``, the weights ``w`` and the lanes' ``value`` (``U``, then ``U * lr_mult``)."""
+
+    valid: Signal
+    row: Signal
+    layer: Signal
+    w: Signal
+    value: Signal
 
 
 class UpdateUnit(wiring.Component):
@@ -72,14 +86,24 @@ class UpdateUnit(wiring.Component):
         super().__init__(members)
 
     def elaborate(self, platform: object) -> Module:
+        """Five stages: A the row and its reads, B momentum and the clearing of G, C the
+        product ``U * lr_mult``, D round, shift and subtract, E the write of the weights."""
         m = Module()
-        geo, lanes = self.geometry, self.geometry.lanes
-        gb, wb = geo.grad_bits, geo.weight_bits
-        layers = geo.layers
-        layer_shape = range(max(2, len(layers)))
-        g_array = data.ArrayLayout(signed(gb), lanes)
+        active, fused, a_row = self._row_and_reads(m)
+        b_valid, b_fused, c = self._momentum(m, active, fused, a_row)
+        d = self._multiply(m, c)
+        e_valid = self._subtract_and_write(m, d)
+        m.d.comb += [
+            self.busy.eq(active | fused | b_valid | c.valid | d.valid | e_valid),
+            self.owns_grads.eq(active | (b_valid & ~b_fused)),
+        ]
+        return m
 
-        # stage A: the row (sweep counter or fused input); read W, M (and G when sweeping)
+    def _row_and_reads(self, m: Module) -> tuple[Signal, Value, Value]:
+        """Stage A: the row (the sweep counter, or the row of fused sums from the correlation
+        unit); read W, M (and G when sweeping).  Returns ``active`` (sweeping), ``fused``
+        and the row read."""
+        geo = self.geometry
         active = Signal()
         row = Signal(geo.row_bits)
         with m.If(self.start):
@@ -93,15 +117,24 @@ class UpdateUnit(wiring.Component):
         ports = [self.weights, self.grads] + ([self.momentum] if geo.momentum else [])
         for p in ports:
             m.d.comb += [p.raddr.eq(a_row), p.ren.eq(1)]
+        return active, fused, a_row
 
-        def layer_of(r: object) -> object:
-            """The layer a row belongs to (rows are laid out layer after layer)."""
-            value = 0
-            for lay in layers[1:]:
-                value = value + (r >= lay.row_base)
-            return value
+    def _layer_of(self, r: Value) -> Value:
+        """The layer a row belongs to (rows are laid out layer after layer)."""
+        value = 0
+        for lay in self.geometry.layers[1:]:
+            value = value + (r >= lay.row_base)
+        return value
 
-        # stage B: momentum; clear G (sweep)
+    def _momentum(self, m: Module, active: Signal, fused: Value,
+                  a_row: Value) -> tuple[Signal, Signal, _Stage]:
+        """Stage B: ``U`` = the new momentum (or ``G``); clear G of the row (sweep).
+
+        Returns B's ``valid`` and ``fused`` and the registers of stage C (``value`` = U).
+        """
+        geo, lanes = self.geometry, self.geometry.lanes
+        gb, wb = geo.grad_bits, geo.weight_bits
+        g_array = data.ArrayLayout(signed(gb), lanes)
         b_valid = Signal()
         b_fused = Signal()
         b_row = Signal(geo.row_bits)
@@ -114,10 +147,10 @@ class UpdateUnit(wiring.Component):
         ]
         c_valid = Signal()
         c_row = Signal(geo.row_bits)
-        c_layer = Signal(layer_shape)
+        c_layer = Signal(range(max(2, len(geo.layers))))
         c_w = Signal(data.ArrayLayout(signed(wb), lanes))
         c_u = Signal(g_array)
-        m.d.sync += [c_valid.eq(b_valid), c_row.eq(b_row), c_layer.eq(layer_of(b_row)),
+        m.d.sync += [c_valid.eq(b_valid), c_row.eq(b_row), c_layer.eq(self._layer_of(b_row)),
                      c_w.eq(self.weights.rdata)]
         m.d.comb += [
             self.grads.waddr.eq(b_row),
@@ -139,37 +172,41 @@ class UpdateUnit(wiring.Component):
                 self.momentum.waddr.eq(b_row),
                 self.momentum.we.eq(b_valid.replicate(lanes)),
             ]
+        return b_valid, b_fused, _Stage(valid=c_valid, row=c_row, layer=c_layer, w=c_w, value=c_u)
 
-        # stage C: the product U * lr_mult (a register after the multiplier)
+    def _multiply(self, m: Module, c: _Stage) -> _Stage:
+        """Stage C: the product ``U * lr_mult`` (a register after the multiplier); returns
+        the registers of stage D (``value`` = the product)."""
+        geo, lanes = self.geometry, self.geometry.lanes
+        gb, wb = geo.grad_bits, geo.weight_bits
         lr = self.lr_mult
         d_valid = Signal()
         d_row = Signal(geo.row_bits)
-        d_layer = Signal(layer_shape)
+        d_layer = Signal(range(max(2, len(geo.layers))))
         d_w = Signal(data.ArrayLayout(signed(wb), lanes))
         d_p = Signal(data.ArrayLayout(signed(gb + 9), lanes))
-        m.d.sync += [d_valid.eq(c_valid), d_row.eq(c_row), d_layer.eq(c_layer), d_w.eq(c_w)]
+        m.d.sync += [d_valid.eq(c.valid), d_row.eq(c.row), d_layer.eq(c.layer), d_w.eq(c.w)]
         for k in range(lanes):
-            m.d.sync += d_p[k].eq(c_u[k] * lr)
+            m.d.sync += d_p[k].eq(c.value[k] * lr)
+        return _Stage(valid=d_valid, row=d_row, layer=d_layer, w=d_w, value=d_p)
 
-        # stage D: round, shift and subtract; stage E writes the result
+    def _subtract_and_write(self, m: Module, d: _Stage) -> Signal:
+        """Stage D: round and shift the product by the layer's ``lr_shift`` and subtract it
+        from the weight; stage E writes the result.  Returns E's ``valid``."""
+        geo, lanes, wb = self.geometry, self.geometry.lanes, self.geometry.weight_bits
         e_valid = Signal()
         e_row = Signal(geo.row_bits)
         e_w = Signal(data.ArrayLayout(signed(wb), lanes))
-        m.d.sync += [e_valid.eq(d_valid), e_row.eq(d_row)]
-        with m.Switch(d_layer):
-            for lay in layers:
+        m.d.sync += [e_valid.eq(d.valid), e_row.eq(d.row)]
+        with m.Switch(d.layer):
+            for lay in geo.layers:
                 with m.Case(lay.index):
                     for k in range(lanes):
-                        step = round_shift(d_p[k], lay.lr_shift, geo.rounding)
-                        m.d.sync += e_w[k].eq(narrow(d_w[k] - step, wb, geo.overflow))
+                        step = round_shift(d.value[k], lay.lr_shift, geo.rounding)
+                        m.d.sync += e_w[k].eq(narrow(d.w[k] - step, wb, geo.overflow))
         m.d.comb += [
             self.weights.waddr.eq(e_row),
             self.weights.wdata.eq(e_w),
             self.weights.we.eq(e_valid.replicate(lanes)),
         ]
-
-        m.d.comb += [
-            self.busy.eq(active | fused | b_valid | c_valid | d_valid | e_valid),
-            self.owns_grads.eq(active | (b_valid & ~b_fused)),
-        ]
-        return m
+        return e_valid
