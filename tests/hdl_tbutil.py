@@ -183,6 +183,23 @@ class Sink:
             self.received.append(self.packer.unpack(self.payload.value.to_unsigned()))
 
 
+async def send_bytes(dut: Any, stream: str, data: bytes, gap: Callable[[], int] | None = None) -> None:
+    """Push ``data`` into the byte stream ``<stream>__valid`` / ``__payload`` / ``__ready`` one
+    transfer at a time, ``gap()`` idle cycles before each byte (none by default)."""
+    valid, payload, ready = (getattr(dut, f"{stream}__{name}") for name in ("valid", "payload", "ready"))
+    for byte in data:
+        idle = gap() if gap is not None else 0
+        if idle:
+            await ClockCycles(dut.clk, idle)
+        valid.value = 1
+        payload.value = byte
+        while True:
+            await RisingEdge(dut.clk)
+            if int(ready.value):
+                break
+        valid.value = 0
+
+
 class Bench:
     """Clock, reset and the per-cycle loop over sources, sinks and one-shot writes."""
 

@@ -15,8 +15,8 @@ import random
 from collections.abc import Callable
 
 import cocotb
-from cocotb.clock import Clock
 from cocotb.triggers import ClockCycles, RisingEdge
+from hdl_tbutil import Bench, send_bytes
 from hostlink_top import REG_ID, TargetModel, fuzz_cases
 
 from perturbo.hdl.bus import Space
@@ -69,16 +69,11 @@ class TB:
         self.target = TargetModel(DEPTH)
         self.model = DeviceModel(self.target, max_words=MAX_WORDS, ident=IDENT)
         self.expected = bytearray()
-        dut.rx__valid.value = 0
-        dut.rx__payload.value = 0
-        dut.tx__ready.value = 0
-        cocotb.start_soon(Clock(dut.clk, 10, unit="ns").start())
+        self.bench = Bench(dut)  # the clock, and every input driven
 
     async def reset(self) -> None:
         """Reset, then zero the RAM through the link (it keeps its contents across tests)."""
-        self.dut.rst.value = 1
-        await ClockCycles(self.dut.clk, 3)
-        self.dut.rst.value = 0
+        await self.bench.reset()
         cocotb.start_soon(self._monitor())
         for start in range(0, DEPTH, MAX_WORDS):
             count = min(MAX_WORDS, DEPTH - start)
@@ -98,20 +93,9 @@ class TB:
 
     async def send(self, data: bytes, *, model: bool = True) -> None:
         """Send ``data`` with idle gaps; the model predicts the replies unless ``model=False``."""
-        dut = self.dut
         if model:
             self.expected += self.model.feed(data)
-        for byte in data:
-            idle = self.gap()
-            if idle:
-                await ClockCycles(dut.clk, idle)
-            dut.rx__valid.value = 1
-            dut.rx__payload.value = byte
-            while True:
-                await RisingEdge(dut.clk)
-                if int(dut.rx__ready.value):
-                    break
-            dut.rx__valid.value = 0
+        await send_bytes(self.dut, "rx", data, self.gap)
 
     async def settle(self, timeout: int = 200_000) -> None:
         """Wait until every predicted reply byte has arrived (and a little longer)."""

@@ -11,8 +11,8 @@ import os
 import random
 
 import cocotb
-from cocotb.clock import Clock
 from cocotb.triggers import ClockCycles, RisingEdge
+from hdl_tbutil import Bench, send_bytes
 
 DIVISOR = int(os.environ.get("UART_DIVISOR", "8"))
 FIFO = int(os.environ.get("UART_FIFO", "0"))
@@ -27,16 +27,12 @@ class TB:
         self.errors = 0
         self.overruns = 0
         self.hold_ready = False
-        dut.rx.value = 1
-        dut.i__valid.value = 0
-        dut.i__payload.value = 0
+        self.bench = Bench(dut)  # the clock, and every input driven
+        dut.rx.value = 1  # the line idles high
         dut.o__ready.value = 1
-        cocotb.start_soon(Clock(dut.clk, 10, unit="ns").start())
 
     async def reset(self) -> None:
-        self.dut.rst.value = 1
-        await ClockCycles(self.dut.clk, 3)
-        self.dut.rst.value = 0
+        await self.bench.reset()
         cocotb.start_soon(self._monitor())
 
     async def _monitor(self) -> None:
@@ -60,15 +56,7 @@ class TB:
 
     async def send_stream(self, data: bytes) -> None:
         """Push ``data`` into the transmitter's stream."""
-        dut = self.dut
-        for byte in data:
-            dut.i__valid.value = 1
-            dut.i__payload.value = byte
-            while True:
-                await RisingEdge(dut.clk)
-                if int(dut.i__ready.value):
-                    break
-            dut.i__valid.value = 0
+        await send_bytes(self.dut, "i", data)
 
     async def decode_tx(self, count: int) -> bytes:
         """Decode ``count`` bytes from the ``tx`` line, checking every bit lasts DIVISOR cycles."""
