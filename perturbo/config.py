@@ -91,6 +91,13 @@ class Dataset(StrEnum):
     FASHION_MNIST = "fashion-mnist"
 
 
+class InputFormat(StrEnum):
+    #: the quantised pixel, 0..127 (docs/numerics.md section 2)
+    UNSIGNED = "unsigned"
+    #: the quantised pixel minus its feature's mean over the training split, rounded: -127..127
+    CENTRED = "centred"
+
+
 class Backend(StrEnum):
     """Where ``perturbo train --backend`` trains: the golden model, the co-simulation, a board."""
 
@@ -143,6 +150,12 @@ class DataConfig(_Strict):
         ge=1,
         le=7,
         description="Fashion-MNIST only: average-pool k x k pixel blocks (2: 28x28 -> 14x14 = 196 inputs)",
+    )
+
+    inputs: InputFormat = Field(
+        InputFormat.UNSIGNED,
+        description="unsigned: the quantised pixel x, 0..127; centred: x - m_j, m_j the rounded mean of "
+        "feature j over the training split (-127..127; host-side, docs/numerics.md section 7)",
     )
 
     @model_validator(mode="after")

@@ -3,7 +3,8 @@
 Everything here is offline: the digits come from scikit-learn's wheel and
 Fashion-MNIST from Debian's ``dataset-fashion-mnist`` package (IDX files). Inputs
 are returned in the INT8 input format of docs/numerics.md: int16 tensors with
-values 0..127; labels are int64 class indices.
+values 0..127, or with ``data.inputs: centred`` -127..127 (each feature minus its
+rounded mean over the training split); labels are int64 class indices.
 
 Splits depend only on ``cfg.split_seed`` (``data.split_seed``, or ``seed`` when
 that is not set) and shuffles only on ``cfg.seed`` and the epoch, never on global
@@ -25,7 +26,7 @@ import numpy as np
 import torch
 from sklearn.model_selection import train_test_split
 
-from .config import Config, ConfigError, Dataset
+from .config import Config, ConfigError, Dataset, InputFormat
 
 __all__ = [
     "FASHION_MNIST_DIR",
@@ -37,6 +38,7 @@ __all__ = [
     "batches",
     "derive_seed",
     "epoch_permutation",
+    "input_offsets",
     "load_dataset",
 ]
 
@@ -67,7 +69,7 @@ class Split:
     Parameters
     ----------
     x : torch.Tensor
-        int16 inputs, shape ``(n, features)``, values 0..127.
+        int16 inputs, shape ``(n, features)``, values 0..127 (centred: -127..127).
     y : torch.Tensor
         int64 class indices, shape ``(n,)``.
     """
@@ -93,6 +95,9 @@ class Splits:
         Number of classes (10 for both).
     dataset : str
         The data set's name, as in the configuration.
+    offsets : torch.Tensor or None
+        ``data.inputs: centred``: the int16 per-feature offsets ``m_j`` already
+        subtracted from every split (:func:`input_offsets`); None for unsigned inputs.
     """
 
     train: Split
@@ -101,6 +106,7 @@ class Splits:
     n_features: int
     n_classes: int
     dataset: str
+    offsets: torch.Tensor | None = None
 
     def split(self, name: str) -> Split:
         """The split called ``train``, ``val`` or ``test``."""
@@ -212,6 +218,14 @@ def _load_fashion(directory: Path, pool: int = 1) -> tuple[np.ndarray, np.ndarra
     return out[0], out[1], out[2], out[3]
 
 
+def input_offsets(x_train: np.ndarray) -> np.ndarray:
+    """Per-feature offsets of ``data.inputs: centred``: the mean of each feature over ``x_train``
+    (0..127 inputs), rounded half up in integers, so that ``x - m`` stays in -127..127."""
+    total = x_train.astype(np.int64).sum(axis=0)
+    n = x_train.shape[0]
+    return ((2 * total + n) // (2 * n)).astype(np.int16)
+
+
 def _check_network(cfg: Config, n_features: int, n_classes: int) -> None:
     layers = cfg.network.layers
     if layers[0] != n_features:
@@ -239,7 +253,8 @@ def load_dataset(cfg: Config, *, check_network: bool = True) -> Splits:
     10 000-image test set, and a stratified ``validation_fraction`` of its
     training set for validation. The training split is then shuffled (from the
     split seed) and truncated to ``data.train_limit``; validation and test do not
-    depend on ``train_limit``.
+    depend on ``train_limit``. With ``data.inputs: centred`` every split has the
+    training split's rounded per-feature means (before ``train_limit``) subtracted.
 
     Raises
     ------
@@ -265,6 +280,10 @@ def load_dataset(cfg: Config, *, check_network: bool = True) -> Splits:
         x_rest, y_rest, test_size=data.validation_fraction, stratify=y_rest,
         random_state=derive_seed(split_seed, "validation-split"),
     )
+    offsets = None
+    if data.inputs == InputFormat.CENTRED:  # host-side: the accelerator sees signed INT8 samples
+        offsets = input_offsets(x_train)
+        x_train, x_val, x_test = (x - offsets for x in (x_train, x_val, x_test))
     order = np.random.Generator(np.random.PCG64(derive_seed(split_seed, "train-order"))).permutation(
         len(y_train)
     )
@@ -282,6 +301,7 @@ def load_dataset(cfg: Config, *, check_network: bool = True) -> Splits:
         n_features=n_features,
         n_classes=n_classes,
         dataset=data.dataset.value,
+        offsets=None if offsets is None else torch.from_numpy(offsets),
     )
 
 

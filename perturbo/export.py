@@ -395,10 +395,15 @@ def export_run(run: str | Path, fmt: str, out: str | Path | None = None) -> Expo
     source = run / "checkpoint.ckpt" if run.is_dir() else run
     reference = _reference(ckpt, source)
     kind = "integer" if hasattr(reference, "mac_weights") else "float"
-    test = load_dataset(ckpt.config).test
+    splits = load_dataset(ckpt.config)
+    test = splits.test
     want = reference.predict(test.x)
     tensors = _tensors(reference, kind)
     meta = _metadata(ckpt, source, kind)
+    if splits.offsets is not None:  # data.inputs: centred: what to subtract from a new sample first
+        meta["input"]["offsets"] = [int(v) for v in splits.offsets]
+        meta["input"]["format"] = meta["input"]["format"].replace(
+            "INT8 0..127 per feature", "INT8 -127..127 per feature: the 0..127 value minus input.offsets[j]")
     meta["test"] = {"accuracy": _accuracy(want, test.y), "samples": len(test.y)}
     path = Path(out) if out is not None else default_output(run, fmt)
     if fmt == "onnx":

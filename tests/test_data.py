@@ -56,6 +56,24 @@ def test_digits_stratified_value_range_and_types() -> None:
         counts = torch.bincount(part.y, minlength=10).double()
         assert counts.min() / counts.max() > 0.8, "every class in every split, evenly"
     assert int(s.train.x.max()) == 127  # 16 -> 127
+    assert s.offsets is None
+
+
+def test_centred_inputs_subtract_the_training_means() -> None:
+    """data.inputs: centred: every split minus the training split's rounded per-feature means."""
+    raw, cen = load_dataset(digits()), load_dataset(digits(inputs="centred"))
+    full = load_dataset(digits(train_limit=100, inputs="centred"))
+    m = cen.offsets
+    assert m is not None and m.dtype == torch.int16 and m.shape == (64,)
+    # the rounded mean of the (untruncated) training split, and the same with train_limit
+    assert torch.equal(m, torch.floor(raw.train.x.double().mean(0) + 0.5).to(torch.int16))
+    assert torch.equal(full.offsets, m)
+    for name in ("train", "val", "test"):
+        assert torch.equal(cen.split(name).x, raw.split(name).x - m)
+        assert torch.equal(cen.split(name).y, raw.split(name).y)
+        x = cen.split(name).x
+        assert x.dtype == torch.int16 and int(x.min()) >= -127 and int(x.max()) <= 127
+    assert abs(float(cen.train.x.double().mean())) < 0.5
 
 
 def test_train_limit_truncates_only_training_data() -> None:
