@@ -207,7 +207,7 @@ def _encode_onnx(meta: dict[str, Any], tensors: dict[str, torch.Tensor], kind: s
     if kind == "integer":
         weights = {k: t.to(torch.int8) for k, t in weights.items()}
     meta = dict(meta, onnx={
-        "input": "x: int8 (N, features), values 0..127",
+        "input": "x: int8 (N, features), values 0..127 (-127..127 centred: minus input.offsets)",
         "outputs": {"scores": "int8 (N, classes)" if kind == "integer" else "float32 (N, classes)",
                     "prediction": "int64 (N,): ArgMax of scores, the first index on ties"},
         "arithmetic": "float64, exact for these integers (perturbo/onnx_export.py)" if kind == "integer"

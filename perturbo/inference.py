@@ -5,7 +5,8 @@ or ``.npz`` file and used without perturbo (``perturbo export`` writes both,
 ``perturbo.export`` reads them back into this module).
 
 An integer export (the bit-exact accelerator, docs/numerics.md) runs in float64,
-where every value of the integer forward pass is exact: inputs are INT8 (0..127),
+where every value of the integer forward pass is exact: inputs are INT8 (0..127, or
+-127..127 centred),
 ``w8`` INT8, a dot product over at most 4 097 terms of at most 2^14 stays far
 below 2^53, and the rounding shift is a division by a power of two followed by
 ``floor``. Each layer is::
@@ -62,7 +63,8 @@ class ExportedMLP(torch.nn.Module):
 
     Notes
     -----
-    ``forward`` takes inputs in the INT8 input format (values 0..127, any dtype) and
+    ``forward`` takes inputs in the INT8 input format (values 0..127, or -127..127 for
+    centred inputs, the export's ``input.offsets`` already subtracted; any dtype) and
     returns ``(n, classes)`` scores; the prediction is their argmax (the first index
     on ties, as the host takes it).
     """

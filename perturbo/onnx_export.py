@@ -6,7 +6,8 @@ installed (else on ``onnx.reference.ReferenceEvaluator``, onnx's numpy interpret
 
 The graph (opset 17, IR version 8) has one input and two outputs::
 
-    x           int8   (N, features)  the INT8 input format, values 0..127
+    x           int8   (N, features)  the INT8 input format: 0..127, or -127..127 for centred
+                                      inputs (the value minus the export's input.offsets)
     scores      int8   (N, classes)   integer export: the accelerator's INT8 output scores
                 float32 (N, classes)  float export: the float reference's scores
     prediction  int64  (N,)           ArgMax of the scores, the first index on ties
@@ -184,14 +185,15 @@ def metadata(model: Any) -> dict[str, Any]:
 
 
 def run(model: bytes, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, str]:
-    """Run a serialised graph on INT8-format inputs.
+    """Run a serialised graph on INT8-format inputs (centred ones already offset).
 
     Returns ``(scores, prediction, runtime)``: the graph's two outputs as tensors and
     the name of what ran it, ``"onnxruntime"`` when that package is installed, else
     ``"onnx.reference"``.
     """
-    if x.numel() and (int(x.min()) < 0 or int(x.max()) > 127):
-        raise ValueError(f"inputs must be 0..127 (the INT8 input format), not {int(x.min())}..{int(x.max())}")
+    if x.numel() and (int(x.min()) < -128 or int(x.max()) > 127):
+        raise ValueError(f"inputs must be INT8 (0..127, or -127..127 when centred), "
+                         f"not {int(x.min())}..{int(x.max())}")
     feed = {"x": x.to(torch.int8).numpy()}
     try:
         import onnxruntime as ort

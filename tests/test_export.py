@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 
 import perturbo.cli as cli
 from perturbo.backend import make_backend
@@ -40,10 +41,14 @@ def run_cli(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """A 50-step integer DRTP run and a 20-step float BP run on the golden model."""
+    """A 50-step integer DRTP run, the same on centred inputs, and a 20-step float BP run on
+    the golden model."""
     base = tmp_path_factory.mktemp("runs")
-    out = {"drtp": base / "drtp", "bp": base / "bp"}
-    for name, cfg, steps in (("drtp", DRTP, 50), ("bp", BP, 20)):
+    out = {"drtp": base / "drtp", "bp": base / "bp", "centred": base / "centred"}
+    centred = yaml.safe_load(DRTP.read_text())
+    centred["data"] = {**centred.get("data", {}), "inputs": "centred"}
+    (base / "centred.yaml").write_text(yaml.safe_dump(centred))
+    for name, cfg, steps in (("drtp", DRTP, 50), ("bp", BP, 20), ("centred", base / "centred.yaml", 50)):
         assert cli.main(["train", str(cfg), "--backend", "golden", "--steps", str(steps), "--out", str(out[name]),
                          "--no-progress"]) == 0
     return out
@@ -376,3 +381,26 @@ def test_damaged_onnx_exports(runs: dict[str, Path], tmp_path: Path, capsys: pyt
     bare = tmp_path / "bare.onnx"
     onnx.save(model, str(bare))
     fails(capsys, ["eval", str(bare)], f"{bare} is not a readable perturbo onnx export")
+
+
+@pytest.mark.parametrize("fmt", ["npz", "onnx"])
+def test_centred_export_gives_the_integer_scores(runs: dict[str, Path], tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str], fmt: str) -> None:
+    """Centred inputs (-127..127 after the offsets): the export carries the offsets, and its
+    scores on the centred test split are the golden model's."""
+    if fmt == "onnx":
+        pytest.importorskip("onnxruntime")
+    path = tmp_path / f"m.{fmt}"
+    run_cli(capsys, ["export", str(runs["centred"]), "--format", fmt, "-o", str(path)])
+    ckpt = load_checkpoint(runs["centred"])
+    splits = load_dataset(ckpt.config)
+    assert splits.offsets is not None and int(splits.test.x.min()) < 0
+    model = make_backend(ckpt.config, "golden")
+    model.load_state_dict(ckpt.backend_state)
+    net = load_export(path)
+    assert net.metadata["input"]["offsets"] == [int(v) for v in splits.offsets]
+    want = model.predict(splits.test.x)
+    if fmt == "onnx":
+        scores, _ = onnx_run(path, splits.test.x)
+        assert torch.equal(scores.long(), want)
+    assert torch.equal(net.module()(splits.test.x), want.double())
