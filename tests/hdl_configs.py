@@ -116,10 +116,12 @@ FORWARD_CONFIGS["node-narrow"] = _rule_config("node-narrow", [6, 5, 3], {"name":
                                               lanes=2, numerics={"acc_bits": 19})
 
 
-def _digits_config(name: str, hidden: int, rule: dict, *, lanes: int, numerics: dict | None = None) -> Config:
+def _digits_config(name: str, hidden: int, rule: dict, *, lanes: int, numerics: dict | None = None,
+                   inputs: str = "unsigned") -> Config:
     # 64 inputs and 10 classes: the digits data set, so the whole host path (data, stream) runs
     return parse_config({
         "name": name, "seed": 4,
+        "data": {"inputs": inputs},
         "network": {"layers": [64, hidden, 10]},
         "rule": {"batch": 2, "tau_theta": 1, "lr_mult": 3, **rule},
         "numerics": numerics or {},
@@ -135,8 +137,9 @@ VERIFY_CONFIGS: dict[str, Config] = {
                                                           "lr_shift": [7, 6], "optimizer": "momentum",
                                                           "momentum_shift": 2},
                                  lanes=4, numerics={"grad_bits": 24}),
+    # centred inputs (negative samples: the ALR sign unit's -1, negative products)
     "alr": _digits_config("verify-alr", 5, {"name": "alr", "sigma": 20, "copies": 2, "lr_shift": 8},
-                          lanes=3, numerics={"rounding": "floor"}),
+                          lanes=3, numerics={"rounding": "floor"}, inputs="centred"),
     "tpsgd-l1": _digits_config("verify-tpsgd-l1", 7, {"name": "tpsgd-l1", "lr_shift": 4,
-                                                      "optimizer": "momentum"}, lanes=4),
+                                                      "optimizer": "momentum"}, lanes=4, inputs="centred"),
 }
