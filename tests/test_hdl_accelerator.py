@@ -9,7 +9,9 @@ from hdl_configs import CONFIGS, RULE_CONFIGS, config_env
 from perturbo.hdl.accelerator import Accelerator
 from perturbo.hdl.geometry import Geometry
 
-ACCEL_CONFIGS = {**CONFIGS, **RULE_CONFIGS}
+#: The small configurations (the digits-sized accelerator runs whole, through its host link,
+#: on the co-simulation of every shipped digits example: tests/test_verilator_backend.py).
+ACCEL_CONFIGS = {"tiny": CONFIGS["tiny"], **RULE_CONFIGS}
 
 
 #: The configurations the whole accelerator also runs on Icarus, the second simulator: every
