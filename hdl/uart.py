@@ -104,12 +104,7 @@ class UARTRx(wiring.Component):
     A falling edge starts a byte; the start bit is checked half a bit later (a shorter
     glitch is ignored) and every data bit and the stop bit are sampled in the middle.
     A byte whose stop bit is low is dropped, pulses ``error`` and the receiver waits for
-    the line to go high again (a break).
-
-    Parameters
-    ----------
-    divisor : int
-        Clock cycles per bit (at least 4).
+    the line to go high again (a break).  ``divisor``: as for :class:`UARTTx`.
 
     Members
     -------
