@@ -274,8 +274,8 @@ class VerilatorSim:
         if self.trace is not None:
             self.trace.parent.mkdir(parents=True, exist_ok=True)
             command += ["--trace", str(self.trace)]
-        self._process = subprocess.Popen(
-            command,
+        self._process = subprocess.Popen(  # stdin: none of the host's (a test worker's channel)
+            command, stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         assert self._process.stdout is not None
         deadline = time.monotonic() + self.start_timeout

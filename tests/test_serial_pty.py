@@ -125,7 +125,8 @@ def test_serve_command(cfg: Config, tmp_path: Path) -> None:
     config_file.write_text(cfg.to_yaml())
     process = subprocess.Popen([sys.executable, "-m", "perturbo.cli", "serve", str(config_file),
                                 "--divisor", str(DIVISOR)],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               # not the test worker's stdin (pytest-xdist talks to its workers there)
+                               stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert process.stdout is not None
         ready, _, _ = select.select([process.stdout], [], [], 300)  # a build when not cached
