@@ -165,8 +165,8 @@ def run_cocotb(component, toplevel: str, test_module: str, *, extra_env: dict[st
     from cocotb_tools.runner import get_runner
 
     waves = waves_requested()
-    # src attributes lead a traced signal back to its Python line; untraced builds keep
-    # the Verilog (and so the cache key) they always had
+    # src attributes lead a traced signal back to its Python line; they are in the
+    # Verilog, and so in the cache key, only when waves are asked for
     text = verilog.convert(component, name=toplevel, emit_src=waves)
     tests_dir = str(Path(__file__).resolve().parent)
     if tests_dir not in sys.path:

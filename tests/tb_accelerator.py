@@ -72,6 +72,16 @@ async def run_command(dut, bus: BusMaster, command: Command, max_cycles: int) ->
     assert status & Status.DONE and not status & Status.BUSY, f"status {status:#x} after {command!r}"
 
 
+def golden_steps(model: IntegerModel, x: torch.Tensor, labels: torch.Tensor, cursor: int, steps: int) -> int:
+    """``steps`` golden steps on the samples from ``cursor`` on, wrapping as the sequencer's
+    cursor does; returns the cursor after them."""
+    for _ in range(steps):
+        idx = [(cursor + b) % x.shape[0] for b in range(S)]
+        cursor = (cursor + S) % x.shape[0]
+        model.train_step(x[idx], labels[idx])
+    return cursor
+
+
 def make_data(rng: random.Random, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     x = torch.tensor([[rng.randint(0, 127) for _ in range(geo.n_inputs)] for _ in range(n)])
     x[0, :] = 0  # a sample of zeros
@@ -116,10 +126,7 @@ async def train_and_infer(dut) -> None:
     for steps in runs:
         await bus.write(R, Reg.STEPS, steps)
         await run_command(dut, bus, Command.TRAIN, step_budget() * steps)
-        for _ in range(steps):
-            idx = [(cursor + b) % n_samples for b in range(S)]
-            cursor = (cursor + S) % n_samples
-            model.train_step(x[idx], labels[idx])
+        cursor = golden_steps(model, x, labels, cursor, steps)
         assert await bus.read(R, Reg.STEP) == model.step
         assert await bus.read(R, Reg.SAMPLE_CURSOR) == cursor
         assert await bus.read(R, Reg.LAST_LOSS) == model.last_loss_sum, "last step's loss sum"
@@ -173,17 +180,13 @@ async def aborted_runs(dut, bus: BusMaster, model: IntegerModel, x: torch.Tensor
                        cursor: int, step_cycles: int) -> None:
     """ABORT an inference run, then a training run that would never end: it stops after the
     step in progress, and the weights are the golden model's after the steps it counted."""
-    n_samples = x.shape[0]
     await abort_when_busy(dut, bus, Command.INFER, 5, pass_budget() * 4)
     await bus.write(R, Reg.STEPS, 0xFFFF_FFFF)
     done_before = await bus.read(R, Reg.STEPS_DONE)
     await abort_when_busy(dut, bus, Command.TRAIN, step_cycles + step_cycles // 2, step_budget())
     steps = await bus.read(R, Reg.STEPS_DONE) - done_before
     assert 1 <= steps <= 3, f"ABORT 1.5 steps into a run stopped after {steps} steps"
-    for _ in range(steps):
-        idx = [(cursor + b) % n_samples for b in range(S)]
-        cursor = (cursor + S) % n_samples
-        model.train_step(x[idx], labels[idx])
+    cursor = golden_steps(model, x, labels, cursor, steps)
     assert await bus.read(R, Reg.STEP) == model.step
     assert await bus.read(R, Reg.SAMPLE_CURSOR) == cursor
     rtl = await read_matrices(bus, W)
