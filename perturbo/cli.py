@@ -499,8 +499,9 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     spec = sweep.spec
     if args.dry_run:
         n = grid_size(sweep) if spec.method == "grid" else spec.trials
-        print(f"{spec.name}: {n} trials ({spec.method}) of {sweep.steps} steps on the {spec.backend} backend, "
-              f"{spec.cpus_per_trial:g} CPUs each; keys {', '.join(spec.space)}")
+        built = f", each built for {spec.synth.board}" if spec.synth is not None else ""
+        print(f"{spec.name}: {n} trials ({spec.method}) of {sweep.steps} steps on the {spec.backend} backend"
+              f"{built}, {spec.cpus_per_trial:g} CPUs each; keys {', '.join(spec.space)}")
         if spec.method == "grid":
             for params in trial_grid(sweep):
                 print("  " + ", ".join(f"{k}={v!r}" for k, v in params.items()))
@@ -518,8 +519,9 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
               + ", ".join(f"{k}={v!r}" for k, v in r["params"].items()))
     if result.best is not None:
         print(f"best (validation): {result.best['trial']}, {result.out_dir / 'best.yaml'}")
+    plots = ["curves.png", "keys.png", *(["pareto.png"] if spec.synth is not None else [])]
     print(f"results: {result.results_csv}, {result.out_dir / 'results.json'}, "
-          f"{result.out_dir / 'curves.png'}, {result.out_dir / 'keys.png'}")
+          + ", ".join(str(result.out_dir / p) for p in plots))
     if result.unfinished:
         print(f"interrupted with {result.unfinished} trials unfinished; continue with:\n"
               f"  perturbo sweep {args.sweep} --out {result.out_dir} --resume", file=sys.stderr)

@@ -51,6 +51,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .config import Config, ConfigError, load_config, parse_config
+from .limits import check_fits_target
 
 __all__ = ["SweepError", "SweepFile", "SweepResult", "check_sweep", "load_sweep", "run_sweep"]
 
@@ -61,6 +62,8 @@ EXTRA_HINT = "pip install 'perturbo[sweep]'"
 TRIALS_DIR = "trials"
 RAY_DIR = "ray"
 PARAMS_NAME = "params.json"
+#: A trial's board build report (``SynthReport``), when the sweep builds its trials.
+SYNTH_NAME = "synth.json"
 #: Ray's increment of its workers' niceness over the raylet's (read when a local instance starts).
 WORKER_NICENESS_ENV = "RAY_worker_niceness"
 
@@ -99,6 +102,13 @@ class EarlyStop(_Strict):
     reduction_factor: int = Field(3, ge=2, description="keep the best 1/reduction_factor at every rung")
 
 
+class SynthTrials(_Strict):
+    """Build every finished trial's accelerator for a board as well (``perturbo synth``)."""
+
+    board: str = Field(..., description="the board every trial is built for (perturbo synth --board)")
+    seed: int = Field(1, ge=0, description="nextpnr placement seed")
+
+
 class SweepFile(_Strict):
     """A sweep file (YAML)."""
 
@@ -116,6 +126,7 @@ class SweepFile(_Strict):
     threads_per_trial: int | None = Field(None, ge=1, description="torch threads per trial (default: its CPUs)")
     max_concurrent: int | None = Field(None, ge=1, description="at most this many trials at once")
     early_stop: EarlyStop | None = Field(None, description="stop hopeless trials (ASHA)")
+    synth: SynthTrials | None = Field(None, description="also build each finished trial for a board")
 
 
 @dataclass(frozen=True)
@@ -171,7 +182,8 @@ def _format(err: ValidationError) -> list[str]:
             if len(e["loc"]) >= 3 and e["loc"][0] == "space":  # an unknown domain kind
                 allowed = list(Domain.model_fields)
             else:
-                allowed = list(SweepFile.model_fields) if len(e["loc"]) == 1 else list(EarlyStop.model_fields)
+                nested = {"early_stop": EarlyStop, "synth": SynthTrials}.get(str(e["loc"][0]), SweepFile)
+                allowed = list(SweepFile.model_fields if len(e["loc"]) == 1 else nested.model_fields)
             msg = f"unknown key; allowed: {', '.join(allowed)}"
             close = difflib.get_close_matches(str(e["loc"][-1]), allowed, n=1)
             if close:
@@ -200,6 +212,12 @@ def check_sweep(data: Any, source: str | Path) -> Sweep:
     except ConfigError as err:
         raise SweepError(f"{where}: base: {' '.join(str(err).split())}") from None
     sweep = Sweep(spec, source, base)
+    if spec.synth is not None:
+        from .boards.top import board_names
+
+        if spec.synth.board not in board_names():
+            raise SweepError(f"{where}: synth.board: {spec.synth.board!r} is not a board; allowed: "
+                             f"{', '.join(board_names())}")
     keys = _config_keys()
     for key, domain in spec.space.items():
         kinds = [k for k in Domain.model_fields if getattr(domain, k) is not None]
@@ -230,7 +248,9 @@ def check_sweep(data: Any, source: str | Path) -> Sweep:
             continue
         for v in values:
             try:
-                sweep.trial_config({key: v})
+                cfg = sweep.trial_config({key: v})
+                if spec.synth is not None:
+                    check_fits_target(cfg, f"{source} ({key}={v!r})")
             except ConfigError as err:
                 detail = str(err).split("\n", 1)[-1].strip()
                 problems.append(f"space.{key} = {v!r}: {detail}")
@@ -333,6 +353,16 @@ def _run_trial(params: dict[str, Any], *, sweep: Sweep, out: str) -> None:
                 report(last[-1])
     finally:
         backend.close()
+    if sweep.spec.synth is not None and not (run_dir / SYNTH_NAME).exists():
+        _synth_trial(cfg, sweep.spec.synth, run_dir)
+
+
+def _synth_trial(cfg: Config, synth: SynthTrials, run_dir: Path) -> None:
+    """Build a finished trial's accelerator (through the shared build cache); keep the report beside the run."""
+    from .boards.build import build
+
+    report = build(cfg, synth.board, seed=synth.seed, quiet=True)
+    (run_dir / SYNTH_NAME).write_text(report.to_json())
 
 
 @dataclass
@@ -490,9 +520,44 @@ def collect_trials(sweep: Sweep, out: Path, errors: dict[str, str] | None = None
             "wall_time": history[-1]["wall_time"] if history else None,
             "run_dir": str(params_file.parent), "params": info["params"], "curve": evals,
             **({"error": error} if error else {}),
+            **_synth_columns(params_file.parent / SYNTH_NAME),
         })
     rows.sort(key=lambda r: (r["status"] != "done", -(r[METRIC] if r[METRIC] is not None else -1.0)))
+    _mark_pareto(rows)
     return rows
+
+
+#: What a results row says of a trial's board build (None where the sweep builds nothing).
+SYNTH_COLUMNS = ("synth_status", "logic", "logic_available", "dsp", "bram", "fmax_mhz")
+
+
+def _synth_columns(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        return {}
+    from .boards.report import SynthReport
+
+    report = SynthReport.load(path)
+    use = report.resources
+    return {
+        "synth_status": report.status,
+        "logic": use["logic"].used if "logic" in use else None,
+        "logic_available": use["logic"].available if "logic" in use else None,
+        "dsp": use["dsp"].used if "dsp" in use else None,
+        "bram": use["bram"].used if "bram" in use else None,
+        "fmax_mhz": report.fmax_mhz,
+    }
+
+
+def _mark_pareto(rows: list[dict[str, Any]]) -> None:
+    """``pareto``: a finished, fitting trial that no other beats on both validation accuracy and logic."""
+    built = [r for r in rows if r["status"] == "done" and r[METRIC] is not None
+             and r.get("synth_status") == "ok" and r.get("logic") is not None]
+    def beats(q: dict[str, Any], r: dict[str, Any]) -> bool:
+        no_worse = q[METRIC] >= r[METRIC] and q["logic"] <= r["logic"]
+        return no_worse and (q[METRIC] > r[METRIC] or q["logic"] < r["logic"])
+
+    for r in rows:
+        r["pareto"] = any(r is b for b in built) and not any(beats(q, r) for q in built)
 
 
 def write_results(sweep: Sweep, out: Path, wall: float, errors: dict[str, str] | None = None,
@@ -502,12 +567,15 @@ def write_results(sweep: Sweep, out: Path, wall: float, errors: dict[str, str] |
     done = [r for r in rows if r["status"] == "done" and r[METRIC] is not None]
     best = done[0] if done else None
     keys = list(sweep.spec.space)
+    hardware = [*SYNTH_COLUMNS, "pareto"] if sweep.spec.synth is not None else []
     with (out / "results.csv").open("w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["trial", "status", "steps", METRIC, "best_val_accuracy", "wall_time", *keys, "run_dir"])
+        w.writerow(["trial", "status", "steps", METRIC, "best_val_accuracy", "wall_time", *keys, *hardware,
+                    "run_dir"])
         for r in rows:
             w.writerow([r["trial"], r["status"], r["steps"], r[METRIC], r["best_val_accuracy"], r["wall_time"],
-                        *(json.dumps(r["params"].get(k)) for k in keys), r["run_dir"]])
+                        *(json.dumps(r["params"].get(k)) for k in keys), *(r.get(c) for c in hardware),
+                        r["run_dir"]])
     doc = {"name": sweep.spec.name, "sweep": sweep.spec.model_dump(mode="json"), "metric": METRIC,
            "selection": "final validation accuracy of finished trials (the test split is never evaluated)",
            "wall_time": wall, "best": best, "trials": rows}
@@ -517,6 +585,8 @@ def write_results(sweep: Sweep, out: Path, wall: float, errors: dict[str, str] |
         (out / "best.yaml").write_text(f"# best trial {best['trial']} of sweep {sweep.spec.name}: validation "
                                        f"accuracy {best[METRIC]:.4f} after {best['steps']} steps\n" + cfg.to_yaml())
     _plot(rows, keys, out)
+    if sweep.spec.synth is not None:
+        _plot_pareto(rows, keys, sweep.spec.synth.board, out)
     return SweepResult(out, rows, best, wall, len(unfinished or ()))
 
 
@@ -553,6 +623,31 @@ def _plot(rows: list[dict[str, Any]], keys: list[str], out: Path) -> None:
         ax.set_ylabel("final validation accuracy")
         ax.grid(alpha=0.3)
     fig.savefig(out / "keys.png", dpi=100)
+
+
+def _plot_pareto(rows: list[dict[str, Any]], keys: list[str], board: str, out: Path) -> None:
+    """``pareto.png``: final validation accuracy against logic used, Fmax in colour, the front joined."""
+    from matplotlib.figure import Figure
+
+    built = [r for r in rows if r[METRIC] is not None and r.get("synth_status") == "ok"]
+    fig = Figure(figsize=(7, 4.5), layout="constrained")
+    ax = fig.subplots()
+    if built:
+        points = ax.scatter([r["logic"] for r in built], [r[METRIC] for r in built],
+                            c=[r["fmax_mhz"] or 0.0 for r in built], cmap="viridis", s=30)
+        fig.colorbar(points, ax=ax, label="Fmax (MHz)")
+        front = sorted((r for r in built if r["pareto"]), key=lambda r: r["logic"])
+        ax.step([r["logic"] for r in front], [r[METRIC] for r in front], where="post", color="tab:red",
+                lw=1, label="Pareto front")
+        for r in front:
+            ax.annotate(", ".join(f"{k}={r['params'][k]!r}" for k in keys)[:40], (r["logic"], r[METRIC]),
+                        fontsize=6, xytext=(3, 3), textcoords="offset points")
+        ax.legend(fontsize=7)
+    ax.set_xlabel(f"logic used on {board}")
+    ax.set_ylabel("final validation accuracy")
+    ax.grid(alpha=0.3)
+    ax.set_title(f"accuracy against logic ({len(built)} trials built, fitting)")
+    fig.savefig(out / "pareto.png", dpi=100)
 
 
 def trial_grid(sweep: Sweep) -> list[dict[str, Any]]:

@@ -23,7 +23,7 @@ from perturbo.backend import make_backend
 from perturbo.cli import main
 from perturbo.config import load_config
 from perturbo.data import load_dataset
-from perturbo.sweep import WORKER_NICENESS_ENV
+from perturbo.sweep import WORKER_NICENESS_ENV, _mark_pareto
 from perturbo.train import evaluate, train
 
 # One worker runs this module: the tests start and join local Ray instances, one at a time.
@@ -69,6 +69,9 @@ BAD = [
      "low <= high", None),
     ("bad-method", {"method": "bayes"}, "method:", "'grid', 'random' or 'tpe'"),
     ("missing-base", {"base": "nowhere.yaml"}, "cannot read configuration", None),
+    ("synth-unknown-key", {"synth": {"bord": "icebreaker"}}, "synth.bord: unknown key", "did you mean 'board'"),
+    ("synth-not-a-board", {"synth": {"board": "de10-nano"}}, "synth.board: 'de10-nano' is not a board",
+     "icebreaker"),
 ]
 
 
@@ -252,3 +255,40 @@ def test_interrupted_sweep_resumes(ray_address: str, tmp_path: Path) -> None:
     for r in rows:
         expect = val_of_ordinary_run(Path(r["run_dir"]) / "config.yaml", tmp_path)
         assert float(r["val_accuracy"]) == pytest.approx(expect, abs=0), r
+
+
+def test_pareto_front_is_the_trials_no_other_beats() -> None:
+    def row(name: str, acc: float | None, logic: int | None, status: str = "done", synth: str = "ok") -> dict:
+        return {"trial": name, "status": status, "val_accuracy": acc, "logic": logic, "synth_status": synth}
+
+    rows = [row("small", 0.80, 1000), row("big", 0.95, 4000), row("mid", 0.90, 2000),
+            row("worse", 0.85, 2500),  # beaten by mid on both
+            row("tie", 0.90, 2000),  # equal to mid: neither beats the other
+            row("unfit", 0.99, 9000, synth="does-not-fit"), row("stopped", 0.99, 100, status="stopped")]
+    _mark_pareto(rows)
+    assert {r["trial"] for r in rows if r["pareto"]} == {"small", "big", "mid", "tie"}
+
+
+@pytest.mark.slow
+def test_synth_sweep_builds_every_trial(ray_address: str, tmp_path: Path) -> None:
+    """Two trials of a small network at 1 and 2 lanes, each trained and built for the iCEBreaker."""
+    base = tmp_path / "base.yaml"
+    cfg = load_config(EXAMPLES / "digits-drtp-icebreaker.yaml").model_dump(mode="json")
+    cfg["network"]["layers"] = [64, 8, 10]
+    base.write_text(yaml.safe_dump(cfg))
+    path = write_sweep(tmp_path, base=str(base), steps=200, eval_every=100,
+                       space={"hardware.lanes": {"grid": [1, 2]}}, synth={"board": "icebreaker"})
+    out = tmp_path / "out"
+    assert main(["sweep", str(path), "--out", str(out), "--address", ray_address]) == 0
+    rows = read_csv(out / "results.csv")
+    assert len(rows) == 2 and {r["status"] for r in rows} == {"done"}
+    for r in rows:
+        report = json.loads((Path(r["run_dir"]) / "synth.json").read_text())
+        assert report["lanes"] == int(r["hardware.lanes"]) and r["synth_status"] == report["status"] == "ok"
+        assert int(r["logic"]) == report["resources"]["logic"]["used"] and float(r["fmax_mhz"]) > 12
+    by_lanes = {r["hardware.lanes"]: r for r in rows}
+    assert int(by_lanes["2"]["logic"]) > int(by_lanes["1"]["logic"])
+    # lanes do not change what the golden model learns: equal accuracy, so the smaller build is the front
+    assert by_lanes["1"]["val_accuracy"] == by_lanes["2"]["val_accuracy"]
+    assert (by_lanes["1"]["pareto"], by_lanes["2"]["pareto"]) == ("True", "False")
+    assert (out / "pareto.png").stat().st_size > 0
