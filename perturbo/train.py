@@ -42,7 +42,7 @@ import signal
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -213,6 +213,21 @@ class TrainerState:
             float(d["elapsed"]),
             [dict(r) for r in d["history"]],
         )
+
+    def add_losses(self, losses: Iterable[float], steps: int) -> None:
+        """Count ``steps`` more updates and their losses (summed in step order, whatever the chunk)."""
+        self.step += steps
+        for v in losses:
+            self.loss_sum += float(v)
+        self.loss_count += steps
+
+    def record(self, val_accuracy: float | None, wall_time: float) -> dict[str, Any]:
+        """Append a history record: the mean loss since the last one, and restart that mean."""
+        rec = {"step": self.step, "train_loss": self.loss_sum / self.loss_count, "val_accuracy": val_accuracy,
+               "wall_time": wall_time}
+        self.history.append(rec)
+        self.loss_sum, self.loss_count = 0.0, 0
+        return rec
 
     @property
     def val_accuracy(self) -> float | None:
@@ -569,6 +584,30 @@ def _write_history(path: Path, cfg: Config, info: dict[str, Any], state: Trainer
 # -- the loop ------------------------------------------------------------------------
 
 
+def _initial_state(cfg: Config, backend: TrainingBackend, ckpt_path: Path, info: dict[str, Any], *,
+                   resume: bool, overwrite: bool) -> TrainerState:
+    """The trainer's state to start from: the checkpoint's (its backend state loaded) or a fresh one."""
+    if resume:
+        ckpt = load_checkpoint(ckpt_path)
+        _check_resumable(ckpt, cfg, info, ckpt_path)
+        try:
+            backend.load_state_dict(ckpt.backend_state)
+        except (KeyError, ValueError, TypeError, IndexError, AttributeError, RuntimeError) as err:
+            if isinstance(err, (CheckpointError, BackendFailure)):
+                raise  # a checkpoint problem already, or the link failed while loading
+            raise CheckpointError(
+                f"cannot resume from {ckpt_path}: its backend state does not fit this configuration "
+                f"({type(err).__name__}: {err}); start afresh with --overwrite"
+            ) from None
+        return ckpt.trainer
+    if ckpt_path.exists() and not overwrite:
+        raise CheckpointError(
+            f"{ckpt_path} already exists; resume it (resume=True, --resume) "
+            "or start over (overwrite=True, --overwrite)"
+        )
+    return TrainerState()
+
+
 def train(
     cfg: Config,
     backend: TrainingBackend,
@@ -649,27 +688,7 @@ def train(
     ckpt_path = out_dir / CHECKPOINT_NAME
     info = _backend_info(backend, backend_name, float_reference)
 
-    if resume:
-        ckpt = load_checkpoint(ckpt_path)
-        _check_resumable(ckpt, cfg, info, ckpt_path)
-        try:
-            backend.load_state_dict(ckpt.backend_state)
-        except (KeyError, ValueError, TypeError, IndexError, AttributeError, RuntimeError) as err:
-            if isinstance(err, (CheckpointError, BackendFailure)):
-                raise  # a checkpoint problem already, or the link failed while loading
-            raise CheckpointError(
-                f"cannot resume from {ckpt_path}: its backend state does not fit this configuration "
-                f"({type(err).__name__}: {err}); start afresh with --overwrite"
-            ) from None
-        state = ckpt.trainer
-    else:
-        if ckpt_path.exists() and not overwrite:
-            raise CheckpointError(
-                f"{ckpt_path} already exists; resume it (resume=True, --resume) "
-                "or start over (overwrite=True, --overwrite)"
-            )
-        state = TrainerState()
-
+    state = _initial_state(cfg, backend, ckpt_path, info, resume=resume, overwrite=overwrite)
     if splits is None:
         splits = load_dataset(cfg)
     n = samples_per_step(cfg)
@@ -726,23 +745,14 @@ def train(
             )
             k = max(1, min(max_chunk, boundary - state.step))
             x, y = stream.take(n * k)
-            losses = backend.train_steps(x, y, k)
-            state.step += k
+            state.add_losses(backend.train_steps(x, y, k), k)
             state.epoch, state.position = stream.cursor
-            for v in losses:  # summed in step order, whatever the chunk size
-                state.loss_sum += float(v)
-            state.loss_count += k
             is_eval = state.step % eval_every == 0 or state.step == total
             if is_eval or state.step % log_every == 0:
-                val = accuracy(backend, splits.val.x, splits.val.y) if is_eval else None
-                mean = state.loss_sum / state.loss_count
-                state.history.append(
-                    {"step": state.step, "train_loss": mean, "val_accuracy": val, "wall_time": elapsed()}
-                )
-                state.loss_sum, state.loss_count = 0.0, 0
-                postfix["loss"] = f"{mean:.4g}"
-                if val is not None:
-                    postfix["val"] = f"{val:.3f}"
+                rec = state.record(accuracy(backend, splits.val.x, splits.val.y) if is_eval else None, elapsed())
+                postfix["loss"] = f"{rec['train_loss']:.4g}"
+                if is_eval:
+                    postfix["val"] = f"{rec['val_accuracy']:.3f}"
                 bar.set_postfix(postfix, refresh=False)
             due = checkpoint_seconds > 0 and time.monotonic() - last_save >= checkpoint_seconds
             if state.step % checkpoint_every == 0 or state.step == total or due or stop.requested:
