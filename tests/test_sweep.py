@@ -271,7 +271,11 @@ def test_pareto_front_is_the_trials_no_other_beats() -> None:
 
 @pytest.mark.slow
 def test_synth_sweep_builds_every_trial(ray_address: str, tmp_path: Path) -> None:
-    """Two trials of a small network at 1 and 2 lanes, each trained and built for the iCEBreaker."""
+    """A small network at 1 and 2 lanes, each trained and built for the iCEBreaker (about 10 min).
+
+    Measured: 1 lane fits (5082 of 5280 logic cells), 2 lanes do not (6140): each lane has its own
+    hash pipe.  The build that does not fit is not on the Pareto front, however accurate.
+    """
     base = tmp_path / "base.yaml"
     cfg = load_config(EXAMPLES / "digits-drtp-icebreaker.yaml").model_dump(mode="json")
     cfg["network"]["layers"] = [64, 8, 10]
@@ -284,11 +288,12 @@ def test_synth_sweep_builds_every_trial(ray_address: str, tmp_path: Path) -> Non
     assert len(rows) == 2 and {r["status"] for r in rows} == {"done"}
     for r in rows:
         report = json.loads((Path(r["run_dir"]) / "synth.json").read_text())
-        assert report["lanes"] == int(r["hardware.lanes"]) and r["synth_status"] == report["status"] == "ok"
-        assert int(r["logic"]) == report["resources"]["logic"]["used"] and float(r["fmax_mhz"]) > 12
-    by_lanes = {r["hardware.lanes"]: r for r in rows}
-    assert int(by_lanes["2"]["logic"]) > int(by_lanes["1"]["logic"])
-    # lanes do not change what the golden model learns: equal accuracy, so the smaller build is the front
-    assert by_lanes["1"]["val_accuracy"] == by_lanes["2"]["val_accuracy"]
-    assert (by_lanes["1"]["pareto"], by_lanes["2"]["pareto"]) == ("True", "False")
+        assert report["lanes"] == int(r["hardware.lanes"]) and r["synth_status"] == report["status"]
+        assert int(r["logic"]) == report["resources"]["logic"]["used"]
+    one, two = (next(r for r in rows if r["hardware.lanes"] == n) for n in ("1", "2"))
+    assert one["synth_status"] == "ok" and float(one["fmax_mhz"]) > 12
+    assert two["synth_status"] == "does-not-fit" and int(two["logic"]) > int(two["logic_available"])
+    # lanes do not change what the golden model learns; only the build that fits is on the front
+    assert one["val_accuracy"] == two["val_accuracy"]
+    assert (one["pareto"], two["pareto"]) == ("True", "False")
     assert (out / "pareto.png").stat().st_size > 0
