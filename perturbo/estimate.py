@@ -1,0 +1,383 @@
+"""A cycle and memory model of the generated accelerator, from the configuration alone.
+
+``perturbo estimate CONFIG`` predicts what the accelerator's counters (``CYCLES`` and
+``MAC_BUSY``, :data:`perturbo.hdl.registers.REGISTERS`) will count for one ``TRAIN``
+command of one step (``STEPS = 1``, as :class:`host.accelerator.AcceleratorBackend`
+runs them) and for an ``INFER`` command, and the words and bits of every memory the
+generated accelerator holds.
+
+The model is derived from the RTL's schedule, not fitted.  Every latency it uses is a
+named constant or a term of :class:`Schedule`, commented with the place in hdl/ that
+makes it; when a unit's pipeline changes, the term changes with it.  The schedule of a
+step is
+
+- *run start* (:meth:`Schedule.run_start`): the sequencer's serial multiplier, three
+  products (hdl/sequencer.py ``MUL_SP``, ``MUL_E``, ``MUL_S``; each one cycle per bit
+  of its second operand, plus one), the projection key (target projection), then
+  ``STEP``, ``SAMPLE``, ``LABEL``;
+- *passes*: per sample the baseline pass and ``copies`` perturbed passes (target
+  projection: the baseline pass alone), each ``R + I + 1`` cycles on the forward
+  engine (``R`` tokens, one per weight row; ``I`` interlock stalls where a layer waits
+  for the previous layer's last activation word; one cycle in which the engine takes
+  the next command, hdl/forward.py ``_take_command``), unless the sequencer waits for
+  a pass key (``KEY``/``NODE_KEY``, which the forward engine's hash pipe computes only
+  in a cycle without a perturbed token) or for a sign/activation bank (a pass may
+  overwrite a bank only once the correlation job that reads it is done: the
+  correlation walker takes ``R + 3`` cycles a job, hdl/correlation.py);
+- *tail* (:meth:`Schedule.tail`): the last pass's loss, its correlation walk, the
+  fused update's pipe, then ``STEP`` and ``FINISH``.
+
+The passes overlap the correlation of earlier passes, so :func:`step_timing` runs a
+recurrence over the passes of a step (one line per event: command taken, last token,
+loss ready, job taken, job done), which is exact as long as the forward engine's
+pipe never waits for the loss unit (:func:`step_timing` checks the condition and says
+when it does not hold).  In the steady state a step costs
+
+    ``S * (1 + copies) * (R + I + 1)``  (target projection: ``S * (R + I + 1)``)
+
+plus the waits the recurrence finds, plus run start and tail; ``MAC_BUSY`` is exactly
+``S * passes * R``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+from .config import Config, Rule
+
+__all__ = [
+    "Schedule", "PassShape", "StepTiming", "MemoryUse", "Estimate", "step_timing",
+    "inference_cycles", "memories", "estimate", "format_estimate",
+]
+
+#: Bits of one iCE40 embedded block RAM (EBR, 256 x 16).
+EBR_BITS = 4096
+#: Bits of one ECP5 DP16KD block RAM (1024 x 18 at its widest true dual-port shape).
+DP16KD_BITS = 18432
+#: Bits of one iCE40UP5K SPRAM block (16 K x 16).
+SPRAM_BITS = 262144
+
+
+def _bits(n: int) -> int:
+    """Cycles the serial multiplier is busy for a second operand ``n``: one per bit."""
+    return max(0, int(n)).bit_length()
+
+
+def _ceil_log2(n: int) -> int:
+    return max(1, (n - 1).bit_length())
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """The latencies of the RTL that the model uses, for one configuration.
+
+    Each attribute is one latency of hdl/, named where it is made.
+    """
+
+    #: hdl/random.py ``draw_latency``: the hash pipe (the position of the perturbation
+    #: stage in the forward engine, and the cycles a pass key takes on lane 0's pipe)
+    H: int  # noqa: N815 (the name hdl/forward.py uses)
+    #: rows of every layer: one token per row and pass on the forward engine, one row per
+    #: cycle and job on the correlation walker (hdl/geometry.py ``rows``)
+    R: int  # noqa: N815
+
+    @property
+    def output_visible(self) -> int:
+        """Cycles from a bias token's issue to the interlock seeing its group written:
+        positions 0..H+4 of the pipe (hdl/forward.py module docstring), the record
+        ``wr_*`` registered at H+4 (``_output``), so a token reading the word may issue
+        ``H + 5`` cycles after the bias token."""
+        return self.H + 5
+
+    @property
+    def result_valid(self) -> int:
+        """Cycles from the pass's last token to its last result on ``result``: the output
+        register at position H+5 (hdl/forward.py ``_output``: ``out_valid``)."""
+        return self.H + 5
+
+    @property
+    def key(self) -> int:
+        """From the cycle a key request is taken to the cycle the sequencer is in its next
+        state: the request enters lane 0's hash pipe, ``key_flag`` runs H positions, the key
+        is registered on ``key`` (hdl/forward.py ``_key_pipe``: H + 1), and the sequencer's
+        ``_WAIT`` state takes it and moves on (hdl/sequencer.py ``_key_states``: + 1)."""
+        return self.H + 2
+
+    @property
+    def walk(self) -> int:
+        """Cycles the correlation walker spends on a job until it takes the next one:
+        ``R`` rows (stage A) and the stages B and C drained (hdl/correlation.py
+        ``_take_job``: ``cmd.ready`` needs A, B and C empty)."""
+        return self.R + 3
+
+    @property
+    def walk_done(self) -> int:
+        """From the cycle a job is taken to its ``done`` pulse (stage B's last row with A idle,
+        hdl/correlation.py ``_select_input``)."""
+        return self.R + 1
+
+    @property
+    def update_drain(self) -> int:
+        """From the cycle the step's last job is taken to the cycle the collector sees the
+        correlation and the update idle: the walk (A: R rows; B, C), the walker's output
+        register, the correlation unit's write stage (hdl/correlation.py: + 4 after the
+        last row), the update unit's stages B..E after the fused sums
+        (hdl/update.py: + 4), and the first idle cycle (hdl/sequencer.py ``UPDATE``)."""
+        return self.R + 9
+
+    #: hdl/sequencer.py: after ``UPDATE`` the issuer leaves ``WAIT_UPDATE`` for ``STEP``
+    #: and ``FINISH`` (two busy cycles) before ``IDLE``
+    FINISH_CYCLES = 2
+    #: hdl/sequencer.py: after a sample's last pass, ``NEXT_SAMPLE``, ``SAMPLE`` and
+    #: ``LABEL`` before ``BASE`` offers the next baseline pass
+    NEXT_SAMPLE_CYCLES = 4
+    #: hdl/sequencer.py ``STEP``, ``SAMPLE``, ``LABEL`` at the start of a step
+    STEP_START_CYCLES = 3
+
+
+@dataclass(frozen=True)
+class PassShape:
+    """One pass on the forward engine: when its tokens issue, relative to the first.
+
+    ``issue[i]`` is the cycle offset of the ``i``-th token (one per weight row, in row
+    order) from the first; ``key_free[t]`` says whether the key pipe may take a request
+    in the cycle at offset ``t`` (hdl/forward.py ``_key_pipe``: no token at the issue
+    position, or one that is neither perturbed nor a neuron draw).
+    """
+
+    issue: tuple[int, ...]
+    key_free: tuple[bool, ...]
+
+    @property
+    def length(self) -> int:
+        """Cycles from the first token to the last, inclusive: ``R + I``."""
+        return self.issue[-1] + 1
+
+    @property
+    def interlock(self) -> int:
+        """``I``: the cycles tokens waited for an activation word (hdl/forward.py ``_interlock``)."""
+        return self.length - len(self.issue)
+
+    def first_key_cycle(self, offset: int) -> int:
+        """The first offset ``>= offset`` at which a key request is taken (after the pass's
+        last token the engine issues nothing, so that is always free)."""
+        for t in range(max(0, offset), len(self.key_free)):
+            if self.key_free[t]:
+                return t
+        return max(offset, len(self.key_free))
+
+
+def pass_shape(cfg: Config, *, perturbed: bool) -> PassShape:
+    """The token schedule of a pass (hdl/forward.py ``_issue``, ``_interlock``).
+
+    Layer 0 reads the sample buffer, so its tokens issue back to back.  A later layer's
+    token at input ``j`` reads activation word ``j // lanes``, the output of the previous
+    layer's group ``j // lanes``, and waits until that group's bias token has left the
+    pipe (:attr:`Schedule.output_visible` cycles after it issued); the bias token reads
+    nothing.
+    """
+    from .hdl.geometry import Geometry  # the hdl package imports Amaranth: only when used
+
+    geo = Geometry(cfg)
+    sched = schedule(cfg)
+    lanes = geo.lanes
+    inject = set(geo.inject_layers)
+    issue: list[int] = []
+    busy: list[bool] = []  # per token: it blocks the key pipe
+    t = -1
+    last_bias: list[int] = []  # issue time of the previous layer's group bias tokens
+    for lay in geo.layers:
+        bias_times = []
+        for _g in range(lay.groups):
+            for j in range(lay.cols):
+                t += 1
+                if lay.index > 0 and j < lay.n_in:
+                    t = max(t, last_bias[j // lanes] + sched.output_visible)
+                issue.append(t)
+                is_bias = j == lay.n_in
+                perturb = perturbed and lay.rule == Rule.MGD_WEIGHT
+                draw = is_bias and ((perturbed and lay.index in inject)
+                                    or (geo.projection and lay.index < geo.n_layers - 1))
+                busy.append(perturb or draw)
+                if is_bias:
+                    bias_times.append(t)
+        last_bias = bias_times
+    free = [True] * (issue[-1] + 1)
+    for when, blocks in zip(issue, busy, strict=True):
+        free[when] = not blocks
+    return PassShape(issue=tuple(issue), key_free=tuple(free))
+
+
+def schedule(cfg: Config) -> Schedule:
+    """The :class:`Schedule` of a configuration."""
+    from .hdl.geometry import Geometry
+    from .hdl.random import draw_latency
+
+    return Schedule(H=draw_latency(cfg.hardware.hash_stages_per_register), R=Geometry(cfg).rows)
+
+
+def _group_lanes_cycles(cfg: Config) -> int:
+    """Cycles the loss unit (and the inference output writer) spend on the output layer's
+    last group: one per lane holding a neuron, and one more on the first empty lane
+    (hdl/loss.py ``LANES``: it stops at the first empty lane or the last lane)."""
+    lanes = cfg.hardware.lanes
+    n_out = cfg.network.layers[-1]
+    count = n_out - (math.ceil(n_out / lanes) - 1) * lanes
+    return lanes if count == lanes else count + 1
+
+
+@dataclass
+class StepTiming:
+    """What :func:`step_timing` found for one step.
+
+    ``cycles`` and ``mac_busy`` are what ``CYCLES`` and ``MAC_BUSY`` count for a ``TRAIN``
+    command of one step; the other fields split ``cycles`` into the terms of the module
+    docstring.
+    """
+
+    cycles: int
+    mac_busy: int
+    stalls: int  #: what ``STALLS`` counts: interlock cycles (the pipe never waits here)
+    run_start: int  #: cycles before the first pass command is taken
+    passes: int  #: passes in the step
+    pass_cycles: int  #: ``R + I + 1`` per pass
+    key_waits: int  #: cycles the engine was free but the sequencer waited for a pass key
+    bank_waits: int  #: cycles the engine was free but the pass's bank was still being read
+    other_waits: int  #: cycles the engine was free while the issuer moved to the next sample
+    tail: int  #: from the last pass's command to the end of the command
+    jobs: int  #: correlation jobs
+    events: list[dict[str, int]] = field(default_factory=list, repr=False)
+
+
+def step_timing(cfg: Config, step: int = 1, *, events: bool = False) -> StepTiming:
+    """The cycles of one ``TRAIN`` command of one step, ``step`` being the step counter ``k``
+    it starts from (``MUL_E`` takes one cycle per bit of ``k``).
+
+    A recurrence over the step's passes in issue order.  For pass ``p``: the sequencer
+    offers the command at ``ready`` (its states), the engine takes it at ``a`` when it
+    is free and the bank accounting allows (hdl/sequencer.py ``_registers``: at most one
+    job pending for a perturbed pass; for a baseline pass at most ``copies``, target
+    projection 1); its last token issues at ``e = a + R + I``; its loss is offered at
+    ``o = e + H + 6 + L`` (the result register, the loss unit's ``LANES`` and ``OUT``);
+    its job (if any) is taken at ``j = max(o, j_prev + R + 3)`` and done at
+    ``j + R + 1``, freeing its banks in the next cycle.
+    """
+    from .hdl.geometry import Geometry
+
+    geo = Geometry(cfg)
+    sched = schedule(cfg)
+    R, H = sched.R, sched.H  # noqa: N806
+    S = cfg.rule.tau_theta * cfg.rule.batch  # noqa: N806 (STEP_SAMPLES)
+    copies = cfg.rule.copies
+    projection = geo.projection
+    base_shape = pass_shape(cfg, perturbed=False)
+    pert_shape = base_shape if projection else pass_shape(cfg, perturbed=True)
+    keys_per_pair = (1 if geo.perturbed_layers else 0) + (1 if geo.inject_layers else 0)
+    loss_lanes = _group_lanes_cycles(cfg)
+    # the output layer's groups arrive (n_in + 1) cycles apart; the loss unit needs L + 1
+    # cycles a group (IDLE takes it, then LANES): more would stop the pipe (not modelled)
+    out_cols = geo.layers[-1].cols
+    if geo.layers[-1].groups > 1 and loss_lanes + 1 > out_cols:
+        raise NotImplementedError(
+            f"the loss unit takes {loss_lanes + 1} cycles per output group, more than the "
+            f"{out_cols} between groups: the forward pipe would wait, which the model does not cover")
+
+    # -- run start: hdl/sequencer.py _run_start_states ------------------------------------
+    pairs = (copies + 1) >> 1
+    t = 1  # the first busy cycle (the TRAIN pulse arrives in IDLE, cycle 0)
+    t += _bits(pairs) + 1  # MUL_SP: S * P (b = P)
+    t += _bits(step) + 1  # MUL_E: k * S * P (b = k)
+    t += _bits(geo.n_inputs) + 1  # MUL_S: cursor * n_inputs (b = n_inputs)
+    if projection:
+        t += 1 + sched.key  # PROJECTION_KEY, taken at once (the engine is idle), then _WAIT
+    t += Schedule.STEP_START_CYCLES  # STEP, SAMPLE, LABEL: BASE is offered from here
+    run_start = t - 1
+
+    engine_free = 0  # first cycle the engine takes a command
+    job_taken = -(10 ** 9)
+    key_waits = bank_waits = other_waits = 0
+    log: list[dict[str, int]] = []
+    last_job = None
+    ready = t
+    limit_base = 1 if projection else copies
+    for sample in range(S):
+        kinds = [("base", -1)] + ([] if projection else [("copy", m) for m in range(copies)])
+        for kind, copy in kinds:
+            has_job = projection or kind == "copy"
+            limit = limit_base if kind == "base" else 1
+            # bank accounting: pending = jobs issued - jobs done <= limit, counted at `a`
+            pending_rule = 0
+            dones = _jobs_so_far(log)
+            if len(dones) > limit:
+                pending_rule = dones[len(dones) - limit - 1] + 1
+            a = max(ready, engine_free, pending_rule)
+            # classify the cycles the engine stood free before this command
+            if a > engine_free and engine_free > 0:
+                gap = a - engine_free
+                if pending_rule == a:
+                    bank_waits += gap
+                elif kind == "copy" and ready == a:
+                    key_waits += gap
+                else:
+                    other_waits += gap
+            shape = pert_shape if kind == "copy" else base_shape
+            e = a + shape.length  # the last token issues R + I cycles after the command
+            engine_free = e + 1  # hdl/forward.py: `active` falls after the last token
+            o = e + sched.result_valid + 1 + loss_lanes  # loss unit: IDLE, LANES (L), OUT
+            entry = {"sample": sample, "copy": copy, "a": a, "e": e, "o": o}
+            if has_job:
+                j = max(o, job_taken + sched.walk)
+                job_taken = j
+                entry |= {"j": j, "d": j + sched.walk_done}
+                last_job = j
+            log.append(entry)
+            # the issuer's next state (hdl/sequencer.py)
+            if kind == "base" and not projection:
+                ready = _key_chain(a, base_shape, keys_per_pair, sched)
+            elif kind == "copy" and copy != copies - 1:
+                ready = _key_chain(a, shape, keys_per_pair, sched) if copy % 2 else a + 1
+            else:
+                ready = a + Schedule.NEXT_SAMPLE_CYCLES
+    assert last_job is not None
+    end = last_job + sched.update_drain + Schedule.FINISH_CYCLES  # the last busy cycle
+    passes = len(log)
+    pass_cycles = passes * (R + base_shape.interlock + 1)
+    last_a = log[-1]["a"]
+    return StepTiming(
+        cycles=end, mac_busy=passes * R,
+        stalls=sum((pert_shape if en["copy"] >= 0 else base_shape).interlock for en in log),
+        run_start=run_start, passes=passes, pass_cycles=pass_cycles, key_waits=key_waits,
+        bank_waits=bank_waits, other_waits=other_waits, tail=end - last_a + 1 - (R + base_shape.interlock + 1),
+        jobs=sum("j" in en for en in log), events=log if events else [],
+    )
+
+
+def _jobs_so_far(log: list[dict[str, int]]) -> list[int]:
+    """The done pulses of the jobs issued so far, in order."""
+    return [en["d"] for en in log if "d" in en]
+
+
+def _key_chain(a: int, shape: PassShape, keys: int, sched: Schedule) -> int:
+    """The cycle the sequencer reaches ``PERTURBED`` after requesting ``keys`` pass keys, the
+    first from ``KEY`` in the cycle after the command taken at ``a`` (hdl/sequencer.py
+    ``_key_states``), each taken in the first cycle the key pipe is free
+    (:meth:`PassShape.first_key_cycle`, offsets from the pass's first token at ``a + 1``)."""
+    t = a + 1
+    for _ in range(keys):
+        t = a + 1 + shape.first_key_cycle(t - a - 1) + sched.key
+    return t
+
+
+def inference_cycles(cfg: Config, count: int) -> int:
+    """``CYCLES`` of an ``INFER`` command of ``count`` samples (hdl/sequencer.py
+    ``_inference_states``): the passes back to back from the first busy cycle, each
+    ``R + I + 1``; the last pass's last result ``H + 5`` cycles after its last token; the
+    output writer's lanes (``L``); ``collected`` one cycle later; ``INFER_WAIT`` and
+    ``FINISH``."""
+    if count == 0:
+        return 3  # INFER, INFER_WAIT, FINISH
+    sched = schedule(cfg)
+    shape = pass_shape(cfg, perturbed=False)
+    last_token = count * (shape.length + 1)
+    return last_token + sched.result_valid + _group_lanes_cycles(cfg) + 2
