@@ -237,6 +237,9 @@ class StepTiming:
     """
 
     cycles: int
+    #: cycles of each step of a run of several steps (``TRAIN`` with ``STEPS > 1``): from
+    #: ``STEP`` to the collector's ``step_done``, after which the next step's ``STEP`` follows
+    body: int
     mac_busy: int
     stalls: int  #: what ``STALLS`` counts: interlock cycles (the pipe never waits here)
     run_start: int  #: cycles before the first pass command is taken
@@ -267,7 +270,7 @@ def step_timing(cfg: Config, step: int = 1, *, events: bool = False) -> StepTimi
 
     geo = Geometry(cfg)
     sched = schedule(cfg)
-    R, H = sched.R, sched.H  # noqa: N806
+    R = sched.R  # noqa: N806
     S = cfg.rule.tau_theta * cfg.rule.batch  # noqa: N806 (STEP_SAMPLES)
     copies = cfg.rule.copies
     projection = geo.projection
@@ -284,14 +287,8 @@ def step_timing(cfg: Config, step: int = 1, *, events: bool = False) -> StepTimi
             f"{out_cols} between groups: the forward pipe would wait, which the model does not cover")
 
     # -- run start: hdl/sequencer.py _run_start_states ------------------------------------
-    pairs = (copies + 1) >> 1
-    t = 1  # the first busy cycle (the TRAIN pulse arrives in IDLE, cycle 0)
-    t += _bits(pairs) + 1  # MUL_SP: S * P (b = P)
-    t += _bits(step) + 1  # MUL_E: k * S * P (b = k)
-    t += _bits(geo.n_inputs) + 1  # MUL_S: cursor * n_inputs (b = n_inputs)
-    if projection:
-        t += 1 + sched.key  # PROJECTION_KEY, taken at once (the engine is idle), then _WAIT
-    t += Schedule.STEP_START_CYCLES  # STEP, SAMPLE, LABEL: BASE is offered from here
+    t_step = 1 + run_start_cycles(cfg, step)  # the cycle STEP is entered (TRAIN arrives in cycle 0)
+    t = t_step + Schedule.STEP_START_CYCLES  # STEP, SAMPLE, LABEL: BASE is offered from here
     run_start = t - 1
 
     engine_free = 0  # first cycle the engine takes a command
@@ -340,17 +337,46 @@ def step_timing(cfg: Config, step: int = 1, *, events: bool = False) -> StepTimi
             else:
                 ready = a + Schedule.NEXT_SAMPLE_CYCLES
     assert last_job is not None
-    end = last_job + sched.update_drain + Schedule.FINISH_CYCLES  # the last busy cycle
+    step_done = last_job + sched.update_drain
+    end = step_done + Schedule.FINISH_CYCLES  # the last busy cycle
     passes = len(log)
     pass_cycles = passes * (R + base_shape.interlock + 1)
     last_a = log[-1]["a"]
     return StepTiming(
-        cycles=end, mac_busy=passes * R,
+        cycles=end, body=step_done - t_step + 1, mac_busy=passes * R,
         stalls=sum((pert_shape if en["copy"] >= 0 else base_shape).interlock for en in log),
         run_start=run_start, passes=passes, pass_cycles=pass_cycles, key_waits=key_waits,
         bank_waits=bank_waits, other_waits=other_waits, tail=end - last_a + 1 - (R + base_shape.interlock + 1),
         jobs=sum("j" in en for en in log), events=log if events else [],
     )
+
+
+def run_start_cycles(cfg: Config, step: int) -> int:
+    """Cycles of a ``TRAIN`` command before ``STEP`` (hdl/sequencer.py ``_run_start_states``):
+    three products on the serial multiplier, each busy one cycle per bit of its second
+    operand and one cycle more to start the next; target projection then requests the
+    run's projection key (taken at once: the engine is idle) and waits for it."""
+    from .hdl.geometry import Geometry
+
+    geo = Geometry(cfg)
+    pairs = (cfg.rule.copies + 1) >> 1
+    cycles = (_bits(pairs) + 1  # MUL_SP: S * P (b = P)
+              + _bits(step) + 1  # MUL_E: k * S * P (b = k)
+              + _bits(geo.n_inputs) + 1)  # MUL_S: cursor * n_inputs (b = n_inputs)
+    if geo.projection:
+        cycles += 1 + schedule(cfg).key  # PROJECTION_KEY, PROJECTION_KEY_WAIT
+    return cycles
+
+
+def run_cycles(cfg: Config, steps: int, first_step: int = 0) -> int:
+    """``CYCLES`` of one ``TRAIN`` command of ``steps`` steps starting at step counter
+    ``first_step``: the run start once, every step's :attr:`StepTiming.body` (each step
+    starts from idle units: ``step_done`` waits for the correlation and the update), then
+    ``STEP`` and ``FINISH``."""
+    if steps < 1:
+        raise ValueError(f"steps must be a positive integer, not {steps!r}")
+    return (run_start_cycles(cfg, first_step) + steps * step_timing(cfg, first_step).body
+            + Schedule.FINISH_CYCLES)
 
 
 def _jobs_so_far(log: list[dict[str, int]]) -> list[int]:
@@ -381,3 +407,267 @@ def inference_cycles(cfg: Config, count: int) -> int:
     shape = pass_shape(cfg, perturbed=False)
     last_token = count * (shape.length + 1)
     return last_token + sched.result_valid + _group_lanes_cycles(cfg) + 2
+
+
+# -- memories ------------------------------------------------------------------------------
+
+#: Aspect ratios (depth, width) of an iCE40 EBR: 256 x 16, 512 x 8, 1024 x 4, 2048 x 2.
+EBR_SHAPES = ((256, 16), (512, 8), (1024, 4), (2048, 2))
+#: Aspect ratios of an ECP5 DP16KD with one write and one read port (pseudo dual port:
+#: 512 x 36 is its widest), 1024 x 18, 2048 x 9, 4096 x 4, 8192 x 2, 16384 x 1.
+DP16KD_SHAPES = ((512, 36), (1024, 18), (2048, 9), (4096, 4), (8192, 2), (16384, 1))
+#: The iCE40UP5K's SPRAM: 16384 x 16, single port.
+SPRAM_SHAPES = ((16384, 16),)
+
+
+def _blocks(depth: int, width: int, shapes: tuple[tuple[int, int], ...]) -> int:
+    """Fewest blocks of one of ``shapes`` that hold ``depth`` words of ``width`` bits."""
+    return min(math.ceil(depth / d) * math.ceil(width / w) for d, w in shapes)
+
+
+@dataclass(frozen=True)
+class MemoryUse:
+    """One memory of the generated accelerator (hdl/accelerator.py ``_memories`` and the
+    forward engine's own).
+
+    ``copies`` is the number of identical memories (one per lane for the lane memories)
+    times the read ports (a second read port is a second copy in block RAM); ``ebr``,
+    ``dp16kd`` and ``spram`` are the blocks of each kind that hold all copies if the
+    memory is mapped to them (yosys may build a small one from logic instead).
+    """
+
+    name: str
+    words: int  #: words per copy
+    width: int  #: bits per word
+    copies: int
+    note: str = ""
+
+    @property
+    def bits(self) -> int:
+        return self.words * self.width * self.copies
+
+    @property
+    def ebr(self) -> int:
+        return self.copies * _blocks(self.words, self.width, EBR_SHAPES)
+
+    @property
+    def dp16kd(self) -> int:
+        return self.copies * _blocks(self.words, self.width, DP16KD_SHAPES)
+
+    @property
+    def spram(self) -> int:
+        return self.copies * _blocks(self.words, self.width, SPRAM_SHAPES)
+
+
+def memories(cfg: Config) -> list[MemoryUse]:
+    """Every memory the accelerator generated from ``cfg`` holds (not the host link's FIFOs
+    nor the forward engine's two-entry tag FIFO, which are registers)."""
+    from .hdl.correlation import CorrelationWalker
+    from .hdl.geometry import Geometry
+
+    geo = Geometry(cfg)
+    fe = CorrelationWalker(geo)
+    lanes, depth = geo.lanes, geo.weight_depth
+    act_depth = 1 << geo.act_addr_bits  # four banks of 2^act_bank_bits words
+    out = [
+        MemoryUse("weights", depth, geo.weight_bits, lanes, "one memory per lane"),
+        MemoryUse("G", depth, geo.grad_bits, lanes, "one memory per lane"),
+    ]
+    if geo.momentum:
+        out.append(MemoryUse("momentum", depth, geo.grad_bits, lanes, "one memory per lane"))
+    out += [
+        MemoryUse("samples", geo.sample_words, 8, 2 if fe.uses_samples else 1,
+                  "two read ports (forward engine, correlation walker)" if fe.uses_samples else ""),
+        MemoryUse("labels", geo.sample_depth, geo.label_bits, 1),
+        MemoryUse("outputs", geo.output_words, 8, 1, "inference scores"),
+        MemoryUse("activations", act_depth, 8 * lanes, 2,
+                  "4 banks; two read ports (forward engine, correlation walker)"),
+    ]
+    if geo.factor_bits:
+        out.append(MemoryUse("factors", act_depth, geo.factor_bits * lanes, 1, "4 banks"))
+    if fe.uses_signs:
+        out.append(MemoryUse("signs", 2 * geo.rows, lanes, 1, "2 banks of the weight rows"))
+    return out
+
+
+# -- the estimate ------------------------------------------------------------------------
+
+@dataclass
+class Estimate:
+    """What :func:`estimate` predicts for one configuration (see the module docstring)."""
+
+    name: str
+    lanes: int
+    rows: int  #: ``R``
+    samples_per_step: int
+    passes_per_sample: int
+    fmax_mhz: float
+    cycles_per_step: int  #: ``CYCLES`` of a ``TRAIN`` command of one step (step counter 1)
+    mac_busy_per_step: int  #: ``MAC_BUSY`` of it
+    stalls_per_step: int  #: ``STALLS`` of it
+    cycles_per_inference_sample: float  #: ``CYCLES`` of a full ``INFER`` run / its samples
+    inference_cycles: int  #: ``CYCLES`` of an ``INFER`` run over ``inference_samples``
+    inference_samples: int  #: ``hardware.sample_depth``
+    step: StepTiming
+    memories: list[MemoryUse]
+
+    @property
+    def utilisation(self) -> float:
+        """``MAC_BUSY / CYCLES`` of a training step."""
+        return self.mac_busy_per_step / self.cycles_per_step
+
+    @property
+    def steps_per_second(self) -> float:
+        return self.fmax_mhz * 1e6 / self.cycles_per_step
+
+    @property
+    def samples_per_second(self) -> float:
+        return self.steps_per_second * self.samples_per_step
+
+    @property
+    def macs_per_second(self) -> float:
+        """Multiply-accumulates per second while training (``MAC_BUSY`` counts lane-cycles of
+        all lanes; a lane whose neuron does not exist in a partly empty group still counts)."""
+        return self.steps_per_second * self.mac_busy_per_step * self.lanes
+
+    @property
+    def inference_samples_per_second(self) -> float:
+        return self.fmax_mhz * 1e6 / self.cycles_per_inference_sample
+
+    def as_dict(self) -> dict:
+        """The estimate as plain data (``perturbo estimate --json``)."""
+        step = {k: v for k, v in asdict(self.step).items() if k != "events"}
+        return {
+            "name": self.name, "lanes": self.lanes, "rows": self.rows,
+            "samples_per_step": self.samples_per_step, "passes_per_sample": self.passes_per_sample,
+            "fmax_mhz": self.fmax_mhz,
+            "cycles_per_step": self.cycles_per_step, "mac_busy_per_step": self.mac_busy_per_step,
+            "stalls_per_step": self.stalls_per_step, "mac_utilisation": self.utilisation,
+            "steps_per_second": self.steps_per_second, "samples_per_second": self.samples_per_second,
+            "macs_per_second": self.macs_per_second,
+            "cycles_per_inference_sample": self.cycles_per_inference_sample,
+            "inference_cycles": self.inference_cycles,
+            "inference_samples_per_second": self.inference_samples_per_second,
+            "step_terms": step,
+            "memories": [
+                {"name": mem.name, "words": mem.words, "width": mem.width, "copies": mem.copies,
+                 "bits": mem.bits, "ebr_4k": mem.ebr, "dp16kd_18k": mem.dp16kd, "spram_256k": mem.spram,
+                 "note": mem.note}
+                for mem in self.memories
+            ],
+            "memory_bits": sum(mem.bits for mem in self.memories),
+            "ebr_4k": sum(mem.ebr for mem in self.memories),
+            "dp16kd_18k": sum(mem.dp16kd for mem in self.memories),
+        }
+
+
+def estimate(cfg: Config, fmax_mhz: float | None = None) -> Estimate:
+    """Predict the cycles, rates and memories of the accelerator generated from ``cfg``.
+
+    ``fmax_mhz`` defaults to ``hardware.clock_mhz``.  The cycles per step are those of a
+    step whose counter ``k`` is 1 (``MUL_E`` costs one cycle per bit of ``k``: a step
+    late in a run costs up to 32 cycles more; :func:`step_timing` takes ``k``).
+    """
+    from .hdl.accelerator import check_supported
+    from .hdl.geometry import Geometry
+
+    check_supported(cfg)
+    geo = Geometry(cfg)
+    if fmax_mhz is None:
+        fmax_mhz = cfg.hardware.clock_mhz
+    if not fmax_mhz > 0:
+        raise ValueError(f"the clock must be a positive frequency in MHz, not {fmax_mhz!r}")
+    step = step_timing(cfg, 1)
+    depth = geo.sample_depth
+    infer = inference_cycles(cfg, depth)
+    return Estimate(
+        name=cfg.name, lanes=geo.lanes, rows=geo.rows,
+        samples_per_step=cfg.rule.tau_theta * cfg.rule.batch,
+        passes_per_sample=1 if geo.projection else 1 + cfg.rule.copies,
+        fmax_mhz=float(fmax_mhz), cycles_per_step=step.cycles, mac_busy_per_step=step.mac_busy,
+        stalls_per_step=step.stalls, cycles_per_inference_sample=infer / depth,
+        inference_cycles=infer, inference_samples=depth, step=step, memories=memories(cfg),
+    )
+
+
+def format_estimate(est: Estimate) -> str:
+    """The estimate as the text ``perturbo estimate`` prints."""
+    s = est.step
+    lines = [
+        f"{est.name}: {est.lanes} lanes, R = {est.rows} rows, {est.samples_per_step} samples x "
+        f"{est.passes_per_sample} passes per step, at {est.fmax_mhz:g} MHz",
+        "",
+        f"training step      {est.cycles_per_step} cycles (CYCLES), MAC_BUSY {est.mac_busy_per_step}: "
+        f"MAC utilisation {est.utilisation:.1%}",
+        f"  run start        {s.run_start}",
+        f"  passes           {s.pass_cycles}  ({s.passes} x (R + {s.stalls // max(1, s.passes)} interlock + 1))",
+        f"  waits            key {s.key_waits}, bank {s.bank_waits}, next sample {s.other_waits}",
+        f"  tail             {s.tail}  (last correlation, fused update, FINISH)",
+        f"  rate             {est.steps_per_second:,.0f} steps/s, {est.samples_per_second:,.0f} samples/s, "
+        f"{est.macs_per_second / 1e6:,.1f} M MAC/s",
+        f"inference          {est.cycles_per_inference_sample:,.1f} cycles per sample "
+        f"({est.inference_cycles} for the {est.inference_samples} samples of the buffer), "
+        f"{est.inference_samples_per_second:,.0f} samples/s",
+        "",
+        f"{'memory':<12} {'words':>8} {'bits':>5} {'copies':>6} {'total bits':>11} {'EBR 4k':>7} "
+        f"{'DP16KD':>7} {'SPRAM':>6}  note",
+    ]
+    for mem in est.memories:
+        lines.append(f"{mem.name:<12} {mem.words:>8} {mem.width:>5} {mem.copies:>6} {mem.bits:>11} "
+                     f"{mem.ebr:>7} {mem.dp16kd:>7} {mem.spram:>6}  {mem.note}")
+    lines.append(f"{'total':<12} {'':>8} {'':>5} {'':>6} {sum(m.bits for m in est.memories):>11} "
+                 f"{sum(m.ebr for m in est.memories):>7} {sum(m.dp16kd for m in est.memories):>7}")
+    return "\n".join(lines)
+
+
+# -- against the counters --------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Comparison:
+    """One command's predicted and counted ``CYCLES`` and ``MAC_BUSY``."""
+
+    what: str  #: ``"step k"`` (a ``TRAIN`` of one step at step counter ``k``) or ``"infer n"``
+    predicted_cycles: int
+    counted_cycles: int
+    predicted_mac_busy: int
+    counted_mac_busy: int
+
+    @property
+    def error(self) -> float:
+        """``(predicted - counted) / counted`` of the cycles."""
+        return (self.predicted_cycles - self.counted_cycles) / self.counted_cycles
+
+
+def compare_with_counters(cfg: Config, backend: object, steps: int = 3,
+                          seed: int = 0) -> list[Comparison]:
+    """Run ``steps`` one-step ``TRAIN`` commands and one ``INFER`` of a step's samples on
+    ``backend`` (an :class:`host.accelerator.AcceleratorBackend`: the co-simulation or a
+    board), reading the counters after each, beside what the model predicts.
+
+    The samples are random (the schedule does not depend on them); the backend's step
+    counter goes on from where it is (its first step is ``k = backend.step``).
+    """
+    import torch
+
+    s = cfg.rule.tau_theta * cfg.rule.batch
+    gen = torch.Generator().manual_seed(seed)
+    n_in, classes = cfg.network.layers[0], cfg.network.layers[-1]
+    out = []
+    for _ in range(steps):
+        k = backend.step
+        x = torch.randint(0, 128, (s, n_in), generator=gen)
+        labels = torch.randint(0, classes, (s,), generator=gen)
+        backend.clear_counters()
+        backend.train_steps(x, labels, 1)
+        c = backend.counters()
+        timing = step_timing(cfg, k)
+        out.append(Comparison(f"step {k}", timing.cycles, c.cycles, timing.mac_busy, c.mac_busy))
+    count = min(s, cfg.hardware.sample_depth)
+    x = torch.randint(0, 128, (count, n_in), generator=gen)
+    backend.clear_counters()
+    backend.predict(x)
+    c = backend.counters()
+    shape = pass_shape(cfg, perturbed=False)
+    out.append(Comparison(f"infer {count}", inference_cycles(cfg, count), c.cycles,
+                          count * len(shape.issue), c.mac_busy))
+    return out
