@@ -364,7 +364,8 @@ def run_start_cycles(cfg: Config, step: int) -> int:
               + _bits(step) + 1  # MUL_E: k * S * P (b = k)
               + _bits(geo.n_inputs) + 1)  # MUL_S: cursor * n_inputs (b = n_inputs)
     if geo.projection:
-        cycles += 1 + schedule(cfg).key  # PROJECTION_KEY, PROJECTION_KEY_WAIT
+        # PROJECTION_KEY takes the request at once (the engine is idle), PROJECTION_KEY_WAIT
+        cycles += schedule(cfg).key
     return cycles
 
 
