@@ -278,77 +278,95 @@ def step_timing(cfg: Config, step: int = 1, *, events: bool = False) -> StepTimi
     pert_shape = base_shape if projection else pass_shape(cfg, perturbed=True)
     keys_per_pair = (1 if geo.perturbed_layers else 0) + (1 if geo.inject_layers else 0)
     loss_lanes = _group_lanes_cycles(cfg)
-    # the output layer's groups arrive (n_in + 1) cycles apart; the loss unit needs L + 1
-    # cycles a group (IDLE takes it, then LANES): more would stop the pipe (not modelled)
-    out_cols = geo.layers[-1].cols
-    if geo.layers[-1].groups > 1 and loss_lanes + 1 > out_cols:
-        raise NotImplementedError(
-            f"the loss unit takes {loss_lanes + 1} cycles per output group, more than the "
-            f"{out_cols} between groups: the forward pipe would wait, which the model does not cover")
+    _check_no_backpressure(cfg, sched, base_shape, loss_lanes)
+    # offset of the output layer's first group's bias token from a pass's first token: the
+    # loss unit must be idle again when that group's result arrives (checked below)
+    out = geo.layers[-1]
+    first_out = base_shape.issue[sched.R - (out.groups - 1) * out.cols - 1]
 
     # -- run start: hdl/sequencer.py _run_start_states ------------------------------------
     t_step = 1 + run_start_cycles(cfg, step)  # the cycle STEP is entered (TRAIN arrives in cycle 0)
-    t = t_step + Schedule.STEP_START_CYCLES  # STEP, SAMPLE, LABEL: BASE is offered from here
-    run_start = t - 1
+    ready = t_step + Schedule.STEP_START_CYCLES  # STEP, SAMPLE, LABEL: BASE is offered from here
+    run_start = ready - 1
 
-    engine_free = 0  # first cycle the engine takes a command
+    engine_free = 0  # the first cycle the engine can take a command
+    loss_idle = 0  # the first cycle the loss unit takes a group again
     job_taken = -(10 ** 9)
-    key_waits = bank_waits = other_waits = 0
+    dones: list[int] = []  # the done pulse of every job so far, in order
+    key_waits = bank_waits = other_waits = stalls = 0
     log: list[dict[str, int]] = []
-    last_job = None
-    ready = t
     limit_base = 1 if projection else copies
+    kinds = [("base", -1)] + ([] if projection else [("copy", m) for m in range(copies)])
     for sample in range(S):
-        kinds = [("base", -1)] + ([] if projection else [("copy", m) for m in range(copies)])
         for kind, copy in kinds:
-            has_job = projection or kind == "copy"
+            # bank accounting: jobs issued - jobs done <= limit in the cycle the command is
+            # taken, so the job `limit` places back must have pulsed `done` before it
             limit = limit_base if kind == "base" else 1
-            # bank accounting: pending = jobs issued - jobs done <= limit, counted at `a`
-            pending_rule = 0
-            dones = _jobs_so_far(log)
-            if len(dones) > limit:
-                pending_rule = dones[len(dones) - limit - 1] + 1
-            a = max(ready, engine_free, pending_rule)
-            # classify the cycles the engine stood free before this command
-            if a > engine_free and engine_free > 0:
-                gap = a - engine_free
-                if pending_rule == a:
-                    bank_waits += gap
-                elif kind == "copy" and ready == a:
-                    key_waits += gap
+            bank_free = dones[-limit - 1] + 1 if len(dones) > limit else 0
+            a = max(ready, engine_free, bank_free)
+            if engine_free and a > engine_free:  # the engine stood free: say why
+                if bank_free == a:
+                    bank_waits += a - engine_free
+                elif kind == "copy":
+                    key_waits += a - engine_free
                 else:
-                    other_waits += gap
+                    other_waits += a - engine_free
             shape = pert_shape if kind == "copy" else base_shape
+            if a + 1 + first_out + sched.result_valid < loss_idle:
+                raise NotImplementedError(
+                    f"{cfg.name}: a pass's output reaches the loss unit before it has handed "
+                    "on the previous loss: the forward pipe would wait, which the model does not cover")
             e = a + shape.length  # the last token issues R + I cycles after the command
+            stalls += shape.interlock
             engine_free = e + 1  # hdl/forward.py: `active` falls after the last token
             o = e + sched.result_valid + 1 + loss_lanes  # loss unit: IDLE, LANES (L), OUT
             entry = {"sample": sample, "copy": copy, "a": a, "e": e, "o": o}
-            if has_job:
-                j = max(o, job_taken + sched.walk)
+            if projection or kind == "copy":  # the pass has a correlation job
+                j = max(o, job_taken + sched.walk)  # the collector hands it over
                 job_taken = j
-                entry |= {"j": j, "d": j + sched.walk_done}
-                last_job = j
+                dones.append(j + sched.walk_done)
+                entry |= {"j": j, "d": dones[-1]}
+                loss_idle = j + 1
+            else:
+                loss_idle = o + 1
             log.append(entry)
             # the issuer's next state (hdl/sequencer.py)
             if kind == "base" and not projection:
-                ready = _key_chain(a, base_shape, keys_per_pair, sched)
+                ready = _key_chain(a, base_shape, keys_per_pair, sched)  # KEY (NODE_KEY)
             elif kind == "copy" and copy != copies - 1:
+                # a new antithetic pair after an odd copy: its keys; else the same keys
                 ready = _key_chain(a, shape, keys_per_pair, sched) if copy % 2 else a + 1
             else:
                 ready = a + Schedule.NEXT_SAMPLE_CYCLES
-    assert last_job is not None
-    step_done = last_job + sched.update_drain
+    step_done = job_taken + sched.update_drain  # the step's last job is the last taken
     end = step_done + Schedule.FINISH_CYCLES  # the last busy cycle
     passes = len(log)
-    pass_cycles = passes * (R + base_shape.interlock + 1)
-    last_a = log[-1]["a"]
+    pass_cycles = passes * R + stalls + passes
     return StepTiming(
-        cycles=end, body=step_done - t_step + 1, mac_busy=passes * R,
-        stalls=sum((pert_shape if en["copy"] >= 0 else base_shape).interlock for en in log),
+        cycles=end, body=step_done - t_step + 1, mac_busy=passes * R, stalls=stalls,
         run_start=run_start, passes=passes, pass_cycles=pass_cycles, key_waits=key_waits,
-        bank_waits=bank_waits, other_waits=other_waits, tail=end - last_a + 1 - (R + base_shape.interlock + 1),
-        jobs=sum("j" in en for en in log), events=log if events else [],
+        bank_waits=bank_waits, other_waits=other_waits,
+        tail=end - log[-1]["a"] + 1 - (log[-1]["e"] - log[-1]["a"] + 1),
+        jobs=len(dones), events=log if events else [],
     )
+
+
+def _check_no_backpressure(cfg: Config, sched: Schedule, shape: PassShape, loss_lanes: int) -> None:
+    """Raise ``NotImplementedError`` where the forward pipe would wait for its consumers,
+    which the model does not cover: the loss unit needs ``L + 1`` cycles a group and the
+    output layer's groups arrive ``n_in + 1`` cycles apart; the tag FIFO (two passes,
+    hdl/forward.py) frees a pass's entry ``H + 6`` cycles after its last token."""
+    from .hdl.geometry import Geometry
+
+    out = Geometry(cfg).layers[-1]
+    if out.groups > 1 and loss_lanes + 1 > out.cols:
+        raise NotImplementedError(
+            f"{cfg.name}: the loss unit takes {loss_lanes + 1} cycles per output group, more than the "
+            f"{out.cols} between groups: the forward pipe would wait, which the model does not cover")
+    # the third pass's command comes at the earliest length + 2 cycles after the first's last token
+    if shape.length + 2 < sched.result_valid + 1:
+        raise NotImplementedError(f"{cfg.name}: passes shorter than the forward pipe wait for its tag FIFO, "
+                                  "which the model does not cover")
 
 
 def run_start_cycles(cfg: Config, step: int) -> int:
@@ -378,11 +396,6 @@ def run_cycles(cfg: Config, steps: int, first_step: int = 0) -> int:
         raise ValueError(f"steps must be a positive integer, not {steps!r}")
     return (run_start_cycles(cfg, first_step) + steps * step_timing(cfg, first_step).body
             + Schedule.FINISH_CYCLES)
-
-
-def _jobs_so_far(log: list[dict[str, int]]) -> list[int]:
-    """The done pulses of the jobs issued so far, in order."""
-    return [en["d"] for en in log if "d" in en]
 
 
 def _key_chain(a: int, shape: PassShape, keys: int, sched: Schedule) -> int:
