@@ -557,6 +557,7 @@ class Estimate:
             "fmax_mhz": self.fmax_mhz,
             "cycles_per_step": self.cycles_per_step, "mac_busy_per_step": self.mac_busy_per_step,
             "stalls_per_step": self.stalls_per_step, "mac_utilisation": self.utilisation,
+            "cycles_per_step_in_run": self.step.body,
             "steps_per_second": self.steps_per_second, "samples_per_second": self.samples_per_second,
             "macs_per_second": self.macs_per_second,
             "cycles_per_inference_sample": self.cycles_per_inference_sample,
@@ -617,6 +618,8 @@ def format_estimate(est: Estimate) -> str:
         f"  passes           {s.pass_cycles}  ({s.passes} x (R + {s.stalls // max(1, s.passes)} interlock + 1))",
         f"  waits            key {s.key_waits}, bank {s.bank_waits}, next sample {s.other_waits}",
         f"  tail             {s.tail}  (last correlation, fused update, FINISH)",
+        f"  in a run         {s.body} cycles per step when one TRAIN command runs several steps "
+        f"(MAC utilisation {est.mac_busy_per_step / s.body:.1%})",
         f"  rate             {est.steps_per_second:,.0f} steps/s, {est.samples_per_second:,.0f} samples/s, "
         f"{est.macs_per_second / 1e6:,.1f} M MAC/s",
         f"inference          {est.cycles_per_inference_sample:,.1f} cycles per sample "
