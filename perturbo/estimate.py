@@ -2,8 +2,8 @@
 
 ``perturbo estimate CONFIG`` predicts what the accelerator's counters (``CYCLES`` and
 ``MAC_BUSY``, :data:`perturbo.hdl.registers.REGISTERS`) will count for one ``TRAIN``
-command of one step (``STEPS = 1``, as :class:`host.accelerator.AcceleratorBackend`
-runs them) and for an ``INFER`` command, and the words and bits of every memory the
+command (one step, ``STEPS = 1``, as :class:`perturbo.host.accelerator.AcceleratorBackend`
+runs them, or several: :func:`run_cycles`) and for an ``INFER`` command, and the words and bits of every memory the
 generated accelerator holds.
 
 The model is derived from the RTL's schedule, not fitted.  Every latency it uses is a
@@ -11,7 +11,7 @@ named constant or a term of :class:`Schedule`, commented with the place in hdl/ 
 makes it; when a unit's pipeline changes, the term changes with it.  The schedule of a
 step is
 
-- *run start* (:meth:`Schedule.run_start`): the sequencer's serial multiplier, three
+- *run start* (:func:`run_start_cycles`): the sequencer's serial multiplier, three
   products (hdl/sequencer.py ``MUL_SP``, ``MUL_E``, ``MUL_S``; each one cycle per bit
   of its second operand, plus one), the projection key (target projection), then
   ``STEP``, ``SAMPLE``, ``LABEL``;
@@ -24,8 +24,8 @@ step is
   in a cycle without a perturbed token) or for a sign/activation bank (a pass may
   overwrite a bank only once the correlation job that reads it is done: the
   correlation walker takes ``R + 3`` cycles a job, hdl/correlation.py);
-- *tail* (:meth:`Schedule.tail`): the last pass's loss, its correlation walk, the
-  fused update's pipe, then ``STEP`` and ``FINISH``.
+- *tail*: the last pass's loss, its correlation walk and the fused update's pipe
+  (:attr:`Schedule.update_drain`), then ``STEP`` and ``FINISH``.
 
 The passes overlap the correlation of earlier passes, so :func:`step_timing` runs a
 recurrence over the passes of a step (one line per event: command taken, last token,
@@ -47,8 +47,9 @@ from dataclasses import asdict, dataclass, field
 from .config import Config, Rule
 
 __all__ = [
-    "Schedule", "PassShape", "StepTiming", "MemoryUse", "Estimate", "step_timing",
-    "inference_cycles", "memories", "estimate", "format_estimate",
+    "Schedule", "PassShape", "StepTiming", "MemoryUse", "Estimate", "Comparison", "schedule",
+    "pass_shape", "step_timing", "run_start_cycles", "run_cycles", "inference_cycles", "memories",
+    "estimate", "format_estimate", "compare_with_counters",
 ]
 
 #: Bits of one iCE40 embedded block RAM (EBR, 256 x 16).
@@ -120,10 +121,10 @@ class Schedule:
     @property
     def update_drain(self) -> int:
         """From the cycle the step's last job is taken to the cycle the collector sees the
-        correlation and the update idle: the walk (A: R rows; B, C), the walker's output
-        register, the correlation unit's write stage (hdl/correlation.py: + 4 after the
-        last row), the update unit's stages B..E after the fused sums
-        (hdl/update.py: + 4), and the first idle cycle (hdl/sequencer.py ``UPDATE``)."""
+        correlation and the update idle (hdl/sequencer.py ``UPDATE``): the walk's ``R`` rows
+        (hdl/correlation.py stage A), stages B and C and the walker's output register (+ 3),
+        the correlation unit's write stage, which hands the final sums on (+ 1), the update
+        unit's stages B to E (hdl/update.py, + 4), and the first idle cycle (+ 1)."""
         return self.R + 9
 
     #: hdl/sequencer.py: after ``UPDATE`` the issuer leaves ``WAIT_UPDATE`` for ``STEP``
