@@ -622,7 +622,7 @@ def format_estimate(est: Estimate) -> str:
         f"  in a run         {s.body} cycles per step when one TRAIN command runs several steps "
         f"(MAC utilisation {est.mac_busy_per_step / s.body:.1%})",
         f"  rate             {est.steps_per_second:,.0f} steps/s, {est.samples_per_second:,.0f} samples/s, "
-        f"{est.macs_per_second / 1e6:,.1f} M MAC/s",
+        f"{est.macs_per_second / 1e6:,.1f} M lane-MAC/s",
         f"inference          {est.cycles_per_inference_sample:,.1f} cycles per sample "
         f"({est.inference_cycles} for the {est.inference_samples} samples of the buffer), "
         f"{est.inference_samples_per_second:,.0f} samples/s",
