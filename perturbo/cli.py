@@ -13,6 +13,7 @@
     perturbo synth CONFIG --board icebreaker|ulx3s-85f|orangecrab [-o DIR] [--seed N] [--force]
     perturbo sweep SWEEP [--out DIR] [--address ADDR] [--cpus N] [--resume | --overwrite] [--dry-run]
     perturbo serve CONFIG [--divisor N] [--rx-fifo N]
+    perturbo estimate CONFIG [--fmax-mhz F] [--json]
 
 User errors (a bad configuration, a missing data set, an unusable checkpoint, a
 backend that is not available) and failures a user can meet (a board or a
@@ -155,6 +156,13 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("config", type=Path, metavar="CONFIG")
     gen.add_argument("-o", "--out", type=Path, default=Path("build"), metavar="DIR",
                      help="output directory (default: build)")
+
+    es = sub.add_parser("estimate", help="predict cycles per step, samples per second, MAC utilisation and "
+                                         "memory use of the accelerator, from the configuration alone")
+    es.add_argument("config", type=Path, metavar="CONFIG")
+    es.add_argument("--fmax-mhz", type=float, metavar="F",
+                    help="the clock the rates are given at (default: hardware.clock_mhz)")
+    es.add_argument("--json", action="store_true", help="print the estimate as JSON")
 
     sy = sub.add_parser("synth", help="build the accelerator for an FPGA board; report its use and Fmax")
     sy.add_argument("config", type=Path, metavar="CONFIG")
@@ -365,6 +373,25 @@ def _cmd_gen(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_estimate(args: argparse.Namespace) -> int:
+    import json
+
+    from perturbo.estimate import estimate, format_estimate
+    from perturbo.hdl.accelerator import check_supported
+
+    cfg = load_config(args.config)
+    if args.fmax_mhz is not None and not args.fmax_mhz > 0:
+        raise UsageError(f"--fmax-mhz takes a positive frequency in MHz, not {args.fmax_mhz:g}")
+    try:
+        check_supported(cfg)
+    except ValueError as err:
+        raise ConfigError(f"{args.config}: {err}") from None
+    check_fits_target(cfg, str(args.config))
+    est = estimate(cfg, args.fmax_mhz)
+    print(json.dumps(est.as_dict(), indent=2) if args.json else format_estimate(est))
+    return 0
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     from perturbo.backend import check_accelerator
     from perturbo.sim.backend import serial_cosim
@@ -534,7 +561,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     commands = {"config": _cmd_config_show, "train": _cmd_train, "eval": _cmd_eval,
                 "synth": _cmd_synth, "gen": _cmd_gen, "sweep": _cmd_sweep,
-                "export": _cmd_export, "plot": _cmd_plot, "verify": _cmd_verify, "serve": _cmd_serve}
+                "export": _cmd_export, "plot": _cmd_plot, "verify": _cmd_verify, "serve": _cmd_serve,
+                "estimate": _cmd_estimate}
     try:
         return commands[args.command](args)
     except USER_ERRORS as err:

@@ -22,6 +22,7 @@ from cocotb.triggers import ClockCycles, FallingEdge, with_timeout
 from hdl_model import first_difference
 from hdl_tbutil import Bench, BusMaster, config
 
+from perturbo.estimate import inference_cycles, run_cycles, step_timing
 from perturbo.golden.integer import IntegerModel, init_weights
 from perturbo.hdl.bus import ACCEL_ID, Command, Reg, Space, Status
 from perturbo.hdl.geometry import Geometry, config_hash
@@ -150,11 +151,20 @@ async def train_and_infer(dut) -> None:
         f"(S={S}, copies={cfg.rule.copies}, lanes={geo.lanes}), MAC busy {mac / cycles:.1%}, "
         f"stall cycles {stalls}"
     )
+    # the cycle model (perturbo.estimate) predicts the counters within 1 % (issue 12)
+    first = [sum(runs[:i]) for i in range(len(runs))]
+    predicted = sum(run_cycles(cfg, n, k) for n, k in zip(runs, first, strict=True))
+    assert abs(predicted - cycles) <= 0.01 * cycles, \
+        f"cycle model: {predicted} cycles predicted for runs {runs}, CYCLES counted {cycles}"
+    assert mac == steps_total * step_timing(cfg).mac_busy, f"cycle model: MAC_BUSY {mac}"
 
     # inference on every loaded sample
     await bus.write(R, Reg.INFER_COUNT, n_samples)
     await run_command(dut, bus, Command.INFER, pass_budget() * n_samples)
     assert await bus.read(R, Reg.STATUS) & Status.INFERENCE
+    infer = await bus.read(R, Reg.CYCLES_LO, signed=False) - cycles
+    assert abs(inference_cycles(cfg, n_samples) - infer) <= 0.01 * infer, \
+        f"cycle model: {inference_cycles(cfg, n_samples)} cycles predicted for INFER, counted {infer}"
     expect = model.predict(x)
     for s in range(n_samples):
         for k in range(geo.classes):

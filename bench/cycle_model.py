@@ -1,0 +1,59 @@
+"""The cycle model (``perturbo estimate``) beside the accelerator's counters, as a table.
+
+    python bench/cycle_model.py [CONFIG ...] [--steps 3]
+
+For each configuration (default: every shipped example the accelerator trains), runs
+``--steps`` one-step ``TRAIN`` commands and an ``INFER`` on the Verilator co-simulation
+(built once per configuration, cached) and prints, per rule, the predicted and counted
+``CYCLES`` of a step (the last, warm, one) and of an inference sample, the MAC
+utilisation (``MAC_BUSY / CYCLES``) both ways, and the largest error over every command
+run.  The Fashion-MNIST models take several minutes each to build.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from perturbo.config import load_config
+from perturbo.estimate import compare_with_counters, estimate
+from perturbo.hdl.accelerator import SUPPORTED_RULES
+from perturbo.sim.backend import VerilatorBackend
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("configs", nargs="*", type=Path)
+    p.add_argument("--steps", type=int, default=3)
+    args = p.parse_args()
+    paths = args.configs or sorted(EXAMPLES.glob("*.yaml"))
+    print("| example | rule | lanes | cycles/step predicted | counted | MAC util. predicted | counted "
+          "| cycles/inference sample predicted | counted | largest error |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for path in paths:
+        cfg = load_config(path)
+        if any(r not in SUPPORTED_RULES for r in cfg.layer_rules()):
+            continue  # a float baseline
+        hw = VerilatorBackend(cfg)
+        try:
+            rows = compare_with_counters(cfg, hw, args.steps)
+        finally:
+            hw.close()
+        step, infer = rows[-2], rows[-1]
+        count = int(infer.what.split()[1])
+        rules = ", ".join(dict.fromkeys(r.value for r in cfg.layer_rules()))
+        worst = max(rows, key=lambda r: abs(r.error))
+        print(f"| {cfg.name} | {rules} | {estimate(cfg).lanes} | {step.predicted_cycles} | {step.counted_cycles} "
+              f"| {step.predicted_mac_busy / step.predicted_cycles:.1%} "
+              f"| {step.counted_mac_busy / step.counted_cycles:.1%} "
+              f"| {infer.predicted_cycles / count:.1f} | {infer.counted_cycles / count:.1f} "
+              f"| {worst.error:+.2%} ({worst.what}) |", flush=True)
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(1)
+    main()

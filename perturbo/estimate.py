@@ -1,0 +1,691 @@
+"""A cycle and memory model of the generated accelerator, from the configuration alone.
+
+``perturbo estimate CONFIG`` predicts what the accelerator's counters (``CYCLES`` and
+``MAC_BUSY``, :data:`perturbo.hdl.registers.REGISTERS`) will count for one ``TRAIN``
+command (one step, ``STEPS = 1``, as :class:`perturbo.host.accelerator.AcceleratorBackend`
+runs them, or several: :func:`run_cycles`) and for an ``INFER`` command, and the words and bits of every memory the
+generated accelerator holds.
+
+The model is derived from the RTL's schedule, not fitted.  Every latency it uses is a
+named constant or a term of :class:`Schedule`, commented with the place in hdl/ that
+makes it; when a unit's pipeline changes, the term changes with it.  The schedule of a
+step is
+
+- *run start* (:func:`run_start_cycles`): the sequencer's serial multiplier, three
+  products (hdl/sequencer.py ``MUL_SP``, ``MUL_E``, ``MUL_S``; each one cycle per bit
+  of its second operand, plus one), the projection key (target projection), then
+  ``STEP``, ``SAMPLE``, ``LABEL``;
+- *passes*: per sample the baseline pass and ``copies`` perturbed passes (target
+  projection: the baseline pass alone), each ``R + I + 1`` cycles on the forward
+  engine (``R`` tokens, one per weight row; ``I`` interlock stalls where a layer waits
+  for the previous layer's last activation word; one cycle in which the engine takes
+  the next command, hdl/forward.py ``_take_command``), unless the sequencer waits for
+  a pass key (``KEY``/``NODE_KEY``, which the forward engine's hash pipe computes only
+  in a cycle without a perturbed token) or for a sign/activation bank (a pass may
+  overwrite a bank only once the correlation job that reads it is done: the
+  correlation walker takes ``R + 3`` cycles a job, hdl/correlation.py);
+- *tail*: the last pass's loss, its correlation walk and the fused update's pipe
+  (:attr:`Schedule.update_drain`), then ``STEP`` and ``FINISH``.
+
+The passes overlap the correlation of earlier passes, so :func:`step_timing` runs a
+recurrence over the passes of a step (one line per event: command taken, last token,
+loss ready, job taken, job done), which is exact as long as the forward engine's
+pipe never waits for the loss unit (:func:`step_timing` checks the condition and says
+when it does not hold).  In the steady state a step costs
+
+    ``S * (1 + copies) * (R + I + 1)``  (target projection: ``S * (R + I + 1)``)
+
+plus the waits the recurrence finds, plus run start and tail; ``MAC_BUSY`` is exactly
+``S * passes * R``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+from .config import Config, Rule
+
+__all__ = [
+    "Schedule", "PassShape", "StepTiming", "MemoryUse", "Estimate", "Comparison", "schedule",
+    "pass_shape", "step_timing", "run_start_cycles", "run_cycles", "inference_cycles", "memories",
+    "estimate", "format_estimate", "compare_with_counters",
+]
+
+#: Bits of one iCE40 embedded block RAM (EBR, 256 x 16).
+EBR_BITS = 4096
+#: Bits of one ECP5 DP16KD block RAM (1024 x 18 at its widest true dual-port shape).
+DP16KD_BITS = 18432
+#: Bits of one iCE40UP5K SPRAM block (16 K x 16).
+SPRAM_BITS = 262144
+
+
+def _bits(n: int) -> int:
+    """Cycles the serial multiplier is busy for a second operand ``n``: one per bit."""
+    return max(0, int(n)).bit_length()
+
+
+def _ceil_log2(n: int) -> int:
+    return max(1, (n - 1).bit_length())
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """The latencies of the RTL that the model uses, for one configuration.
+
+    Each attribute is one latency of hdl/, named where it is made.
+    """
+
+    #: hdl/random.py ``draw_latency``: the hash pipe (the position of the perturbation
+    #: stage in the forward engine, and the cycles a pass key takes on lane 0's pipe)
+    H: int  # noqa: N815 (the name hdl/forward.py uses)
+    #: rows of every layer: one token per row and pass on the forward engine, one row per
+    #: cycle and job on the correlation walker (hdl/geometry.py ``rows``)
+    R: int  # noqa: N815
+
+    @property
+    def output_visible(self) -> int:
+        """Cycles from a bias token's issue to the interlock seeing its group written:
+        positions 0..H+4 of the pipe (hdl/forward.py module docstring), the record
+        ``wr_*`` registered at H+4 (``_output``), so a token reading the word may issue
+        ``H + 5`` cycles after the bias token."""
+        return self.H + 5
+
+    @property
+    def result_valid(self) -> int:
+        """Cycles from the pass's last token to its last result on ``result``: the output
+        register at position H+5 (hdl/forward.py ``_output``: ``out_valid``)."""
+        return self.H + 5
+
+    @property
+    def key(self) -> int:
+        """From the cycle a key request is taken to the cycle the sequencer is in its next
+        state: the request enters lane 0's hash pipe, ``key_flag`` runs H positions, the key
+        is registered on ``key`` (hdl/forward.py ``_key_pipe``: H + 1), and the sequencer's
+        ``_WAIT`` state takes it and moves on (hdl/sequencer.py ``_key_states``: + 1)."""
+        return self.H + 2
+
+    @property
+    def walk(self) -> int:
+        """Cycles the correlation walker spends on a job until it takes the next one:
+        ``R`` rows (stage A) and the stages B and C drained (hdl/correlation.py
+        ``_take_job``: ``cmd.ready`` needs A, B and C empty)."""
+        return self.R + 3
+
+    @property
+    def walk_done(self) -> int:
+        """From the cycle a job is taken to its ``done`` pulse (stage B's last row with A idle,
+        hdl/correlation.py ``_select_input``)."""
+        return self.R + 1
+
+    @property
+    def update_drain(self) -> int:
+        """From the cycle the step's last job is taken to the cycle the collector sees the
+        correlation and the update idle (hdl/sequencer.py ``UPDATE``): the walk's ``R`` rows
+        (hdl/correlation.py stage A), stages B and C and the walker's output register (+ 3),
+        the correlation unit's write stage, which hands the final sums on (+ 1), the update
+        unit's stages B to E (hdl/update.py, + 4), and the first idle cycle (+ 1)."""
+        return self.R + 9
+
+    #: hdl/sequencer.py: after ``UPDATE`` the issuer leaves ``WAIT_UPDATE`` for ``STEP``
+    #: and ``FINISH`` (two busy cycles) before ``IDLE``
+    FINISH_CYCLES = 2
+    #: hdl/sequencer.py: after a sample's last pass, ``NEXT_SAMPLE``, ``SAMPLE`` and
+    #: ``LABEL`` before ``BASE`` offers the next baseline pass
+    NEXT_SAMPLE_CYCLES = 4
+    #: hdl/sequencer.py ``STEP``, ``SAMPLE``, ``LABEL`` at the start of a step
+    STEP_START_CYCLES = 3
+
+
+@dataclass(frozen=True)
+class PassShape:
+    """One pass on the forward engine: when its tokens issue, relative to the first.
+
+    ``issue[i]`` is the cycle offset of the ``i``-th token (one per weight row, in row
+    order) from the first; ``key_free[t]`` says whether the key pipe may take a request
+    in the cycle at offset ``t`` (hdl/forward.py ``_key_pipe``: no token at the issue
+    position, or one that is neither perturbed nor a neuron draw).
+    """
+
+    issue: tuple[int, ...]
+    key_free: tuple[bool, ...]
+
+    @property
+    def length(self) -> int:
+        """Cycles from the first token to the last, inclusive: ``R + I``."""
+        return self.issue[-1] + 1
+
+    @property
+    def interlock(self) -> int:
+        """``I``: the cycles tokens waited for an activation word (hdl/forward.py ``_interlock``)."""
+        return self.length - len(self.issue)
+
+    def first_key_cycle(self, offset: int) -> int:
+        """The first offset ``>= offset`` at which a key request is taken (after the pass's
+        last token the engine issues nothing, so that is always free)."""
+        for t in range(max(0, offset), len(self.key_free)):
+            if self.key_free[t]:
+                return t
+        return max(offset, len(self.key_free))
+
+
+def pass_shape(cfg: Config, *, perturbed: bool) -> PassShape:
+    """The token schedule of a pass (hdl/forward.py ``_issue``, ``_interlock``).
+
+    Layer 0 reads the sample buffer, so its tokens issue back to back.  A later layer's
+    token at input ``j`` reads activation word ``j // lanes``, the output of the previous
+    layer's group ``j // lanes``, and waits until that group's bias token has left the
+    pipe (:attr:`Schedule.output_visible` cycles after it issued); the bias token reads
+    nothing.
+    """
+    from .hdl.geometry import Geometry  # the hdl package imports Amaranth: only when used
+
+    geo = Geometry(cfg)
+    sched = schedule(cfg)
+    lanes = geo.lanes
+    inject = set(geo.inject_layers)
+    issue: list[int] = []
+    busy: list[bool] = []  # per token: it blocks the key pipe
+    t = -1
+    last_bias: list[int] = []  # issue time of the previous layer's group bias tokens
+    for lay in geo.layers:
+        bias_times = []
+        for _g in range(lay.groups):
+            for j in range(lay.cols):
+                t += 1
+                if lay.index > 0 and j < lay.n_in:
+                    t = max(t, last_bias[j // lanes] + sched.output_visible)
+                issue.append(t)
+                is_bias = j == lay.n_in
+                perturb = perturbed and lay.rule == Rule.MGD_WEIGHT
+                draw = is_bias and ((perturbed and lay.index in inject)
+                                    or (geo.projection and lay.index < geo.n_layers - 1))
+                busy.append(perturb or draw)
+                if is_bias:
+                    bias_times.append(t)
+        last_bias = bias_times
+    free = [True] * (issue[-1] + 1)
+    for when, blocks in zip(issue, busy, strict=True):
+        free[when] = not blocks
+    return PassShape(issue=tuple(issue), key_free=tuple(free))
+
+
+def schedule(cfg: Config) -> Schedule:
+    """The :class:`Schedule` of a configuration."""
+    from .hdl.geometry import Geometry
+    from .hdl.random import draw_latency
+
+    return Schedule(H=draw_latency(cfg.hardware.hash_stages_per_register), R=Geometry(cfg).rows)
+
+
+def _group_lanes_cycles(cfg: Config) -> int:
+    """Cycles the loss unit (and the inference output writer) spend on the output layer's
+    last group: one per lane holding a neuron, and one more on the first empty lane
+    (hdl/loss.py ``LANES``: it stops at the first empty lane or the last lane)."""
+    lanes = cfg.hardware.lanes
+    n_out = cfg.network.layers[-1]
+    count = n_out - (math.ceil(n_out / lanes) - 1) * lanes
+    return lanes if count == lanes else count + 1
+
+
+@dataclass
+class StepTiming:
+    """What :func:`step_timing` found for one step.
+
+    ``cycles`` and ``mac_busy`` are what ``CYCLES`` and ``MAC_BUSY`` count for a ``TRAIN``
+    command of one step; the other fields split ``cycles`` into the terms of the module
+    docstring.
+    """
+
+    cycles: int
+    #: cycles of each step of a run of several steps (``TRAIN`` with ``STEPS > 1``): from
+    #: ``STEP`` to the collector's ``step_done``, after which the next step's ``STEP`` follows
+    body: int
+    mac_busy: int
+    stalls: int  #: what ``STALLS`` counts: interlock cycles (the pipe never waits here)
+    run_start: int  #: cycles before the first pass command is taken
+    passes: int  #: passes in the step
+    pass_cycles: int  #: ``R + I + 1`` per pass
+    key_waits: int  #: cycles the engine was free but the sequencer waited for a pass key
+    bank_waits: int  #: cycles the engine was free but the pass's bank was still being read
+    other_waits: int  #: cycles the engine was free while the issuer moved to the next sample
+    tail: int  #: from the last pass's command to the end of the command
+    jobs: int  #: correlation jobs
+    events: list[dict[str, int]] = field(default_factory=list, repr=False)
+
+
+def step_timing(cfg: Config, step: int = 1, *, events: bool = False) -> StepTiming:
+    """The cycles of one ``TRAIN`` command of one step, ``step`` being the step counter ``k``
+    it starts from (``MUL_E`` takes one cycle per bit of ``k``).
+
+    A recurrence over the step's passes in issue order.  For pass ``p``: the sequencer
+    offers the command at ``ready`` (its states), the engine takes it at ``a`` when it
+    is free and the bank accounting allows (hdl/sequencer.py ``_registers``: at most one
+    job pending for a perturbed pass; for a baseline pass at most ``copies``, target
+    projection 1); its last token issues at ``e = a + R + I``; its loss is offered at
+    ``o = e + H + 6 + L`` (the result register, the loss unit's ``LANES`` and ``OUT``);
+    its job (if any) is taken at ``j = max(o, j_prev + R + 3)`` and done at
+    ``j + R + 1``, freeing its banks in the next cycle.
+    """
+    from .hdl.geometry import Geometry
+
+    geo = Geometry(cfg)
+    sched = schedule(cfg)
+    R = sched.R  # noqa: N806
+    S = cfg.rule.tau_theta * cfg.rule.batch  # noqa: N806 (STEP_SAMPLES)
+    copies = cfg.rule.copies
+    projection = geo.projection
+    base_shape = pass_shape(cfg, perturbed=False)
+    pert_shape = base_shape if projection else pass_shape(cfg, perturbed=True)
+    keys_per_pair = (1 if geo.perturbed_layers else 0) + (1 if geo.inject_layers else 0)
+    loss_lanes = _group_lanes_cycles(cfg)
+    _check_no_backpressure(cfg, sched, base_shape, loss_lanes)
+    # offset of the output layer's first group's bias token from a pass's first token: the
+    # loss unit must be idle again when that group's result arrives (checked below)
+    out = geo.layers[-1]
+    first_out = base_shape.issue[sched.R - (out.groups - 1) * out.cols - 1]
+
+    # -- run start: hdl/sequencer.py _run_start_states ------------------------------------
+    t_step = 1 + run_start_cycles(cfg, step)  # the cycle STEP is entered (TRAIN arrives in cycle 0)
+    ready = t_step + Schedule.STEP_START_CYCLES  # STEP, SAMPLE, LABEL: BASE is offered from here
+    run_start = ready - 1
+
+    engine_free = 0  # the first cycle the engine can take a command
+    loss_idle = 0  # the first cycle the loss unit takes a group again
+    job_taken = -(10 ** 9)
+    dones: list[int] = []  # the done pulse of every job so far, in order
+    key_waits = bank_waits = other_waits = stalls = 0
+    log: list[dict[str, int]] = []
+    limit_base = 1 if projection else copies
+    kinds = [("base", -1)] + ([] if projection else [("copy", m) for m in range(copies)])
+    for sample in range(S):
+        for kind, copy in kinds:
+            # bank accounting: jobs issued - jobs done <= limit in the cycle the command is
+            # taken, so the job `limit` places back must have pulsed `done` before it
+            limit = limit_base if kind == "base" else 1
+            bank_free = dones[-limit - 1] + 1 if len(dones) > limit else 0
+            a = max(ready, engine_free, bank_free)
+            if engine_free and a > engine_free:  # the engine stood free: say why
+                if bank_free == a:
+                    bank_waits += a - engine_free
+                elif kind == "copy":
+                    key_waits += a - engine_free
+                else:
+                    other_waits += a - engine_free
+            shape = pert_shape if kind == "copy" else base_shape
+            if a + 1 + first_out + sched.result_valid < loss_idle:
+                raise NotImplementedError(
+                    f"{cfg.name}: a pass's output reaches the loss unit before it has handed "
+                    "on the previous loss: the forward pipe would wait, which the model does not cover")
+            e = a + shape.length  # the last token issues R + I cycles after the command
+            stalls += shape.interlock
+            engine_free = e + 1  # hdl/forward.py: `active` falls after the last token
+            o = e + sched.result_valid + 1 + loss_lanes  # loss unit: IDLE, LANES (L), OUT
+            entry = {"sample": sample, "copy": copy, "a": a, "e": e, "o": o}
+            if projection or kind == "copy":  # the pass has a correlation job
+                j = max(o, job_taken + sched.walk)  # the collector hands it over
+                job_taken = j
+                dones.append(j + sched.walk_done)
+                entry |= {"j": j, "d": dones[-1]}
+                loss_idle = j + 1
+            else:
+                loss_idle = o + 1
+            log.append(entry)
+            # the issuer's next state (hdl/sequencer.py)
+            if kind == "base" and not projection:
+                ready = _key_chain(a, base_shape, keys_per_pair, sched)  # KEY (NODE_KEY)
+            elif kind == "copy" and copy != copies - 1:
+                # a new antithetic pair after an odd copy: its keys; else the same keys
+                ready = _key_chain(a, shape, keys_per_pair, sched) if copy % 2 else a + 1
+            else:
+                ready = a + Schedule.NEXT_SAMPLE_CYCLES
+    step_done = job_taken + sched.update_drain  # the step's last job is the last taken
+    end = step_done + Schedule.FINISH_CYCLES  # the last busy cycle
+    passes = len(log)
+    pass_cycles = passes * R + stalls + passes
+    return StepTiming(
+        cycles=end, body=step_done - t_step + 1, mac_busy=passes * R, stalls=stalls,
+        run_start=run_start, passes=passes, pass_cycles=pass_cycles, key_waits=key_waits,
+        bank_waits=bank_waits, other_waits=other_waits,
+        tail=end - log[-1]["a"] + 1 - (log[-1]["e"] - log[-1]["a"] + 1),
+        jobs=len(dones), events=log if events else [],
+    )
+
+
+def _check_no_backpressure(cfg: Config, sched: Schedule, shape: PassShape, loss_lanes: int) -> None:
+    """Raise ``NotImplementedError`` where the forward pipe would wait for its consumers,
+    which the model does not cover: the loss unit needs ``L + 1`` cycles a group and the
+    output layer's groups arrive ``n_in + 1`` cycles apart; the tag FIFO (two passes,
+    hdl/forward.py) frees a pass's entry ``H + 6`` cycles after its last token."""
+    from .hdl.geometry import Geometry
+
+    out = Geometry(cfg).layers[-1]
+    if out.groups > 1 and loss_lanes + 1 > out.cols:
+        raise NotImplementedError(
+            f"{cfg.name}: the loss unit takes {loss_lanes + 1} cycles per output group, more than the "
+            f"{out.cols} between groups: the forward pipe would wait, which the model does not cover")
+    # the third pass's command comes at the earliest length + 2 cycles after the first's last token
+    if shape.length + 2 < sched.result_valid + 1:
+        raise NotImplementedError(f"{cfg.name}: passes shorter than the forward pipe wait for its tag FIFO, "
+                                  "which the model does not cover")
+
+
+def run_start_cycles(cfg: Config, step: int) -> int:
+    """Cycles of a ``TRAIN`` command before ``STEP`` (hdl/sequencer.py ``_run_start_states``):
+    three products on the serial multiplier, each busy one cycle per bit of its second
+    operand and one cycle more to start the next; target projection then requests the
+    run's projection key (taken at once: the engine is idle) and waits for it."""
+    from .hdl.geometry import Geometry
+
+    geo = Geometry(cfg)
+    pairs = (cfg.rule.copies + 1) >> 1
+    cycles = (_bits(pairs) + 1  # MUL_SP: S * P (b = P)
+              + _bits(step) + 1  # MUL_E: k * S * P (b = k)
+              + _bits(geo.n_inputs) + 1)  # MUL_S: cursor * n_inputs (b = n_inputs)
+    if geo.projection:
+        # PROJECTION_KEY takes the request at once (the engine is idle), PROJECTION_KEY_WAIT
+        cycles += schedule(cfg).key
+    return cycles
+
+
+def run_cycles(cfg: Config, steps: int, first_step: int = 0) -> int:
+    """``CYCLES`` of one ``TRAIN`` command of ``steps`` steps starting at step counter
+    ``first_step``: the run start once, every step's :attr:`StepTiming.body` (each step
+    starts from idle units: ``step_done`` waits for the correlation and the update), then
+    ``STEP`` and ``FINISH``."""
+    if steps < 1:
+        raise ValueError(f"steps must be a positive integer, not {steps!r}")
+    return (run_start_cycles(cfg, first_step) + steps * step_timing(cfg, first_step).body
+            + Schedule.FINISH_CYCLES)
+
+
+def _key_chain(a: int, shape: PassShape, keys: int, sched: Schedule) -> int:
+    """The cycle the sequencer reaches ``PERTURBED`` after requesting ``keys`` pass keys, the
+    first from ``KEY`` in the cycle after the command taken at ``a`` (hdl/sequencer.py
+    ``_key_states``), each taken in the first cycle the key pipe is free
+    (:meth:`PassShape.first_key_cycle`, offsets from the pass's first token at ``a + 1``)."""
+    t = a + 1
+    for _ in range(keys):
+        t = a + 1 + shape.first_key_cycle(t - a - 1) + sched.key
+    return t
+
+
+def inference_cycles(cfg: Config, count: int) -> int:
+    """``CYCLES`` of an ``INFER`` command of ``count`` samples (hdl/sequencer.py
+    ``_inference_states``): the passes back to back from the first busy cycle, each
+    ``R + I + 1``; the last pass's last result ``H + 5`` cycles after its last token; the
+    output writer's lanes (``L``); ``collected`` one cycle later; ``INFER_WAIT`` and
+    ``FINISH``."""
+    if count == 0:
+        return 3  # INFER, INFER_WAIT, FINISH
+    sched = schedule(cfg)
+    shape = pass_shape(cfg, perturbed=False)
+    last_token = count * (shape.length + 1)
+    return last_token + sched.result_valid + _group_lanes_cycles(cfg) + 2
+
+
+# -- memories ------------------------------------------------------------------------------
+
+#: Aspect ratios (depth, width) of an iCE40 EBR: 256 x 16, 512 x 8, 1024 x 4, 2048 x 2.
+EBR_SHAPES = ((256, 16), (512, 8), (1024, 4), (2048, 2))
+#: Aspect ratios of an ECP5 DP16KD with one write and one read port (pseudo dual port:
+#: 512 x 36 is its widest), 1024 x 18, 2048 x 9, 4096 x 4, 8192 x 2, 16384 x 1.
+DP16KD_SHAPES = ((512, 36), (1024, 18), (2048, 9), (4096, 4), (8192, 2), (16384, 1))
+#: The iCE40UP5K's SPRAM: 16384 x 16, single port.
+SPRAM_SHAPES = ((16384, 16),)
+
+
+def _blocks(depth: int, width: int, shapes: tuple[tuple[int, int], ...]) -> int:
+    """Fewest blocks of one of ``shapes`` that hold ``depth`` words of ``width`` bits."""
+    return min(math.ceil(depth / d) * math.ceil(width / w) for d, w in shapes)
+
+
+@dataclass(frozen=True)
+class MemoryUse:
+    """One memory of the generated accelerator (hdl/accelerator.py ``_memories`` and the
+    forward engine's own).
+
+    ``copies`` is the number of identical memories (one per lane for the lane memories)
+    times the read ports (a second read port is a second copy in block RAM); ``ebr``,
+    ``dp16kd`` and ``spram`` are the blocks of each kind that hold all copies if the
+    memory is mapped to them (yosys may build a small one from logic instead).
+    """
+
+    name: str
+    words: int  #: words per copy
+    width: int  #: bits per word
+    copies: int
+    note: str = ""
+
+    @property
+    def bits(self) -> int:
+        return self.words * self.width * self.copies
+
+    @property
+    def ebr(self) -> int:
+        return self.copies * _blocks(self.words, self.width, EBR_SHAPES)
+
+    @property
+    def dp16kd(self) -> int:
+        return self.copies * _blocks(self.words, self.width, DP16KD_SHAPES)
+
+    @property
+    def spram(self) -> int:
+        return self.copies * _blocks(self.words, self.width, SPRAM_SHAPES)
+
+
+def memories(cfg: Config) -> list[MemoryUse]:
+    """Every memory the accelerator generated from ``cfg`` holds (not the host link's FIFOs
+    nor the forward engine's two-entry tag FIFO, which are registers)."""
+    from .hdl.correlation import CorrelationWalker
+    from .hdl.geometry import Geometry
+
+    geo = Geometry(cfg)
+    fe = CorrelationWalker(geo)
+    lanes, depth = geo.lanes, geo.weight_depth
+    act_depth = 1 << geo.act_addr_bits  # four banks of 2^act_bank_bits words
+    out = [
+        MemoryUse("weights", depth, geo.weight_bits, lanes, "one memory per lane"),
+        MemoryUse("G", depth, geo.grad_bits, lanes, "one memory per lane"),
+    ]
+    if geo.momentum:
+        out.append(MemoryUse("momentum", depth, geo.grad_bits, lanes, "one memory per lane"))
+    out += [
+        MemoryUse("samples", geo.sample_words, 8, 2 if fe.uses_samples else 1,
+                  "two read ports (forward engine, correlation walker)" if fe.uses_samples else ""),
+        MemoryUse("labels", geo.sample_depth, geo.label_bits, 1),
+        MemoryUse("outputs", geo.output_words, 8, 1, "inference scores"),
+        MemoryUse("activations", act_depth, 8 * lanes, 2,
+                  "4 banks; two read ports (forward engine, correlation walker)"),
+    ]
+    if geo.factor_bits:
+        out.append(MemoryUse("factors", act_depth, geo.factor_bits * lanes, 1, "4 banks"))
+    if fe.uses_signs:
+        out.append(MemoryUse("signs", 2 * geo.rows, lanes, 1, "2 banks of the weight rows"))
+    return out
+
+
+# -- the estimate ------------------------------------------------------------------------
+
+@dataclass
+class Estimate:
+    """What :func:`estimate` predicts for one configuration (see the module docstring)."""
+
+    name: str
+    lanes: int
+    rows: int  #: ``R``
+    samples_per_step: int
+    passes_per_sample: int
+    fmax_mhz: float
+    cycles_per_step: int  #: ``CYCLES`` of a ``TRAIN`` command of one step (step counter 1)
+    mac_busy_per_step: int  #: ``MAC_BUSY`` of it
+    stalls_per_step: int  #: ``STALLS`` of it
+    cycles_per_inference_sample: float  #: ``CYCLES`` of a full ``INFER`` run / its samples
+    inference_cycles: int  #: ``CYCLES`` of an ``INFER`` run over ``inference_samples``
+    inference_samples: int  #: ``hardware.sample_depth``
+    step: StepTiming
+    memories: list[MemoryUse]
+
+    @property
+    def utilisation(self) -> float:
+        """``MAC_BUSY / CYCLES`` of a training step."""
+        return self.mac_busy_per_step / self.cycles_per_step
+
+    @property
+    def steps_per_second(self) -> float:
+        return self.fmax_mhz * 1e6 / self.cycles_per_step
+
+    @property
+    def samples_per_second(self) -> float:
+        return self.steps_per_second * self.samples_per_step
+
+    @property
+    def macs_per_second(self) -> float:
+        """Multiply-accumulates per second while training (``MAC_BUSY`` counts lane-cycles of
+        all lanes; a lane whose neuron does not exist in a partly empty group still counts)."""
+        return self.steps_per_second * self.mac_busy_per_step * self.lanes
+
+    @property
+    def inference_samples_per_second(self) -> float:
+        return self.fmax_mhz * 1e6 / self.cycles_per_inference_sample
+
+    def as_dict(self) -> dict:
+        """The estimate as plain data (``perturbo estimate --json``)."""
+        step = {k: v for k, v in asdict(self.step).items() if k != "events"}
+        return {
+            "name": self.name, "lanes": self.lanes, "rows": self.rows,
+            "samples_per_step": self.samples_per_step, "passes_per_sample": self.passes_per_sample,
+            "fmax_mhz": self.fmax_mhz,
+            "cycles_per_step": self.cycles_per_step, "mac_busy_per_step": self.mac_busy_per_step,
+            "stalls_per_step": self.stalls_per_step, "mac_utilisation": self.utilisation,
+            "cycles_per_step_in_run": self.step.body,
+            "steps_per_second": self.steps_per_second, "samples_per_second": self.samples_per_second,
+            "macs_per_second": self.macs_per_second,
+            "cycles_per_inference_sample": self.cycles_per_inference_sample,
+            "inference_cycles": self.inference_cycles,
+            "inference_samples_per_second": self.inference_samples_per_second,
+            "step_terms": step,
+            "memories": [
+                {"name": mem.name, "words": mem.words, "width": mem.width, "copies": mem.copies,
+                 "bits": mem.bits, "ebr_4k": mem.ebr, "dp16kd_18k": mem.dp16kd, "spram_256k": mem.spram,
+                 "note": mem.note}
+                for mem in self.memories
+            ],
+            "memory_bits": sum(mem.bits for mem in self.memories),
+            "ebr_4k": sum(mem.ebr for mem in self.memories),
+            "dp16kd_18k": sum(mem.dp16kd for mem in self.memories),
+        }
+
+
+def estimate(cfg: Config, fmax_mhz: float | None = None) -> Estimate:
+    """Predict the cycles, rates and memories of the accelerator generated from ``cfg``.
+
+    ``fmax_mhz`` defaults to ``hardware.clock_mhz``.  The cycles per step are those of a
+    step whose counter ``k`` is 1 (``MUL_E`` costs one cycle per bit of ``k``: a step
+    late in a run costs up to 32 cycles more; :func:`step_timing` takes ``k``).
+    """
+    from .hdl.accelerator import check_supported
+    from .hdl.geometry import Geometry
+
+    check_supported(cfg)
+    geo = Geometry(cfg)
+    if fmax_mhz is None:
+        fmax_mhz = cfg.hardware.clock_mhz
+    if not fmax_mhz > 0:
+        raise ValueError(f"the clock must be a positive frequency in MHz, not {fmax_mhz!r}")
+    step = step_timing(cfg, 1)
+    depth = geo.sample_depth
+    infer = inference_cycles(cfg, depth)
+    return Estimate(
+        name=cfg.name, lanes=geo.lanes, rows=geo.rows,
+        samples_per_step=cfg.rule.tau_theta * cfg.rule.batch,
+        passes_per_sample=1 if geo.projection else 1 + cfg.rule.copies,
+        fmax_mhz=float(fmax_mhz), cycles_per_step=step.cycles, mac_busy_per_step=step.mac_busy,
+        stalls_per_step=step.stalls, cycles_per_inference_sample=infer / depth,
+        inference_cycles=infer, inference_samples=depth, step=step, memories=memories(cfg),
+    )
+
+
+def format_estimate(est: Estimate) -> str:
+    """The estimate as the text ``perturbo estimate`` prints."""
+    s = est.step
+    lines = [
+        f"{est.name}: {est.lanes} lanes, R = {est.rows} rows, {est.samples_per_step} samples x "
+        f"{est.passes_per_sample} passes per step, at {est.fmax_mhz:g} MHz",
+        "",
+        f"training step      {est.cycles_per_step} cycles (CYCLES), MAC_BUSY {est.mac_busy_per_step}: "
+        f"MAC utilisation {est.utilisation:.1%}",
+        f"  run start        {s.run_start}",
+        f"  passes           {s.pass_cycles}  ({s.passes} x (R + {s.stalls // max(1, s.passes)} interlock + 1))",
+        f"  waits            key {s.key_waits}, bank {s.bank_waits}, next sample {s.other_waits}",
+        f"  tail             {s.tail}  (last correlation, fused update, FINISH)",
+        f"  in a run         {s.body} cycles per step when one TRAIN command runs several steps "
+        f"(MAC utilisation {est.mac_busy_per_step / s.body:.1%})",
+        f"  rate             {est.steps_per_second:,.0f} steps/s, {est.samples_per_second:,.0f} samples/s, "
+        f"{est.macs_per_second / 1e6:,.1f} M lane-MAC/s",
+        f"inference          {est.cycles_per_inference_sample:,.1f} cycles per sample "
+        f"({est.inference_cycles} for the {est.inference_samples} samples of the buffer), "
+        f"{est.inference_samples_per_second:,.0f} samples/s",
+        "",
+        f"{'memory':<12} {'words':>8} {'bits':>5} {'copies':>6} {'total bits':>11} {'EBR 4k':>7} "
+        f"{'DP16KD':>7} {'SPRAM':>6}  note",
+    ]
+    for mem in est.memories:
+        lines.append(f"{mem.name:<12} {mem.words:>8} {mem.width:>5} {mem.copies:>6} {mem.bits:>11} "
+                     f"{mem.ebr:>7} {mem.dp16kd:>7} {mem.spram:>6}  {mem.note}")
+    lines.append(f"{'total':<12} {'':>8} {'':>5} {'':>6} {sum(m.bits for m in est.memories):>11} "
+                 f"{sum(m.ebr for m in est.memories):>7} {sum(m.dp16kd for m in est.memories):>7}")
+    return "\n".join(lines)
+
+
+# -- against the counters --------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Comparison:
+    """One command's predicted and counted ``CYCLES`` and ``MAC_BUSY``."""
+
+    what: str  #: ``"step k"`` (a ``TRAIN`` of one step at step counter ``k``) or ``"infer n"``
+    predicted_cycles: int
+    counted_cycles: int
+    predicted_mac_busy: int
+    counted_mac_busy: int
+
+    @property
+    def error(self) -> float:
+        """``(predicted - counted) / counted`` of the cycles."""
+        return (self.predicted_cycles - self.counted_cycles) / self.counted_cycles
+
+
+def compare_with_counters(cfg: Config, backend: object, steps: int = 3,
+                          seed: int = 0) -> list[Comparison]:
+    """Run ``steps`` one-step ``TRAIN`` commands and one ``INFER`` of a step's samples on
+    ``backend`` (an :class:`host.accelerator.AcceleratorBackend`: the co-simulation or a
+    board), reading the counters after each, beside what the model predicts.
+
+    The samples are random (the schedule does not depend on them); the backend's step
+    counter goes on from where it is (its first step is ``k = backend.step``).
+    """
+    import torch
+
+    s = cfg.rule.tau_theta * cfg.rule.batch
+    gen = torch.Generator().manual_seed(seed)
+    n_in, classes = cfg.network.layers[0], cfg.network.layers[-1]
+    out = []
+    for _ in range(steps):
+        k = backend.step
+        x = torch.randint(0, 128, (s, n_in), generator=gen)
+        labels = torch.randint(0, classes, (s,), generator=gen)
+        backend.clear_counters()
+        backend.train_steps(x, labels, 1)
+        c = backend.counters()
+        timing = step_timing(cfg, k)
+        out.append(Comparison(f"step {k}", timing.cycles, c.cycles, timing.mac_busy, c.mac_busy))
+    count = min(s, cfg.hardware.sample_depth)
+    x = torch.randint(0, 128, (count, n_in), generator=gen)
+    backend.clear_counters()
+    backend.predict(x)
+    c = backend.counters()
+    shape = pass_shape(cfg, perturbed=False)
+    out.append(Comparison(f"infer {count}", inference_cycles(cfg, count), c.cycles,
+                          count * len(shape.issue), c.mac_busy))
+    return out

@@ -1,0 +1,165 @@
+"""The cycle model (``perturbo estimate``) against the accelerator's counters.
+
+The acceptance of issue 12: the predicted ``CYCLES`` of every command are within 1 % of
+what the counters count, for every shipped example and every rule; ``MAC_BUSY`` is a
+plain count of tokens and is predicted exactly.  The digits examples and the
+``perturbo verify`` configurations run on the Verilator co-simulation (the same models
+tests/test_verilator_backend.py and tests/test_verify.py build: the build cache serves
+them); the small configurations of tests/hdl_configs.py are checked in
+tests/tb_accelerator.py, whose runs of 1, 2 and 100 steps read the counters anyway; the
+Fashion-MNIST examples are too expensive to build in CI and are marked ``slow``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from hdl_configs import CONFIGS, RULE_CONFIGS, VERIFY_CONFIGS
+
+from perturbo.cli import main
+from perturbo.config import Config, load_config
+from perturbo.estimate import (
+    DP16KD_SHAPES,
+    EBR_SHAPES,
+    Schedule,
+    _blocks,
+    compare_with_counters,
+    estimate,
+    inference_cycles,
+    pass_shape,
+    run_cycles,
+    schedule,
+    step_timing,
+)
+from perturbo.hdl.geometry import Geometry
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+#: The examples the accelerator trains (the bp ones are float baselines).
+DIGITS = sorted(p.stem for p in EXAMPLES.glob("digits-*.yaml") if "-bp" not in p.stem)
+FASHION = sorted(p.stem for p in EXAMPLES.glob("fashion-*.yaml") if "-bp" not in p.stem)
+
+
+def check_counters(cfg: Config, steps: int = 3) -> None:
+    """``steps`` one-step TRAIN commands (the first, then warm ones) and an INFER on the
+    co-simulation: cycles within 1 %, MAC_BUSY exact."""
+    from perturbo.sim.backend import VerilatorBackend
+
+    torch.set_num_threads(1)
+    hw = VerilatorBackend(cfg)
+    try:
+        rows = compare_with_counters(cfg, hw, steps)
+    finally:
+        hw.close()
+    for row in rows:
+        assert abs(row.error) <= 0.01, (
+            f"{cfg.name} {row.what}: {row.predicted_cycles} cycles predicted, CYCLES counted "
+            f"{row.counted_cycles} ({row.error:+.2%})")
+        assert row.predicted_mac_busy == row.counted_mac_busy, f"{cfg.name} {row.what}: MAC_BUSY"
+
+
+@pytest.mark.parametrize("name", DIGITS)
+def test_digits_examples_match_counters(name: str) -> None:
+    check_counters(load_config(EXAMPLES / f"{name}.yaml"))
+
+
+@pytest.mark.parametrize("name", list(VERIFY_CONFIGS))
+def test_verify_configs_match_counters(name: str) -> None:
+    check_counters(VERIFY_CONFIGS[name])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", FASHION)
+def test_fashion_examples_match_counters(name: str) -> None:
+    check_counters(load_config(EXAMPLES / f"{name}.yaml"), steps=2)
+
+
+# -- the model's terms, without a simulation ------------------------------------------------
+
+@pytest.mark.parametrize("cfg", [CONFIGS["digits"], *RULE_CONFIGS.values()], ids=lambda c: c.name)
+def test_mac_busy_is_one_token_per_row_and_pass(cfg: Config) -> None:
+    geo = Geometry(cfg)
+    passes = 1 if geo.projection else 1 + cfg.rule.copies
+    timing = step_timing(cfg)
+    assert timing.mac_busy == cfg.rule.tau_theta * cfg.rule.batch * passes * geo.rows
+    assert timing.passes == cfg.rule.tau_theta * cfg.rule.batch * passes
+
+
+def test_one_copy_is_a_sum_of_terms() -> None:
+    """With one copy nothing waits (the baseline pass between the perturbed ones hides the
+    correlation), so a step is run start + passes + tail, each term as the docstring says."""
+    cfg = CONFIGS["digits"]  # 64-32-10, 8 lanes, 8 samples, one copy
+    sched, shape = schedule(cfg), pass_shape(cfg, perturbed=True)
+    t = step_timing(cfg, 5)
+    assert shape.interlock == 0  # layer 1 reads its 4 words long after they are written
+    assert t.key_waits == t.bank_waits == t.other_waits == 0
+    assert t.pass_cycles == 8 * 2 * (sched.R + 1)
+    # run start: MUL_SP (P = 1: 1 + 1), MUL_E (k = 5: 3 + 1), MUL_S (64: 7 + 1), STEP, SAMPLE, LABEL
+    assert t.run_start == 2 + 4 + 8 + 3
+    # the last pass: its tokens (R), the result (H + 5), the loss unit's IDLE, LANES (3: two
+    # neurons in the last group, then the first empty lane) and OUT, the walk and update drain
+    tail = (sched.R + sched.result_valid + 1 + 3 + sched.update_drain + Schedule.FINISH_CYCLES) - sched.R
+    assert t.tail == tail
+    assert t.cycles == t.run_start + t.pass_cycles + t.tail
+
+
+def test_interlock_stalls() -> None:
+    """tiny (4 lanes, 8-6-3, H = 2): layer 1's input 4 reads the word of layer 0's last group,
+    whose bias token issued 5 cycles earlier; it may issue H + 5 = 7 cycles after it."""
+    cfg = CONFIGS["tiny"]
+    assert schedule(cfg).H == 2
+    assert pass_shape(cfg, perturbed=True).interlock == 2
+
+
+def test_runs_of_several_steps() -> None:
+    cfg = RULE_CONFIGS["drtp"]
+    t = step_timing(cfg, 3)
+    assert run_cycles(cfg, 1, 3) == t.cycles
+    assert run_cycles(cfg, 4, 3) == t.cycles + 3 * t.body
+
+
+def test_inference_is_passes_back_to_back() -> None:
+    cfg = CONFIGS["digits"]
+    r = Geometry(cfg).rows
+    assert inference_cycles(cfg, 10) - inference_cycles(cfg, 9) == r + 1
+
+
+def test_memories() -> None:
+    cfg = load_config(EXAMPLES / "digits-mgd-weight.yaml")
+    mems = {m.name: m for m in estimate(cfg).memories}
+    assert set(mems) == {"weights", "G", "samples", "labels", "outputs", "activations", "signs"}
+    assert mems["weights"].bits == 8 * 326 * 16 and mems["G"].bits == 8 * 326 * 32
+    assert mems["signs"].bits == 2 * 326 * 8
+    assert mems["samples"].bits == 1024 * 64 * 8 and mems["samples"].copies == 1
+    momentum = estimate(RULE_CONFIGS["node"]).memories
+    assert any(m.name == "momentum" for m in momentum) and any(m.name == "factors" for m in momentum)
+    assert _blocks(326, 16, EBR_SHAPES) == 2 and _blocks(326, 32, DP16KD_SHAPES) == 1
+    assert _blocks(65536, 8, DP16KD_SHAPES) == 32 and _blocks(65536, 8, EBR_SHAPES) == 128
+
+
+# -- the command line -------------------------------------------------------------------------
+
+def test_cli_text_and_json(capsys: pytest.CaptureFixture[str]) -> None:
+    path = EXAMPLES / "digits-mgd-weight.yaml"
+    assert main(["estimate", str(path), "--fmax-mhz", "50"]) == 0
+    text = capsys.readouterr().out
+    cycles = step_timing(load_config(path), 1).cycles
+    assert f"training step      {cycles} cycles" in text and "at 50 MHz" in text
+    assert main(["estimate", str(path), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["cycles_per_step"] == cycles
+    assert data["fmax_mhz"] == load_config(path).hardware.clock_mhz
+    assert data["samples_per_second"] == pytest.approx(data["fmax_mhz"] * 1e6 / cycles * 16)
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["estimate", str(EXAMPLES / "fashion-bp.yaml")], "not bp"),
+    (["estimate", str(EXAMPLES / "digits-alr.yaml"), "--fmax-mhz", "0"], "--fmax-mhz takes a positive"),
+    (["estimate", "no-such-file.yaml"], "no-such-file.yaml"),
+])
+def test_cli_errors_are_one_line(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("perturbo: error: ") and message in err[0], err
