@@ -40,9 +40,6 @@ __all__ = ["AcceleratorBackend", "AcceleratorError", "Counters", "REFILL_MODES"]
 #: ``TRAIN`` of one step at a time, its loss from ``LAST_LOSS`` (builds without the loss
 #: record, and traced steps).
 REFILL_MODES = ("stream", "batch", "step")
-#: Steps one streamed :meth:`AcceleratorBackend.train_steps` call may take (its samples are
-#: packed in memory at once: 4096 digits steps are 4 MiB of bus words).
-STREAM_STEPS_PER_CALL = 4096
 #: Longest sleep (s) between two ``STEP`` reads of a streamed run while nothing is due: a
 #: digits ring of 63 steps lasts 13 ms at 50 MHz and seconds in the co-simulation.
 MAX_STREAM_POLL = 0.05
@@ -150,7 +147,10 @@ class AcceleratorBackend:
             raise ValueError("refill='batch' needs the loss record (hardware.streaming)")
         self._refill = mode
         #: steps one :meth:`train_steps` call may run
-        self.max_steps_per_call = {"stream": STREAM_STEPS_PER_CALL,
+        # (streamed: twice the ring, so that the first quarter, loaded before the run starts,
+        # is an eighth of the call, and a checkpoint or a Ctrl-C still comes between calls
+        # within a few hundred steps)
+        self.max_steps_per_call = {"stream": 2 * self.ring_steps,
                                    "batch": max(1, min(self.buffer_steps, self.geo.loss_depth)),
                                    "step": max(1, self.buffer_steps)}[mode]
 
@@ -287,7 +287,7 @@ class AcceleratorBackend:
             self.grants += 1
 
         self._write_regs({Reg.SAMPLE_COUNT: slots, Reg.SAMPLE_CURSOR: 0, Reg.SAMPLE_FILL: 0, Reg.STEPS: steps})
-        grant(min(steps, self.ring_steps))
+        grant(min(steps, self.refill_steps))  # the rest of the ring goes over while these run
         self._before_step(first + 1)
         self.link.write_word(Space.REGS, Reg.COMMAND, int(Command.TRAIN_STREAM))
         sums: list[int] = []
