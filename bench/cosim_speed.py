@@ -1,21 +1,24 @@
 """Speed of the accelerator on the Verilator co-simulation, and what it means on a board.
 
-    python bench/cosim_speed.py [CONFIG] [--steps 512] [--fmax-mhz F]
+    python bench/cosim_speed.py [CONFIG] [--steps 512] [--refill stream,batch,step] [--fmax-mhz F]
 
-Prints: the co-simulation's cycles per second (the harness's own count over the whole
-session, host link and TCP bridge included), the accelerator's busy cycles per wall
-second while training (what is left after the host link has moved the samples and the
-Python driver has waited), the bare verilated model's cycles per second (idle, no
-socket), training steps per second, the cycles per training step and the MAC
-utilisation read from the accelerator's counters, and those cycles at a board's
-Fmax turned into hardware training steps per second.  ``--fmax-mhz`` defaults to the
-Fmax of the latest build of this configuration that fits a board, if there is one.
+For each way the host driver feeds the accelerator (``--refill``, :data:`REFILL_MODES`:
+``stream`` refills the sample ring while it trains, ``batch`` runs all the steps of a full
+sample buffer per command, ``step`` one command per step), one co-simulation session
+trains ``--steps`` steps and reports: the fraction of the session's simulated cycles the
+accelerator was busy training (its ``CYCLES`` counter, which leaves out waits for samples,
+over the harness's own cycle count of the whole session: connection, weights, training),
+the co-simulation's cycles per second and the training steps per second.
 
-For scale, it also builds and times :class:`BareMacArray`, the bare ``lanes``-lane INT8
-MAC array with its weight and activation memories that shared/TOOLCHAIN.md measured at
-3.2 M cycles/s (8 lanes), in the same harness at the same moment: these machines are
-shared, and their load moves every speed by a factor of two or more, so only figures
-taken together are compared.
+Beside them, measured in the same run: the bare verilated model's cycles per second (idle,
+no socket), and :class:`BareMacArray`, the bare ``lanes``-lane INT8 MAC array with its
+weight and activation memories that shared/TOOLCHAIN.md measured at 3.2 M cycles/s (8
+lanes), in the same harness: these machines are shared, and their load moves every speed
+by a factor of two or more, so only figures taken together are compared.  Then the cycles
+per training step and the MAC utilisation from the accelerator's counters, inference
+speed, and those cycles at a board's Fmax turned into hardware training steps per second
+(``--fmax-mhz`` defaults to the Fmax of the latest build of this configuration that fits a
+board, if there is one).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import argparse
 import json
 import os
 import time
+from dataclasses import dataclass
 
 import torch
 from amaranth.back import verilog
@@ -33,11 +37,12 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from perturbo.backend import samples_per_step
-from perturbo.config import load_config
+from perturbo.config import Config, load_config
 from perturbo.data import SampleStream, load_dataset
 from perturbo.hdl.geometry import Geometry
-from perturbo.sim.backend import VerilatorBackend
-from perturbo.sim.cosim import VerilatorSim, cache_root
+from perturbo.host.accelerator import REFILL_MODES, Counters
+from perturbo.sim.backend import COSIM_TOP, VerilatorBackend, cosim_verilog
+from perturbo.sim.cosim import RunStats, VerilatorSim, cache_root
 
 
 class BareMacArray(wiring.Component):
@@ -102,53 +107,94 @@ def board_fmax(name: str) -> tuple[str, float] | None:
     return None
 
 
+@dataclass(frozen=True)
+class Session:
+    """One co-simulation session that trained ``steps`` steps (see the module docstring)."""
+
+    refill: str
+    steps: int
+    wall: float  #: seconds train_steps took
+    counters: Counters
+    stats: RunStats | None  #: the harness's whole session
+
+    @property
+    def busy(self) -> float | None:
+        """Busy training cycles over every simulated cycle of the session."""
+        return self.counters.cycles / self.stats.cycles if self.stats else None
+
+
+def train_session(cfg: Config, refill: str, x: torch.Tensor, y: torch.Tensor, steps: int) -> Session:
+    """Start a co-simulation, train ``steps`` steps fed the ``refill`` way, stop it."""
+    hw = VerilatorBackend(cfg, refill=refill)
+    try:
+        hw.clear_counters()
+        t0 = time.perf_counter()
+        hw.train_steps(x, y, steps)
+        wall = time.perf_counter() - t0
+        counters = hw.counters()
+    finally:
+        hw.close()
+    return Session(refill, steps, wall, counters, hw.sim.stats)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("config", nargs="?", default="examples/digits-mgd-weight.yaml")
     p.add_argument("--steps", type=int, default=512)
+    p.add_argument("--refill", default=",".join(REFILL_MODES),
+                   help="driver modes to compare, comma-separated (default: all)")
     p.add_argument("--fmax-mhz", type=float)
     args = p.parse_args()
     cfg = load_config(args.config)
+    modes = [m for m in args.refill.split(",") if m]
+    if not set(modes) <= set(REFILL_MODES):
+        p.error(f"--refill takes {', '.join(REFILL_MODES)}")
+    if not cfg.hardware.streaming:
+        modes = [m for m in modes if m == "step"]  # the only one without the loss record
     splits = load_dataset(cfg)
     n = samples_per_step(cfg)
+    geo = Geometry(cfg)
+    samples = SampleStream(splits.train.x, splits.train.y, cfg.seed)
+    x, y = samples.take(args.steps * n)
     t0 = time.perf_counter()
+    sim = VerilatorSim(cosim_verilog(cfg), COSIM_TOP)
+    sim.build()
+    print(f"model built in {time.perf_counter() - t0:.1f} s")
+    sessions = []
+    for mode in modes:
+        sessions.append(train_session(cfg, mode, x, y, args.steps))
+        print(f"  {mode}: {sessions[-1].steps / sessions[-1].wall:.1f} steps/s", flush=True)
+    bare = sim.bench(5_000_000)
+    mac_array = bare_mac_array_rate(geo.lanes, geo.weight_depth, geo.n_inputs, 5_000_000)
     hw = VerilatorBackend(cfg)
-    print(f"model built/started in {time.perf_counter() - t0:.1f} s")
     try:
-        bare = hw.sim.bench(5_000_000)
-        geo = Geometry(cfg)
-        mac_array = bare_mac_array_rate(geo.lanes, geo.weight_depth, geo.n_inputs, 5_000_000)
-        samples = SampleStream(splits.train.x, splits.train.y, cfg.seed)
-        x, y = samples.take(args.steps * n)
-        hw.clear_counters()
-        t0 = time.perf_counter()
-        hw.train_steps(x, y, args.steps)
-        wall = time.perf_counter() - t0
-        c = hw.counters()
         t0 = time.perf_counter()
         hw.predict(splits.test.x)
         infer_wall = time.perf_counter() - t0
     finally:
         hw.close()
-    session = hw.sim.stats  # the harness's own clock over the whole session
-    busy_rate = c.cycles / wall
+    c = sessions[0].counters
     board = ("--fmax-mhz", args.fmax_mhz) if args.fmax_mhz else board_fmax(cfg.name)
     rows = [
         ("configuration", f"{cfg.name}: {'-'.join(map(str, cfg.network.layers))}, {cfg.hardware.lanes} lanes, "
-                          f"{n} samples x {cfg.rule.copies} perturbation(s) per step"),
+                          f"{n} samples x {cfg.rule.copies} perturbation(s) per step, {args.steps} steps"),
         (f"bare {geo.lanes}-lane INT8 MAC array with memories", f"{mac_array / 1e6:.2f} M cycles/s"),
         ("bare verilated model (idle, no socket)", f"{bare.rate / 1e6:.2f} M cycles/s "
                                                    f"({bare.rate / mac_array:.0%} of the MAC array)"),
-        ("co-simulation, every simulated cycle", "?" if session is None else
-                                                 f"{session.rate / 1e6:.2f} M cycles/s "
-                                                 f"({session.rate / bare.rate:.0%} of the bare model, "
-                                                 f"{session.rate / mac_array:.0%} of the bare MAC array; "
-                                                 f"harness, whole session)"),
-        ("accelerator busy cycles while training", f"{busy_rate / 1e6:.2f} M per second "
-                                                   f"({busy_rate / bare.rate:.0%} of the bare model; the "
-                                                   f"rest is the host link moving samples and the driver)"),
+    ]
+    for ses in sessions:
+        stats = ses.stats
+        rows += [
+            (f"[{ses.refill}] busy training", "?" if stats is None else
+             f"{ses.busy:.1%} of {stats.cycles / 1e6:.2f} M simulated cycles"),
+            (f"[{ses.refill}] co-simulation speed", "?" if stats is None else
+             f"{stats.rate / 1e6:.2f} M cycles/s ({stats.rate / bare.rate:.0%} of the bare model, "
+             f"{stats.rate / mac_array:.0%} of the bare MAC array)"),
+            (f"[{ses.refill}] training steps per second", f"{ses.steps / ses.wall:.1f} "
+             f"({ses.steps} steps in {ses.wall:.1f} s; busy cycles {ses.counters.cycles / ses.wall / 1e6:.2f} M/s)"),
+        ]
+    rows += [
         ("machine load average (1 min, 2 cores)", f"{os.getloadavg()[0]:.1f}"),
-        ("training steps per second (co-sim)", f"{args.steps / wall:.1f} ({args.steps} steps in {wall:.1f} s)"),
         ("cycles per training step (counters)", f"{c.cycles / c.steps:.0f}"),
         ("cycles per sample", f"{c.cycles / (c.steps * n):.0f}"),
         ("MAC utilisation while busy", f"{c.mac_utilisation:.1%}"),

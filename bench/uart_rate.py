@@ -10,18 +10,22 @@ on a board, and counts the bytes the driver writes and reads (``LinkStats.sent``
 UART (one protocol; ``tests/test_serial_pty.py`` runs it over the simulated UART pins),
 so the quicker TCP co-simulation counts them.
 
-How often the driver polls ``STATUS`` while a step runs depends on the link's latency,
-not on the protocol; on a UART the first poll usually finds the step done, so the
-figure reported is the bytes of a step with one ``STATUS`` read (the extra polls the
-co-simulation made are measured and taken off).
+How often the driver polls while a step runs depends on the link's latency, not on the
+protocol: the figure reported takes off the extra polls the co-simulation made.  With one
+``TRAIN`` per step (``refill="step"``, the builds without the loss record) a step needs
+one ``STATUS`` read; with ``TRAIN_STREAM`` (``refill="stream"``) one ``STEP`` read per grant
+of samples (:attr:`~perturbo.host.accelerator.AcceleratorBackend.grants`) and one final
+``STATUS`` read.
 
 From the bytes per step (10 bit times per byte, 8N1) it prints the steps per second
 the UART alone allows at 115 200 and 3 000 000 baud, beside the accelerator's own
 steps per second at its board's Fmax (cycles per step from the accelerator's counters
 in the same run; Fmax of the newest cached ``perturbo synth`` report of the
-configuration, else the README's board figures), their ratio, and the rate of both in
-series (the driver sends a step's command only after the previous one finished, so
-line time and compute time add).  One Markdown table.
+configuration, else the README's board figures), their ratio, and the rate of both
+together: in series for ``refill="step"`` (the driver sends a step's command only after
+the previous one finished, so line time and compute time add), the slower of the two for
+``refill="stream"`` (the line refills the ring while the accelerator trains).  One
+Markdown table.
 """
 
 from __future__ import annotations
@@ -81,6 +85,7 @@ class Rate:
     sent: float  # bytes per step, host to device
     received: float  # bytes per step, device to host
     cycles: float  # accelerator cycles per step
+    refill: str  # how the driver fed it
 
     @property
     def bytes(self) -> float:
@@ -96,7 +101,9 @@ class Rate:
         return self.fmax_mhz * 1e6 / self.cycles
 
     def serial_steps(self, baud: int) -> float:
-        """Steps/s with the line time and the compute time in series."""
+        """Steps/s with the line time and the compute time in series, or overlapped (``stream``)."""
+        if self.refill == "stream":
+            return min(self.uart_steps(baud), self.accel_steps)
         return 1.0 / (1.0 / self.uart_steps(baud) + 1.0 / self.accel_steps)
 
 
@@ -114,13 +121,16 @@ def measure(path: Path, bursts: int) -> Rate:
         before = (link.stats.sent, link.stats.received)
         link.read_word(Space.REGS, Reg.STATUS)
         poll_out, poll_in = link.stats.sent - before[0], link.stats.received - before[1]
-        steps = bursts * hw.max_steps_per_call
+        steps = bursts * max(1, hw.buffer_steps)
         x, y = SampleStream(splits.train.x, splits.train.y, cfg.seed).take(steps * n)
         hw.clear_counters()
-        sent0, received0, polls0 = link.stats.sent, link.stats.received, hw.status_polls
+        sent0, received0, polls0, grants0 = link.stats.sent, link.stats.received, hw.status_polls, hw.grants
         hw.train_steps(x, y, steps)
         sent, received = link.stats.sent - sent0, link.stats.received - received0
-        extra_polls = hw.status_polls - polls0 - steps  # every TRAIN command reads STATUS at least once
+        # every TRAIN command reads STATUS at least once; a streamed run STEP once per grant
+        # (and STATUS once at its end)
+        needed = hw.grants - grants0 + 1 if hw.refill == "stream" else steps
+        extra_polls = hw.status_polls - polls0 - needed
         counters = hw.counters()
         assert counters.steps == steps, (counters.steps, steps)
     finally:
@@ -128,7 +138,7 @@ def measure(path: Path, bursts: int) -> Rate:
     return Rate(path.stem, board, fmax, n, steps,
                 (sent - extra_polls * poll_out) / steps,
                 (received - extra_polls * poll_in) / steps,
-                counters.cycles / steps)
+                counters.cycles / steps, hw.refill)
 
 
 def _n(value: float, digits: int = 0) -> str:
@@ -141,13 +151,13 @@ def table(rates: list[Rate]) -> str:
         "| example | samples/step | UART bytes/step (out + in) | cycles/step | board, Fmax "
         "| accelerator steps/s at Fmax "
         "| UART-bound steps/s at 115 200 / 3 M baud | accelerator ÷ UART at 115 200 / 3 M "
-        "| both in series at 115 200 / 3 M |",
+        "| both together at 115 200 / 3 M |",
         "| --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: |",
     ]
     lo, hi = BAUDS
     for r in rates:
         rows.append(
-            f"| {r.name} | {r.samples} | {_n(r.bytes)} ({_n(r.sent)} + {_n(r.received)}) | {_n(r.cycles)} "
+            f"| {r.name} ({r.refill}) | {r.samples} | {_n(r.bytes)} ({_n(r.sent)} + {_n(r.received)}) | {_n(r.cycles)} "
             f"| {r.board}, {r.fmax_mhz:g} MHz | {_n(r.accel_steps)} "
             f"| {_n(r.uart_steps(lo), 1)} / {_n(r.uart_steps(hi))} "
             f"| {_n(r.accel_steps / r.uart_steps(lo))}× / {_n(r.accel_steps / r.uart_steps(hi), 1)}× "

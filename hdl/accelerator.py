@@ -47,6 +47,7 @@ from .memories import (
     LanePortSignature,
     MemoryBlock,
     PortSignature,
+    SampleMemory,
     SignMemory,
     mux_ports,
 )
@@ -104,15 +105,16 @@ class _Units:
 @dataclass(frozen=True)
 class _Memories:
     """The accelerator's memories (``mmem`` only with momentum, ``signs`` only when the
-    correlation reads signs)."""
+    correlation reads signs, ``record`` only in streaming builds)."""
 
     wmem: LaneMemory
     gmem: LaneMemory
     mmem: LaneMemory | None
-    smem: MemoryBlock
+    smem: SampleMemory
     lmem: MemoryBlock
     omem: MemoryBlock
     signs: SignMemory | None
+    record: MemoryBlock | None  #: the loss record (streaming builds)
 
 
 class Accelerator(wiring.Component):
@@ -167,11 +169,12 @@ class Accelerator(wiring.Component):
         # -- registers (hdl/registers.py) and the bus target -------------------------------------
         seq, eng, loss, upd = units.seq, units.eng, units.loss, units.upd
         regs = self._registers(m, seq, eng, loss, upd)
-        self._bus_target(m, regs, seq.busy, {
+        self._bus_target(m, regs, seq, {
             Space.WEIGHTS: (hosts["w"], True), Space.GRADS: (hosts["g"], True),
             Space.SAMPLES: (hosts["s"], False), Space.LABELS: (hosts["l"], False),
             Space.OUTPUTS: (hosts["o"], False),
             **({Space.MOMENTUM: (hosts["m"], True)} if geo.momentum else {}),
+            **({Space.LOSSES: (hosts["r"], False)} if geo.streaming else {}),
         })
         return m
 
@@ -201,13 +204,16 @@ class Accelerator(wiring.Component):
         mmem = signs = None
         if geo.momentum:
             m.submodules.momentum = mmem = LaneMemory(lanes, geo.weight_depth, gshape)
-        m.submodules.samples = smem = MemoryBlock(geo.sample_words, signed(8),
-                                                  second_read=fe.uses_samples)
+        m.submodules.samples = smem = SampleMemory(geo.sample_bus_words, second_read=fe.uses_samples)
         m.submodules.labels = lmem = MemoryBlock(geo.sample_depth, geo.label_bits, block_ram=True)
         m.submodules.outputs = omem = MemoryBlock(geo.output_words, signed(8))
         if fe.uses_signs:
             m.submodules.signs = signs = SignMemory(lanes, geo.rows, geo.row_bits)
-        return _Memories(wmem=wmem, gmem=gmem, mmem=mmem, smem=smem, lmem=lmem, omem=omem, signs=signs)
+        record = None
+        if geo.streaming:
+            m.submodules.record = record = MemoryBlock(geo.loss_depth, 32, block_ram=True)
+        return _Memories(wmem=wmem, gmem=gmem, mmem=mmem, smem=smem, lmem=lmem, omem=omem, signs=signs,
+                         record=record)
 
     def _connect_datapath(self, m: Module, u: _Units, mems: _Memories) -> None:
         """The streams and read ports between the units, and the sequencer's status inputs."""
@@ -268,8 +274,11 @@ class Accelerator(wiring.Component):
     def _memory_ports(self, m: Module, u: _Units, mems: _Memories) -> dict[str, object]:
         """Each memory's port: the datapath while running, the host bus while idle.
 
-        Returns the host-side ports by memory (``w``, ``g``, ``s``, ``l``, ``o`` and ``m``
-        with momentum) for the bus target.
+        Returns the host-side ports by memory (``w``, ``g``, ``s``, ``l``, ``o``, ``m``
+        with momentum, ``r`` the loss record) for the bus target.  The sample and label
+        memories and the loss record are written by one client only (the host; the
+        sequencer), so their write ports stay with it while a run reads them: the bus
+        decides which host writes a running ``TRAIN_STREAM`` leaves alone.
         """
         geo, lanes = self.geometry, self.geometry.lanes
         wshape, gshape = signed(geo.weight_bits), signed(geo.grad_bits)
@@ -277,7 +286,7 @@ class Accelerator(wiring.Component):
         running = u.seq.busy
         host_w = LanePortSignature(lanes, geo.row_bits, wshape).create(path=("host_w",))
         host_g = LanePortSignature(lanes, geo.row_bits, gshape).create(path=("host_g",))
-        host_s = PortSignature(mems.smem.addr_width, signed(8)).create(path=("host_s",))
+        host_s = PortSignature(mems.smem.addr_width, 32).create(path=("host_s",))
         host_l = PortSignature(mems.lmem.addr_width, geo.label_bits).create(path=("host_l",))
         host_o = PortSignature(mems.omem.addr_width, signed(8)).create(path=("host_o",))
         hosts = {"w": host_w, "g": host_g, "s": host_s, "l": host_l, "o": host_o}
@@ -287,8 +296,30 @@ class Accelerator(wiring.Component):
         if geo.momentum:
             hosts["m"] = host_m = LanePortSignature(lanes, geo.row_bits, gshape).create(path=("host_m",))
             mux_ports(m, mems.mmem.port, [(running, upd.momentum), (None, host_m)])
-        mux_ports(m, mems.smem.port, [(running, eng.samples), (None, host_s)])
-        mux_ports(m, mems.lmem.port, [(running, u.seq.labels), (None, host_l)])
+        wiring.connect(m, host_s, mems.smem.host)
+        m.d.comb += [
+            mems.smem.host_owns.eq(~running),
+            mems.smem.port.raddr.eq(eng.samples.raddr),
+            mems.smem.port.ren.eq(eng.samples.ren),
+            eng.samples.rdata.eq(mems.smem.port.rdata),
+        ]
+        labels = u.seq.labels
+        m.d.comb += [
+            mems.lmem.port.raddr.eq(Mux(running, labels.raddr, host_l.raddr)),
+            mems.lmem.port.ren.eq(Mux(running, labels.ren, host_l.ren)),
+            labels.rdata.eq(mems.lmem.port.rdata),
+            host_l.rdata.eq(mems.lmem.port.rdata),
+            mems.lmem.port.waddr.eq(host_l.waddr),
+            mems.lmem.port.wdata.eq(host_l.wdata),
+            mems.lmem.port.we.eq(host_l.we),
+        ]
+        if mems.record is not None:
+            hosts["r"] = host_r = PortSignature(mems.record.addr_width, 32).create(path=("host_r",))
+            seq, rec = u.seq, mems.record.port
+            m.d.comb += [
+                rec.raddr.eq(host_r.raddr), rec.ren.eq(host_r.ren), host_r.rdata.eq(rec.rdata),
+                rec.waddr.eq(seq.record_addr), rec.wdata.eq(seq.record_data), rec.we.eq(seq.record_we),
+            ]
         mux_ports(m, mems.omem.port, [(running, u.writer.mem), (None, host_o)])
         return hosts
 
@@ -328,6 +359,9 @@ class Accelerator(wiring.Component):
             regs.steps_done.eq(steps_done),
             regs.last_loss.eq(seq.last_loss),
         ]
+        if geo.streaming:
+            m.d.comb += [regs.fill.eq(seq.fill), seq.fill_set.eq(regs.fill_set), seq.fill_value.eq(regs.wdata),
+                         regs.fill_ok.eq(seq.fill_ok)]
         m.d.comb += [getattr(regs, name).eq(value)
                      for name, value in constant_sources(cfg, geo.rows, config_hash(cfg)).items()]
         if geo.inject_layers:
@@ -336,7 +370,7 @@ class Accelerator(wiring.Component):
                     m.d.comb += getattr(eng, name).eq(getattr(regs, name))
         if geo.projection:
             m.d.comb += eng.target_on.eq(regs.target_on)
-        with m.If(running):
+        with m.If(running & ~seq.waiting):  # (a TRAIN_STREAM run waiting for the host is not busy)
             m.d.sync += cycles.eq(cycles + 1)
         with m.If(eng.mac_active):
             m.d.sync += mac_busy.eq(mac_busy + 1)
@@ -362,18 +396,28 @@ class Accelerator(wiring.Component):
                 m.d.comb += regs.command_ok.eq(idle)
                 with m.If(idle):
                     m.d.sync += [cycles.eq(0), mac_busy.eq(0), stalls.eq(0), steps_done.eq(0)]
+            if geo.streaming:
+                with m.Case(Command.TRAIN_STREAM):  # a step must fit the ring beside a free slot
+                    ok = (idle & (regs.sample_count != 0) & (seq.cursor < regs.sample_count)
+                          & (seq.fill < regs.sample_count) & (regs.step_samples < regs.sample_count))
+                    m.d.comb += [regs.command_ok.eq(ok), seq.train_stream.eq(ok)]
+                    with m.If(ok):
+                        m.d.sync += done.eq(0)
             with m.Case(Command.ABORT):
                 m.d.comb += [regs.command_ok.eq(1), seq.abort.eq(1)]
         return regs
 
-    def _bus_target(self, m: Module, regs: RegisterFile, running: Value,
+    def _bus_target(self, m: Module, regs: RegisterFile, seq: Sequencer,
                     memories: dict[Space, tuple[wiring.PureInterface, bool]]) -> None:
         """The host bus: registers through ``regs``, memories through their host ports.
 
         ``memories`` maps each space to its host port and whether it is laned (one word per
-        lane of a row).  Memory accesses are refused while a command runs.
+        lane of a row).  Memory accesses are refused while a command runs, but reads of the
+        loss record and the sample and label writes a ``TRAIN_STREAM`` run leaves alone
+        (the sequencer's :meth:`~.sequencer.Sequencer.slot_free`).
         """
         geo, lanes = self.geometry, self.geometry.lanes
+        running = seq.busy
         bus = self.bus
         space = bus.addr[WORD_ADDR_BITS:]
         word = bus.addr[:WORD_ADDR_BITS]
@@ -407,9 +451,17 @@ class Accelerator(wiring.Component):
         request = bus.stb & ~ack
         m.d.comb += [regs.addr.eq(word), regs.we.eq(bus.we), regs.wdata.eq(wdata)]
         sizes = {Space.WEIGHTS: lane_words, Space.GRADS: lane_words, Space.MOMENTUM: lane_words,
-                 Space.SAMPLES: geo.sample_words, Space.LABELS: geo.sample_depth, Space.OUTPUTS: geo.output_words}
+                 Space.SAMPLES: geo.sample_bus_words, Space.LABELS: geo.sample_depth,
+                 Space.OUTPUTS: geo.output_words, Space.LOSSES: geo.loss_depth}
         widths = {Space.WEIGHTS: geo.weight_bits, Space.GRADS: geo.grad_bits, Space.MOMENTUM: geo.grad_bits,
-                  Space.SAMPLES: 8}
+                  Space.SAMPLES: 32}  # (four INT8: every word)
+        # accesses accepted while a command runs
+        live: dict[Space, Value] = {}
+        if geo.streaming:
+            sample_slot, _ = divmod_const(word, geo.sample_stride // 4, geo.sample_bus_words - 1)
+            m.d.comb += seq.probe_slot.eq(Mux(space == Space.LABELS, word, sample_slot))
+            live = {Space.SAMPLES: bus.we & seq.probe_free, Space.LABELS: bus.we & seq.probe_free,
+                    Space.LOSSES: ~bus.we}
         with m.If(request):
             m.d.sync += [ack.eq(1), err.eq(0), read_mem.eq(0), read_space.eq(space), read_lane.eq(lane)]
             with m.Switch(space):
@@ -422,11 +474,12 @@ class Accelerator(wiring.Component):
                     with m.Case(sp):
                         if sp == Space.LABELS:  # 0 .. classes - 1
                             value_ok = ~at_least(wdata, geo.classes)
-                        elif sp == Space.OUTPUTS:  # read-only
+                        elif sp in (Space.OUTPUTS, Space.LOSSES):  # read-only
                             value_ok = Const(0, 1)
                         else:
                             value_ok = fits(widths[sp])
-                        with m.If(running | at_least(word, sizes[sp]) | (bus.we & ~value_ok)):
+                        busy = running & ~live[sp] if sp in live else running
+                        with m.If(busy | at_least(word, sizes[sp]) | (bus.we & ~value_ok)):
                             m.d.sync += err.eq(1)
                         with m.Elif(bus.we):
                             m.d.comb += port.we.eq((1 << lane) if laned else 1)

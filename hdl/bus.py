@@ -27,7 +27,9 @@ The spaces (:class:`Space`), their word addresses and the register table are in
 ``docs/protocol.md`` ("The accelerator's address map"), the registers generated from
 :data:`~perturbo.hdl.registers.REGISTERS`.
 
-Memory accesses while a command runs (``STATUS.BUSY``) are refused with ``err``, as
+Memory accesses while a command runs (``STATUS.BUSY``) are refused with ``err`` (but
+reads of ``LOSSES``, and, while ``TRAIN_STREAM`` runs, writes of samples and labels the
+run does not use), as
 are writes to any register then, accesses outside a space's range, writes to read-only
 registers or to ``OUTPUTS``, and unknown addresses.
 """
@@ -99,6 +101,8 @@ class Space(IntEnum):
     LABELS = 4
     OUTPUTS = 5
     MOMENTUM = 6
+    #: The loss record (``hardware.streaming`` builds): read-only, readable while busy.
+    LOSSES = 7
 
 
 class Command(IntEnum):
@@ -115,6 +119,12 @@ class Command(IntEnum):
     #: inference run after the passes already issued.  The only command accepted while
     #: busy; accepted and without effect when idle.  ``DONE`` rises when it has stopped.
     ABORT = 4
+    #: Like ``TRAIN``, taking samples from the sample buffer as a ring the host refills while
+    #: the run goes on: a step starts only when ``STEP_SAMPLES`` samples lie between
+    #: ``SAMPLE_CURSOR`` and ``SAMPLE_FILL``; sample and label writes outside the samples
+    #: in use, and ``SAMPLE_FILL`` writes that grant more, are accepted while it runs
+    #: (``hardware.streaming`` builds; docs/protocol.md).
+    TRAIN_STREAM = 5
 
 
 class Status(IntEnum):

@@ -39,10 +39,16 @@ from numpy.typing import ArrayLike
 
 from perturbo.config import TARGET_PROJECTION_RULES, Activation, Config, Optimizer, Rule
 
-__all__ = ["LayerGeometry", "Geometry", "config_hash", "ceil_log2", "FACTOR_BITS_PROJECTION"]
+__all__ = ["LayerGeometry", "Geometry", "config_hash", "ceil_log2", "FACTOR_BITS_PROJECTION", "LOSS_DEPTH"]
 
 #: Width of the gated error ``g`` of target projection: ``y - tl`` spans -255..255.
 FACTOR_BITS_PROJECTION = 9
+
+#: Entries of the loss record (``Space.LOSSES``): one 32-bit word per step, 256 of them fill
+#: one ECP5 block RAM or two iCE40 ones (as deep as a 32-bit word of either gets), and a
+#: host that reads the losses whenever it refills the sample buffer never falls that far
+#: behind (host/accelerator.py keeps the steps it grants within it).
+LOSS_DEPTH = 256
 
 
 def ceil_log2(n: int) -> int:
@@ -154,8 +160,19 @@ class Geometry:
         self.total_neurons = n_off
         self.max_groups = max(lay.groups for lay in self.layers)
         self.max_cols = max(lay.cols for lay in self.layers)
-        self.sample_words = self.sample_depth * self.n_inputs
+        #: bytes a sample takes in the sample buffer: its features, padded to whole 32-bit
+        #: words, so that the host writes them four per bus word and no word holds bytes
+        #: of two samples (docs/protocol.md, ``SAMPLES``)
+        self.sample_stride = 4 * -(-self.n_inputs // 4)
+        #: INT8 entries of the sample buffer (byte addresses of the datapath's read ports)
+        self.sample_words = self.sample_depth * self.sample_stride
         self.sample_addr_bits = ceil_log2(self.sample_words)
+        #: 32-bit words of the sample buffer on the host bus (four INT8 each)
+        self.sample_bus_words = self.sample_words // 4
+        #: the loss record and refill while training (``hardware.streaming``)
+        self.streaming = hw.streaming
+        #: entries of the loss record: step ``k``'s loss is word ``k % loss_depth``
+        self.loss_depth = LOSS_DEPTH if hw.streaming else 0
         #: activation/factor memory address: ``{bank (2 bits), word}``
         self.act_addr_bits = self.act_bank_bits + 2
         self.output_words = self.sample_depth * self.classes
@@ -229,6 +246,17 @@ class Geometry:
         image = np.asarray(image, dtype=np.int64)
         return [image[self._addresses(li)] for li in range(len(self.layers))]
 
+    def sample_image(self, x: ArrayLike) -> np.ndarray:
+        """The ``SAMPLES`` bus words of samples ``x`` (``n x n_inputs`` INT8 features), from
+        sample 0's first word: four features per word, little-endian (feature ``4i`` in bits
+        0..7), each sample padded with zero bytes to :attr:`sample_stride`."""
+        x = np.asarray(x, dtype=np.int64).reshape(-1, self.n_inputs)
+        if x.size and (x.min() < -128 or x.max() > 127):
+            raise ValueError("samples must be INT8 (-128 .. 127)")
+        image = np.zeros((x.shape[0], self.sample_stride), dtype="<i1")
+        image[:, : self.n_inputs] = x
+        return image.reshape(-1).view("<i4").astype(np.int64)
+
     @functools.cache  # noqa: B019 (a few Geometry objects per process; they live as long)
     def _addresses(self, layer: int) -> np.ndarray:
         """Host word address of every weight of ``layer``, shaped ``(n_out, cols)``."""
@@ -253,6 +281,7 @@ def generation_parameters(cfg: Config) -> dict:
         "lanes": cfg.hardware.lanes,
         "weight_depth": cfg.hardware.weight_depth,
         "sample_depth": cfg.hardware.sample_depth,
+        "streaming": cfg.hardware.streaming,
     }
 
 

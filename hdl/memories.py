@@ -15,14 +15,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from amaranth.hdl import Module, Mux, Shape, ShapeLike, Value
+from amaranth.hdl import Module, Mux, Shape, ShapeLike, Signal, Value, signed
 from amaranth.lib import data, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 __all__ = [
     "PortSignature", "ReadPortSignature", "LanePortSignature", "SignWriteSignature", "SignReadSignature",
-    "MemoryBlock", "LaneMemory", "SignMemory", "mux_ports",
+    "MemoryBlock", "SampleMemory", "LaneMemory", "SignMemory", "mux_ports",
 ]
 
 
@@ -204,6 +204,70 @@ class MemoryBlock(wiring.Component):
             rd2 = mem.read_port()
             m.d.comb += [rd2.addr.eq(self.read.raddr), rd2.en.eq(self.read.ren),
                          self.read.rdata.eq(rd2.data)]
+        return m
+
+
+class SampleMemory(wiring.Component):
+    """The sample buffer: ``words`` 32-bit words of four INT8 each, read by the datapath a
+    byte at a time.
+
+    The host writes four features per bus word (docs/protocol.md, ``SAMPLES``): a quarter
+    of the bytes on the link, and one memory write per word.  The datapath reads byte
+    ``a`` (``a // 4`` is the word, ``a % 4`` the byte, little-endian) with the read timing
+    of :class:`MemoryBlock`: the byte select is registered with the address, so the data
+    still comes one cycle after ``raddr``.  The host shares the first read port (idle
+    only: ``host_owns``); its writes use the write port, which no datapath client needs,
+    so that they may go on while a run reads other samples (``Command.TRAIN_STREAM``).
+
+    Members
+    -------
+    port : ``In(ReadPortSignature(byte_bits, signed(8)))``
+        The forward engine's byte reads.
+    read : ``In(ReadPortSignature(byte_bits, signed(8)))``
+        Only with ``second_read``: the correlation walker's.
+    host : ``In(PortSignature(addr_width, 32))``
+        Word reads (while ``host_owns``) and writes.
+    host_owns : ``In(1)``
+        The first read port reads ``host.raddr`` instead of ``port.raddr``.
+    """
+
+    def __init__(self, words: int, *, second_read: bool = False) -> None:
+        self.words = words
+        self.addr_width = _check(words, 32)
+        self.byte_bits = self.addr_width + 2
+        self.second_read = second_read
+        members = {
+            "port": In(ReadPortSignature(self.byte_bits, signed(8))),
+            "host": In(PortSignature(self.addr_width, 32)),
+            "host_owns": In(1),
+        }
+        if second_read:
+            members["read"] = In(ReadPortSignature(self.byte_bits, signed(8)))
+        super().__init__(members)
+
+    def elaborate(self, platform: object) -> Module:
+        m = Module()
+        m.submodules.mem = mem = Memory(shape=32, depth=self.words, init=[])
+        wr = mem.write_port()
+        m.d.comb += [wr.addr.eq(self.host.waddr), wr.data.eq(self.host.wdata), wr.en.eq(self.host.we)]
+
+        def byte_reader(rd: object, client: wiring.PureInterface, host: bool) -> None:
+            select = Signal(2, name="select")
+            with m.If(client.ren):
+                m.d.sync += select.eq(client.raddr[:2])
+            word_addr = client.raddr[2:]
+            if host:
+                word_addr = Mux(self.host_owns, self.host.raddr, word_addr)
+                m.d.comb += self.host.rdata.eq(rd.data)
+            m.d.comb += [
+                rd.addr.eq(word_addr),
+                rd.en.eq(Mux(self.host_owns, self.host.ren, client.ren) if host else client.ren),
+                client.rdata.eq(rd.data.word_select(select, 8)),
+            ]
+
+        byte_reader(mem.read_port(), self.port, True)
+        if self.second_read:
+            byte_reader(mem.read_port(), self.read, False)
         return m
 
 

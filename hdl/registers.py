@@ -74,6 +74,11 @@ def _sample_depth(cfg: Config) -> int:
     return cfg.hardware.sample_depth
 
 
+def _streaming(cfg: Config) -> bool:
+    """`hardware.streaming`"""
+    return cfg.hardware.streaming
+
+
 def _depth_bits(cfg: Config) -> int:
     """bits of `hardware.sample_depth`"""
     return cfg.hardware.sample_depth.bit_length()
@@ -111,7 +116,9 @@ class RegisterSpec:
     drives (``RW``); ``outside`` marks an ``RW`` register whose value lives elsewhere (the
     sequencer's step counter and cursor): the file pulses ``<source>_set`` on a write.
     ``high`` names the ``RO`` register that latches bits 32 and up of a wide value when
-    this one is read.
+    this one is read.  ``live`` marks an ``RW`` register that may be written while a
+    command runs, when the file's ``<source>_ok`` input (computed from ``wdata`` outside)
+    says so.
     """
 
     name: str
@@ -126,6 +133,7 @@ class RegisterSpec:
     source: str | None = None
     outside: bool = False
     high: str | None = None
+    live: bool = False
 
 
 REGISTERS: tuple[RegisterSpec, ...] = (
@@ -161,7 +169,8 @@ REGISTERS: tuple[RegisterSpec, ...] = (
                  bounds=_cursor_bounds, source="cursor", outside=True),
     RegisterSpec("INFER_COUNT", 0x0F, Access.RW, "samples 0 .. INFER_COUNT - 1 that INFER runs",
                  width=_depth_bits, bounds=_infer_count_bounds, source="infer_count"),
-    RegisterSpec("CYCLES_LO", 0x10, Access.RO, "busy clock cycles, low word (latches CYCLES_HI)",
+    RegisterSpec("CYCLES_LO", 0x10, Access.RO,
+                 "busy clock cycles but TRAIN_STREAM's waits for samples, low word (latches CYCLES_HI)",
                  width=COUNTER_BITS, source="cycles", high="CYCLES_HI"),
     RegisterSpec("CYCLES_HI", 0x11, Access.RO, "busy clock cycles, high word as latched"),
     RegisterSpec("STEPS_DONE", 0x12, Access.RO, "updates since the counters were cleared",
@@ -181,6 +190,11 @@ REGISTERS: tuple[RegisterSpec, ...] = (
     RegisterSpec("ROWS", 0x1B, Access.RO, "weight/G/momentum rows of the network", source="rows"),
     RegisterSpec("NODE_DELTA", 0x1C, Access.RW, "MGD node perturbation amplitude (only with an mgd-node layer)",
                  width=21, config="rule.node_delta", present=_has_rule(Rule.MGD_NODE), source="node_delta"),
+    RegisterSpec("SAMPLE_FILL", 0x1D, Access.RW,
+                 "TRAIN_STREAM takes samples up to here: a step starts when STEP_SAMPLES samples lie "
+                 "from SAMPLE_CURSOR to SAMPLE_FILL (ring of SAMPLE_COUNT); writable while it runs, "
+                 "to grant more", bounds=_cursor_bounds, present=_streaming, source="fill", outside=True,
+                 live=True),
 )
 
 #: Register word addresses in ``Space.REGS``, by name.
@@ -303,13 +317,16 @@ class RegisterFile(wiring.Component):
         A request to a register this cycle (``addr``, ``we``, ``wdata`` valid).
     addr : ``In(8)``; we : ``In(1)``; wdata : ``In(32)``
     locked : ``In(1)``
-        A command runs: every register write is refused (``COMMAND`` is left to ``command_ok``).
+        A command runs: every register write is refused (``COMMAND`` is left to ``command_ok``,
+        a ``live`` register to ``<source>_ok``).
     rdata, err : ``Out(32)``, ``Out(1)``
         The answer, the cycle after ``req``.
     <source> : ``Out(width)`` for each ``RW`` register kept here (reset: its reset value);
         ``In(width)`` for each ``RO`` register and each ``outside`` ``RW`` register.
     <source>_set : ``Out(1)``
         An accepted write of an ``outside`` register (its value on ``wdata``).
+    <source>_ok : ``In(1)``
+        For a ``live`` register: a write of ``wdata`` is accepted while ``locked``.
     command : ``Out(1)``
         A write of ``COMMAND`` (its value on ``wdata``); ``command_ok`` (``In(1)``, the same
         cycle) says whether it was accepted.
@@ -332,6 +349,8 @@ class RegisterFile(wiring.Component):
                 members[spec.source] = In(width)
             if spec.outside:
                 members[f"{spec.source}_set"] = Out(1)
+            if spec.live:
+                members[f"{spec.source}_ok"] = In(1)
         super().__init__(members)
 
     def elaborate(self, platform: object) -> Module:
@@ -366,7 +385,7 @@ class RegisterFile(wiring.Component):
             with m.If(self.we):
                 m.d.sync += self.err.eq(1)
             return
-        ok = ~self.locked
+        ok = ~self.locked | getattr(self, f"{spec.source}_ok") if spec.live else ~self.locked
         ok = ok & at_least(self.wdata, info.lo) & at_most(self.wdata, info.hi)
         with m.If(self.we):
             with m.If(ok):

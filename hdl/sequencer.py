@@ -24,6 +24,13 @@ Two processes keep the datapath busy:
   update unit as it goes, so the update ends a few cycles after it; then the issuer
   starts the next step.
 
+With ``TRAIN_STREAM`` the sample buffer is a ring the host refills while the run goes on:
+a step starts only when its ``S`` samples lie between the cursor and the host's
+``fill`` (waiting at the step boundary, where ABORT leaves the state whole), and the
+sequencer tells the bus which sample slots the run may still read (:meth:`Sequencer.slot_free`,
+from the step's first sample to ``fill``): writes there are refused.  Every step's
+baseline loss sum also goes to the loss record (``Space.LOSSES``), word ``k % LOSS_DEPTH``.
+
 The event number is kept as a running counter: ``k * S * P`` is computed once per run
 by a :class:`SerialMultiplier` (as is the cursor's sample address), then ``e`` advances
 by one per antithetic pair (``P`` per sample).  Inference runs the baseline pass on
@@ -34,7 +41,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from amaranth.hdl import Cat, Const, Module, Signal, Value, signed
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, Value, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -111,6 +118,9 @@ class _SequencerState:
     aborting: Signal  #: ABORT arrived: no new step, no new inference pass
     last_sample: Value
     last_copy: Value
+    stream: Signal  #: the run is TRAIN_STREAM
+    step_base: Signal  #: the slot of the step's first sample (idle: the cursor)
+    step_loaded: Value  #: TRAIN_STREAM: the next step's samples are below fill
 
 
 class OutputWriter(wiring.Component):
@@ -199,6 +209,8 @@ class Sequencer(wiring.Component):
     -------
     train, infer : ``In(1)``
         Pulses that start a command (when idle).
+    train_stream : ``In(1)``
+        Pulse: start a training run that takes samples only up to ``fill`` (streaming builds).
     abort : ``In(1)``
         Pulse: stop the running command where its state is whole (``Command.ABORT``): a
         training run before its next step, an inference run after the passes issued.
@@ -208,6 +220,17 @@ class Sequencer(wiring.Component):
         Host writes of the step counter ``k`` and the sample cursor.
     step, cursor : ``Out(...)``
         ``k`` and the cursor.
+    fill_set : ``In(1)``; fill_value : ``In(...)``; fill : ``Out(...)``; fill_ok : ``Out(1)``
+        Streaming builds: the host's fill position (``SAMPLE_FILL``), written with
+        ``fill_value`` on ``fill_set``; ``fill_ok`` says whether a write of ``fill_value``
+        may be accepted while busy (a ``TRAIN_STREAM`` run, a position that grants more).
+    probe_slot : ``In(...)``; probe_free : ``Out(1)``
+        Streaming builds: whether a host write to sample slot ``probe_slot`` leaves the run's
+        samples alone (a ``TRAIN_STREAM`` run; see :meth:`slot_free`).
+    waiting : ``Out(1)``
+        A ``TRAIN_STREAM`` run waits at a step boundary for the host's samples.
+    record_we, record_addr, record_data : ``Out(...)``
+        Streaming builds: the loss record's write port (one word per step).
     busy : ``Out(1)``
     finished : ``Out(1)``
         Pulse in the last busy cycle of a command.
@@ -243,8 +266,9 @@ class Sequencer(wiring.Component):
         self.overlap = overlap
         self.sample_addr_bits = ceil_log2(geo.sample_words)
         self.job_fields = {name for name, _ in corr_cmd_layout}
-        super().__init__({
+        members = {
             "train": In(1),
+            "train_stream": In(1),
             "infer": In(1),
             "abort": In(1),
             "steps": In(32),
@@ -263,6 +287,7 @@ class Sequencer(wiring.Component):
             "inference": Out(1),
             "step_done": Out(1),
             "last_loss": Out(32),
+            "waiting": Out(1),
             "fwd_cmd": Out(stream.Signature(fwd_cmd_layout)),
             "key_req": Out(stream.Signature(32)),
             "key": In(stream.Signature(32)),
@@ -273,7 +298,15 @@ class Sequencer(wiring.Component):
             "upd_busy": In(1),
             "labels": Out(PortSignature(ceil_log2(geo.sample_depth), geo.label_bits)),
             "out_done": In(1),
-        })
+        }
+        if geo.streaming:
+            slot = range(geo.sample_depth)
+            members |= {
+                "fill_set": In(1), "fill_value": In(slot), "fill": Out(slot), "fill_ok": Out(1),
+                "probe_slot": In(range(1 << ceil_log2(geo.sample_depth))), "probe_free": Out(1),
+                "record_we": Out(1), "record_addr": Out(range(geo.loss_depth)), "record_data": Out(32),
+            }
+        super().__init__(members)
 
     @staticmethod
     def tag_layout(geometry: Geometry, job_layout: data.StructLayout) -> data.StructLayout:
@@ -340,6 +373,11 @@ class Sequencer(wiring.Component):
         collected = Signal(range(geo.sample_depth + 1))
         pass_bank = Signal(2)  # the activation bank of the pass being issued
         aborting = Signal()  # ABORT arrived: no new step, no new inference pass
+        stream = Signal()
+        step_base = Signal.like(self.cursor)
+        step_loaded = Const(1, 1)
+        if geo.streaming:
+            step_loaded = self.ring_distance(self.cursor, self.fill) >= self.step_samples
         return _SequencerState(
             mul=mul, steps_left=steps_left, samples_left=samples_left, copy=copy, event=event,
             sbase=sbase, label=label, key=key, node_key=node_key, sign_bank=sign_bank,
@@ -347,6 +385,7 @@ class Sequencer(wiring.Component):
             baseline_free=baseline_free, count=count, loss_sum=loss_sum, step_done=step_done,
             collected=collected, pass_bank=pass_bank, aborting=aborting,
             last_sample=samples_left == 1, last_copy=copy == self.copies - 1,
+            stream=stream, step_base=step_base, step_loaded=step_loaded,
         )
 
     def _command_fields(self, m: Module, s: _SequencerState) -> None:
@@ -374,9 +413,38 @@ class Sequencer(wiring.Component):
             m.d.sync += self.step.eq(self.step_value)
         with m.If(self.cursor_set & ~self.busy):
             m.d.sync += self.cursor.eq(self.cursor_value)
+        with m.If(~self.busy):  # where a run starts (the TRAIN pulse comes cycles after a cursor write)
+            m.d.sync += s.step_base.eq(self.cursor)
+        if self.geometry.streaming:
+            self._ring(m, s)
 
         with m.If(self.abort & self.busy):
             m.d.sync += s.aborting.eq(1)
+
+    def ring_distance(self, a: Value, b: Value) -> Value:
+        """Slots from ``a`` forward to ``b`` on the ring of ``sample_count`` slots (both below it)."""
+        width = self.sample_count.shape().width
+        return Mux(b < a, b + self.sample_count - a, b - a)[:width]
+
+    def slot_free(self, s: _SequencerState, slot: Value) -> Value:
+        """Whether a ``TRAIN_STREAM`` run leaves ``slot`` alone: the run reads the samples from
+        its step's first one up to ``fill`` (the step in progress, and those granted for the
+        next), and none at or beyond ``sample_count``."""
+        in_ring = slot < self.sample_count
+        return ~in_ring | (self.ring_distance(s.step_base, slot) >= self.ring_distance(s.step_base, self.fill))
+
+    def _ring(self, m: Module, s: _SequencerState) -> None:
+        """TRAIN_STREAM's fill position: host writes (while idle, or granting more while the
+        run goes on), and the bus's questions about sample slots."""
+        live = self.busy & s.stream & ~self.inference
+        grants = (self.fill_value < self.sample_count) & (
+            self.ring_distance(s.step_base, self.fill_value) >= self.ring_distance(s.step_base, self.fill))
+        m.d.comb += [
+            self.fill_ok.eq(live & grants),
+            self.probe_free.eq(live & self.slot_free(s, self.probe_slot)),
+        ]
+        with m.If(self.fill_set & (~self.busy | self.fill_ok)):
+            m.d.sync += self.fill.eq(self.fill_value)
 
     # -- issuer ------------------------------------------------------------------------------
 
@@ -399,8 +467,8 @@ class Sequencer(wiring.Component):
         mul = s.mul
         pairs = (self.copies + 1) >> 1  # P = ceil(copies / 2)
         with m.State("IDLE"):
-            with m.If(self.train):
-                m.d.sync += [self.inference.eq(0), s.steps_left.eq(self.steps)]
+            with m.If(self.train | self.train_stream):
+                m.d.sync += [self.inference.eq(0), s.steps_left.eq(self.steps), s.stream.eq(self.train_stream)]
                 m.d.comb += [mul.start.eq(1), mul.a.eq(self.step_samples), mul.b.eq(pairs)]
                 m.next = "MUL_SP"
             with m.Elif(self.infer):
@@ -411,7 +479,7 @@ class Sequencer(wiring.Component):
             m.next = "MUL_E"
         with m.State("MUL_E"), m.If(~mul.busy):  # k * S * P: the first event of the step
             m.d.sync += s.event.eq(mul.p)
-            m.d.comb += [mul.start.eq(1), mul.a.eq(self.cursor), mul.b.eq(self.geometry.n_inputs)]
+            m.d.comb += [mul.start.eq(1), mul.a.eq(self.cursor), mul.b.eq(self.geometry.sample_stride)]
             m.next = "MUL_S"
         with m.State("MUL_S"), m.If(~mul.busy):  # the cursor's sample address
             m.d.sync += s.sbase.eq(mul.p)
@@ -431,9 +499,11 @@ class Sequencer(wiring.Component):
         cmd = self.fwd_cmd.payload
         projection = self.geometry.projection
         with m.State("STEP"):
-            m.d.sync += s.samples_left.eq(self.step_samples)
+            m.d.sync += [s.samples_left.eq(self.step_samples), s.step_base.eq(self.cursor)]
             with m.If((s.steps_left == 0) | s.aborting):
                 m.next = "FINISH"
+            with m.Elif(s.stream & ~s.step_loaded):  # TRAIN_STREAM: the host has not caught up
+                m.d.comb += self.waiting.eq(1)
             with m.Else():
                 m.next = "SAMPLE"
         with m.State("SAMPLE"):  # the label of the cursor's sample is read this cycle
@@ -508,13 +578,13 @@ class Sequencer(wiring.Component):
     def _step_end_states(self, m: Module, s: _SequencerState) -> None:
         """NEXT_SAMPLE: advance the cursor (wrapping) and the sample address; after the
         step's last sample WAIT_UPDATE for the collector's ``step_done``."""
-        n_in0 = self.geometry.n_inputs
+        stride = self.geometry.sample_stride
         with m.State("NEXT_SAMPLE"):  # the next sample's baseline takes the other bank
             m.d.sync += [s.samples_left.eq(s.samples_left - 1), s.base_bank.eq(~s.base_bank)]
             with m.If(self.cursor == self.sample_count - 1):
                 m.d.sync += [self.cursor.eq(0), s.sbase.eq(0)]
             with m.Else():
-                m.d.sync += [self.cursor.eq(self.cursor + 1), s.sbase.eq(s.sbase + n_in0)]
+                m.d.sync += [self.cursor.eq(self.cursor + 1), s.sbase.eq(s.sbase + stride)]
             with m.If(s.last_sample):
                 m.next = "WAIT_UPDATE"
             with m.Else():
@@ -532,7 +602,7 @@ class Sequencer(wiring.Component):
             with m.Else():
                 m.d.comb += [self.fwd_cmd.valid.eq(1), self.fwd_cmd.payload.tag.baseline.eq(1)]
                 with m.If(self.fwd_cmd.ready):
-                    m.d.sync += [s.count.eq(s.count + 1), s.sbase.eq(s.sbase + self.geometry.n_inputs)]
+                    m.d.sync += [s.count.eq(s.count + 1), s.sbase.eq(s.sbase + self.geometry.sample_stride)]
         with m.State("INFER_WAIT"), m.If(s.collected == s.count):
             m.next = "FINISH"
         with m.State("FINISH"):
@@ -582,4 +652,8 @@ class Sequencer(wiring.Component):
                     s.loss_sum.eq(0),
                 ]
                 m.d.comb += [s.step_done.eq(1), self.step_done.eq(1)]
+                if self.geometry.streaming:  # written with the step count: a host that sees
+                    # STEP = k + 1 finds step k's loss in the record
+                    m.d.comb += [self.record_we.eq(1), self.record_addr.eq(self.step),
+                                 self.record_data.eq(s.loss_sum)]
                 m.next = "COLLECT"

@@ -31,7 +31,18 @@ from perturbo.hdl.registers import config_values
 
 from .link import Link
 
-__all__ = ["AcceleratorBackend", "AcceleratorError", "Counters"]
+__all__ = ["AcceleratorBackend", "AcceleratorError", "Counters", "REFILL_MODES"]
+
+#: How :meth:`AcceleratorBackend.train_steps` feeds the accelerator (``refill=``):
+#: ``"stream"`` one ``TRAIN_STREAM`` run per call, the sample ring refilled while it trains
+#: and the losses read from the loss record as it goes; ``"batch"`` as many steps as the
+#: sample buffer holds per ``TRAIN`` command, their losses read afterwards; ``"step"`` one
+#: ``TRAIN`` of one step at a time, its loss from ``LAST_LOSS`` (builds without the loss
+#: record, and traced steps).
+REFILL_MODES = ("stream", "batch", "step")
+#: Longest sleep (s) between two ``STEP`` reads of a streamed run while nothing is due: a
+#: digits ring of 63 steps lasts 13 ms at 50 MHz and seconds in the co-simulation.
+MAX_STREAM_POLL = 0.05
 
 
 class AcceleratorError(BackendFailure):
@@ -68,10 +79,14 @@ class AcceleratorBackend:
         Initial master weights; default :func:`~perturbo.golden.integer.init_weights`.
     poll_interval : float
         Seconds between ``STATUS`` reads while a command runs.
+    refill : str, optional
+        One of :data:`REFILL_MODES`; default the fastest the build offers: ``"stream"`` with
+        the loss record (``hardware.streaming``) and a sample buffer of more than one
+        step, else ``"step"``.
     """
 
     def __init__(self, cfg: Config, link: Link, *, weights: list[torch.Tensor] | None = None,
-                 poll_interval: float = 0.002) -> None:
+                 poll_interval: float = 0.002, refill: str | None = None) -> None:
         self.cfg = cfg
         self.link = link
         self.geo = Geometry(cfg)
@@ -103,10 +118,41 @@ class AcceleratorBackend:
         if self.geo.momentum:
             self._write_matrices(Space.MOMENTUM, [torch.zeros(lay.n_out, lay.cols, dtype=torch.int64)
                                                   for lay in self.geo.layers])
+        #: ``SAMPLE_FILL`` writes of streamed runs (each after one ``STEP`` read)
+        self.grants = 0
         #: the step counter as the host tracks it (the next step run is ``step + 1``)
         self.step = 0
-        #: steps one :meth:`train_steps` call may run: as many as the sample buffer holds
-        self.max_steps_per_call = max(1, self.geo.sample_depth // self.samples_per_step)
+        #: steps the sample buffer holds: a ``TRAIN`` command's worth (``"batch"``), or, with a
+        #: slot left free, what a ``TRAIN_STREAM`` run may be granted ahead (``"stream"``;
+        #: within the loss record, so that no loss is overwritten before it is read)
+        self.buffer_steps = self.geo.sample_depth // self.samples_per_step
+        self.ring_steps = min((self.geo.sample_depth - 1) // self.samples_per_step, self.geo.loss_depth)
+        #: steps a streamed run refills at a time (a quarter of the ring)
+        self.refill_steps = max(1, self.ring_steps // 4)
+        self.refill = ("stream" if self.geo.streaming and self.ring_steps >= 1 else "step") if refill is None \
+            else refill
+
+    @property
+    def refill(self) -> str:
+        """How :meth:`train_steps` feeds the accelerator (:data:`REFILL_MODES`); settable between calls."""
+        return self._refill
+
+    @refill.setter
+    def refill(self, mode: str) -> None:
+        if mode not in REFILL_MODES:
+            raise ValueError(f"refill must be one of {', '.join(REFILL_MODES)}, not {mode!r}")
+        if mode == "stream" and (not self.geo.streaming or self.ring_steps < 1):
+            raise ValueError("refill='stream' needs hardware.streaming and a sample buffer of more than one step")
+        if mode == "batch" and not self.geo.streaming:
+            raise ValueError("refill='batch' needs the loss record (hardware.streaming)")
+        self._refill = mode
+        #: steps one :meth:`train_steps` call may run
+        # (streamed: twice the ring, so that the first quarter, loaded before the run starts,
+        # is an eighth of the call, and a checkpoint or a Ctrl-C still comes between calls
+        # within a few hundred steps)
+        self.max_steps_per_call = {"stream": 2 * self.ring_steps,
+                                   "batch": max(1, min(self.buffer_steps, self.geo.loss_depth)),
+                                   "step": max(1, self.buffer_steps)}[mode]
 
     # -- registers and memories -----------------------------------------------------------
 
@@ -122,9 +168,19 @@ class AcceleratorBackend:
         return [torch.from_numpy(w) for w in self.geo.from_image(image)]
 
     def _load_samples(self, x: torch.Tensor, labels: torch.Tensor | None) -> None:
-        self.link.write_words(Space.SAMPLES, 0, x.to(torch.int64).reshape(-1).numpy())
+        self.link.write_words(Space.SAMPLES, 0, self.geo.sample_image(x))
         if labels is not None:
             self.link.write_words(Space.LABELS, 0, labels.to(torch.int64).numpy())
+
+    def _read_losses(self, first: int, steps: int) -> list[int]:
+        """The loss record's sums of steps ``first .. first + steps - 1`` (at most ``loss_depth``)."""
+        depth, out = self.geo.loss_depth, []
+        while steps:
+            addr = first % depth
+            n = min(steps, depth - addr)
+            out += self.link.read_words(Space.LOSSES, addr, n).tolist()
+            first, steps = first + n, steps - n
+        return out
 
     def _run(self, command: Command, timeout: float) -> None:
         self.link.write_word(Space.REGS, Reg.COMMAND, int(command))
@@ -166,27 +222,107 @@ class AcceleratorBackend:
     def train_steps(self, x: torch.Tensor, labels: torch.Tensor, steps: int) -> list[float]:
         """Run ``steps`` updates on the ``steps * samples_per_step`` samples, in order, on chip.
 
-        Returns the mean baseline loss of every step (``LAST_LOSS / samples_per_step``,
-        what the golden model's ``train_step`` returns). The samples of up to
-        :attr:`max_steps_per_call` steps go over in one burst; the accelerator then runs
-        them one ``TRAIN`` command (``STEPS = 1``) at a time, because ``LAST_LOSS`` holds
-        only the last step's loss.
+        Returns the mean baseline loss of every step (its recorded sum ``/ samples_per_step``,
+        what the golden model's ``train_step`` returns), fed as :attr:`refill` says
+        (:data:`REFILL_MODES`).
         """
         s = self.samples_per_step
         if x.shape[0] != steps * s:
             raise ValueError(f"{steps} steps take {steps * s} samples, got {x.shape[0]}")
-        losses: list[float] = []
-        for start in range(0, steps, self.max_steps_per_call):
-            k = min(self.max_steps_per_call, steps - start)
-            self._load_samples(x[start * s:(start + k) * s], labels[start * s:(start + k) * s])
-            self._write_regs({Reg.SAMPLE_COUNT: k * s, Reg.SAMPLE_CURSOR: 0, Reg.STEPS: 1})
-            for _ in range(k):  # the sample cursor advances through the buffer step by step
-                self._before_step(self.step + 1)
-                self._run(Command.TRAIN, timeout=60 + 0.5 * s)
-                losses.append(self.link.read_word(Space.REGS, Reg.LAST_LOSS) / s)
-                self.step += 1
-                self._after_step(self.step)
-        return losses
+        if steps == 0:
+            return []
+        if self.refill == "stream":
+            sums = self._train_stream(x, labels, steps)
+        else:
+            sums = []
+            for start in range(0, steps, self.max_steps_per_call):
+                k = min(self.max_steps_per_call, steps - start)
+                self._load_samples(x[start * s:(start + k) * s], labels[start * s:(start + k) * s])
+                sums += self._train_loaded(k)
+        return [v / s for v in sums]
+
+    def _train_loaded(self, k: int) -> list[int]:
+        """The ``k`` steps whose samples fill the buffer from slot 0; their loss sums."""
+        s = self.samples_per_step
+        if self.refill == "batch":  # one command; the losses from the record afterwards
+            self._write_regs({Reg.SAMPLE_COUNT: k * s, Reg.SAMPLE_CURSOR: 0, Reg.STEPS: k})
+            first = self.step
+            self._before_step(first + 1)
+            self._run(Command.TRAIN, timeout=60 + 0.5 * s * k)
+            self.step += k
+            self._after_step(self.step)
+            return self._read_losses(first, k)
+        sums = []
+        self._write_regs({Reg.SAMPLE_COUNT: k * s, Reg.SAMPLE_CURSOR: 0, Reg.STEPS: 1})
+        for _ in range(k):  # the sample cursor advances through the buffer step by step
+            self._before_step(self.step + 1)
+            self._run(Command.TRAIN, timeout=60 + 0.5 * s)
+            sums.append(self.link.read_word(Space.REGS, Reg.LAST_LOSS))
+            self.step += 1
+            self._after_step(self.step)
+        return sums
+
+    def _train_stream(self, x: torch.Tensor, labels: torch.Tensor, steps: int) -> list[int]:
+        """One ``TRAIN_STREAM`` run of ``steps`` steps: the sample ring (every slot of the
+        buffer) is refilled, a step's samples at a time, while the accelerator trains on the
+        samples granted before; each pass of the loop reads ``STEP``, the new steps' losses,
+        then grants what the ring has room for (docs/protocol.md, "Refill while training")."""
+        s, slots, per_sample = self.samples_per_step, self.geo.sample_depth, self.geo.sample_stride // 4
+        image = self.geo.sample_image(x)
+        label_words = labels.to(torch.int64).numpy()
+        first = self.step
+        granted = 0  # steps whose samples are in the ring (SAMPLE_FILL = granted * s % slots)
+
+        def grant(upto: int) -> None:
+            nonlocal granted
+            a, end = granted * s, upto * s
+            while a < end:  # (split where the ring wraps)
+                slot = a % slots
+                b = min(end, a + slots - slot)
+                self.link.write_words(Space.SAMPLES, slot * per_sample, image[a * per_sample:b * per_sample])
+                self.link.write_words(Space.LABELS, slot, label_words[a:b])
+                a = b
+            granted = upto
+            self.link.write_word(Space.REGS, Reg.SAMPLE_FILL, end % slots)
+            self.grants += 1
+
+        self._write_regs({Reg.SAMPLE_COUNT: slots, Reg.SAMPLE_CURSOR: 0, Reg.SAMPLE_FILL: 0, Reg.STEPS: steps})
+        grant(min(steps, self.refill_steps))  # the rest of the ring goes over while these run
+        self._before_step(first + 1)
+        self.link.write_word(Space.REGS, Reg.COMMAND, int(Command.TRAIN_STREAM))
+        sums: list[int] = []
+        timeout = 60 + 0.5 * s
+        try:
+            deadline = time.monotonic() + timeout
+            idle = self.poll_interval
+            while len(sums) < steps:
+                done = (self.link.read_word(Space.REGS, Reg.STEP) - first) & 0xFFFF_FFFF
+                self.status_polls += 1
+                if done > len(sums):
+                    sums += self._read_losses(first + len(sums), done - len(sums))
+                    self.step = first + done
+                    self._after_step(self.step)
+                    deadline = time.monotonic() + timeout
+                # the steps granted stay within ring_steps of those whose losses are read; a
+                # quarter of the ring at a time, so that each refill is a long burst
+                if granted < steps and done + self.ring_steps >= min(steps, granted + self.refill_steps):
+                    grant(min(steps, done + self.ring_steps))
+                    idle = self.poll_interval
+                elif len(sums) < steps:
+                    if time.monotonic() > deadline:
+                        raise AcceleratorError(f"TRAIN_STREAM made no step within {timeout:.0f} s "
+                                               f"({done} of {steps} done)")
+                    # the ring holds many steps: poll less and less often while nothing is
+                    # due (each poll costs the link, and the co-simulation the CPU it shares)
+                    time.sleep(idle)
+                    idle = min(2 * idle, MAX_STREAM_POLL)
+            self._wait_done(Command.TRAIN_STREAM, timeout)
+        except KeyboardInterrupt:
+            with contextlib.suppress(Exception):  # leave the accelerator usable, its state whole
+                self._abort(timeout)
+                self.step = self.link.read_word(Space.REGS, Reg.STEP)
+            raise
+        return sums
 
     def _before_step(self, step: int) -> None:
         """Called before step ``step`` (1-based) is sent; a subclass may act on it."""

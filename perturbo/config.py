@@ -281,6 +281,12 @@ class HardwareConfig(_Strict):
         None, gt=0, description="weight memory words per lane; default: what the network needs"
     )
     sample_depth: int = Field(1024, ge=1, le=1 << 16, description="on-chip sample buffer, in samples")
+    streaming: bool = Field(
+        True,
+        description="the loss record (every step's loss, space LOSSES) and refill while training "
+        "(TRAIN_STREAM, docs/protocol.md): two block RAMs and some logic, which the iCEBreaker "
+        "builds have no room for",
+    )
     clock_mhz: float = Field(12.0, gt=0.0, description="board clock the UART divisor is computed from")
     hash_stages_per_register: Literal[1, 2, 3, 6] = Field(
         2,

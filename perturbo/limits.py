@@ -16,6 +16,8 @@ TARGET_RAM_BITS = 208 * 18 * 1024
 TARGET_NAME = "ECP5-85F (208 block RAMs of 18 Kbit)"
 #: Bits of one stored input feature (INT8) and of one stored output score.
 SAMPLE_BITS, OUTPUT_BITS = 8, 32
+#: The loss record of a ``hardware.streaming`` build: 256 words of 32 bits (hdl/geometry.py, ``LOSS_DEPTH``).
+LOSS_RECORD_BITS = 256 * 32
 
 
 def memory_bits(cfg: Config) -> dict[str, int]:
@@ -26,12 +28,14 @@ def memory_bits(cfg: Config) -> dict[str, int]:
     bits = {
         "weights": synapses * num.weight_bits,
         "G": synapses * num.grad_bits,
-        "samples": depth * n_in * SAMPLE_BITS,
+        "samples": depth * 4 * -(-n_in // 4) * SAMPLE_BITS,  # (padded to whole words: Geometry.sample_stride)
         "outputs": depth * classes * OUTPUT_BITS,
         "labels": depth * max(1, (classes - 1).bit_length()),
     }
     if cfg.rule.optimizer is Optimizer.MOMENTUM:
         bits["momentum"] = synapses * num.grad_bits
+    if cfg.hardware.streaming:
+        bits["loss record"] = LOSS_RECORD_BITS
     return bits
 
 

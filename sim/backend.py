@@ -134,12 +134,13 @@ class VerilatorBackend(AcceleratorBackend):
     ``overlap=False`` builds the accelerator that runs each pass only after the previous
     correlation (a measurement of what the overlap buys, see :class:`~perturbo.hdl.sequencer.Sequencer`).
     ``waves``: run the traced model (a separate cached build, from Verilog that keeps its
-    Python source locations) and dump the cycles of those training steps; without it the
-    untraced model runs, as fast as ever.
+    Python source locations) and dump the cycles of those training steps (one ``TRAIN``
+    command per step, so that the window is exact); without it the untraced model runs, as
+    fast as ever.  ``refill``: how the driver feeds it (:data:`~perturbo.host.accelerator.REFILL_MODES`).
     """
 
     def __init__(self, cfg: Config, *, weights: list[torch.Tensor] | None = None, poll_cycles: int = 1024,
-                 overlap: bool = True, waves: WaveWindow | None = None) -> None:
+                 overlap: bool = True, waves: WaveWindow | None = None, refill: str | None = None) -> None:
         self.waves = waves
         self._tracing = False
         verilog = cosim_verilog(cfg, overlap=overlap, emit_src=waves is not None)
@@ -147,7 +148,8 @@ class VerilatorBackend(AcceleratorBackend):
                                 trace=waves.path if waves is not None else None)
         self.sim.start()
         try:
-            super().__init__(cfg, Link(self.sim.url, timeout=10.0), weights=weights, poll_interval=0.0005)
+            super().__init__(cfg, Link(self.sim.url, timeout=10.0), weights=weights, poll_interval=0.0005,
+                             refill="step" if waves is not None else refill)
         except BaseException:
             self.sim.stop()
             raise

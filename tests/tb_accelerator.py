@@ -73,14 +73,34 @@ async def run_command(dut, bus: BusMaster, command: Command, max_cycles: int) ->
     assert status & Status.DONE and not status & Status.BUSY, f"status {status:#x} after {command!r}"
 
 
-def golden_steps(model: IntegerModel, x: torch.Tensor, labels: torch.Tensor, cursor: int, steps: int) -> int:
+def golden_steps(model: IntegerModel, x: torch.Tensor, labels: torch.Tensor, cursor: int, steps: int,
+                 losses: list[int] | None = None) -> int:
     """``steps`` golden steps on the samples from ``cursor`` on, wrapping as the sequencer's
-    cursor does; returns the cursor after them."""
+    cursor does; returns the cursor after them (and appends each step's baseline loss sum
+    to ``losses``)."""
     for _ in range(steps):
         idx = [(cursor + b) % x.shape[0] for b in range(S)]
         cursor = (cursor + S) % x.shape[0]
         model.train_step(x[idx], labels[idx])
+        if losses is not None:
+            losses.append(model.last_loss_sum)
     return cursor
+
+
+async def write_samples(bus: BusMaster, x: torch.Tensor, labels: torch.Tensor, slot: int = 0) -> None:
+    """Samples ``x`` and their labels into slots ``slot, slot + 1, ...``, four features per
+    bus word (:meth:`Geometry.sample_image`)."""
+    per_sample = geo.sample_stride // 4
+    image = geo.sample_image(x)
+    for k, word in enumerate(image):
+        await bus.write(Space.SAMPLES, slot * per_sample + k, int(word))
+    for k, label in enumerate(labels):
+        await bus.write(Space.LABELS, slot + k, int(label))
+
+
+async def read_record(bus: BusMaster, first_step: int, steps: int) -> list[int]:
+    """The loss record's words of steps ``first_step .. first_step + steps - 1``."""
+    return [await bus.read(Space.LOSSES, (first_step + k) % geo.loss_depth) for k in range(steps)]
 
 
 def make_data(rng: random.Random, n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -111,10 +131,8 @@ async def train_and_infer(dut) -> None:
 
     n_samples = min(geo.sample_depth, S + S // 2 + 1)  # the cursor wraps within the run
     x, labels = make_data(rng, n_samples)
-    for s in range(n_samples):
-        for f in range(geo.n_inputs):
-            await bus.write(Space.SAMPLES, s * geo.n_inputs + f, int(x[s, f]))
-        await bus.write(Space.LABELS, s, int(labels[s]))
+    await write_samples(bus, x, labels)
+    assert await bus.read(Space.SAMPLES, 0) == int(geo.sample_image(x[:1])[0]), "a packed sample word reads back"
     model = IntegerModel(cfg, init_weights(cfg))
     await write_matrices(bus, W, model.weights)
     await bus.write(R, Reg.SAMPLE_COUNT, n_samples)
@@ -127,7 +145,10 @@ async def train_and_infer(dut) -> None:
     for steps in runs:
         await bus.write(R, Reg.STEPS, steps)
         await run_command(dut, bus, Command.TRAIN, step_budget() * steps)
-        cursor = golden_steps(model, x, labels, cursor, steps)
+        first, losses = model.step, []
+        cursor = golden_steps(model, x, labels, cursor, steps, losses)
+        if geo.streaming:  # one TRAIN of k steps records k losses
+            assert await read_record(bus, first, steps) == losses, "the loss record of the run"
         assert await bus.read(R, Reg.STEP) == model.step
         assert await bus.read(R, Reg.SAMPLE_CURSOR) == cursor
         assert await bus.read(R, Reg.LAST_LOSS) == model.last_loss_sum, "last step's loss sum"
@@ -218,12 +239,20 @@ async def bus_refusals(dut) -> None:
     await bus.write(W, 1, 1 << (geo.weight_bits - 1), expect_err=True)  # does not fit
     await bus.write(W, 1, -(1 << (geo.weight_bits - 1)))
     assert await bus.read(W, 1) == -(1 << (geo.weight_bits - 1))
-    await bus.write(Space.SAMPLES, 0, 128, expect_err=True)
-    await bus.write(Space.SAMPLES, geo.sample_words, 1, expect_err=True)
+    await bus.write(Space.SAMPLES, geo.sample_bus_words - 1, -1)  # four INT8: any 32-bit word
+    assert await bus.read(Space.SAMPLES, geo.sample_bus_words - 1) == -1
+    await bus.write(Space.SAMPLES, geo.sample_bus_words, 1, expect_err=True)
     await bus.write(Space.LABELS, 0, geo.classes, expect_err=True)
     await bus.write(Space.OUTPUTS, 0, 1, expect_err=True)
     await bus.read(Space.OUTPUTS, geo.output_words, expect_err=True)
-    await bus.read(7, 0, expect_err=True)
+    await bus.read(8, 0, expect_err=True)
+    if geo.streaming:
+        await bus.write(Space.LOSSES, 0, 1, expect_err=True)  # read-only
+        await bus.read(Space.LOSSES, geo.loss_depth, expect_err=True)
+        await bus.write(R, Reg.SAMPLE_FILL, geo.sample_depth, expect_err=True)
+    else:
+        await bus.read(Space.LOSSES, 0, expect_err=True)
+        await bus.write(R, Reg.COMMAND, Command.TRAIN_STREAM, expect_err=True)
     if not geo.momentum:
         await bus.read(M, 0, expect_err=True)
     await bus.write(R, Reg.ID, 1, expect_err=True)
@@ -258,6 +287,11 @@ async def bus_refusals(dut) -> None:
     await bus.write(R, Reg.COMMAND, Command.TRAIN)
     assert int(dut.busy.value)
     await bus.read(W, 0, expect_err=True)
+    await bus.write(Space.SAMPLES, 1, 0, expect_err=True)  # TRAIN: no sample writes while it runs
+    await bus.write(Space.LABELS, 1, 0, expect_err=True)
+    if geo.streaming:
+        await bus.read(Space.LOSSES, 0)  # the loss record reads while busy
+        await bus.write(R, Reg.SAMPLE_FILL, 0, expect_err=True)  # not a TRAIN_STREAM run
     await bus.write(R, Reg.STEPS, 2, expect_err=True)
     await bus.write(R, Reg.COMMAND, Command.INFER, expect_err=True)
     await bus.write(R, Reg.COMMAND, Command.CLEAR_COUNTERS, expect_err=True)
@@ -265,3 +299,85 @@ async def bus_refusals(dut) -> None:
     await with_timeout(FallingEdge(dut.busy), 10_000_000, "ns")
     await ClockCycles(dut.clk, 2)
     assert await bus.read(R, Reg.STEPS) == 1
+
+
+async def write_ring(bus: BusMaster, x: torch.Tensor, labels: torch.Tensor, first: int) -> None:
+    """Samples ``x`` into the ring of ``sample_depth`` slots from sample number ``first`` on
+    (slot ``first % sample_depth``, wrapping)."""
+    for k in range(x.shape[0]):
+        await write_samples(bus, x[k:k + 1], labels[k:k + 1], (first + k) % geo.sample_depth)
+
+
+@cocotb.test()
+async def stream_refill(dut) -> None:
+    """TRAIN_STREAM on a ring the testbench refills while it runs: a step waits for its
+    samples (uncounted by CYCLES), writes of samples in use and a SAMPLE_FILL that takes
+    samples back are refused and change nothing, free slots take writes; the weights and
+    every step's recorded loss equal the golden model's; ABORT while waiting stops at once."""
+    if not geo.streaming:
+        dut._log.info(f"{cfg.name}: no streaming in this build")
+        return
+    bench = Bench(dut, "stream")
+    await bench.reset()
+    bus = BusMaster(dut)
+    n, per_sample = geo.sample_depth, geo.sample_stride // 4
+    steps = max(3, -(-2 * n // S))  # the ring wraps at least twice
+    x, labels = make_data(random.Random(cfg.seed + 1), steps * S)
+    model = IntegerModel(cfg, init_weights(cfg))
+    await write_matrices(bus, W, model.weights)
+    if model.momentum is not None:  # (a reset leaves the memories as the tests before left them)
+        await write_matrices(bus, M, model.momentum)
+    await bus.write(R, Reg.STEP, 0)
+    await bus.write(R, Reg.SAMPLE_CURSOR, 0)
+    await bus.write(R, Reg.SAMPLE_FILL, 0)
+    await bus.write(R, Reg.SAMPLE_COUNT, S)
+    await bus.write(R, Reg.COMMAND, Command.TRAIN_STREAM, expect_err=True)  # a step and a free slot must fit
+    await bus.write(R, Reg.SAMPLE_COUNT, n)
+    await bus.write(R, Reg.STEPS, steps)
+
+    # one step's samples: the run takes that step, then waits
+    await write_ring(bus, x[:S], labels[:S], 0)
+    await bus.write(R, Reg.SAMPLE_FILL, S % n)
+    await bus.write(R, Reg.COMMAND, Command.TRAIN_STREAM)
+    await ClockCycles(dut.clk, step_budget())
+    assert int(dut.busy.value), "the run ended without its samples"
+    assert await bus.read(R, Reg.STEP) == 1
+    cycles = await bus.read(R, Reg.CYCLES_LO, signed=False)
+    await ClockCycles(dut.clk, 100)
+    assert await bus.read(R, Reg.CYCLES_LO, signed=False) == cycles, "CYCLES counts the wait for samples"
+
+    # grant the second step, then try to overwrite it while it runs
+    await write_ring(bus, x[S:2 * S], labels[S:2 * S], S)
+    await bus.write(R, Reg.SAMPLE_FILL, 2 * S % n)
+    slot = S % n
+    await bus.write(Space.SAMPLES, slot * per_sample, 0x7F7F_7F7F, expect_err=True)
+    await bus.write(Space.LABELS, slot, (int(labels[S]) + 1) % geo.classes, expect_err=True)
+    await bus.write(R, Reg.SAMPLE_FILL, slot, expect_err=True)  # would take back granted samples
+    loaded = 2 * S
+    await write_ring(bus, x[loaded:loaded + 1], labels[loaded:loaded + 1], loaded)  # a free slot
+    # the rest, as the ring frees up (a slot stays free: SAMPLE_FILL == step start means empty)
+    while loaded < steps * S:
+        done = await bus.read(R, Reg.STEP)
+        if n - 1 - (loaded - done * S) >= S:
+            await write_ring(bus, x[loaded:loaded + S], labels[loaded:loaded + S], loaded)
+            loaded += S
+            await bus.write(R, Reg.SAMPLE_FILL, loaded % n)
+        else:
+            await ClockCycles(dut.clk, 50)
+    if int(dut.busy.value):
+        await with_timeout(FallingEdge(dut.busy), step_budget() * steps * 10, "ns")
+    losses: list[int] = []
+    golden_steps(model, x, labels, 0, steps, losses)
+    assert await bus.read(R, Reg.STEP) == steps
+    assert await bus.read(R, Reg.SAMPLE_CURSOR) == steps * S % n
+    assert await read_record(bus, 0, steps) == losses, "the loss record of the streamed run"
+    rtl = await read_matrices(bus, W)
+    msg = first_difference(f"{rules}: weights after the streamed run", rtl, model.weights)
+    assert msg is None, msg
+
+    # ABORT while the run waits for samples: no step runs, the state stays whole
+    await bus.write(R, Reg.STEPS, 0xFFFF_FFFF)
+    await abort_when_busy(dut, bus, Command.TRAIN_STREAM, 200, 100)
+    assert await bus.read(R, Reg.STEP) == steps
+    rtl = await read_matrices(bus, W)
+    assert first_difference("weights after the ABORT", rtl, model.weights) is None

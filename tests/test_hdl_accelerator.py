@@ -6,12 +6,18 @@ import pytest
 from cocotb_build import SIMULATORS, run_cocotb
 from hdl_configs import CONFIGS, RULE_CONFIGS, config_env
 
+from perturbo.config import parse_config
 from perturbo.hdl.accelerator import Accelerator
 from perturbo.hdl.geometry import Geometry
 
 #: The small configurations (the digits-sized accelerator runs whole, through its host link,
 #: on the co-simulation of every shipped digits example: tests/test_verilator_backend.py).
 ACCEL_CONFIGS = {"tiny": CONFIGS["tiny"], **RULE_CONFIGS}
+#: tiny without the loss record and TRAIN_STREAM (``hardware.streaming: false``, what the
+#: iCEBreaker builds leave out): the bus refuses LOSSES and TRAIN_STREAM
+_data = CONFIGS["tiny"].model_dump(mode="json")
+ACCEL_CONFIGS["tiny-nostream"] = parse_config({**_data, "name": "tiny-nostream",
+                                               "hardware": {**_data["hardware"], "streaming": False}})
 
 
 #: The configurations the whole accelerator also runs on Icarus, the second simulator: every

@@ -19,10 +19,11 @@ from hostlink_top import fuzz_cases
 
 from perturbo.backend import samples_per_step
 from perturbo.config import Config, load_config
-from perturbo.data import load_dataset
+from perturbo.data import SampleStream, load_dataset
 from perturbo.golden.integer import IntegerModel
 from perturbo.hdl.bus import Reg, Space
 from perturbo.hdl.registers import absent_registers
+from perturbo.host.accelerator import REFILL_MODES
 from perturbo.sim.backend import VerilatorBackend
 from perturbo.verify import first_difference
 
@@ -139,6 +140,32 @@ def test_bad_frames_are_never_applied(cfg: Config, hw: VerilatorBackend) -> None
     x, y = splits.train.x[:n], splits.train.y[:n]
     assert hw.train_step(x, y) == gold.train_step(x, y)
     msg = first_difference("weights after a step following the fuzz", hw.state_dict()["weights"],
+                           gold.weights)
+    assert msg is None, msg
+
+
+@pytest.mark.parametrize("refill", REFILL_MODES)
+def test_refill_modes_equal_golden(cfg: Config, hw: VerilatorBackend, refill: str) -> None:
+    """Every way the driver feeds the accelerator gives the golden model's per-step losses and
+    weights: one command per step, a buffer's worth of steps per command with the losses
+    from the loss record, and one TRAIN_STREAM run whose sample ring is refilled while it
+    trains (150 steps: more than the 63 the ring holds, so it wraps and waits)."""
+    torch.set_num_threads(1)
+    gold = IntegerModel(cfg)
+    hw.load_state_dict(gold.state_dict())
+    steps, n = 150, samples_per_step(cfg)
+    assert hw.ring_steps < steps
+    train = load_dataset(cfg).train
+    x, y = SampleStream(train.x, train.y, cfg.seed).take(steps * n)
+    hw.refill = refill
+    try:
+        losses = hw.train_steps(x, y, steps)
+    finally:
+        hw.refill = "stream"
+    expect = [gold.train_step(x[k * n:(k + 1) * n], y[k * n:(k + 1) * n]) for k in range(steps)]
+    assert losses == expect
+    assert hw.step == gold.step == hw.link.read_word(Space.REGS, Reg.STEP)
+    msg = first_difference(f"weights after {steps} steps fed by {refill}", hw.state_dict()["weights"],
                            gold.weights)
     assert msg is None, msg
 
