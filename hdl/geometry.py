@@ -38,17 +38,13 @@ from amaranth.lib import data
 from numpy.typing import ArrayLike
 
 from perturbo.config import TARGET_PROJECTION_RULES, Activation, Config, Optimizer, Rule
+from perturbo.limits import LOSS_DEPTH, SAMPLES_PER_WORD, sample_stride
 
 __all__ = ["LayerGeometry", "Geometry", "config_hash", "ceil_log2", "FACTOR_BITS_PROJECTION", "LOSS_DEPTH"]
 
 #: Width of the gated error ``g`` of target projection: ``y - tl`` spans -255..255.
 FACTOR_BITS_PROJECTION = 9
 
-#: Entries of the loss record (``Space.LOSSES``): one 32-bit word per step, 256 of them fill
-#: one ECP5 block RAM or two iCE40 ones (as deep as a 32-bit word of either gets), and a
-#: host that reads the losses whenever it refills the sample buffer never falls that far
-#: behind (host/accelerator.py keeps the steps it grants within it).
-LOSS_DEPTH = 256
 
 
 def ceil_log2(n: int) -> int:
@@ -160,15 +156,13 @@ class Geometry:
         self.total_neurons = n_off
         self.max_groups = max(lay.groups for lay in self.layers)
         self.max_cols = max(lay.cols for lay in self.layers)
-        #: bytes a sample takes in the sample buffer: its features, padded to whole 32-bit
-        #: words, so that the host writes them four per bus word and no word holds bytes
-        #: of two samples (docs/protocol.md, ``SAMPLES``)
-        self.sample_stride = 4 * -(-self.n_inputs // 4)
+        #: bytes a sample takes in the sample buffer (docs/protocol.md, ``SAMPLES``)
+        self.sample_stride = sample_stride(self.n_inputs)
         #: INT8 entries of the sample buffer (byte addresses of the datapath's read ports)
         self.sample_words = self.sample_depth * self.sample_stride
         self.sample_addr_bits = ceil_log2(self.sample_words)
         #: 32-bit words of the sample buffer on the host bus (four INT8 each)
-        self.sample_bus_words = self.sample_words // 4
+        self.sample_bus_words = self.sample_words // SAMPLES_PER_WORD
         #: the loss record and refill while training (``hardware.streaming``)
         self.streaming = hw.streaming
         #: entries of the loss record: step ``k``'s loss is word ``k % loss_depth``

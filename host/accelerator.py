@@ -28,6 +28,7 @@ from perturbo.golden.integer import init_weights
 from perturbo.hdl.bus import ACCEL_ID, Command, Reg, Space, Status
 from perturbo.hdl.geometry import Geometry, config_hash
 from perturbo.hdl.registers import config_values
+from perturbo.limits import SAMPLES_PER_WORD
 
 from .link import Link
 
@@ -267,7 +268,7 @@ class AcceleratorBackend:
         buffer) is refilled, a step's samples at a time, while the accelerator trains on the
         samples granted before; each pass of the loop reads ``STEP``, the new steps' losses,
         then grants what the ring has room for (docs/protocol.md, "Refill while training")."""
-        s, slots, per_sample = self.samples_per_step, self.geo.sample_depth, self.geo.sample_stride // 4
+        s, slots, per_sample = self.samples_per_step, self.geo.sample_depth, self.geo.sample_stride // SAMPLES_PER_WORD
         image = self.geo.sample_image(x)
         label_words = labels.to(torch.int64).numpy()
         first = self.step

@@ -491,13 +491,16 @@ def memories(cfg: Config) -> list[MemoryUse]:
     if geo.momentum:
         out.append(MemoryUse("momentum", depth, geo.grad_bits, lanes, "one memory per lane"))
     out += [
-        MemoryUse("samples", geo.sample_words, 8, 2 if fe.uses_samples else 1,
-                  "two read ports (forward engine, correlation walker)" if fe.uses_samples else ""),
+        MemoryUse("samples", geo.sample_bus_words, 32, 2 if fe.uses_samples else 1,
+                  "four INT8 a word" + ("; two read ports (forward engine, correlation walker)"
+                                        if fe.uses_samples else "")),
         MemoryUse("labels", geo.sample_depth, geo.label_bits, 1),
         MemoryUse("outputs", geo.output_words, 8, 1, "inference scores"),
         MemoryUse("activations", act_depth, 8 * lanes, 2,
                   "4 banks; two read ports (forward engine, correlation walker)"),
     ]
+    if geo.streaming:
+        out.append(MemoryUse("loss record", geo.loss_depth, 32, 1, "every step's loss (Space.LOSSES)"))
     if geo.factor_bits:
         out.append(MemoryUse("factors", act_depth, geo.factor_bits * lanes, 1, "4 banks"))
     if fe.uses_signs:

@@ -14,10 +14,22 @@ from .config import Config, ConfigError, Optimizer
 TARGET_RAM_BITS = 208 * 18 * 1024
 #: Largest target that bound is taken from.
 TARGET_NAME = "ECP5-85F (208 block RAMs of 18 Kbit)"
-#: Bits of one stored input feature (INT8) and of one stored output score.
-SAMPLE_BITS, OUTPUT_BITS = 8, 32
-#: The loss record of a ``hardware.streaming`` build: 256 words of 32 bits (hdl/geometry.py, ``LOSS_DEPTH``).
-LOSS_RECORD_BITS = 256 * 32
+#: Bits of one stored input feature and of one stored output score (both INT8: hdl/accelerator.py).
+SAMPLE_BITS, OUTPUT_BITS = 8, 8
+#: Entries of the loss record (``Space.LOSSES``) of a ``hardware.streaming`` build: one 32-bit
+#: word per step, 256 of them fill one ECP5 block RAM or two iCE40 ones (as deep as a 32-bit
+#: word of either gets), and a host that reads the losses whenever it refills the sample
+#: buffer never falls that far behind (host/accelerator.py keeps the steps it grants within it).
+LOSS_DEPTH = 256
+LOSS_RECORD_BITS = LOSS_DEPTH * 32
+#: INT8 features per 32-bit word of the ``SAMPLES`` space (docs/protocol.md).
+SAMPLES_PER_WORD = 4
+
+
+def sample_stride(n_inputs: int) -> int:
+    """Bytes a sample takes in the sample buffer: its features, padded to whole 32-bit words, so
+    that the host writes them four per bus word and no word holds bytes of two samples."""
+    return SAMPLES_PER_WORD * -(-n_inputs // SAMPLES_PER_WORD)
 
 
 def memory_bits(cfg: Config) -> dict[str, int]:
@@ -28,7 +40,7 @@ def memory_bits(cfg: Config) -> dict[str, int]:
     bits = {
         "weights": synapses * num.weight_bits,
         "G": synapses * num.grad_bits,
-        "samples": depth * 4 * -(-n_in // 4) * SAMPLE_BITS,  # (padded to whole words: Geometry.sample_stride)
+        "samples": depth * sample_stride(n_in) * SAMPLE_BITS,
         "outputs": depth * classes * OUTPUT_BITS,
         "labels": depth * max(1, (classes - 1).bit_length()),
     }

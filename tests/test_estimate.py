@@ -37,6 +37,7 @@ from perturbo.estimate import (
     step_timing,
 )
 from perturbo.hdl.geometry import Geometry
+from perturbo.limits import memory_bits
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 #: The examples the accelerator trains (the bp ones are float baselines).
@@ -131,10 +132,14 @@ def test_inference_is_passes_back_to_back() -> None:
 def test_memories() -> None:
     cfg = load_config(EXAMPLES / "digits-mgd-weight.yaml")
     mems = {m.name: m for m in estimate(cfg).memories}
-    assert set(mems) == {"weights", "G", "samples", "labels", "outputs", "activations", "signs"}
+    assert set(mems) == {"weights", "G", "samples", "labels", "outputs", "activations", "signs", "loss record"}
     assert mems["weights"].bits == 8 * 326 * 16 and mems["G"].bits == 8 * 326 * 32
     assert mems["signs"].bits == 2 * 326 * 8
     assert mems["samples"].bits == 1024 * 64 * 8 and mems["samples"].copies == 1
+    # the size limits (perturbo/limits.py) count the same memories, the lane memories without
+    # their padding (a lower bound)
+    for name, bits in memory_bits(cfg).items():
+        assert mems[name].bits >= bits if name in ("weights", "G") else mems[name].bits == bits, name
     momentum = estimate(RULE_CONFIGS["node"]).memories
     assert any(m.name == "momentum" for m in momentum) and any(m.name == "factors" for m in momentum)
     assert _blocks(326, 16, EBR_SHAPES) == 2 and _blocks(326, 32, DP16KD_SHAPES) == 1
