@@ -38,6 +38,7 @@ from .report import (
     STATUS_FAILED,
     STATUS_NO_FIT,
     STATUS_OK,
+    STATUS_TIMING,
     SynthReport,
     overflowing,
     parse_critical_path,
@@ -48,8 +49,8 @@ from .report import (
 )
 from .top import Board, BoardTop, get_board, make_platform
 
-__all__ = ["NAME", "ToolchainError", "build", "build_plan", "default_out_dir", "tool_env",
-           "toolchain_versions"]
+__all__ = ["NAME", "ToolchainError", "build", "build_plan", "check_timing", "default_out_dir",
+           "tool_env", "toolchain_versions"]
 
 #: Base name of the build's files (``top.il``, ``top.rpt``, ``top.tim``, ``top.bin``, ...).
 NAME = "top"
@@ -253,6 +254,7 @@ def _cached_report(dest: Path, spec: Board, say: Callable[[str], None]) -> Synth
         for name, value in _collect(spec, dest, failure).items():
             setattr(report, name, value)
         report.format = REPORT_FORMAT
+        check_timing(report)
         report.save(dest / REPORT)
     report.cached = True
     report.build_dir = str(dest)
@@ -322,9 +324,10 @@ def build(cfg: Config, board: str, out_dir: str | Path | None = None, *, seed: i
         seconds = {"elaborate": elaborate_s, **seconds, "total": time.monotonic() - start}
         notes = []
         clk_mhz = top.clk_freq / 1e6
-        if abs(cfg.hardware.clock_mhz - clk_mhz) > 1e-6:
-            notes.append(f"hardware.clock_mhz is {cfg.hardware.clock_mhz:g} but {spec.name} runs at "
-                         f"{clk_mhz:g} MHz; the UART divisor follows the board clock")
+        if top.pll is not None:
+            made = ", ".join(f"{k}={v}" for k, v in top.pll.dividers.items())
+            notes.append(f"clock {clk_mhz:.6g} MHz from the {top.pll.input_hz / 1e6:g} MHz oscillator "
+                         f"by the PLL ({made}; VCO {float(top.pll.vco_hz) / 1e6:g} MHz)")
         report = SynthReport(
             board=spec.name, device=_device(top.platform), family=spec.family,
             config_name=cfg.name, config_hash=f"{config_hash(cfg):08x}", lanes=cfg.hardware.lanes,
@@ -332,6 +335,7 @@ def build(cfg: Config, board: str, out_dir: str | Path | None = None, *, seed: i
             seconds={k: round(v, 2) for k, v in seconds.items()}, key=key, toolchain=versions,
             notes=notes, **found,
         )
+        check_timing(report)
         built.append(report)
         # a build that failed for another reason than fitting is kept aside for its logs
         final = dest if report.status != STATUS_FAILED else dest.with_name(dest.name + ".failed")
@@ -354,6 +358,22 @@ def build(cfg: Config, board: str, out_dir: str | Path | None = None, *, seed: i
     report = built[0]
     say(report.table())
     return report
+
+
+def check_timing(report: SynthReport) -> None:
+    """Mark a routed build whose Fmax is below the clock it runs at as failing timing.
+
+    nextpnr runs with ``--timing-allow-fail`` so that such a build still reports its Fmax
+    (and writes a bitstream); that bitstream would run at ``clock_mhz`` with paths slower
+    than the clock period, so the build is not usable as it is.
+    """
+    fmax = report.fmax_mhz
+    if report.status != STATUS_OK or fmax is None or fmax >= report.clk_mhz:
+        return
+    report.status = STATUS_TIMING
+    report.message = (f"Fmax {fmax:.2f} MHz is below the {report.clk_mhz:.6g} MHz clock the design "
+                      f"runs at: set hardware.clock_mhz to a clock the board makes at or below "
+                      f"{fmax:.2f} MHz (docs/boards.md, 'Clock'), or shorten the critical path")
 
 
 def _device(platform: Any) -> str:

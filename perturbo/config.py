@@ -281,7 +281,13 @@ class HardwareConfig(_Strict):
         None, gt=0, description="weight memory words per lane; default: what the network needs"
     )
     sample_depth: int = Field(1024, ge=1, le=1 << 16, description="on-chip sample buffer, in samples")
-    clock_mhz: float = Field(12.0, gt=0.0, description="board clock the UART divisor is computed from")
+    clock_mhz: float | None = Field(
+        None,
+        gt=0.0,
+        description="clock a board build runs the accelerator at, made by the board's PLL when it "
+        "differs from the oscillator (only frequencies the PLL can make; docs/boards.md, 'Clock'); "
+        "default: the board's oscillator. The UART divisor and nextpnr's constraint follow it",
+    )
     hash_stages_per_register: Literal[1, 2, 3, 6] = Field(
         2,
         description="stages of the six-stage mix32 hash between two pipeline registers: 6 (one "
