@@ -7,8 +7,8 @@ their names from ``YOSYS``, ``NEXTPNR_ICE40``, ``ICEPACK``, ``NEXTPNR_ECP5`` and
 returns a :class:`~perturbo.boards.report.SynthReport`.
 
 Every build runs in ``<out_dir>/<board>-<key>/``, ``key`` being a hash of the build plan
-(the RTLIL of the whole top, the constraints, the yosys script and tool options, the
-nextpnr seed), the board and the tool versions.  A directory that already holds a
+(the RTLIL of the whole top without its source-location attributes, the constraints, the
+yosys script and tool options, the nextpnr seed), the board and the tool versions.  A directory that already holds a
 ``report.json`` is the answer: the same inputs are not built twice.  ``out_dir``
 defaults to ``boards/`` under perturbo's cache (``$PERTURBO_CACHE``, else the user cache
 directory).  A build that does not fit is cached too (it is as reproducible as one that
@@ -21,6 +21,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -164,9 +165,25 @@ def build_plan(cfg: Config, board: str | Board, *, seed: int = 1,
     return plan, top
 
 
+#: RTLIL source-location attributes (``attribute \\src "file.py:123"``): left out of the key.
+_SRC_ATTRIBUTE = re.compile(r'^\s*attribute \\src "[^"\n]*"\n', re.M)
+
+
 def _key(plan: Any, board: str, versions: dict[str, str]) -> str:
+    """The cache key of a build: what :meth:`BuildPlan.digest` covers, except the source
+    locations Amaranth writes into the RTLIL, which name the Python file and line that made
+    each cell (so the same design from another checkout, or after an edit that only moves
+    code, is the same build; the locations tell the tools nothing)."""
     digest = hashlib.sha256()
-    digest.update(plan.digest())
+    for name in sorted(plan.files):
+        content = plan.files[name]
+        if isinstance(content, bytes):
+            content = content.decode("utf-8", errors="surrogateescape")
+        if name.endswith(".il"):
+            content = _SRC_ATTRIBUTE.sub("", content)
+        digest.update(name.encode())
+        digest.update(content.encode("utf-8", errors="surrogateescape"))
+    digest.update(plan.script.encode())
     digest.update(board.encode())
     digest.update(json.dumps(versions, sort_keys=True).encode())
     return digest.hexdigest()[:16]

@@ -253,6 +253,8 @@ def generation_parameters(cfg: Config) -> dict:
         "lanes": cfg.hardware.lanes,
         "weight_depth": cfg.hardware.weight_depth,
         "sample_depth": cfg.hardware.sample_depth,
+        # only when false: the training builds keep the hashes they had before the option
+        **({} if cfg.hardware.training else {"training": False}),
     }
 
 

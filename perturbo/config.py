@@ -295,6 +295,12 @@ class HardwareConfig(_Strict):
         "2 keeps the hash off the critical path above 50 MHz on ECP5",
     )
     baud: int = Field(115200, gt=0)
+    training: bool = Field(
+        True,
+        description="generate the training accelerator; false: inference only (the forward engine, "
+        "output writer, registers and host link without the perturbation sources, loss, correlation, "
+        "update, G and momentum memories), which refuses TRAIN: the cost of learning in docs/boards.md",
+    )
 
 
 class Config(_Strict):
