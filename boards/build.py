@@ -51,7 +51,7 @@ from .report import (
 from .top import Board, BoardTop, get_board, make_platform
 
 __all__ = ["NAME", "ToolchainError", "build", "build_plan", "check_timing", "default_out_dir",
-           "tool_env", "toolchain_versions"]
+           "find_cached", "tool_env", "toolchain_versions"]
 
 #: Base name of the build's files (``top.il``, ``top.rpt``, ``top.tim``, ``top.bin``, ...).
 NAME = "top"
@@ -258,6 +258,24 @@ def _collect(spec: Board, work: Path, failure: str) -> dict[str, Any]:
         "message": message if status != STATUS_OK else "",
         "bitstream": bitstream.name if bitstream is not None else None,
     }
+
+
+def find_cached(cfg: Config, board: str, out_dir: str | Path | None = None, *, seed: int = 1,
+                **top_options: Any) -> SynthReport | None:
+    """The cached report of the build :func:`build` would run, or None if it has not run.
+
+    Elaborates the design (seconds) but runs no tool: for tables that show what has been
+    built without starting hour-long builds.
+    """
+    spec = get_board(board)
+    env = tool_env(spec)
+    plan, _ = build_plan(cfg, spec, seed=seed, **top_options)
+    key = _key(plan, spec.name, toolchain_versions(spec, env))
+    root = Path(out_dir) if out_dir is not None else default_out_dir()
+    dest = root / f"{spec.name}-{key}"
+    if not (dest / REPORT).exists():
+        return None
+    return _cached_report(dest, spec, lambda _text: None)
 
 
 class _KeptAside(Exception):
