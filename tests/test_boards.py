@@ -5,10 +5,11 @@ cache key is stable, the log parsers read real nextpnr/yosys output, a missing t
 says how to install it, the PLL dividers for every clock the ECP5 and iCE40 PLLs make
 are exact, a clock they cannot make is refused naming the nearest ones, the PLL and its
 constraint are in the elaborated top, a build whose Fmax is below its clock fails
-timing.  ``board``: the digits network on the iCEBreaker's budget
-(``examples/digits-mgd-weight-icebreaker.yaml``) built with the yowasp tools, fitting
-and meeting 12 MHz (about two minutes).  ``slow``: the 8-lane digits configuration on
-the ULX3S-85F (at its ``hardware.clock_mhz``, 50 MHz from the PLL) and DRTP on the iCEBreaker's budget (``examples/digits-drtp-icebreaker.yaml``)
+timing, and bench/board_table.py's overhead.  ``board``: the digits network on the
+iCEBreaker's budget (``examples/digits-mgd-weight-icebreaker.yaml``) built with the
+yowasp tools, fitting and meeting 12 MHz (about two minutes).  ``slow``: the 8-lane
+digits configuration on the ULX3S-85F (at its ``hardware.clock_mhz``, 50 MHz from the
+PLL) and DRTP on the iCEBreaker's budget (``examples/digits-drtp-icebreaker.yaml``)
 (minutes; cached, so a second run is instant).
 """
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 import time
 from fractions import Fraction
 from pathlib import Path
@@ -402,3 +404,41 @@ def test_digits_build_ulx3s() -> None:
     assert report.fits, report.overflow
     assert report.status == "ok" and report.timing_met, (report.message, report.clocks)
 
+
+
+# -- bench/board_table.py --------------------------------------------------------------------
+
+def _board_table():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("board_table", REPO / "bench" / "board_table.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["board_table"] = module  # (dataclasses look their module up there)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_board_table_overhead_and_missing_rows(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The learning overhead is the training build's use over the inference build's; rows
+    not built say so; without a cycle model the cycle columns say n/a."""
+    table = _board_table()
+
+    def report(logic: int, ff: int, dsp: int, bram: int, fmax: float) -> SynthReport:
+        return SynthReport(board="ulx3s-85f", device="x", family="ecp5", config_name="x", config_hash="0",
+                           lanes=8, status="ok", clk_mhz=50.0, critical_path="a -> b: 18.0 ns, 20 steps",
+                           resources={"logic": ResourceUse(logic, 83640), "ff": ResourceUse(ff, 83640),
+                                      "dsp": ResourceUse(dsp, 156), "bram": ResourceUse(bram, 208)},
+                           clocks=[ClockTiming("pll_clk", fmax, 50.0)])
+
+    text = table.overhead(report(15_000, 7_000, 25, 56, 53.0), report(4_000, 2_000, 8, 47, 58.0))
+    assert "| LUT4 | 4000 | 15000 | +275% |" in text and "| DSP | 8 | 25 | +212% |" in text
+    assert "| Fmax (MHz) | 58.0 | 53.0 | -9% |" in text
+    assert table.overhead(None, report(1, 1, 1, 1, 1.0)).endswith("not run.")
+    monkeypatch.setattr(table, "cycles_per_step", lambda cfg: None)
+    rows = table.rows([8], None)
+    assert [r.cfg.hardware.lanes for r in rows] == [8, 1, 8] and not rows[-1].cfg.hardware.training
+    rows[0].report = report(15_000, 7_000, 25, 56, 53.0)
+    out = table.markdown(rows)
+    assert "| ulx3s-85f | 8 lanes | fits, meets clock | 15 000 (18%) | 7000 | 25/156 | 56/208 |" in out
+    assert "| 53.0 MHz (50) | a -> b: 18.0 ns, 20 steps | n/a | n/a |" in out
+    assert "| icebreaker | 1 lane(s) | not run |" in out and "Cost of learning (8 lanes, ULX3S-85F): not run." in out
