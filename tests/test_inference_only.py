@@ -23,8 +23,22 @@ TRAINING: Config = parse_config({
     "rule": {"name": "mgd-weight", "batch": 4, "optimizer": "momentum"},
     "hardware": {"lanes": 3, "sample_depth": 32},
 })
-INFERENCE: Config = parse_config({**TRAINING.model_dump(mode="json"),
-                                  "hardware": {**TRAINING.hardware.model_dump(mode="json"), "training": False}})
+
+
+def _inference(cfg: Config) -> Config:
+    return parse_config({**cfg.model_dump(mode="json"),
+                         "hardware": {**cfg.hardware.model_dump(mode="json"), "training": False}})
+
+
+INFERENCE = _inference(TRAINING)
+#: Target projection (hard sigmoid): its forward engine draws B and gates errors on the
+#: baseline passes of a training build; inference must ignore all of it.
+DRTP_INFERENCE = _inference(parse_config({
+    "name": "inference-only-drtp",
+    "network": {"layers": [16, 7, 5], "activation": "hard-sigmoid"},
+    "rule": {"name": "drtp", "batch": 4},
+    "hardware": {"lanes": 2, "sample_depth": 16},
+}))
 
 
 def test_inference_build_leaves_training_out() -> None:
@@ -58,22 +72,36 @@ def hw():
     backend.close()
 
 
-def test_inference_only_matches_the_golden_model(hw) -> None:
+def _check_inference(backend, cfg: Config) -> None:
     """INFER on random weights (full INT16 range, as a trained model may have) and random
     samples: every output score equals the golden model's, over more samples than the buffer
-    holds (two INFER runs)."""
+    holds (several INFER runs)."""
     torch.manual_seed(5)
-    gold = IntegerModel(INFERENCE)
+    gold = IntegerModel(cfg)
     for trial in range(3):
         weights = [torch.randint(-2**15, 2**15, (lay.n_out, lay.cols), dtype=torch.int64)
-                   for lay in hw.geo.layers] if trial else init_weights(INFERENCE)
+                   for lay in backend.geo.layers] if trial else init_weights(cfg)
         state = {**gold.state_dict(), "weights": weights}
         gold.load_state_dict(state)
-        hw.load_state_dict(state)
+        backend.load_state_dict(state)
         x = torch.randint(-128, 128, (45, 16), dtype=torch.int64)
         expected = gold.predict(x)
-        got = hw.predict(x)
+        got = backend.predict(x)
         assert torch.equal(got, expected), (trial, (got != expected).nonzero()[:5])
+
+
+def test_inference_only_matches_the_golden_model(hw) -> None:
+    _check_inference(hw, INFERENCE)
+
+
+def test_drtp_inference_only_matches_the_golden_model() -> None:
+    from perturbo.sim.backend import VerilatorBackend
+
+    backend = VerilatorBackend(DRTP_INFERENCE)
+    try:
+        _check_inference(backend, DRTP_INFERENCE)
+    finally:
+        backend.close()
 
 
 def test_inference_only_refuses_training(hw) -> None:
