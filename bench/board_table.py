@@ -104,10 +104,13 @@ def _logic(report: SynthReport) -> str:
     use = report.resources.get("logic")
     if use is None:
         return "–"
-    text = f"{use.used:,} ({use.fraction:.0%})".replace(",", " ") if use.fraction is not None else str(use.used)
+    def spaced(n: int) -> str:
+        return f"{n:,}".replace(",", " ")
+
+    text = f"{spaced(use.used)} ({use.fraction:.0%})" if use.fraction is not None else spaced(use.used)
     if report.family == "ice40":
         luts = report.cells.get("SB_LUT4")
-        text = f"{text} LC" + (f", {luts:,} LUT4".replace(",", " ") if luts else "")
+        text = f"{text} LC" + (f", {spaced(luts)} LUT4" if luts else "")
     return text
 
 
