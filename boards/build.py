@@ -7,8 +7,8 @@ their names from ``YOSYS``, ``NEXTPNR_ICE40``, ``ICEPACK``, ``NEXTPNR_ECP5`` and
 returns a :class:`~perturbo.boards.report.SynthReport`.
 
 Every build runs in ``<out_dir>/<board>-<key>/``, ``key`` being a hash of the build plan
-(the RTLIL of the whole top, the constraints, the yosys script and tool options, the
-nextpnr seed), the board and the tool versions.  A directory that already holds a
+(the RTLIL of the whole top without its source-location attributes, the constraints, the
+yosys script and tool options, the nextpnr seed), the board and the tool versions.  A directory that already holds a
 ``report.json`` is the answer: the same inputs are not built twice.  ``out_dir``
 defaults to ``boards/`` under perturbo's cache (``$PERTURBO_CACHE``, else the user cache
 directory).  A build that does not fit is cached too (it is as reproducible as one that
@@ -21,6 +21,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -38,6 +39,7 @@ from .report import (
     STATUS_FAILED,
     STATUS_NO_FIT,
     STATUS_OK,
+    STATUS_TIMING,
     SynthReport,
     overflowing,
     parse_critical_path,
@@ -48,8 +50,8 @@ from .report import (
 )
 from .top import Board, BoardTop, get_board, make_platform
 
-__all__ = ["NAME", "ToolchainError", "build", "build_plan", "default_out_dir", "tool_env",
-           "toolchain_versions"]
+__all__ = ["NAME", "ToolchainError", "build", "build_plan", "check_timing", "default_out_dir",
+           "find_cached", "tool_env", "toolchain_versions"]
 
 #: Base name of the build's files (``top.il``, ``top.rpt``, ``top.tim``, ``top.bin``, ...).
 NAME = "top"
@@ -163,9 +165,25 @@ def build_plan(cfg: Config, board: str | Board, *, seed: int = 1,
     return plan, top
 
 
+#: RTLIL source-location attributes (``attribute \\src "file.py:123"``): left out of the key.
+_SRC_ATTRIBUTE = re.compile(r'^\s*attribute \\src "[^"\n]*"\n', re.M)
+
+
 def _key(plan: Any, board: str, versions: dict[str, str]) -> str:
+    """The cache key of a build: what :meth:`BuildPlan.digest` covers, except the source
+    locations Amaranth writes into the RTLIL, which name the Python file and line that made
+    each cell (so the same design from another checkout, or after an edit that only moves
+    code, is the same build; the locations tell the tools nothing)."""
     digest = hashlib.sha256()
-    digest.update(plan.digest())
+    for name in sorted(plan.files):
+        content = plan.files[name]
+        if isinstance(content, bytes):
+            content = content.decode("utf-8", errors="surrogateescape")
+        if name.endswith(".il"):
+            content = _SRC_ATTRIBUTE.sub("", content)
+        digest.update(name.encode())
+        digest.update(content.encode("utf-8", errors="surrogateescape"))
+    digest.update(plan.script.encode())
     digest.update(board.encode())
     digest.update(json.dumps(versions, sort_keys=True).encode())
     return digest.hexdigest()[:16]
@@ -242,6 +260,24 @@ def _collect(spec: Board, work: Path, failure: str) -> dict[str, Any]:
     }
 
 
+def find_cached(cfg: Config, board: str, out_dir: str | Path | None = None, *, seed: int = 1,
+                **top_options: Any) -> SynthReport | None:
+    """The cached report of the build :func:`build` would run, or None if it has not run.
+
+    Elaborates the design (seconds) but runs no tool: for tables that show what has been
+    built without starting hour-long builds.
+    """
+    spec = get_board(board)
+    env = tool_env(spec)
+    plan, _ = build_plan(cfg, spec, seed=seed, **top_options)
+    key = _key(plan, spec.name, toolchain_versions(spec, env))
+    root = Path(out_dir) if out_dir is not None else default_out_dir()
+    dest = root / f"{spec.name}-{key}"
+    if not (dest / REPORT).exists():
+        return None
+    return _cached_report(dest, spec, lambda _text: None)
+
+
 class _KeptAside(Exception):
     """A failed build was moved to ``<board>-<key>.failed/``: nothing enters the cache."""
 
@@ -253,6 +289,7 @@ def _cached_report(dest: Path, spec: Board, say: Callable[[str], None]) -> Synth
         for name, value in _collect(spec, dest, failure).items():
             setattr(report, name, value)
         report.format = REPORT_FORMAT
+        check_timing(report)
         report.save(dest / REPORT)
     report.cached = True
     report.build_dir = str(dest)
@@ -322,9 +359,10 @@ def build(cfg: Config, board: str, out_dir: str | Path | None = None, *, seed: i
         seconds = {"elaborate": elaborate_s, **seconds, "total": time.monotonic() - start}
         notes = []
         clk_mhz = top.clk_freq / 1e6
-        if abs(cfg.hardware.clock_mhz - clk_mhz) > 1e-6:
-            notes.append(f"hardware.clock_mhz is {cfg.hardware.clock_mhz:g} but {spec.name} runs at "
-                         f"{clk_mhz:g} MHz; the UART divisor follows the board clock")
+        if top.pll is not None:
+            made = ", ".join(f"{k}={v}" for k, v in top.pll.dividers.items())
+            notes.append(f"clock {clk_mhz:.6g} MHz from the {top.pll.input_hz / 1e6:g} MHz oscillator "
+                         f"by the PLL ({made}; VCO {float(top.pll.vco_hz) / 1e6:g} MHz)")
         report = SynthReport(
             board=spec.name, device=_device(top.platform), family=spec.family,
             config_name=cfg.name, config_hash=f"{config_hash(cfg):08x}", lanes=cfg.hardware.lanes,
@@ -332,6 +370,7 @@ def build(cfg: Config, board: str, out_dir: str | Path | None = None, *, seed: i
             seconds={k: round(v, 2) for k, v in seconds.items()}, key=key, toolchain=versions,
             notes=notes, **found,
         )
+        check_timing(report)
         built.append(report)
         # a build that failed for another reason than fitting is kept aside for its logs
         final = dest if report.status != STATUS_FAILED else dest.with_name(dest.name + ".failed")
@@ -354,6 +393,22 @@ def build(cfg: Config, board: str, out_dir: str | Path | None = None, *, seed: i
     report = built[0]
     say(report.table())
     return report
+
+
+def check_timing(report: SynthReport) -> None:
+    """Mark a routed build whose Fmax is below the clock it runs at as failing timing.
+
+    nextpnr runs with ``--timing-allow-fail`` so that such a build still reports its Fmax
+    (and writes a bitstream); that bitstream would run at ``clock_mhz`` with paths slower
+    than the clock period, so the build is not usable as it is.
+    """
+    fmax = report.fmax_mhz
+    if report.status != STATUS_OK or fmax is None or fmax >= report.clk_mhz:
+        return
+    report.status = STATUS_TIMING
+    report.message = (f"Fmax {fmax:.2f} MHz is below the {report.clk_mhz:.6g} MHz clock the design "
+                      f"runs at: set hardware.clock_mhz to a clock the board makes at or below "
+                      f"{fmax:.2f} MHz (docs/boards.md, 'Clock'), or shorten the critical path")
 
 
 def _device(platform: Any) -> str:

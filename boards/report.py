@@ -21,6 +21,10 @@ __all__ = [
     "SynthReport",
     "REPORT_FORMAT",
     "RESOURCE_NAMES",
+    "STATUS_FAILED",
+    "STATUS_NO_FIT",
+    "STATUS_OK",
+    "STATUS_TIMING",
     "parse_critical_path",
     "parse_nextpnr_log",
     "parse_nextpnr_report",
@@ -46,6 +50,8 @@ REPORT_FORMAT = 2
 STATUS_OK = "ok"
 STATUS_NO_FIT = "does-not-fit"
 STATUS_FAILED = "failed"
+#: Placed and routed, but Fmax is below the clock the design runs at (``hardware.clock_mhz``).
+STATUS_TIMING = "fails-timing"
 
 
 @dataclass
@@ -120,8 +126,9 @@ class SynthReport:
     lanes : int
         MAC lanes of the accelerator.
     status : str
-        ``"ok"`` (placed, routed, bitstream written), ``"does-not-fit"`` (a resource
-        overflows; see :attr:`overflow`) or ``"failed"``.
+        ``"ok"`` (placed, routed, bitstream written, Fmax at least the clock),
+        ``"fails-timing"`` (routed, but Fmax is below :attr:`clk_mhz`; see :attr:`message`),
+        ``"does-not-fit"`` (a resource overflows; see :attr:`overflow`) or ``"failed"``.
     resources : dict of str to ResourceUse
         ``logic``, ``dsp``, ``bram``, ``spram``, ``io`` (and ``ff`` on ECP5): the friendly
         view of :attr:`utilisation` (:data:`RESOURCE_NAMES`).
@@ -132,7 +139,8 @@ class SynthReport:
     clocks : list of ClockTiming
         Fmax per clock; empty if the design did not route.
     clk_mhz : float
-        The board clock the design runs from.
+        The clock the design runs at: ``hardware.clock_mhz`` (made by the PLL) or the
+        board's oscillator.
     baud : int
         UART rate.
     uart_divisor : int
@@ -158,8 +166,7 @@ class SynthReport:
     message : str
         The tool's error line when the build did not succeed.
     notes : list of str
-        Anything worth knowing (for instance a board clock that differs from
-        ``cfg.hardware.clock_mhz``).
+        Anything worth knowing (for instance the PLL settings that make the clock).
     format : int
         :data:`REPORT_FORMAT` of the code that wrote it.
     cached : bool
@@ -197,8 +204,8 @@ class SynthReport:
 
     @property
     def fits(self) -> bool:
-        """Placed and routed, nothing over capacity."""
-        return self.status == STATUS_OK and not self.overflow
+        """Placed and routed, nothing over capacity (whether or not it meets timing)."""
+        return self.status in (STATUS_OK, STATUS_TIMING) and not self.overflow
 
     @property
     def fmax_mhz(self) -> float | None:
@@ -254,6 +261,8 @@ class SynthReport:
                  f"nextpnr seed {self.seed}"]
         if self.status == STATUS_OK:
             verdict = "fits"
+        elif self.status == STATUS_TIMING:
+            verdict = "FAILS TIMING: " + self.message
         elif self.status == STATUS_NO_FIT:
             verdict = "DOES NOT FIT: " + ", ".join(self.overflow)
         else:

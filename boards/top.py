@@ -2,10 +2,13 @@
 
 :class:`BoardTop` is what a board build elaborates: ``LinkedTarget(Accelerator(cfg),
 uart=UART(...))`` (:mod:`perturbo.hdl.hostlink`) wired to the board's ``uart`` resource,
-with the accelerator's ``busy`` and a heartbeat on the user LEDs. It runs in the board's
-default clock domain (``sync`` from ``platform.default_clk``: 12 MHz on the iCEBreaker,
-25 MHz on the ULX3S, 48 MHz on the OrangeCrab), and the UART divisor comes from that
-clock and ``cfg.hardware.baud``.
+with the accelerator's ``busy`` and a heartbeat on the user LEDs.  It runs at
+``cfg.hardware.clock_mhz``: the board's oscillator (12 MHz on the iCEBreaker, 25 MHz on
+the ULX3S, 48 MHz on the OrangeCrab) when that is unset or equal to it, else a clock the
+board's PLL makes from the oscillator (:mod:`.pll`: EHXPLLL on ECP5, SB_PLL40_PAD on the
+iCEBreaker's clock pin), which also gets nextpnr's frequency constraint.  The design is
+held in reset until the PLL locks.  The UART divisor comes from that clock and
+``cfg.hardware.baud``.
 
 :data:`BOARDS` names the boards perturbo builds for and how (:class:`Board`);
 :func:`make_platform` makes the amaranth-boards platform of one, with the resources
@@ -19,12 +22,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from amaranth.hdl import Elaboratable, Module, Signal
+from amaranth.hdl import ClockDomain, ClockSignal, Elaboratable, Instance, Module, ResetSignal, Signal
 from amaranth.lib import io
+from amaranth.lib.cdc import FFSynchronizer
 
 from perturbo.config import Config
 
-__all__ = ["BOARDS", "Board", "BoardTop", "board_link", "board_names", "get_board", "make_platform"]
+from .pll import PLLSettings, pll_settings
+
+__all__ = ["BOARDS", "Board", "BoardTop", "board_clock", "board_link", "board_names", "get_board",
+           "make_platform"]
 
 
 @dataclass(frozen=True)
@@ -168,6 +175,85 @@ def make_platform(board: str | Board) -> Any:
     return platform
 
 
+def board_clock(cfg: Config, board: str | Board) -> tuple[float, PLLSettings | None]:
+    """The clock (Hz) a build of ``cfg`` for ``board`` runs at, and the PLL settings that make it.
+
+    ``cfg.hardware.clock_mhz`` unset, or equal to the board's oscillator: the oscillator and
+    no PLL.  Otherwise the PLL's exact output (:func:`~.pll.pll_settings`).
+
+    Raises
+    ------
+    PLLError
+        The board's PLL cannot make ``clock_mhz``; the message names the nearest clocks.
+    """
+    spec = get_board(board) if isinstance(board, str) else board
+    osc_hz = float(spec.platform_class()().default_clk_frequency)
+    if cfg.hardware.clock_mhz is None:
+        return osc_hz, None
+    settings = pll_settings(spec.family, osc_hz / 1e6, cfg.hardware.clock_mhz, board=spec.name)
+    return (osc_hz, None) if settings is None else (float(settings.output_hz), settings)
+
+
+def _pll_domain(m: Module, platform: Any, family: str, settings: PLLSettings) -> None:
+    """The ``sync`` domain from the PLL, held in reset until the PLL has locked.
+
+    Amaranth's platforms create ``sync`` from the oscillator when a design does not define
+    it (``create_missing_domain``); this defines it, so the oscillator feeds only the PLL.
+    The reset is released a while after LOCK (15 us: iCE40 block RAMs read as zeroes for
+    about 3 us after configuration, the delay Amaranth's own iCE40 reset keeps), and taken
+    again if the lock is lost.  The counter's domain is reset-less: its flip-flops start at
+    0 from the bitstream.
+    """
+    m.domains.sync = ClockDomain("sync")
+    m.domains.por = ClockDomain("por", reset_less=True, local=True)
+    # the net nextpnr's constraint names: ``keep`` makes yosys keep this name for the net
+    # (without it the clock net takes one of the names Amaranth gives the domain's clock in
+    # the submodules, and the constraint names a net that does not exist)
+    clk = Signal(name="pll_clk", attrs={"keep": 1})
+    lock = Signal()
+    div = settings.dividers
+    osc = platform.request(platform.default_clk, dir="-")
+    if family == "ice40":
+        # the pad primitive takes the pin itself (no SB_IO): the iCEBreaker's 12 MHz is on
+        # pin 35, one of the UP5K's two PLL input pads
+        m.submodules.pll = Instance(
+            "SB_PLL40_PAD",
+            p_FEEDBACK_PATH="SIMPLE", p_PLLOUT_SELECT="GENCLK",
+            p_DIVR=div["DIVR"], p_DIVF=div["DIVF"], p_DIVQ=div["DIVQ"],
+            p_FILTER_RANGE=div["FILTER_RANGE"],
+            io_PACKAGEPIN=osc.io, i_RESETB=1, i_BYPASS=0,
+            o_PLLOUTGLOBAL=clk, o_LOCK=lock,
+        )
+    else:
+        m.submodules.osc_buf = osc_buf = io.Buffer("i", osc)
+        m.submodules.pll = Instance(
+            "EHXPLLL",
+            # the loop filter settings every open ECP5 flow uses (ecppll, LiteX)
+            a_ICP_CURRENT="12", a_LPF_RESISTOR="8", a_MFG_ENABLE_FILTEROPAMP="1",
+            a_MFG_GMCREF_SEL="2",
+            p_PLLRST_ENA="DISABLED", p_INTFB_WAKE="DISABLED", p_STDBY_ENABLE="DISABLED",
+            p_DPHASE_SOURCE="DISABLED", p_OUTDIVIDER_MUXA="DIVA", p_CLKOP_ENABLE="ENABLED",
+            p_CLKI_DIV=div["CLKI_DIV"], p_CLKFB_DIV=div["CLKFB_DIV"], p_CLKOP_DIV=div["CLKOP_DIV"],
+            p_CLKOP_CPHASE=div["CLKOP_CPHASE"], p_CLKOP_FPHASE=0, p_FEEDBK_PATH="CLKOP",
+            i_CLKI=osc_buf.i, i_CLKFB=clk, i_RST=0, i_STDBY=0, i_PHASESEL0=0, i_PHASESEL1=0,
+            i_PHASEDIR=0, i_PHASESTEP=0, i_PHASELOADREG=0, i_PLLWAKESYNC=0, i_ENCLKOP=0,
+            o_CLKOP=clk, o_LOCK=lock,
+        )
+    platform.add_clock_constraint(clk, float(settings.output_hz))
+    locked = Signal()
+    m.submodules.lock_sync = FFSynchronizer(lock, locked, o_domain="por")
+    hold = max(1, int(15e-6 * float(settings.output_hz)))
+    timer = Signal(range(hold + 1))
+    ready = Signal()
+    with m.If(~locked):
+        m.d.por += [timer.eq(0), ready.eq(0)]
+    with m.Elif(timer == hold):
+        m.d.por += ready.eq(1)
+    with m.Else():
+        m.d.por += timer.eq(timer + 1)
+    m.d.comb += [ClockSignal("sync").eq(clk), ClockSignal("por").eq(clk), ResetSignal("sync").eq(~ready)]
+
+
 def _leds(platform: Any) -> list[Any]:
     """Ports of up to two user LEDs (``led`` 0 and 1, else an RGB LED's red and green)."""
     from amaranth.build import ResourceError
@@ -218,15 +304,24 @@ def board_link(cfg: Config, *, divisor: int, rx_fifo_depth: int = 16, **link_opt
                         **link_options)
 
 
+def _board_of(platform: Any) -> Board:
+    """The :class:`Board` whose amaranth-boards platform ``platform`` is."""
+    for spec in BOARDS.values():
+        if type(platform).__name__ == spec.platform_path.partition(":")[2]:
+            return spec
+    raise ValueError(f"{type(platform).__name__} is not a platform perturbo builds for; "
+                     f"supported: {', '.join(BOARDS)}")
+
+
 class BoardTop(Elaboratable):
     """The accelerator for ``cfg`` behind a UART host link, on a board.
 
     Parameters
     ----------
     cfg : Config
-        The configuration the accelerator is generated for.  ``cfg.hardware.baud`` sets the
-        UART rate; the divisor comes from the board's clock, not from
-        ``cfg.hardware.clock_mhz``.
+        The configuration the accelerator is generated for.  ``cfg.hardware.clock_mhz`` sets
+        the clock (the oscillator when unset; else the PLL's output), ``cfg.hardware.baud``
+        the UART rate, the divisor following from the two.
     platform : amaranth.build.Platform
         The board (see :func:`make_platform`).  Its ``uart`` resource carries the link.
     rx_fifo_depth : int
@@ -238,7 +333,11 @@ class BoardTop(Elaboratable):
     Attributes
     ----------
     clk_freq : float
-        The board clock in Hz (``platform.default_clk_frequency``).
+        The clock the design runs at, in Hz (:func:`board_clock`).
+    pll : PLLSettings or None
+        The PLL that makes it; None when the design runs from the oscillator.
+    board : Board
+        The board of ``platform``.
     divisor : int
         UART clock cycles per bit.
     accelerator : Accelerator
@@ -259,7 +358,8 @@ class BoardTop(Elaboratable):
         from perturbo.hdl.uart import uart_divisor
 
         check_supported(cfg)
-        uart_divisor(float(platform.default_clk_frequency), cfg.hardware.baud)
+        clk_freq, _ = board_clock(cfg, _board_of(platform))
+        uart_divisor(clk_freq, cfg.hardware.baud)
         return super().__new__(cls, cfg, platform, *args, src_loc_at=1, **kwargs)
 
     def __init__(self, cfg: Config, platform: Any, *, rx_fifo_depth: int = 16,
@@ -268,7 +368,8 @@ class BoardTop(Elaboratable):
 
         self.cfg = cfg
         self.platform = platform
-        self.clk_freq = float(platform.default_clk_frequency)
+        self.board = _board_of(platform)
+        self.clk_freq, self.pll = board_clock(cfg, self.board)
         self.divisor = uart_divisor(self.clk_freq, cfg.hardware.baud)
         self.linked = board_link(cfg, divisor=self.divisor, rx_fifo_depth=rx_fifo_depth, **link_options)
         self.accelerator = self.linked.target
@@ -279,6 +380,8 @@ class BoardTop(Elaboratable):
         m.submodules.linked = linked = self.linked
         if platform is None:  # elaborated without a board (a plain simulation or check)
             return m
+        if self.pll is not None:
+            _pll_domain(m, platform, self.board.family, self.pll)
         uart = platform.request("uart", 0, dir="-")
         m.submodules.uart_rx = rx = io.Buffer("i", uart.rx)
         m.submodules.uart_tx = tx = io.Buffer("o", uart.tx)

@@ -19,6 +19,14 @@ pass overlaps the following passes); at the end of a step the update unit takes 
 weight (and momentum) memories while the step's last correlation hands it each row's
 final G (the fused update, :mod:`.update`).
 
+``hardware.training: false`` generates the same network inference-only (the cost of
+learning, docs/boards.md): the forward engine, the output writer, the sequencer, the
+registers and the bus target, with the engine's pass command tied to baseline passes and no
+key requests (so yosys drops its hash pipes and perturbation logic), and without the loss
+unit, the correlation walker and unit, the update unit, the G and momentum memories, the
+sign memory and the registers only training reads (``hdl/registers.py``).  It refuses TRAIN
+(``COMMAND`` answers ``err``) and the GRADS and MOMENTUM spaces.
+
 Cost of a training step, in cycles: ``S * (copies + 1) * R`` for the passes (``R`` =
 :attr:`~.geometry.Geometry.rows`, one MAC token per row and lane) plus about ``R + 30``
 for the last correlation with the fused update, plus a few cycles per pass.  The digits
@@ -31,7 +39,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from amaranth.hdl import Cat, Const, Module, Mux, Signal, Value, signed
-from amaranth.lib import wiring
+from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
 from perturbo.config import Config, Rule
@@ -41,7 +49,7 @@ from .bus import WORD_ADDR_BITS, BusSignature, Command, Space
 from .correlation import CorrelationUnit, CorrelationWalker
 from .forward import ForwardEngine
 from .geometry import Geometry, config_hash
-from .loss import LossUnit
+from .loss import DC_BITS, LossUnit
 from .memories import (
     LaneMemory,
     LanePortSignature,
@@ -91,24 +99,25 @@ def check_supported(cfg: Config) -> None:
 
 @dataclass(frozen=True)
 class _Units:
-    """The accelerator's datapath units (see ``Accelerator._units``)."""
+    """The accelerator's datapath units (see ``Accelerator._units``); the training units are
+    None in an inference-only build."""
 
-    fe: CorrelationWalker
+    fe: CorrelationWalker | None
     eng: ForwardEngine
-    loss: LossUnit
-    corr: CorrelationUnit
-    upd: UpdateUnit
+    loss: LossUnit | None
+    corr: CorrelationUnit | None
+    upd: UpdateUnit | None
     writer: OutputWriter
     seq: Sequencer
 
 
 @dataclass(frozen=True)
 class _Memories:
-    """The accelerator's memories (``mmem`` only with momentum, ``signs`` only when the
-    correlation reads signs, ``record`` only in streaming builds)."""
+    """The accelerator's memories (``gmem`` only when training, ``mmem`` only with momentum,
+    ``signs`` only when the correlation reads signs, ``record`` only in streaming builds)."""
 
     wmem: LaneMemory
-    gmem: LaneMemory
+    gmem: LaneMemory | None
     mmem: LaneMemory | None
     smem: SampleMemory
     lmem: MemoryBlock
@@ -124,6 +133,8 @@ class Accelerator(wiring.Component):
     ----------
     cfg
         The resolved configuration; every layer's rule one of :data:`SUPPORTED_RULES`.
+        ``cfg.hardware.training`` false: the inference-only accelerator (the module
+        docstring).
     overlap
         Run the next passes while the correlation walker reads the previous ones (the
         default; see :class:`~.sequencer.Sequencer`).
@@ -151,6 +162,7 @@ class Accelerator(wiring.Component):
     def __init__(self, cfg: Config, *, overlap: bool = True, config_resets: bool = True) -> None:
         self.cfg = cfg
         self.geometry = Geometry(cfg)
+        self.training = cfg.hardware.training
         self.overlap = overlap
         self.config_resets = config_resets
         super().__init__({"bus": In(BusSignature), "busy": Out(1)})
@@ -159,7 +171,6 @@ class Accelerator(wiring.Component):
         """The units and memories, the datapath between them, the memory ports (datapath
         while running, host bus while idle), the registers and the bus target."""
         m = Module()
-        geo = self.geometry
         units = self._units(m)
         mems = self._memories(m, units.fe)
         self._connect_datapath(m, units, mems)
@@ -170,11 +181,12 @@ class Accelerator(wiring.Component):
         seq, eng, loss, upd = units.seq, units.eng, units.loss, units.upd
         regs = self._registers(m, seq, eng, loss, upd)
         self._bus_target(m, regs, seq, {
-            Space.WEIGHTS: (hosts["w"], True), Space.GRADS: (hosts["g"], True),
+            Space.WEIGHTS: (hosts["w"], True),
+            **({Space.GRADS: (hosts["g"], True)} if "g" in hosts else {}),
             Space.SAMPLES: (hosts["s"], False), Space.LABELS: (hosts["l"], False),
             Space.OUTPUTS: (hosts["o"], False),
-            **({Space.MOMENTUM: (hosts["m"], True)} if geo.momentum else {}),
-            **({Space.LOSSES: (hosts["r"], False)} if geo.streaming else {}),
+            **({Space.MOMENTUM: (hosts["m"], True)} if "m" in hosts else {}),
+            **({Space.LOSSES: (hosts["r"], False)} if "r" in hosts else {}),
         })
         return m
 
@@ -182,6 +194,18 @@ class Accelerator(wiring.Component):
         """The datapath units, as submodules (the sequencer's pass tag carries the
         correlation walker's job fields)."""
         geo = self.geometry
+        if not self.training:
+            # no correlation jobs: the pass tag carries only what the sequencer itself reads
+            job_layout = data.StructLayout({"dc": signed(DC_BITS), "final": 1})
+            tag_layout = Sequencer.tag_layout(geo, job_layout)
+            m.submodules.engine = eng = ForwardEngine(geo, tag_layout)
+            m.submodules.writer = writer = OutputWriter(geo)
+            # LossUnit.result_layout, for the sequencer's (here idle) loss input
+            loss_layout = data.StructLayout({"loss": geo.loss_bits, "dc": signed(DC_BITS),
+                                             "baseline": 1, "tag": tag_layout})
+            m.submodules.seq = seq = Sequencer(geo, eng.cmd_layout, loss_layout, job_layout,
+                                               overlap=self.overlap)
+            return _Units(fe=None, eng=eng, loss=None, corr=None, upd=None, writer=writer, seq=seq)
         m.submodules.frontend = fe = CorrelationWalker(geo)
         tag_layout = Sequencer.tag_layout(geo, fe.job_layout)
         m.submodules.engine = eng = ForwardEngine(geo, tag_layout)
@@ -194,20 +218,23 @@ class Accelerator(wiring.Component):
                                            fe.job_layout, overlap=self.overlap)
         return _Units(fe=fe, eng=eng, loss=loss, corr=corr, upd=upd, writer=writer, seq=seq)
 
-    def _memories(self, m: Module, fe: CorrelationWalker) -> _Memories:
-        """The memories, as submodules: weights, G, momentum (with momentum), samples,
-        labels, outputs and the sign memory (when the correlation reads signs)."""
+    def _memories(self, m: Module, fe: CorrelationWalker | None) -> _Memories:
+        """The memories, as submodules: weights, G (training), momentum (training with
+        momentum), samples, labels, outputs and the sign memory (when the correlation reads
+        signs)."""
         geo, lanes = self.geometry, self.geometry.lanes
         wshape, gshape = signed(geo.weight_bits), signed(geo.grad_bits)
         m.submodules.weights = wmem = LaneMemory(lanes, geo.weight_depth, wshape)
-        m.submodules.grads = gmem = LaneMemory(lanes, geo.weight_depth, gshape)
-        mmem = signs = None
-        if geo.momentum:
+        gmem = mmem = signs = None
+        if self.training:
+            m.submodules.grads = gmem = LaneMemory(lanes, geo.weight_depth, gshape)
+        if self.training and geo.momentum:
             m.submodules.momentum = mmem = LaneMemory(lanes, geo.weight_depth, gshape)
-        m.submodules.samples = smem = SampleMemory(geo.sample_bus_words, second_read=fe.uses_samples)
+        m.submodules.samples = smem = SampleMemory(geo.sample_bus_words,
+                                                   second_read=fe is not None and fe.uses_samples)
         m.submodules.labels = lmem = MemoryBlock(geo.sample_depth, geo.label_bits, block_ram=True)
         m.submodules.outputs = omem = MemoryBlock(geo.output_words, signed(8))
-        if fe.uses_signs:
+        if fe is not None and fe.uses_signs:
             m.submodules.signs = signs = SignMemory(lanes, geo.rows, geo.row_bits)
         record = None
         if geo.streaming:
@@ -218,6 +245,9 @@ class Accelerator(wiring.Component):
     def _connect_datapath(self, m: Module, u: _Units, mems: _Memories) -> None:
         """The streams and read ports between the units, and the sequencer's status inputs."""
         geo, fe, eng, seq = self.geometry, u.fe, u.eng, u.seq
+        if fe is None:
+            self._connect_inference(m, u)
+            return
         wiring.connect(m, seq.fwd_cmd, eng.cmd)
         wiring.connect(m, seq.key_req, eng.key_req)
         wiring.connect(m, eng.key, seq.key)
@@ -244,12 +274,48 @@ class Accelerator(wiring.Component):
             seq.out_done.eq(u.writer.done),
         ]
 
+    def _connect_inference(self, m: Module, u: _Units) -> None:
+        """The inference-only datapath: the sequencer's pass commands to the engine as
+        baseline passes (constant: the perturbation logic behind them folds away), no
+        pass keys, nothing from a loss unit or correlation."""
+        eng, seq = u.eng, u.seq
+        m.d.comb += [
+            eng.cmd.valid.eq(seq.fwd_cmd.valid),
+            eng.cmd.payload.eq(seq.fwd_cmd.payload),
+            eng.cmd.payload.perturb.eq(0),
+            eng.cmd.payload.negate.eq(0),
+            seq.fwd_cmd.ready.eq(eng.cmd.ready),
+            eng.key_req.valid.eq(0),
+            eng.key.ready.eq(0),
+            seq.key.valid.eq(0),
+            seq.loss.valid.eq(0),
+            seq.corr_cmd.ready.eq(0),
+            eng.act_read.addr.eq(0),
+            seq.corr_busy.eq(0),
+            seq.corr_done.eq(0),
+            seq.upd_busy.eq(0),
+            seq.out_done.eq(u.writer.done),
+        ]
+        if self.geometry.factor_bits:
+            m.d.comb += eng.factor_read.addr.eq(0)
+
     def _route_results(self, m: Module, u: _Units) -> None:
         """Forward results: output-layer groups to the loss unit (training) or the output
         writer (inference); hidden-layer groups are only written to the activation memory."""
         loss, writer, seq = u.loss, u.writer, u.seq
         res = u.eng.result
         is_out = res.payload.layer == self.geometry.n_layers - 1
+        if loss is None:  # inference only: every run is an inference run
+            m.d.comb += [
+                writer.i.valid.eq(res.valid & is_out),
+                writer.i.payload.y.eq(res.payload.y),
+                writer.i.payload.mask.eq(res.payload.mask),
+                writer.i.payload.group.eq(res.payload.group),
+                writer.i.payload.last.eq(res.payload.last),
+                writer.start.eq(seq.infer),
+                res.ready.eq(~is_out | writer.i.ready),
+            ]
+            return
         to_loss = ~seq.inference & is_out
         to_writer = seq.inference & is_out
         rtag = res.payload.tag
@@ -289,13 +355,17 @@ class Accelerator(wiring.Component):
         host_s = PortSignature(mems.smem.addr_width, 32).create(path=("host_s",))
         host_l = PortSignature(mems.lmem.addr_width, geo.label_bits).create(path=("host_l",))
         host_o = PortSignature(mems.omem.addr_width, signed(8)).create(path=("host_o",))
-        hosts = {"w": host_w, "g": host_g, "s": host_s, "l": host_l, "o": host_o}
-        mux_ports(m, mems.wmem.port, [(upd.busy, upd.weights), (running, eng.weights), (None, host_w)])
-        mux_ports(m, mems.gmem.port, [(upd.owns_grads, upd.grads), (running, u.corr.grads),
-                                      (None, host_g)])
-        if geo.momentum:
-            hosts["m"] = host_m = LanePortSignature(lanes, geo.row_bits, gshape).create(path=("host_m",))
-            mux_ports(m, mems.mmem.port, [(running, upd.momentum), (None, host_m)])
+        hosts = {"w": host_w, "s": host_s, "l": host_l, "o": host_o}
+        if upd is None:  # inference only: the engine reads the weights, the host the rest
+            mux_ports(m, mems.wmem.port, [(running, eng.weights), (None, host_w)])
+        else:
+            hosts["g"] = host_g
+            mux_ports(m, mems.wmem.port, [(upd.busy, upd.weights), (running, eng.weights), (None, host_w)])
+            mux_ports(m, mems.gmem.port, [(upd.owns_grads, upd.grads), (running, u.corr.grads),
+                                          (None, host_g)])
+            if geo.momentum:
+                hosts["m"] = host_m = LanePortSignature(lanes, geo.row_bits, gshape).create(path=("host_m",))
+                mux_ports(m, mems.mmem.port, [(running, upd.momentum), (None, host_m)])
         wiring.connect(m, host_s, mems.smem.host)
         m.d.comb += [
             mems.smem.host_owns.eq(~running),
@@ -323,8 +393,8 @@ class Accelerator(wiring.Component):
         mux_ports(m, mems.omem.port, [(running, u.writer.mem), (None, host_o)])
         return hosts
 
-    def _registers(self, m: Module, seq: Sequencer, eng: ForwardEngine, loss: LossUnit,
-                   upd: UpdateUnit) -> RegisterFile:
+    def _registers(self, m: Module, seq: Sequencer, eng: ForwardEngine, loss: LossUnit | None,
+                   upd: UpdateUnit | None) -> RegisterFile:
         """The register file, the counters and the commands."""
         cfg, geo = self.cfg, self.geometry
         m.submodules.regs = regs = RegisterFile(cfg, config_resets=self.config_resets)
@@ -334,30 +404,33 @@ class Accelerator(wiring.Component):
         mac_busy = Signal(COUNTER_BITS)
         stalls = Signal(32)
         steps_done = Signal(32)
+        # (inference only: the run registers, the step counters and the loss are absent,
+        # and the sequencer's training inputs keep their constant resets)
+        training = self.training
         m.d.comb += [
             regs.locked.eq(running),
-            seq.steps.eq(regs.steps),
-            eng.seed.eq(regs.seed),
-            seq.copies.eq(regs.copies),
-            seq.step_samples.eq(regs.step_samples),
-            seq.sample_count.eq(regs.sample_count),
+            *([seq.steps.eq(regs.steps),
+               eng.seed.eq(regs.seed),
+               seq.copies.eq(regs.copies),
+               seq.step_samples.eq(regs.step_samples),
+               seq.sample_count.eq(regs.sample_count)] if training else []),
             seq.infer_count.eq(regs.infer_count),
-            eng.delta.eq(regs.delta),
-            loss.target_on.eq(regs.target_on),
-            upd.lr_mult.eq(regs.lr_mult),
+            *([eng.delta.eq(regs.delta),
+               loss.target_on.eq(regs.target_on),
+               upd.lr_mult.eq(regs.lr_mult)] if training else []),
             self.busy.eq(running),
             regs.status.eq(Cat(running, done, seq.inference)),
-            regs.step.eq(seq.step),
-            regs.cursor.eq(seq.cursor),
-            seq.step_set.eq(regs.step_set),
-            seq.step_value.eq(regs.wdata),
-            seq.cursor_set.eq(regs.cursor_set),
-            seq.cursor_value.eq(regs.wdata),
+            *([regs.step.eq(seq.step),
+               regs.cursor.eq(seq.cursor),
+               seq.step_set.eq(regs.step_set),
+               seq.step_value.eq(regs.wdata),
+               seq.cursor_set.eq(regs.cursor_set),
+               seq.cursor_value.eq(regs.wdata)] if training else []),
             regs.cycles.eq(cycles),
             regs.mac_busy.eq(mac_busy),
             regs.stalls.eq(stalls),
-            regs.steps_done.eq(steps_done),
-            regs.last_loss.eq(seq.last_loss),
+            *([regs.steps_done.eq(steps_done),
+               regs.last_loss.eq(seq.last_loss)] if training else []),
         ]
         if geo.streaming:
             m.d.comb += [regs.fill.eq(seq.fill), seq.fill_set.eq(regs.fill_set), seq.fill_value.eq(regs.wdata),
@@ -368,7 +441,7 @@ class Accelerator(wiring.Component):
             for name in ("sigma", "node_delta"):
                 if hasattr(regs, name):
                     m.d.comb += getattr(eng, name).eq(getattr(regs, name))
-        if geo.projection:
+        if geo.projection and training:
             m.d.comb += eng.target_on.eq(regs.target_on)
         with m.If(running & ~seq.waiting):  # (a TRAIN_STREAM run waiting for the host is not busy)
             m.d.sync += cycles.eq(cycles + 1)
@@ -383,8 +456,9 @@ class Accelerator(wiring.Component):
         # commands: only ABORT is accepted while one runs
         idle = ~running
         with m.If(regs.command), m.Switch(regs.wdata):
-            with m.Case(Command.TRAIN):
-                ok = idle & (regs.sample_count != 0) & (seq.cursor < regs.sample_count)
+            with m.Case(Command.TRAIN):  # (refused by an inference-only build)
+                ok = (idle & (regs.sample_count != 0) & (seq.cursor < regs.sample_count)
+                      if training else Const(0, 1))
                 m.d.comb += [regs.command_ok.eq(ok), seq.train.eq(ok)]
                 with m.If(ok):
                     m.d.sync += done.eq(0)

@@ -164,7 +164,7 @@ class Geometry:
         #: 32-bit words of the sample buffer on the host bus (four INT8 each)
         self.sample_bus_words = self.sample_words // SAMPLES_PER_WORD
         #: the loss record and refill while training (``hardware.streaming``)
-        self.streaming = hw.streaming
+        self.streaming = hw.streaming and hw.training  # an inference-only build runs no steps
         #: entries of the loss record: step ``k``'s loss is word ``k % loss_depth``
         self.loss_depth = LOSS_DEPTH if hw.streaming else 0
         #: activation/factor memory address: ``{bank (2 bits), word}``
@@ -276,6 +276,8 @@ def generation_parameters(cfg: Config) -> dict:
         "weight_depth": cfg.hardware.weight_depth,
         "sample_depth": cfg.hardware.sample_depth,
         "streaming": cfg.hardware.streaming,
+        # only when false: the training builds keep the hashes they had before the option
+        **({} if cfg.hardware.training else {"training": False}),
     }
 
 

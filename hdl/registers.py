@@ -58,15 +58,20 @@ def _always(cfg: Config) -> bool:
     return True
 
 
+def _training(cfg: Config) -> bool:
+    """training builds (`hardware.training`)"""
+    return cfg.hardware.training
+
+
 def _wide(cfg: Config) -> bool:
-    """`numerics.grad_bits` > 32"""
-    return cfg.numerics.grad_bits > 32
+    """training builds with `numerics.grad_bits` > 32"""
+    return cfg.hardware.training and cfg.numerics.grad_bits > 32
 
 
 def _has_rule(rule: Rule) -> Callable[[Config], bool]:
     def present(cfg: Config) -> bool:
-        return rule in cfg.layer_rules()
-    present.__doc__ = f"a layer uses `{rule.value}`"
+        return cfg.hardware.training and rule in cfg.layer_rules()
+    present.__doc__ = f"training builds in which a layer uses `{rule.value}`"
     return present
 
 
@@ -75,8 +80,8 @@ def _sample_depth(cfg: Config) -> int:
 
 
 def _streaming(cfg: Config) -> bool:
-    """`hardware.streaming`"""
-    return cfg.hardware.streaming
+    """training builds with `hardware.streaming`"""
+    return cfg.hardware.streaming and cfg.hardware.training
 
 
 def _depth_bits(cfg: Config) -> int:
@@ -145,28 +150,28 @@ REGISTERS: tuple[RegisterSpec, ...] = (
     RegisterSpec("COMMAND", 0x03, Access.WO,
                  "1 TRAIN, 2 INFER, 3 CLEAR_COUNTERS (refused while busy); 4 ABORT (always accepted)"),
     RegisterSpec("STEPS", 0x04, Access.RW, "training steps (updates) the next TRAIN runs",
-                 config="training.steps", bounds=_U32, source="steps"),
+                 config="training.steps", bounds=_U32, source="steps", present=_training),
     RegisterSpec("STEP", 0x05, Access.RW, "the step counter k that positions the random sources",
-                 bounds=_U32, source="step", outside=True),
+                 bounds=_U32, source="step", outside=True, present=_training),
     RegisterSpec("SEED", 0x06, Access.RW, "seed of the on-chip random sources", config="seed",
-                 source="seed"),
+                 source="seed", present=_training),
     RegisterSpec("LR_MULT", 0x07, Access.RW, "learning-rate numerator", width=8, config="rule.lr_mult",
-                 source="lr_mult"),
+                 source="lr_mult", present=_training),
     RegisterSpec("DELTA", 0x08, Access.RW, "MGD weight perturbation amplitude", width=7,
-                 config="rule.delta", source="delta"),
+                 config="rule.delta", source="delta", present=_training),
     RegisterSpec("SIGMA", 0x09, Access.RW, "ALR noise scale (only with an ALR layer)", width=12,
                  config="rule.sigma", present=_has_rule(Rule.ALR), source="sigma"),
     RegisterSpec("COPIES", 0x0A, Access.RW, "perturbed passes per sample", width=9,
-                 config="rule.copies", source="copies"),
+                 config="rule.copies", source="copies", present=_training),
     RegisterSpec("STEP_SAMPLES", 0x0B, Access.RW, "samples per update, tau_theta * batch", width=25,
                  reset=_step_samples, bounds=(1, STEP_SAMPLES_MAX),
-                 source="step_samples"),
+                 source="step_samples", present=_training),
     RegisterSpec("TARGET_ON", 0x0C, Access.RW, "one-hot target value of the label's output", width=7,
-                 config="rule.target_on", source="target_on"),
+                 config="rule.target_on", source="target_on", present=_training),
     RegisterSpec("SAMPLE_COUNT", 0x0D, Access.RW, "samples loaded; the cursor wraps here", width=_depth_bits,
-                 bounds=_sample_count_bounds, source="sample_count"),
+                 bounds=_sample_count_bounds, source="sample_count", present=_training),
     RegisterSpec("SAMPLE_CURSOR", 0x0E, Access.RW, "next sample a training step takes",
-                 bounds=_cursor_bounds, source="cursor", outside=True),
+                 bounds=_cursor_bounds, source="cursor", outside=True, present=_training),
     RegisterSpec("INFER_COUNT", 0x0F, Access.RW, "samples 0 .. INFER_COUNT - 1 that INFER runs",
                  width=_depth_bits, bounds=_infer_count_bounds, source="infer_count"),
     RegisterSpec("CYCLES_LO", 0x10, Access.RO,
@@ -174,13 +179,13 @@ REGISTERS: tuple[RegisterSpec, ...] = (
                  width=COUNTER_BITS, source="cycles", high="CYCLES_HI"),
     RegisterSpec("CYCLES_HI", 0x11, Access.RO, "busy clock cycles, high word as latched"),
     RegisterSpec("STEPS_DONE", 0x12, Access.RO, "updates since the counters were cleared",
-                 source="steps_done"),
+                 source="steps_done", present=_training),
     RegisterSpec("STALLS", 0x13, Access.RO, "cycles the forward pipe held work", source="stalls"),
     RegisterSpec("MAC_BUSY_LO", 0x14, Access.RO, "cycles the MACs worked, low word (latches MAC_BUSY_HI)",
                  width=COUNTER_BITS, source="mac_busy", high="MAC_BUSY_HI"),
     RegisterSpec("MAC_BUSY_HI", 0x15, Access.RO, "cycles the MACs worked, high word as latched"),
     RegisterSpec("LAST_LOSS", 0x16, Access.RO, "sum of the baseline losses of the last step",
-                 source="last_loss"),
+                 source="last_loss", present=_training),
     RegisterSpec("READ_HIGH", 0x17, Access.RO, "bits 32.. of the last memory word read (grad_bits > 32)",
                  present=_wide, source="read_high"),
     RegisterSpec("WRITE_HIGH", 0x18, Access.RW, "bits 32.. of the next memory word written (grad_bits > 32)",
@@ -295,7 +300,10 @@ def absent_registers(cfg: Config) -> frozenset[Reg]:
 
     ``READ_HIGH`` and ``WRITE_HIGH`` carry the upper bits of words wider than 32 bits, so
     they exist only with ``grad_bits > 32``; ``SIGMA`` and ``NODE_DELTA`` only when a layer
-    uses ALR or MGD node perturbation.  Every register costs flip-flops and a way of the
+    uses ALR or MGD node perturbation.  An inference-only build (``hardware.training:
+    false``) leaves out every register only training reads: the run parameters (steps,
+    seed, rates, copies, the sample count and cursor) and the step counters and loss.
+    Every register costs flip-flops and a way of the
     read multiplexer: on an iCE40UP5K these four were about 100 logic cells.
     """
     return frozenset(Reg[spec.name] for spec in REGISTERS if not spec.present(cfg))

@@ -112,11 +112,13 @@ class AcceleratorBackend:
             print("perturbo: note: the accelerator was still running a command from an earlier "
                   "session; aborted it", file=sys.stderr)
             self._abort(timeout=60 + 0.5 * self.samples_per_step)
+        #: the accelerator trains (False: an inference-only build, ``hardware.training: false``)
+        self.training = cfg.hardware.training
         # every register that carries a configuration value, from the one register map
-        self._write_regs({**config_values(cfg), Reg.STEP: 0})
+        self._write_regs({**config_values(cfg), **({Reg.STEP: 0} if self.training else {})})
         self._lr_mult = rule.lr_mult
         self._write_matrices(Space.WEIGHTS, weights if weights is not None else init_weights(cfg))
-        if self.geo.momentum:
+        if self.geo.momentum and self.training:
             self._write_matrices(Space.MOMENTUM, [torch.zeros(lay.n_out, lay.cols, dtype=torch.int64)
                                                   for lay in self.geo.layers])
         #: ``SAMPLE_FILL`` writes of streamed runs (each after one ``STEP`` read)
@@ -217,6 +219,7 @@ class AcceleratorBackend:
 
     @lr_mult.setter
     def lr_mult(self, value: int) -> None:
+        self._refuse_training("set the learning rate")
         self.link.write_word(Space.REGS, Reg.LR_MULT, int(value))
         self._lr_mult = int(value)
 
@@ -227,6 +230,7 @@ class AcceleratorBackend:
         what the golden model's ``train_step`` returns), fed as :attr:`refill` says
         (:data:`REFILL_MODES`).
         """
+        self._refuse_training("TRAIN")
         s = self.samples_per_step
         if x.shape[0] != steps * s:
             raise ValueError(f"{steps} steps take {steps * s} samples, got {x.shape[0]}")
@@ -325,6 +329,14 @@ class AcceleratorBackend:
             raise
         return sums
 
+    def _refuse_training(self, what: str) -> None:
+        """Raise :class:`AcceleratorError` on an inference-only build."""
+        if not self.training:
+            raise AcceleratorError(
+                f"cannot {what}: {self.cfg.name} was generated inference-only (hardware.training: "
+                f"false), without the loss, correlation and update units; train it on a build with "
+                f"hardware.training: true (the default), or with --backend golden")
+
     def _before_step(self, step: int) -> None:
         """Called before step ``step`` (1-based) is sent; a subclass may act on it."""
 
@@ -363,17 +375,18 @@ class AcceleratorBackend:
         return {
             "kind": "integer",
             "weights": self._read_matrices(Space.WEIGHTS),
-            "momentum": self._read_matrices(Space.MOMENTUM) if self.geo.momentum else None,
-            "step": self.link.read_word(Space.REGS, Reg.STEP),
+            "momentum": self._read_matrices(Space.MOMENTUM) if self.geo.momentum and self.training else None,
+            "step": self.link.read_word(Space.REGS, Reg.STEP) if self.training else self.step,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("kind") != "integer":
             raise ValueError("not an integer-model state")
         self._write_matrices(Space.WEIGHTS, state["weights"])
-        if self.geo.momentum and state.get("momentum") is not None:
+        if self.geo.momentum and self.training and state.get("momentum") is not None:
             self._write_matrices(Space.MOMENTUM, state["momentum"])
-        self.link.write_word(Space.REGS, Reg.STEP, int(state["step"]))
+        if self.training:
+            self.link.write_word(Space.REGS, Reg.STEP, int(state["step"]))
         self.step = int(state["step"])
 
     def close(self) -> None:

@@ -505,7 +505,8 @@ def _cmd_plot(args: argparse.Namespace) -> int:
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
-    """Build for a board; exit 0 if the design fits, 1 if it does not fit or the build failed."""
+    """Build for a board; exit 0 if the design fits and meets its clock, 1 if it does not fit,
+    misses timing (Fmax below ``hardware.clock_mhz``) or the build failed."""
     cfg = load_config(args.config)
     check_fits_target(cfg, str(args.config))
     from perturbo.boards.build import ToolchainError, build
@@ -516,7 +517,9 @@ def _cmd_synth(args: argparse.Namespace) -> int:
         print(f"perturbo: error: {err}", file=sys.stderr)
         return EXIT_USER_ERROR
     print(f"report: {Path(report.build_dir) / 'report.json'}")
-    return 0 if report.fits else 1
+    if report.status == "fails-timing":
+        print(f"perturbo: {report.message}", file=sys.stderr)
+    return 0 if report.status == "ok" else 1
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:

@@ -287,7 +287,13 @@ class HardwareConfig(_Strict):
         "(TRAIN_STREAM, docs/protocol.md): two block RAMs and some logic, which the iCEBreaker "
         "builds have no room for",
     )
-    clock_mhz: float = Field(12.0, gt=0.0, description="board clock the UART divisor is computed from")
+    clock_mhz: float | None = Field(
+        None,
+        gt=0.0,
+        description="clock a board build runs the accelerator at, made by the board's PLL when it "
+        "differs from the oscillator (only frequencies the PLL can make; docs/boards.md, 'Clock'); "
+        "default: the board's oscillator. The UART divisor and nextpnr's constraint follow it",
+    )
     hash_stages_per_register: Literal[1, 2, 3, 6] = Field(
         2,
         description="stages of the six-stage mix32 hash between two pipeline registers: 6 (one "
@@ -295,6 +301,12 @@ class HardwareConfig(_Strict):
         "2 keeps the hash off the critical path above 50 MHz on ECP5",
     )
     baud: int = Field(115200, gt=0)
+    training: bool = Field(
+        True,
+        description="generate the training accelerator; false: inference only (the forward engine, "
+        "output writer, registers and host link without the perturbation sources, loss, correlation, "
+        "update, G and momentum memories), which refuses TRAIN: the cost of learning in docs/boards.md",
+    )
 
 
 class Config(_Strict):

