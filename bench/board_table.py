@@ -15,9 +15,10 @@ only reads the reports) and prints one Markdown table:
 
 Each row: LUT4 (the iCE40's logic cells, with its LUT4 count from synthesis), flip-flops,
 DSPs, block RAM, SPRAM, Fmax against the clock the build runs at, the critical path, and
-the cycles per training step with the samples per second they give at Fmax.  The cycles come
-from the cycle model (:func:`cycles_per_step`); until ``perturbo/estimate.py`` provides
-one the column says "n/a".
+the cycles per training step (a one-step ``TRAIN``, from the cycle model
+:mod:`perturbo.estimate`, which equals the accelerator's counters), the samples per second
+they give at Fmax, and the lane multiply-accumulates per second as a share of the device's
+peak (:data:`PEAK_MACS`).
 
 Usage::
 
@@ -32,13 +33,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from perturbo.boards import SynthReport, build
 from perturbo.boards.build import find_cached
 from perturbo.config import Config, load_config, parse_config
+from perturbo.estimate import estimate
 
 REPO = Path(__file__).resolve().parent.parent
 DIGITS = REPO / "examples" / "digits-mgd-weight.yaml"
@@ -51,18 +52,10 @@ def variant(cfg: Config, **hardware: object) -> Config:
                          "hardware": {**cfg.hardware.model_dump(mode="json"), **hardware}})
 
 
-def cycles_per_step(cfg: Config) -> int | None:
-    """Cycles per training step of ``cfg`` from the cycle model, or None without one.
-
-    The cycle model is ``perturbo.estimate.cycles_per_step(cfg)`` (another change writes
-    ``perturbo/estimate.py``); nothing here guesses the figure.
-    """
-    try:
-        from perturbo import estimate  # type: ignore[attr-defined]
-    except ImportError:
-        return None
-    model: Callable[[Config], int] | None = getattr(estimate, "cycles_per_step", None)
-    return None if model is None else int(model(cfg))
+#: Peak INT8 multiply-accumulates per second of each board's FPGA (../shared/TOOLCHAIN.md: its
+#: multipliers at the Fmax a bare MAC array reaches there): iCE40UP5K 8 DSP x 49 MHz, ECP5-85F
+#: 156 multipliers x 110 MHz, ECP5-25F 28 x 110 MHz.
+PEAK_MACS = {"icebreaker": 8 * 49e6, "ulx3s-85f": 156 * 110e6, "orangecrab": 28 * 110e6}
 
 
 @dataclass
@@ -117,17 +110,19 @@ def _logic(report: SynthReport) -> str:
 def markdown(table: list[Row]) -> str:
     """The table, and the learning overhead of the 8-lane ULX3S build."""
     head = ("| board | build | result | LUT4 | FF | DSP | block RAM | SPRAM | Fmax (clock) | critical path "
-            "| cycles/step | samples/s at Fmax |")
-    lines = [head, "| " + " | ".join(["---"] * 12) + " |"]
+            "| cycles/step | samples/s at Fmax | lane-MAC/s at Fmax (of the device's peak) |")
+    lines = [head, "| " + " | ".join(["---"] * 13) + " |"]
     for row in table:
         r = row.report
         if r is None:
-            lines.append(f"| {row.board} | {row.label} | not run | | | | | | | | | |")
+            lines.append(f"| {row.board} | {row.label} | not run | | | | | | | | | | |")
             continue
         fmax = r.fmax_mhz
-        cycles = cycles_per_step(row.cfg) if row.cfg.hardware.training else None
-        samples = (f"{fmax * 1e6 / cycles * row.cfg.rule.tau_theta * row.cfg.rule.batch:,.0f}".replace(",", " ")
-                   if cycles and fmax else "n/a")
+        est = estimate(row.cfg, fmax) if row.cfg.hardware.training and fmax else None
+        cycles = est.cycles_per_step if est else None
+        samples = f"{est.samples_per_second:,.0f}".replace(",", " ") if est else "n/a"
+        macs = (f"{est.macs_per_second / 1e9:.2f} G ({est.macs_per_second / PEAK_MACS[row.board]:.1%})"
+                if est else "n/a")
         result = {"ok": "fits, meets clock", "fails-timing": "FAILS TIMING",
                   "does-not-fit": "does not fit", "failed": "failed"}.get(r.status, r.status)
         ff = _ff(r)
@@ -135,7 +130,7 @@ def markdown(table: list[Row]) -> str:
         lines.append(
             f"| {row.board} | {row.label} | {result} | {_logic(r)} | {ff if ff is not None else '–'} "
             f"| {_used(r, 'dsp')} | {_used(r, 'bram')} | {_used(r, 'spram')} | {clock} "
-            f"| {r.critical_path or '–'} | {cycles if cycles else 'n/a'} | {samples} |")
+            f"| {r.critical_path or '–'} | {cycles if cycles else 'n/a'} | {samples} | {macs} |")
     lines.append("")
     train = next((row.report for row in table if row.board == "ulx3s-85f" and row.label == "8 lanes"), None)
     infer = next((row.report for row in table if "inference" in row.label), None)

@@ -26,6 +26,7 @@ import pytest
 import yaml
 
 from perturbo.config import Config, load_config, parse_config
+from perturbo.estimate import estimate
 
 pytest.importorskip("amaranth_boards")
 
@@ -418,9 +419,9 @@ def _board_table():
     return module
 
 
-def test_board_table_overhead_and_missing_rows(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_board_table_overhead_and_missing_rows() -> None:
     """The learning overhead is the training build's use over the inference build's; rows
-    not built say so; without a cycle model the cycle columns say n/a."""
+    not built say so; the cycle columns are the cycle model's at the build's Fmax."""
     table = _board_table()
 
     def report(logic: int, ff: int, dsp: int, bram: int, fmax: float) -> SynthReport:
@@ -434,11 +435,13 @@ def test_board_table_overhead_and_missing_rows(monkeypatch: pytest.MonkeyPatch) 
     assert "| LUT4 | 4000 | 15000 | +275% |" in text and "| DSP | 8 | 25 | +212% |" in text
     assert "| Fmax (MHz) | 58.0 | 53.0 | -9% |" in text
     assert table.overhead(None, report(1, 1, 1, 1, 1.0)).endswith("not run.")
-    monkeypatch.setattr(table, "cycles_per_step", lambda cfg: None)
     rows = table.rows([8], None)
     assert [r.cfg.hardware.lanes for r in rows] == [8, 1, 8] and not rows[-1].cfg.hardware.training
     rows[0].report = report(15_000, 7_000, 25, 56, 53.0)
     out = table.markdown(rows)
     assert "| ulx3s-85f | 8 lanes | fits, meets clock | 15 000 (18%) | 7000 | 25/156 | 56/208 |" in out
-    assert "| 53.0 MHz (50) | a -> b: 18.0 ns, 20 steps | n/a | n/a |" in out
+    est = estimate(rows[0].cfg, 53.0)
+    samples = f"{est.samples_per_second:,.0f}".replace(",", " ")
+    macs = f"{est.macs_per_second / 1e9:.2f} G ({est.macs_per_second / (156 * 110e6):.1%})"
+    assert f"| 53.0 MHz (50) | a -> b: 18.0 ns, 20 steps | {est.cycles_per_step} | {samples} | {macs} |" in out
     assert "| icebreaker | 1 lane(s) | not run |" in out and "Cost of learning (8 lanes, ULX3S-85F): not run." in out
