@@ -161,7 +161,7 @@ def _parser() -> argparse.ArgumentParser:
                                          "memory use of the accelerator, from the configuration alone")
     es.add_argument("config", type=Path, metavar="CONFIG")
     es.add_argument("--fmax-mhz", type=float, metavar="F",
-                    help="the clock the rates are given at (default: hardware.clock_mhz)")
+                    help="the clock the rates are given at (default: hardware.clock_mhz, else 12 MHz)")
     es.add_argument("--json", action="store_true", help="print the estimate as JSON")
 
     sy = sub.add_parser("synth", help="build the accelerator for an FPGA board; report its use and Fmax")

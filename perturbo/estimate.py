@@ -60,6 +60,12 @@ DP16KD_BITS = 18432
 SPRAM_BITS = 262144
 
 
+#: The clock rates are given at when the configuration names none (``hardware.clock_mhz``
+#: unset: a board build runs at the board's oscillator): the iCEBreaker's 12 MHz, the
+#: slowest clock perturbo builds for.
+DEFAULT_CLOCK_MHZ = 12.0
+
+
 def _bits(n: int) -> int:
     """Cycles the serial multiplier is busy for a second operand ``n``: one per bit."""
     return max(0, int(n)).bit_length()
@@ -583,7 +589,7 @@ class Estimate:
 def estimate(cfg: Config, fmax_mhz: float | None = None) -> Estimate:
     """Predict the cycles, rates and memories of the accelerator generated from ``cfg``.
 
-    ``fmax_mhz`` defaults to ``hardware.clock_mhz``.  The cycles per step are those of a
+    ``fmax_mhz`` defaults to ``hardware.clock_mhz``, else :data:`DEFAULT_CLOCK_MHZ`.  The cycles per step are those of a
     step whose counter ``k`` is 1 (``MUL_E`` costs one cycle per bit of ``k``: a step
     late in a run costs up to 32 cycles more; :func:`step_timing` takes ``k``).
     """
@@ -593,7 +599,7 @@ def estimate(cfg: Config, fmax_mhz: float | None = None) -> Estimate:
     check_supported(cfg)
     geo = Geometry(cfg)
     if fmax_mhz is None:
-        fmax_mhz = cfg.hardware.clock_mhz
+        fmax_mhz = cfg.hardware.clock_mhz or DEFAULT_CLOCK_MHZ
     if not fmax_mhz > 0:
         raise ValueError(f"the clock must be a positive frequency in MHz, not {fmax_mhz!r}")
     step = step_timing(cfg, 1)

@@ -24,6 +24,7 @@ from hdl_configs import CONFIGS, RULE_CONFIGS, VERIFY_CONFIGS
 from perturbo.cli import main
 from perturbo.config import Config, load_config
 from perturbo.estimate import (
+    DEFAULT_CLOCK_MHZ,
     DP16KD_SHAPES,
     EBR_SHAPES,
     Schedule,
@@ -157,7 +158,10 @@ def test_cli_text_and_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["estimate", str(path), "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["cycles_per_step"] == cycles
-    assert data["fmax_mhz"] == load_config(path).hardware.clock_mhz
+    assert data["fmax_mhz"] == load_config(path).hardware.clock_mhz == 50  # the example's PLL clock
+    no_clock = EXAMPLES / "digits-drtp.yaml"  # no clock_mhz: the rates at DEFAULT_CLOCK_MHZ
+    assert main(["estimate", str(no_clock), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["fmax_mhz"] == DEFAULT_CLOCK_MHZ
     assert data["samples_per_second"] == pytest.approx(data["fmax_mhz"] * 1e6 / cycles * 16)
 
 
