@@ -305,35 +305,24 @@ class Accelerator(wiring.Component):
         loss, writer, seq = u.loss, u.writer, u.seq
         res = u.eng.result
         is_out = res.payload.layer == self.geometry.n_layers - 1
+
+        def take_group(stream: wiring.PureInterface) -> list:
+            return [getattr(stream.payload, f).eq(getattr(res.payload, f)) for f in ("y", "mask", "group", "last")]
+
+        m.d.comb += [*take_group(writer.i), writer.start.eq(seq.infer)]
         if loss is None:  # inference only: every run is an inference run
-            m.d.comb += [
-                writer.i.valid.eq(res.valid & is_out),
-                writer.i.payload.y.eq(res.payload.y),
-                writer.i.payload.mask.eq(res.payload.mask),
-                writer.i.payload.group.eq(res.payload.group),
-                writer.i.payload.last.eq(res.payload.last),
-                writer.start.eq(seq.infer),
-                res.ready.eq(~is_out | writer.i.ready),
-            ]
+            m.d.comb += [writer.i.valid.eq(res.valid & is_out), res.ready.eq(~is_out | writer.i.ready)]
             return
         to_loss = ~seq.inference & is_out
         to_writer = seq.inference & is_out
         rtag = res.payload.tag
         m.d.comb += [
+            *take_group(loss.i),
             loss.i.valid.eq(res.valid & to_loss),
-            loss.i.payload.y.eq(res.payload.y),
-            loss.i.payload.mask.eq(res.payload.mask),
-            loss.i.payload.group.eq(res.payload.group),
-            loss.i.payload.last.eq(res.payload.last),
             loss.i.payload.label.eq(rtag.label),
             loss.i.payload.baseline.eq(rtag.baseline),
             loss.i.payload.tag.eq(rtag),
             writer.i.valid.eq(res.valid & to_writer),
-            writer.i.payload.y.eq(res.payload.y),
-            writer.i.payload.mask.eq(res.payload.mask),
-            writer.i.payload.group.eq(res.payload.group),
-            writer.i.payload.last.eq(res.payload.last),
-            writer.start.eq(seq.infer),
             res.ready.eq(~is_out | (to_loss & loss.i.ready) | (to_writer & writer.i.ready)),
         ]
 
