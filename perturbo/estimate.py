@@ -387,7 +387,7 @@ def run_start_cycles(cfg: Config, step: int) -> int:
     pairs = (cfg.rule.copies + 1) >> 1
     cycles = (_bits(pairs) + 1  # MUL_SP: S * P (b = P)
               + _bits(step) + 1  # MUL_E: k * S * P (b = k)
-              + _bits(geo.n_inputs) + 1)  # MUL_S: cursor * n_inputs (b = n_inputs)
+              + _bits(geo.sample_stride) + 1)  # MUL_S: cursor * sample_stride (b = the padded sample)
     if geo.projection:
         # PROJECTION_KEY takes the request at once (the engine is idle), PROJECTION_KEY_WAIT
         cycles += schedule(cfg).key
