@@ -226,9 +226,9 @@ class CorrelationWalker(wiring.Component):
         self.factor_layout = factor_layout = geo.factor_layout()
         self.sample_addr_bits = sample_addr_bits = geo.sample_addr_bits
         self.layout = row_layout(geo.lanes, geo.row_bits, self.term_bits)
-        self.uses_signs = Rule.MGD_WEIGHT in rules
-        self.uses_acts = any(lay.rule != Rule.MGD_WEIGHT for lay in geo.layers[1:])
-        self.uses_samples = geo.layers[0].rule != Rule.MGD_WEIGHT
+        self.uses_signs = geo.walker_reads_signs
+        self.uses_acts = geo.walker_reads_acts
+        self.uses_samples = geo.walker_reads_samples
         # a job has only the fields this configuration's layers read: the pass tag carries
         # them through the forward engine's tag FIFO and the loss unit, where unread bits
         # would still cost flip-flops (Sequencer.tag_layout takes them from here)

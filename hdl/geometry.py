@@ -173,6 +173,12 @@ class Geometry:
         self.label_bits = max(1, (self.classes - 1).bit_length())
         self.loss_bits = (self.classes * 255 * 255).bit_length()  # unsigned, exact
         self.perturbed_layers = tuple(lay.index for lay in self.layers if lay.rule == Rule.MGD_WEIGHT)
+        #: what the correlation walker reads besides G (so which memories need a second port):
+        #: the sign memory (weight perturbation), the activations (a hidden layer's inputs, for
+        #: the other rules) and the samples (layer 0's inputs, for the other rules)
+        self.walker_reads_signs = bool(self.perturbed_layers)
+        self.walker_reads_acts = any(lay.rule != Rule.MGD_WEIGHT for lay in self.layers[1:])
+        self.walker_reads_samples = self.layers[0].rule != Rule.MGD_WEIGHT
         #: layers that take an injection in a perturbed pass (MGD node perturbation, ALR)
         self.inject_layers = tuple(lay.index for lay in self.layers
                                    if lay.rule in (Rule.MGD_NODE, Rule.ALR))

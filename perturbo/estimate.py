@@ -483,11 +483,9 @@ class MemoryUse:
 def memories(cfg: Config) -> list[MemoryUse]:
     """Every memory the accelerator generated from ``cfg`` holds (not the host link's FIFOs
     nor the forward engine's two-entry tag FIFO, which are registers)."""
-    from .hdl.correlation import CorrelationWalker
     from .hdl.geometry import Geometry
 
     geo = Geometry(cfg)
-    fe = CorrelationWalker(geo)
     lanes, depth = geo.lanes, geo.weight_depth
     act_depth = 1 << geo.act_addr_bits  # four banks of 2^act_bank_bits words
     out = [
@@ -497,9 +495,9 @@ def memories(cfg: Config) -> list[MemoryUse]:
     if geo.momentum:
         out.append(MemoryUse("momentum", depth, geo.grad_bits, lanes, "one memory per lane"))
     out += [
-        MemoryUse("samples", geo.sample_bus_words, 32, 2 if fe.uses_samples else 1,
+        MemoryUse("samples", geo.sample_bus_words, 32, 2 if geo.walker_reads_samples else 1,
                   "four INT8 a word" + ("; two read ports (forward engine, correlation walker)"
-                                        if fe.uses_samples else "")),
+                                        if geo.walker_reads_samples else "")),
         MemoryUse("labels", geo.sample_depth, geo.label_bits, 1),
         MemoryUse("outputs", geo.output_words, 8, 1, "inference scores"),
         MemoryUse("activations", act_depth, 8 * lanes, 2,
@@ -509,7 +507,7 @@ def memories(cfg: Config) -> list[MemoryUse]:
         out.append(MemoryUse("loss record", geo.loss_depth, 32, 1, "every step's loss (Space.LOSSES)"))
     if geo.factor_bits:
         out.append(MemoryUse("factors", act_depth, geo.factor_bits * lanes, 1, "4 banks"))
-    if fe.uses_signs:
+    if geo.walker_reads_signs:
         out.append(MemoryUse("signs", 2 * geo.rows, lanes, 1, "2 banks of the weight rows"))
     return out
 
