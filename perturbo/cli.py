@@ -29,8 +29,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import faulthandler
 import re
 import shlex
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -403,6 +405,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     if args.rx_fifo < 0:
         raise UsageError(f"--rx-fifo must be 0 or more bytes, not {args.rx_fifo}")
     check_accelerator(cfg)
+    # `kill -USR1` prints where every thread of a serve that does not stop is (a diagnosis aid)
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     sim = serial_cosim(cfg, divisor=args.divisor, rx_fifo_depth=args.rx_fifo)
     try:
         try:

@@ -18,6 +18,7 @@ import signal
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -139,7 +140,14 @@ def test_serve_command(cfg: Config, tmp_path: Path) -> None:
             assert link.read_word(Space.REGS, Reg.CONFIG_HASH) == config_hash(cfg)
             sent, received = link.stats.sent, link.stats.received
         process.send_signal(signal.SIGINT)
-        _, err = process.communicate(timeout=30)
+        try:
+            _, err = process.communicate(timeout=30)
+        except subprocess.TimeoutExpired:  # say where it hangs (serve dumps its threads on SIGUSR1)
+            process.send_signal(signal.SIGUSR1)
+            time.sleep(2)
+            process.kill()
+            _, err = process.communicate()
+            pytest.fail(f"perturbo serve did not stop within 30 s of Ctrl-C; its threads:\n{err}")
     finally:
         if process.poll() is None:
             process.kill()
