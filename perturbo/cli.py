@@ -407,6 +407,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     check_accelerator(cfg)
     # `kill -USR1` prints where every thread of a serve that does not stop is (a diagnosis aid)
     faulthandler.register(signal.SIGUSR1, all_threads=True)
+    # a process started with SIGINT ignored (a shell's background job; a pytest-xdist worker's
+    # child, where CI saw serve sleep through its Ctrl-C) would never stop on it otherwise
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     sim = serial_cosim(cfg, divisor=args.divisor, rx_fifo_depth=args.rx_fifo)
     try:
         try:
