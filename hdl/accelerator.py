@@ -224,7 +224,8 @@ class Accelerator(wiring.Component):
         signs)."""
         geo, lanes = self.geometry, self.geometry.lanes
         wshape, gshape = signed(geo.weight_bits), signed(geo.grad_bits)
-        m.submodules.weights = wmem = LaneMemory(lanes, geo.weight_depth, wshape)
+        m.submodules.weights = wmem = LaneMemory(lanes, geo.weight_depth, wshape,
+                                                 second_read=geo.overlap_update)
         gmem = mmem = signs = None
         if self.training:
             m.submodules.grads = gmem = LaneMemory(lanes, geo.weight_depth, gshape)
@@ -271,6 +272,7 @@ class Accelerator(wiring.Component):
             seq.corr_done.eq(fe.done),
             u.upd.start.eq(0),  # (the sweep serves rules without a final correlation)
             seq.upd_busy.eq(u.upd.busy),
+            seq.upd_first.eq(u.upd.first_write),
             seq.out_done.eq(u.writer.done),
         ]
 
@@ -294,6 +296,7 @@ class Accelerator(wiring.Component):
             seq.corr_busy.eq(0),
             seq.corr_done.eq(0),
             seq.upd_busy.eq(0),
+            seq.upd_first.eq(0),
             seq.out_done.eq(u.writer.done),
         ]
         if self.geometry.factor_bits:
@@ -349,7 +352,15 @@ class Accelerator(wiring.Component):
             mux_ports(m, mems.wmem.port, [(running, eng.weights), (None, host_w)])
         else:
             hosts["g"] = host_g
-            mux_ports(m, mems.wmem.port, [(upd.busy, upd.weights), (running, eng.weights), (None, host_w)])
+            if geo.overlap_update:  # the engine has a read port of its own: a step's first
+                # pass may read the weights while the update still writes them
+                w_read = mems.wmem.read
+                m.d.comb += [w_read.raddr.eq(eng.weights.raddr), w_read.ren.eq(eng.weights.ren),
+                             eng.weights.rdata.eq(w_read.rdata)]
+                mux_ports(m, mems.wmem.port, [(upd.busy, upd.weights), (~running, host_w)])
+            else:
+                mux_ports(m, mems.wmem.port, [(upd.busy, upd.weights), (running, eng.weights),
+                                              (None, host_w)])
             mux_ports(m, mems.gmem.port, [(upd.owns_grads, upd.grads), (running, u.corr.grads),
                                           (None, host_g)])
             if geo.momentum:

@@ -165,6 +165,9 @@ class Geometry:
         self.sample_bus_words = self.sample_words // SAMPLES_PER_WORD
         #: the loss record and refill while training (``hardware.streaming``)
         self.streaming = hw.streaming and hw.training  # an inference-only build runs no steps
+        #: a run's next step starts while the update writes the weights, its first pass
+        #: reading the weight memories through a second read port (``hardware.overlap_update``)
+        self.overlap_update = hw.overlap_update and hw.training
         #: entries of the loss record: step ``k``'s loss is word ``k % loss_depth``
         self.loss_depth = LOSS_DEPTH if hw.streaming else 0
         #: activation/factor memory address: ``{bank (2 bits), word}``
@@ -284,6 +287,7 @@ def generation_parameters(cfg: Config) -> dict:
         "streaming": cfg.hardware.streaming,
         # only when false: the training builds keep the hashes they had before the option
         **({} if cfg.hardware.training else {"training": False}),
+        **({} if cfg.hardware.overlap_update else {"overlap_update": False}),
     }
 
 

@@ -274,19 +274,30 @@ class SampleMemory(wiring.Component):
 class LaneMemory(wiring.Component):
     """``lanes`` memories of ``depth`` words of ``shape``, addressed together.
 
+    Parameters
+    ----------
+    second_read
+        Add a second read port (a second copy of each memory in an FPGA's block RAMs).
+
     Members
     -------
     port : ``In(LanePortSignature(lanes, addr_width, shape))``
+    read : ``In(ReadPortSignature(addr_width, ArrayLayout(shape, lanes)))``
+        Only with ``second_read``.
     """
 
-    def __init__(self, lanes: int, depth: int, shape: ShapeLike) -> None:
+    def __init__(self, lanes: int, depth: int, shape: ShapeLike, *, second_read: bool = False) -> None:
         if not isinstance(lanes, int) or lanes < 1:
             raise ValueError(f"lanes must be a positive integer, not {lanes!r}")
         self.lanes = lanes
         self.depth = depth
         self.shape = shape
         self.addr_width = _check(depth, shape)
-        super().__init__({"port": In(LanePortSignature(lanes, self.addr_width, shape))})
+        self.second_read = second_read
+        members = {"port": In(LanePortSignature(lanes, self.addr_width, shape))}
+        if second_read:
+            members["read"] = In(ReadPortSignature(self.addr_width, data.ArrayLayout(shape, lanes)))
+        super().__init__(members)
 
     def elaborate(self, platform: object) -> Module:
         m = Module()
@@ -302,6 +313,10 @@ class LaneMemory(wiring.Component):
                 wr.data.eq(self.port.wdata[k]),
                 wr.en.eq(self.port.we[k]),
             ]
+            if self.second_read:
+                rd2 = mem.read_port()
+                m.d.comb += [rd2.addr.eq(self.read.raddr), rd2.en.eq(self.read.ren),
+                             self.read.rdata[k].eq(rd2.data)]
         return m
 
 

@@ -121,6 +121,8 @@ class _SequencerState:
     stream: Signal  #: the run is TRAIN_STREAM
     step_base: Signal  #: the slot of the step's first sample (idle: the cursor)
     step_loaded: Value  #: TRAIN_STREAM: the next step's samples are below fill
+    step_first: Signal  #: overlap_update: the slot of the step's first sample
+    update_pending: Signal  #: overlap_update: a step started before the previous update ended
 
 
 class OutputWriter(wiring.Component):
@@ -253,6 +255,9 @@ class Sequencer(wiring.Component):
         Pulse: the correlation walker finished reading a job's data (:attr:`pending` drops).
     upd_busy : ``In(1)``
         The update unit works (it takes the step's final sums from the correlation unit).
+    upd_first : ``In(1)``
+        The update unit writes the network's first weight row (``overlap_update``: the next
+        step may start).
     labels : ``Out(PortSignature)``
         Read side of the label memory.
     out_done : ``In(1)``
@@ -296,6 +301,7 @@ class Sequencer(wiring.Component):
             "corr_busy": In(1),
             "corr_done": In(1),
             "upd_busy": In(1),
+            "upd_first": In(1),
             "labels": Out(PortSignature(ceil_log2(geo.sample_depth), geo.label_bits)),
             "out_done": In(1),
         }
@@ -386,6 +392,7 @@ class Sequencer(wiring.Component):
             collected=collected, pass_bank=pass_bank, aborting=aborting,
             last_sample=samples_left == 1, last_copy=copy == self.copies - 1,
             stream=stream, step_base=step_base, step_loaded=step_loaded,
+            step_first=Signal.like(self.cursor), update_pending=Signal(),
         )
 
     def _command_fields(self, m: Module, s: _SequencerState) -> None:
@@ -415,6 +422,12 @@ class Sequencer(wiring.Component):
             m.d.sync += self.cursor.eq(self.cursor_value)
         with m.If(~self.busy):  # where a run starts (the TRAIN pulse comes cycles after a cursor write)
             m.d.sync += s.step_base.eq(self.cursor)
+        if self.geometry.overlap_update:
+            # a step may start before the previous step's update ends, whose final walk
+            # still reads that step's samples: they stay the run's (step_base) until then
+            # (STEP's own assignments, later in the elaboration, win in the same cycle)
+            with m.If(s.step_done):
+                m.d.sync += [s.update_pending.eq(0), s.step_base.eq(s.step_first)]
         if self.geometry.streaming:
             self._ring(m, s)
 
@@ -499,7 +512,13 @@ class Sequencer(wiring.Component):
         cmd = self.fwd_cmd.payload
         projection = self.geometry.projection
         with m.State("STEP"):
-            m.d.sync += [s.samples_left.eq(self.step_samples), s.step_base.eq(self.cursor)]
+            m.d.sync += s.samples_left.eq(self.step_samples)
+            if self.geometry.overlap_update:
+                m.d.sync += s.step_first.eq(self.cursor)
+                with m.If(~s.update_pending | s.step_done):
+                    m.d.sync += s.step_base.eq(self.cursor)
+            else:
+                m.d.sync += s.step_base.eq(self.cursor)
             with m.If((s.steps_left == 0) | s.aborting):
                 m.next = "FINISH"
             with m.Elif(s.stream & ~s.step_loaded):  # TRAIN_STREAM: the host has not caught up
@@ -577,7 +596,18 @@ class Sequencer(wiring.Component):
 
     def _step_end_states(self, m: Module, s: _SequencerState) -> None:
         """NEXT_SAMPLE: advance the cursor (wrapping) and the sample address; after the
-        step's last sample WAIT_UPDATE for the collector's ``step_done``."""
+        step's last sample WAIT_UPDATE for the collector's ``step_done``, or with
+        ``overlap_update`` only for the update's first write of the step's weights.
+
+        Why that is soon enough: the step's final correlation walk hands the update one
+        weight row a cycle, in ascending order from the network's first row, without a
+        gap (hdl/correlation.py ``_walk``), and the update writes each row a fixed number
+        of cycles later (hdl/update.py).  The next step's first pass reads the weights in
+        the same order, at most one row a cycle (hdl/forward.py ``_issue``), through its
+        own read port, and its first read comes at least four cycles after the first row
+        is written (``STEP``, ``SAMPLE``, ``LABEL``, ``BASE``): it never reads a row
+        before the update has written it.  The collector still ends the step when the
+        update is done; a run's ``FINISH`` waits for that."""
         stride = self.geometry.sample_stride
         with m.State("NEXT_SAMPLE"):  # the next sample's baseline takes the other bank
             m.d.sync += [s.samples_left.eq(s.samples_left - 1), s.base_bank.eq(~s.base_bank)]
@@ -589,8 +619,11 @@ class Sequencer(wiring.Component):
                 m.next = "WAIT_UPDATE"
             with m.Else():
                 m.next = "SAMPLE"
-        with m.State("WAIT_UPDATE"), m.If(s.step_done):
+        overlap = self.geometry.overlap_update
+        with m.State("WAIT_UPDATE"), m.If(self.upd_first if overlap else s.step_done):
             m.d.sync += s.steps_left.eq(s.steps_left - 1)
+            if overlap:
+                m.d.sync += s.update_pending.eq(~s.step_done)
             m.next = "STEP"
 
     def _inference_states(self, m: Module, s: _SequencerState) -> None:
@@ -605,7 +638,7 @@ class Sequencer(wiring.Component):
                     m.d.sync += [s.count.eq(s.count + 1), s.sbase.eq(s.sbase + self.geometry.sample_stride)]
         with m.State("INFER_WAIT"), m.If(s.collected == s.count):
             m.next = "FINISH"
-        with m.State("FINISH"):
+        with m.State("FINISH"), m.If(~s.update_pending | s.step_done):
             m.d.comb += self.finished.eq(1)
             m.d.sync += s.aborting.eq(0)
             m.next = "IDLE"

@@ -58,6 +58,10 @@ class UpdateUnit(wiring.Component):
         memory multiplexer hands the unit the weight port in the cycle it reads).
     owns_grads : ``Out(1)``
         A sweep reads or clears ``G`` (the fused path leaves ``G`` to the correlation unit).
+    first_write : ``Out(1)``
+        The weights of the network's first row are written in this cycle: on the fused path
+        the first row of the step's final correlation walk, after which the rows follow one
+        a cycle in ascending order (where the sequencer may start the next step).
     lr_mult : ``In(8)``
         Learning-rate numerator (1..255).
     weights : ``Out(LanePortSignature(lanes, row_bits, signed(weight_bits)))``
@@ -76,6 +80,7 @@ class UpdateUnit(wiring.Component):
                                         always_ready=True)),
             "busy": Out(1),
             "owns_grads": Out(1),
+            "first_write": Out(1),
             "lr_mult": In(8),
             "weights": Out(LanePortSignature(geo.lanes, geo.row_bits, signed(geo.weight_bits))),
             "grads": Out(LanePortSignature(geo.lanes, geo.row_bits, signed(geo.grad_bits))),
@@ -96,6 +101,7 @@ class UpdateUnit(wiring.Component):
         m.d.comb += [
             self.busy.eq(active | fused | b_valid | c.valid | d.valid | e_valid),
             self.owns_grads.eq(active | (b_valid & ~b_fused)),
+            self.first_write.eq(e_valid & (self.weights.waddr == self.geometry.layers[0].row_base)),
         ]
         return m
 

@@ -287,6 +287,13 @@ class HardwareConfig(_Strict):
         "(TRAIN_STREAM, docs/protocol.md): two block RAMs and some logic, which the iCEBreaker "
         "builds have no room for",
     )
+    overlap_update: bool = Field(
+        True,
+        description="start a run's next step while the update writes the weights: its first pass "
+        "reads each weight row after the update has written it (hdl/sequencer.py), which takes a "
+        "second read port on the weight memories (a second copy in block RAM); about one walk "
+        "of the weight rows per step saved",
+    )
     clock_mhz: float | None = Field(
         None,
         gt=0.0,

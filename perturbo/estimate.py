@@ -133,9 +133,13 @@ class Schedule:
         unit's stages B to E (hdl/update.py, + 4), and the first idle cycle (+ 1)."""
         return self.R + 9
 
-    #: hdl/sequencer.py: after ``UPDATE`` the issuer leaves ``WAIT_UPDATE`` for ``STEP``
-    #: and ``FINISH`` (two busy cycles) before ``IDLE``
-    FINISH_CYCLES = 2
+    @property
+    def first_write(self) -> int:
+        """From the cycle the step's last job is taken to the update's write of the first
+        weight row (hdl/update.py ``first_write``): the rows are written one a cycle, the
+        last one in the cycle before :attr:`update_drain` ends."""
+        return self.update_drain - self.R
+
     #: hdl/sequencer.py: after a sample's last pass, ``NEXT_SAMPLE``, ``SAMPLE`` and
     #: ``LABEL`` before ``BASE`` offers the next baseline pass
     NEXT_SAMPLE_CYCLES = 4
@@ -262,22 +266,64 @@ class StepTiming:
 
 def step_timing(cfg: Config, step: int = 1, *, events: bool = False) -> StepTiming:
     """The cycles of one ``TRAIN`` command of one step, ``step`` being the step counter ``k``
-    it starts from (``MUL_E`` takes one cycle per bit of ``k``).
+    it starts from (``MUL_E`` takes one cycle per bit of ``k``), and the cycles a step
+    takes in a run of several (:attr:`StepTiming.body`, from :func:`_run`).
 
-    A recurrence over the step's passes in issue order.  For pass ``p``: the sequencer
-    offers the command at ``ready`` (its states), the engine takes it at ``a`` when it
-    is free and the bank accounting allows (hdl/sequencer.py ``_registers``: at most one
-    job pending for a perturbed pass; for a baseline pass at most ``copies``, target
-    projection 1); its last token issues at ``e = a + R + I``; its loss is offered at
-    ``o = e + H + 6 + L`` (the result register, the loss unit's ``LANES`` and ``OUT``);
-    its job (if any) is taken at ``j = max(o, j_prev + R + 3)`` and done at
-    ``j + R + 1``, freeing its banks in the next cycle.
+    A recurrence over the step's passes in issue order (:func:`_run`).
+    """
+    one = _run(cfg, 1, step)
+    log = one.log
+    passes = len(log)
+    R = schedule(cfg).R  # noqa: N806
+    return StepTiming(
+        cycles=one.end, body=_run(cfg, 3, step).period, mac_busy=passes * R, stalls=one.stalls,
+        run_start=one.step_starts[0] + Schedule.STEP_START_CYCLES - 1, passes=passes,
+        pass_cycles=passes * R + one.stalls + passes, key_waits=one.key_waits,
+        bank_waits=one.bank_waits, other_waits=one.other_waits,
+        tail=one.end - log[-1]["e"], jobs=one.jobs, events=log if events else [],
+    )
+
+
+@dataclass
+class _RunTiming:
+    """What :func:`_run` found: the last busy cycle ``end`` and the cycle each step's
+    ``STEP`` was entered, the passes' events, and the waits and stalls of the run."""
+
+    end: int
+    step_starts: list[int]
+    log: list[dict[str, int]]
+    stalls: int
+    key_waits: int
+    bank_waits: int
+    other_waits: int
+    jobs: int
+
+    @property
+    def period(self) -> int:
+        """Cycles between the last two steps' ``STEP`` (a run's steps after the first
+        start alike, so from the third step on this is every step's)."""
+        return self.step_starts[-1] - self.step_starts[-2]
+
+
+def _run(cfg: Config, steps: int, first_step: int) -> _RunTiming:
+    """The recurrence over the passes of a ``TRAIN`` command of ``steps`` steps.
+
+    For pass ``p``: the sequencer offers the command at ``ready`` (its states), the engine
+    takes it at ``a`` when it is free and the bank accounting allows (hdl/sequencer.py
+    ``_registers``: at most one job pending for a perturbed pass; for a baseline pass at
+    most ``copies``, target projection 1); its last token issues at ``e = a + R + I``;
+    its loss is offered at ``o = e + H + 6 + L`` (the result register, the loss unit's
+    ``LANES`` and ``OUT``); its job (if any) is taken at ``j = max(o, j_prev + R + 3)``
+    and done at ``j + R + 1``, freeing its banks in the next cycle.  The step's last job
+    ends the step ``update_drain`` cycles after it is taken; the next step's ``STEP``
+    follows that (or, with ``overlap_update``, the update's first write of the weights,
+    :attr:`Schedule.first_write`), and after the last step ``FINISH``, which waits for
+    the last update.
     """
     from .hdl.geometry import Geometry
 
     geo = Geometry(cfg)
     sched = schedule(cfg)
-    R = sched.R  # noqa: N806
     S = cfg.rule.tau_theta * cfg.rule.batch  # noqa: N806 (STEP_SAMPLES)
     copies = cfg.rule.copies
     projection = geo.projection
@@ -292,70 +338,73 @@ def step_timing(cfg: Config, step: int = 1, *, events: bool = False) -> StepTimi
     first_out = base_shape.issue[sched.R - (out.groups - 1) * out.cols - 1]
 
     # -- run start: hdl/sequencer.py _run_start_states ------------------------------------
-    t_step = 1 + run_start_cycles(cfg, step)  # the cycle STEP is entered (TRAIN arrives in cycle 0)
-    ready = t_step + Schedule.STEP_START_CYCLES  # STEP, SAMPLE, LABEL: BASE is offered from here
-    run_start = ready - 1
-
+    t_step = 1 + run_start_cycles(cfg, first_step)  # the cycle STEP is entered (TRAIN arrives in cycle 0)
+    step_starts: list[int] = []
     engine_free = 0  # the first cycle the engine can take a command
     loss_idle = 0  # the first cycle the loss unit takes a group again
+    collector_free = 0  # the first cycle the collector takes a loss again (after UPDATE)
     job_taken = -(10 ** 9)
     dones: list[int] = []  # the done pulse of every job so far, in order
     key_waits = bank_waits = other_waits = stalls = 0
     log: list[dict[str, int]] = []
     limit_base = 1 if projection else copies
     kinds = [("base", -1)] + ([] if projection else [("copy", m) for m in range(copies)])
-    for sample in range(S):
-        for kind, copy in kinds:
-            # bank accounting: jobs issued - jobs done <= limit in the cycle the command is
-            # taken, so the job `limit` places back must have pulsed `done` before it
-            limit = limit_base if kind == "base" else 1
-            bank_free = dones[-limit - 1] + 1 if len(dones) > limit else 0
-            a = max(ready, engine_free, bank_free)
-            if engine_free and a > engine_free:  # the engine stood free: say why
-                if bank_free == a:
-                    bank_waits += a - engine_free
-                elif kind == "copy":
-                    key_waits += a - engine_free
+    for _ in range(steps):
+        step_starts.append(t_step)
+        ready = t_step + Schedule.STEP_START_CYCLES  # STEP, SAMPLE, LABEL: BASE is offered from here
+        for sample in range(S):
+            for kind, copy in kinds:
+                # bank accounting: jobs issued - jobs done <= limit in the cycle the command is
+                # taken, so the job `limit` places back must have pulsed `done` before it
+                limit = limit_base if kind == "base" else 1
+                bank_free = dones[-limit - 1] + 1 if len(dones) > limit else 0
+                a = max(ready, engine_free, bank_free)
+                if engine_free and a > engine_free:  # the engine stood free: say why
+                    if bank_free == a:
+                        bank_waits += a - engine_free
+                    elif kind == "copy":
+                        key_waits += a - engine_free
+                    else:
+                        other_waits += a - engine_free
+                shape = pert_shape if kind == "copy" else base_shape
+                if a + 1 + first_out + sched.result_valid < loss_idle:
+                    raise NotImplementedError(
+                        f"{cfg.name}: a pass's output reaches the loss unit before it has handed "
+                        "on the previous loss: the forward pipe would wait, which the model does not cover")
+                e = a + shape.length  # the last token issues R + I cycles after the command
+                stalls += shape.interlock
+                engine_free = e + 1  # hdl/forward.py: `active` falls after the last token
+                o = e + sched.result_valid + 1 + loss_lanes  # loss unit: IDLE, LANES (L), OUT
+                if o < collector_free:
+                    raise NotImplementedError(
+                        f"{cfg.name}: a pass's loss comes before the previous step's update is done: "
+                        "the loss unit would wait, which the model does not cover")
+                entry = {"sample": sample, "copy": copy, "a": a, "e": e, "o": o}
+                if projection or kind == "copy":  # the pass has a correlation job
+                    j = max(o, job_taken + sched.walk)  # the collector hands it over
+                    job_taken = j
+                    dones.append(j + sched.walk_done)
+                    entry |= {"j": j, "d": dones[-1]}
+                    loss_idle = j + 1
                 else:
-                    other_waits += a - engine_free
-            shape = pert_shape if kind == "copy" else base_shape
-            if a + 1 + first_out + sched.result_valid < loss_idle:
-                raise NotImplementedError(
-                    f"{cfg.name}: a pass's output reaches the loss unit before it has handed "
-                    "on the previous loss: the forward pipe would wait, which the model does not cover")
-            e = a + shape.length  # the last token issues R + I cycles after the command
-            stalls += shape.interlock
-            engine_free = e + 1  # hdl/forward.py: `active` falls after the last token
-            o = e + sched.result_valid + 1 + loss_lanes  # loss unit: IDLE, LANES (L), OUT
-            entry = {"sample": sample, "copy": copy, "a": a, "e": e, "o": o}
-            if projection or kind == "copy":  # the pass has a correlation job
-                j = max(o, job_taken + sched.walk)  # the collector hands it over
-                job_taken = j
-                dones.append(j + sched.walk_done)
-                entry |= {"j": j, "d": dones[-1]}
-                loss_idle = j + 1
-            else:
-                loss_idle = o + 1
-            log.append(entry)
-            # the issuer's next state (hdl/sequencer.py)
-            if kind == "base" and not projection:
-                ready = _key_chain(a, base_shape, keys_per_pair, sched)  # KEY (NODE_KEY)
-            elif kind == "copy" and copy != copies - 1:
-                # a new antithetic pair after an odd copy: its keys; else the same keys
-                ready = _key_chain(a, shape, keys_per_pair, sched) if copy % 2 else a + 1
-            else:
-                ready = a + Schedule.NEXT_SAMPLE_CYCLES
-    step_done = job_taken + sched.update_drain  # the step's last job is the last taken
-    end = step_done + Schedule.FINISH_CYCLES  # the last busy cycle
-    passes = len(log)
-    pass_cycles = passes * R + stalls + passes
-    return StepTiming(
-        cycles=end, body=step_done - t_step + 1, mac_busy=passes * R, stalls=stalls,
-        run_start=run_start, passes=passes, pass_cycles=pass_cycles, key_waits=key_waits,
-        bank_waits=bank_waits, other_waits=other_waits,
-        tail=end - log[-1]["a"] + 1 - (log[-1]["e"] - log[-1]["a"] + 1),
-        jobs=len(dones), events=log if events else [],
-    )
+                    loss_idle = o + 1
+                log.append(entry)
+                # the issuer's next state (hdl/sequencer.py)
+                if kind == "base" and not projection:
+                    ready = _key_chain(a, base_shape, keys_per_pair, sched)  # KEY (NODE_KEY)
+                elif kind == "copy" and copy != copies - 1:
+                    # a new antithetic pair after an odd copy: its keys; else the same keys
+                    ready = _key_chain(a, shape, keys_per_pair, sched) if copy % 2 else a + 1
+                else:
+                    ready = a + Schedule.NEXT_SAMPLE_CYCLES
+        step_done = job_taken + sched.update_drain  # the step's last job is the last taken
+        collector_free = step_done + 1
+        # WAIT_UPDATE leaves in the cycle of step_done, or of the update's first write
+        t_step = 1 + (job_taken + sched.first_write if geo.overlap_update else step_done)
+    # STEP finds no step left; FINISH is the last busy cycle once the last update is done
+    end = max(t_step + 1, step_done)
+    return _RunTiming(end=end, step_starts=step_starts, log=log, stalls=stalls, key_waits=key_waits,
+                      bank_waits=bank_waits, other_waits=other_waits, jobs=len(dones))
 
 
 def _check_no_backpressure(cfg: Config, sched: Schedule, shape: PassShape, loss_lanes: int) -> None:
@@ -396,13 +445,12 @@ def run_start_cycles(cfg: Config, step: int) -> int:
 
 def run_cycles(cfg: Config, steps: int, first_step: int = 0) -> int:
     """``CYCLES`` of one ``TRAIN`` command of ``steps`` steps starting at step counter
-    ``first_step``: the run start once, every step's :attr:`StepTiming.body` (each step
-    starts from idle units: ``step_done`` waits for the correlation and the update), then
-    ``STEP`` and ``FINISH``."""
+    ``first_step``: the recurrence of :func:`_run` over the first three steps, and
+    :attr:`_RunTiming.period` cycles for each step after them (they start alike)."""
     if steps < 1:
         raise ValueError(f"steps must be a positive integer, not {steps!r}")
-    return (run_start_cycles(cfg, first_step) + steps * step_timing(cfg, first_step).body
-            + Schedule.FINISH_CYCLES)
+    run = _run(cfg, min(steps, 3), first_step)
+    return run.end + (steps - 3) * run.period if steps > 3 else run.end
 
 
 def _key_chain(a: int, shape: PassShape, keys: int, sched: Schedule) -> int:
@@ -489,7 +537,9 @@ def memories(cfg: Config) -> list[MemoryUse]:
     lanes, depth = geo.lanes, geo.weight_depth
     act_depth = 1 << geo.act_addr_bits  # four banks of 2^act_bank_bits words
     out = [
-        MemoryUse("weights", depth, geo.weight_bits, lanes, "one memory per lane"),
+        MemoryUse("weights", depth, geo.weight_bits, 2 * lanes if geo.overlap_update else lanes,
+                  "one memory per lane" + ("; two read ports (forward engine, update)"
+                                           if geo.overlap_update else "")),
         MemoryUse("G", depth, geo.grad_bits, lanes, "one memory per lane"),
     ]
     if geo.momentum:
@@ -664,10 +714,12 @@ class Comparison:
 
 
 def compare_with_counters(cfg: Config, backend: object, steps: int = 3,
-                          seed: int = 0) -> list[Comparison]:
-    """Run ``steps`` one-step ``TRAIN`` commands and one ``INFER`` of a step's samples on
-    ``backend`` (an :class:`host.accelerator.AcceleratorBackend`: the co-simulation or a
-    board), reading the counters after each, beside what the model predicts.
+                          seed: int = 0, run_steps: int = 4) -> list[Comparison]:
+    """Run ``steps`` one-step ``TRAIN`` commands, one ``TRAIN`` of ``run_steps`` steps
+    (where the build has the loss record and the sample buffer holds them: up to as many
+    as it holds) and one ``INFER`` of a step's samples on ``backend`` (an
+    :class:`host.accelerator.AcceleratorBackend`: the co-simulation or a board), reading
+    the counters after each, beside what the model predicts.
 
     The samples are random (the schedule does not depend on them); the backend's step
     counter goes on from where it is (its first step is ``k = backend.step``).
@@ -687,6 +739,20 @@ def compare_with_counters(cfg: Config, backend: object, steps: int = 3,
         c = backend.counters()
         timing = step_timing(cfg, k)
         out.append(Comparison(f"step {k}", timing.cycles, c.cycles, timing.mac_busy, c.mac_busy))
+    run_steps = min(run_steps, backend.buffer_steps)
+    if backend.geo.streaming and run_steps > 1:  # one TRAIN command of several steps
+        k = backend.step
+        x = torch.randint(0, 128, (s * run_steps, n_in), generator=gen)
+        labels = torch.randint(0, classes, (s * run_steps,), generator=gen)
+        refill, backend.refill = backend.refill, "batch"
+        try:
+            backend.clear_counters()
+            backend.train_steps(x, labels, run_steps)
+        finally:
+            backend.refill = refill
+        c = backend.counters()
+        out.append(Comparison(f"run of {run_steps} steps from step {k}", run_cycles(cfg, run_steps, k),
+                              c.cycles, run_steps * step_timing(cfg, k).mac_busy, c.mac_busy))
     count = min(s, cfg.hardware.sample_depth)
     x = torch.randint(0, 128, (count, n_in), generator=gen)
     backend.clear_counters()

@@ -38,7 +38,8 @@ def memory_bits(cfg: Config) -> dict[str, int]:
     num, depth = cfg.numerics, cfg.hardware.sample_depth
     n_in, classes = cfg.network.layers[0], cfg.network.layers[-1]
     bits = {
-        "weights": synapses * num.weight_bits,
+        # a second copy for the forward engine's own read port (hardware.overlap_update)
+        "weights": synapses * num.weight_bits * (2 if cfg.hardware.overlap_update and cfg.hardware.training else 1),
         "G": synapses * num.grad_bits,
         "samples": depth * sample_stride(n_in) * SAMPLE_BITS,
         "outputs": depth * classes * OUTPUT_BITS,

@@ -27,8 +27,8 @@ from perturbo.estimate import (
     DEFAULT_CLOCK_MHZ,
     DP16KD_SHAPES,
     EBR_SHAPES,
-    Schedule,
     _blocks,
+    _run,
     compare_with_counters,
     estimate,
     inference_cycles,
@@ -104,7 +104,9 @@ def test_one_copy_is_a_sum_of_terms() -> None:
     assert t.run_start == 2 + 4 + 8 + 3
     # the last pass: its tokens (R), the result (H + 5), the loss unit's IDLE, LANES (3: two
     # neurons in the last group, then the first empty lane) and OUT, the walk and update drain
-    tail = (sched.R + sched.result_valid + 1 + 3 + sched.update_drain + Schedule.FINISH_CYCLES) - sched.R
+    # and FINISH: with overlap_update the STEP and FINISH after the update's first write,
+    # which the last update outlasts
+    tail = (sched.R + sched.result_valid + 1 + 3 + sched.update_drain) - sched.R
     assert t.tail == tail
     assert t.cycles == t.run_start + t.pass_cycles + t.tail
 
@@ -117,11 +119,22 @@ def test_interlock_stalls() -> None:
     assert pass_shape(cfg, perturbed=True).interlock == 2
 
 
-def test_runs_of_several_steps() -> None:
-    cfg = RULE_CONFIGS["drtp"]
+@pytest.mark.parametrize("overlap", [True, False])
+def test_runs_of_several_steps(overlap: bool) -> None:
+    """A run's steps after the first start alike: the recurrence over the whole run equals
+    three steps and the period; without ``overlap_update`` each step ends with its update."""
+    base = RULE_CONFIGS["drtp"]
+    cfg = base.model_copy(update={"hardware": base.hardware.model_copy(update={"overlap_update": overlap})})
     t = step_timing(cfg, 3)
     assert run_cycles(cfg, 1, 3) == t.cycles
-    assert run_cycles(cfg, 4, 3) == t.cycles + 3 * t.body
+    for steps in (2, 3, 5, 9):
+        assert run_cycles(cfg, steps, 3) == _run(cfg, steps, 3).end
+    if overlap:  # the next step's STEP follows the update's first write, not its end: the
+        # walk of the R rows between them is saved
+        apart = base.model_copy(update={"hardware": base.hardware.model_copy(update={"overlap_update": False})})
+        assert t.body == step_timing(apart, 3).body - schedule(cfg).R
+    else:
+        assert run_cycles(cfg, 4, 3) == t.cycles + 3 * t.body
 
 
 def test_inference_is_passes_back_to_back() -> None:
