@@ -22,7 +22,9 @@ Two processes keep the datapath busy:
   finished: with one copy per sample the baseline pass in between hides that); the
   step's last correlation is *final*: the correlation unit hands each row's sums to the
   update unit as it goes, so the update ends a few cycles after it; then the issuer
-  starts the next step.
+  starts the next step (with ``hardware.overlap_update`` already at the update's first
+  weight write: the next step's first pass follows the update row by row,
+  :meth:`Sequencer._step_end_states`).
 
 With ``TRAIN_STREAM`` the sample buffer is a ring the host refills while the run goes on:
 a step starts only when its ``S`` samples lie between the cursor and the host's
