@@ -714,8 +714,8 @@ class Comparison:
 
 
 def compare_with_counters(cfg: Config, backend: object, steps: int = 3,
-                          seed: int = 0, run_steps: int = 4) -> list[Comparison]:
-    """Run ``steps`` one-step ``TRAIN`` commands, one ``TRAIN`` of ``run_steps`` steps
+                          seed: int = 0, runs: tuple[int, ...] = (4,)) -> list[Comparison]:
+    """Run ``steps`` one-step ``TRAIN`` commands, a ``TRAIN`` of each length in ``runs``
     (where the build has the loss record and the sample buffer holds them: up to as many
     as it holds) and one ``INFER`` of a step's samples on ``backend`` (an
     :class:`host.accelerator.AcceleratorBackend`: the co-simulation or a board), reading
@@ -739,8 +739,10 @@ def compare_with_counters(cfg: Config, backend: object, steps: int = 3,
         c = backend.counters()
         timing = step_timing(cfg, k)
         out.append(Comparison(f"step {k}", timing.cycles, c.cycles, timing.mac_busy, c.mac_busy))
-    run_steps = min(run_steps, backend.buffer_steps)
-    if backend.geo.streaming and run_steps > 1:  # one TRAIN command of several steps
+    for run_steps in runs:  # TRAIN commands of several steps
+        run_steps = min(run_steps, backend.buffer_steps)
+        if not backend.geo.streaming or run_steps < 2:
+            continue
         k = backend.step
         x = torch.randint(0, 128, (s * run_steps, n_in), generator=gen)
         labels = torch.randint(0, classes, (s * run_steps,), generator=gen)
