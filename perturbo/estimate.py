@@ -582,6 +582,10 @@ class Estimate:
     inference_samples: int  #: ``hardware.sample_depth``
     step: StepTiming
     memories: list[MemoryUse]
+    #: the host driver runs several steps a ``TRAIN`` command (the build streams and its
+    #: buffer holds more than one step: host/accelerator.py), so a step costs
+    #: :attr:`StepTiming.body`; else one step a command, :attr:`cycles_per_step`
+    runs: bool
 
     @property
     def utilisation(self) -> float:
@@ -589,8 +593,14 @@ class Estimate:
         return self.mac_busy_per_step / self.cycles_per_step
 
     @property
+    def trained_cycles_per_step(self) -> int:
+        """Cycles a step costs as the host driver trains (see :attr:`runs`): the rates' base."""
+        return self.step.body if self.runs else self.cycles_per_step
+
+    @property
     def steps_per_second(self) -> float:
-        return self.fmax_mhz * 1e6 / self.cycles_per_step
+        """Training steps per second at :attr:`fmax_mhz`, as the driver trains."""
+        return self.fmax_mhz * 1e6 / self.trained_cycles_per_step
 
     @property
     def samples_per_second(self) -> float:
@@ -616,6 +626,7 @@ class Estimate:
             "cycles_per_step": self.cycles_per_step, "mac_busy_per_step": self.mac_busy_per_step,
             "stalls_per_step": self.stalls_per_step, "mac_utilisation": self.utilisation,
             "cycles_per_step_in_run": self.step.body,
+            "trained_cycles_per_step": self.trained_cycles_per_step,
             "steps_per_second": self.steps_per_second, "samples_per_second": self.samples_per_second,
             "macs_per_second": self.macs_per_second,
             "cycles_per_inference_sample": self.cycles_per_inference_sample,
@@ -660,6 +671,7 @@ def estimate(cfg: Config, fmax_mhz: float | None = None) -> Estimate:
         fmax_mhz=float(fmax_mhz), cycles_per_step=step.cycles, mac_busy_per_step=step.mac_busy,
         stalls_per_step=step.stalls, cycles_per_inference_sample=infer / depth,
         inference_cycles=infer, inference_samples=depth, step=step, memories=memories(cfg),
+        runs=geo.streaming and (depth - 1) // (cfg.rule.tau_theta * cfg.rule.batch) >= 1,
     )
 
 
@@ -679,7 +691,9 @@ def format_estimate(est: Estimate) -> str:
         f"  in a run         {s.body} cycles per step when one TRAIN command runs several steps "
         f"(MAC utilisation {est.mac_busy_per_step / s.body:.1%})",
         f"  rate             {est.steps_per_second:,.0f} steps/s, {est.samples_per_second:,.0f} samples/s, "
-        f"{est.macs_per_second / 1e6:,.1f} M lane-MAC/s",
+        f"{est.macs_per_second / 1e6:,.1f} M lane-MAC/s "
+        + ("(runs of several steps, as the driver trains)" if est.runs
+           else "(one step a TRAIN: the driver's way with this build's buffer)"),
         f"inference          {est.cycles_per_inference_sample:,.1f} cycles per sample "
         f"({est.inference_cycles} for the {est.inference_samples} samples of the buffer), "
         f"{est.inference_samples_per_second:,.0f} samples/s",

@@ -176,7 +176,14 @@ def test_cli_text_and_json(capsys: pytest.CaptureFixture[str]) -> None:
     no_clock = EXAMPLES / "digits-drtp.yaml"  # no clock_mhz: the rates at DEFAULT_CLOCK_MHZ
     assert main(["estimate", str(no_clock), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["fmax_mhz"] == DEFAULT_CLOCK_MHZ
-    assert data["samples_per_second"] == pytest.approx(data["fmax_mhz"] * 1e6 / cycles * 16)
+    # the rates as the driver trains: runs of several steps (this build streams)
+    body = step_timing(load_config(path), 1).body
+    assert data["trained_cycles_per_step"] == data["cycles_per_step_in_run"] == body < cycles
+    assert data["samples_per_second"] == pytest.approx(data["fmax_mhz"] * 1e6 / body * 16)
+    one_step = EXAMPLES / "digits-mgd-weight-icebreaker.yaml"  # its buffer holds one step
+    assert main(["estimate", str(one_step), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["trained_cycles_per_step"] == data["cycles_per_step"]
 
 
 @pytest.mark.parametrize(("argv", "message"), [
