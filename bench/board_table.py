@@ -15,8 +15,9 @@ only reads the reports) and prints one Markdown table:
 
 Each row: LUT4 (the iCE40's logic cells, with its LUT4 count from synthesis), flip-flops,
 DSPs, block RAM, SPRAM, Fmax against the clock the build runs at, the critical path, and
-the cycles per training step (a one-step ``TRAIN``, from the cycle model
-:mod:`perturbo.estimate`, which equals the accelerator's counters), the samples per second
+the cycles per training step as the host driver trains (a step of a run of several where
+the build streams, else a one-step ``TRAIN``: :attr:`perturbo.estimate.Estimate.trained_cycles_per_step`,
+from the cycle model, which equals the accelerator's counters), the samples per second
 they give at Fmax, and the lane multiply-accumulates per second as a share of the device's
 peak (:data:`PEAK_MACS`).
 
@@ -119,7 +120,7 @@ def markdown(table: list[Row]) -> str:
             continue
         fmax = r.fmax_mhz
         est = estimate(row.cfg, fmax) if row.cfg.hardware.training and fmax else None
-        cycles = est.cycles_per_step if est else None
+        cycles = est.trained_cycles_per_step if est else None
         samples = f"{est.samples_per_second:,.0f}".replace(",", " ") if est else "n/a"
         macs = (f"{est.macs_per_second / 1e9:.2f} G ({est.macs_per_second / PEAK_MACS[row.board]:.1%})"
                 if est else "n/a")
