@@ -30,7 +30,6 @@ import time
 from dataclasses import dataclass
 
 import torch
-from amaranth.back import verilog
 from amaranth.hdl import Module, Signal, signed
 from amaranth.lib import stream, wiring
 from amaranth.lib.memory import Memory
@@ -43,6 +42,7 @@ from perturbo.hdl.geometry import Geometry
 from perturbo.host.accelerator import REFILL_MODES, Counters
 from perturbo.sim.backend import COSIM_TOP, VerilatorBackend, cosim_verilog
 from perturbo.sim.cosim import RunStats, VerilatorSim, cache_root
+from perturbo.sim.top import harness_verilog
 
 
 class BareMacArray(wiring.Component):
@@ -89,7 +89,7 @@ class BareMacArray(wiring.Component):
 
 def bare_mac_array_rate(lanes: int, depth: int, inputs: int, cycles: int) -> float:
     """Cycles per second of :class:`BareMacArray` in the co-simulation harness (built and cached)."""
-    text = verilog.convert(BareMacArray(lanes, depth, inputs), name="bare_mac_array", emit_src=False)
+    text = harness_verilog(BareMacArray(lanes, depth, inputs), "bare_mac_array")
     return VerilatorSim(text, "bare_mac_array").bench(cycles).rate
 
 

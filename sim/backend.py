@@ -22,6 +22,7 @@ from perturbo.host.accelerator import AcceleratorBackend
 from perturbo.host.link import Link
 
 from .cosim import VerilatorSim
+from .top import harness_verilog
 
 #: Top module name of the co-simulated accelerator with its host link.
 COSIM_TOP = "perturbo_cosim"
@@ -33,16 +34,17 @@ SERIAL_DIVISOR = 8
 
 
 def _hdl_fingerprint() -> str:
-    """Hash of the RTL generator's sources: a change to hdl/ invalidates cached Verilog."""
+    """Hash of the RTL generator's sources: a change to hdl/ (or to the harness's top,
+    sim/top.py) invalidates cached Verilog."""
     from perturbo import hdl
 
-    return digest(*(path.name.encode() + path.read_bytes()
-                    for path in sorted(Path(hdl.__file__).parent.glob("*.py"))))
+    sources = [*sorted(Path(hdl.__file__).parent.glob("*.py")), Path(__file__).with_name("top.py")]
+    return digest(*(path.name.encode() + path.read_bytes() for path in sources))
 
 
 def cosim_verilog(cfg: Config, *, overlap: bool = True, emit_src: bool = False) -> str:
-    """Verilog of ``LinkedTarget(Accelerator(cfg, overlap=overlap, config_resets=False))`` as
-    :data:`COSIM_TOP`, cached per generation parameters (:func:`config_hash`, all that this
+    """Verilog of ``LinkedTarget(Accelerator(cfg, overlap=overlap, config_resets=False))`` in a
+    :class:`~.top.HarnessTop` as :data:`COSIM_TOP`, cached per generation parameters (:func:`config_hash`, all that this
     Verilog depends on: its run registers reset to fixed values, and the driver writes
     them) and hdl/ sources.  ``emit_src``: keep Amaranth's ``src`` attributes (the Python
     line of every signal), for waveforms; they change no logic but do change the text, and
@@ -51,13 +53,11 @@ def cosim_verilog(cfg: Config, *, overlap: bool = True, emit_src: bool = False) 
     path = cache_root() / "verilog" / f"{COSIM_TOP}-{config_hash(cfg):08x}{variant}-{_hdl_fingerprint()}.v"
 
     def generate() -> str:
-        from amaranth.back import verilog
-
         from perturbo.hdl.accelerator import Accelerator
         from perturbo.hdl.hostlink import LinkedTarget
 
-        return verilog.convert(LinkedTarget(Accelerator(cfg, overlap=overlap, config_resets=False)),
-                               name=COSIM_TOP, emit_src=emit_src)
+        return harness_verilog(LinkedTarget(Accelerator(cfg, overlap=overlap, config_resets=False)),
+                               COSIM_TOP, emit_src=emit_src)
 
     return cached_text(path, generate)
 
@@ -72,13 +72,11 @@ def serial_verilog(cfg: Config, *, divisor: int = SERIAL_DIVISOR, rx_fifo_depth:
             f"-f{rx_fifo_depth}-{_hdl_fingerprint()}.v")
 
     def generate() -> str:
-        from amaranth.back import verilog
-
         from perturbo.boards.top import board_link
         from perturbo.hdl.uart import SerialAdapter
 
         top = SerialAdapter(board_link(cfg, divisor=divisor, rx_fifo_depth=rx_fifo_depth), divisor=divisor)
-        return verilog.convert(top, name=SERIAL_TOP, emit_src=False)
+        return harness_verilog(top, SERIAL_TOP)
 
     return cached_text(path, generate)
 

@@ -236,10 +236,11 @@ class VerilatorSim:
 
     @classmethod
     def from_component(cls, component: object, name: str, **kwargs: object) -> VerilatorSim:
-        """Generate ``component``'s Verilog as module ``name`` (see the class for ``kwargs``)."""
-        from amaranth.back import verilog
+        """Generate ``component``'s Verilog in a :class:`~.top.HarnessTop` (its reset made
+        inside) as module ``name`` (see the class for ``kwargs``)."""
+        from .top import harness_verilog
 
-        return cls(verilog.convert(component, name=name, emit_src=False), name, **kwargs)
+        return cls(harness_verilog(component, name), name, **kwargs)
 
     @property
     def url(self) -> str:

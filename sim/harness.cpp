@@ -3,7 +3,8 @@
 // pseudo-terminal that a host opens as it would a board's serial port.
 //
 // The top (built with --prefix Vtop) must have the ports
-//   clk, rst                                  the sync domain
+//   clk                                       the sync domain's clock (the top makes its own
+//                                              reset for its first 4 cycles: sim/top.py)
 //   rx__valid, rx__ready, rx__payload[7:0]     bytes from the host (stream into the top)
 //   tx__valid, tx__ready, tx__payload[7:0]     bytes to the host (stream out of the top)
 // which is what Amaranth generates for In(stream.Signature(8)) / Out(stream.Signature(8)).
@@ -329,7 +330,6 @@ int main(int argc, char** argv) {
     Stats stats;
 
     top->clk = 0;
-    top->rst = 1;
     top->RX_VALID = 0;
     top->RX_PAYLOAD = 0;
     top->TX_READY = 0;
@@ -340,7 +340,6 @@ int main(int argc, char** argv) {
         top->clk = 0;
         top->eval();
     }
-    top->rst = 0;
 
     if (bench >= 0) {  // the bare model: same cycle function, no socket
         auto start = std::chrono::steady_clock::now();
