@@ -474,9 +474,18 @@ class ForwardEngine(wiring.Component):
             t0.bank.eq(regs.p_bank),
             t0.sign_bank.eq(regs.p_sign_bank),
             t0.parity.eq(regs.parity),
-            t0.draw.eq(is_last & ((regs.p_perturb & tabs.inject[layer]) | tabs.hidden[layer])),
+            t0.draw.eq(self._draws_here(regs, tabs, is_last)),
             t0.label.eq(regs.p_label),
         ]
+
+    def _draws_here(self, regs: _IssueRegs, tabs: _LayerTables, is_last: Value) -> Value:
+        """The token's random word is a neuron draw: a bias token (a lane's pipe each), or
+        with :attr:`Geometry.shared_draw` one of the group's first ``lanes`` inputs (the
+        one pipe), of a layer drawing in this pass."""
+        drawing = (regs.p_perturb & tabs.inject[regs.layer]) | tabs.hidden[regs.layer]
+        if self.geometry.shared_draw:
+            return drawing & (regs.col < self.lanes)
+        return drawing & is_last
 
     def _advance(self, m: Module, regs: _IssueRegs, tabs: _LayerTables, fire: Signal, is_last: Signal,
                  group_done: Value, pass_done: Value) -> None:
@@ -544,7 +553,9 @@ class ForwardEngine(wiring.Component):
 
         The random index is the weight index of (neuron, col); on the bias token of a
         drawing layer the neuron's index instead (node sign, ALR noise or projection entry;
-        docs/numerics.md §4), under stream 1's key for injections.
+        docs/numerics.md §4), under stream 1's key for injections.  With
+        :attr:`Geometry.shared_draw` there is one :class:`Draw` (about 570 iCE40 logic cells
+        a lane saved), and input ``k`` of a drawing layer's group draws lane ``k``'s neuron.
         """
         geo, lanes, layer = self.geometry, self.lanes, regs.layer
         projection = geo.projection
@@ -553,6 +564,10 @@ class ForwardEngine(wiring.Component):
             neuron0 = neuron0 + tabs.label_off[layer][regs.p_label]
         draw_key = Mux(tabs.inject[layer], regs.p_node_key, regs.key) if self.inject_layers else regs.key
         draws = []
+        if geo.shared_draw:  # no weight signs: only neuron draws, one a cycle
+            draw = m.submodules.draw0 = Draw(geo.hash_stages_per_register)
+            m.d.comb += [draw.en.eq(en), draw.key.eq(draw_key), draw.index.eq((neuron0 + regs.col)[:32])]
+            return [draw], Const(0, lanes)
         for k in range(lanes):
             draw = m.submodules[f"draw{k}"] = Draw(geo.hash_stages_per_register)
             weight_index = (regs.idx0 + tabs.lane_off[k][layer])[:tabs.idx_bits]
@@ -665,19 +680,30 @@ class ForwardEngine(wiring.Component):
         projection = self.geometry.projection
         drawn = [[Signal(signed(_DRAWN_BITS), name=f"drawn{pos}_{k}") for k in range(lanes)]
                  for pos in range(4)] if (self.inject_layers or projection) else None
-        if drawn is not None:
-            with m.If(en):
-                for k in range(lanes):
-                    word = draws[k].o
-                    if projection:
-                        value = projection_value(word)
-                    else:
-                        noise = Mux(tabs.alr[t6.layer], gaussian_noise(word),
-                                    Mux(word[31], -1, 1))
-                        value = Mux(t6.negate, -noise, noise)
-                    m.d.sync += drawn[0][k].eq(value)
-                    for pos in range(1, 4):
-                        m.d.sync += drawn[pos][k].eq(drawn[pos - 1][k])
+        if drawn is None:
+            return None
+
+        def value_of(word: Value) -> Value:
+            if projection:
+                return projection_value(word)
+            noise = Mux(tabs.alr[t6.layer], gaussian_noise(word), Mux(word[31], -1, 1))
+            return Mux(t6.negate, -noise, noise)
+
+        if self.geometry.shared_draw:
+            # the group's first `lanes` inputs draw lanes 0, 1, ...: shifted in as they pass
+            # H, so at the bias token (after them) lane k's value is hold[lanes - 1 - k]
+            hold = [Signal(signed(8 if projection else _DRAWN_BITS), name=f"hold{i}") for i in range(lanes)]
+            with m.If(en & t6.valid & t6.draw):
+                m.d.sync += [hold[0].eq(value_of(draws[0].o)),
+                             *(hold[i].eq(hold[i - 1]) for i in range(1, lanes))]
+            values = hold[::-1]
+        else:
+            values = [value_of(draw.o) for draw in draws]
+        with m.If(en):
+            for k in range(lanes):
+                m.d.sync += drawn[0][k].eq(values[k])
+                for pos in range(1, 4):
+                    m.d.sync += drawn[pos][k].eq(drawn[pos - 1][k])
         return drawn
 
     def _multiply_accumulate(self, m: Module, t8: Value, en: Signal, w7: list[Signal],
