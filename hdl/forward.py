@@ -23,6 +23,11 @@ H+5     the output register: the group's result on ``result``; ``y`` also writte
         the activation memory, where the next layer reads it
 ======  ================================================================================
 
+The neuron draws (``node_delta``/``sigma`` injections, target projection's ``tl``) are each
+lane's draw on the bias token, or with :attr:`~.geometry.Geometry.shared_draw` (no
+``mgd-weight`` layer) the one pipe's draws on the group's first ``lanes`` inputs, held
+until the bias token passes: the same words.
+
 The whole pipe advances together: it stops only when ``result`` is not ready.  The next
 layer starts issuing at once; a token that reads an activation word waits (*interlock*)
 until the group that writes it has left position ``H+5``.  Passes run back to back: a
