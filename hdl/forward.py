@@ -23,6 +23,11 @@ H+5     the output register: the group's result on ``result``; ``y`` also writte
         the activation memory, where the next layer reads it
 ======  ================================================================================
 
+The neuron draws (``node_delta``/``sigma`` injections, target projection's ``tl``) are each
+lane's draw on the bias token, or with :attr:`~.geometry.Geometry.shared_draw` (no
+``mgd-weight`` layer) the one pipe's draws on the group's first ``lanes`` inputs, held
+until the bias token passes: the same words.
+
 The whole pipe advances together: it stops only when ``result`` is not ready.  The next
 layer starts issuing at once; a token that reads an activation word waits (*interlock*)
 until the group that writes it has left position ``H+5``.  Passes run back to back: a
@@ -47,7 +52,7 @@ from amaranth.lib.wiring import In, Out
 
 from perturbo.config import Activation, Rule
 
-from .arith import narrow, round_shift
+from .arith import at_most, narrow, round_shift
 from .geometry import Geometry, ceil_log2
 from .memories import LanePortSignature, PortSignature, SignWriteSignature, next_column
 from .projection import ErrorKind, Gate, activation_gate, projection_error
@@ -111,6 +116,7 @@ class _LayerTables:
     alr: Array  #: an ALR layer
     nbase: Array  #: neuron (or projection entry) index of the layer's first neuron
     label_off: Array | None  #: target projection: the label's rows of B, per layer
+    nidx_bits: int  #: a neuron draw's index (below ``2^nidx_bits``: ``gbase``, ``nbase``, ...)
 
 
 @dataclass(frozen=True)
@@ -336,11 +342,17 @@ class ForwardEngine(wiring.Component):
         # which layers draw one word per neuron on their bias token: the injected layers
         # of a perturbed pass (stream 1) and the hidden layers of target projection (B)
         projection = geo.projection
+        # the largest neuron draw index: the layer's base, the last label's row of B, the
+        # last group's neurons (the lanes past n_out included); narrower than the hash's
+        # 32 bits, so that the adders forming it are too
+        nb = [lay.projection_offset if projection else lay.neuron_offset for lay in layers]
+        top = max(nb[lay.index] + (geo.classes - 1) * lay.n_out * projection + lay.groups * lanes
+                  for lay in layers)
+        nidx_bits = top.bit_length()
+        nbase = table(nb, nidx_bits)
         if projection:
-            nbase = table([lay.projection_offset for lay in layers], 32)
-            label_off = Array(table([c * lay.n_out for c in range(geo.classes)], 32) for lay in layers)
+            label_off = Array(table([c * lay.n_out for c in range(geo.classes)], nidx_bits) for lay in layers)
         else:
-            nbase = table([lay.neuron_offset for lay in layers], 32)
             label_off = None
         return _LayerTables(
             idx_bits=idx_bits,
@@ -359,6 +371,7 @@ class ForwardEngine(wiring.Component):
             alr=table([int(lay.rule == Rule.ALR) for lay in layers], 1),
             nbase=nbase,
             label_off=label_off,
+            nidx_bits=nidx_bits,
         )
 
     def _token_layout(self) -> data.StructLayout:
@@ -423,7 +436,7 @@ class ForwardEngine(wiring.Component):
             p_sign_bank=Signal(name="p_sign_bank"),
             p_node_key=Signal(32, name="p_node_key"),
             p_label=Signal(geo.label_bits, name="p_label"),
-            gbase=Signal(32, name="gbase"),
+            gbase=Signal(tabs.nidx_bits, name="gbase"),
             sample_base=Signal(self.sample_addr_bits, name="sample_base"),
             parity=Signal(name="parity"),
             wr_parity=Signal(name="wr_parity"),
@@ -474,9 +487,18 @@ class ForwardEngine(wiring.Component):
             t0.bank.eq(regs.p_bank),
             t0.sign_bank.eq(regs.p_sign_bank),
             t0.parity.eq(regs.parity),
-            t0.draw.eq(is_last & ((regs.p_perturb & tabs.inject[layer]) | tabs.hidden[layer])),
+            t0.draw.eq(self._draws_here(regs, tabs, is_last)),
             t0.label.eq(regs.p_label),
         ]
+
+    def _draws_here(self, regs: _IssueRegs, tabs: _LayerTables, is_last: Value) -> Value:
+        """The token's random word is a neuron draw: a bias token (a lane's pipe each), or
+        with :attr:`Geometry.shared_draw` one of the group's first ``lanes`` inputs (the
+        one pipe), of a layer drawing in this pass."""
+        drawing = (regs.p_perturb & tabs.inject[regs.layer]) | tabs.hidden[regs.layer]
+        if self.geometry.shared_draw:
+            return drawing & at_most(regs.col, self.lanes - 1)
+        return drawing & is_last
 
     def _advance(self, m: Module, regs: _IssueRegs, tabs: _LayerTables, fire: Signal, is_last: Signal,
                  group_done: Value, pass_done: Value) -> None:
@@ -544,7 +566,9 @@ class ForwardEngine(wiring.Component):
 
         The random index is the weight index of (neuron, col); on the bias token of a
         drawing layer the neuron's index instead (node sign, ALR noise or projection entry;
-        docs/numerics.md §4), under stream 1's key for injections.
+        docs/numerics.md §4), under stream 1's key for injections.  With
+        :attr:`Geometry.shared_draw` there is one :class:`Draw` (about 570 iCE40 logic cells
+        a lane saved), and input ``k`` of a drawing layer's group draws lane ``k``'s neuron.
         """
         geo, lanes, layer = self.geometry, self.lanes, regs.layer
         projection = geo.projection
@@ -553,13 +577,17 @@ class ForwardEngine(wiring.Component):
             neuron0 = neuron0 + tabs.label_off[layer][regs.p_label]
         draw_key = Mux(tabs.inject[layer], regs.p_node_key, regs.key) if self.inject_layers else regs.key
         draws = []
+        if geo.shared_draw:  # no weight signs: only neuron draws, one a cycle
+            draw = m.submodules.draw0 = Draw(geo.hash_stages_per_register)
+            m.d.comb += [draw.en.eq(en), draw.key.eq(draw_key), draw.index.eq((neuron0 + regs.col)[:tabs.nidx_bits])]
+            return [draw], Const(0, lanes)
         for k in range(lanes):
             draw = m.submodules[f"draw{k}"] = Draw(geo.hash_stages_per_register)
             weight_index = (regs.idx0 + tabs.lane_off[k][layer])[:tabs.idx_bits]
             m.d.comb += [
                 draw.en.eq(en),
                 draw.key.eq(draw_key),
-                draw.index.eq(Mux(t0.draw, (neuron0 + k)[:32], weight_index)
+                draw.index.eq(Mux(t0.draw, (neuron0 + k)[:tabs.nidx_bits], weight_index)
                               if (self.inject_layers or projection) else weight_index),
             ]
             draws.append(draw)
@@ -663,21 +691,34 @@ class ForwardEngine(wiring.Component):
         layer draws per neuron."""
         lanes = self.lanes
         projection = self.geometry.projection
-        drawn = [[Signal(signed(_DRAWN_BITS), name=f"drawn{pos}_{k}") for k in range(lanes)]
-                 for pos in range(4)] if (self.inject_layers or projection) else None
-        if drawn is not None:
+        if not (self.inject_layers or projection):
+            return None
+        bits = 8 if projection else _DRAWN_BITS  # tl is an INT8
+
+        def value_of(word: Value) -> Value:
+            if projection:
+                return projection_value(word)
+            noise = Mux(tabs.alr[t6.layer], gaussian_noise(word), Mux(word[31], -1, 1))
+            return Mux(t6.negate, -noise, noise)
+
+        if self.geometry.shared_draw:
+            # the group's first `lanes` inputs draw lanes 0, 1, ...: shifted in as they pass
+            # H, so at the bias token (after them) lane k's value is hold[lanes - 1 - k]
+            # (hold is the bias token's drawn[0]: the next group's first input, right behind
+            # it, shifts in only as the bias token leaves H+1)
+            hold = [Signal(signed(bits), name=f"hold{i}") for i in range(lanes)]
+            with m.If(en & t6.valid & t6.draw):
+                m.d.sync += [hold[0].eq(value_of(draws[0].o)),
+                             *(hold[i].eq(hold[i - 1]) for i in range(1, lanes))]
+            drawn = [hold[::-1]]
+        else:
+            drawn = [[Signal(signed(bits), name=f"drawn0_{k}") for k in range(lanes)]]
             with m.If(en):
-                for k in range(lanes):
-                    word = draws[k].o
-                    if projection:
-                        value = projection_value(word)
-                    else:
-                        noise = Mux(tabs.alr[t6.layer], gaussian_noise(word),
-                                    Mux(word[31], -1, 1))
-                        value = Mux(t6.negate, -noise, noise)
-                    m.d.sync += drawn[0][k].eq(value)
-                    for pos in range(1, 4):
-                        m.d.sync += drawn[pos][k].eq(drawn[pos - 1][k])
+                m.d.sync += [drawn[0][k].eq(value_of(draws[k].o)) for k in range(lanes)]
+        for pos in range(1, 4):
+            drawn.append([Signal(signed(bits), name=f"drawn{pos}_{k}") for k in range(lanes)])
+            with m.If(en):
+                m.d.sync += [drawn[pos][k].eq(drawn[pos - 1][k]) for k in range(lanes)]
         return drawn
 
     def _multiply_accumulate(self, m: Module, t8: Value, en: Signal, w7: list[Signal],

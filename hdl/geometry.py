@@ -187,6 +187,15 @@ class Geometry:
                                    if lay.rule in (Rule.MGD_NODE, Rule.ALR))
         #: target projection: one baseline pass per sample, no perturbed passes
         self.projection = all(lay.rule in TARGET_PROJECTION_RULES for lay in self.layers)
+        #: layers that draw one word per neuron (an injection, or target projection's row of B)
+        drawing = [lay for lay in self.layers
+                   if lay.index in self.inject_layers or (self.projection and lay.index < len(self.layers) - 1)]
+        #: the forward engine's one shared hash pipe: with no per-weight draws (no ``mgd-weight``
+        #: layer) the pipes serve only the neuron draws, one word a lane per neuron group, so one
+        #: pipe draws lane ``k``'s word on the group's input ``k`` (every drawing layer has at
+        #: least ``lanes`` inputs before its bias input) instead of ``lanes`` pipes on the bias
+        #: input; the words are the same (docs/numerics.md §4)
+        self.shared_draw = not self.perturbed_layers and all(lay.n_in >= self.lanes for lay in drawing)
         #: bits per neuron of the correlation factor the forward engine stores for the
         #: correlation walker: the gated error ``g`` (target projection, 9 bits), or
         #: ``sign(a * n)`` as (negative, zero) (ALR, 2 bits), or ``a * s = -1`` (MGD node,

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from amaranth.hdl import Module, Mux, Shape, ShapeLike, Signal, Value, signed
+from amaranth.hdl import Cat, Module, Mux, Shape, ShapeLike, Signal, Value, signed
 from amaranth.lib import data, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -219,6 +219,15 @@ class SampleMemory(wiring.Component):
     only: ``host_owns``); its writes use the write port, which no datapath client needs,
     so that they may go on while a run reads other samples (``Command.TRAIN_STREAM``).
 
+    With ``second_read`` the memory holds 16-bit halfwords (``2 * words`` of them): an
+    iCE40 block RAM is at most 16 bits wide, so 32-bit words take two of them side by
+    side, half empty below 256 words, and the second read port doubles that (the digits
+    buffer of 8 samples, 128 words, took 4 block RAMs where 2 hold it).  A host write then
+    writes its low half at once and its high half in the next cycle (the bus leaves a
+    cycle between two requests: the ``ack`` cycle); a host read (idle only) reads the low
+    half on the first port and the high half on the second, which only the running
+    correlation walker uses.
+
     Members
     -------
     port : ``In(ReadPortSignature(byte_bits, signed(8)))``
@@ -247,27 +256,52 @@ class SampleMemory(wiring.Component):
 
     def elaborate(self, platform: object) -> Module:
         m = Module()
-        m.submodules.mem = mem = Memory(shape=32, depth=self.words, init=[])
+        halves = self.second_read
+        width = 16 if halves else 32
+        sel_bits = (width // 8 - 1).bit_length()  # the byte within a memory word
+        m.submodules.mem = mem = Memory(shape=width, depth=self.words * 32 // width, init=[])
         wr = mem.write_port()
-        m.d.comb += [wr.addr.eq(self.host.waddr), wr.data.eq(self.host.wdata), wr.en.eq(self.host.we)]
+        host = self.host
+        if halves:
+            high = Signal(16)
+            high_addr = Signal(self.addr_width)
+            high_due = Signal()  # the high half of the last cycle's write
+            m.d.sync += high_due.eq(host.we)
+            with m.If(host.we):
+                m.d.sync += [high.eq(host.wdata[16:]), high_addr.eq(host.waddr)]
+            m.d.comb += [
+                wr.addr.eq(Mux(high_due, Cat(1, high_addr), Cat(0, host.waddr))),
+                wr.data.eq(Mux(high_due, high, host.wdata[:16])),
+                wr.en.eq(host.we | high_due),
+            ]
+        else:
+            m.d.comb += [wr.addr.eq(host.waddr), wr.data.eq(host.wdata), wr.en.eq(host.we)]
 
-        def byte_reader(rd: object, client: wiring.PureInterface, host: bool) -> None:
-            select = Signal(2, name="select")
+        def byte_reader(rd: object, client: wiring.PureInterface, host_addr: Value | None) -> None:
+            """``client``'s byte reads on ``rd``; the host's while idle if ``host_addr``."""
+            select = Signal(sel_bits, name="select")
             with m.If(client.ren):
-                m.d.sync += select.eq(client.raddr[:2])
-            word_addr = client.raddr[2:]
-            if host:
-                word_addr = Mux(self.host_owns, self.host.raddr, word_addr)
-                m.d.comb += self.host.rdata.eq(rd.data)
+                m.d.sync += select.eq(client.raddr[:sel_bits])
+            word_addr = client.raddr[sel_bits:]
+            ren = client.ren
+            if host_addr is not None:
+                word_addr = Mux(self.host_owns, host_addr, word_addr)
+                ren = Mux(self.host_owns, host.ren, client.ren)
             m.d.comb += [
                 rd.addr.eq(word_addr),
-                rd.en.eq(Mux(self.host_owns, self.host.ren, client.ren) if host else client.ren),
+                rd.en.eq(ren),
                 client.rdata.eq(rd.data.word_select(select, 8)),
             ]
 
-        byte_reader(mem.read_port(), self.port, True)
-        if self.second_read:
-            byte_reader(mem.read_port(), self.read, False)
+        rd = mem.read_port()
+        if halves:
+            rd2 = mem.read_port()
+            byte_reader(rd, self.port, Cat(0, host.raddr))
+            byte_reader(rd2, self.read, Cat(1, host.raddr))
+            m.d.comb += host.rdata.eq(Cat(rd.data, rd2.data))
+        else:
+            byte_reader(rd, self.port, host.raddr)
+            m.d.comb += host.rdata.eq(rd.data)
         return m
 
 

@@ -545,9 +545,11 @@ def memories(cfg: Config) -> list[MemoryUse]:
     if geo.momentum:
         out.append(MemoryUse("momentum", depth, geo.grad_bits, lanes, "one memory per lane"))
     out += [
-        MemoryUse("samples", geo.sample_bus_words, 32, 2 if geo.walker_reads_samples else 1,
-                  "four INT8 a word" + ("; two read ports (forward engine, correlation walker)"
-                                        if geo.walker_reads_samples else "")),
+        # (with the walker's read port, 16-bit halfwords: hdl/memories.py SampleMemory)
+        MemoryUse("samples", 2 * geo.sample_bus_words, 16, 2,
+                  "two INT8 a halfword; two read ports (forward engine, correlation walker)")
+        if geo.walker_reads_samples else
+        MemoryUse("samples", geo.sample_bus_words, 32, 1, "four INT8 a word"),
         MemoryUse("labels", geo.sample_depth, geo.label_bits, 1),
         MemoryUse("outputs", geo.output_words, 8, 1, "inference scores"),
         MemoryUse("activations", act_depth, 8 * lanes, 2,

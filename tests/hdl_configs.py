@@ -109,6 +109,11 @@ FORWARD_CONFIGS["alr"] = RULE_CONFIGS["alr"]
 # error (tl, sign(y - tl), y - tl) and gate (hard sigmoid, ReLU, leaky ReLU)
 for _name in ("drtp", "tpsgd-l1", "tpsgd-l2"):
     FORWARD_CONFIGS[_name] = RULE_CONFIGS[_name]
+# target projection with fewer inputs to the hidden layer than lanes: each lane keeps its
+# own hash pipe (Geometry.shared_draw is false; the other projection and injection
+# configurations share one)
+FORWARD_CONFIGS["drtp-narrow"] = _rule_config("drtp-narrow", [3, 6, 3], {"name": "drtp", "lr_shift": 5},
+                                              lanes=4, activation="hard-sigmoid")
 # MGD node perturbation with the narrowest accumulator allowed: the injection (the
 # testbench's node_delta is 2^20) saturates the accumulator at both ends
 FORWARD_CONFIGS["node-narrow"] = _rule_config("node-narrow", [6, 5, 3], {"name": "mgd-node", "node_delta": 300,
