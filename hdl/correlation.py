@@ -60,10 +60,17 @@ def sums_layout(lanes: int, row_bits: int, grad_bits: int) -> data.StructLayout:
 class CorrelationUnit(wiring.Component):
     """``G[row][k] = narrow_g(G[row][k] + term[k])`` for every lane ``k`` in ``mask``.
 
-    One row per cycle, read-modify-write over the G memories' read and write ports
-    (read in the cycle a row is taken, write one cycle later).  A row that follows the
-    same row directly takes the just-written sums (bypass), so any sequence of rows
-    accumulates in order.
+    One row per cycle, a read-modify-write in four stages: R presents the row's read
+    address; D registers what the G memories return; X adds the terms and narrows into a
+    register; W writes it.  No cycle holds more than one of the block RAM's output, the
+    add and narrowing, and the write-port multiplexer (the three shared one cycle before,
+    a 19 ns path on the ECP5), so a row is written 3 cycles after it is taken (it was 1).
+
+    A row of G is in the pipe for 3 cycles before it is written, so a row that follows
+    the same row within 3 rows would read a stale G: the unit forwards.  D takes the
+    value of a row 2 back (in W) or 3 back (written in the last cycle) instead of the
+    memory's; X takes the value of the row just before (in W) instead of D's.  So any
+    sequence of rows, the same row back to back included, accumulates in order.
 
     A ``final`` row (the step's last addition to it) writes 0 instead and hands the sums
     to ``sums``, so the update unit applies them while the last correlation runs,
@@ -88,10 +95,13 @@ class CorrelationUnit(wiring.Component):
         The G memories.
     sums : ``Out(stream.Signature(sums_layout(...), always_ready=True))``
         The sums of every ``final`` row (``G`` of the unmasked lanes as it was), in the
-        cycle they would have been written.
+        cycle they are written (3 cycles after the row was taken).
     busy : ``Out(1)``
-        A row is still being written.
+        A row is still in the pipe.
     """
+
+    #: Cycles from taking a row to writing it (the stages D, X and W).
+    LATENCY = 3
 
     def __init__(self, lanes: int, row_bits: int, grad_bits: int, term_bits: int,
                  overflow: Overflow = Overflow.SATURATE) -> None:
@@ -113,38 +123,57 @@ class CorrelationUnit(wiring.Component):
     def elaborate(self, platform: object) -> Module:
         m = Module()
         lanes, gb = self.lanes, self.grad_bits
-        take = Signal()
+        g_row = data.ArrayLayout(signed(gb), lanes)
+        inp = self.i.payload
+        # R: the read of the row taken
         m.d.comb += [
             self.i.ready.eq(1),
-            take.eq(self.i.valid),
-            self.grads.raddr.eq(self.i.payload.row),
+            self.grads.raddr.eq(inp.row),
             self.grads.ren.eq(1),
         ]
-        b_valid = Signal()
-        b = Signal(self.layout)
-        m.d.sync += [b_valid.eq(take), b.eq(self.i.payload)]
-        # the write of the previous cycle, for the bypass
-        last_row = Signal(self.row_bits)
-        last_we = Signal(lanes)
-        last_data = Signal(data.ArrayLayout(signed(gb), lanes))
-        we = Signal(lanes)
-        m.d.comb += [
-            self.grads.waddr.eq(b.row),
-            we.eq(Mux(b_valid, Mux(b.final, (1 << lanes) - 1, b.mask), 0)),
-            self.grads.we.eq(we),
-            self.sums.valid.eq(b_valid & b.final),
-            self.sums.payload.row.eq(b.row),
+        d_valid, x_valid, w_valid = Signal(), Signal(), Signal()
+        d, x = Signal(self.layout), Signal(self.layout)
+        w_row, w_final, w_we = Signal(self.row_bits), Signal(), Signal(lanes)
+        w_new = Signal(g_row)  # the sums (unmasked lanes: G as it was)
+        # what the memory holds after W's write: 0 after a final row
+        w_after = Signal(g_row)
+        m.d.comb += w_after.eq(Mux(w_final, 0, w_new))
+        v_after = Signal(g_row)  # the row written in the last cycle (W's the cycle before)
+        m.d.sync += v_after.eq(w_after)
+        v_valid, v_row = Signal(), Signal(self.row_bits)
+        m.d.sync += [v_valid.eq(w_valid), v_row.eq(w_row)]
+
+        # D: the memory's answer, or a row in flight that the read did not see: 2 back
+        # (now in X, next cycle in W) or 3 back (now in W, next cycle written); the
+        # comparisons are made in R, a cycle ahead, so D only multiplexes
+        d_from_w, d_from_v = Signal(), Signal()
+        m.d.sync += [
+            d_valid.eq(self.i.valid), d.eq(inp),
+            d_from_w.eq(x_valid & (x.row == inp.row)),
+            d_from_v.eq(w_valid & (w_row == inp.row)),
+        ]
+        x_old = Signal(g_row)
+        m.d.sync += x_old.eq(Mux(d_from_w, w_after, Mux(d_from_v, v_after, self.grads.rdata)))
+        # X: the row just before (now in X, next cycle in W) overrides D's value
+        x_from_w = Signal()
+        m.d.sync += [x_valid.eq(d_valid), x.eq(d), x_from_w.eq(x_valid & (x.row == d.row))]
+        m.d.sync += [
+            w_valid.eq(x_valid), w_row.eq(x.row), w_final.eq(x.final),
+            w_we.eq(Mux(x_valid, Mux(x.final, (1 << lanes) - 1, x.mask), 0)),
         ]
         for k in range(lanes):
-            bypass = last_we[k] & (last_row == b.row)
-            old = Mux(bypass, last_data[k], self.grads.rdata[k])
-            new = Mux(b.mask[k], narrow(old + b.term[k], gb, self.overflow), old)
-            m.d.comb += [
-                self.grads.wdata[k].eq(Mux(b.final, 0, new)),
-                self.sums.payload.g[k].eq(new),
-            ]
-        m.d.sync += [last_row.eq(b.row), last_we.eq(we), last_data.eq(self.grads.wdata)]
-        m.d.comb += self.busy.eq(b_valid)
+            old = Mux(x_from_w, w_after[k], x_old[k])
+            m.d.sync += w_new[k].eq(Mux(x.mask[k], narrow(old + x.term[k], gb, self.overflow), old))
+        # W: the write, and the final sums
+        m.d.comb += [
+            self.grads.waddr.eq(w_row),
+            self.grads.wdata.eq(w_after),
+            self.grads.we.eq(w_we),
+            self.sums.valid.eq(w_valid & w_final),
+            self.sums.payload.row.eq(w_row),
+            self.sums.payload.g.eq(w_new),
+            self.busy.eq(d_valid | x_valid | w_valid),
+        ]
         return m
 
 
