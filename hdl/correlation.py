@@ -140,8 +140,6 @@ class CorrelationUnit(wiring.Component):
         m.d.comb += w_after.eq(Mux(w_final, 0, w_new))
         v_after = Signal(g_row)  # the row written in the last cycle (W's the cycle before)
         m.d.sync += v_after.eq(w_after)
-        v_valid, v_row = Signal(), Signal(self.row_bits)
-        m.d.sync += [v_valid.eq(w_valid), v_row.eq(w_row)]
 
         # D: the memory's answer, or a row in flight that the read did not see: 2 back
         # (now in X, next cycle in W) or 3 back (now in W, next cycle written); the
