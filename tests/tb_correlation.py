@@ -336,8 +336,9 @@ async def jobs(dut, idle: float) -> None:
 
 @cocotb.test()
 async def direct_rows(dut) -> None:
-    """The unit alone: any sequence of rows, the same row back to back included, random
-    masks, terms at the term width's ends, random gaps; then a final pass over the rows."""
+    """The unit alone: any sequence of rows, the same row again 1, 2 or 3 rows later
+    included (the rows in the unit's pipe), random masks, terms at the term width's ends,
+    random gaps; then a final pass over the rows."""
     bench = Bench(dut, "direct")
     dut.cmd__valid.value = 0
     await bench.reset()
@@ -350,10 +351,12 @@ async def direct_rows(dut) -> None:
     src = bench.source("rows", UNIT.layout, 0.3)
     tlo, thi = -(1 << (TB - 1)), (1 << (TB - 1)) - 1
     model = [list(r) for r in rows0]
-    last = 0
+    recent = [0, 0, 0]  # the last three rows sent: the unit forwards each of them
     for _ in range(300):
-        row = last if rng.random() < 0.4 else rng.randrange(geo.weight_depth)
-        last = row
+        pick = rng.random()
+        row = (recent[-1] if pick < 0.3 else recent[-2] if pick < 0.45
+               else recent[-3] if pick < 0.6 else rng.randrange(geo.weight_depth))
+        recent = recent[1:] + [row]
         mask = rng.getrandbits(LANES)
         terms = [rng.choice([rng.randint(tlo, thi), 1, -1, thi, tlo]) for _ in range(LANES)]
         src.send({"row": row, "mask": mask, "term": terms})
