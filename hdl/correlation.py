@@ -66,11 +66,16 @@ class CorrelationUnit(wiring.Component):
     add and narrowing, and the write-port multiplexer (the three shared one cycle before,
     a 19 ns path on the ECP5), so a row is written 3 cycles after it is taken (it was 1).
 
-    A row of G is in the pipe for 3 cycles before it is written, so a row that follows
-    the same row within 3 rows would read a stale G: the unit forwards.  D takes the
+    A row of G is in the pipe for 3 cycles before it is written, and the memory's read
+    is not transparent, so a row taken fewer than :attr:`DEPTH` (4) cycles after the same
+    row would read a stale G.  Given no ``min_spacing``, the unit forwards: D takes the
     value of a row 2 back (in W) or 3 back (written in the last cycle) instead of the
     memory's; X takes the value of the row just before (in W) instead of D's.  So any
-    sequence of rows, the same row back to back included, accumulates in order.
+    sequence of rows, the same row back to back included, accumulates in order.  Given
+    a ``min_spacing`` of at least :attr:`DEPTH` cycles (the rows' source guarantees that
+    a row comes again no sooner: :attr:`CorrelationWalker.min_row_spacing`), no row can
+    be in flight when it comes again, and the unit generates no forwarding (about 96
+    LC on the iCE40 for one lane).
 
     A ``final`` row (the step's last addition to it) writes 0 instead and hands the sums
     to ``sums``, so the update unit applies them while the last correlation runs,
@@ -86,6 +91,10 @@ class CorrelationUnit(wiring.Component):
         Width of the terms.
     overflow
         ``numerics.overflow`` for the narrowing.
+    min_spacing
+        The fewest cycles between two rows of the same address taken, as the source of
+        the rows guarantees; None (any sequence) by default.  Forwarding is generated
+        only when it is None or below :attr:`DEPTH`.
 
     Members
     -------
@@ -102,15 +111,24 @@ class CorrelationUnit(wiring.Component):
 
     #: Cycles from taking a row to writing it (the stages D, X and W).
     LATENCY = 3
+    #: Stages a row goes through (R, D, X, W): a row taken this many cycles or more after
+    #: the same row reads what that one wrote (the write lands at the end of W; the read
+    #: in R of the same cycle does not see it).
+    DEPTH = LATENCY + 1
 
     def __init__(self, lanes: int, row_bits: int, grad_bits: int, term_bits: int,
-                 overflow: Overflow = Overflow.SATURATE) -> None:
+                 overflow: Overflow = Overflow.SATURATE, min_spacing: int | None = None) -> None:
         if not isinstance(lanes, int) or lanes < 1:
             raise ValueError(f"lanes must be a positive integer, not {lanes!r}")
         if not isinstance(grad_bits, int) or grad_bits < 2:
             raise ValueError(f"grad_bits must be an integer >= 2, not {grad_bits!r}")
         self.lanes, self.row_bits, self.grad_bits, self.term_bits = lanes, row_bits, grad_bits, term_bits
         self.overflow = Overflow(overflow)
+        if min_spacing is not None and (not isinstance(min_spacing, int) or min_spacing < 1):
+            raise ValueError(f"min_spacing must be a positive integer or None, not {min_spacing!r}")
+        self.min_spacing = min_spacing
+        #: whether the unit forwards the rows in flight (see the class docstring)
+        self.forwarding = min_spacing is None or min_spacing < self.DEPTH
         self.layout = row_layout(lanes, row_bits, term_bits)
         super().__init__({
             "i": In(stream.Signature(self.layout)),
@@ -139,22 +157,27 @@ class CorrelationUnit(wiring.Component):
         w_after = Signal(g_row)
         m.d.comb += w_after.eq(Mux(w_final, 0, w_new))
         v_after = Signal(g_row)  # the row written in the last cycle (W's the cycle before)
-        m.d.sync += v_after.eq(w_after)
+        if self.forwarding:
+            m.d.sync += v_after.eq(w_after)
 
-        # D: the memory's answer, or a row in flight that the read did not see: 2 back
-        # (now in X, next cycle in W) or 3 back (now in W, next cycle written); the
-        # comparisons are made in R, a cycle ahead, so D only multiplexes
-        d_from_w, d_from_v = Signal(), Signal()
-        m.d.sync += [
-            d_valid.eq(self.i.valid), d.eq(inp),
-            d_from_w.eq(x_valid & (x.row == inp.row)),
-            d_from_v.eq(w_valid & (w_row == inp.row)),
-        ]
+        m.d.sync += [d_valid.eq(self.i.valid), d.eq(inp)]
         x_old = Signal(g_row)
-        m.d.sync += x_old.eq(Mux(d_from_w, w_after, Mux(d_from_v, v_after, self.grads.rdata)))
-        # X: the row just before (now in X, next cycle in W) overrides D's value
         x_from_w = Signal()
-        m.d.sync += [x_valid.eq(d_valid), x.eq(d), x_from_w.eq(x_valid & (x.row == d.row))]
+        m.d.sync += [x_valid.eq(d_valid), x.eq(d)]
+        if self.forwarding:
+            # D: the memory's answer, or a row in flight that the read did not see: 2 back
+            # (now in X, next cycle in W) or 3 back (now in W, next cycle written); the
+            # comparisons are made in R, a cycle ahead, so D only multiplexes
+            d_from_w, d_from_v = Signal(), Signal()
+            m.d.sync += [
+                d_from_w.eq(x_valid & (x.row == inp.row)),
+                d_from_v.eq(w_valid & (w_row == inp.row)),
+            ]
+            m.d.sync += x_old.eq(Mux(d_from_w, w_after, Mux(d_from_v, v_after, self.grads.rdata)))
+            # X: the row just before (now in X, next cycle in W) overrides D's value
+            m.d.sync += x_from_w.eq(x_valid & (x.row == d.row))
+        else:  # no row is in flight when it comes again: the memory's answer is current
+            m.d.sync += x_old.eq(self.grads.rdata)
         m.d.sync += [
             w_valid.eq(x_valid), w_row.eq(x.row), w_final.eq(x.final),
             w_we.eq(Mux(x_valid, Mux(x.final, (1 << lanes) - 1, x.mask), 0)),
@@ -239,10 +262,27 @@ class CorrelationWalker(wiring.Component):
         Pulse: every read of the job is done (its banks may be overwritten).
     """
 
+    #: Cycles without a row on ``o`` between the last row of a job and the first of the
+    #: next, at the least: a job is taken only when stages A, B and C are empty
+    #: (:meth:`_take_job`), i.e. in the cycle the last row is on ``o``; its first row is
+    #: in A the cycle after, on ``o`` three cycles later.
+    JOB_GAP = 3
+
     def __init__(self, geometry: Geometry) -> None:
         if not isinstance(geometry, Geometry):
             raise TypeError(f"geometry must be a Geometry, not {geometry!r}")
         self.geometry = geo = geometry
+        # The fewest cycles between two rows of one address on ``o``.  A job visits every
+        # row of every layer once, one a cycle (``row`` counts up; the layers' rows do not
+        # overlap), so a row comes again only in a later job.  From row r of one job to
+        # row r of the next there are the job's rows after r, the gap, and the next
+        # job's rows before r: (rows - 1 - i) + JOB_GAP + i + 1 = rows + JOB_GAP cycles
+        # for every r (more when the next job comes late).  The final rows of a step are
+        # a job like any other, and the next step's jobs follow through the same intake.
+        # A layer has at least 2 columns (an input and the bias), so this is at least
+        # 2 + JOB_GAP = 5 cycles: the correlation unit (DEPTH 4) never needs to forward
+        # rows from this walker, whatever the network.
+        self.min_row_spacing = geo.rows + self.JOB_GAP
         rules = {lay.rule for lay in geo.layers}
         natural = max(
             DC_BITS + 8 if rule == Rule.MGD_NODE else TP_TERM_BITS if geo.projection else DC_BITS + 1
