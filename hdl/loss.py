@@ -63,6 +63,11 @@ class LossUnit(wiring.Component):
         baseline pass), ``baseline`` and ``tag``.
     """
 
+    #: Pipeline stages a lane goes through before its square is in the sum (D, S, T): the
+    #: unit stays in ``DRAIN`` this many cycles after the pass's last lane, so its result
+    #: is offered ``STAGES`` cycles later than an unpipelined unit's.
+    STAGES = 3
+
     def __init__(self, geometry: Geometry, tag_shape: ShapeLike = 1) -> None:
         if not isinstance(geometry, Geometry):
             raise TypeError(f"geometry must be a Geometry, not {geometry!r}")
