@@ -35,6 +35,7 @@ def test_correlation_spaced(name: str, sim: str) -> None:
                extra_env={**config_env(cfg), "PERTURBO_CORR_SPACED": "1"}, simulator=sim)
 
 
+@pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")
 def test_forwarding_only_when_needed() -> None:
     """Forwarding is generated for a source that may repeat a row within the unit's
     depth, and for none that cannot; the walker's spacing is rows + JOB_GAP."""
