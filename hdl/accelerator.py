@@ -210,8 +210,9 @@ class Accelerator(wiring.Component):
         tag_layout = Sequencer.tag_layout(geo, fe.job_layout)
         m.submodules.engine = eng = ForwardEngine(geo, tag_layout)
         m.submodules.loss = loss = LossUnit(geo, tag_layout)
+        # the walker is the unit's only source: its spacing decides the forwarding
         m.submodules.corr = corr = CorrelationUnit(geo.lanes, geo.row_bits, geo.grad_bits,
-                                                   fe.term_bits, geo.overflow)
+                                                   fe.term_bits, geo.overflow, fe.min_row_spacing)
         m.submodules.update = upd = UpdateUnit(geo)
         m.submodules.writer = writer = OutputWriter(geo)
         m.submodules.seq = seq = Sequencer(geo, eng.cmd_layout, loss.result_layout,

@@ -60,10 +60,22 @@ def sums_layout(lanes: int, row_bits: int, grad_bits: int) -> data.StructLayout:
 class CorrelationUnit(wiring.Component):
     """``G[row][k] = narrow_g(G[row][k] + term[k])`` for every lane ``k`` in ``mask``.
 
-    One row per cycle, read-modify-write over the G memories' read and write ports
-    (read in the cycle a row is taken, write one cycle later).  A row that follows the
-    same row directly takes the just-written sums (bypass), so any sequence of rows
-    accumulates in order.
+    One row per cycle, a read-modify-write in four stages: R presents the row's read
+    address; D registers what the G memories return; X adds the terms and narrows into a
+    register; W writes it.  No cycle holds more than one of the block RAM's output, the
+    add and narrowing, and the write-port multiplexer (the three shared one cycle before,
+    a 19 ns path on the ECP5), so a row is written 3 cycles after it is taken (it was 1).
+
+    A row of G is in the pipe for 3 cycles before it is written, and the memory's read
+    is not transparent, so a row taken fewer than :attr:`DEPTH` (4) cycles after the same
+    row would read a stale G.  Given no ``min_spacing``, the unit forwards: D takes the
+    value of a row 2 back (in W) or 3 back (written in the last cycle) instead of the
+    memory's; X takes the value of the row just before (in W) instead of D's.  So any
+    sequence of rows, the same row back to back included, accumulates in order.  Given
+    a ``min_spacing`` of at least :attr:`DEPTH` cycles (the rows' source guarantees that
+    a row comes again no sooner: :attr:`CorrelationWalker.min_row_spacing`), no row can
+    be in flight when it comes again, and the unit generates no forwarding (about 96
+    LC on the iCE40 for one lane).
 
     A ``final`` row (the step's last addition to it) writes 0 instead and hands the sums
     to ``sums``, so the update unit applies them while the last correlation runs,
@@ -79,6 +91,10 @@ class CorrelationUnit(wiring.Component):
         Width of the terms.
     overflow
         ``numerics.overflow`` for the narrowing.
+    min_spacing
+        The fewest cycles between two rows of the same address taken, as the source of
+        the rows guarantees; None (any sequence) by default.  Forwarding is generated
+        only when it is None or below :attr:`DEPTH`.
 
     Members
     -------
@@ -88,19 +104,31 @@ class CorrelationUnit(wiring.Component):
         The G memories.
     sums : ``Out(stream.Signature(sums_layout(...), always_ready=True))``
         The sums of every ``final`` row (``G`` of the unmasked lanes as it was), in the
-        cycle they would have been written.
+        cycle they are written (3 cycles after the row was taken).
     busy : ``Out(1)``
-        A row is still being written.
+        A row is still in the pipe.
     """
 
+    #: Cycles from taking a row to writing it (the stages D, X and W).
+    LATENCY = 3
+    #: Stages a row goes through (R, D, X, W): a row taken this many cycles or more after
+    #: the same row reads what that one wrote (the write lands at the end of W; the read
+    #: in R of the same cycle does not see it).
+    DEPTH = LATENCY + 1
+
     def __init__(self, lanes: int, row_bits: int, grad_bits: int, term_bits: int,
-                 overflow: Overflow = Overflow.SATURATE) -> None:
+                 overflow: Overflow = Overflow.SATURATE, min_spacing: int | None = None) -> None:
         if not isinstance(lanes, int) or lanes < 1:
             raise ValueError(f"lanes must be a positive integer, not {lanes!r}")
         if not isinstance(grad_bits, int) or grad_bits < 2:
             raise ValueError(f"grad_bits must be an integer >= 2, not {grad_bits!r}")
         self.lanes, self.row_bits, self.grad_bits, self.term_bits = lanes, row_bits, grad_bits, term_bits
         self.overflow = Overflow(overflow)
+        if min_spacing is not None and (not isinstance(min_spacing, int) or min_spacing < 1):
+            raise ValueError(f"min_spacing must be a positive integer or None, not {min_spacing!r}")
+        self.min_spacing = min_spacing
+        #: whether the unit forwards the rows in flight (see the class docstring)
+        self.forwarding = min_spacing is None or min_spacing < self.DEPTH
         self.layout = row_layout(lanes, row_bits, term_bits)
         super().__init__({
             "i": In(stream.Signature(self.layout)),
@@ -113,38 +141,60 @@ class CorrelationUnit(wiring.Component):
     def elaborate(self, platform: object) -> Module:
         m = Module()
         lanes, gb = self.lanes, self.grad_bits
-        take = Signal()
+        g_row = data.ArrayLayout(signed(gb), lanes)
+        inp = self.i.payload
+        # R: the read of the row taken
         m.d.comb += [
             self.i.ready.eq(1),
-            take.eq(self.i.valid),
-            self.grads.raddr.eq(self.i.payload.row),
+            self.grads.raddr.eq(inp.row),
             self.grads.ren.eq(1),
         ]
-        b_valid = Signal()
-        b = Signal(self.layout)
-        m.d.sync += [b_valid.eq(take), b.eq(self.i.payload)]
-        # the write of the previous cycle, for the bypass
-        last_row = Signal(self.row_bits)
-        last_we = Signal(lanes)
-        last_data = Signal(data.ArrayLayout(signed(gb), lanes))
-        we = Signal(lanes)
-        m.d.comb += [
-            self.grads.waddr.eq(b.row),
-            we.eq(Mux(b_valid, Mux(b.final, (1 << lanes) - 1, b.mask), 0)),
-            self.grads.we.eq(we),
-            self.sums.valid.eq(b_valid & b.final),
-            self.sums.payload.row.eq(b.row),
+        d_valid, x_valid, w_valid = Signal(), Signal(), Signal()
+        d, x = Signal(self.layout), Signal(self.layout)
+        w_row, w_final, w_we = Signal(self.row_bits), Signal(), Signal(lanes)
+        w_new = Signal(g_row)  # the sums (unmasked lanes: G as it was)
+        # what the memory holds after W's write: 0 after a final row
+        w_after = Signal(g_row)
+        m.d.comb += w_after.eq(Mux(w_final, 0, w_new))
+        v_after = Signal(g_row)  # the row written in the last cycle (W's the cycle before)
+        if self.forwarding:
+            m.d.sync += v_after.eq(w_after)
+
+        m.d.sync += [d_valid.eq(self.i.valid), d.eq(inp)]
+        x_old = Signal(g_row)
+        x_from_w = Signal()
+        m.d.sync += [x_valid.eq(d_valid), x.eq(d)]
+        if self.forwarding:
+            # D: the memory's answer, or a row in flight that the read did not see: 2 back
+            # (now in X, next cycle in W) or 3 back (now in W, next cycle written); the
+            # comparisons are made in R, a cycle ahead, so D only multiplexes
+            d_from_w, d_from_v = Signal(), Signal()
+            m.d.sync += [
+                d_from_w.eq(x_valid & (x.row == inp.row)),
+                d_from_v.eq(w_valid & (w_row == inp.row)),
+            ]
+            m.d.sync += x_old.eq(Mux(d_from_w, w_after, Mux(d_from_v, v_after, self.grads.rdata)))
+            # X: the row just before (now in X, next cycle in W) overrides D's value
+            m.d.sync += x_from_w.eq(x_valid & (x.row == d.row))
+        else:  # no row is in flight when it comes again: the memory's answer is current
+            m.d.sync += x_old.eq(self.grads.rdata)
+        m.d.sync += [
+            w_valid.eq(x_valid), w_row.eq(x.row), w_final.eq(x.final),
+            w_we.eq(Mux(x_valid, Mux(x.final, (1 << lanes) - 1, x.mask), 0)),
         ]
         for k in range(lanes):
-            bypass = last_we[k] & (last_row == b.row)
-            old = Mux(bypass, last_data[k], self.grads.rdata[k])
-            new = Mux(b.mask[k], narrow(old + b.term[k], gb, self.overflow), old)
-            m.d.comb += [
-                self.grads.wdata[k].eq(Mux(b.final, 0, new)),
-                self.sums.payload.g[k].eq(new),
-            ]
-        m.d.sync += [last_row.eq(b.row), last_we.eq(we), last_data.eq(self.grads.wdata)]
-        m.d.comb += self.busy.eq(b_valid)
+            old = Mux(x_from_w, w_after[k], x_old[k])
+            m.d.sync += w_new[k].eq(Mux(x.mask[k], narrow(old + x.term[k], gb, self.overflow), old))
+        # W: the write, and the final sums
+        m.d.comb += [
+            self.grads.waddr.eq(w_row),
+            self.grads.wdata.eq(w_after),
+            self.grads.we.eq(w_we),
+            self.sums.valid.eq(w_valid & w_final),
+            self.sums.payload.row.eq(w_row),
+            self.sums.payload.g.eq(w_new),
+            self.busy.eq(d_valid | x_valid | w_valid),
+        ]
         return m
 
 
@@ -212,10 +262,27 @@ class CorrelationWalker(wiring.Component):
         Pulse: every read of the job is done (its banks may be overwritten).
     """
 
+    #: Cycles without a row on ``o`` between the last row of a job and the first of the
+    #: next, at the least: a job is taken only when stages A, B and C are empty
+    #: (:meth:`_take_job`), i.e. in the cycle the last row is on ``o``; its first row is
+    #: in A the cycle after, on ``o`` three cycles later.
+    JOB_GAP = 3
+
     def __init__(self, geometry: Geometry) -> None:
         if not isinstance(geometry, Geometry):
             raise TypeError(f"geometry must be a Geometry, not {geometry!r}")
         self.geometry = geo = geometry
+        # The fewest cycles between two rows of one address on ``o``.  A job visits every
+        # row of every layer once, one a cycle (``row`` counts up; the layers' rows do not
+        # overlap), so a row comes again only in a later job.  From row r of one job to
+        # row r of the next there are the job's rows after r, the gap, and the next
+        # job's rows before r: (rows - 1 - i) + JOB_GAP + i + 1 = rows + JOB_GAP cycles
+        # for every r (more when the next job comes late).  The final rows of a step are
+        # a job like any other, and the next step's jobs follow through the same intake.
+        # A layer has at least 2 columns (an input and the bias), so this is at least
+        # 2 + JOB_GAP = 5 cycles: the correlation unit (DEPTH 4) never needs to forward
+        # rows from this walker, whatever the network.
+        self.min_row_spacing = geo.rows + self.JOB_GAP
         rules = {lay.rule for lay in geo.layers}
         natural = max(
             DC_BITS + 8 if rule == Rule.MGD_NODE else TP_TERM_BITS if geo.projection else DC_BITS + 1

@@ -129,7 +129,8 @@ _KIND_NONE, _KIND_ID, _KIND_DATA, _KIND_COUNT = 0, 1, 2, 3
 class _LinkState:
     """What :class:`HostLink`'s states and datapaths share (see ``HostLink._link_state``).
 
-    The frame buffer's ports; the unstuffer's outputs (``take``: a byte moves on ``rx``,
+    The frame buffer's ports and its read data registered (``rdata``, word ``idx`` when
+    ``rdata_ok``); the unstuffer's outputs (``take``: a byte moves on ``rx``,
     ``is_sof``, ``dval`` and ``data``: an unstuffed data byte, ``esc``); the frame registers
     (``seq`` .. ``idx_next``); the bus engine's ``advance``, ``bwe`` and the timers' inputs and
     outputs; the reply's ``status``, ``rkind``, ``hpos`` and ``crc_lo``; the CRC unit and its
@@ -138,6 +139,8 @@ class _LinkState:
 
     wr: object
     rd: object
+    rdata: Signal
+    rdata_ok: Signal
     take: Signal
     is_sof: Signal
     dval: Signal
@@ -239,6 +242,7 @@ class HostLink(wiring.Component):
         rd = buffer.read_port()  # synchronous, not transparent: data one cycle after addr
 
         s = self._link_state(m, wr, rd)
+        self._read_register(m, s)
         with m.FSM(name="link"):
             self._receive_states(m, s)
             self._exec_state(m, s)
@@ -315,7 +319,8 @@ class HostLink(wiring.Component):
         g_raw = Signal()  # send unstuffed (the SOF)
         g_take = Signal()
         return _LinkState(
-            wr=wr, rd=rd, take=take, is_sof=is_sof, dval=dval, data=data, esc=esc,
+            wr=wr, rd=rd, rdata=Signal(32, name="rdata"), rdata_ok=Signal(name="rdata_ok"),
+            take=take, is_sof=is_sof, dval=dval, data=data, esc=esc,
             seq=seq, op=op, length=length, addr=addr, count=count, wshift=wshift, hdr=hdr,
             wpos=wpos, left=left, idx=idx, idx_next=idx_next, advance=advance,
             in_frame=in_frame, in_bus=in_bus, timer_done=timer_done, restart=restart,
@@ -418,8 +423,11 @@ class HostLink(wiring.Component):
         timeout stops the burst and the reply counts the words done."""
         bus, idx, idx_next, left = self.bus, s.idx, s.idx_next, s.left
         with m.State("BUS"):
-            m.d.comb += [bus.stb.eq(1), s.advance.eq(bus.ack), s.in_bus.eq(1)]
-            with m.If(bus.ack):
+            # a WRITE's word goes out once the registered read holds it; the bus timer
+            # counts only while a request is out
+            stb = ~s.bwe | s.rdata_ok
+            m.d.comb += [bus.stb.eq(stb), s.advance.eq(stb & bus.ack), s.in_bus.eq(stb)]
+            with m.If(stb & bus.ack):
                 with m.If(bus.err):
                     m.d.sync += s.count.eq(idx)
                     self._reply(m, s, Status.BUS_ERR, _KIND_COUNT, 2)
@@ -467,17 +475,18 @@ class HostLink(wiring.Component):
                         m.next = "REPLY_PAY"
 
         with m.State("REPLY_PAY"):
-            m.d.comb += [s.g_valid.eq(1), s.crc_in.eq(g_byte)]
+            # READ data: a byte once the registered read holds its word
+            m.d.comb += [s.g_valid.eq((s.rkind != _KIND_DATA) | s.rdata_ok), s.crc_in.eq(g_byte)]
             with m.Switch(s.rkind):
                 with m.Case(_KIND_ID), m.Switch(Cat(wpos, s.idx[0:2])):
                     for index, value in enumerate(self.id_payload()):
                         with m.Case(index):
                             m.d.comb += g_byte.eq(value)
                 with m.Case(_KIND_DATA):
-                    m.d.comb += g_byte.eq(s.rd.data.word_select(wpos, 8))
+                    m.d.comb += g_byte.eq(s.rdata.word_select(wpos, 8))
                 with m.Default():
                     m.d.comb += g_byte.eq(s.count.word_select(wpos[0], 8))
-            # read the buffer one cycle ahead: rd.data always holds word idx
+            # read the buffer one cycle ahead: rd.data holds word idx (rdata a cycle later)
             m.d.comb += s.advance.eq(s.g_take & (wpos == 3))
             with m.If(s.g_take):
                 m.d.sync += [wpos.eq(wpos + 1), left.eq(left - 1)]
@@ -504,12 +513,25 @@ class HostLink(wiring.Component):
         m.d.comb += [
             self.bus.we.eq(s.bwe),
             self.bus.addr.eq(Cat(word, addr[WORD_ADDR_BITS:])),
-            self.bus.wdata.eq(rd.data),
+            self.bus.wdata.eq(s.rdata),
             rd.addr.eq(Mux(s.advance, s.idx_next, idx)),
             wr.addr.eq(idx),
             # the receiver buffers WRITE payload words, the bus engine READ data
             wr.data.eq(Mux(self.rx.ready, Cat(s.wshift, s.data), self.bus.rdata)),
         ]
+
+    def _read_register(self, m: Module, s: _LinkState) -> None:
+        """The buffer's read data, registered: the block RAM's output, used directly, was
+        the start of the slowest paths on the ECP5 (into the target's bus decode and the
+        sequencer's multiplier, and through the reply byte select into the stuffer).
+        ``rdata`` holds ``buffer[rd.addr]`` of two cycles ago; ``rdata_ok`` says that was
+        word ``idx`` and no write has landed since, so a consumer waits two cycles after
+        ``idx`` moves (a WRITE's bus request, a READ reply's data bytes)."""
+        addr1, addr2 = Signal.like(s.idx), Signal.like(s.idx)  # rd.addr 1 and 2 cycles ago
+        we1, we2 = Signal(), Signal()  # a buffer write 1 and 2 cycles ago
+        m.d.sync += [s.rdata.eq(s.rd.data), addr1.eq(s.rd.addr), addr2.eq(addr1),
+                     we1.eq(s.wr.en), we2.eq(we1)]
+        m.d.comb += s.rdata_ok.eq((addr2 == s.idx) & ~we1 & ~we2)
 
     def _transmit(self, m: Module, s: _LinkState) -> None:
         """Stuffing and the output register: ``SOF`` and ``ESC`` inside a frame go out as

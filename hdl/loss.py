@@ -8,6 +8,12 @@ It takes the output layer's neuron groups as the forward engine delivers them an
 through the lanes of a group one per cycle (stopping at the first empty lane), so a
 group costs at most ``lanes + 1`` cycles; the output layer's groups arrive
 ``n_in + 1`` cycles apart.
+
+Each lane goes through a pipeline of three registers (the difference ``y - t``, its
+square, the running sum), and ``dC`` is formed in a cycle of its own, so no cycle holds
+more than one of the lane select, the multiplier and an adder (one 19-20 ns path on the
+ECP5 when they shared a cycle).  The pipeline drains while the unit waits for the pass's
+next group; after the pass's last lane the result is valid 4 cycles later (it was 1).
 """
 
 from __future__ import annotations
@@ -57,6 +63,11 @@ class LossUnit(wiring.Component):
         baseline pass), ``baseline`` and ``tag``.
     """
 
+    #: Pipeline stages a lane goes through before its square is in the sum (D, S, T): the
+    #: unit stays in ``DRAIN`` this many cycles after the pass's last lane, so its result
+    #: is offered ``STAGES`` cycles later than an unpipelined unit's.
+    STAGES = 3
+
     def __init__(self, geometry: Geometry, tag_shape: ShapeLike = 1) -> None:
         if not isinstance(geometry, Geometry):
             raise TypeError(f"geometry must be a Geometry, not {geometry!r}")
@@ -84,45 +95,64 @@ class LossUnit(wiring.Component):
         })
 
     def elaborate(self, platform: object) -> Module:
+        """The lane walk (state ``LANES``) feeds three pipeline stages: D the difference
+        ``y - t``, S its square, T the running sum; state ``DRAIN`` waits for the pass's
+        last lane to reach the sum and forms ``loss`` and ``dC``; ``OUT`` hands them on."""
         m = Module()
         geo, lanes = self.geometry, self.geometry.lanes
         cur = Signal(self.group_layout)
         k = Signal(range(max(lanes, 2)))  # one bit even for one lane: no [-1:0] vector
+        index = Signal(range(max(2, geo.layers[-1].groups * lanes)))  # lane k's neuron
         total = Signal(geo.loss_bits)
         base_loss = Signal(geo.loss_bits)
 
-        index = cur.group * lanes + k
+        # stage D: lane k's difference from the target; ``on`` (a neuron: add its square)
+        # and ``end`` (the pass's last lane) go along with it
+        d_on, d_end = Signal(), Signal()
+        d_diff = Signal(signed(9))
         target = Mux(index == cur.label, self.target_on, 0)
-        diff = Signal(signed(9))
-        m.d.comb += diff.eq(cur.y[k] - target)
-        square = diff * diff  # at most 255^2
-        total_next = (total + square)[: geo.loss_bits]
+        # stage S: the square (at most 255^2), a multiplier with a register on either side
+        s_on, s_end = Signal(), Signal()
+        s_square = Signal(16)
+        m.d.sync += [s_on.eq(d_on), s_end.eq(d_end), s_square.eq(d_diff * d_diff)]
+        # stage T: the running sum; ``t_end``: it holds the pass's loss
+        t_end = Signal()
+        m.d.sync += t_end.eq(s_end)
+        with m.If(s_on):
+            m.d.sync += total.eq((total + s_square)[: geo.loss_bits])
 
+        m.d.sync += [d_on.eq(0), d_end.eq(0)]
         res = self.o.payload
         with m.FSM():
             with m.State("IDLE"):
                 take_group(m, self.i, cur, k)
+                with m.If(self.i.valid):
+                    m.d.sync += index.eq(self.i.payload.group * lanes)
             with m.State("LANES"):
                 lane_on = cur.mask.bit_select(k, 1)
-                with m.If(lane_on):
-                    m.d.sync += total.eq(total_next)
                 end = ~lane_on | (k == lanes - 1)
-                m.d.sync += k.eq(k + 1)
-                with m.If(end):
-                    with m.If(cur.last):
-                        loss = Mux(lane_on, total_next, total)
-                        m.d.sync += [
-                            res.loss.eq(loss),
-                            res.dc.eq(Mux(cur.baseline, 0, loss - base_loss)),
-                            res.baseline.eq(cur.baseline),
-                            res.tag.eq(cur.tag),
-                            total.eq(0),
-                        ]
-                        with m.If(cur.baseline):
-                            m.d.sync += base_loss.eq(loss)
-                        m.next = "OUT"
-                    with m.Else():
-                        m.next = "IDLE"
+                m.d.sync += [
+                    d_on.eq(lane_on),
+                    d_end.eq(end & cur.last),
+                    d_diff.eq(cur.y[k] - target),
+                    k.eq(k + 1),
+                    index.eq(index + 1),
+                ]
+                with m.If(end & cur.last):
+                    m.next = "DRAIN"
+                with m.Elif(end):
+                    m.next = "IDLE"
+            with m.State("DRAIN"), m.If(t_end):
+                m.d.sync += [
+                    res.loss.eq(total),
+                    res.dc.eq(Mux(cur.baseline, 0, total - base_loss)),
+                    res.baseline.eq(cur.baseline),
+                    res.tag.eq(cur.tag),
+                    total.eq(0),
+                ]
+                with m.If(cur.baseline):
+                    m.d.sync += base_loss.eq(total)
+                m.next = "OUT"
             with m.State("OUT"):
                 m.d.comb += self.o.valid.eq(1)
                 with m.If(self.o.ready):

@@ -88,6 +88,15 @@ class Schedule:
     #: rows of every layer: one token per row and pass on the forward engine, one row per
     #: cycle and job on the correlation walker (hdl/geometry.py ``rows``)
     R: int  # noqa: N815
+    #: hdl/loss.py ``LossUnit.STAGES``: the cycles the loss unit drains its pipeline
+    #: (``DRAIN``) after a pass's last lane before it forms the result
+    loss_stages: int
+    #: hdl/correlation.py ``CorrelationWalker.JOB_GAP``: the walker's stages B, C and its
+    #: output register, which a job waits to drain before the next is taken
+    walker_gap: int
+    #: hdl/correlation.py ``CorrelationUnit.LATENCY``: from taking a row to writing it
+    #: (and handing on a final row's sums)
+    corr_latency: int
 
     @property
     def output_visible(self) -> int:
@@ -112,11 +121,19 @@ class Schedule:
         return self.H + 2
 
     @property
+    def loss_result(self) -> int:
+        """From a pass's last token to its loss offered on the loss unit's ``o``, less the
+        lanes of the last group: the engine's result (``result_valid``), the loss unit's
+        ``IDLE`` taking the group (+ 1), its pipeline drained (``loss_stages``, hdl/loss.py
+        ``DRAIN``); ``OUT`` follows the last lane and the drain."""
+        return self.result_valid + 1 + self.loss_stages
+
+    @property
     def walk(self) -> int:
         """Cycles the correlation walker spends on a job until it takes the next one:
         ``R`` rows (stage A) and the stages B and C drained (hdl/correlation.py
         ``_take_job``: ``cmd.ready`` needs A, B and C empty)."""
-        return self.R + 3
+        return self.R + self.walker_gap
 
     @property
     def walk_done(self) -> int:
@@ -128,10 +145,11 @@ class Schedule:
     def update_drain(self) -> int:
         """From the cycle the step's last job is taken to the cycle the collector sees the
         correlation and the update idle (hdl/sequencer.py ``UPDATE``): the walk's ``R`` rows
-        (hdl/correlation.py stage A), stages B and C and the walker's output register (+ 3),
-        the correlation unit's write stage, which hands the final sums on (+ 1), the update
-        unit's stages B to E (hdl/update.py, + 4), and the first idle cycle (+ 1)."""
-        return self.R + 9
+        (hdl/correlation.py stage A), stages B and C and the walker's output register
+        (``walker_gap``), the correlation unit's stages D, X and W, the last of which hands
+        the final sums on (``corr_latency``), the update unit's stages B to E (hdl/update.py,
+        + 4), and the first idle cycle (+ 1)."""
+        return self.R + self.walker_gap + self.corr_latency + 4 + 1
 
     @property
     def first_write(self) -> int:
@@ -222,10 +240,14 @@ def pass_shape(cfg: Config, *, perturbed: bool) -> PassShape:
 
 def schedule(cfg: Config) -> Schedule:
     """The :class:`Schedule` of a configuration."""
+    from .hdl.correlation import CorrelationUnit, CorrelationWalker
     from .hdl.geometry import Geometry
+    from .hdl.loss import LossUnit
     from .hdl.random import draw_latency
 
-    return Schedule(H=draw_latency(cfg.hardware.hash_stages_per_register), R=Geometry(cfg).rows)
+    return Schedule(H=draw_latency(cfg.hardware.hash_stages_per_register), R=Geometry(cfg).rows,
+                    loss_stages=LossUnit.STAGES, walker_gap=CorrelationWalker.JOB_GAP,
+                    corr_latency=CorrelationUnit.LATENCY)
 
 
 def _group_lanes_cycles(cfg: Config) -> int:
@@ -312,13 +334,14 @@ def _run(cfg: Config, steps: int, first_step: int) -> _RunTiming:
     takes it at ``a`` when it is free and the bank accounting allows (hdl/sequencer.py
     ``_registers``: at most one job pending for a perturbed pass; for a baseline pass at
     most ``copies``, target projection 1); its last token issues at ``e = a + R + I``;
-    its loss is offered at ``o = e + H + 6 + L`` (the result register, the loss unit's
-    ``LANES`` and ``OUT``); its job (if any) is taken at ``j = max(o, j_prev + R + 3)``
-    and done at ``j + R + 1``, freeing its banks in the next cycle.  The step's last job
-    ends the step ``update_drain`` cycles after it is taken; the next step's ``STEP``
-    follows that (or, with ``overlap_update``, the update's first write of the weights,
-    :attr:`Schedule.first_write`), and after the last step ``FINISH``, which waits for
-    the last update.
+    its loss is offered at ``o = e + H + 6 + STAGES + L`` (the result register, the loss
+    unit's ``LANES``, ``DRAIN`` and ``OUT``: :attr:`Schedule.loss_result`); its job (if
+    any) is taken at ``j = max(o, j_prev + R + 3)`` and done at ``j + R + 1``, freeing
+    its banks in the next cycle.  The step's last job ends the step ``update_drain``
+    cycles after it is taken; the next step's ``STEP`` follows that (or, with
+    ``overlap_update``, the update's first write of the weights,
+    :attr:`Schedule.first_write`), and after the last step ``FINISH``, which waits for the
+    last update.
     """
     from .hdl.geometry import Geometry
 
@@ -374,7 +397,7 @@ def _run(cfg: Config, steps: int, first_step: int) -> _RunTiming:
                 e = a + shape.length  # the last token issues R + I cycles after the command
                 stalls += shape.interlock
                 engine_free = e + 1  # hdl/forward.py: `active` falls after the last token
-                o = e + sched.result_valid + 1 + loss_lanes  # loss unit: IDLE, LANES (L), OUT
+                o = e + sched.loss_result + loss_lanes  # loss unit: IDLE, LANES (L), DRAIN, OUT
                 if o < collector_free:
                     raise NotImplementedError(
                         f"{cfg.name}: a pass's loss comes before the previous step's update is done: "

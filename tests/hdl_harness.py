@@ -120,14 +120,16 @@ class CorrelationHarness(wiring.Component):
 
     ``walk`` shows the walker's rows of terms as they go to the unit and ``done`` its
     done pulse (monitors).  ``direct`` = 1 feeds the unit from ``rows`` instead of the
-    walker.  While neither is busy, ``gtest`` owns the G memories.
+    walker.  While neither is busy, ``gtest`` owns the G memories.  With ``spaced`` the
+    unit trusts the walker's row spacing and does not forward (as in the accelerator);
+    ``rows`` must then keep that spacing too.
     """
 
-    def __init__(self, geometry: Geometry) -> None:
+    def __init__(self, geometry: Geometry, spaced: bool = False) -> None:
         self.geometry = geo = geometry
         self.frontend = fe = CorrelationWalker(geo)
-        self.unit = CorrelationUnit(geo.lanes, geo.row_bits, geo.grad_bits,
-                                    fe.term_bits, geo.overflow)
+        self.unit = CorrelationUnit(geo.lanes, geo.row_bits, geo.grad_bits, fe.term_bits,
+                                    geo.overflow, fe.min_row_spacing if spaced else None)
         members = {
             "cmd": In(stream.Signature(fe.job_layout)),
             "rows": In(stream.Signature(self.unit.layout)),

@@ -18,6 +18,7 @@ A mismatch names the unit, the rule, the layer and the index (neuron, input).
 
 from __future__ import annotations
 
+import os
 import random
 
 import cocotb
@@ -37,7 +38,11 @@ from perturbo.hdl.geometry import Geometry
 cfg = config()
 geo = Geometry(cfg)
 FE = CorrelationWalker(geo)
-UNIT = CorrelationUnit(geo.lanes, geo.row_bits, geo.grad_bits, FE.term_bits, geo.overflow)
+#: the harness's unit trusts the walker's spacing (no forwarding, as in the accelerator)
+#: or forwards (CorrelationHarness's ``spaced``)
+SPACED = os.environ.get("PERTURBO_CORR_SPACED") == "1"
+UNIT = CorrelationUnit(geo.lanes, geo.row_bits, geo.grad_bits, FE.term_bits, geo.overflow,
+                       min_spacing=FE.min_row_spacing if SPACED else None)
 GB, TB, LANES = geo.grad_bits, FE.term_bits, geo.lanes
 LO, HI = -(1 << (GB - 1)), (1 << (GB - 1)) - 1
 RULES = [lay.rule for lay in geo.layers]
@@ -153,13 +158,26 @@ class Watch:
         self.packer = Packer(FE.layout)
         self.rows: list[dict] = []
         self.done = 0
+        self.cycle = 0
+        self.seen: dict[int, int] = {}  # row -> the cycle it was last on the walker's output
+        self.spacing: int | None = None  # the fewest cycles between two rows of one address
+
+    def restart_spacing(self) -> None:
+        """Measure the spacing afresh (the cycles between runs are not counted)."""
+        self.seen, self.spacing = {}, None
 
     def drive(self) -> None:
         pass
 
     def sample(self) -> None:
+        self.cycle += 1
         if int(self.dut.walk__valid.value):
-            self.rows.append(self.packer.unpack(self.dut.walk__payload.value.to_unsigned()))
+            row = self.packer.unpack(self.dut.walk__payload.value.to_unsigned())
+            self.rows.append(row)
+            if row["row"] in self.seen:
+                gap = self.cycle - self.seen[row["row"]]
+                self.spacing = gap if self.spacing is None else min(self.spacing, gap)
+            self.seen[row["row"]] = self.cycle
         self.done += int(self.dut.done.value)
 
 
@@ -315,7 +333,18 @@ async def jobs(dut, idle: float) -> None:
         if phase == "final":
             jobs_[-1]["final"] = 1
             sums = bench.sink("sums", UNIT.sums.signature.members["payload"].shape, 0.0)
+        watch.restart_spacing()
         await run_jobs(bench, jobs_, idle, phase)
+        # the walker's promise that lets the accelerator's unit do without forwarding:
+        # a row comes again min_row_spacing cycles later at the soonest (exactly, when
+        # the jobs come back to back)
+        assert watch.spacing is not None and watch.spacing >= FE.min_row_spacing, \
+            f"walker ({phase}): the same row again after {watch.spacing} cycles, " \
+            f"min_row_spacing is {FE.min_row_spacing}"
+        if idle == 0.0:
+            assert watch.spacing == FE.min_row_spacing, \
+                f"walker ({phase}): jobs back to back, the same row again after " \
+                f"{watch.spacing} cycles, not min_row_spacing {FE.min_row_spacing}"
         check_rows(watch, mem, jobs_, phase)
         g = golden_g(g, mem, jobs_)
         rows = await read_g(dut)
@@ -336,8 +365,11 @@ async def jobs(dut, idle: float) -> None:
 
 @cocotb.test()
 async def direct_rows(dut) -> None:
-    """The unit alone: any sequence of rows, the same row back to back included, random
-    masks, terms at the term width's ends, random gaps; then a final pass over the rows."""
+    """The unit alone: any sequence of rows, the same row again 1, 2 or 3 rows later
+    included (the rows in the unit's pipe), random masks, terms at the term width's ends,
+    random gaps; then a final pass over the rows.  A unit built without forwarding
+    (``SPACED``) gets rows spaced as it was promised: the same row again ``DEPTH``
+    rows later at the soonest (at the soonest cycles too: the source's gaps only add)."""
     bench = Bench(dut, "direct")
     dut.cmd__valid.value = 0
     await bench.reset()
@@ -350,10 +382,17 @@ async def direct_rows(dut) -> None:
     src = bench.source("rows", UNIT.layout, 0.3)
     tlo, thi = -(1 << (TB - 1)), (1 << (TB - 1)) - 1
     model = [list(r) for r in rows0]
-    last = 0
+    # the last rows sent; the forwarding unit gets the last three again (the rows in its
+    # pipe), the other one rows DEPTH back, never one of the DEPTH - 1 rows before
+    back = [1, 2, 3] if UNIT.forwarding else [UNIT.DEPTH, UNIT.DEPTH + 1, UNIT.DEPTH + 2]
+    recent = [-1] * back[-1]
     for _ in range(300):
-        row = last if rng.random() < 0.4 else rng.randrange(geo.weight_depth)
-        last = row
+        pick = rng.random()
+        row = (recent[-back[0]] if pick < 0.3 else recent[-back[1]] if pick < 0.45
+               else recent[-back[2]] if pick < 0.6 else rng.randrange(geo.weight_depth))
+        while row < 0 or (not UNIT.forwarding and row in recent[1 - UNIT.DEPTH:]):
+            row = rng.randrange(geo.weight_depth)
+        recent = recent[1:] + [row]
         mask = rng.getrandbits(LANES)
         terms = [rng.choice([rng.randint(tlo, thi), 1, -1, thi, tlo]) for _ in range(LANES)]
         src.send({"row": row, "mask": mask, "term": terms})

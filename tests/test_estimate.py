@@ -103,10 +103,10 @@ def test_one_copy_is_a_sum_of_terms() -> None:
     # run start: MUL_SP (P = 1: 1 + 1), MUL_E (k = 5: 3 + 1), MUL_S (64: 7 + 1), STEP, SAMPLE, LABEL
     assert t.run_start == 2 + 4 + 8 + 3
     # the last pass: its tokens (R), the result (H + 5), the loss unit's IDLE, LANES (3: two
-    # neurons in the last group, then the first empty lane) and OUT, the walk and update drain
-    # and FINISH: with overlap_update the STEP and FINISH after the update's first write,
-    # which the last update outlasts
-    tail = (sched.R + sched.result_valid + 1 + 3 + sched.update_drain) - sched.R
+    # neurons in the last group, then the first empty lane), DRAIN and OUT, the walk and
+    # update drain, and FINISH: with overlap_update the STEP and FINISH after the update's
+    # first write, which the last update outlasts
+    tail = (sched.R + sched.loss_result + 3 + sched.update_drain) - sched.R
     assert t.tail == tail
     assert t.cycles == t.run_start + t.pass_cycles + t.tail
 
