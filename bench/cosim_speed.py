@@ -28,6 +28,7 @@ import json
 import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from amaranth.hdl import Module, Signal, signed
@@ -43,6 +44,8 @@ from perturbo.host.accelerator import REFILL_MODES, Counters
 from perturbo.sim.backend import COSIM_TOP, VerilatorBackend, cosim_verilog
 from perturbo.sim.cosim import RunStats, VerilatorSim, cache_root
 from perturbo.sim.top import harness_verilog
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
 class BareMacArray(wiring.Component):
@@ -139,7 +142,7 @@ def train_session(cfg: Config, refill: str, x: torch.Tensor, y: torch.Tensor, st
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("config", nargs="?", default="examples/digits-mgd-weight.yaml")
+    p.add_argument("config", nargs="?", default=str(EXAMPLES / "digits-mgd-weight.yaml"))
     p.add_argument("--steps", type=int, default=512)
     p.add_argument("--refill", default=",".join(REFILL_MODES),
                    help="driver modes to compare, comma-separated (default: all)")
