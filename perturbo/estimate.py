@@ -226,8 +226,11 @@ def pass_shape(cfg: Config, *, perturbed: bool) -> PassShape:
                 issue.append(t)
                 is_bias = j == lay.n_in
                 perturb = perturbed and lay.rule == Rule.MGD_WEIGHT
-                draw = is_bias and ((perturbed and lay.index in inject)
-                                    or (geo.projection and lay.index < geo.n_layers - 1))
+                # a neuron draw: on the bias token, or with one shared hash pipe on the
+                # group's first `lanes` inputs (hdl/forward.py ``_draws_here``)
+                draws_here = j < lanes if geo.shared_draw else is_bias
+                draw = draws_here and ((perturbed and lay.index in inject)
+                                       or (geo.projection and lay.index < geo.n_layers - 1))
                 busy.append(perturb or draw)
                 if is_bias:
                     bias_times.append(t)
