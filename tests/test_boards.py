@@ -443,5 +443,5 @@ def test_board_table_overhead_and_missing_rows() -> None:
     est = estimate(rows[0].cfg, 53.0)
     samples = f"{est.samples_per_second:,.0f}".replace(",", " ")
     macs = f"{est.macs_per_second / 1e9:.2f} G ({est.macs_per_second / (156 * 110e6):.1%})"
-    assert f"| 53.0 MHz (50) | a -> b: 18.0 ns, 20 steps | {est.cycles_per_step} | {samples} | {macs} |" in out
+    assert f"| 53.0 MHz (50) | a -> b: 18.0 ns, 20 steps | {est.trained_cycles_per_step} | {samples} | {macs} |" in out
     assert "| icebreaker | 1 lane(s) | not run |" in out and "Cost of learning (8 lanes, ULX3S-85F): not run." in out
