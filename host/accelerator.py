@@ -28,7 +28,7 @@ from perturbo.golden.integer import init_weights
 from perturbo.hdl.bus import ACCEL_ID, Command, Reg, Space, Status
 from perturbo.hdl.geometry import Geometry, config_hash
 from perturbo.hdl.registers import config_values
-from perturbo.limits import SAMPLES_PER_WORD
+from perturbo.limits import SAMPLES_PER_WORD, ring_steps
 
 from .link import Link
 
@@ -129,7 +129,7 @@ class AcceleratorBackend:
         #: slot left free, what a ``TRAIN_STREAM`` run may be granted ahead (``"stream"``;
         #: within the loss record, so that no loss is overwritten before it is read)
         self.buffer_steps = self.geo.sample_depth // self.samples_per_step
-        self.ring_steps = min((self.geo.sample_depth - 1) // self.samples_per_step, self.geo.loss_depth)
+        self.ring_steps = ring_steps(self.geo.sample_depth, self.samples_per_step, self.geo.loss_depth)
         #: steps a streamed run refills at a time (a quarter of the ring)
         self.refill_steps = max(1, self.ring_steps // 4)
         self.refill = ("stream" if self.geo.streaming and self.ring_steps >= 1 else "step") if refill is None \

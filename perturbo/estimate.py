@@ -45,6 +45,7 @@ import math
 from dataclasses import asdict, dataclass, field
 
 from .config import Config, Rule
+from .limits import ring_steps
 
 __all__ = [
     "Schedule", "PassShape", "StepTiming", "MemoryUse", "Estimate", "Comparison", "schedule",
@@ -611,7 +612,7 @@ class Estimate:
     step: StepTiming
     memories: list[MemoryUse]
     #: the host driver runs several steps a ``TRAIN`` command (the build streams and its
-    #: buffer holds more than one step: host/accelerator.py), so a step costs
+    #: ring holds a step ahead: :func:`perturbo.limits.ring_steps`), so a step costs
     #: :attr:`StepTiming.body`; else one step a command, :attr:`cycles_per_step`
     runs: bool
 
@@ -699,7 +700,7 @@ def estimate(cfg: Config, fmax_mhz: float | None = None) -> Estimate:
         fmax_mhz=float(fmax_mhz), cycles_per_step=step.cycles, mac_busy_per_step=step.mac_busy,
         stalls_per_step=step.stalls, cycles_per_inference_sample=infer / depth,
         inference_cycles=infer, inference_samples=depth, step=step, memories=memories(cfg),
-        runs=geo.streaming and (depth - 1) // (cfg.rule.tau_theta * cfg.rule.batch) >= 1,
+        runs=geo.streaming and ring_steps(depth, cfg.rule.tau_theta * cfg.rule.batch, geo.loss_depth) >= 1,
     )
 
 

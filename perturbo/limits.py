@@ -26,6 +26,14 @@ LOSS_RECORD_BITS = LOSS_DEPTH * 32
 SAMPLES_PER_WORD = 4
 
 
+def ring_steps(sample_depth: int, samples_per_step: int, loss_depth: int) -> int:
+    """Steps a ``TRAIN_STREAM`` run may be granted ahead: what the sample ring holds with a
+    slot left free, within the loss record (``loss_depth``, 0 in a build without one), so
+    that no loss is overwritten before the host reads it.  The host driver streams when
+    this is at least one (host/accelerator.py), and so trains in runs of several steps."""
+    return min((sample_depth - 1) // samples_per_step, loss_depth)
+
+
 def sample_stride(n_inputs: int) -> int:
     """Bytes a sample takes in the sample buffer: its features, padded to whole 32-bit words, so
     that the host writes them four per bus word and no word holds bytes of two samples."""
