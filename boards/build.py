@@ -144,13 +144,15 @@ def build_plan(cfg: Config, board: str | Board, *, seed: int = 1,
     """Elaborate ``BoardTop(cfg)`` for ``board``; return Amaranth's build plan and the top.
 
     ``top_options`` go to :class:`BoardTop` (``rx_fifo_depth``, default the board's
-    :attr:`Board.rx_fifo_depth`; host-link options).
+    :attr:`Board.rx_fifo_depth`; host-link options, ``registered_read`` defaulting to
+    :attr:`Board.link_registered_read`).
     """
     spec = get_board(board) if isinstance(board, str) else board
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, not {seed!r}")
     platform = make_platform(spec)
     top_options.setdefault("rx_fifo_depth", spec.rx_fifo_depth)
+    top_options.setdefault("registered_read", spec.link_registered_read)
     top = BoardTop(cfg, platform, **top_options)
     plan = platform.prepare(
         top, name=NAME,

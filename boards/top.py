@@ -62,6 +62,11 @@ class Board:
         driver sends a request only after the previous reply, so nothing arrives then and
         0 loses nothing; a host that sends ahead loses bytes, which the frame checks turn
         into error replies or dropped frames, never into applied ones.
+    link_registered_read : bool
+        Register the host link's frame-buffer read data
+        (:class:`~perturbo.hdl.hostlink.HostLink` ``registered_read``): it lifted the ECP5's
+        Fmax; on the iCE40 the hash sets the Fmax, and the register's logic cells are
+        what the 1-lane DRTP example needs to fit the UP5K.
     """
 
     name: str
@@ -73,6 +78,7 @@ class Board:
     tools: dict[str, str] = field(default_factory=dict)
     extra_resources: Callable[[], list[Any]] | None = None
     rx_fifo_depth: int = 16
+    link_registered_read: bool = True
 
     def platform_class(self) -> type:
         """Import and return the amaranth-boards platform class (needs amaranth-boards)."""
@@ -124,6 +130,8 @@ BOARDS: dict[str, Board] = {
             # the 16-byte FIFO (a block RAM and about 100 logic cells) is what kept the
             # digits accelerator from fitting the UP5K (docs/boards.md)
             rx_fifo_depth=0,
+            # the hash, not the link's buffer read, sets the iCE40's Fmax (docs/boards.md)
+            link_registered_read=False,
         ),
         Board(
             name="ulx3s-85f",

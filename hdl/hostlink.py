@@ -202,6 +202,13 @@ class HostLink(wiring.Component):
         Cycles to wait for ``ack`` before giving up on a bus request.
     ident : int
         32-bit value returned by PING (for instance a hash of the configuration).
+    registered_read : bool
+        Register the frame buffer's read data (``True``, the default): the block RAM's
+        output then starts no path into the bus target or the stuffer, at two cycles of
+        wait per word.  ``False`` uses the block RAM's output directly, about 38 iCE40
+        logic cells fewer, for builds whose clock other paths set (the iCE40's, by the
+        hash: :attr:`perturbo.boards.top.Board.link_registered_read`).  The replies are
+        the same either way; only their timing differs.
 
     Members
     -------
@@ -214,13 +221,16 @@ class HostLink(wiring.Component):
     """
 
     def __init__(self, *, max_words: int = 256, byte_timeout: int = 1 << 20,
-                 bus_timeout: int = 4096, ident: int = 0) -> None:
+                 bus_timeout: int = 4096, ident: int = 0, registered_read: bool = True) -> None:
         self.max_words = _positive_int("max_words", max_words, MAX_WORDS_LIMIT)
         self.byte_timeout = _positive_int("byte_timeout", byte_timeout)
         self.bus_timeout = _positive_int("bus_timeout", bus_timeout)
         if not isinstance(ident, int) or not 0 <= ident < (1 << 32):
             raise ValueError(f"ident must be an integer in 0..2**32-1, not {ident!r}")
         self.ident = ident
+        if not isinstance(registered_read, bool):
+            raise TypeError(f"registered_read must be a bool, not {registered_read!r}")
+        self.registered_read = registered_read
         super().__init__({
             "rx": In(stream.Signature(8)),
             "tx": Out(stream.Signature(8)),
@@ -526,7 +536,14 @@ class HostLink(wiring.Component):
         sequencer's multiplier, and through the reply byte select into the stuffer).
         ``rdata`` holds ``buffer[rd.addr]`` of two cycles ago; ``rdata_ok`` says that was
         word ``idx`` and no write has landed since, so a consumer waits two cycles after
-        ``idx`` moves (a WRITE's bus request, a READ reply's data bytes)."""
+        ``idx`` moves (a WRITE's bus request, a READ reply's data bytes).
+
+        Without ``registered_read``, ``rdata`` is the block RAM's output, word ``idx``
+        whenever it is used (``rd.addr`` runs a cycle ahead: ``idx_next`` in the cycle
+        ``idx`` moves), so nobody waits: the link as it was before the register."""
+        if not self.registered_read:
+            m.d.comb += [s.rdata.eq(s.rd.data), s.rdata_ok.eq(1)]
+            return
         addr1, addr2 = Signal.like(s.idx), Signal.like(s.idx)  # rd.addr 1 and 2 cycles ago
         we1, we2 = Signal(), Signal()  # a buffer write 1 and 2 cycles ago
         m.d.sync += [s.rdata.eq(s.rd.data), addr1.eq(s.rd.addr), addr2.eq(addr1),
@@ -610,7 +627,7 @@ class LinkedTarget(wiring.Component):
         Carry the link over this UART.
     **link_options
         Passed to :class:`HostLink` (``max_words``, ``byte_timeout``, ``bus_timeout``,
-        ``ident``).
+        ``ident``, ``registered_read``).
 
     Members
     -------

@@ -116,10 +116,10 @@ class HostLinkTop(LinkedTarget):
 
     def __init__(self, *, depth: int = 1024, max_words: int = 64, byte_timeout: int = 1 << 20,
                  bus_timeout: int = 64, ident: int = 0x12345678, wait_states: bool = True,
-                 comb_ack: bool = False) -> None:
+                 comb_ack: bool = False, registered_read: bool = True) -> None:
         super().__init__(MemTarget(depth, wait_states=wait_states, comb_ack=comb_ack),
                          max_words=max_words, byte_timeout=byte_timeout,
-                         bus_timeout=bus_timeout, ident=ident)
+                         bus_timeout=bus_timeout, ident=ident, registered_read=registered_read)
 
 
 class TargetModel:
