@@ -115,7 +115,12 @@ def main() -> None:
                 continue
             group = []
             for seed in args.seeds or [base.seed]:
-                cfg = with_overrides(base, {"seed": seed, "data.split_seed": base.split_seed}, path)
+                per_run: dict[str, object] = {"seed": seed, "data.split_seed": base.split_seed}
+                if flt and base.training.lr_mult_schedule:
+                    # the step decay writes the integer rule's LR_MULT register; the float twin
+                    # trains with its own Adam rate (rule.float_lr) and has no such register
+                    per_run["training.lr_mult_schedule"] = []
+                cfg = with_overrides(base, per_run, path)
                 row = run(cfg, flt, args.out, with_test)
                 group.append(row)
                 test = "" if row["test"] is None else f"test {row['test']:.3f} "
