@@ -161,6 +161,12 @@ def run_cocotb(component, toplevel: str, test_module: str, *, extra_env: dict[st
     at -O0 and only the evaluation code at -O2.  For a design with thousands of signals
     the symbol-table constructor is one huge function that g++ takes 2 s to compile at
     -O0 and more than 5 minutes at -O1 or -O2 (``-CFLAGS -O2`` applies to every file).
+    Without ``big`` (the unit testbenches) every file is compiled at -O0: cocotb's Python
+    coroutines, awaited at every clock edge, cost more per cycle than the model's
+    unoptimised C++, so -O2 only lengthened the build (build and run together, in CPU
+    seconds: tb_forward on the digits network 30 against 50; tb_update and tb_correlation
+    on digits and DRTP 99 against 128).  ``big`` is for the testbench that runs whole
+    training steps, where the model's speed pays for its optimisation.
     """
     from cocotb_tools.runner import get_runner
 
@@ -186,7 +192,7 @@ def run_cocotb(component, toplevel: str, test_module: str, *, extra_env: dict[st
     if simulator != "verilator":
         raise ValueError(f"simulator must be one of {SIMULATORS}, not {simulator!r}")
     trace_args = VERILATOR_TRACE_ARGS if waves else []
-    build_args = [*VERILATOR_WAIVERS, *trace_args, "-CFLAGS", "-O2"]
+    build_args = [*VERILATOR_WAIVERS, *trace_args, "-CFLAGS", "-O0"]
     make_opts = ""
     if big:  # per-file-class optimisation through make variables instead of -CFLAGS
         build_args = [*VERILATOR_WAIVERS, *trace_args]
