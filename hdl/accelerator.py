@@ -494,9 +494,17 @@ class Accelerator(wiring.Component):
         geo, lanes = self.geometry, self.geometry.lanes
         running = seq.busy
         bus = self.bus
-        space = bus.addr[WORD_ADDR_BITS:]
-        word = bus.addr[:WORD_ADDR_BITS]
-        wdata = bus.wdata
+        # The request is registered here, one cycle before it is decoded: the
+        # checks below (value ranges, the sequencer's command and SAMPLE_FILL checks) then
+        # start from flip-flops placed beside them, not from the host link's across the chip
+        # (the ECP5 builds' slowest path went from the link's write data into regs.err).
+        request = Signal()  # the registered request is decoded in this cycle
+        addr, we, wdata = Signal(32), Signal(), Signal(32)
+        ack = Signal()
+        m.d.sync += [request.eq(bus.stb & ~request & ~ack),
+                     addr.eq(bus.addr), we.eq(bus.we), wdata.eq(bus.wdata)]
+        space = addr[WORD_ADDR_BITS:]
+        word = addr[:WORD_ADDR_BITS]
         wide_words = hasattr(regs, "write_high")
         wide = Cat(wdata, regs.write_high).as_signed() if wide_words else wdata.as_signed()
 
@@ -508,7 +516,6 @@ class Accelerator(wiring.Component):
 
         lane_words = geo.weight_depth * lanes
         row, lane = divmod_const(word, lanes, lane_words - 1)
-        ack = Signal()
         err = Signal()
         read_space = Signal(range(8))
         read_lane = Signal(range(max(2, lanes)))  # at least one bit: no zero-width vector at one lane
@@ -523,8 +530,7 @@ class Accelerator(wiring.Component):
             else:
                 m.d.comb += port.wdata.eq(wdata)
 
-        request = bus.stb & ~ack
-        m.d.comb += [regs.addr.eq(word), regs.we.eq(bus.we), regs.wdata.eq(wdata)]
+        m.d.comb += [regs.addr.eq(word), regs.we.eq(we), regs.wdata.eq(wdata)]
         sizes = {Space.WEIGHTS: lane_words, Space.GRADS: lane_words, Space.MOMENTUM: lane_words,
                  Space.SAMPLES: geo.sample_bus_words, Space.LABELS: geo.sample_depth,
                  Space.OUTPUTS: geo.output_words, Space.LOSSES: geo.loss_depth}
@@ -535,8 +541,8 @@ class Accelerator(wiring.Component):
         if geo.streaming:
             sample_slot, _ = divmod_const(word, geo.sample_stride // 4, geo.sample_bus_words - 1)
             m.d.comb += seq.probe_slot.eq(Mux(space == Space.LABELS, word, sample_slot))
-            live = {Space.SAMPLES: bus.we & seq.probe_free, Space.LABELS: bus.we & seq.probe_free,
-                    Space.LOSSES: ~bus.we}
+            live = {Space.SAMPLES: we & seq.probe_free, Space.LABELS: we & seq.probe_free,
+                    Space.LOSSES: ~we}
         with m.If(request):
             m.d.sync += [ack.eq(1), err.eq(0), read_mem.eq(0), read_space.eq(space), read_lane.eq(lane)]
             with m.Switch(space):
@@ -554,16 +560,16 @@ class Accelerator(wiring.Component):
                         else:
                             value_ok = fits(widths[sp])
                         busy = running & ~live[sp] if sp in live else running
-                        with m.If(busy | at_least(word, sizes[sp]) | (bus.we & ~value_ok)):
+                        with m.If(busy | at_least(word, sizes[sp]) | (we & ~value_ok)):
                             m.d.sync += err.eq(1)
-                        with m.Elif(bus.we):
+                        with m.Elif(we):
                             m.d.comb += port.we.eq((1 << lane) if laned else 1)
                         with m.Else():
                             m.d.sync += read_mem.eq(1)
                 with m.Default():
                     m.d.sync += err.eq(1)
 
-        # the answer, one cycle after the request
+        # the answer, one cycle after the request is decoded
         mem_value = Signal(signed(64 if wide_words else 32))
         with m.Switch(read_space):
             for sp, (port, laned) in memories.items():
