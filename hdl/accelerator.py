@@ -525,10 +525,18 @@ class Accelerator(wiring.Component):
         read_lane = Signal(range(max(2, lanes)))  # at least one bit: no zero-width vector at one lane
         read_mem = Signal()
         m.d.sync += ready.eq(0)
-        for port, laned in memories.values():
+        # a write accepted in the decode cycle reaches its memory one cycle later (the request's
+        # address and data are still held then): no memory's write enable waits for the
+        # checks (the sample-slot check into the sample memory's enables was the ECP5 builds'
+        # slowest path).  Nothing can come between: the next request is decoded later, and
+        # a TRAIN_STREAM run's free slots only grow meanwhile.
+        write_en = {sp: Signal.like(port.we, name=f"write_en_{sp.name.lower()}")
+                    for sp, (port, _) in memories.items()}
+        for sp, (port, laned) in memories.items():
             # host ports follow the bus address combinationally; writes only when accepted
             addr = row if laned else word
-            m.d.comb += [port.raddr.eq(addr), port.ren.eq(1), port.waddr.eq(addr)]
+            m.d.sync += write_en[sp].eq(0)
+            m.d.comb += [port.raddr.eq(addr), port.ren.eq(1), port.waddr.eq(addr), port.we.eq(write_en[sp])]
             if laned:
                 m.d.comb += [port.wdata[k].eq(wide) for k in range(lanes)]
             else:
@@ -555,7 +563,7 @@ class Accelerator(wiring.Component):
                         m.d.comb += regs.req.eq(1)
                     with m.Else():
                         m.d.sync += err.eq(1)
-                for sp, (port, laned) in memories.items():
+                for sp, (_port, laned) in memories.items():
                     with m.Case(sp):
                         if sp == Space.LABELS:  # 0 .. classes - 1
                             value_ok = ~at_least(wdata, geo.classes)
@@ -567,7 +575,7 @@ class Accelerator(wiring.Component):
                         with m.If(busy | at_least(word, sizes[sp]) | (we & ~value_ok)):
                             m.d.sync += err.eq(1)
                         with m.Elif(we):
-                            m.d.comb += port.we.eq((1 << lane) if laned else 1)
+                            m.d.sync += write_en[sp].eq((1 << lane) if laned else 1)
                         with m.Else():
                             m.d.sync += read_mem.eq(1)
                 with m.Default():
