@@ -494,21 +494,9 @@ class Accelerator(wiring.Component):
         geo, lanes = self.geometry, self.geometry.lanes
         running = seq.busy
         bus = self.bus
-        # The request is registered here, one cycle before it is decoded: the
-        # checks below (value ranges, the sequencer's command and SAMPLE_FILL checks) then
-        # start from flip-flops placed beside them, not from the host link's across the chip
-        # (the ECP5 builds' slowest path went from the link's write data into regs.err).
-        # The answer is registered too, one cycle after the memories and registers give it:
-        # a memory's block-RAM output (5.8 ns clock-to-out on the ECP5) through the lane and
-        # space selects into the host link's buffer was the next slowest path.
-        request = Signal()  # the registered request is decoded in this cycle
-        ready = Signal()  # the decoded request's data and refusal are there
-        ack = Signal()  # the registered answer is on the bus
-        req_addr, we, wdata = Signal(32), Signal(), Signal(32)
-        m.d.sync += [request.eq(bus.stb & ~request & ~ready & ~ack),
-                     req_addr.eq(bus.addr), we.eq(bus.we), wdata.eq(bus.wdata)]
-        space = req_addr[WORD_ADDR_BITS:]
-        word = req_addr[:WORD_ADDR_BITS]
+        space = bus.addr[WORD_ADDR_BITS:]
+        word = bus.addr[:WORD_ADDR_BITS]
+        wdata = bus.wdata
         wide_words = hasattr(regs, "write_high")
         wide = Cat(wdata, regs.write_high).as_signed() if wide_words else wdata.as_signed()
 
@@ -520,29 +508,23 @@ class Accelerator(wiring.Component):
 
         lane_words = geo.weight_depth * lanes
         row, lane = divmod_const(word, lanes, lane_words - 1)
+        ack = Signal()
         err = Signal()
         read_space = Signal(range(8))
         read_lane = Signal(range(max(2, lanes)))  # at least one bit: no zero-width vector at one lane
         read_mem = Signal()
-        m.d.sync += ready.eq(0)
-        # a write accepted in the decode cycle reaches its memory one cycle later (the request's
-        # address and data are still held then): no memory's write enable waits for the
-        # checks (the sample-slot check into the sample memory's enables was the ECP5 builds'
-        # slowest path).  Nothing can come between: the next request is decoded later, and
-        # a TRAIN_STREAM run's free slots only grow meanwhile.
-        write_en = {sp: Signal.like(port.we, name=f"write_en_{sp.name.lower()}")
-                    for sp, (port, _) in memories.items()}
-        for sp, (port, laned) in memories.items():
+        m.d.sync += ack.eq(0)
+        for port, laned in memories.values():
             # host ports follow the bus address combinationally; writes only when accepted
             addr = row if laned else word
-            m.d.sync += write_en[sp].eq(0)
-            m.d.comb += [port.raddr.eq(addr), port.ren.eq(1), port.waddr.eq(addr), port.we.eq(write_en[sp])]
+            m.d.comb += [port.raddr.eq(addr), port.ren.eq(1), port.waddr.eq(addr)]
             if laned:
                 m.d.comb += [port.wdata[k].eq(wide) for k in range(lanes)]
             else:
                 m.d.comb += port.wdata.eq(wdata)
 
-        m.d.comb += [regs.addr.eq(word), regs.we.eq(we), regs.wdata.eq(wdata)]
+        request = bus.stb & ~ack
+        m.d.comb += [regs.addr.eq(word), regs.we.eq(bus.we), regs.wdata.eq(wdata)]
         sizes = {Space.WEIGHTS: lane_words, Space.GRADS: lane_words, Space.MOMENTUM: lane_words,
                  Space.SAMPLES: geo.sample_bus_words, Space.LABELS: geo.sample_depth,
                  Space.OUTPUTS: geo.output_words, Space.LOSSES: geo.loss_depth}
@@ -553,17 +535,17 @@ class Accelerator(wiring.Component):
         if geo.streaming:
             sample_slot, _ = divmod_const(word, geo.sample_stride // 4, geo.sample_bus_words - 1)
             m.d.comb += seq.probe_slot.eq(Mux(space == Space.LABELS, word, sample_slot))
-            live = {Space.SAMPLES: we & seq.probe_free, Space.LABELS: we & seq.probe_free,
-                    Space.LOSSES: ~we}
+            live = {Space.SAMPLES: bus.we & seq.probe_free, Space.LABELS: bus.we & seq.probe_free,
+                    Space.LOSSES: ~bus.we}
         with m.If(request):
-            m.d.sync += [ready.eq(1), err.eq(0), read_mem.eq(0), read_space.eq(space), read_lane.eq(lane)]
+            m.d.sync += [ack.eq(1), err.eq(0), read_mem.eq(0), read_space.eq(space), read_lane.eq(lane)]
             with m.Switch(space):
                 with m.Case(Space.REGS):
                     with m.If(word[8:] == 0):
                         m.d.comb += regs.req.eq(1)
                     with m.Else():
                         m.d.sync += err.eq(1)
-                for sp, (_port, laned) in memories.items():
+                for sp, (port, laned) in memories.items():
                     with m.Case(sp):
                         if sp == Space.LABELS:  # 0 .. classes - 1
                             value_ok = ~at_least(wdata, geo.classes)
@@ -572,16 +554,16 @@ class Accelerator(wiring.Component):
                         else:
                             value_ok = fits(widths[sp])
                         busy = running & ~live[sp] if sp in live else running
-                        with m.If(busy | at_least(word, sizes[sp]) | (we & ~value_ok)):
+                        with m.If(busy | at_least(word, sizes[sp]) | (bus.we & ~value_ok)):
                             m.d.sync += err.eq(1)
-                        with m.Elif(we):
-                            m.d.sync += write_en[sp].eq((1 << lane) if laned else 1)
+                        with m.Elif(bus.we):
+                            m.d.comb += port.we.eq((1 << lane) if laned else 1)
                         with m.Else():
                             m.d.sync += read_mem.eq(1)
                 with m.Default():
                     m.d.sync += err.eq(1)
 
-        # the answer: there one cycle after the request is decoded, on the bus one cycle later
+        # the answer, one cycle after the request
         mem_value = Signal(signed(64 if wide_words else 32))
         with m.Switch(read_space):
             for sp, (port, laned) in memories.items():
@@ -591,11 +573,12 @@ class Accelerator(wiring.Component):
         if wide_words:
             read_high = Signal(32)
             m.d.comb += regs.read_high.eq(read_high)
-            with m.If(ready & read_mem & ~err):
+            with m.If(ack & read_mem & ~err):
                 m.d.sync += read_high.eq(mem_value[32:])
         refused = err | ((read_space == Space.REGS) & regs.err)
-        rdata, rerr = Signal(32), Signal()
-        m.d.sync += [ack.eq(ready), rerr.eq(refused),
-                     rdata.eq(Mux(refused, 0, Mux(read_mem, mem_value[:32], regs.rdata)))]
-        m.d.comb += [bus.ack.eq(ack), bus.err.eq(ack & rerr), bus.rdata.eq(rdata)]
+        m.d.comb += [
+            bus.ack.eq(ack),
+            bus.err.eq(ack & refused),
+            bus.rdata.eq(Mux(refused, 0, Mux(read_mem, mem_value[:32], regs.rdata))),
+        ]
 

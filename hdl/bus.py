@@ -10,12 +10,7 @@ One request at a time.  The initiator sets ``addr``, ``we`` and ``wdata`` and ra
 On a read, ``rdata`` is valid in that ``ack`` cycle.  ``err`` is valid with ``ack``: it
 says that the request was refused and had no effect (a read then returns 0).  The
 target ignores ``stb`` during the ``ack`` cycle, so an initiator may drop ``stb`` there
-or one cycle later.  A request takes four cycles (``stb`` seen, the request registered
-and decoded, the memories' and registers' answer, then ``ack``): the accelerator registers
-the request before decoding it, so that its checks start from flip-flops of its own (the
-ECP5 builds' slowest path ran from the host link's write data through them), and the
-answer before putting it on the bus (the next one ran from a memory's block-RAM output
-through the read selects into the host link's buffer).
+or one cycle later.  A request takes two cycles (``stb`` seen, then ``ack``).
 
 Addresses
 ---------

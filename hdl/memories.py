@@ -224,7 +224,7 @@ class SampleMemory(wiring.Component):
     side, half empty below 256 words, and the second read port doubles that (the digits
     buffer of 8 samples, 128 words, took 4 block RAMs where 2 hold it).  A host write then
     writes its low half at once and its high half in the next cycle (the bus leaves a
-    cycle between two requests); a host read (idle only) reads the low
+    cycle between two requests: the ``ack`` cycle); a host read (idle only) reads the low
     half on the first port and the high half on the second, which only the running
     correlation walker uses.
 

@@ -441,28 +441,19 @@ class Sequencer(wiring.Component):
         width = self.sample_count.shape().width
         return Mux(b < a, b + self.sample_count - a, b - a)[:width]
 
-    @staticmethod
-    def ring_at_or_after(base: Value, a: Value, b: Value) -> Value:
-        """``ring_distance(base, a) >= ring_distance(base, b)``, for ``base``, ``a`` and ``b`` all
-        below ``sample_count``, as three comparisons side by side instead of two subtractions,
-        two muxes and a comparison in a row (the bus decodes host writes through this: it was
-        on the ECP5 builds' slowest path).  A slot before ``base`` lies a lap further on than
-        one at or after it; two on the same side compare as they are."""
-        a_wraps, b_wraps = a < base, b < base
-        return Mux(a_wraps == b_wraps, a >= b, a_wraps)
-
     def slot_free(self, s: _SequencerState, slot: Value) -> Value:
         """Whether a ``TRAIN_STREAM`` run leaves ``slot`` alone: the run reads the samples from
         its step's first one up to ``fill`` (the step in progress, and those granted for the
         next), and none at or beyond ``sample_count``."""
         in_ring = slot < self.sample_count
-        return ~in_ring | self.ring_at_or_after(s.step_base, slot, self.fill)
+        return ~in_ring | (self.ring_distance(s.step_base, slot) >= self.ring_distance(s.step_base, self.fill))
 
     def _ring(self, m: Module, s: _SequencerState) -> None:
         """TRAIN_STREAM's fill position: host writes (while idle, or granting more while the
         run goes on), and the bus's questions about sample slots."""
         live = self.busy & s.stream & ~self.inference
-        grants = (self.fill_value < self.sample_count) & self.ring_at_or_after(s.step_base, self.fill_value, self.fill)
+        grants = (self.fill_value < self.sample_count) & (
+            self.ring_distance(s.step_base, self.fill_value) >= self.ring_distance(s.step_base, self.fill))
         m.d.comb += [
             self.fill_ok.eq(live & grants),
             self.probe_free.eq(live & self.slot_free(s, self.probe_slot)),
