@@ -177,10 +177,11 @@ def test_amaranth_sim_fuzz(comb_ack: bool, registered_read: bool) -> None:
     assert bytes(got) == expected
 
 
-@pytest.mark.parametrize(("sim", "registered_read"),
-                         [(sim, True) for sim in SIMULATORS] + [("verilator", False)])
+@pytest.mark.parametrize("registered_read", [True, False], ids=["registered-read", "direct-read"])
+@pytest.mark.parametrize("sim", SIMULATORS)
 def test_hostlink_cocotb(sim: str, registered_read: bool) -> None:
-    """The cocotb testbench; the direct buffer read (the iCEBreaker's) on Verilator only."""
+    """The cocotb testbench, the frame buffer's read registered (the ECP5s) and direct (the
+    iCEBreaker), on both simulators."""
     # Icarus runs about 25x slower: 250 fuzz frames there (75 s -> about 25 s), 1000 on Verilator
     cfg = {**COCOTB_CFG, "fuzz": COCOTB_CFG["fuzz"] if sim == "verilator" else 250}
     top = HostLinkTop(depth=cfg["depth"], max_words=cfg["max_words"],
