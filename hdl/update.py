@@ -24,7 +24,7 @@ from .correlation import sums_layout
 from .geometry import Geometry
 from .memories import LanePortSignature
 
-__all__ = ["UpdateUnit"]
+__all__ = ["UpdateUnit", "memory_ports"]
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,16 @@ class _Stage:
     layer: Signal
     w: Signal
     value: Signal
+
+
+def memory_ports(geo: Geometry) -> dict[str, LanePortSignature]:
+    """The memories the update unit reads and writes, by name: the weights, ``G`` and, with
+    ``optimizer: momentum``, the momentum."""
+    ports = {"weights": LanePortSignature(geo.lanes, geo.row_bits, signed(geo.weight_bits)),
+             "grads": LanePortSignature(geo.lanes, geo.row_bits, signed(geo.grad_bits))}
+    if geo.momentum:
+        ports["momentum"] = LanePortSignature(geo.lanes, geo.row_bits, signed(geo.grad_bits))
+    return ports
 
 
 class UpdateUnit(wiring.Component):
@@ -82,12 +92,8 @@ class UpdateUnit(wiring.Component):
             "owns_grads": Out(1),
             "first_write": Out(1),
             "lr_mult": In(8),
-            "weights": Out(LanePortSignature(geo.lanes, geo.row_bits, signed(geo.weight_bits))),
-            "grads": Out(LanePortSignature(geo.lanes, geo.row_bits, signed(geo.grad_bits))),
+            **{name: Out(port) for name, port in memory_ports(geo).items()},
         }
-        if geo.momentum:
-            members["momentum"] = Out(LanePortSignature(geo.lanes, geo.row_bits,
-                                                        signed(geo.grad_bits)))
         super().__init__(members)
 
     def elaborate(self, platform: object) -> Module:

@@ -22,7 +22,7 @@ from perturbo.hdl.memories import (
     SignWriteSignature,
     mux_ports,
 )
-from perturbo.hdl.update import UpdateUnit
+from perturbo.hdl.update import UpdateUnit, memory_ports
 
 
 def _word_load(addr_width: int, shape) -> wiring.Signature:
@@ -212,12 +212,8 @@ class UpdateHarness(wiring.Component):
             "sums": In(stream.Signature(self.unit.sums.signature.members["payload"].shape)),
             "busy": Out(1),
             "lr_mult": In(8),
-            "wtest": In(LanePortSignature(geo.lanes, geo.row_bits, signed(geo.weight_bits))),
-            "gtest": In(LanePortSignature(geo.lanes, geo.row_bits, signed(geo.grad_bits))),
+            **{f"{name[0]}test": In(port) for name, port in memory_ports(geo).items()},
         }
-        if geo.momentum:
-            members["mtest"] = In(LanePortSignature(geo.lanes, geo.row_bits,
-                                                    signed(geo.grad_bits)))
         super().__init__(members)
 
     def elaborate(self, platform: object) -> Module:
