@@ -464,7 +464,7 @@ class _NoAliasLoader(yaml.SafeLoader):
         if self.check_event(yaml.AliasEvent):
             mark = self.peek_event().start_mark
             raise yaml.composer.ComposerError(
-                None, None, "YAML aliases (*name) are not allowed in a perturbo configuration; "
+                None, None, "YAML aliases (*name) are not allowed in a perturbo file; "
                 "write the value out", mark)
         return super().compose_node(parent, index)
 
@@ -483,25 +483,39 @@ def parse_config(data: Any, source: str = "<config>") -> Config:
         raise ConfigError(_format_error(err, source)) from None
 
 
-def load_config(path: str | Path) -> Config:
-    """Read and validate one YAML configuration file."""
+def read_yaml(path: str | Path, what: str = "configuration") -> Any:
+    """The data of a perturbo YAML file (a configuration or a sweep), or :class:`ConfigError`
+    with one line: the file unreadable, too large, not UTF-8, malformed or using aliases."""
     path = Path(path)
     try:
         with path.open("rb") as f:
             raw = f.read(MAX_CONFIG_BYTES + 1)
     except OSError as err:
-        raise ConfigError(f"cannot read configuration {path}: {err.strerror}") from None
+        raise ConfigError(f"cannot read {what} {path}: {err.strerror}") from None
     if len(raw) > MAX_CONFIG_BYTES:
-        raise ConfigError(f"{path} is larger than {MAX_CONFIG_BYTES} bytes; it is not a perturbo configuration")
+        raise ConfigError(f"{path} is larger than {MAX_CONFIG_BYTES} bytes; it is not a perturbo {what}")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as err:
         raise ConfigError(
             f"{path} is not UTF-8 text (byte {raw[err.start]:#04x} at offset {err.start}); "
-            "save the configuration as UTF-8"
+            f"save the {what} as UTF-8"
         ) from None
     try:
-        data = yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 (a SafeLoader)
+        return yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 (a SafeLoader)
     except yaml.YAMLError as err:
-        raise ConfigError(f"malformed YAML in {path}: {err}") from None
+        raise ConfigError(f"malformed YAML in {path}: {_yaml_problem(err)}") from None
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """PyYAML's error in one line: what is wrong and where (its own text quotes the line)."""
+    if isinstance(err, yaml.MarkedYAMLError) and err.problem_mark is not None:
+        mark = err.problem_mark
+        return f"{err.problem} at line {mark.line + 1}, column {mark.column + 1}"
+    return " ".join(str(err).split())
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate one YAML configuration file."""
+    data = read_yaml(path)
     return parse_config(data, str(path))

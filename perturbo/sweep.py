@@ -50,7 +50,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .config import Config, ConfigError, load_config, parse_config
+from .config import Config, ConfigError, load_config, parse_config, read_yaml
 from .limits import check_fits_target
 
 __all__ = ["SweepError", "SweepFile", "SweepResult", "check_sweep", "load_sweep", "run_sweep"]
@@ -269,13 +269,9 @@ def load_sweep(path: str | Path) -> Sweep:
     """Read and check a sweep file."""
     path = Path(path)
     try:
-        text = path.read_text()
-    except OSError as err:
-        raise SweepError(f"cannot read sweep {path}: {err.strerror}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise SweepError(f"malformed YAML in {path}: {' '.join(str(err).split())}") from None
+        data = read_yaml(path, "sweep")
+    except ConfigError as err:
+        raise SweepError(str(err)) from None
     return check_sweep(data, path)
 
 

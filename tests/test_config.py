@@ -87,8 +87,9 @@ def test_out_of_range_value_names_key() -> None:
 
 def test_malformed_yaml(tmp_path: Path) -> None:
     path = write(tmp_path, "rule:\n  name: alr\n    sigma: [1, 2\n")
-    with pytest.raises(ConfigError, match=r"(?s)malformed YAML in .*cfg\.yaml.*line 3"):
+    with pytest.raises(ConfigError, match=r"malformed YAML in .*cfg\.yaml: .* at line 3, column \d+$") as err:
         load_config(path)
+    assert "\n" not in str(err.value), "the CLI prints the message as one line"
 
 
 def test_top_level_must_be_mapping(tmp_path: Path) -> None:

@@ -104,6 +104,14 @@ def test_malformed_yaml_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert "malformed YAML" in one_error_line(capsys)
 
 
+def test_aliases_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A sweep file is read like a configuration: an alias bomb is refused before it expands."""
+    path = tmp_path / "bomb.yaml"
+    path.write_text('a: &a ["x", "x"]\nb: &b [*a, *a]\nc: [*b, *b]\n')
+    assert main(["sweep", str(path)]) == 2
+    assert "YAML aliases (*name) are not allowed" in one_error_line(capsys)
+
+
 @pytest.mark.parametrize(("module", "method"), [("ray", "grid"), ("optuna", "tpe")])
 def test_missing_extra_names_it(module: str, method: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                 capsys: pytest.CaptureFixture[str]) -> None:
