@@ -36,7 +36,6 @@ from amaranth.lib import stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from perturbo.backend import samples_per_step
 from perturbo.config import Config, load_config
 from perturbo.data import SampleStream, load_dataset
 from perturbo.hdl.geometry import Geometry
@@ -155,7 +154,7 @@ def main() -> None:
     if not cfg.hardware.streaming:
         modes = [m for m in modes if m == "step"]  # the only one without the loss record
     splits = load_dataset(cfg)
-    n = samples_per_step(cfg)
+    n = cfg.rule.samples_per_step
     geo = Geometry(cfg)
     samples = SampleStream(splits.train.x, splits.train.y, cfg.seed)
     x, y = samples.take(args.steps * n)

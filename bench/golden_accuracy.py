@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from perturbo.backend import make_backend, samples_per_step
+from perturbo.backend import make_backend
 from perturbo.config import Config, Rule, load_config, parse_config
 from perturbo.data import load_dataset
 from perturbo.train import evaluate, train
@@ -61,7 +61,7 @@ def run(cfg: Config, float_reference: bool, out_root: Path, with_test: bool) -> 
     return {
         "name": cfg.name, "rule": "+".join(dict.fromkeys(r.value for r in cfg.layer_rules())), "kind": kind,
         "seed": cfg.seed, "split_seed": cfg.split_seed, "steps": result.step,
-        "samples": result.step * samples_per_step(cfg), "val": result.val_accuracy,
+        "samples": result.step * cfg.rule.samples_per_step, "val": result.val_accuracy,
         "best_val": best["val_accuracy"], "best_val_step": best["step"],
         "test": evaluate(cfg, backend, "test", splits=splits) if with_test else None, "wall": wall,
         "steps_per_s": result.step / wall,

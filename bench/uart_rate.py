@@ -39,7 +39,6 @@ from pathlib import Path
 
 import torch
 
-from perturbo.backend import samples_per_step
 from perturbo.config import Rule, load_config
 from perturbo.data import SampleStream, load_dataset
 from perturbo.hdl.bus import Reg, Space
@@ -111,7 +110,7 @@ def measure(path: Path, bursts: int) -> Rate:
     cfg = load_config(path)
     board, fmax = board_fmax(cfg.name) or README_FMAX[path.stem]
     splits = load_dataset(cfg)
-    n = samples_per_step(cfg)
+    n = cfg.rule.samples_per_step
     t0 = time.perf_counter()
     hw = VerilatorBackend(cfg)
     print(f"{path.stem}: model built/started in {time.perf_counter() - t0:.1f} s", file=sys.stderr)

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import torch
 
-from perturbo.backend import make_backend, samples_per_step
+from perturbo.backend import make_backend
 from perturbo.config import TARGET_PROJECTION_RULES, Config, Rule, load_config
 from perturbo.data import SampleStream, Splits, load_dataset
 from perturbo.host.accelerator import Counters
@@ -79,8 +79,8 @@ def passes_per_step(cfg: Config) -> int:
     """Forward passes in one training step: a baseline and ``copies`` perturbed passes per
     sample (target projection: the baseline alone)."""
     if cfg.layer_rules()[0] in TARGET_PROJECTION_RULES:
-        return samples_per_step(cfg)
-    return samples_per_step(cfg) * (1 + cfg.rule.copies)
+        return cfg.rule.samples_per_step
+    return cfg.rule.samples_per_step * (1 + cfg.rule.copies)
 
 
 def lane_use(cfg: Config, c: Counters) -> float:
@@ -92,7 +92,7 @@ def lane_use(cfg: Config, c: Counters) -> float:
 def measure(cfg: Config, hw: VerilatorBackend, splits: Splits, steps: int) -> Counters:
     """Counters over ``steps`` training steps from the backend's current state."""
     stream = SampleStream(splits.train.x, splits.train.y, cfg.seed + 1)
-    x, y = stream.take(steps * samples_per_step(cfg))
+    x, y = stream.take(steps * cfg.rule.samples_per_step)
     hw.clear_counters()
     hw.train_steps(x, y, steps)
     return hw.counters()
@@ -137,7 +137,7 @@ def run(cfg: Config, out: Path, measure_steps: int, fmax_mhz: float | None) -> R
             without = measure(cfg, serial, splits, measure_steps)
         finally:
             serial.close()
-        copies = samples_per_step(cfg) * cfg.rule.copies
+        copies = cfg.rule.samples_per_step * cfg.rule.copies
         per_copy = (counters.cycles / counters.steps / copies, without.cycles / without.steps / copies)
     fmax = ("--fmax-mhz", fmax_mhz) if fmax_mhz else board_fmax(cfg.name)
     return Row(cfg.name, "/".join(dict.fromkeys(r.value for r in cfg.layer_rules())), cfg.training.steps,

@@ -59,7 +59,7 @@ from typing import Any, Literal
 
 import torch
 
-from perturbo.backend import OneStepAtATime, samples_per_step
+from perturbo.backend import OneStepAtATime
 from perturbo.config import TARGET_PROJECTION_RULES, Activation, Config, Rule
 
 __all__ = [
@@ -690,7 +690,7 @@ class FloatModel(OneStepAtATime):
     per-layer hybrid ``cfg.rule.per_layer``); ``modes`` overrides the
     perturbative per-layer modes (e.g. ``["es", "alr"]`` or ``["lr"] * n``).
 
-    One :meth:`train_step` consumes ``samples_per_step(cfg)`` =
+    One :meth:`train_step` consumes ``cfg.rule.samples_per_step`` =
     ``tau_theta * batch`` samples and makes one update:
 
     * ``bp`` and target projection: the (pseudo-)gradient of the mean loss
@@ -783,7 +783,7 @@ class FloatModel(OneStepAtATime):
         else:
             raise ValueError(f"unsupported per-layer rules {[r.value for r in self.rules]}")
 
-        self.samples_per_step = samples_per_step(cfg)
+        self.samples_per_step = cfg.rule.samples_per_step
         # perturbative layout: (windows, samples sharing a perturbation)
         self.window = cfg.rule.batch if share_perturbation else 1
         self.copies = cfg.rule.copies
@@ -846,7 +846,7 @@ class FloatModel(OneStepAtATime):
         )
 
     def train_step(self, x: torch.Tensor, labels: torch.Tensor) -> float:
-        """One update on ``samples_per_step(cfg)`` INT8-format samples.
+        """One update on ``cfg.rule.samples_per_step`` INT8-format samples.
 
         Parameters
         ----------

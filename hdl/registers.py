@@ -91,7 +91,7 @@ def _depth_bits(cfg: Config) -> int:
 
 def _step_samples(cfg: Config) -> int:
     """`rule.tau_theta * rule.batch`"""
-    return cfg.rule.tau_theta * cfg.rule.batch
+    return cfg.rule.samples_per_step
 
 
 def _sample_count_bounds(cfg: Config) -> tuple[int, int]:

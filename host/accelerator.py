@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from perturbo.backend import BackendFailure, samples_per_step
+from perturbo.backend import BackendFailure
 from perturbo.config import Config
 from perturbo.golden.integer import init_weights
 from perturbo.hdl.bus import ACCEL_ID, Command, Reg, Space, Status
@@ -105,7 +105,7 @@ class AcceleratorBackend:
                 f"this configuration {expected:#010x}); regenerate it with `perturbo gen`"
             )
         rule = cfg.rule
-        self.samples_per_step = samples_per_step(cfg)
+        self.samples_per_step = cfg.rule.samples_per_step
         if link.read_word(Space.REGS, Reg.STATUS) & Status.BUSY:
             # an earlier session left a command running, and every write is refused until
             # it stops: stop it (the state it leaves is overwritten below)

@@ -3,7 +3,7 @@
 The golden integer model, the float references, the Verilator co-simulation and
 a board all implement :class:`TrainingBackend`, so one trainer (``perturbo.train``)
 drives them all.  A *step* is one weight update; it consumes
-``samples_per_step(config)`` samples.
+``config.rule.samples_per_step`` samples.
 """
 
 from __future__ import annotations
@@ -14,11 +14,6 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 
 from .config import Backend, Config, Rule
-
-
-def samples_per_step(cfg: Config) -> int:
-    """Samples one update consumes: ``tau_theta`` windows of ``batch`` samples (docs/numerics.md)."""
-    return cfg.rule.tau_theta * cfg.rule.batch
 
 
 @runtime_checkable

@@ -222,11 +222,17 @@ class RuleConfig(_Strict):
     target_on: int = Field(96, ge=1, le=127, description="one-hot target value of the label's output (INT8)")
     float_lr: float = Field(0.003, gt=0.0, description="Adam learning rate of the float references (bp and friends)")
 
+    @property
+    def samples_per_step(self) -> int:
+        """Samples one update consumes: ``tau_theta`` windows of ``batch`` samples
+        (docs/numerics.md)."""
+        return self.tau_theta * self.batch
+
     @model_validator(mode="after")
     def _check_step_samples(self) -> RuleConfig:
-        if self.tau_theta * self.batch > STEP_SAMPLES_MAX:
+        if self.samples_per_step > STEP_SAMPLES_MAX:
             raise ValueError(
-                f"rule.tau_theta * rule.batch = {self.tau_theta * self.batch}: a step may take at most "
+                f"rule.tau_theta * rule.batch = {self.samples_per_step}: a step may take at most "
                 f"{STEP_SAMPLES_MAX} samples (2^24); lower rule.tau_theta or rule.batch"
             )
         return self

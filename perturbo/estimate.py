@@ -351,7 +351,7 @@ def _run(cfg: Config, steps: int, first_step: int) -> _RunTiming:
 
     geo = Geometry(cfg)
     sched = schedule(cfg)
-    S = cfg.rule.tau_theta * cfg.rule.batch  # noqa: N806 (STEP_SAMPLES)
+    S = cfg.rule.samples_per_step  # noqa: N806 (STEP_SAMPLES)
     copies = cfg.rule.copies
     projection = geo.projection
     base_shape = pass_shape(cfg, perturbed=False)
@@ -695,12 +695,12 @@ def estimate(cfg: Config, fmax_mhz: float | None = None) -> Estimate:
     infer = inference_cycles(cfg, depth)
     return Estimate(
         name=cfg.name, lanes=geo.lanes, rows=geo.rows,
-        samples_per_step=cfg.rule.tau_theta * cfg.rule.batch,
+        samples_per_step=cfg.rule.samples_per_step,
         passes_per_sample=1 if geo.projection else 1 + cfg.rule.copies,
         fmax_mhz=float(fmax_mhz), cycles_per_step=step.cycles, mac_busy_per_step=step.mac_busy,
         stalls_per_step=step.stalls, cycles_per_inference_sample=infer / depth,
         inference_cycles=infer, inference_samples=depth, step=step, memories=memories(cfg),
-        runs=geo.streaming and ring_steps(depth, cfg.rule.tau_theta * cfg.rule.batch, geo.loss_depth) >= 1,
+        runs=geo.streaming and ring_steps(depth, cfg.rule.samples_per_step, geo.loss_depth) >= 1,
     )
 
 
@@ -769,7 +769,7 @@ def compare_with_counters(cfg: Config, backend: object, steps: int = 3,
     """
     import torch
 
-    s = cfg.rule.tau_theta * cfg.rule.batch
+    s = cfg.rule.samples_per_step
     gen = torch.Generator().manual_seed(seed)
     n_in, classes = cfg.network.layers[0], cfg.network.layers[-1]
     out = []

@@ -7,7 +7,7 @@ A run lives in one directory::
         history.json      step, mean train loss, validation accuracy, wall time
         curves.png        loss and validation accuracy against step
 
-A step consumes ``samples_per_step(cfg)`` samples from a stream that is
+A step consumes ``cfg.rule.samples_per_step`` samples from a stream that is
 reshuffled every epoch from ``cfg.seed`` (:class:`perturbo.data.SampleStream`).
 The stream's cursor, the step counter, the history and the backend's state are
 all in the checkpoint, so ``train(..., resume=True)`` continues an interrupted
@@ -51,7 +51,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import __version__
-from .backend import BackendFailure, TrainingBackend, samples_per_step
+from .backend import BackendFailure, TrainingBackend
 from .config import Config, ConfigError, parse_config
 from .data import SampleStream, Split, Splits, load_dataset
 
@@ -573,7 +573,7 @@ def _write_history(path: Path, cfg: Config, info: dict[str, Any], state: Trainer
         "name": cfg.name,
         "rules": [r.value for r in cfg.layer_rules()],
         "backend": info,
-        "samples_per_step": samples_per_step(cfg),
+        "samples_per_step": cfg.rule.samples_per_step,
         "steps": cfg.training.steps,
         "history": state.history,
     }
@@ -691,7 +691,7 @@ def train(
     state = _initial_state(cfg, backend, ckpt_path, info, resume=resume, overwrite=overwrite)
     if splits is None:
         splits = load_dataset(cfg)
-    n = samples_per_step(cfg)
+    n = cfg.rule.samples_per_step
     total = cfg.training.steps
     eval_every = cfg.training.eval_every
     checkpoint_every = checkpoint_every or eval_every

@@ -19,7 +19,6 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from perturbo.backend import samples_per_step
 from perturbo.config import Config
 from perturbo.data import SampleStream, Splits, load_dataset
 from perturbo.golden.integer import IntegerModel
@@ -159,7 +158,7 @@ class SideBySide:
         hw.load_state_dict(self.gold.state_dict())
         self.splits = splits if splits is not None else load_dataset(cfg)
         self.stream = SampleStream(self.splits.train.x, self.splits.train.y, cfg.seed)
-        self.samples = samples_per_step(cfg)
+        self.samples = cfg.rule.samples_per_step
         self.rules = [r.value for r in cfg.layer_rules()]
 
     @property

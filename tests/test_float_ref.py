@@ -41,7 +41,7 @@ import torch
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
-from perturbo.backend import TrainingBackend, samples_per_step
+from perturbo.backend import TrainingBackend
 from perturbo.config import parse_config
 from perturbo.golden.float_ref import (
     FloatModel,
@@ -231,7 +231,7 @@ def digits() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
 
 
 def _train(model: FloatModel, cfg, xtr, ytr, steps: int, seed: int = 0) -> None:
-    n = samples_per_step(cfg)
+    n = cfg.rule.samples_per_step
     g = torch.Generator().manual_seed(seed)
     perm, pos = torch.randperm(len(xtr), generator=g), 0
     for _ in range(steps):
@@ -315,7 +315,7 @@ STATE_CASES = {
 def test_state_dict_round_trip(case: str) -> None:
     rule, kwargs = STATE_CASES[case]
     cfg = parse_config({"seed": 3, "network": {"layers": [64, 16, 10]}, "rule": rule})
-    n = samples_per_step(cfg)
+    n = cfg.rule.samples_per_step
     g = torch.Generator().manual_seed(11)
     batches = [
         (torch.randint(0, 128, (n, 64), generator=g), torch.randint(0, 10, (n,), generator=g))

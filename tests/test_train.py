@@ -11,7 +11,7 @@ import torch
 
 import perturbo.cli as cli
 import perturbo.train as train_mod
-from perturbo.backend import OneStepAtATime, samples_per_step
+from perturbo.backend import OneStepAtATime
 from perturbo.config import Config, parse_config
 from perturbo.train import (
     CHECKPOINT_NAME,
@@ -90,7 +90,7 @@ def run(cfg: Config, out: Path, backend: DummyBackend | None = None, **kw: Any) 
 
 
 def test_samples_per_step_crosses_epochs() -> None:
-    assert samples_per_step(make_cfg()) == 6
+    assert make_cfg().rule.samples_per_step == 6
 
 
 @pytest.mark.parametrize("exc", [RuntimeError, KeyboardInterrupt])

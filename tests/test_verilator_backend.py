@@ -17,7 +17,6 @@ import yaml
 from cosim_checks import find_corrupted_weight
 from hostlink_top import fuzz_cases
 
-from perturbo.backend import samples_per_step
 from perturbo.config import Config, load_config
 from perturbo.data import SampleStream, load_dataset
 from perturbo.golden.integer import IntegerModel
@@ -136,7 +135,7 @@ def test_bad_frames_are_never_applied(cfg: Config, hw: VerilatorBackend) -> None
     after = {r.name: hw.link.read_word(Space.REGS, r) for r in settable}
     assert after == before, "registers changed by bad frames"
     splits = load_dataset(cfg)
-    n = samples_per_step(cfg)
+    n = cfg.rule.samples_per_step
     x, y = splits.train.x[:n], splits.train.y[:n]
     assert hw.train_step(x, y) == gold.train_step(x, y)
     msg = first_difference("weights after a step following the fuzz", hw.state_dict()["weights"],
@@ -153,7 +152,7 @@ def test_refill_modes_equal_golden(cfg: Config, hw: VerilatorBackend, refill: st
     torch.set_num_threads(1)
     gold = IntegerModel(cfg)
     hw.load_state_dict(gold.state_dict())
-    steps, n = 150, samples_per_step(cfg)
+    steps, n = 150, cfg.rule.samples_per_step
     assert hw.ring_steps < steps
     train = load_dataset(cfg).train
     x, y = SampleStream(train.x, train.y, cfg.seed).take(steps * n)
