@@ -116,10 +116,6 @@ def main() -> None:
             group = []
             for seed in args.seeds or [base.seed]:
                 per_run: dict[str, object] = {"seed": seed, "data.split_seed": base.split_seed}
-                if flt and base.training.lr_mult_schedule:
-                    # the step decay writes the integer rule's LR_MULT register; the float twin
-                    # trains with its own Adam rate (rule.float_lr) and has no such register
-                    per_run["training.lr_mult_schedule"] = []
                 cfg = with_overrides(base, per_run, path)
                 row = run(cfg, flt, args.out, with_test)
                 group.append(row)

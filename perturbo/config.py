@@ -258,7 +258,8 @@ class TrainingConfig(_Strict):
     lr_mult_schedule: list[tuple[Annotated[int, Field(ge=0)], Annotated[int, Field(ge=1, le=255)]]] = Field(
         [],
         description="step decay of the integer rules: [[step, lr_mult], ...]; from each step on, the host "
-        "writes that LR_MULT (rule.lr_mult applies before the first entry)",
+        "writes that LR_MULT (rule.lr_mult applies before the first entry); the float references, which "
+        "have no LR_MULT, train at rule.float_lr without it",
     )
 
     @model_validator(mode="after")

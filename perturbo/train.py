@@ -730,11 +730,9 @@ def train(
         # Backends behind a link (Verilator, boards) run many steps per call: the
         # samples go over in one burst and the accelerator runs them without the host.
         max_chunk = backend.max_steps_per_call
-        schedule = cfg.training.lr_mult_schedule
-        if schedule and backend.lr_mult is None:
-            raise ConfigError(
-                "training.lr_mult_schedule needs an integer backend (the float references have no LR_MULT)"
-            )
+        # The schedule writes the integer rules' LR_MULT register; a float reference trains at
+        # its own Adam rate (rule.float_lr) and has no such register, so it trains without it.
+        schedule = cfg.training.lr_mult_schedule if backend.lr_mult is not None else []
         while state.step < total:
             if schedule:  # the LR_MULT register in force from this step on
                 backend.lr_mult = next((m for s, m in reversed(schedule) if s <= state.step), cfg.rule.lr_mult)

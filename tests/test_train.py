@@ -362,3 +362,20 @@ def test_lr_mult_schedule_reaches_the_backend(tmp_path: Path) -> None:
     )
     train(cfg10, resumed, tmp_path, resume=True, progress=False)
     assert resumed.seen == [1, 1]
+
+
+def test_float_reference_trains_without_the_lr_mult_schedule(tmp_path: Path) -> None:
+    """The schedule writes the integer rules' LR_MULT; the float twin of an example that has one
+    still trains (at ``rule.float_lr``), as ``perturbo train --float`` and the benches run it."""
+    from perturbo.backend import make_backend
+
+    cfg = parse_config(
+        {
+            "rule": {"name": "tpsgd-l2", "batch": 2, "lr_mult": 4},
+            "training": {"steps": 4, "eval_every": 2, "lr_mult_schedule": [[2, 2]]},
+        }
+    )
+    model = make_backend(cfg, "golden", float_reference=True)
+    assert model.lr_mult is None
+    result = train(cfg, model, tmp_path, progress=False, float_reference=True)
+    assert result.step == 4 and result.val_accuracy is not None
