@@ -107,6 +107,7 @@ class FactorWatch:
         self.cur = self.queue.pop(0) if self.queue else None
         if self.cur is not None:
             self.dut.factor_read__addr.value = self.cur[3]
+        self.dut.factor_read__en.value = int(self.cur is not None)
 
     def sample(self) -> None:
         if self.prev is not None:  # read data: the address presented in the previous cycle
