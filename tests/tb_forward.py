@@ -107,7 +107,9 @@ class FactorWatch:
         self.cur = self.queue.pop(0) if self.queue else None
         if self.cur is not None:
             self.dut.factor_read__addr.value = self.cur[3]
-        self.dut.factor_read__en.value = int(self.cur is not None)
+        # (always enabled, as the walker's read is while it walks: a word read before a
+        # reset stays the port's output through it, and the reset check wants it defined)
+        self.dut.factor_read__en.value = 1
 
     def sample(self) -> None:
         if self.prev is not None:  # read data: the address presented in the previous cycle
