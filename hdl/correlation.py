@@ -253,7 +253,8 @@ class CorrelationWalker(wiring.Component):
     signs : ``Out(SignReadSignature)``
         With an ``mgd-weight`` layer.
     act_read, factor_read : ``Out(...)``
-        ``addr`` out, ``data`` in one cycle later (the forward engine's read ports).
+        ``addr`` and ``en`` (high while the walk runs) out, ``data`` in one cycle later
+        (the forward engine's read ports).
     samples : ``Out(...)``
         ``raddr``, ``ren`` out and ``rdata`` in: the sample buffer's second read port.
     o : ``Out(stream.Signature(row_layout(...)))``
@@ -320,9 +321,10 @@ class CorrelationWalker(wiring.Component):
         if self.uses_signs:
             members["signs"] = Out(SignReadSignature(geo.lanes, geo.row_bits))
         if self.uses_acts:
-            members["act_read"] = Out(wiring.Signature({"addr": Out(act_addr_bits), "data": In(int8s)}))
+            members["act_read"] = Out(wiring.Signature({"addr": Out(act_addr_bits), "en": Out(1),
+                                                        "data": In(int8s)}))
         if geo.factor_bits:
-            members["factor_read"] = Out(wiring.Signature({"addr": Out(act_addr_bits),
+            members["factor_read"] = Out(wiring.Signature({"addr": Out(act_addr_bits), "en": Out(1),
                                                            "data": In(factor_layout)}))
         if self.uses_samples:
             members["samples"] = Out(ReadPortSignature(sample_addr_bits, signed(8)))
@@ -390,11 +392,13 @@ class CorrelationWalker(wiring.Component):
         if self.uses_acts:
             x_bank = (Mux(t_x_base[li], job.base_bank, job.bank)
                       if "base_bank" in self.job_layout.members else job.bank)
-            m.d.comb += self.act_read.addr.eq(Cat((t_in_base[li] + word)[:word_bits], x_bank))
+            m.d.comb += [self.act_read.addr.eq(Cat((t_in_base[li] + word)[:word_bits], x_bank)),
+                         self.act_read.en.eq(active)]
         if geo.factor_bits:
-            m.d.comb += self.factor_read.addr.eq(Cat((t_out_base[li] + group)[:word_bits], job.bank))
+            m.d.comb += [self.factor_read.addr.eq(Cat((t_out_base[li] + group)[:word_bits], job.bank)),
+                         self.factor_read.en.eq(active)]
         if self.uses_samples:
-            m.d.comb += [self.samples.raddr.eq(job.sample_base + col), self.samples.ren.eq(1)]
+            m.d.comb += [self.samples.raddr.eq(job.sample_base + col), self.samples.ren.eq(active)]
         return _Walk(job=job, active=active, li=li, group=group, col=col, word=word, byte=byte,
                      row=row, is_last=is_last, mask=t_mask[li][group])
 

@@ -54,7 +54,7 @@ from perturbo.config import Activation, Rule
 
 from .arith import at_most, narrow, round_shift
 from .geometry import Geometry, ceil_log2
-from .memories import LanePortSignature, PortSignature, SignWriteSignature, next_column
+from .memories import LanePortSignature, PortSignature, SignWriteSignature, next_column, no_read_collision
 from .projection import ErrorKind, Gate, activation_gate, projection_error
 from .random import Draw, draw_latency, gaussian_noise, projection_value
 
@@ -199,8 +199,9 @@ class ForwardEngine(wiring.Component):
     key : ``Out(stream.Signature(32))``
         The key, :attr:`draw_latency` cycles after the request was taken; held until taken.
     act_read : ``In(...)``
-        ``addr`` (``{bank, word}``) in, ``data`` (``lanes`` INT8) out one cycle later:
-        a read port of the activation memory for the correlation walker.
+        ``addr`` (``{bank, word}``) and ``en`` in, ``data`` (``lanes`` INT8) out one cycle
+        later (it holds while ``en`` is low): a read port of the activation memory for the
+        correlation walker.
     factor_read : ``In(...)``
         The same for the factor memory (``ArrayLayout`` of :attr:`Geometry.factor_bits`
         per lane; when the configuration has factors).
@@ -261,7 +262,7 @@ class ForwardEngine(wiring.Component):
             "key_req": In(stream.Signature(32)),
             "key": Out(stream.Signature(32)),
             "act_read": In(wiring.Signature({
-                "addr": Out(self.act_addr_bits), "data": In(int8s),
+                "addr": Out(self.act_addr_bits), "en": Out(1), "data": In(int8s),
             })),
             "busy": Out(1),
             "mac_active": Out(1),
@@ -274,7 +275,7 @@ class ForwardEngine(wiring.Component):
             members["target_on"] = In(7)
         if fb:
             members["factor_read"] = In(wiring.Signature({
-                "addr": Out(self.act_addr_bits), "data": In(self.factor_layout),
+                "addr": Out(self.act_addr_bits), "en": Out(1), "data": In(self.factor_layout),
             }))
         super().__init__(members)
 
@@ -305,11 +306,11 @@ class ForwardEngine(wiring.Component):
         self._control_pipe(m, pipe, en)
         draws, sign_bits = self._hash_pipes(m, tabs, regs, pipe[0], en)
         self._key_pipe(m, draws, pipe[0], en)
-        act_rd, act_wr = self._memory_reads(m, pipe[H - 1], en)
+        act_rd, act_wr = self._memory_reads(m, pipe[H - 1], en, platform)
         w7, x7, drawn = self._select_and_perturb(m, tabs, pipe[H], en, draws, sign_bits, act_rd)
         acc = self._multiply_accumulate(m, pipe[H + 2], en, w7, x7)
         acc10 = self._inject(m, tabs, pipe[H + 2], en, acc, drawn)
-        self._output(m, tabs, regs, pipe[H + 4], en, out_valid, acc10, act_wr, drawn)
+        self._output(m, tabs, regs, pipe[H + 4], en, out_valid, acc10, act_wr, drawn, platform)
 
         # -- result stream and tags ------------------------------------------------------------
         out = self.result.payload
@@ -624,7 +625,7 @@ class ForwardEngine(wiring.Component):
 
     # -- positions H-1..H+4: the datapath --------------------------------------------------------
 
-    def _memory_reads(self, m: Module, t5: Value, en: Signal) -> tuple[object, object]:
+    def _memory_reads(self, m: Module, t5: Value, en: Signal, platform: object) -> tuple[object, object]:
         """Position H-1: the weight, sample and activation reads (data at H).
 
         The activation memory (four banks of act words) lives here; returns its read port
@@ -644,10 +645,15 @@ class ForwardEngine(wiring.Component):
         act_rd2 = acts.read_port()
         m.d.comb += [
             act_rd.addr.eq(t5.aaddr),
-            act_rd.en.eq(en),
+            # only the reads the select uses (no_read_collision): not the samples, not the bias
+            act_rd.en.eq(en & t5.valid & (t5.layer != 0) & ~t5.last),
             act_rd2.addr.eq(self.act_read.addr),
+            act_rd2.en.eq(self.act_read.en),
             self.act_read.data.eq(act_rd2.data),
         ]
+        # a pass writes the bank of its own activations; the next layer's reads and the
+        # walker's read the banks of finished layers and passes (Sequencer)
+        no_read_collision(m, acts, "acts", platform, act_wr, [act_rd, act_rd2])
         return act_rd, act_wr
 
     def _select_and_perturb(self, m: Module, tabs: _LayerTables, t6: Value, en: Signal,
@@ -762,7 +768,8 @@ class ForwardEngine(wiring.Component):
         return acc10
 
     def _output(self, m: Module, tabs: _LayerTables, regs: _IssueRegs, t10: Value, en: Signal, out_valid: Signal,
-                acc10: list[Signal], act_wr: object, drawn: list[list[Signal]] | None) -> None:
+                acc10: list[Signal], act_wr: object, drawn: list[list[Signal]] | None,
+                platform: object) -> None:
         """Position H+4: requantise and activate, into the output register and the
         activation (and factor) memory; record the group written for the interlock."""
         geo, lanes, ovf = self.geometry, self.lanes, self.geometry.overflow
@@ -796,7 +803,7 @@ class ForwardEngine(wiring.Component):
             act_wr.en.eq(en & t10.valid),
         ]
         if geo.factor_bits:
-            self._factors(m, t10, q10, y10, drawn[3], act_wr)
+            self._factors(m, t10, q10, y10, drawn[3], act_wr, platform)
         with m.If(en & t10.valid):
             m.d.sync += [
                 regs.wr_parity.eq(t10.parity),
@@ -805,7 +812,7 @@ class ForwardEngine(wiring.Component):
             ]
 
     def _factors(self, m: Module, t10: Value, q10: Value, y10: Value, drawn: list[Signal],
-                 act_wr: object) -> None:
+                 act_wr: object, platform: object) -> None:
         """The factor memory: what the correlation needs of each neuron, written beside its
         activation word (same bank and word).
 
@@ -821,10 +828,12 @@ class ForwardEngine(wiring.Component):
         rd = mem.read_port()
         m.d.comb += [
             rd.addr.eq(self.factor_read.addr),
+            rd.en.eq(self.factor_read.en),
             self.factor_read.data.eq(rd.data),
             wr.addr.eq(act_wr.addr),
             wr.en.eq(act_wr.en),
         ]
+        no_read_collision(m, mem, "factors", platform, wr, [rd])
         if not geo.projection:
             for k in range(lanes):
                 an = drawn[k]

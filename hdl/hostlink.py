@@ -28,6 +28,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from .bus import WORD_ADDR_BITS, BusSignature
+from .memories import no_read_collision
 
 __all__ = [
     "CRC",
@@ -251,6 +252,7 @@ class HostLink(wiring.Component):
         wr = buffer.write_port()
         rd = buffer.read_port()  # synchronous, not transparent: data one cycle after addr
 
+        no_read_collision(m, buffer, "link_buffer", platform, wr, [rd])
         s = self._link_state(m, wr, rd)
         self._read_register(m, s)
         with m.FSM(name="link"):
@@ -525,6 +527,9 @@ class HostLink(wiring.Component):
             self.bus.addr.eq(Cat(word, addr[WORD_ADDR_BITS:])),
             self.bus.wdata.eq(s.rdata),
             rd.addr.eq(Mux(s.advance, s.idx_next, idx)),
+            # not the word being received (no_read_collision): a READ's bus data is written
+            # as the read moves on to the next word
+            rd.en.eq(~wr.en | s.advance),
             wr.addr.eq(idx),
             # the receiver buffers WRITE payload words, the bus engine READ data
             wr.data.eq(Mux(self.rx.ready, Cat(s.wshift, s.data), self.bus.rdata)),

@@ -8,14 +8,15 @@ time with :func:`mux_ports`.
 
 Read timing: ``rdata`` is the word at the ``raddr`` presented in the previous cycle in
 which ``ren`` was high (it holds otherwise).  A read and a write of the same word in the
-same cycle read the old word.
+same cycle read the old word, except on a memory declared free of such collisions
+(:func:`no_read_collision`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from amaranth.hdl import Cat, Module, Mux, Shape, ShapeLike, Signal, Value, signed
+from amaranth.hdl import Cat, Module, Mux, Print, Shape, ShapeLike, Signal, Value, signed
 from amaranth.lib import data, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -23,7 +24,39 @@ from amaranth.lib.wiring import In, Out
 __all__ = [
     "PortSignature", "ReadPortSignature", "LanePortSignature", "SignWriteSignature", "SignReadSignature",
     "MemoryBlock", "SampleMemory", "LaneMemory", "SignMemory", "mux_ports",
+    "NO_READ_COLLISION", "COLLISION_MESSAGE", "no_read_collision",
 ]
+
+#: The attribute that marks a memory none of whose enabled synchronous reads ever meets a
+#: write of the same word in the same cycle; a board build may then let the read return
+#: anything in that case (yosys's ``COLLISION_X_MASK``, :func:`perturbo.boards.build.build_plan`).
+NO_READ_COLLISION = "perturbo_no_read_collision"
+#: What the simulation prints on the first collision of such a memory (the co-simulation
+#: fails on it: :class:`perturbo.sim.cosim.VerilatorSim`).
+COLLISION_MESSAGE = "perturbo-check: read collision"
+
+
+def no_read_collision(m: Module, mem: Memory, name: str, platform: object, write: object,
+                      reads: Sequence[object]) -> None:
+    """Declare that no enabled read of ``reads`` hits the word ``write`` writes in that cycle.
+
+    An FPGA's block RAM returns the old word on such a collision only if synthesis adds a
+    delayed copy of the write and a bypass multiplexer per read port (on the iCE40 about
+    40 logic cells and 45 flip-flops for a 16-bit memory): the memories whose clients
+    never collide, by the order in which the sequencer runs them, are declared so (the
+    :data:`NO_READ_COLLISION` attribute on ``mem``) and a board build may do without.
+    The declaration is tested, not assumed: in simulation (``platform`` None) the first
+    collision prints :data:`COLLISION_MESSAGE` with ``name``, on which the co-simulation
+    fails.  ``write`` and ``reads`` are ports of ``mem``; a read port's ``en`` must be high
+    only when its data is used.
+    """
+    mem.attrs[NO_READ_COLLISION] = 1
+    if platform is not None:
+        return
+    seen = Signal(name=f"{name}_collided")  # report the first collision only
+    for i, rd in enumerate(reads):
+        with m.If(write.en.any() & rd.en & (rd.addr == write.addr) & ~seen):
+            m.d.sync += [seen.eq(1), Print(f"{COLLISION_MESSAGE} in {name}, read port {i}, word", rd.addr)]
 
 
 class PortSignature(wiring.Signature):
@@ -164,6 +197,9 @@ class MemoryBlock(wiring.Component):
 
     second_read
         Add a second read port (a second copy of the memory in an FPGA's block RAMs).
+    no_collision
+        The memory's name: its clients never read a word in the cycle it is written
+        (:func:`no_read_collision`).  None: they may, and read the old word.
 
     Members
     -------
@@ -173,8 +209,10 @@ class MemoryBlock(wiring.Component):
     """
 
     def __init__(self, depth: int, shape: ShapeLike, init: Sequence[int] = (), *,
-                 block_ram: bool = False, second_read: bool = False) -> None:
+                 block_ram: bool = False, second_read: bool = False,
+                 no_collision: str | None = None) -> None:
         self.depth = depth
+        self.no_collision = no_collision
         self.shape = shape
         self.addr_width = _check(depth, shape)
         self.init = list(init)
@@ -200,10 +238,14 @@ class MemoryBlock(wiring.Component):
             wr.data.eq(self.port.wdata),
             wr.en.eq(self.port.we),
         ]
+        reads = [rd]
         if self.second_read:
             rd2 = mem.read_port()
+            reads.append(rd2)
             m.d.comb += [rd2.addr.eq(self.read.raddr), rd2.en.eq(self.read.ren),
                          self.read.rdata.eq(rd2.data)]
+        if self.no_collision is not None:
+            no_read_collision(m, mem, self.no_collision, platform, wr, reads)
         return m
 
 
@@ -302,6 +344,8 @@ class SampleMemory(wiring.Component):
         else:
             byte_reader(rd, self.port, host.raddr)
             m.d.comb += host.rdata.eq(rd.data)
+        # the host writes samples while idle, or (TRAIN_STREAM) ones no run reads yet
+        no_read_collision(m, mem, "samples", platform, wr, [rd, rd2] if halves else [rd])
         return m
 
 
@@ -312,6 +356,9 @@ class LaneMemory(wiring.Component):
     ----------
     second_read
         Add a second read port (a second copy of each memory in an FPGA's block RAMs).
+    no_collision
+        The memories' name: their clients never read a word in the cycle it is written
+        (:func:`no_read_collision`).  None: they may, and read the old word.
 
     Members
     -------
@@ -320,7 +367,8 @@ class LaneMemory(wiring.Component):
         Only with ``second_read``.
     """
 
-    def __init__(self, lanes: int, depth: int, shape: ShapeLike, *, second_read: bool = False) -> None:
+    def __init__(self, lanes: int, depth: int, shape: ShapeLike, *, second_read: bool = False,
+                 no_collision: str | None = None) -> None:
         if not isinstance(lanes, int) or lanes < 1:
             raise ValueError(f"lanes must be a positive integer, not {lanes!r}")
         self.lanes = lanes
@@ -328,6 +376,7 @@ class LaneMemory(wiring.Component):
         self.shape = shape
         self.addr_width = _check(depth, shape)
         self.second_read = second_read
+        self.no_collision = no_collision
         members = {"port": In(LanePortSignature(lanes, self.addr_width, shape))}
         if second_read:
             members["read"] = In(ReadPortSignature(self.addr_width, data.ArrayLayout(shape, lanes)))
@@ -347,10 +396,14 @@ class LaneMemory(wiring.Component):
                 wr.data.eq(self.port.wdata[k]),
                 wr.en.eq(self.port.we[k]),
             ]
+            reads = [rd]
             if self.second_read:
                 rd2 = mem.read_port()
+                reads.append(rd2)
                 m.d.comb += [rd2.addr.eq(self.read.raddr), rd2.en.eq(self.read.ren),
                              self.read.rdata[k].eq(rd2.data)]
+            if self.no_collision is not None:
+                no_read_collision(m, mem, f"{self.no_collision}_lane{k}", platform, wr, reads)
         return m
 
 

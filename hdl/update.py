@@ -127,8 +127,8 @@ class UpdateUnit(wiring.Component):
         fused = self.sums.valid
         a_row = Mux(fused, self.sums.payload.row, row)
         ports = [self.weights, self.grads] + ([self.momentum] if geo.momentum else [])
-        for p in ports:
-            m.d.comb += [p.raddr.eq(a_row), p.ren.eq(1)]
+        for p in ports:  # (read only when the row is used: the sweep writes behind its reads)
+            m.d.comb += [p.raddr.eq(a_row), p.ren.eq(active | fused)]
         return active, fused, a_row
 
     def _layer_of(self, r: Value) -> Value:

@@ -38,6 +38,7 @@ from types import TracebackType
 
 from perturbo.backend import BackendFailure
 from perturbo.cache import cache_root, cached_dir, digest
+from perturbo.hdl.memories import COLLISION_MESSAGE
 
 from .toolchain import check_fst_headers, verilator_env
 
@@ -322,23 +323,35 @@ class VerilatorSim:
         return self._process is not None and self._process.poll() is None
 
     def stop(self, timeout: float = 10.0) -> RunStats | None:
-        """Stop the harness (SIGTERM if it still runs); returns its statistics."""
+        """Stop the harness (SIGTERM if it still runs); returns its statistics.
+
+        Raises
+        ------
+        CosimError
+            The simulation reported a read collision on a memory declared free of them
+            (:func:`perturbo.hdl.memories.no_read_collision`).
+        """
         process = self._process
         if process is None:
             return self.stats
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)
         try:
-            _, err = process.communicate(timeout=timeout)
+            out, err = process.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
             process.kill()
-            _, err = process.communicate()
+            out, err = process.communicate()
         self.returncode = process.returncode
         self._process = None
         self.port = None
         self.device = None
         self.stats = RunStats.parse(err or "")
         self.trace_windows = _trace_windows(err or "")
+        # a memory declared free of read collisions had one (hdl.memories.no_read_collision):
+        # a board build that relies on the declaration would compute something else
+        checks = [line for line in (out or "").splitlines() if line.startswith(COLLISION_MESSAGE)]
+        if checks:
+            raise CosimError("; ".join(checks))
         return self.stats
 
     def wait(self, timeout: float = 10.0) -> RunStats | None:

@@ -162,7 +162,7 @@ class CorrelationHarness(wiring.Component):
             wiring.connect(m, wiring.flipped(self.sload), signs.write)
             wiring.connect(m, fe.signs, signs.read)
         # the forward engine's activation and factor memories: a write port, and a read
-        # port always enabled (the engine's act_read / factor_read)
+        # port (the engine's act_read / factor_read)
         reads = []
         if fe.uses_acts:
             reads.append(("acts", data.ArrayLayout(signed(8), geo.lanes), self.aload, fe.act_read))
@@ -172,7 +172,7 @@ class CorrelationHarness(wiring.Component):
             mem = m.submodules[name] = Memory(shape=shape, depth=1 << geo.act_addr_bits, init=[])
             wr, rd = mem.write_port(), mem.read_port()
             m.d.comb += [wr.addr.eq(load.addr), wr.data.eq(load.data), wr.en.eq(load.we),
-                         rd.addr.eq(port.addr), port.data.eq(rd.data)]
+                         rd.addr.eq(port.addr), rd.en.eq(port.en), port.data.eq(rd.data)]
         if fe.uses_samples:
             m.submodules.samples = smem = MemoryBlock(geo.sample_words, signed(8), second_read=True)
             wiring.connect(m, fe.samples, smem.read)

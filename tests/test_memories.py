@@ -1,0 +1,123 @@
+"""Memories declared free of read collisions (perturbo.hdl.memories.no_read_collision).
+
+The simulation reports the first read of a word in the cycle it is written, on such a
+memory only; the iCE40 board build marks exactly those memories' clocked read ports as
+returning an undefined word then (perturbo.boards.build.undefine_read_collisions).  That
+the accelerator's memories never collide is what the co-simulations check
+(sim/cosim.py fails on the report).
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from amaranth.back import rtlil
+from amaranth.hdl import Module
+from amaranth.sim import Simulator
+
+from perturbo.hdl.memories import COLLISION_MESSAGE, NO_READ_COLLISION, MemoryBlock
+
+pytest.importorskip("amaranth_boards")
+
+from perturbo.boards.build import undefine_read_collisions  # noqa: E402
+
+
+def _run(dut: MemoryBlock, accesses: list[tuple[int, int, int, int]]) -> None:
+    """Drive ``(raddr, ren, waddr, we)`` one cycle each."""
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+
+    async def bench(ctx: object) -> None:
+        port = dut.port
+        for raddr, ren, waddr, we in accesses:
+            ctx.set(port.raddr, raddr)
+            ctx.set(port.ren, ren)
+            ctx.set(port.waddr, waddr)
+            ctx.set(port.wdata, waddr + 1)
+            ctx.set(port.we, we)
+            await ctx.tick()
+        await ctx.tick()
+
+    sim.add_testbench(bench)
+    sim.run()
+
+
+def _reports(capsys: pytest.CaptureFixture[str]) -> list[str]:
+    return [line for line in capsys.readouterr().out.splitlines() if line.startswith(COLLISION_MESSAGE)]
+
+
+def test_collision_reported_once(capsys: pytest.CaptureFixture[str]) -> None:
+    """A read of the word written in that cycle is reported, with the memory, port and word,
+    once however many follow."""
+    dut = MemoryBlock(8, 8, no_collision="test_mem")
+    _run(dut, [(1, 1, 2, 1), (3, 1, 3, 1), (4, 1, 4, 1), (5, 1, 5, 0)])
+    reports = _reports(capsys)
+    assert len(reports) == 1
+    assert reports[0].startswith(f"{COLLISION_MESSAGE} in test_mem, read port 0, word")
+    assert reports[0].split()[-1] == "3"
+
+
+@pytest.mark.parametrize("accesses", [
+    [(2, 1, 3, 1), (3, 1, 2, 1)],  # other words
+    [(3, 0, 3, 1)],  # the read port disabled: its data is not used
+    [(3, 1, 3, 0)],  # no write
+])
+def test_no_collision_not_reported(capsys: pytest.CaptureFixture[str],
+                                   accesses: list[tuple[int, int, int, int]]) -> None:
+    _run(MemoryBlock(8, 8, no_collision="test_mem"), accesses)
+    assert _reports(capsys) == []
+
+
+def test_undeclared_memory_not_checked(capsys: pytest.CaptureFixture[str]) -> None:
+    """A memory not declared (its reads of a word being written read the old word) is not
+    checked."""
+    _run(MemoryBlock(8, 8), [(3, 1, 3, 1)])
+    assert _reports(capsys) == []
+
+
+def test_second_read_port_checked(capsys: pytest.CaptureFixture[str]) -> None:
+    dut = MemoryBlock(8, 8, second_read=True, no_collision="two_ports")
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+
+    async def bench(ctx: object) -> None:
+        ctx.set(dut.read.raddr, 6)
+        ctx.set(dut.read.ren, 1)
+        ctx.set(dut.port.waddr, 6)
+        ctx.set(dut.port.we, 1)
+        await ctx.tick()
+        await ctx.tick()
+
+    sim.add_testbench(bench)
+    sim.run()
+    reports = _reports(capsys)
+    assert len(reports) == 1 and "two_ports, read port 1" in reports[0]
+
+
+class _Board:
+    """A stand-in platform: elaboration for a board (no simulation check)."""
+
+
+def test_board_marks_only_declared_memories() -> None:
+    """The build marks the clocked read ports of the declared memory as undefined on a
+    collision (``COLLISION_X_MASK`` 1) and leaves the other memory's old-word reads alone."""
+    m = Module()
+    m.submodules.free = free = MemoryBlock(16, 8, no_collision="free")
+    m.submodules.kept = kept = MemoryBlock(16, 8)
+    ports = [getattr(mem.port, name) for mem in (free, kept)
+             for name in ("raddr", "ren", "rdata", "waddr", "wdata", "we")]
+    text = rtlil.convert(m, platform=_Board(), ports=ports)
+    assert f"attribute \\{NO_READ_COLLISION} 1" in text
+    assert "$print" not in text  # the check is for simulation only
+    patched = undefine_read_collisions(text)
+
+    def masks(il: str) -> list[tuple[str, str]]:
+        """(module, COLLISION_X_MASK) of every read port (both memories are ``mem``)."""
+        out = []
+        for name, body in re.findall(r"^module (\S+)\n(.*?)^end\n", il, re.M | re.S):
+            out += [(name, mask) for mask in re.findall(r"COLLISION_X_MASK (\S+)", body)]
+        return sorted(out)
+
+    assert masks(text) == [("\\top.free", "1'0"), ("\\top.kept", "1'0")]
+    assert masks(patched) == [("\\top.free", "1'1"), ("\\top.kept", "1'0")]
