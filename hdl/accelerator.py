@@ -239,8 +239,11 @@ class Accelerator(wiring.Component):
             m.submodules.momentum = mmem = LaneMemory(lanes, geo.weight_depth, gshape)
         m.submodules.samples = smem = SampleMemory(geo.sample_bus_words,
                                                    second_read=fe is not None and fe.uses_samples)
+        # While a streamed run trains, the host refills labels that the sequencer's label
+        # port can read in the same cycle (the co-simulation's check found one at word 240
+        # of the digits ring): only a buffer the host fills while idle is declared free of them.
         m.submodules.labels = lmem = MemoryBlock(geo.sample_depth, geo.label_bits, block_ram=True,
-                                                 no_collision="labels")
+                                                 no_collision=None if geo.streaming else "labels")
         m.submodules.outputs = omem = MemoryBlock(geo.output_words, signed(8), no_collision="outputs")
         if fe is not None and fe.uses_signs:
             m.submodules.signs = signs = SignMemory(lanes, geo.rows, geo.row_bits)
