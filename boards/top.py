@@ -70,8 +70,9 @@ class Board:
     undefined_read_collisions : bool
         Let the block RAMs of the memories declared free of read collisions
         (:func:`~perturbo.hdl.memories.no_read_collision`) return anything on one
-        (:func:`~perturbo.boards.build.undefine_read_collisions`): no bypass logic, which
-        the 2-lane DRTP example needs to fit the UP5K.
+        (:func:`~perturbo.boards.build.undefine_read_collisions`): no bypass logic (about
+        470 logic cells of a 2-lane DRTP build, which still does not fit the UP5K;
+        docs/boards.md).
     """
 
     name: str
