@@ -35,7 +35,10 @@ baseline loss sum also goes to the loss record (``Space.LOSSES``), word ``k % LO
 
 The event number is kept as a running counter: ``k * S * P`` is computed once per run
 by a :class:`SerialMultiplier` (as is the cursor's sample address), then ``e`` advances
-by one per antithetic pair (``P`` per sample).  Inference runs the baseline pass on
+by one per antithetic pair (``P`` per sample).  What a configuration does not need is not
+built: target projection draws no events (no ``k * S * P``), and a sample stride that is a
+power of two makes the sample address a shift, so a target-projection accelerator whose
+samples are a power of two bytes apart (the digits network: 64) has no multiplier.  Inference runs the baseline pass on
 samples ``0 .. count - 1``; the :class:`OutputWriter` stores their output scores.
 """
 
@@ -98,7 +101,7 @@ class _SequencerState:
     verdicts on the next perturbed and baseline pass.
     """
 
-    mul: SerialMultiplier  #: k * S * P and the cursor's sample address
+    mul: SerialMultiplier | None  #: k * S * P and the cursor's sample address (where needed)
     steps_left: Signal
     samples_left: Signal  #: in this step, this one included
     copy: Signal
@@ -357,7 +360,9 @@ class Sequencer(wiring.Component):
         with a job count, and each waits for at most one pending job: at most 2 pending.
         """
         geo = self.geometry
-        m.submodules.mul = mul = SerialMultiplier()
+        mul = None
+        if self.draws_events or self.stride_shift is None:
+            m.submodules.mul = mul = SerialMultiplier()
         steps_left = Signal(32)
         samples_left = Signal(range(STEP_SAMPLES_MAX + 1))  # in this step, this one included
         copy = Signal(range(COPIES_MAX + 1))
@@ -475,30 +480,59 @@ class Sequencer(wiring.Component):
             self._inference_states(m, s)
         m.d.comb += self.busy.eq(~issuer.ongoing("IDLE"))
 
+    @property
+    def draws_events(self) -> bool:
+        """Whether a pass draws from events (every rule but target projection): the run
+        starts by computing its first event ``k * S * P``."""
+        return not self.geometry.projection
+
+    @property
+    def stride_shift(self) -> int | None:
+        """``log2(sample_stride)`` when the stride is a power of two (the sample address is a
+        shift of the cursor), else None (a product on the serial multiplier)."""
+        stride = self.geometry.sample_stride
+        return stride.bit_length() - 1 if stride & (stride - 1) == 0 else None
+
     def _run_start_states(self, m: Module, s: _SequencerState) -> None:
         """IDLE until TRAIN or INFER; for training, the first event ``k * S * P`` and the
-        cursor's sample address on the serial multiplier, then (target projection) the
-        run's projection key."""
+        cursor's sample address on the serial multiplier (each where needed: see
+        :attr:`draws_events`, :attr:`stride_shift`), then (target projection) the run's
+        projection key."""
         mul = s.mul
         pairs = (self.copies + 1) >> 1  # P = ceil(copies / 2)
+        after = "PROJECTION_KEY" if self.geometry.projection else "STEP"
+
+        def sample_address() -> None:
+            """From a state whose products are done: the cursor's sample address."""
+            if self.stride_shift is None:
+                m.d.comb += [mul.start.eq(1), mul.a.eq(self.cursor), mul.b.eq(self.geometry.sample_stride)]
+                m.next = "MUL_S"
+            else:
+                m.d.sync += s.sbase.eq(self.cursor << self.stride_shift)
+                m.next = after
+
         with m.State("IDLE"):
             with m.If(self.train | self.train_stream):
                 m.d.sync += [self.inference.eq(0), s.steps_left.eq(self.steps), s.stream.eq(self.train_stream)]
-                m.d.comb += [mul.start.eq(1), mul.a.eq(self.step_samples), mul.b.eq(pairs)]
-                m.next = "MUL_SP"
+                if self.draws_events:
+                    m.d.comb += [mul.start.eq(1), mul.a.eq(self.step_samples), mul.b.eq(pairs)]
+                    m.next = "MUL_SP"
+                else:
+                    sample_address()
             with m.Elif(self.infer):
                 m.d.sync += [self.inference.eq(1), s.count.eq(0), s.sbase.eq(0)]
                 m.next = "INFER"
-        with m.State("MUL_SP"), m.If(~mul.busy):  # S * P
-            m.d.comb += [mul.start.eq(1), mul.a.eq(mul.p), mul.b.eq(self.step)]
-            m.next = "MUL_E"
-        with m.State("MUL_E"), m.If(~mul.busy):  # k * S * P: the first event of the step
-            m.d.sync += s.event.eq(mul.p)
-            m.d.comb += [mul.start.eq(1), mul.a.eq(self.cursor), mul.b.eq(self.geometry.sample_stride)]
-            m.next = "MUL_S"
-        with m.State("MUL_S"), m.If(~mul.busy):  # the cursor's sample address
-            m.d.sync += s.sbase.eq(mul.p)
-            m.next = "PROJECTION_KEY" if self.geometry.projection else "STEP"
+        if self.draws_events:
+            with m.State("MUL_SP"), m.If(~mul.busy):  # S * P
+                m.d.comb += [mul.start.eq(1), mul.a.eq(mul.p), mul.b.eq(self.step)]
+                m.next = "MUL_E"
+            with m.State("MUL_E"), m.If(~mul.busy):  # k * S * P: the first event of the step
+                m.d.sync += s.event.eq(mul.p)
+                sample_address()
+        if self.stride_shift is None:
+            with m.State("MUL_S"), m.If(~mul.busy):  # the cursor's sample address
+                m.d.sync += s.sbase.eq(mul.p)
+                m.next = after
         with m.State("PROJECTION_KEY"):  # pass_key(seed, 2, 0), once per run
             m.d.comb += [self.key_req.valid.eq(1), self.key_req.payload.eq(STREAM_PROJECTION)]
             with m.If(self.key_req.ready):

@@ -11,8 +11,8 @@ named constant or a term of :class:`Schedule`, commented with the place in hdl/ 
 makes it; when a unit's pipeline changes, the term changes with it.  The schedule of a
 step is
 
-- *run start* (:func:`run_start_cycles`): the sequencer's serial multiplier, three
-  products (hdl/sequencer.py ``MUL_SP``, ``MUL_E``, ``MUL_S``; each one cycle per bit
+- *run start* (:func:`run_start_cycles`): the sequencer's serial multiplier, up to three
+  products (hdl/sequencer.py ``MUL_SP``, ``MUL_E``, ``MUL_S``, where needed; each one cycle per bit
   of its second operand, plus one), the projection key (target projection), then
   ``STEP``, ``SAMPLE``, ``LABEL``;
 - *passes*: per sample the baseline pass and ``copies`` perturbed passes (target
@@ -454,16 +454,22 @@ def _check_no_backpressure(cfg: Config, sched: Schedule, shape: PassShape, loss_
 
 def run_start_cycles(cfg: Config, step: int) -> int:
     """Cycles of a ``TRAIN`` command before ``STEP`` (hdl/sequencer.py ``_run_start_states``):
-    three products on the serial multiplier, each busy one cycle per bit of its second
-    operand and one cycle more to start the next; target projection then requests the
-    run's projection key (taken at once: the engine is idle) and waits for it."""
+    the products on the serial multiplier, each busy one cycle per bit of its second
+    operand and one cycle more to start the next (``k * S * P`` in two products, except for
+    target projection, which draws no events; the cursor's sample address, unless the
+    sample stride is a power of two, a shift); target projection then requests the run's
+    projection key (taken at once: the engine is idle) and waits for it."""
     from .hdl.geometry import Geometry
 
     geo = Geometry(cfg)
     pairs = (cfg.rule.copies + 1) >> 1
-    cycles = (_bits(pairs) + 1  # MUL_SP: S * P (b = P)
-              + _bits(step) + 1  # MUL_E: k * S * P (b = k)
-              + _bits(geo.sample_stride) + 1)  # MUL_S: cursor * sample_stride (b = the padded sample)
+    cycles = 0
+    if not geo.projection:
+        cycles += (_bits(pairs) + 1  # MUL_SP: S * P (b = P)
+                   + _bits(step) + 1)  # MUL_E: k * S * P (b = k)
+    stride = geo.sample_stride
+    if stride & (stride - 1):
+        cycles += _bits(stride) + 1  # MUL_S: cursor * sample_stride (b = the padded sample)
     if geo.projection:
         # PROJECTION_KEY takes the request at once (the engine is idle), PROJECTION_KEY_WAIT
         cycles += schedule(cfg).key

@@ -100,8 +100,9 @@ def test_one_copy_is_a_sum_of_terms() -> None:
     assert shape.interlock == 0  # layer 1 reads its 4 words long after they are written
     assert t.key_waits == t.bank_waits == t.other_waits == 0
     assert t.pass_cycles == 8 * 2 * (sched.R + 1)
-    # run start: MUL_SP (P = 1: 1 + 1), MUL_E (k = 5: 3 + 1), MUL_S (64: 7 + 1), STEP, SAMPLE, LABEL
-    assert t.run_start == 2 + 4 + 8 + 3
+    # run start: MUL_SP (P = 1: 1 + 1), MUL_E (k = 5: 3 + 1), STEP, SAMPLE, LABEL (the
+    # sample stride, 64, is a power of two: the sample address is a shift, not MUL_S)
+    assert t.run_start == 2 + 4 + 3
     # the last pass: its tokens (R), the result (H + 5), the loss unit's IDLE, LANES (3: two
     # neurons in the last group, then the first empty lane), DRAIN and OUT, the walk and
     # update drain, and FINISH: with overlap_update the STEP and FINISH after the update's
