@@ -59,7 +59,7 @@ from .memories import (
     SignMemory,
     mux_ports,
 )
-from .registers import COUNTER_BITS, RegisterFile, constant_sources
+from .registers import RegisterFile, constant_sources
 from .sequencer import OutputWriter, Sequencer
 from .update import UpdateUnit
 
@@ -410,8 +410,8 @@ class Accelerator(wiring.Component):
         m.submodules.regs = regs = RegisterFile(cfg, config_resets=self.config_resets)
         running = seq.busy
         done = Signal()
-        cycles = Signal(COUNTER_BITS)
-        mac_busy = Signal(COUNTER_BITS)
+        cycles = Signal(cfg.hardware.counter_bits)
+        mac_busy = Signal(cfg.hardware.counter_bits)
         stalls = Signal(32)
         steps_done = Signal(32)
         # (inference only: the run registers, the step counters and the loss are absent,

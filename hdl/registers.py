@@ -28,17 +28,13 @@ from perturbo.config import STEP_SAMPLES_MAX, Config, Rule
 from .arith import at_least, at_most
 
 __all__ = [
-    "ACCEL_ID", "COUNTER_BITS", "Access", "RegisterSpec", "RegisterInfo", "REGISTERS", "Reg",
+    "ACCEL_ID", "Access", "RegisterSpec", "RegisterInfo", "REGISTERS", "Reg",
     "register_map", "absent_registers", "config_values", "RegisterFile",
     "constant_sources", "register_table",
 ]
 
 #: Value of ``ID``: ASCII "PRTB" (perturbo), so a host can tell it found the accelerator.
 ACCEL_ID = 0x5052_5442
-#: Width of the ``CYCLES`` and ``MAC_BUSY`` counters: 2^48 cycles are 65 days at 50 MHz,
-#: and each bit costs a flip-flop and a carry cell (two 64-bit counters were 3 % of an
-#: iCE40UP5K).
-COUNTER_BITS = 48
 _U32 = (0, 2**32 - 1)
 
 
@@ -66,6 +62,16 @@ def _training(cfg: Config) -> bool:
 def _wide(cfg: Config) -> bool:
     """training builds with `numerics.grad_bits` > 32"""
     return cfg.hardware.training and cfg.numerics.grad_bits > 32
+
+
+def _counter_bits(cfg: Config) -> int:
+    """`hardware.counter_bits`"""
+    return cfg.hardware.counter_bits
+
+
+def _wide_counters(cfg: Config) -> bool:
+    """`hardware.counter_bits` > 32"""
+    return cfg.hardware.counter_bits > 32
 
 
 def _has_rule(rule: Rule) -> Callable[[Config], bool]:
@@ -176,14 +182,16 @@ REGISTERS: tuple[RegisterSpec, ...] = (
                  width=_depth_bits, bounds=_infer_count_bounds, source="infer_count"),
     RegisterSpec("CYCLES_LO", 0x10, Access.RO,
                  "busy clock cycles but TRAIN_STREAM's waits for samples, low word (latches CYCLES_HI)",
-                 width=COUNTER_BITS, source="cycles", high="CYCLES_HI"),
-    RegisterSpec("CYCLES_HI", 0x11, Access.RO, "busy clock cycles, high word as latched"),
+                 width=_counter_bits, source="cycles", high="CYCLES_HI"),
+    RegisterSpec("CYCLES_HI", 0x11, Access.RO, "busy clock cycles, high word as latched",
+                 present=_wide_counters),
     RegisterSpec("STEPS_DONE", 0x12, Access.RO, "updates since the counters were cleared",
                  source="steps_done", present=_training),
     RegisterSpec("STALLS", 0x13, Access.RO, "cycles the forward pipe held work", source="stalls"),
     RegisterSpec("MAC_BUSY_LO", 0x14, Access.RO, "cycles the MACs worked, low word (latches MAC_BUSY_HI)",
-                 width=COUNTER_BITS, source="mac_busy", high="MAC_BUSY_HI"),
-    RegisterSpec("MAC_BUSY_HI", 0x15, Access.RO, "cycles the MACs worked, high word as latched"),
+                 width=_counter_bits, source="mac_busy", high="MAC_BUSY_HI"),
+    RegisterSpec("MAC_BUSY_HI", 0x15, Access.RO, "cycles the MACs worked, high word as latched",
+                 present=_wide_counters),
     RegisterSpec("LAST_LOSS", 0x16, Access.RO, "sum of the baseline losses of the last step",
                  source="last_loss", present=_training),
     RegisterSpec("READ_HIGH", 0x17, Access.RO, "bits 32.. of the last memory word read (grad_bits > 32)",
@@ -364,7 +372,7 @@ class RegisterFile(wiring.Component):
     def elaborate(self, platform: object) -> Module:
         m = Module()
         latched = {spec.high: Signal(_width(spec, self.cfg) - 32, name=spec.high.lower())
-                   for spec in REGISTERS if spec.high and spec.name in self.infos}
+                   for spec in REGISTERS if spec.high in self.infos}
         m.d.sync += [self.rdata.eq(0), self.err.eq(0)]
         with m.If(self.req), m.Switch(self.addr):
             for spec in REGISTERS:
@@ -387,7 +395,7 @@ class RegisterFile(wiring.Component):
             return
         value: Value = latched[spec.name] if spec.name in latched else getattr(self, spec.source)
         m.d.sync += self.rdata.eq(value)
-        if spec.high:
+        if spec.high in latched:
             m.d.sync += latched[spec.high].eq(value[32:])
         if spec.access == Access.RO:
             with m.If(self.we):

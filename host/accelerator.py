@@ -361,10 +361,12 @@ class AcceleratorBackend:
     def counters(self) -> Counters:
         """Read the cycle, step, stall and MAC-busy counters."""
         read = lambda reg: self.link.read_word(Space.REGS, reg)  # noqa: E731
+        # reading a low word latches its high word (absent with hardware.counter_bits 32)
+        wide = self.cfg.hardware.counter_bits > 32
         cycles = read(Reg.CYCLES_LO)
-        cycles |= read(Reg.CYCLES_HI) << 32
+        cycles |= read(Reg.CYCLES_HI) << 32 if wide else 0
         mac = read(Reg.MAC_BUSY_LO)
-        mac |= read(Reg.MAC_BUSY_HI) << 32
+        mac |= read(Reg.MAC_BUSY_HI) << 32 if wide else 0
         return Counters(cycles, read(Reg.STEPS_DONE), read(Reg.STALLS), mac, read(Reg.LAST_LOSS))
 
     def clear_counters(self) -> None:

@@ -314,6 +314,12 @@ class HardwareConfig(_Strict):
         "register per hash) saves an iCE40UP5K about 270 logic cells and suits its 12 MHz clock; "
         "2 keeps the hash off the critical path above 50 MHz on ECP5",
     )
+    counter_bits: Literal[32, 48, 64] = Field(
+        48,
+        description="width of the CYCLES and MAC_BUSY counters: 48 wraps after 65 days at 50 MHz; "
+        "32 (no CYCLES_HI, MAC_BUSY_HI) after 358 s at 12 MHz, which is long enough to measure a "
+        "run and saves an iCE40UP5K about 140 logic cells",
+    )
     baud: int = Field(115200, gt=0)
     training: bool = Field(
         True,

@@ -65,19 +65,21 @@ def config_env(cfg: Config) -> dict[str, str]:
 
 
 def _rule_config(name: str, layers: list[int], rule: dict, *, lanes: int, activation: str = "relu",
-                 numerics: dict | None = None, seed: int = 2) -> Config:
+                 numerics: dict | None = None, seed: int = 2, hardware: dict | None = None) -> Config:
     return parse_config({
         "name": name, "seed": seed,
         "network": {"layers": layers, "activation": activation},
         "rule": {"batch": 2, "tau_theta": 1, "lr_mult": 3, **rule},
         "numerics": numerics or {},
-        "hardware": {"lanes": lanes, "sample_depth": 8},
+        "hardware": {"lanes": lanes, "sample_depth": 8, **(hardware or {})},
     })
 
 
 #: One configuration of every other rule for the whole accelerator (and its co-simulation):
 #: lanes that do not divide the layer widths, antithetic pairs and an odd copy, momentum,
-#: every activation, narrow G that saturates or wraps, both rounding modes.
+#: every activation, narrow G that saturates or wraps, both rounding modes; sample strides
+#: that are a power of two (the sequencer shifts the cursor) and that are not (hybrid-node,
+#: tpsgd-l2: 12 bytes, on the serial multiplier); 32-bit cycle counters (drtp).
 RULE_CONFIGS: dict[str, Config] = {
     "node": _rule_config("node", [7, 6, 3], {"name": "mgd-node", "node_delta": 300, "copies": 2,
                                               "lr_shift": [7, 6], "optimizer": "momentum",
@@ -89,17 +91,17 @@ RULE_CONFIGS: dict[str, Config] = {
     "hybrid-alr": _rule_config("hybrid-alr", [6, 9, 5], {"name": "alr", "per_layer": ["alr", "mgd-weight"],
                                                          "sigma": 9, "delta": 2, "copies": 2,
                                                          "lr_shift": [9, 8]}, lanes=4),
-    "hybrid-node": _rule_config("hybrid-node", [5, 7, 4], {"name": "mgd-node",
+    "hybrid-node": _rule_config("hybrid-node", [9, 7, 4], {"name": "mgd-node",
                                                            "per_layer": ["mgd-weight", "mgd-node"],
                                                            "node_delta": 64, "delta": 3, "copies": 1,
                                                            "lr_shift": 6, "optimizer": "momentum"},
                                 lanes=2, activation="hard-sigmoid",
                                 numerics={"grad_bits": 16, "overflow": "wrap"}),
     "drtp": _rule_config("drtp", [8, 6, 3], {"name": "drtp", "batch": 3, "lr_shift": [6, 5]},
-                         lanes=4, activation="hard-sigmoid"),
+                         lanes=4, activation="hard-sigmoid", hardware={"counter_bits": 32}),
     "tpsgd-l1": _rule_config("tpsgd-l1", [5, 7, 4], {"name": "tpsgd-l1", "lr_shift": 4,
                                                      "optimizer": "momentum"}, lanes=2),
-    "tpsgd-l2": _rule_config("tpsgd-l2", [6, 5, 4], {"name": "tpsgd-l2", "lr_shift": 3, "target_on": 127},
+    "tpsgd-l2": _rule_config("tpsgd-l2", [10, 5, 4], {"name": "tpsgd-l2", "lr_shift": 3, "target_on": 127},
                              lanes=3, activation="leaky-relu",
                              numerics={"grad_bits": 16, "rounding": "floor"}),
 }
