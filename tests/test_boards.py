@@ -9,7 +9,7 @@ timing, and bench/board_table.py's overhead.  ``board``: the digits network on t
 iCEBreaker's budget (``examples/digits-mgd-weight-icebreaker.yaml``) built with the
 yowasp tools, fitting and meeting 12 MHz (about two minutes).  ``slow``: the 8-lane
 digits configuration on the ULX3S-85F (at its ``hardware.clock_mhz``, 50 MHz from the
-PLL) and DRTP on the iCEBreaker's budget (``examples/digits-drtp-icebreaker.yaml``)
+PLL) and DRTP on the iCEBreaker's budget at two lanes (``examples/digits-drtp-icebreaker.yaml``)
 (minutes; cached, so a second run is instant).
 """
 
@@ -394,9 +394,10 @@ def _digits_build(board: str, config: Path = DIGITS) -> SynthReport:
 @pytest.mark.slow
 @pytest.mark.board
 def test_drtp_build_icebreaker() -> None:
-    """DRTP (target projection) on the iCEBreaker's budget fits and meets 12 MHz.  Slow: a
-    second two-minute build (nine under CI's load) beside the MGD one."""
+    """DRTP (target projection) on the iCEBreaker's budget, two lanes, fits and meets 12 MHz
+    (issue 8: more than one lane).  Slow: a second build (eight minutes alone) beside the MGD one."""
     report = _digits_build("icebreaker", DRTP_ICEBREAKER)
+    assert report.lanes == load_config(DRTP_ICEBREAKER).hardware.lanes == 2
     assert report.fits, report.overflow
     assert report.timing_met, report.clocks
 
