@@ -158,6 +158,10 @@ class Geometry:
         self.max_cols = max(lay.cols for lay in self.layers)
         #: bytes a sample takes in the sample buffer (docs/protocol.md, ``SAMPLES``)
         self.sample_stride = sample_stride(self.n_inputs)
+        #: log2 of the stride when it is a power of two (the sequencer then shifts the cursor
+        #: instead of multiplying it), else None
+        self.sample_stride_shift: int | None = (self.sample_stride.bit_length() - 1
+                                                if self.sample_stride & (self.sample_stride - 1) == 0 else None)
         #: INT8 entries of the sample buffer (byte addresses of the datapath's read ports)
         self.sample_words = self.sample_depth * self.sample_stride
         self.sample_addr_bits = ceil_log2(self.sample_words)

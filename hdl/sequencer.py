@@ -38,8 +38,8 @@ by a :class:`SerialMultiplier` (as is the cursor's sample address), then ``e`` a
 by one per antithetic pair (``P`` per sample).  What a configuration does not need is not
 built: target projection draws no events (no ``k * S * P``), and a sample stride that is a
 power of two makes the sample address a shift, so a target-projection accelerator whose
-samples are a power of two bytes apart (the digits network: 64) has no multiplier.  Inference runs the baseline pass on
-samples ``0 .. count - 1``; the :class:`OutputWriter` stores their output scores.
+samples are a power of two bytes apart (the digits network: 64) has no multiplier.
+Inference runs the baseline pass on samples ``0 .. count - 1``; the :class:`OutputWriter` stores their output scores.
 """
 
 from __future__ import annotations
@@ -490,8 +490,7 @@ class Sequencer(wiring.Component):
     def stride_shift(self) -> int | None:
         """``log2(sample_stride)`` when the stride is a power of two (the sample address is a
         shift of the cursor), else None (a product on the serial multiplier)."""
-        stride = self.geometry.sample_stride
-        return stride.bit_length() - 1 if stride & (stride - 1) == 0 else None
+        return self.geometry.sample_stride_shift
 
     def _run_start_states(self, m: Module, s: _SequencerState) -> None:
         """IDLE until TRAIN or INFER; for training, the first event ``k * S * P`` and the

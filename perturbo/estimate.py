@@ -467,9 +467,8 @@ def run_start_cycles(cfg: Config, step: int) -> int:
     if not geo.projection:
         cycles += (_bits(pairs) + 1  # MUL_SP: S * P (b = P)
                    + _bits(step) + 1)  # MUL_E: k * S * P (b = k)
-    stride = geo.sample_stride
-    if stride & (stride - 1):
-        cycles += _bits(stride) + 1  # MUL_S: cursor * sample_stride (b = the padded sample)
+    if geo.sample_stride_shift is None:  # MUL_S: cursor * sample_stride (b = the padded sample)
+        cycles += _bits(geo.sample_stride) + 1
     if geo.projection:
         # PROJECTION_KEY takes the request at once (the engine is idle), PROJECTION_KEY_WAIT
         cycles += schedule(cfg).key
