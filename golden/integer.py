@@ -32,12 +32,14 @@ class LayerLayout:
 
     n_in: int
     n_out: int
-    weight_offset: int  #: first weight index: w[i, j] is weight_offset + i * (n_in + 1) + j
+    sign_offset: int  #: first sign word: w[i, j]'s sign is in word sign_offset + (i >> 5) * (n_in + 1) + j
     neuron_offset: int  #: first neuron index: neuron i is neuron_offset + i
     projection_offset: int  #: first projection index: B[c, i] is projection_offset + c * n_out + i
 
-    def weight_indices(self) -> torch.Tensor:
-        return self.weight_offset + torch.arange(self.n_out * (self.n_in + 1)).view(self.n_out, self.n_in + 1)
+    def sign_word_indices(self) -> torch.Tensor:
+        """``(blocks, n_in + 1)``: the index of the sign word of every block of 32 neurons and input."""
+        blocks = u.sign_blocks(self.n_out)
+        return self.sign_offset + torch.arange(blocks * (self.n_in + 1)).view(blocks, self.n_in + 1)
 
     def neuron_indices(self) -> torch.Tensor:
         return self.neuron_offset + torch.arange(self.n_out)
@@ -45,11 +47,11 @@ class LayerLayout:
 
 def layer_layouts(cfg: Config) -> list[LayerLayout]:
     """Index offsets of every layer, in layer order (docs/numerics.md, "Random sources")."""
-    out, w_off, n_off, p_off = [], 0, 0, 0
+    out, s_off, n_off, p_off = [], 0, 0, 0
     classes = cfg.network.layers[-1]
     for n_out, cols in cfg.layer_shapes():
-        out.append(LayerLayout(cols - 1, n_out, w_off, n_off, p_off))
-        w_off += n_out * cols
+        out.append(LayerLayout(cols - 1, n_out, s_off, n_off, p_off))
+        s_off += u.sign_blocks(n_out) * cols
         n_off += n_out
         p_off += classes * n_out
     return out
@@ -240,7 +242,8 @@ class IntegerModel(OneStepAtATime):
         for layer, (rule, lay) in enumerate(zip(self.rules, self.layouts, strict=True)):
             if rule == Rule.MGD_WEIGHT:
                 key = u.pass_key(cfg.seed, u.STREAM_WEIGHT_SIGN, events)[:, None, None]
-                s = u.perturbation_sign(u.draw(key, lay.weight_indices()[None])) * antithetic[:, None, None]
+                words = u.draw(key, lay.sign_word_indices()[None])
+                s = u.weight_signs(words, lay.n_out) * antithetic[:, None, None]
                 pert_w8.append(u.perturb_weights(w8[layer][None], cfg.rule.delta * s, num.overflow))
                 injections.append(None)
             else:

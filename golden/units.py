@@ -108,6 +108,24 @@ def perturbation_sign(word: torch.Tensor) -> torch.Tensor:
     return 1 - 2 * (word >> 31)
 
 
+#: Neurons whose weight signs share one random word: bit ``i & 31`` of it is neuron ``i``'s.
+SIGN_BLOCK = 32
+
+
+def sign_blocks(n_out: int) -> int:
+    """Sign words per input of a layer of ``n_out`` neurons: one per block of 32."""
+    return -(-n_out // SIGN_BLOCK)
+
+
+def weight_signs(words: torch.Tensor, n_out: int) -> torch.Tensor:
+    """The weight signs of ``n_out`` neurons from their sign words, ``(..., blocks, cols)`` ->
+    ``(..., n_out, cols)``: neuron ``i``'s is bit ``i & 31`` of word ``i >> 5``, 0 -> +1, 1 -> -1.
+    """
+    bits = (words[..., None, :] >> torch.arange(SIGN_BLOCK)[:, None]) & 1  # (..., blocks, 32, cols)
+    bits = bits.flatten(-3, -2)[..., :n_out, :]
+    return 1 - 2 * bits
+
+
 def gaussian_noise(word: torch.Tensor) -> torch.Tensor:
     """Approximately normal integer noise: the sum of the word's four bytes minus 510.
 

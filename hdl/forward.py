@@ -9,10 +9,11 @@ multiply-accumulate the same ``x_j`` with their own weight.  The engine issues o
 pos     what happens (``H`` = the :class:`Draw` latency: 6, or 2 with
         ``hardware.hash_stages_per_register: 6``)
 ======  ================================================================================
-0       issue: counters give the token; each lane's weight index enters its :class:`Draw`
+0       issue: counters give the token; the index of the group's sign word enters a :class:`Draw`
 1..H-1  the hash pipes; at ``H-1`` the weight, sample and activation reads are issued
 H       ``w8`` = top 8 bits of the master weight; ``narrow_8(w8 + delta * a * s)`` for a
-        perturbed ``mgd-weight`` layer, whose signs ``s`` also go to ``signs``; ``x_j``
+        perturbed ``mgd-weight`` layer, lane ``k``'s ``s`` from bit ``k`` past lane 0's in the
+        sign words, also written to ``signs``; ``x_j``
         selected (sample, activation byte or 127)
 H+1     ``w * x``
 H+2     ``acc = w * x`` (first input) or ``acc + w * x``
@@ -23,10 +24,13 @@ H+5     the output register: the group's result on ``result``; ``y`` also writte
         the activation memory, where the next layer reads it
 ======  ================================================================================
 
-The neuron draws (``node_delta``/``sigma`` injections, target projection's ``tl``) are each
-lane's draw on the bias token, or with :attr:`~.geometry.Geometry.shared_draw` (no
-``mgd-weight`` layer) the one pipe's draws on the group's first ``lanes`` inputs, held
-until the bias token passes: the same words.
+The hash pipes (:attr:`~.geometry.Geometry.draw_pipes`): a word holds the weight signs of
+32 neurons at one input, so one pipe serves a group of up to 32 lanes (two where it straddles
+a block of 32; :attr:`~.geometry.Geometry.sign_pipes`).  The neuron draws (``node_delta``/
+``sigma`` injections, target projection's ``tl``) are, with
+:attr:`~.geometry.Geometry.shared_draw`, the first pipe's draws on the group's first
+``lanes`` inputs, held until the bias token passes, else each lane's draw on the bias token
+(a pipe per lane): the same words.
 
 The whole pipe advances together: it stops only when ``result`` is not ready.  The next
 layer starts issuing at once; a token that reads an activation word waits (*interlock*)
@@ -56,12 +60,14 @@ from .arith import at_most, narrow, round_shift
 from .geometry import Geometry, ceil_log2
 from .memories import LanePortSignature, PortSignature, SignWriteSignature, next_column, no_read_collision
 from .projection import ErrorKind, Gate, activation_gate, projection_error
-from .random import Draw, draw_latency, gaussian_noise, projection_value
+from .random import SIGN_BLOCK, Draw, draw_latency, gaussian_noise, projection_value, weight_signs
 
 __all__ = ["ForwardEngine", "activation", "INJECT_BITS", "ACT_BANKS"]
 
 #: Width of an injected value: ALR's ``sigma * n`` reaches 4095 * 510 < 2^22.
 INJECT_BITS = 23
+#: Bits of a neuron's position in its sign word (docs/numerics.md §4).
+SIGN_BIT_BITS = SIGN_BLOCK.bit_length() - 1
 #: The constant input of the bias column.
 BIAS_INPUT = 127
 #: Activation (and factor) memory banks: ``{perturbed, alternate}``.
@@ -100,18 +106,18 @@ class _LayerTables:
     """Per-layer constants of the forward engine as tables indexed by a layer number, and
     the widths of the issue counters."""
 
-    idx_bits: int  #: a weight index
+    idx_bits: int  #: a sign word's index
     col_shape: unsigned  #: the column counter (inputs of the widest layer, bias included)
     word_shape: unsigned  #: the activation word counter
     last_col: Array  #: the bias column
     last_group: Array  #: the last neuron group
-    group_jump: Array  #: weight index step from a group's last input to the next group
-    woff: Array  #: weight index of the layer's first weight (one more entry: 0)
+    block_jump: Array  #: per blocks crossed (0, 1, ..): sign word step from a group's bias to the next group
+    soff: Array  #: the layer's first sign word (one more entry: 0)
     in_base: Array  #: activation word of the layer's input (layer 0: unused)
     out_base: Array  #: activation word of the layer's output
     perturb: Array  #: an ``mgd-weight`` layer: weights perturbed in a perturbed pass
     inject: Array  #: an injected layer (``mgd-node``/``alr``)
-    lane_off: list[Array]  #: per lane: weight index of the lane's neuron from lane 0's
+    pipe_off: list[Array]  #: per sign pipe: its word's index from pipe 0's (``p * cols``)
     hidden: Array  #: a hidden layer of target projection (draws B on its bias token)
     alr: Array  #: an ALR layer
     nbase: Array  #: neuron (or projection entry) index of the layer's first neuron
@@ -122,8 +128,8 @@ class _LayerTables:
 @dataclass(frozen=True)
 class _IssueRegs:
     """The issue stage's registers: where the pass is (``layer``, ``group``, ``col``, the
-    input activation ``word`` and ``byte``, the weight ``row`` and ``idx0``, lane 0's weight
-    index; ``gbase`` = group * lanes, the neuron of lane 0), the pass command's fields
+    input activation ``word`` and ``byte``, the weight ``row`` and ``idx0``, the index of lane
+    0's sign word; ``gbase`` = group * lanes, the neuron of lane 0), the pass command's fields
     (``key``, ``p_*``, ``sample_base``, ``parity``) and the interlock's record of the last
     group written (``wr_parity``, ``wr_layer_p1``: that layer plus one, 0 for none,
     ``wr_groups``)."""
@@ -225,6 +231,9 @@ class ForwardEngine(wiring.Component):
         self.act_addr_bits = geo.act_addr_bits
         #: Position of the perturbation stage (the random words are ready there).
         self.draw_latency = draw_latency(geo.hash_stages_per_register)
+        #: the bits of lane 0's position in its sign word that are always 0: ``gbase`` is a
+        #: multiple of ``lanes``, so of its largest power-of-two factor
+        self.sign_bit_lo = min(SIGN_BIT_BITS, (lanes & -lanes).bit_length() - 1)
         self.inject_layers = geo.inject_layers
         cmd_fields = {
             "perturb": 1,
@@ -304,10 +313,10 @@ class ForwardEngine(wiring.Component):
 
         regs, ok = self._issue(m, tabs, pipe[0], en, tags)
         self._control_pipe(m, pipe, en)
-        draws, sign_bits = self._hash_pipes(m, tabs, regs, pipe[0], en)
+        draws = self._hash_pipes(m, tabs, regs, pipe[0], en)
         self._key_pipe(m, draws, pipe[0], en)
         act_rd, act_wr = self._memory_reads(m, pipe[H - 1], en, platform)
-        w7, x7, drawn = self._select_and_perturb(m, tabs, pipe[H], en, draws, sign_bits, act_rd)
+        w7, x7, drawn = self._select_and_perturb(m, tabs, pipe[H], en, draws, act_rd)
         acc = self._multiply_accumulate(m, pipe[H + 2], en, w7, x7)
         acc10 = self._inject(m, tabs, pipe[H + 2], en, acc, drawn)
         self._output(m, tabs, regs, pipe[H + 4], en, out_valid, acc10, act_wr, drawn, platform)
@@ -333,7 +342,8 @@ class ForwardEngine(wiring.Component):
         geo, lanes = self.geometry, self.lanes
         layers = geo.layers
         n_layers = geo.n_layers
-        idx_bits = max(1, geo.total_weights.bit_length())
+        idx_bits = max(1, geo.total_sign_words.bit_length())
+        max_jump = (SIGN_BLOCK - 1 + lanes) // SIGN_BLOCK  # sign blocks a group step can cross
         col_shape = _uint(geo.max_cols - 1)
         act_word_bits = geo.act_bank_bits
 
@@ -361,13 +371,14 @@ class ForwardEngine(wiring.Component):
             word_shape=_uint(max(geo.in_words(lay) for lay in layers)),
             last_col=table([lay.n_in for lay in layers], col_shape),
             last_group=table([lay.groups - 1 for lay in layers], self.group_shape),
-            group_jump=table([1 + (lanes - 1) * lay.cols for lay in layers], idx_bits),
-            woff=table([lay.weight_offset for lay in layers] + [0], idx_bits),
+            block_jump=Array(table([(1 + (d - 1) * lay.cols) % (1 << idx_bits) for lay in layers], idx_bits)
+                             for d in range(max_jump + 1)),
+            soff=table([lay.sign_offset for lay in layers] + [0], idx_bits),
             in_base=table([layers[i - 1].act_base if i else 0 for i in range(n_layers)], act_word_bits),
             out_base=table([lay.act_base for lay in layers], act_word_bits),
             perturb=table([int(lay.rule == Rule.MGD_WEIGHT) for lay in layers], 1),
             inject=table([int(i in self.inject_layers) for i in range(n_layers)], 1),
-            lane_off=[table([k * lay.cols for lay in layers], idx_bits) for k in range(lanes)],
+            pipe_off=[table([p * lay.cols for lay in layers], idx_bits) for p in range(geo.sign_pipes)],
             hidden=table([int(projection and lay.index < n_layers - 1) for lay in layers], 1),
             alr=table([int(lay.rule == Rule.ALR) for lay in layers], 1),
             nbase=nbase,
@@ -397,6 +408,8 @@ class ForwardEngine(wiring.Component):
             "parity": 1,
             "draw": 1,  # the bias token of a layer whose neuron draws are used
             "label": geo.label_bits,  # target projection: the sample's label
+            # lane 0's bit in its sign word, above the bits that are always 0 (_first_sign_bit)
+            "sign_bit": max(1, SIGN_BIT_BITS - self.sign_bit_lo),
         })
 
     # -- position 0: issue ---------------------------------------------------------------------
@@ -490,6 +503,7 @@ class ForwardEngine(wiring.Component):
             t0.parity.eq(regs.parity),
             t0.draw.eq(self._draws_here(regs, tabs, is_last)),
             t0.label.eq(regs.p_label),
+            t0.sign_bit.eq(self._first_sign_bit(regs.gbase)[self.sign_bit_lo:]),
         ]
 
     def _draws_here(self, regs: _IssueRegs, tabs: _LayerTables, is_last: Value) -> Value:
@@ -512,13 +526,21 @@ class ForwardEngine(wiring.Component):
                 m.d.sync += idx0.eq(idx0 + 1)
             with m.Else():
                 with m.If(~group_done):
-                    m.d.sync += [group.eq(group + 1), idx0.eq(idx0 + tabs.group_jump[layer]),
+                    # the next group's first sign word: blocks of 32 neurons crossed times cols on
+                    crossed = (self._first_sign_bit(gbase) + self.lanes) >> SIGN_BIT_BITS
+                    m.d.sync += [group.eq(group + 1), idx0.eq(idx0 + tabs.block_jump[crossed][layer]),
                                  gbase.eq(gbase + self.lanes)]
                 with m.Elif(~pass_done):
-                    m.d.sync += [group.eq(0), layer.eq(layer + 1), idx0.eq(tabs.woff[layer + 1]),
+                    m.d.sync += [group.eq(0), layer.eq(layer + 1), idx0.eq(tabs.soff[layer + 1]),
                                  gbase.eq(0)]
                 with m.Else():
                     m.d.sync += regs.active.eq(0)
+
+    def _first_sign_bit(self, gbase: Value) -> Value:
+        """``gbase & 31``: lane 0's bit in its sign word (docs/numerics.md §4), with the bits
+        below :attr:`sign_bit_lo` constant 0 (``gbase`` is a multiple of ``lanes``)."""
+        lo = self.sign_bit_lo
+        return Cat(Const(0, lo), Cat(gbase, Const(0, SIGN_BIT_BITS))[lo:SIGN_BIT_BITS])
 
     def _take_command(self, m: Module, regs: _IssueRegs, tags: SyncFIFO) -> None:
         """Take a pass command once the previous pass has issued its last token; its tag
@@ -561,39 +583,44 @@ class ForwardEngine(wiring.Component):
                     m.d.sync += pipe[pos].eq(src)
 
     def _hash_pipes(self, m: Module, tabs: _LayerTables, regs: _IssueRegs, t0: Value,
-                    en: Signal) -> tuple[list[Draw], Value]:
-        """One :class:`Draw` per lane, fed at issue; returns them and the weight signs
-        (bit k set: lane k's ``s = -1``, docs/numerics.md §4) at position H.
+                    en: Signal) -> list[Draw]:
+        """The :class:`Draw` pipes (:attr:`Geometry.draw_pipes`), fed at issue; their words
+        leave at position H.
 
-        The random index is the weight index of (neuron, col); on the bias token of a
-        drawing layer the neuron's index instead (node sign, ALR noise or projection entry;
-        docs/numerics.md §4), under stream 1's key for injections.  With
-        :attr:`Geometry.shared_draw` there is one :class:`Draw` (about 570 iCE40 logic cells
-        a lane saved), and input ``k`` of a drawing layer's group draws lane ``k``'s neuron.
+        In an ``mgd-weight`` layer pipe ``p`` draws the sign word of the group's ``p``-th
+        block of 32 neurons at the token's input (docs/numerics.md §4; :meth:`_sign_bits`
+        picks each lane's bit).  A drawing layer's neuron draws (node sign, ALR noise or
+        projection entry, under stream 1's key for injections) take, with
+        :attr:`Geometry.shared_draw`, pipe 0 on the group's input ``k`` for lane ``k``'s
+        neuron, else each lane's own pipe on the bias token.
         """
-        geo, lanes, layer = self.geometry, self.lanes, regs.layer
-        projection = geo.projection
+        geo, layer = self.geometry, regs.layer
         neuron0 = tabs.nbase[layer] + regs.gbase
-        if projection:
+        if geo.projection:
             neuron0 = neuron0 + tabs.label_off[layer][regs.p_label]
         draw_key = Mux(tabs.inject[layer], regs.p_node_key, regs.key) if self.inject_layers else regs.key
+        draws_neurons = bool(self.inject_layers) or geo.projection
         draws = []
-        if geo.shared_draw:  # no weight signs: only neuron draws, one a cycle
-            draw = m.submodules.draw0 = Draw(geo.hash_stages_per_register)
-            m.d.comb += [draw.en.eq(en), draw.key.eq(draw_key), draw.index.eq((neuron0 + regs.col)[:tabs.nidx_bits])]
-            return [draw], Const(0, lanes)
-        for k in range(lanes):
-            draw = m.submodules[f"draw{k}"] = Draw(geo.hash_stages_per_register)
-            weight_index = (regs.idx0 + tabs.lane_off[k][layer])[:tabs.idx_bits]
-            m.d.comb += [
-                draw.en.eq(en),
-                draw.key.eq(draw_key),
-                draw.index.eq(Mux(t0.draw, (neuron0 + k)[:tabs.nidx_bits], weight_index)
-                              if (self.inject_layers or projection) else weight_index),
-            ]
+        for p in range(geo.draw_pipes):
+            draw = m.submodules[f"draw{p}"] = Draw(geo.hash_stages_per_register)
+            sign_word = (regs.idx0 + tabs.pipe_off[p][layer])[:tabs.idx_bits] if p < geo.sign_pipes else 0
+            if geo.shared_draw:
+                neuron = (neuron0 + regs.col)[:tabs.nidx_bits] if p == 0 else None
+            else:
+                neuron = (neuron0 + p)[:tabs.nidx_bits]
+            index = Mux(t0.draw, neuron, sign_word) if draws_neurons and neuron is not None else sign_word
+            m.d.comb += [draw.en.eq(en), draw.key.eq(draw_key), draw.index.eq(index)]
             draws.append(draw)
-        sign_bits = Cat(draw.o[31] for draw in draws)  # 1: s = -1 (docs/numerics.md §4)
-        return draws, sign_bits
+        return draws
+
+    def _sign_bits(self, draws: list[Draw], t6: Value) -> Value:
+        """Position H: bit ``k`` set where lane ``k``'s weight has ``s = -1``: the lanes' bits
+        of the sign words (0 without ``mgd-weight`` layers)."""
+        pipes = self.geometry.sign_pipes
+        if not pipes:
+            return Const(0, self.lanes)
+        first = Cat(Const(0, self.sign_bit_lo), t6.sign_bit)[:SIGN_BIT_BITS]
+        return weight_signs([draw.o for draw in draws[:pipes]], first, self.lanes)
 
     def _key_pipe(self, m: Module, draws: list[Draw], t0: Value, en: Signal) -> None:
         """Pass keys on lane 0's hash pipe.
@@ -657,13 +684,13 @@ class ForwardEngine(wiring.Component):
         return act_rd, act_wr
 
     def _select_and_perturb(self, m: Module, tabs: _LayerTables, t6: Value, en: Signal,
-                            draws: list[Draw], sign_bits: Value,
-                            act_rd: object) -> tuple[list[Signal], Signal, list[list[Signal]] | None]:
+                            draws: list[Draw], act_rd: object) -> tuple[list[Signal], Signal, list[list[Signal]] | None]:
         """Position H: each lane's weight (perturbed in a perturbed ``mgd-weight`` layer, its
         signs written to ``signs``) and the shared input (sample, activation byte or the
         bias input), registered as ``w7`` and ``x7``; also the neuron draws (``drawn``)."""
         lanes, wb, ovf = self.lanes, self.geometry.weight_bits, self.geometry.overflow
         delta = self.delta
+        sign_bits = self._sign_bits(draws, t6)
         w7 = [Signal(signed(8), name=f"w7_{k}") for k in range(lanes)]
         x7 = Signal(signed(8))
         x6 = Signal(signed(8))

@@ -20,8 +20,8 @@ Activation memory (inside the forward engine)
     group, what the correlation needs of each neuron (:attr:`Geometry.factor_bits`).
 
 Random-source indices (docs/numerics.md §4)
-    weight ``(i, j)`` of layer ``l``: ``weight_offset_l + i * (n_in_l + 1) + j``;
-    neuron ``i``: ``neuron_offset_l + i``.
+    the sign of weight ``(i, j)`` of layer ``l``: bit ``i & 31`` of the sign word
+    ``sign_offset_l + (i >> 5) * (n_in_l + 1) + j``; neuron ``i``: ``neuron_offset_l + i``.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from amaranth.lib import data
 from numpy.typing import ArrayLike
 
 from perturbo.config import TARGET_PROJECTION_RULES, Activation, Config, Optimizer, Rule
+from perturbo.golden.units import SIGN_BLOCK, sign_blocks
 from perturbo.limits import LOSS_DEPTH, SAMPLES_PER_WORD, sample_stride
 
 __all__ = ["LayerGeometry", "Geometry", "config_hash", "ceil_log2", "FACTOR_BITS_PROJECTION", "LOSS_DEPTH"]
@@ -61,7 +62,7 @@ class LayerGeometry:
     n_out: int
     groups: int  #: neuron groups of ``lanes`` neurons
     row_base: int  #: first weight-memory row
-    weight_offset: int  #: first weight index of the random source
+    sign_offset: int  #: first sign word of the random source (a word per 32 neurons and input)
     neuron_offset: int  #: first neuron index of the random source
     projection_offset: int  #: first projection index (``B[c, i]`` at ``+ c * n_out + i``)
     act_base: int  #: first activation word of this layer's outputs
@@ -122,19 +123,19 @@ class Geometry:
         lr_shifts = cfg.layer_lr_shifts()
         n = net.n_layers
         layers = []
-        row = w_off = n_off = p_off = act = 0
+        row = s_off = n_off = p_off = act = 0
         for li in range(n):
             n_in, n_out = net.layers[li], net.layers[li + 1]
             groups = -(-n_out // self.lanes)
             layers.append(LayerGeometry(
                 index=li, n_in=n_in, n_out=n_out, groups=groups, row_base=row,
-                weight_offset=w_off, neuron_offset=n_off, projection_offset=p_off,
+                sign_offset=s_off, neuron_offset=n_off, projection_offset=p_off,
                 act_base=act, shift=shifts[li],
                 activation=net.activation if li < n - 1 else None, rule=rules[li],
                 lr_shift=lr_shifts[li],
             ))
             row += groups * (n_in + 1)
-            w_off += n_out * (n_in + 1)
+            s_off += sign_blocks(n_out) * (n_in + 1)
             n_off += n_out
             p_off += self.classes * n_out
             act += groups
@@ -152,7 +153,7 @@ class Geometry:
         #: activation words per bank (outputs of every layer)
         self.act_words = act
         self.act_bank_bits = ceil_log2(act)
-        self.total_weights = w_off
+        self.total_sign_words = s_off
         self.total_neurons = n_off
         self.max_groups = max(lay.groups for lay in self.layers)
         self.max_cols = max(lay.cols for lay in self.layers)
@@ -194,12 +195,20 @@ class Geometry:
         #: layers that draw one word per neuron (an injection, or target projection's row of B)
         drawing = [lay for lay in self.layers
                    if lay.index in self.inject_layers or (self.projection and lay.index < len(self.layers) - 1)]
-        #: the forward engine's one shared hash pipe: with no per-weight draws (no ``mgd-weight``
-        #: layer) the pipes serve only the neuron draws, one word a lane per neuron group, so one
-        #: pipe draws lane ``k``'s word on the group's input ``k`` (every drawing layer has at
-        #: least ``lanes`` inputs before its bias input) instead of ``lanes`` pipes on the bias
-        #: input; the words are the same (docs/numerics.md §4)
-        self.shared_draw = not self.perturbed_layers and all(lay.n_in >= self.lanes for lay in drawing)
+        #: the forward engine's hash pipes that draw sign words in an ``mgd-weight`` layer: a
+        #: neuron group's lanes take their signs from consecutive bits of the words of their
+        #: blocks of 32 neurons (docs/numerics.md §4), so one pipe serves up to 32 lanes (two
+        #: where a group straddles a block's end); 0 without ``mgd-weight`` layers
+        self.sign_pipes = max((self._blocks_of_group(lay, g) for lay in self.layers if lay.rule == Rule.MGD_WEIGHT
+                               for g in range(lay.groups)), default=0)
+        #: neuron draws (node signs, ALR noise, target projection's ``B``) on one shared pipe:
+        #: it draws lane ``k``'s word on the group's input ``k`` (every drawing layer has at
+        #: least ``lanes`` inputs before its bias input) instead of ``lanes`` pipes drawing on
+        #: the bias input; the words are the same (docs/numerics.md §4)
+        self.shared_draw = all(lay.n_in >= self.lanes for lay in drawing)
+        #: the forward engine's hash pipes: a lane's each where the neuron draws cannot share
+        #: one, else the sign pipes (at least one: it also computes the pass keys)
+        self.draw_pipes = max(1, self.sign_pipes) if self.shared_draw else self.lanes
         #: bits per neuron of the correlation factor the forward engine stores for the
         #: correlation walker: the gated error ``g`` (target projection, 9 bits), or
         #: ``sign(a * n)`` as (negative, zero) (ALR, 2 bits), or ``a * s = -1`` (MGD node,
@@ -212,6 +221,12 @@ class Geometry:
             self.factor_bits = 1
         else:
             self.factor_bits = 0
+
+    def _blocks_of_group(self, lay: LayerGeometry, group: int) -> int:
+        """Sign blocks (words per input) the neurons of ``group`` of ``lay`` span."""
+        first = group * self.lanes
+        last = first + lay.lane_count(group, self.lanes) - 1
+        return last // SIGN_BLOCK - first // SIGN_BLOCK + 1
 
     def factor_layout(self) -> data.ArrayLayout:
         """One word of the factor memory: each lane's correlation factor (:attr:`factor_bits`)."""

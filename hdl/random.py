@@ -17,15 +17,18 @@ logic than replaying them through a second set of hash pipes.)
 - the pass key of an event, ``pass_key = mix32(seed ^ mix32(e << 2 | stream))``, is a
   :class:`Draw` with ``key = e << 2 | stream``, ``index = 0`` and ``tweak = seed``: the
   forward engine computes it on a lane's hash pipe between perturbed tokens;
-- :func:`perturbation_sign`, :func:`gaussian_noise`, :func:`projection_value`: the
-  values drawn from a word, named as in :mod:`perturbo.golden.units`.
+- :func:`perturbation_sign`, :func:`weight_signs`, :func:`gaussian_noise`,
+  :func:`projection_value`: the values drawn from a word, named as in
+  :mod:`perturbo.golden.units`.
 """
 
 from __future__ import annotations
 
-from amaranth.hdl import Const, Module, Mux, Signal, Value, signed
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, Value, signed
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
+
+from perturbo.golden.units import SIGN_BLOCK
 
 __all__ = [
     "MIX32_LATENCY",
@@ -38,7 +41,9 @@ __all__ = [
     "mix32_stage",
     "Mix32",
     "Draw",
+    "SIGN_BLOCK",
     "perturbation_sign",
+    "weight_signs",
     "gaussian_noise",
     "projection_value",
 ]
@@ -183,6 +188,13 @@ def perturbation_sign(word: Value) -> Value:
     """Bernoulli +-1 as ``signed(2)``: +1 if bit 31 of the word is 0, else -1."""
     word = Value.cast(word)
     return Mux(word[31], Const(-1, signed(2)), Const(1, signed(2)))
+
+
+def weight_signs(words: list[Value], first: Value, count: int) -> Value:
+    """``count`` weight signs from sign words laid end to end, from bit ``first`` on: bit ``k``
+    set where the neuron ``k`` past the one at ``first`` has ``s = -1`` (bit ``i & 31`` of
+    word ``i >> 5`` is neuron ``i``'s; neurons past the words read 0)."""
+    return (Cat(*words, Const(0, count)) >> first)[:count]
 
 
 def gaussian_noise(word: Value) -> Value:

@@ -46,15 +46,25 @@ UNIT_CONFIGS: dict[str, Config] = {
 }
 
 #: The forward engine's configurations: the above, a hybrid whose first layer takes
-#: injections (MGD node perturbation) and, below, an ALR and a target-projection network.
+#: injections (MGD node perturbation) from fewer inputs than lanes (so a hash pipe per lane,
+#: the first of which also draws the second layer's weight signs), a layer wider than a
+#: sign word and, below, an ALR and a target-projection network.
 FORWARD_CONFIGS: dict[str, Config] = {
     **UNIT_CONFIGS,
     "hybrid": parse_config({
         "name": "hybrid", "seed": 5,
-        "network": {"layers": [6, 9, 5], "activation": "relu"},
+        "network": {"layers": [3, 9, 5], "activation": "relu"},
         "rule": {"name": "mgd-weight", "per_layer": ["mgd-node", "mgd-weight"], "delta": 4},
         "numerics": {"acc_bits": 24},
         "hardware": {"lanes": 4, "sample_depth": 4},
+    }),
+    # weight signs from more than one block of 32 neurons: 40 hidden neurons on 3 lanes, so
+    # group 10 (neurons 30, 31, 32) takes its lanes' signs from two sign words
+    "wide": parse_config({
+        "name": "wide", "seed": 6,
+        "network": {"layers": [5, 40, 3], "activation": "relu"},
+        "rule": {"name": "mgd-weight", "delta": 2},
+        "hardware": {"lanes": 3, "sample_depth": 4},
     }),
 }
 

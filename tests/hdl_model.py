@@ -30,7 +30,8 @@ def pass_outputs(cfg: Config, weights: list[torch.Tensor], x: torch.Tensor, *, p
     for li in range(n):
         w8 = u.mac_weights(weights[li], num.weight_bits)
         if perturb and rules[li] == Rule.MGD_WEIGHT:
-            s = u.perturbation_sign(u.draw(torch.tensor(key), layouts[li].weight_indices()))
+            lay = layouts[li]
+            s = u.weight_signs(u.draw(torch.tensor(key), lay.sign_word_indices()), lay.n_out)
             s = -s if negate else s
             w8 = u.perturb_weights(w8, delta * s, num.overflow)
         q, h = u.forward_layer(h, w8, shift=shifts[li],
@@ -48,7 +49,7 @@ def sign_writes(cfg: Config, geo: Geometry, key: int, bank: int
     perturbed pass with ``key``, in order: the rows of the ``mgd-weight`` layers, bit ``k``
     of ``bits`` set where lane ``k``'s weight has ``s = -1``, for the lanes set in ``lanes``
     (those holding a neuron; the others are never read)."""
-    bits = [(u.perturbation_sign(u.draw(torch.tensor(key), lay.weight_indices())) < 0)
+    bits = [(u.weight_signs(u.draw(torch.tensor(key), lay.sign_word_indices()), lay.n_out) < 0)
             .to(torch.int64) for lay in layer_layouts(cfg)]
     image = geo.to_image(bits, geo.rows).reshape(-1, geo.lanes).tolist()
     return [(bank, lay.row_base + g * lay.cols + j,

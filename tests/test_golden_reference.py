@@ -84,7 +84,7 @@ class Reference:
         c, num = self.c, self.c.numerics
         xs, qs, ys = [], [], []
         h = list(x)
-        w_off = n_off = 0
+        s_off = n_off = 0
         L = len(self.W)
         for layer, W in enumerate(self.W):
             xa = h + [127]
@@ -95,7 +95,7 @@ class Reference:
                 for j, wm in enumerate(row):
                     w = wm >> (num.weight_bits - 8)
                     if event is not None and self.rules[layer] == "mgd-weight":
-                        s = 1 - 2 * (draw(c.seed, 0, event, w_off + i * len(row) + j) >> 31)
+                        s = 1 - 2 * ((draw(c.seed, 0, event, s_off + (i >> 5) * len(row) + j) >> (i & 31)) & 1)
                         w = narrow(w + c.rule.delta * a * s, 8, self.ov)
                     acc += w * xa[j]
                 if event is not None and self.rules[layer] != "mgd-weight":
@@ -109,7 +109,7 @@ class Reference:
                 q = narrow(round_shift(acc, c.network.layer_shifts[layer], self.rd), 8, self.ov)
                 q_l.append(q)
                 y_l.append(self.phi(q, layer == L - 1))
-            w_off += len(W) * len(W[0])
+            s_off += -(-len(W) // 32) * len(W[0])
             n_off += len(W)
             qs.append(q_l)
             ys.append(y_l)
@@ -137,13 +137,13 @@ class Reference:
                     a = 1 - 2 * (m & 1)
                     xm, _, ym = self.forward(X[b], e, a)
                     dc = self.loss(ym[-1], Y[b]) - L0
-                    w_off = n_off = 0
+                    s_off = n_off = 0
                     for layer, W in enumerate(self.W):
                         for i, row in enumerate(W):
                             for j in range(len(row)):
                                 r = self.rules[layer]
                                 if r == "mgd-weight":
-                                    s = 1 - 2 * (draw(c.seed, 0, e, w_off + i * len(row) + j) >> 31)
+                                    s = 1 - 2 * ((draw(c.seed, 0, e, s_off + (i >> 5) * len(row) + j) >> (i & 31)) & 1)
                                     add(layer, i, j, dc * a * s)
                                 elif r == "mgd-node":
                                     s = 1 - 2 * (draw(c.seed, 1, e, n_off + i) >> 31)
@@ -152,7 +152,7 @@ class Reference:
                                     word = draw(c.seed, 1, e, n_off + i)
                                     n = sum((word >> (8 * bb)) & 255 for bb in range(4)) - 510
                                     add(layer, i, j, dc * sgn(a * n) * sgn(xm[layer][j]))
-                        w_off += len(W) * len(W[0])
+                        s_off += -(-len(W) // 32) * len(W[0])
                         n_off += len(W)
         else:
             classes = c.network.layers[-1]
@@ -210,6 +210,9 @@ CASES = {
         "rule": {"name": "alr", "batch": 2, "copies": 4, "sigma": 40, "lr_mult": 3, "lr_shift": 1},
         "numerics": {"grad_bits": 16, "weight_bits": 12},
     },
+    # 40 hidden neurons: their weight signs come from two sign words per input
+    "mgd-weight-wide": {"rule": {"name": "mgd-weight", "batch": 2, "copies": 2, "delta": 3, "lr_shift": 6},
+                        "network": {"layers": [6, 40, 3]}},
     "hybrid": {"rule": {"name": "alr", "per_layer": ["mgd-weight", "alr"], "batch": 2, "copies": 2, "lr_shift": 3}},
     "drtp": {"rule": {"name": "drtp", "batch": 3, "lr_shift": 8}},
     "tpsgd-l1-leaky": {

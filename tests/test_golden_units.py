@@ -95,6 +95,24 @@ def test_random_source_period_and_balance() -> None:
     assert abs((s * s2).float().mean().item()) < 0.02
 
 
+def test_weight_signs_unpack_bits() -> None:
+    words = t(0b101, 0xFFFF_FFFF).view(2, 1)  # two blocks, one input
+    s = u.weight_signs(words, 40)
+    assert s.shape == (40, 1)
+    assert s[:4, 0].tolist() == [-1, 1, -1, 1] and (s[4:32] == 1).all() and (s[32:] == -1).all()
+
+
+def test_weight_signs_are_independent_coins() -> None:
+    # The 32 neurons of a sign word and those of its neighbouring word (the next input):
+    # every pair of signs, across 2^16 events, at the level of independent coins (the
+    # standard error of one correlation is 2^-8).
+    keys = u.pass_key(3, u.STREAM_WEIGHT_SIGN, torch.arange(1 << 16))[:, None, None]
+    s = u.weight_signs(u.draw(keys, t(17, 18).view(1, 2)), 32).transpose(1, 2).reshape(-1, 64).float()
+    assert s.mean(0).abs().max().item() < 0.02
+    corr = (s.T @ s) / s.shape[0] - torch.eye(64)
+    assert corr.abs().max().item() < 0.025
+
+
 def test_gaussian_noise_moments() -> None:
     n = u.gaussian_noise(u.draw(u.pass_key(1, 1, 0), torch.arange(1 << 18)))
     assert n.min() >= -510 and n.max() <= 510

@@ -18,8 +18,10 @@ def test_forward(name: str, sim: str) -> None:
                simulator=sim)
 
 
-def test_shared_draw_choice() -> None:
-    """One hash pipe exactly when no layer draws per weight and every drawing layer has at
-    least ``lanes`` inputs (the configurations above run both kinds of engine)."""
-    shared = {name for name, cfg in FORWARD_CONFIGS.items() if Geometry(cfg).shared_draw}
-    assert shared == {"alr", "drtp", "tpsgd-l1", "tpsgd-l2", "node-narrow"}
+def test_draw_pipes() -> None:
+    """One hash pipe per started block of 32 neurons in a group of an ``mgd-weight`` layer (at
+    least one), unless a drawing layer has fewer inputs than lanes: then a pipe per lane
+    (the configurations above run every kind of engine)."""
+    pipes = {name: Geometry(cfg).draw_pipes for name, cfg in FORWARD_CONFIGS.items()}
+    assert pipes == {"tiny": 1, "digits": 1, "odd": 1, "hybrid": 4, "wide": 2, "alr": 1, "drtp": 1,
+                     "tpsgd-l1": 1, "tpsgd-l2": 1, "drtp-narrow": 4, "node-narrow": 1}
