@@ -684,7 +684,8 @@ class ForwardEngine(wiring.Component):
         return act_rd, act_wr
 
     def _select_and_perturb(self, m: Module, tabs: _LayerTables, t6: Value, en: Signal,
-                            draws: list[Draw], act_rd: object) -> tuple[list[Signal], Signal, list[list[Signal]] | None]:
+                            draws: list[Draw],
+                            act_rd: object) -> tuple[list[Signal], Signal, list[list[Signal]] | None]:
         """Position H: each lane's weight (perturbed in a perturbed ``mgd-weight`` layer, its
         signs written to ``signs``) and the shared input (sample, activation byte or the
         bias input), registered as ``w7`` and ``x7``; also the neuron draws (``drawn``)."""
