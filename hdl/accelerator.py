@@ -498,7 +498,11 @@ class Accelerator(wiring.Component):
         ``memories`` maps each space to its host port and whether it is laned (one word per
         lane of a row).  Memory accesses are refused while a command runs, but reads of the
         loss record and the sample and label writes a ``TRAIN_STREAM`` run leaves alone
-        (the sequencer's :meth:`~.sequencer.Sequencer.slot_free`).
+        (the sequencer's :meth:`~.sequencer.Sequencer.slot_free`).  Registers and writes
+        are answered the cycle after the request, memory reads a cycle later: the word,
+        selected from its lane and space, is registered first, so that no path runs from
+        a block RAM's output through the selects into the host link's frame buffer (the
+        ECP5 builds' slowest path before, at 8 lanes).
         """
         geo, lanes = self.geometry, self.geometry.lanes
         running = seq.busy
@@ -522,7 +526,8 @@ class Accelerator(wiring.Component):
         read_space = Signal(range(8))
         read_lane = Signal(range(max(2, lanes)))  # at least one bit: no zero-width vector at one lane
         read_mem = Signal()
-        m.d.sync += ack.eq(0)
+        reading = Signal()  # a memory read accepted: its word is registered this cycle
+        m.d.sync += [ack.eq(0), reading.eq(0)]
         for port, laned in memories.values():
             # host ports follow the bus address combinationally; writes only when accepted,
             # reads only for reads (a memory declared free of read collisions is, then)
@@ -533,7 +538,7 @@ class Accelerator(wiring.Component):
             else:
                 m.d.comb += port.wdata.eq(wdata)
 
-        request = bus.stb & ~ack
+        request = bus.stb & ~ack & ~reading
         m.d.comb += [regs.addr.eq(word), regs.we.eq(bus.we), regs.wdata.eq(wdata)]
         sizes = {Space.WEIGHTS: lane_words, Space.GRADS: lane_words, Space.MOMENTUM: lane_words,
                  Space.SAMPLES: geo.sample_bus_words, Space.LABELS: geo.sample_depth,
@@ -569,17 +574,19 @@ class Accelerator(wiring.Component):
                         with m.Elif(bus.we):
                             m.d.comb += port.we.eq((1 << lane) if laned else 1)
                         with m.Else():
-                            m.d.sync += read_mem.eq(1)
+                            m.d.sync += [read_mem.eq(1), ack.eq(0), reading.eq(1)]
                 with m.Default():
                     m.d.sync += err.eq(1)
 
-        # the answer, one cycle after the request
+        # the answer: one cycle after the request, a memory's word one more
         mem_value = Signal(signed(64 if wide_words else 32))
-        with m.Switch(read_space):
-            for sp, (port, laned) in memories.items():
-                with m.Case(sp):
-                    value = Value.cast(port.rdata[read_lane]).as_signed() if laned else Value.cast(port.rdata)
-                    m.d.comb += mem_value.eq(value)
+        with m.If(reading):
+            m.d.sync += ack.eq(1)
+            with m.Switch(read_space):
+                for sp, (port, laned) in memories.items():
+                    with m.Case(sp):
+                        value = Value.cast(port.rdata[read_lane]).as_signed() if laned else Value.cast(port.rdata)
+                        m.d.sync += mem_value.eq(value)
         if wide_words:
             read_high = Signal(32)
             m.d.comb += regs.read_high.eq(read_high)
