@@ -38,7 +38,7 @@ from amaranth.lib.wiring import In, Out
 
 from perturbo.config import Config, load_config
 from perturbo.data import SampleStream, load_dataset
-from perturbo.hdl.geometry import Geometry
+from perturbo.hdl.geometry import Geometry, config_hash
 from perturbo.host.accelerator import REFILL_MODES, Counters
 from perturbo.sim.backend import COSIM_TOP, VerilatorBackend, cosim_verilog
 from perturbo.sim.cosim import RunStats, VerilatorSim, cache_root
@@ -95,12 +95,15 @@ def bare_mac_array_rate(lanes: int, depth: int, inputs: int, cycles: int) -> flo
     return VerilatorSim(text, "bare_mac_array").bench(cycles).rate
 
 
-def board_fmax(name: str) -> tuple[str, float] | None:
-    """Board and Fmax (MHz) of the newest cached build of configuration ``name`` that fits."""
+def board_fmax(cfg: Config) -> tuple[str, float] | None:
+    """Board and Fmax (MHz) of the newest cached build of the hardware ``cfg`` describes (its
+    ``CONFIG_HASH``: not another lane count or an inference-only build of the same file) that
+    fits."""
+    wanted = f"{config_hash(cfg):08x}"
     reports = sorted((cache_root() / "boards").glob("*/report.json"), key=lambda p: p.stat().st_mtime)
     for path in reversed(reports):
         data = json.loads(path.read_text())
-        if data.get("config_name") == name and data.get("status") == "ok":
+        if data.get("config_hash") == wanted and data.get("status") == "ok":
             fmax = data.get("fmax_mhz")
             if isinstance(fmax, dict):
                 fmax = min(fmax.values())
@@ -176,7 +179,7 @@ def main() -> None:
     finally:
         hw.close()
     c = sessions[0].counters
-    board = ("--fmax-mhz", args.fmax_mhz) if args.fmax_mhz else board_fmax(cfg.name)
+    board = ("--fmax-mhz", args.fmax_mhz) if args.fmax_mhz else board_fmax(cfg)
     rows = [
         ("configuration", f"{cfg.name}: {'-'.join(map(str, cfg.network.layers))}, {cfg.hardware.lanes} lanes, "
                           f"{n} samples x {cfg.rule.copies} perturbation(s) per step, {args.steps} steps"),
