@@ -603,6 +603,7 @@ def target_projection_grad(
     variant: TPVariant = "drtp",
     activation: ActivationName = Activation.RELU,
     target_on: float = 0.75,
+    dead_zone: float = 0.0,
 ) -> tuple[list[torch.Tensor], float]:
     """DRTP / tpSGD pseudo-gradients ``G_l = mean_n delta_l x_l^T`` (``W -= lr G``).
 
@@ -610,7 +611,7 @@ def target_projection_grad(
     unit one-hot label, i.e. the label's row of ``B_l``, and
 
     * ``drtp``:     ``delta_l = t_l * phi'(z_l)``
-    * ``tpsgd-l1``: ``delta_l = -sign(t_l - y_l) * phi'(z_l)``
+    * ``tpsgd-l1``: ``delta_l = -sign(t_l - y_l) * phi'(z_l)``, 0 where ``|t_l - y_l| <= dead_zone``
     * ``tpsgd-l2``: ``delta_l = -(t_l - y_l) * phi'(z_l)``
 
     The (linear) output layer uses its true delta-rule error ``y - t``, so its
@@ -638,6 +639,9 @@ def target_projection_grad(
         Hidden activation.
     target_on : float
         Target value of the label's output.
+    dead_zone : float
+        ``tpsgd-l1``: the hidden error is 0 where ``|t_l - y_l| <= dead_zone``
+        (``rule.dead_zone / 128``; 0: the plain sign).
 
     Returns
     -------
@@ -669,6 +673,8 @@ def target_projection_grad(
                     err = t
                 elif variant == "tpsgd-l1":
                     err = -torch.sign(t - y)
+                    if dead_zone:
+                        err = torch.where((t - y).abs() > dead_zone, err, torch.zeros_like(err))
                 else:
                     err = -(t - y)
                 delta = err * activation_derivative(z, activation)
@@ -762,6 +768,7 @@ class FloatModel(OneStepAtATime):
         self.weight_sigma = weight_sigma
         self.activation = cfg.network.activation
         self.target_on = cfg.rule.target_on / 128.0
+        self.dead_zone = cfg.rule.dead_zone / 128.0
         self.rules = cfg.layer_rules()
         n_layers = cfg.network.n_layers
         if modes is not None:
@@ -836,7 +843,8 @@ class FloatModel(OneStepAtATime):
             return grads, float(batch_cost(params, x, labels, **kw))
         if self.kind == "tp":
             return target_projection_grad(
-                params, x, labels, self.feedback, variant=self.rules[0].value, **kw
+                params, x, labels, self.feedback, variant=self.rules[0].value,
+                dead_zone=self.dead_zone, **kw
             )
         xb = x.reshape(-1, self.window, x.shape[-1])
         lb = labels.reshape(-1, self.window)

@@ -286,7 +286,7 @@ class IntegerModel(OneStepAtATime):
                 error = trace.output - target
             else:
                 local_target = self.projections[layer][labels]
-                error = u.projection_error(rule.value, trace.y[layer], local_target)
+                error = u.projection_error(rule.value, trace.y[layer], local_target, cfg.rule.dead_zone)
             gated = u.activation_gate(trace.q[layer], error, self.acts[layer])
             grads.append(self._correlate(torch.zeros_like(self.weights[layer]), ones, gated, trace.inputs[layer]))
         return grads

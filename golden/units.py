@@ -289,16 +289,19 @@ def target_projection_terms(error: torch.Tensor, x_aug: torch.Tensor) -> torch.T
 
 
 def projection_error(
-    rule: str, y: torch.Tensor, local_target: torch.Tensor
+    rule: str, y: torch.Tensor, local_target: torch.Tensor, dead_zone: int = 0
 ) -> torch.Tensor:
     """The hidden-layer error of a target-projection rule, before the phi' gate.
 
-    ``drtp``: the projected target itself; ``tpsgd-l1``: sign(y - t); ``tpsgd-l2``: y - t.
+    ``drtp``: the projected target itself; ``tpsgd-l1``: sign(y - t), and 0 where
+    ``|y - t| <= dead_zone`` (``rule.dead_zone``; 0: the plain sign, whose sign of 0 is 0);
+    ``tpsgd-l2``: y - t.
     """
     if rule == "drtp":
         return local_target
     if rule == "tpsgd-l1":
-        return sign(y - local_target)
+        diff = y - local_target
+        return torch.where(diff.abs() > dead_zone, sign(diff), torch.zeros_like(diff))
     if rule == "tpsgd-l2":
         return y - local_target
     raise ValueError(f"not a target-projection rule: {rule!r}")

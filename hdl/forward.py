@@ -876,5 +876,5 @@ class ForwardEngine(wiring.Component):
                     gate = _GATES[None if output else lay.activation]
                     for k in range(lanes):
                         target = Mux(t10.group * lanes + k == t10.label, self.target_on, 0)
-                        e = projection_error(kind, y10[k], drawn[k], target)
+                        e = projection_error(kind, y10[k], drawn[k], target, geo.dead_zone)
                         m.d.comb += wr.data[k].eq(activation_gate(gate, q10[k], e))

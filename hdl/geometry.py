@@ -115,6 +115,8 @@ class Geometry:
         self.overflow = num.overflow
         self.momentum = rule.optimizer == Optimizer.MOMENTUM
         self.momentum_shift = rule.momentum_shift
+        #: tpsgd-l1's dead zone on the hidden-layer sign error (docs/numerics.md §6; 0: none)
+        self.dead_zone = rule.dead_zone
         self.sample_depth = hw.sample_depth
         self.n_inputs = net.layers[0]
         self.classes = net.layers[-1]
@@ -316,6 +318,7 @@ def generation_parameters(cfg: Config) -> dict:
         # only when false: the training builds keep the hashes they had before the option
         **({} if cfg.hardware.training else {"training": False}),
         **({} if cfg.hardware.overlap_update else {"overlap_update": False}),
+        **({"dead_zone": cfg.rule.dead_zone} if cfg.rule.dead_zone else {}),
     }
 
 

@@ -6,7 +6,8 @@ turns each neuron's ``y``, ``q`` and local target ``tl = B_l[label, i]`` (drawn 
 random source, §4) into the gated error
 
     g_i = activation_gate(q_i, e_i)     (§3: e * phi'(q))
-    e_i = projection_error(y_i, tl_i)   drtp: tl; tpsgd-l1: sign(y - tl); tpsgd-l2: y - tl;
+    e_i = projection_error(y_i, tl_i)   drtp: tl; tpsgd-l1: sign(y - tl), 0 where
+                                        |y - tl| <= rule.dead_zone; tpsgd-l2: y - tl;
                                         the output layer (delta rule): y - t
 
 and stores it in the factor memory, where the :class:`~.correlation.CorrelationWalker`
@@ -46,7 +47,7 @@ class Gate(enum.Enum, shape=2):
     HARD_SIGMOID = 3
 
 
-def projection_error(kind: Value, y: Value, local_target: Value, target: Value) -> Value:
+def projection_error(kind: Value, y: Value, local_target: Value, target: Value, dead_zone: int = 0) -> Value:
     """The error ``e`` of one neuron as logic (twin of ``golden.units.projection_error``).
 
     Parameters
@@ -59,6 +60,9 @@ def projection_error(kind: Value, y: Value, local_target: Value, target: Value) 
         ``tl = B_l[label, i]`` (INT8), used by the hidden-layer rules.
     target
         ``t`` of an output neuron (``target_on`` or 0), used by :attr:`ErrorKind.DELTA`.
+    dead_zone
+        ``rule.dead_zone``, fixed at generation: :attr:`ErrorKind.TPSGD_L1` gives 0 where
+        ``|y - tl| <= dead_zone`` (two compares against constants; 0 generates the plain sign).
 
     Returns
     -------
@@ -66,8 +70,11 @@ def projection_error(kind: Value, y: Value, local_target: Value, target: Value) 
         -255..255 (nine bits, ``geometry.FACTOR_BITS_PROJECTION``).
     """
     diff = y - local_target
+    l1 = sign(diff)
+    if dead_zone:
+        l1 = Mux((diff > dead_zone) | (diff < -dead_zone), l1, Const(0, l1.shape()))
     return Mux(kind == ErrorKind.DRTP, local_target,
-               Mux(kind == ErrorKind.TPSGD_L1, sign(diff),
+               Mux(kind == ErrorKind.TPSGD_L1, l1,
                    Mux(kind == ErrorKind.TPSGD_L2, diff, y - target)))
 
 

@@ -220,6 +220,11 @@ class RuleConfig(_Strict):
     optimizer: Optimizer = Field(Optimizer.SGD, description="sgd | momentum (integer, on chip)")
     momentum_shift: int = Field(3, ge=1, le=16, description="momentum: m -= m >> momentum_shift; m += G")
     target_on: int = Field(96, ge=1, le=127, description="one-hot target value of the label's output (INT8)")
+    dead_zone: int = Field(
+        0, ge=0, le=255,
+        description="tpsgd-l1: a hidden neuron's error sign(y - t) is 0 when |y - t| <= dead_zone "
+        "(INT8 activation units; 0: the plain sign); generated into the accelerator",
+    )
     float_lr: float = Field(0.003, gt=0.0, description="Adam learning rate of the float references (bp and friends)")
 
     @property
@@ -234,6 +239,15 @@ class RuleConfig(_Strict):
             raise ValueError(
                 f"rule.tau_theta * rule.batch = {self.samples_per_step}: a step may take at most "
                 f"{STEP_SAMPLES_MAX} samples (2^24); lower rule.tau_theta or rule.batch"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _check_dead_zone(self) -> RuleConfig:
+        if self.dead_zone and self.name is not Rule.TPSGD_L1:
+            raise ValueError(
+                f"rule.dead_zone = {self.dead_zone} applies to the hidden-layer sign error of tpsgd-l1 "
+                f"only; rule.name is {self.name.value}: remove rule.dead_zone or set it to 0"
             )
         return self
 

@@ -89,7 +89,9 @@ def _rule_config(name: str, layers: list[int], rule: dict, *, lanes: int, activa
 #: lanes that do not divide the layer widths, antithetic pairs and an odd copy, momentum,
 #: every activation, narrow G that saturates or wraps, both rounding modes; sample strides
 #: that are a power of two (the sequencer shifts the cursor) and that are not (hybrid-node,
-#: tpsgd-l2: 12 bytes, on the serial multiplier); 32-bit cycle counters (drtp).
+#: tpsgd-l2: 12 bytes, on the serial multiplier); 32-bit cycle counters (drtp); tpsgd-l1's
+#: dead zone (``rule.dead_zone``; the plain sign runs in ``VERIFY_CONFIGS`` and the digits
+#: co-simulation).
 RULE_CONFIGS: dict[str, Config] = {
     "node": _rule_config("node", [7, 6, 3], {"name": "mgd-node", "node_delta": 300, "copies": 2,
                                               "lr_shift": [7, 6], "optimizer": "momentum",
@@ -110,7 +112,7 @@ RULE_CONFIGS: dict[str, Config] = {
     "drtp": _rule_config("drtp", [8, 6, 3], {"name": "drtp", "batch": 3, "lr_shift": [6, 5]},
                          lanes=4, activation="hard-sigmoid", hardware={"counter_bits": 32}),
     "tpsgd-l1": _rule_config("tpsgd-l1", [5, 7, 4], {"name": "tpsgd-l1", "lr_shift": 4,
-                                                     "optimizer": "momentum"}, lanes=2),
+                                                     "optimizer": "momentum", "dead_zone": 20}, lanes=2),
     "tpsgd-l2": _rule_config("tpsgd-l2", [10, 5, 4], {"name": "tpsgd-l2", "lr_shift": 3, "target_on": 127},
                              lanes=3, activation="leaky-relu",
                              numerics={"grad_bits": 16, "rounding": "floor"}),
@@ -118,7 +120,7 @@ RULE_CONFIGS: dict[str, Config] = {
 
 FORWARD_CONFIGS["alr"] = RULE_CONFIGS["alr"]
 # target projection: the engine draws B[label] and stores the gated errors; one config per
-# error (tl, sign(y - tl), y - tl) and gate (hard sigmoid, ReLU, leaky ReLU)
+# error (tl, sign(y - tl) with a dead zone, y - tl) and gate (hard sigmoid, ReLU, leaky ReLU)
 for _name in ("drtp", "tpsgd-l1", "tpsgd-l2"):
     FORWARD_CONFIGS[_name] = RULE_CONFIGS[_name]
 # target projection with fewer inputs to the hidden layer than lanes: each lane keeps its

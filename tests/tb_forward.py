@@ -98,6 +98,8 @@ class SignWatch:
 #: the one-hot target of target projection (the largest: errors reach -255)
 PARAMS = {"sigma": 4095, "node_delta": 1 << 20, "target_on": 127}
 TP = geo.projection
+#: factors that ``rule.dead_zone`` zeroed so far (a dead-zone configuration must hit some)
+DEAD_ZONE_HITS = [0]
 
 
 class FactorWatch:
@@ -157,8 +159,11 @@ def golden_factors(p: dict, outs: list[tuple[torch.Tensor, torch.Tensor]]) -> di
                 continue
             index = lay.projection_offset + p["label"] * lay.n_out + torch.arange(lay.n_out)
             tl = u.projection_value(u.draw(torch.tensor(p["key"]), index))
-            e = u.projection_error(lay.rule.value, y, tl)
+            e = u.projection_error(lay.rule.value, y, tl, cfg.rule.dead_zone)
             out[li] = u.activation_gate(q, e, lay.activation)
+            # neurons whose factor the dead zone zeroed (the plain sign would have moved them)
+            plain = u.activation_gate(q, u.projection_error(lay.rule.value, y, tl), lay.activation)
+            DEAD_ZONE_HITS[0] += int((plain != out[li]).sum())
         return out
     if not p["perturb"]:
         return out
@@ -328,6 +333,7 @@ async def random_passes(dut, traffic: tuple[float, float]) -> None:
         if ALR_LAYERS:  # a perturbed pass in which a neuron draws the noise n = 0
             passes[1]["node_key"] = zero_noise_key(rng)
         await run_passes(bench, weights, samples, passes, idle, bp, f"{kind} weights")
+    assert not cfg.rule.dead_zone or DEAD_ZONE_HITS[0] > 0, "no factor fell in rule.dead_zone: widen the test's"
 
 
 @cocotb.test()

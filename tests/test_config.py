@@ -85,6 +85,16 @@ def test_out_of_range_value_names_key() -> None:
         parse_config({"rule": {"batch": 0}})
 
 
+def test_dead_zone_is_tpsgd_l1_only() -> None:
+    assert parse_config({"rule": {"name": "tpsgd-l1", "dead_zone": 16}}).rule.dead_zone == 16
+    assert parse_config({"rule": {"name": "drtp"}}).rule.dead_zone == 0
+    with pytest.raises(ConfigError, match=r"rule\.dead_zone = 4 applies to .* tpsgd-l1 only; rule\.name is "
+                                          r"tpsgd-l2"):
+        parse_config({"rule": {"name": "tpsgd-l2", "dead_zone": 4}})
+    with pytest.raises(ConfigError, match=r"rule\.dead_zone = 256"):
+        parse_config({"rule": {"name": "tpsgd-l1", "dead_zone": 256}})
+
+
 def test_malformed_yaml(tmp_path: Path) -> None:
     path = write(tmp_path, "rule:\n  name: alr\n    sigma: [1, 2\n")
     with pytest.raises(ConfigError, match=r"malformed YAML in .*cfg\.yaml: .* at line 3, column \d+$") as err:

@@ -168,7 +168,8 @@ class Reference:
                         else:
                             word = draw(c.seed, 2, 0, p_off + Y[b] * len(W) + i)
                             tl = (word >> 24) - 256 * ((word >> 31) & 1)
-                            e = {"drtp": tl, "tpsgd-l1": sgn(y - tl), "tpsgd-l2": y - tl}[self.rules[layer]]
+                            l1 = sgn(y - tl) if abs(y - tl) > c.rule.dead_zone else 0
+                            e = {"drtp": tl, "tpsgd-l1": l1, "tpsgd-l2": y - tl}[self.rules[layer]]
                         g = self.gate(qs[layer][i], e, layer == L - 1)
                         for j, xv in enumerate(xs[layer]):
                             add(layer, i, j, g * xv)
@@ -218,6 +219,10 @@ CASES = {
     "tpsgd-l1-leaky": {
         "rule": {"name": "tpsgd-l1", "batch": 3, "lr_shift": 6},
         "network": {"activation": "leaky-relu"},
+    },
+    # a dead zone on the sign error: |y - tl| <= 24 gives 0
+    "tpsgd-l1-dead-zone": {
+        "rule": {"name": "tpsgd-l1", "batch": 3, "lr_shift": 6, "dead_zone": 24, "optimizer": "momentum"},
     },
     "tpsgd-l2-hardsig-narrow": {
         "rule": {"name": "tpsgd-l2", "batch": 3, "lr_shift": 3, "tau_theta": 2},

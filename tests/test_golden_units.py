@@ -125,6 +125,16 @@ def test_projection_values_are_signed_bytes() -> None:
     assert v.tolist() == [0, 127, -128, -1]
 
 
+def test_projection_error_dead_zone() -> None:
+    """tpsgd-l1's sign error is 0 where ``|y - tl| <= dead_zone``; 0 is the plain sign."""
+    y, tl = t(0, 5, 10, 3, 127, 20, 20), t(0, 3, 13, -128, 127, 4, 36)
+    assert u.projection_error("tpsgd-l1", y, tl).tolist() == [0, 1, -1, 1, 0, 1, -1]
+    assert u.projection_error("tpsgd-l1", y, tl, 2).tolist() == [0, 0, -1, 1, 0, 1, -1]
+    assert u.projection_error("tpsgd-l1", y, tl, 16).tolist() == [0, 0, 0, 1, 0, 0, 0]
+    assert u.projection_error("tpsgd-l1", y, tl, 15).tolist() == [0, 0, 0, 1, 0, 1, -1]
+    assert u.projection_error("tpsgd-l2", y, tl).tolist() == (y - tl).tolist()
+
+
 def test_loss_and_target() -> None:
     target = u.one_hot_target(t(2, 0), 3, 96)
     assert target.tolist() == [[0, 0, 96], [96, 0, 0]]
