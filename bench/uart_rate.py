@@ -108,7 +108,7 @@ class Rate:
 
 def measure(path: Path, bursts: int) -> Rate:
     cfg = load_config(path)
-    board, fmax = board_fmax(cfg.name) or README_FMAX[path.stem]
+    board, fmax = board_fmax(cfg) or README_FMAX[path.stem]
     splits = load_dataset(cfg)
     n = cfg.rule.samples_per_step
     t0 = time.perf_counter()

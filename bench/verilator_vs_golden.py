@@ -139,7 +139,7 @@ def run(cfg: Config, out: Path, measure_steps: int, fmax_mhz: float | None) -> R
             serial.close()
         copies = cfg.rule.samples_per_step * cfg.rule.copies
         per_copy = (counters.cycles / counters.steps / copies, without.cycles / without.steps / copies)
-    fmax = ("--fmax-mhz", fmax_mhz) if fmax_mhz else board_fmax(cfg.name)
+    fmax = ("--fmax-mhz", fmax_mhz) if fmax_mhz else board_fmax(cfg)
     return Row(cfg.name, "/".join(dict.fromkeys(r.value for r in cfg.layer_rules())), cfg.training.steps,
                hw_test, gold_test, hw_wall, gold_wall, identical, counters, lane_use(cfg, counters), per_copy,
                fmax)
