@@ -587,11 +587,8 @@ class Accelerator(wiring.Component):
                     with m.Case(sp):
                         value = Value.cast(port.rdata[read_lane]).as_signed() if laned else Value.cast(port.rdata)
                         m.d.sync += mem_value.eq(value)
-        if wide_words:
-            read_high = Signal(32)
-            m.d.comb += regs.read_high.eq(read_high)
-            with m.If(ack & read_mem & ~err):
-                m.d.sync += read_high.eq(mem_value[32:])
+        if wide_words:  # the registered word holds its high half until the next memory read
+            m.d.comb += regs.read_high.eq(mem_value[32:])
         refused = err | ((read_space == Space.REGS) & regs.err)
         m.d.comb += [
             bus.ack.eq(ack),

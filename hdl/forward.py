@@ -623,7 +623,7 @@ class ForwardEngine(wiring.Component):
         return weight_signs([draw.o for draw in draws[:pipes]], first, self.lanes)
 
     def _key_pipe(self, m: Module, draws: list[Draw], t0: Value, en: Signal) -> None:
-        """Pass keys on lane 0's hash pipe.
+        """Pass keys on the first hash pipe.
 
         A second hash only for keys, which are needed once per pass, would cost as much
         logic as a lane's: a request takes the pipe's input in a cycle without a perturbed
