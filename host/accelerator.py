@@ -14,6 +14,7 @@ checkpoint written on one backend resumes on the other.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import sys
 import time
 from dataclasses import dataclass
@@ -163,11 +164,36 @@ class AcceleratorBackend:
         for reg, value in values.items():
             self.link.write_word(Space.REGS, reg, int(value))
 
+    def _wide(self, space: Space) -> bool:
+        """Whether ``space``'s words are wider than the bus word (G with ``grad_bits`` > 32)."""
+        return space in (Space.GRADS, Space.MOMENTUM) and self.geo.grad_bits > 32
+
     def _write_matrices(self, space: Space, mats: list[torch.Tensor]) -> None:
-        self.link.write_words(space, 0, self.geo.to_image(mats))
+        image = self.geo.to_image(mats)
+        if not self._wide(space):
+            self.link.write_words(space, 0, image)
+            return
+        # a word takes its bits 32.. from WRITE_HIGH, which holds between writes: one
+        # WRITE_HIGH per run of words with the same high half (all zeros: a single run)
+        high = image >> 32
+        starts = [0, *np.flatnonzero(high[1:] != high[:-1]) + 1, image.size]
+        for first, end in itertools.pairwise(starts):
+            self.link.write_word(Space.REGS, Reg.WRITE_HIGH, int(high[first]) & 0xFFFF_FFFF)
+            self.link.write_words(space, first, image[first:end] & 0xFFFF_FFFF)
+        if high[-1] != 0:
+            self.link.write_word(Space.REGS, Reg.WRITE_HIGH, 0)
 
     def _read_matrices(self, space: Space) -> list[torch.Tensor]:
-        image = self.link.read_words(space, 0, self.geo.rows * self.geo.lanes, dtype=np.int32)
+        words = self.geo.rows * self.geo.lanes
+        if not self._wide(space):
+            image = self.link.read_words(space, 0, words, dtype=np.int32).astype(np.int64)
+        else:
+            # READ_HIGH holds bits 32.. of the last word read only: two requests a word
+            image = np.empty(words, dtype=np.int64)
+            for addr in range(words):
+                low = self.link.read_word(space, addr)
+                high = self.link.read_word(Space.REGS, Reg.READ_HIGH)
+                image[addr] = (high - ((high >> 31) << 32)) << 32 | low
         return [torch.from_numpy(w) for w in self.geo.from_image(image)]
 
     def _load_samples(self, x: torch.Tensor, labels: torch.Tensor | None) -> None:

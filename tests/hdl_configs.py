@@ -152,10 +152,12 @@ def _digits_config(name: str, hidden: int, rule: dict, *, lanes: int, numerics: 
 #: Small digits networks of the three rule families, for ``perturbo verify`` and the
 #: co-simulation waveform test (each is one Verilator build of a minute or two).
 VERIFY_CONFIGS: dict[str, Config] = {
+    # G and momentum wider than the bus word: the driver moves them through WRITE_HIGH and
+    # READ_HIGH (a 24-bit G that saturates is the cocotb "tiny" configuration's)
     "mgd-weight": _digits_config("verify-mgd-weight", 6, {"name": "mgd-weight", "delta": 2, "copies": 3,
                                                           "lr_shift": [7, 6], "optimizer": "momentum",
                                                           "momentum_shift": 2},
-                                 lanes=4, numerics={"grad_bits": 24}),
+                                 lanes=4, numerics={"grad_bits": 48}),
     # centred inputs (negative samples: the ALR sign unit's -1, negative products)
     "alr": _digits_config("verify-alr", 5, {"name": "alr", "sigma": 20, "copies": 2, "lr_shift": 8},
                           lanes=3, numerics={"rounding": "floor"}, inputs="centred"),

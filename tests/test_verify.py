@@ -32,6 +32,36 @@ def test_verify_passes(name: str, tmp_path: Path, capsys: pytest.CaptureFixture[
     assert out.strip().splitlines()[-1].startswith(f"PASS: verify-{name} on verilator"), out
 
 
+def test_momentum_wider_than_a_word_round_trips() -> None:
+    """With ``grad_bits: 48`` the momentum words need their bits 32..47: a state whose
+    momentum spans the whole width loads and reads back equal, and the device then trains
+    on as the golden model does (momentum and weights compared with ``==``)."""
+    from perturbo.golden.integer import IntegerModel
+    from perturbo.sim.backend import VerilatorBackend
+    from perturbo.verify import SideBySide, matrix_difference
+
+    torch.set_num_threads(1)
+    cfg = VERIFY_CONFIGS["mgd-weight"]
+    gen = torch.Generator().manual_seed(5)
+    limit = 1 << (cfg.numerics.grad_bits - 1)
+    state = IntegerModel(cfg).state_dict()
+    # every magnitude from 0 to the full width, both signs (the high half 0, -1 and others)
+    state["momentum"] = [(torch.randint(-limit, limit, m.shape, generator=gen)
+                          >> torch.randint(0, 48, m.shape, generator=gen)) for m in state["momentum"]]
+    assert max(int(m.abs().max()) for m in state["momentum"]) >= 1 << 40
+    hw = VerilatorBackend(cfg)
+    try:
+        hw.load_state_dict(state)
+        back = hw.state_dict()["momentum"]
+        assert matrix_difference("momentum", back, state["momentum"]) is None
+        run = SideBySide(cfg, hw)
+        run.gold.load_state_dict(state)
+        hw.load_state_dict(state)
+        assert run.advance(3) is None
+    finally:
+        hw.close()
+
+
 def test_corrupted_weight_is_found() -> None:
     """A weight written behind the trainer's back between steps 3 and 4 is the first
     difference, named in full (every shipped example does the same in
