@@ -350,7 +350,7 @@ class SampleMemory(wiring.Component):
 
 
 class LaneMemory(wiring.Component):
-    """``lanes`` memories of ``depth`` words of ``shape``, addressed together.
+    """``lanes`` words of ``shape`` side by side in each of ``depth`` rows, addressed together.
 
     Parameters
     ----------
@@ -384,26 +384,31 @@ class LaneMemory(wiring.Component):
 
     def elaborate(self, platform: object) -> Module:
         m = Module()
-        for k in range(self.lanes):
-            mem = m.submodules[f"lane{k}"] = Memory(shape=self.shape, depth=self.depth, init=[])
-            rd = mem.read_port()
-            wr = mem.write_port()
-            m.d.comb += [
-                rd.addr.eq(self.port.raddr),
-                rd.en.eq(self.port.ren),
-                self.port.rdata[k].eq(rd.data),
-                wr.addr.eq(self.port.waddr),
-                wr.data.eq(self.port.wdata[k]),
-                wr.en.eq(self.port.we[k]),
-            ]
-            reads = [rd]
-            if self.second_read:
-                rd2 = mem.read_port()
-                reads.append(rd2)
-                m.d.comb += [rd2.addr.eq(self.read.raddr), rd2.en.eq(self.read.ren),
-                             self.read.rdata[k].eq(rd2.data)]
-            if self.no_collision is not None:
-                no_read_collision(m, mem, f"{self.no_collision}_lane{k}", platform, wr, reads)
+        # One memory ``lanes`` words wide, with a write enable per lane: a block RAM then
+        # holds several lanes side by side (an ECP5 DP16KD four INT8 weights, written with
+        # its byte enables), where a memory per lane took a block RAM each, however few of
+        # its words the network used (64 lanes of the digits network: 128 block RAMs of
+        # weights against 30).
+        m.submodules.mem = mem = Memory(shape=data.ArrayLayout(self.shape, self.lanes),
+                                        depth=self.depth, init=[])
+        rd = mem.read_port()
+        wr = mem.write_port(granularity=1)
+        m.d.comb += [
+            rd.addr.eq(self.port.raddr),
+            rd.en.eq(self.port.ren),
+            self.port.rdata.eq(rd.data),
+            wr.addr.eq(self.port.waddr),
+            wr.data.eq(self.port.wdata),
+            wr.en.eq(self.port.we),
+        ]
+        reads = [rd]
+        if self.second_read:
+            rd2 = mem.read_port()
+            reads.append(rd2)
+            m.d.comb += [rd2.addr.eq(self.read.raddr), rd2.en.eq(self.read.ren),
+                         self.read.rdata.eq(rd2.data)]
+        if self.no_collision is not None:
+            no_read_collision(m, mem, self.no_collision, platform, wr, reads)
         return m
 
 

@@ -531,10 +531,10 @@ class MemoryUse:
     """One memory of the generated accelerator (hdl/accelerator.py ``_memories`` and the
     forward engine's own).
 
-    ``copies`` is the number of identical memories (one per lane for the lane memories)
-    times the read ports (a second read port is a second copy in block RAM); ``ebr``,
-    ``dp16kd`` and ``spram`` are the blocks of each kind that hold all copies if the
-    memory is mapped to them (yosys may build a small one from logic instead).
+    ``copies`` is the number of identical memories, one per read port (a second read port
+    is a second copy in block RAM); ``ebr``, ``dp16kd`` and ``spram`` are the blocks of
+    each kind that hold all copies if the memory is mapped to them (yosys may build a
+    small one from logic instead).
     """
 
     name: str
@@ -542,6 +542,10 @@ class MemoryUse:
     width: int  #: bits per word
     copies: int
     note: str = ""
+    #: Bits of one lane's element of a memory written a lane at a time (the lane memories;
+    #: 0: written whole): an ECP5 block RAM's write enables cover 9-bit bytes, so there
+    #: each element takes whole bytes (four INT8 weights, or one 32-bit G, a 36-bit word).
+    lane_width: int = 0
 
     @property
     def bits(self) -> int:
@@ -553,7 +557,10 @@ class MemoryUse:
 
     @property
     def dp16kd(self) -> int:
-        return self.copies * _blocks(self.words, self.width, DP16KD_SHAPES)
+        width = self.width
+        if self.lane_width:
+            width = self.width // self.lane_width * 9 * -(-self.lane_width // 9)
+        return self.copies * _blocks(self.words, width, DP16KD_SHAPES)
 
     @property
     def spram(self) -> int:
@@ -569,13 +576,15 @@ def memories(cfg: Config) -> list[MemoryUse]:
     lanes, depth = geo.lanes, geo.weight_depth
     act_depth = 1 << geo.act_addr_bits  # four banks of 2^act_bank_bits words
     out = [
-        MemoryUse("weights", depth, geo.weight_bits, 2 * lanes if geo.overlap_update else lanes,
-                  "one memory per lane" + ("; two read ports (forward engine, update)"
-                                           if geo.overlap_update else "")),
-        MemoryUse("G", depth, geo.grad_bits, lanes, "one memory per lane"),
+        MemoryUse("weights", depth, geo.weight_bits * lanes, 2 if geo.overlap_update else 1,
+                  "the lanes side by side" + ("; two read ports (forward engine, update)"
+                                              if geo.overlap_update else ""),
+                  lane_width=geo.weight_bits),
+        MemoryUse("G", depth, geo.grad_bits * lanes, 1, "the lanes side by side", lane_width=geo.grad_bits),
     ]
     if geo.momentum:
-        out.append(MemoryUse("momentum", depth, geo.grad_bits, lanes, "one memory per lane"))
+        out.append(MemoryUse("momentum", depth, geo.grad_bits * lanes, 1, "the lanes side by side",
+                             lane_width=geo.grad_bits))
     out += [
         # (with the walker's read port, 16-bit halfwords: hdl/memories.py SampleMemory)
         MemoryUse("samples", 2 * geo.sample_bus_words, 16, 2,
