@@ -144,6 +144,12 @@ class Accelerator(wiring.Component):
         which makes the design a function of the generation parameters alone (what
         :func:`~.geometry.config_hash` covers); the co-simulation's cached models use it,
         and the host writes every run register before it trains.
+    pipelined_read
+        Answer a memory read of the host bus a cycle later still: each memory's word, its
+        lane selected, is registered before the space is (the default, and the ECP5
+        boards'; :attr:`perturbo.boards.top.Board.bus_pipelined_read`).  A block RAM's
+        unregistered output through both selects was the ECP5 builds' slowest path; the
+        iCE40, whose Fmax the hash sets, keeps the logic cells.
 
     Members
     -------
@@ -159,12 +165,14 @@ class Accelerator(wiring.Component):
         check_supported(cfg)
         return super().__new__(cls, cfg, *args, src_loc_at=1, **kwargs)
 
-    def __init__(self, cfg: Config, *, overlap: bool = True, config_resets: bool = True) -> None:
+    def __init__(self, cfg: Config, *, overlap: bool = True, config_resets: bool = True,
+                 pipelined_read: bool = True) -> None:
         self.cfg = cfg
         self.geometry = Geometry(cfg)
         self.training = cfg.hardware.training
         self.overlap = overlap
         self.config_resets = config_resets
+        self.pipelined_read = pipelined_read
         super().__init__({"bus": In(BusSignature), "busy": Out(1)})
 
     def elaborate(self, platform: object) -> Module:
@@ -502,7 +510,9 @@ class Accelerator(wiring.Component):
         are answered the cycle after the request, memory reads a cycle later: the word,
         selected from its lane and space, is registered first, so that no path runs from
         a block RAM's output through the selects into the host link's frame buffer (the
-        ECP5 builds' slowest path before, at 8 lanes).
+        ECP5 builds' slowest path before, at 8 lanes); with ``pipelined_read`` a cycle
+        later still, each memory's word registered after its lane select and before the
+        space select.
         """
         geo, lanes = self.geometry, self.geometry.lanes
         running = seq.busy
@@ -527,6 +537,7 @@ class Accelerator(wiring.Component):
         read_lane = Signal(range(max(2, lanes)))  # at least one bit: no zero-width vector at one lane
         read_mem = Signal()
         reading = Signal()  # a memory read accepted: its word is registered this cycle
+        picking = Signal()  # (pipelined_read) the memories' words registered the cycle before
         m.d.sync += [ack.eq(0), reading.eq(0)]
         for port, laned in memories.values():
             # host ports follow the bus address combinationally; writes only when accepted,
@@ -538,7 +549,7 @@ class Accelerator(wiring.Component):
             else:
                 m.d.comb += port.wdata.eq(wdata)
 
-        request = bus.stb & ~ack & ~reading
+        request = bus.stb & ~ack & ~reading & ~picking
         m.d.comb += [regs.addr.eq(word), regs.we.eq(bus.we), regs.wdata.eq(wdata)]
         sizes = {Space.WEIGHTS: lane_words, Space.GRADS: lane_words, Space.MOMENTUM: lane_words,
                  Space.SAMPLES: geo.sample_bus_words, Space.LABELS: geo.sample_depth,
@@ -578,14 +589,23 @@ class Accelerator(wiring.Component):
                 with m.Default():
                     m.d.sync += err.eq(1)
 
-        # the answer: one cycle after the request, a memory's word one more
+        # the answer: one cycle after the request, a memory's word one more (two more with
+        # pipelined_read: its lane selected into a register of its own, then its space)
         mem_value = Signal(signed(64 if wide_words else 32))
-        with m.If(reading):
+        words = {sp: Value.cast(port.rdata[read_lane]).as_signed() if laned else Value.cast(port.rdata)
+                 for sp, (port, laned) in memories.items()}
+        answer = reading
+        if self.pipelined_read:
+            for sp, value in words.items():
+                words[sp] = Signal.like(value, name=f"picked_{sp.name.lower()}")
+                m.d.sync += words[sp].eq(value)  # (every cycle: no enable logic)
+            m.d.sync += picking.eq(reading)
+            answer = picking
+        with m.If(answer):
             m.d.sync += ack.eq(1)
             with m.Switch(read_space):
-                for sp, (port, laned) in memories.items():
+                for sp, value in words.items():
                     with m.Case(sp):
-                        value = Value.cast(port.rdata[read_lane]).as_signed() if laned else Value.cast(port.rdata)
                         m.d.sync += mem_value.eq(value)
         if wide_words:  # the registered word holds its high half until the next memory read
             m.d.comb += regs.read_high.eq(mem_value[32:])

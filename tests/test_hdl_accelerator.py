@@ -14,7 +14,8 @@ from perturbo.hdl.geometry import Geometry
 #: on the co-simulation of every shipped digits example: tests/test_verilator_backend.py).
 ACCEL_CONFIGS = {"tiny": CONFIGS["tiny"], **RULE_CONFIGS}
 #: tiny without the loss record and TRAIN_STREAM (``hardware.streaming: false``, what the
-#: iCEBreaker builds leave out): the bus refuses LOSSES and TRAIN_STREAM
+#: iCEBreaker builds leave out): the bus refuses LOSSES and TRAIN_STREAM; built as the
+#: iCEBreaker builds it, its host bus's memory reads not pipelined (``pipelined_read``)
 _data = CONFIGS["tiny"].model_dump(mode="json")
 ACCEL_CONFIGS["tiny-nostream"] = parse_config({**_data, "name": "tiny-nostream",
                                                "hardware": {**_data["hardware"], "streaming": False}})
@@ -39,4 +40,5 @@ def test_accelerator(name: str, simulator: str) -> None:
     env = config_env(cfg)
     if simulator == "verilator":
         env["PERTURBO_TB_STEPS"] = str(LONG_RUN_STEPS if Geometry(cfg).rows < 1000 else 10)
-    run_cocotb(Accelerator(cfg), "accel_top", "tb_accelerator", extra_env=env, big=True, simulator=simulator)
+    accelerator = Accelerator(cfg, pipelined_read=name != "tiny-nostream")
+    run_cocotb(accelerator, "accel_top", "tb_accelerator", extra_env=env, big=True, simulator=simulator)
