@@ -145,7 +145,7 @@ def build_plan(cfg: Config, board: str | Board, *, seed: int = 1,
     """Elaborate ``BoardTop(cfg)`` for ``board``; return Amaranth's build plan and the top.
 
     ``top_options`` go to :class:`BoardTop` (``rx_fifo_depth``, default the board's
-    :attr:`Board.rx_fifo_depth`; ``pipelined_read``, default :attr:`Board.bus_pipelined_read`;
+    :attr:`Board.rx_fifo_depth`; ``pipelined_reads``, default :attr:`Board.pipelined_reads`;
     host-link options, ``registered_read`` defaulting to :attr:`Board.link_registered_read`).
     """
     spec = get_board(board) if isinstance(board, str) else board
@@ -154,7 +154,7 @@ def build_plan(cfg: Config, board: str | Board, *, seed: int = 1,
     platform = make_platform(spec)
     top_options.setdefault("rx_fifo_depth", spec.rx_fifo_depth)
     top_options.setdefault("registered_read", spec.link_registered_read)
-    top_options.setdefault("pipelined_read", spec.bus_pipelined_read)
+    top_options.setdefault("pipelined_reads", spec.pipelined_reads)
     top = BoardTop(cfg, platform, **top_options)
     plan = platform.prepare(
         top, name=NAME,

@@ -67,9 +67,9 @@ class Board:
         (:class:`~perturbo.hdl.hostlink.HostLink` ``registered_read``): it lifted the ECP5's
         Fmax; on the iCE40 the hash sets the Fmax, and the register's logic cells are
         what the 1-lane DRTP example needs to fit the UP5K.
-    bus_pipelined_read : bool
+    pipelined_reads : bool
         Register each memory's word before the host bus's space select
-        (:class:`~perturbo.hdl.accelerator.Accelerator` ``pipelined_read``): it lifted
+        (:class:`~perturbo.hdl.accelerator.Accelerator` ``pipelined_reads``): it lifted
         the ECP5's Fmax; the iCE40 keeps the logic cells, as with ``link_registered_read``.
     undefined_read_collisions : bool
         Let the block RAMs of the memories declared free of read collisions
@@ -89,7 +89,7 @@ class Board:
     extra_resources: Callable[[], list[Any]] | None = None
     rx_fifo_depth: int = 16
     link_registered_read: bool = True
-    bus_pipelined_read: bool = True
+    pipelined_reads: bool = True
     undefined_read_collisions: bool = False
 
     def platform_class(self) -> type:
@@ -146,7 +146,7 @@ BOARDS: dict[str, Board] = {
             rx_fifo_depth=0,
             # the hash, not the link's buffer read, sets the iCE40's Fmax (docs/boards.md)
             link_registered_read=False,
-            bus_pipelined_read=False,
+            pipelined_reads=False,
             # the read-during-write bypasses of the block RAMs: about 470 logic cells of the
             # 2-lane DRTP build (docs/boards.md)
             undefined_read_collisions=True,
@@ -299,7 +299,7 @@ def _leds(platform: Any) -> list[Any]:
     return ports
 
 
-def board_link(cfg: Config, *, divisor: int, rx_fifo_depth: int = 16, pipelined_read: bool = True,
+def board_link(cfg: Config, *, divisor: int, rx_fifo_depth: int = 16, pipelined_reads: bool = True,
                **link_options: int) -> Any:
     """The accelerator for ``cfg`` behind its host link and a UART: what :class:`BoardTop` puts on
     the pins, and what the serial co-simulation (:func:`perturbo.sim.backend.serial_verilog`) runs.
@@ -312,8 +312,8 @@ def board_link(cfg: Config, *, divisor: int, rx_fifo_depth: int = 16, pipelined_
         UART clock cycles per bit.
     rx_fifo_depth : int
         Bytes the UART buffers while the host link answers a frame.
-    pipelined_read : bool
-        The accelerator's ``pipelined_read``.
+    pipelined_reads : bool
+        The accelerator's ``pipelined_reads``.
     **link_options
         Passed to :class:`~perturbo.hdl.hostlink.HostLink`; ``ident`` defaults to the
         configuration hash (the accelerator's ``CONFIG_HASH`` register).
@@ -330,7 +330,7 @@ def board_link(cfg: Config, *, divisor: int, rx_fifo_depth: int = 16, pipelined_
 
     link_options.setdefault("ident", config_hash(cfg))
     uart = UART(divisor=divisor, rx_fifo_depth=rx_fifo_depth)
-    return LinkedTarget(Accelerator(cfg, pipelined_read=pipelined_read), uart=uart, **link_options)
+    return LinkedTarget(Accelerator(cfg, pipelined_reads=pipelined_reads), uart=uart, **link_options)
 
 
 def _board_of(platform: Any) -> Board:
@@ -355,8 +355,8 @@ class BoardTop(Elaboratable):
         The board (see :func:`make_platform`).  Its ``uart`` resource carries the link.
     rx_fifo_depth : int
         Bytes the UART buffers while the host link answers a frame.
-    pipelined_read : bool
-        The accelerator's ``pipelined_read`` (:attr:`Board.bus_pipelined_read`).
+    pipelined_reads : bool
+        The accelerator's ``pipelined_reads`` (:attr:`Board.pipelined_reads`).
     **link_options
         Passed to :class:`~perturbo.hdl.hostlink.HostLink` (``max_words``, ...); ``ident``
         defaults to the configuration hash (the accelerator's ``CONFIG_HASH`` register).
@@ -394,7 +394,7 @@ class BoardTop(Elaboratable):
         return super().__new__(cls, cfg, platform, *args, src_loc_at=1, **kwargs)
 
     def __init__(self, cfg: Config, platform: Any, *, rx_fifo_depth: int = 16,
-                 pipelined_read: bool = True, **link_options: int) -> None:
+                 pipelined_reads: bool = True, **link_options: int) -> None:
         from perturbo.hdl.uart import uart_divisor
 
         self.cfg = cfg
@@ -403,7 +403,7 @@ class BoardTop(Elaboratable):
         self.clk_freq, self.pll = board_clock(cfg, self.board)
         self.divisor = uart_divisor(self.clk_freq, cfg.hardware.baud)
         self.linked = board_link(cfg, divisor=self.divisor, rx_fifo_depth=rx_fifo_depth,
-                                 pipelined_read=pipelined_read, **link_options)
+                                 pipelined_reads=pipelined_reads, **link_options)
         self.accelerator = self.linked.target
         self.uart = self.linked.uart
 

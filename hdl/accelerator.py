@@ -144,12 +144,15 @@ class Accelerator(wiring.Component):
         which makes the design a function of the generation parameters alone (what
         :func:`~.geometry.config_hash` covers); the co-simulation's cached models use it,
         and the host writes every run register before it trains.
-    pipelined_read
-        Answer a memory read of the host bus a cycle later still: each memory's word, its
-        lane selected, is registered before the space is (the default, and the ECP5
-        boards'; :attr:`perturbo.boards.top.Board.bus_pipelined_read`).  A block RAM's
-        unregistered output through both selects was the ECP5 builds' slowest path; the
-        iCE40, whose Fmax the hash sets, keeps the logic cells.
+    pipelined_reads
+        Register two block-RAM reads that the ECP5's Fmax needs registered (the default,
+        and the ECP5 boards'; :attr:`perturbo.boards.top.Board.pipelined_reads`): a memory
+        read of the host bus answers a cycle later still, each memory's word registered
+        after its lane select and before the space select; and the forward engine reads
+        the weights a cycle early into a register (its ``registered_weights``; no cycle
+        count changes).  A block RAM's unregistered output through those selects, then
+        through the weight perturbation, were the ECP5 builds' slowest paths; the iCE40,
+        whose Fmax the hash sets, keeps the logic cells.
 
     Members
     -------
@@ -166,13 +169,13 @@ class Accelerator(wiring.Component):
         return super().__new__(cls, cfg, *args, src_loc_at=1, **kwargs)
 
     def __init__(self, cfg: Config, *, overlap: bool = True, config_resets: bool = True,
-                 pipelined_read: bool = True) -> None:
+                 pipelined_reads: bool = True) -> None:
         self.cfg = cfg
         self.geometry = Geometry(cfg)
         self.training = cfg.hardware.training
         self.overlap = overlap
         self.config_resets = config_resets
-        self.pipelined_read = pipelined_read
+        self.pipelined_reads = pipelined_reads
         super().__init__({"bus": In(BusSignature), "busy": Out(1)})
 
     def elaborate(self, platform: object) -> Module:
@@ -206,7 +209,7 @@ class Accelerator(wiring.Component):
             # no correlation jobs: the pass tag carries only what the sequencer itself reads
             job_layout = data.StructLayout({"dc": signed(DC_BITS), "final": 1})
             tag_layout = Sequencer.tag_layout(geo, job_layout)
-            m.submodules.engine = eng = ForwardEngine(geo, tag_layout)
+            m.submodules.engine = eng = ForwardEngine(geo, tag_layout, registered_weights=self.pipelined_reads)
             m.submodules.writer = writer = OutputWriter(geo)
             # LossUnit.result_layout, for the sequencer's (here idle) loss input
             loss_layout = data.StructLayout({"loss": geo.loss_bits, "dc": signed(DC_BITS),
@@ -216,7 +219,7 @@ class Accelerator(wiring.Component):
             return _Units(fe=None, eng=eng, loss=None, corr=None, upd=None, writer=writer, seq=seq)
         m.submodules.frontend = fe = CorrelationWalker(geo)
         tag_layout = Sequencer.tag_layout(geo, fe.job_layout)
-        m.submodules.engine = eng = ForwardEngine(geo, tag_layout)
+        m.submodules.engine = eng = ForwardEngine(geo, tag_layout, registered_weights=self.pipelined_reads)
         m.submodules.loss = loss = LossUnit(geo, tag_layout)
         # the walker is the unit's only source: its spacing decides the forwarding
         m.submodules.corr = corr = CorrelationUnit(geo.lanes, geo.row_bits, geo.grad_bits,
@@ -510,7 +513,7 @@ class Accelerator(wiring.Component):
         are answered the cycle after the request, memory reads a cycle later: the word,
         selected from its lane and space, is registered first, so that no path runs from
         a block RAM's output through the selects into the host link's frame buffer (the
-        ECP5 builds' slowest path before, at 8 lanes); with ``pipelined_read`` a cycle
+        ECP5 builds' slowest path before, at 8 lanes); with ``pipelined_reads`` a cycle
         later still, each memory's word registered after its lane select and before the
         space select.
         """
@@ -537,7 +540,7 @@ class Accelerator(wiring.Component):
         read_lane = Signal(range(max(2, lanes)))  # at least one bit: no zero-width vector at one lane
         read_mem = Signal()
         reading = Signal()  # a memory read accepted: its word is registered this cycle
-        picking = Signal()  # (pipelined_read) the memories' words registered the cycle before
+        picking = Signal()  # (pipelined_reads) the memories' words registered the cycle before
         m.d.sync += [ack.eq(0), reading.eq(0)]
         for port, laned in memories.values():
             # host ports follow the bus address combinationally; writes only when accepted,
@@ -590,12 +593,12 @@ class Accelerator(wiring.Component):
                     m.d.sync += err.eq(1)
 
         # the answer: one cycle after the request, a memory's word one more (two more with
-        # pipelined_read: its lane selected into a register of its own, then its space)
+        # pipelined_reads: its lane selected into a register of its own, then its space)
         mem_value = Signal(signed(64 if wide_words else 32))
         words = {sp: Value.cast(port.rdata[read_lane]).as_signed() if laned else Value.cast(port.rdata)
                  for sp, (port, laned) in memories.items()}
         answer = reading
-        if self.pipelined_read:
+        if self.pipelined_reads:
             for sp, value in words.items():
                 words[sp] = Signal.like(value, name=f"picked_{sp.name.lower()}")
                 m.d.sync += words[sp].eq(value)  # (every cycle: no enable logic)

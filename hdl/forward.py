@@ -167,6 +167,12 @@ class ForwardEngine(wiring.Component):
     tag_shape
         Shape of the pass tag: whatever the command carries comes back with the results
         of that pass.
+    registered_weights
+        Read the weights a position earlier (H-2) and register them at H-1, so that no path
+        runs from a block RAM's output through the perturbation (an add and a saturation)
+        into ``w7`` (the ECP5 builds' slowest path once the host bus read was pipelined).
+        Only with a hash of at least three positions (H >= 3): the read then still comes a
+        cycle after the token's issue.  The pipe, and so every cycle count, is unchanged.
 
     Members
     -------
@@ -219,7 +225,7 @@ class ForwardEngine(wiring.Component):
         Work is held: back-pressure or the interlock.
     """
 
-    def __init__(self, geometry: Geometry, tag_shape: ShapeLike = 1) -> None:
+    def __init__(self, geometry: Geometry, tag_shape: ShapeLike = 1, *, registered_weights: bool = True) -> None:
         if not isinstance(geometry, Geometry):
             raise TypeError(f"geometry must be a Geometry, not {geometry!r}")
         geo = self.geometry = geometry
@@ -231,6 +237,7 @@ class ForwardEngine(wiring.Component):
         self.act_addr_bits = geo.act_addr_bits
         #: Position of the perturbation stage (the random words are ready there).
         self.draw_latency = draw_latency(geo.hash_stages_per_register)
+        self.registered_weights = registered_weights and self.draw_latency >= 3
         #: the bits of lane 0's position in its sign word that are always 0: ``gbase`` is a
         #: multiple of ``lanes``, so of its largest power-of-two factor
         self.sign_bit_lo = min(SIGN_BIT_BITS, (lanes & -lanes).bit_length() - 1)
@@ -315,8 +322,9 @@ class ForwardEngine(wiring.Component):
         self._control_pipe(m, pipe, en)
         draws = self._hash_pipes(m, tabs, regs, pipe[0], en)
         self._key_pipe(m, draws, pipe[0], en)
-        act_rd, act_wr = self._memory_reads(m, pipe[H - 1], en, platform)
-        w7, x7, drawn = self._select_and_perturb(m, tabs, pipe[H], en, draws, act_rd)
+        weights, act_rd, act_wr = self._memory_reads(m, pipe[H - 2] if self.registered_weights else None,
+                                                     pipe[H - 1], en, platform)
+        w7, x7, drawn = self._select_and_perturb(m, tabs, pipe[H], en, draws, weights, act_rd)
         acc = self._multiply_accumulate(m, pipe[H + 2], en, w7, x7)
         acc10 = self._inject(m, tabs, pipe[H + 2], en, acc, drawn)
         self._output(m, tabs, regs, pipe[H + 4], en, out_valid, acc10, act_wr, drawn, platform)
@@ -652,14 +660,22 @@ class ForwardEngine(wiring.Component):
 
     # -- positions H-1..H+4: the datapath --------------------------------------------------------
 
-    def _memory_reads(self, m: Module, t5: Value, en: Signal, platform: object) -> tuple[object, object]:
-        """Position H-1: the weight, sample and activation reads (data at H).
+    def _memory_reads(self, m: Module, t4: Value | None, t5: Value, en: Signal,
+                      platform: object) -> tuple[Value, object, object]:
+        """Position H-1: the weight, sample and activation reads (data at H); the weight read
+        at H-2 (``t4``) and registered at H-1 with :attr:`registered_weights`.
 
-        The activation memory (four banks of act words) lives here; returns its read port
-        for position H and its write port for the output register.
+        The activation memory (four banks of act words) lives here; returns the weights for
+        position H, the activation memory's read port for H and its write port for the
+        output register.
         """
+        weights = self.weights.rdata
+        if t4 is not None:
+            weights = Signal.like(self.weights.rdata, name="w5")
+            with m.If(en):  # (the read holds while en is low, and so does its register)
+                m.d.sync += weights.eq(self.weights.rdata)
         m.d.comb += [
-            self.weights.raddr.eq(t5.row),
+            self.weights.raddr.eq((t5 if t4 is None else t4).row),
             self.weights.ren.eq(en),
             self.samples.raddr.eq(t5.saddr),
             self.samples.ren.eq(en),
@@ -681,10 +697,10 @@ class ForwardEngine(wiring.Component):
         # a pass writes the bank of its own activations; the next layer's reads and the
         # walker's read the banks of finished layers and passes (Sequencer)
         no_read_collision(m, acts, "acts", platform, act_wr, [act_rd, act_rd2])
-        return act_rd, act_wr
+        return weights, act_rd, act_wr
 
     def _select_and_perturb(self, m: Module, tabs: _LayerTables, t6: Value, en: Signal,
-                            draws: list[Draw],
+                            draws: list[Draw], weights: Value,
                             act_rd: object) -> tuple[list[Signal], Signal, list[list[Signal]] | None]:
         """Position H: each lane's weight (perturbed in a perturbed ``mgd-weight`` layer, its
         signs written to ``signs``) and the shared input (sample, activation byte or the
@@ -711,7 +727,7 @@ class ForwardEngine(wiring.Component):
         with m.If(en):
             m.d.sync += x7.eq(x6)
             for k in range(lanes):
-                w8 = Value.cast(self.weights.rdata[k])[wb - 8:wb].as_signed()
+                w8 = Value.cast(weights[k])[wb - 8:wb].as_signed()
                 minus = sign_bits[k] ^ t6.negate  # a * s = -1
                 step = Mux(minus, -delta, delta)
                 perturbed = narrow(w8 + step, 8, ovf)

@@ -89,7 +89,7 @@ def test_board_top_elaborates(board: str) -> None:
     # the host link's buffer read is registered where it helps the Fmax (the ECP5s)
     assert top.linked.link.registered_read == (board != "icebreaker")
     # and so is each memory's word of a host bus read, before the space select
-    assert top.accelerator.pipelined_read == (board != "icebreaker")
+    assert top.accelerator.pipelined_reads == (board != "icebreaker")
     # the iCE40 build lets the memories declared free of read collisions return anything
     # on one (no bypass logic); the ECP5 builds keep Amaranth's old-word reads
     undefined = re.findall(r"COLLISION_X_MASK 1'1", plan.files["top.il"])

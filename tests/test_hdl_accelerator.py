@@ -15,7 +15,7 @@ from perturbo.hdl.geometry import Geometry
 ACCEL_CONFIGS = {"tiny": CONFIGS["tiny"], **RULE_CONFIGS}
 #: tiny without the loss record and TRAIN_STREAM (``hardware.streaming: false``, what the
 #: iCEBreaker builds leave out): the bus refuses LOSSES and TRAIN_STREAM; built as the
-#: iCEBreaker builds it, its host bus's memory reads not pipelined (``pipelined_read``)
+#: iCEBreaker builds it, its host bus's memory reads not pipelined (``pipelined_reads``)
 _data = CONFIGS["tiny"].model_dump(mode="json")
 ACCEL_CONFIGS["tiny-nostream"] = parse_config({**_data, "name": "tiny-nostream",
                                                "hardware": {**_data["hardware"], "streaming": False}})
@@ -40,5 +40,5 @@ def test_accelerator(name: str, simulator: str) -> None:
     env = config_env(cfg)
     if simulator == "verilator":
         env["PERTURBO_TB_STEPS"] = str(LONG_RUN_STEPS if Geometry(cfg).rows < 1000 else 10)
-    accelerator = Accelerator(cfg, pipelined_read=name != "tiny-nostream")
+    accelerator = Accelerator(cfg, pipelined_reads=name != "tiny-nostream")
     run_cocotb(accelerator, "accel_top", "tb_accelerator", extra_env=env, big=True, simulator=simulator)
