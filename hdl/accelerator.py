@@ -152,7 +152,8 @@ class Accelerator(wiring.Component):
         the weights a cycle early into a register (its ``registered_weights``; no cycle
         count changes).  A block RAM's unregistered output through those selects, then
         through the weight perturbation, were the ECP5 builds' slowest paths; the iCE40,
-        whose Fmax the hash sets, keeps the logic cells.
+        whose Fmax the hash sets, keeps the logic cells.  With them the bus also takes a
+        request a cycle after it appears, from the registered divisions of its address.
 
     Members
     -------
@@ -532,8 +533,20 @@ class Accelerator(wiring.Component):
                 return Const(1, 1)
             return fits_signed(wide if bits > 32 else wdata.as_signed(), bits)
 
+        def decoded(value: Value, name: str) -> Value:
+            """``value``, a function of the bus address, registered with ``pipelined_reads``
+            (a request then waits a cycle for it): the address's divisions and the sample
+            slot's ring test were the ECP5 builds' slowest paths once the reads were
+            registered."""
+            if not self.pipelined_reads:
+                return value
+            reg = Signal.like(value, name=name)
+            m.d.sync += reg.eq(value)
+            return reg
+
         lane_words = geo.weight_depth * lanes
         row, lane = divmod_const(word, lanes, lane_words - 1)
+        row, lane = decoded(row, "bus_row"), decoded(lane, "bus_lane")
         ack = Signal()
         err = Signal()
         read_space = Signal(range(8))
@@ -553,6 +566,10 @@ class Accelerator(wiring.Component):
                 m.d.comb += port.wdata.eq(wdata)
 
         request = bus.stb & ~ack & ~reading & ~picking
+        if self.pipelined_reads:  # taken once the address has stood a cycle: decoded() holds it
+            settled = Signal()
+            m.d.sync += settled.eq(request & ~settled)
+            request = request & settled
         m.d.comb += [regs.addr.eq(word), regs.we.eq(bus.we), regs.wdata.eq(wdata)]
         sizes = {Space.WEIGHTS: lane_words, Space.GRADS: lane_words, Space.MOMENTUM: lane_words,
                  Space.SAMPLES: geo.sample_bus_words, Space.LABELS: geo.sample_depth,
@@ -563,7 +580,7 @@ class Accelerator(wiring.Component):
         live: dict[Space, Value] = {}
         if geo.streaming:
             sample_slot, _ = divmod_const(word, geo.sample_stride // 4, geo.sample_bus_words - 1)
-            m.d.comb += seq.probe_slot.eq(Mux(space == Space.LABELS, word, sample_slot))
+            m.d.comb += seq.probe_slot.eq(decoded(Mux(space == Space.LABELS, word, sample_slot), "bus_slot"))
             live = {Space.SAMPLES: bus.we & seq.probe_free, Space.LABELS: bus.we & seq.probe_free,
                     Space.LOSSES: ~bus.we}
         with m.If(request):
