@@ -24,7 +24,7 @@ from amaranth.lib.wiring import In, Out
 __all__ = [
     "PortSignature", "ReadPortSignature", "LanePortSignature", "SignWriteSignature", "SignReadSignature",
     "MemoryBlock", "SampleMemory", "LaneMemory", "SignMemory", "mux_ports",
-    "NO_READ_COLLISION", "COLLISION_MESSAGE", "no_read_collision",
+    "NO_READ_COLLISION", "COLLISION_MESSAGE", "no_read_collision", "connect_ports",
 ]
 
 #: The attribute that marks a memory none of whose enabled synchronous reads ever meets a
@@ -57,6 +57,31 @@ def no_read_collision(m: Module, mem: Memory, name: str, platform: object, write
     for i, rd in enumerate(reads):
         with m.If(write.en.any() & rd.en & (rd.addr == write.addr) & ~seen):
             m.d.sync += [seen.eq(1), Print(f"{COLLISION_MESSAGE} in {name}, read port {i}, word", rd.addr)]
+
+
+def connect_ports(m: Module, mem: Memory, port: wiring.PureInterface, read: wiring.PureInterface | None, *,
+                  granularity: int | None = None, no_collision: str | None, platform: object) -> None:
+    """Give a client's ``port`` (:class:`PortSignature` or :class:`LanePortSignature`) a read
+    and a write port of ``mem`` (its writes enabled per ``granularity``), and ``read``, when
+    not None, a second read port; declare them free of read collisions under the name
+    ``no_collision`` (:func:`no_read_collision`) unless it is None."""
+    rd = mem.read_port()
+    wr = mem.write_port(granularity=granularity)
+    m.d.comb += [
+        rd.addr.eq(port.raddr),
+        rd.en.eq(port.ren),
+        port.rdata.eq(rd.data),
+        wr.addr.eq(port.waddr),
+        wr.data.eq(port.wdata),
+        wr.en.eq(port.we),
+    ]
+    reads = [rd]
+    if read is not None:
+        rd2 = mem.read_port()
+        reads.append(rd2)
+        m.d.comb += [rd2.addr.eq(read.raddr), rd2.en.eq(read.ren), read.rdata.eq(rd2.data)]
+    if no_collision is not None:
+        no_read_collision(m, mem, no_collision, platform, wr, reads)
 
 
 class PortSignature(wiring.Signature):
@@ -228,24 +253,8 @@ class MemoryBlock(wiring.Component):
         attrs = {"ram_style": "block"} if self.block_ram else None
         m.submodules.mem = mem = Memory(shape=self.shape, depth=self.depth, init=self.init,
                                         attrs=attrs)
-        rd = mem.read_port()
-        wr = mem.write_port()
-        m.d.comb += [
-            rd.addr.eq(self.port.raddr),
-            rd.en.eq(self.port.ren),
-            self.port.rdata.eq(rd.data),
-            wr.addr.eq(self.port.waddr),
-            wr.data.eq(self.port.wdata),
-            wr.en.eq(self.port.we),
-        ]
-        reads = [rd]
-        if self.second_read:
-            rd2 = mem.read_port()
-            reads.append(rd2)
-            m.d.comb += [rd2.addr.eq(self.read.raddr), rd2.en.eq(self.read.ren),
-                         self.read.rdata.eq(rd2.data)]
-        if self.no_collision is not None:
-            no_read_collision(m, mem, self.no_collision, platform, wr, reads)
+        connect_ports(m, mem, self.port, self.read if self.second_read else None,
+                      no_collision=self.no_collision, platform=platform)
         return m
 
 
@@ -387,28 +396,12 @@ class LaneMemory(wiring.Component):
         # One memory ``lanes`` words wide, with a write enable per lane: a block RAM then
         # holds several lanes side by side (an ECP5 DP16KD four INT8 weights, written with
         # its byte enables), where a memory per lane took a block RAM each, however few of
-        # its words the network used (64 lanes of the digits network: 128 block RAMs of
-        # weights against 30).
+        # its words the network used (the digits network's 16-bit weights at 64 lanes, two
+        # read ports: 64 block RAMs against 128).
         m.submodules.mem = mem = Memory(shape=data.ArrayLayout(self.shape, self.lanes),
                                         depth=self.depth, init=[])
-        rd = mem.read_port()
-        wr = mem.write_port(granularity=1)
-        m.d.comb += [
-            rd.addr.eq(self.port.raddr),
-            rd.en.eq(self.port.ren),
-            self.port.rdata.eq(rd.data),
-            wr.addr.eq(self.port.waddr),
-            wr.data.eq(self.port.wdata),
-            wr.en.eq(self.port.we),
-        ]
-        reads = [rd]
-        if self.second_read:
-            rd2 = mem.read_port()
-            reads.append(rd2)
-            m.d.comb += [rd2.addr.eq(self.read.raddr), rd2.en.eq(self.read.ren),
-                         self.read.rdata.eq(rd2.data)]
-        if self.no_collision is not None:
-            no_read_collision(m, mem, self.no_collision, platform, wr, reads)
+        connect_ports(m, mem, self.port, self.read if self.second_read else None, granularity=1,
+                      no_collision=self.no_collision, platform=platform)
         return m
 
 
