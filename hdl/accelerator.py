@@ -516,7 +516,7 @@ class Accelerator(wiring.Component):
         a block RAM's output through the selects into the host link's frame buffer (the
         ECP5 builds' slowest path before, at 8 lanes); with ``pipelined_reads`` a cycle
         later still, each memory's word registered after its lane select and before the
-        space select.
+        space select, and every request taken a cycle after it appears (``decoded``).
         """
         geo, lanes = self.geometry, self.geometry.lanes
         running = seq.busy

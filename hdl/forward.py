@@ -11,6 +11,7 @@ pos     what happens (``H`` = the :class:`Draw` latency: 6, or 2 with
 ======  ================================================================================
 0       issue: counters give the token; the index of the group's sign word enters a :class:`Draw`
 1..H-1  the hash pipes; at ``H-1`` the weight, sample and activation reads are issued
+        (with ``registered_weights`` the weight read at ``H-2``, into a register at ``H-1``)
 H       ``w8`` = top 8 bits of the master weight; ``narrow_8(w8 + delta * a * s)`` for a
         perturbed ``mgd-weight`` layer, lane ``k``'s ``s`` from bit ``k`` past lane 0's in the
         sign words, also written to ``signs``; ``x_j``
