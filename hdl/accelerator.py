@@ -553,7 +553,6 @@ class Accelerator(wiring.Component):
         read_lane = Signal(range(max(2, lanes)))  # at least one bit: no zero-width vector at one lane
         read_mem = Signal()
         reading = Signal()  # a memory read accepted: its word is registered this cycle
-        picking = Signal()  # (pipelined_reads) the memories' words registered the cycle before
         m.d.sync += [ack.eq(0), reading.eq(0)]
         for port, laned in memories.values():
             # host ports follow the bus address combinationally; writes only when accepted,
@@ -565,8 +564,10 @@ class Accelerator(wiring.Component):
             else:
                 m.d.comb += port.wdata.eq(wdata)
 
-        request = bus.stb & ~ack & ~reading & ~picking
+        request = bus.stb & ~ack & ~reading
         if self.pipelined_reads:  # taken once the address has stood a cycle: decoded() holds it
+            picking = Signal()  # the memories' words registered the cycle before (below)
+            request = request & ~picking
             settled = Signal()
             m.d.sync += settled.eq(request & ~settled)
             request = request & settled

@@ -24,7 +24,7 @@ from amaranth.lib.wiring import In, Out
 __all__ = [
     "PortSignature", "ReadPortSignature", "LanePortSignature", "SignWriteSignature", "SignReadSignature",
     "MemoryBlock", "SampleMemory", "LaneMemory", "SignMemory", "mux_ports",
-    "NO_READ_COLLISION", "COLLISION_MESSAGE", "no_read_collision", "connect_ports",
+    "NO_READ_COLLISION", "COLLISION_MESSAGE", "no_read_collision",
 ]
 
 #: The attribute that marks a memory none of whose enabled synchronous reads ever meets a
@@ -59,8 +59,8 @@ def no_read_collision(m: Module, mem: Memory, name: str, platform: object, write
             m.d.sync += [seen.eq(1), Print(f"{COLLISION_MESSAGE} in {name}, read port {i}, word", rd.addr)]
 
 
-def connect_ports(m: Module, mem: Memory, port: wiring.PureInterface, read: wiring.PureInterface | None, *,
-                  granularity: int | None = None, no_collision: str | None, platform: object) -> None:
+def _connect_ports(m: Module, mem: Memory, port: wiring.PureInterface, read: wiring.PureInterface | None, *,
+                   granularity: int | None = None, no_collision: str | None, platform: object) -> None:
     """Give a client's ``port`` (:class:`PortSignature` or :class:`LanePortSignature`) a read
     and a write port of ``mem`` (its writes enabled per ``granularity``), and ``read``, when
     not None, a second read port; declare them free of read collisions under the name
@@ -253,8 +253,8 @@ class MemoryBlock(wiring.Component):
         attrs = {"ram_style": "block"} if self.block_ram else None
         m.submodules.mem = mem = Memory(shape=self.shape, depth=self.depth, init=self.init,
                                         attrs=attrs)
-        connect_ports(m, mem, self.port, self.read if self.second_read else None,
-                      no_collision=self.no_collision, platform=platform)
+        _connect_ports(m, mem, self.port, self.read if self.second_read else None,
+                       no_collision=self.no_collision, platform=platform)
         return m
 
 
@@ -400,8 +400,8 @@ class LaneMemory(wiring.Component):
         # read ports: 64 block RAMs against 128).
         m.submodules.mem = mem = Memory(shape=data.ArrayLayout(self.shape, self.lanes),
                                         depth=self.depth, init=[])
-        connect_ports(m, mem, self.port, self.read if self.second_read else None, granularity=1,
-                      no_collision=self.no_collision, platform=platform)
+        _connect_ports(m, mem, self.port, self.read if self.second_read else None, granularity=1,
+                       no_collision=self.no_collision, platform=platform)
         return m
 
 

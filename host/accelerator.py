@@ -192,8 +192,8 @@ class AcceleratorBackend:
             image = np.empty(words, dtype=np.int64)
             for addr in range(words):
                 low = self.link.read_word(space, addr)
-                high = self.link.read_word(Space.REGS, Reg.READ_HIGH)
-                image[addr] = (high - ((high >> 31) << 32)) << 32 | low
+                high = int(self.link.read_words(Space.REGS, Reg.READ_HIGH, 1, dtype=np.int32)[0])
+                image[addr] = high << 32 | low
         return [torch.from_numpy(w) for w in self.geo.from_image(image)]
 
     def _load_samples(self, x: torch.Tensor, labels: torch.Tensor | None) -> None:

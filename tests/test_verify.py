@@ -43,11 +43,11 @@ def test_momentum_wider_than_a_word_round_trips() -> None:
     torch.set_num_threads(1)
     cfg = VERIFY_CONFIGS["mgd-weight"]
     gen = torch.Generator().manual_seed(5)
-    limit = 1 << (cfg.numerics.grad_bits - 1)
+    bits = cfg.numerics.grad_bits
     state = IntegerModel(cfg).state_dict()
     # every magnitude from 0 to the full width, both signs (the high half 0, -1 and others)
-    state["momentum"] = [(torch.randint(-limit, limit, m.shape, generator=gen)
-                          >> torch.randint(0, 48, m.shape, generator=gen)) for m in state["momentum"]]
+    state["momentum"] = [(torch.randint(-(1 << bits - 1), 1 << bits - 1, m.shape, generator=gen)
+                          >> torch.randint(0, bits, m.shape, generator=gen)) for m in state["momentum"]]
     assert max(int(m.abs().max()) for m in state["momentum"]) >= 1 << 40
     hw = VerilatorBackend(cfg)
     try:
