@@ -3,7 +3,8 @@
 docs/numerics.md §6, "Update".  ``U = G`` (sgd), or with ``optimizer: momentum``
 ``M = narrow_g(M - round_shift(M, momentum_shift) + G)`` and ``U = M``.  One row of
 ``lanes`` weights per cycle, pipelined: read ``W`` (and ``M``); update ``M``; multiply
-by ``lr_mult``; round, shift and subtract; write ``W``.  ``G`` comes from one of two places:
+by ``lr_mult`` (slices of ``U``, then their sum); round, shift and subtract; write ``W``.
+``G`` comes from one of two places:
 
 - a *sweep* (``start``) reads ``G`` over every row the network uses and clears it;
 - the *fused* path takes each row's final sums from the correlation unit
@@ -14,6 +15,7 @@ by ``lr_mult``; round, shift and subtract; write ``W``.  ``G`` comes from one of
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import pairwise
 
 from amaranth.hdl import Module, Mux, Signal, Value, signed
 from amaranth.lib import data, stream, wiring
@@ -24,19 +26,24 @@ from .correlation import sums_layout
 from .geometry import Geometry
 from .memories import LanePortSignature
 
-__all__ = ["UpdateUnit", "memory_ports"]
+__all__ = ["PRODUCT_SLICE", "UpdateUnit", "memory_ports"]
+
+#: Bits of ``U`` per multiplier in the product ``U * lr_mult`` (an 18 x 18 signed block
+#: multiplier takes 17 unsigned bits and the 8-bit ``lr_mult``).
+PRODUCT_SLICE = 17
 
 
 @dataclass(frozen=True)
 class _Stage:
     """The registers of one stage of :class:`UpdateUnit`'s pipe: ``valid``, the ``row``, its
-    ``layer``, the weights ``w`` and the lanes' ``value`` (``U``, then ``U * lr_mult``)."""
+    ``layer``, the weights ``w`` and the lanes' ``value`` (``U``, then ``U * lr_mult``; none in
+    stage P, whose product is in slices)."""
 
     valid: Signal
     row: Signal
     layer: Signal
     w: Signal
-    value: Signal
+    value: Signal | None
 
 
 def memory_ports(geo: Geometry) -> dict[str, LanePortSignature]:
@@ -97,15 +104,15 @@ class UpdateUnit(wiring.Component):
         super().__init__(members)
 
     def elaborate(self, platform: object) -> Module:
-        """Five stages: A the row and its reads, B momentum and the clearing of G, C the
+        """Six stages: A the row and its reads, B momentum and the clearing of G, C and P the
         product ``U * lr_mult``, D round, shift and subtract, E the write of the weights."""
         m = Module()
         active, fused, a_row = self._row_and_reads(m)
         b_valid, b_fused, c = self._momentum(m, active, fused, a_row)
-        d = self._multiply(m, c)
+        p_valid, d = self._multiply(m, c)
         e_valid = self._subtract_and_write(m, d)
         m.d.comb += [
-            self.busy.eq(active | fused | b_valid | c.valid | d.valid | e_valid),
+            self.busy.eq(active | fused | b_valid | c.valid | p_valid | d.valid | e_valid),
             self.owns_grads.eq(active | (b_valid & ~b_fused)),
             self.first_write.eq(e_valid & (self.weights.waddr == self.geometry.layers[0].row_base)),
         ]
@@ -186,21 +193,42 @@ class UpdateUnit(wiring.Component):
             ]
         return b_valid, b_fused, _Stage(valid=c_valid, row=c_row, layer=c_layer, w=c_w, value=c_u)
 
-    def _multiply(self, m: Module, c: _Stage) -> _Stage:
-        """Stage C: the product ``U * lr_mult`` (a register after the multiplier); returns
-        the registers of stage D (``value`` = the product)."""
+    def _multiply(self, m: Module, c: _Stage) -> tuple[Signal, _Stage]:
+        """Stages C and P: the product ``U * lr_mult`` in two registered halves.
+
+        C multiplies each :data:`PRODUCT_SLICE`-bit slice of ``U`` (the top one signed) by
+        ``lr_mult``, a multiplier a slice, into registers; P adds the shifted slices.  The
+        whole product in one cycle was the slowest path of the ECP5 builds (``LR_MULT``
+        through two multipliers and their 41-bit join).  Returns P's ``valid`` and the
+        registers of stage D (``value`` = the product)."""
         geo, lanes = self.geometry, self.geometry.lanes
-        gb, wb = geo.grad_bits, geo.weight_bits
-        lr = self.lr_mult
-        d_valid = Signal()
-        d_row = Signal(geo.row_bits)
-        d_layer = Signal(range(max(2, len(geo.layers))))
-        d_w = Signal(data.ArrayLayout(signed(wb), lanes))
-        d_p = Signal(data.ArrayLayout(signed(gb + 9), lanes))
-        m.d.sync += [d_valid.eq(c.valid), d_row.eq(c.row), d_layer.eq(c.layer), d_w.eq(c.w)]
+        gb = geo.grad_bits
+        p = self._stage_after(m, c, "p", value=None)
+        d = self._stage_after(m, p, "d", value=Signal(data.ArrayLayout(signed(gb + 9), lanes)))
+        bounds = [*range(0, gb, PRODUCT_SLICE), gb]
         for k in range(lanes):
-            m.d.sync += d_p[k].eq(c.value[k] * lr)
-        return _Stage(valid=d_valid, row=d_row, layer=d_layer, w=d_w, value=d_p)
+            u = c.value[k]
+            product = 0
+            for lo, hi in pairwise(bounds):
+                piece = u[lo:hi] if hi < gb else u[lo:hi].as_signed()
+                part = Signal.like(piece * self.lr_mult, name=f"part{lo}_{k}")
+                m.d.sync += part.eq(piece * self.lr_mult)
+                product = product + (part << lo)
+            m.d.sync += d.value[k].eq(product)
+        return p.valid, d
+
+    def _stage_after(self, m: Module, prev: _Stage, name: str, value: Signal | None) -> _Stage:
+        """The registers of the stage after ``prev``: its ``valid``, row, layer and weights
+        follow ``prev``'s; ``value`` is the caller's to drive."""
+        geo = self.geometry
+        stage = _Stage(valid=Signal(name=f"{name}_valid"),
+                       row=Signal(geo.row_bits, name=f"{name}_row"),
+                       layer=Signal(range(max(2, len(geo.layers))), name=f"{name}_layer"),
+                       w=Signal(data.ArrayLayout(signed(geo.weight_bits), geo.lanes), name=f"{name}_w"),
+                       value=value)
+        m.d.sync += [stage.valid.eq(prev.valid), stage.row.eq(prev.row),
+                     stage.layer.eq(prev.layer), stage.w.eq(prev.w)]
+        return stage
 
     def _subtract_and_write(self, m: Module, d: _Stage) -> Signal:
         """Stage D: round and shift the product by the layer's ``lr_shift`` and subtract it

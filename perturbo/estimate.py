@@ -148,9 +148,9 @@ class Schedule:
         correlation and the update idle (hdl/sequencer.py ``UPDATE``): the walk's ``R`` rows
         (hdl/correlation.py stage A), stages B and C and the walker's output register
         (``walker_gap``), the correlation unit's stages D, X and W, the last of which hands
-        the final sums on (``corr_latency``), the update unit's stages B to E (hdl/update.py,
-        + 4), and the first idle cycle (+ 1)."""
-        return self.R + self.walker_gap + self.corr_latency + 4 + 1
+        the final sums on (``corr_latency``), the update unit's stages B, C, P, D and E
+        (hdl/update.py, + 5), and the first idle cycle (+ 1)."""
+        return self.R + self.walker_gap + self.corr_latency + 5 + 1
 
     @property
     def first_write(self) -> int:
