@@ -57,7 +57,7 @@ from amaranth.lib.wiring import In, Out
 
 from perturbo.config import Activation, Rule
 
-from .arith import at_most, narrow, round_shift
+from .arith import at_most, logic_product, narrow, round_shift
 from .geometry import Geometry, ceil_log2
 from .memories import LanePortSignature, PortSignature, SignWriteSignature, next_column, no_read_collision
 from .projection import ErrorKind, Gate, activation_gate, projection_error
@@ -780,7 +780,8 @@ class ForwardEngine(wiring.Component):
         p8 = [Signal(signed(16), name=f"p8_{k}") for k in range(lanes)]
         with m.If(en):
             for k in range(lanes):
-                m.d.sync += p8[k].eq(w7[k] * x7)
+                product = logic_product(w7[k], x7) if self.geometry.lane_products == "logic" else w7[k] * x7
+                m.d.sync += p8[k].eq(product)
 
         acc_bits = self.geometry.acc_bits
         acc = [Signal(signed(acc_bits), name=f"acc{k}") for k in range(lanes)]

@@ -108,6 +108,7 @@ class Geometry:
         hw, num, net, rule = cfg.hardware, cfg.numerics, cfg.network, cfg.rule
         self.lanes = hw.lanes
         self.hash_stages_per_register = hw.hash_stages_per_register
+        self.lane_products = hw.lane_products
         self.weight_bits = num.weight_bits
         self.acc_bits = num.acc_bits
         self.grad_bits = num.grad_bits

@@ -328,6 +328,13 @@ class HardwareConfig(_Strict):
         "register per hash) saves an iCE40UP5K about 270 logic cells and suits its 12 MHz clock; "
         "2 keeps the hash off the critical path above 50 MHz on ECP5",
     )
+    lane_products: Literal["dsp", "logic"] = Field(
+        "dsp",
+        description="where each lane's INT8 x INT8 product is made: the FPGA's block multipliers "
+        "(dsp), or adders in logic (logic: about 80 LUT4 a lane on ECP5, the same values), for lane "
+        "counts whose products and the update's do not all fit the multipliers (the ULX3S-85F at "
+        "64 lanes: docs/boards.md)",
+    )
     counter_bits: Literal[32, 48, 64] = Field(
         48,
         description="width of the CYCLES and MAC_BUSY counters: 48 wraps after 65 days at 50 MHz; "

@@ -91,7 +91,7 @@ def _rule_config(name: str, layers: list[int], rule: dict, *, lanes: int, activa
 #: that are a power of two (the sequencer shifts the cursor) and that are not (hybrid-node,
 #: tpsgd-l2: 12 bytes, on the serial multiplier); 32-bit cycle counters (drtp); tpsgd-l1's
 #: dead zone (``rule.dead_zone``; the plain sign runs in ``VERIFY_CONFIGS`` and the digits
-#: co-simulation).
+#: co-simulation); lane products in logic (``hardware.lane_products``: alr, tpsgd-l2).
 RULE_CONFIGS: dict[str, Config] = {
     "node": _rule_config("node", [7, 6, 3], {"name": "mgd-node", "node_delta": 300, "copies": 2,
                                               "lr_shift": [7, 6], "optimizer": "momentum",
@@ -99,7 +99,7 @@ RULE_CONFIGS: dict[str, Config] = {
                          numerics={"grad_bits": 24}),
     "alr": _rule_config("alr", [8, 5, 3], {"name": "alr", "sigma": 20, "copies": 3, "lr_shift": 8},
                         lanes=3, activation="leaky-relu",
-                        numerics={"grad_bits": 18, "rounding": "floor"}),
+                        numerics={"grad_bits": 18, "rounding": "floor"}, hardware={"lane_products": "logic"}),
     "hybrid-alr": _rule_config("hybrid-alr", [6, 9, 5], {"name": "alr", "per_layer": ["alr", "mgd-weight"],
                                                          "sigma": 9, "delta": 2, "copies": 2,
                                                          "lr_shift": [9, 8]}, lanes=4),
@@ -115,7 +115,7 @@ RULE_CONFIGS: dict[str, Config] = {
                                                      "optimizer": "momentum", "dead_zone": 20}, lanes=2),
     "tpsgd-l2": _rule_config("tpsgd-l2", [10, 5, 4], {"name": "tpsgd-l2", "lr_shift": 3, "target_on": 127},
                              lanes=3, activation="leaky-relu",
-                             numerics={"grad_bits": 16, "rounding": "floor"}),
+                             numerics={"grad_bits": 16, "rounding": "floor"}, hardware={"lane_products": "logic"}),
 }
 
 FORWARD_CONFIGS["alr"] = RULE_CONFIGS["alr"]

@@ -1,5 +1,5 @@
-"""The arithmetic helpers of hdl/arith.py against golden.units, exhaustively, in
-Amaranth's simulator.  (The random source's pipes and drawn values are checked where the
+"""The arithmetic helpers of hdl/arith.py against golden.units (and logic_product against
+``*``), exhaustively, in Amaranth's simulator.  (The random source's pipes and drawn values are checked where the
 forward engine uses them: tests/tb_forward.py compares its signs, injections, factors
 and pass keys with golden.units.)"""
 
@@ -14,7 +14,7 @@ from amaranth.sim import Simulator
 
 from perturbo.config import Overflow, Rounding
 from perturbo.golden import units as u
-from perturbo.hdl.arith import narrow, round_shift, sign
+from perturbo.hdl.arith import logic_product, narrow, round_shift, sign
 
 
 @pytest.mark.parametrize("overflow", list(Overflow))
@@ -45,6 +45,33 @@ def test_arith(overflow: Overflow, rounding: Rounding) -> None:
                 assert ctx.get(r) == int(u.round_shift(t, shift, rounding)), (x, shift)
             assert ctx.get(un) == int(u.narrow(torch.tensor(x & 0xFF), 6, overflow)), x
             assert ctx.get(sg) == int(u.sign(t)), x
+
+    sim.add_testbench(bench)
+    sim.run()
+
+
+def test_logic_product_is_the_product() -> None:
+    """logic_product (``hardware.lane_products: logic``) of every pair of INT8 values, and
+    of an INT8 by a 5-bit and a 3-bit signed value (an odd count of terms in the tree)."""
+    m = Module()
+    a, b = Signal(signed(8)), Signal(signed(8))
+    p = Signal(signed(16))
+    narrow_b = {bits: Signal(signed(bits), name=f"b{bits}") for bits in (3, 5)}
+    narrow_p = {bits: Signal(signed(8 + bits), name=f"p{bits}") for bits in (3, 5)}
+    m.d.comb += p.eq(logic_product(a, b))
+    m.d.comb += [narrow_p[bits].eq(logic_product(a, narrow_b[bits])) for bits in narrow_b]
+    sim = Simulator(m)
+
+    async def bench(ctx) -> None:
+        for x in range(-128, 128):
+            ctx.set(a, x)
+            for y in range(-128, 128):
+                ctx.set(b, y)
+                for bits, nb in narrow_b.items():
+                    ctx.set(nb, y >> (8 - bits))
+                assert ctx.get(p) == x * y, (x, y)
+                for bits, np_ in narrow_p.items():
+                    assert ctx.get(np_) == x * (y >> (8 - bits)), (x, y, bits)
 
     sim.add_testbench(bench)
     sim.run()
