@@ -5,7 +5,8 @@ Builds (through :func:`perturbo.boards.build`, so every build is cached and a se
 only reads the reports) and prints one Markdown table:
 
 - the ULX3S-85F at each of ``--lanes`` (default 8, 16, 32, 64) MAC lanes, the digits MGD
-  weight-perturbation network (``examples/digits-mgd-weight.yaml``, its ``clock_mhz``);
+  weight-perturbation network (``examples/digits-mgd-weight.yaml``, its ``clock_mhz``), the
+  lanes' products in logic from ``--logic-products-from`` lanes (:data:`LOGIC_PRODUCTS_FROM`);
 - the iCEBreaker at ``--icebreaker-lanes`` (default: the lane count of
   ``examples/digits-mgd-weight-icebreaker.yaml``, 1, the largest that fits the UP5K,
   docs/boards.md);
@@ -69,10 +70,17 @@ class Row:
     report: SynthReport | None = None
 
 
-def rows(lanes: list[int], icebreaker_lanes: int | None) -> list[Row]:
+#: ULX3S-85F lane counts from which the lanes' products are made in logic
+#: (``hardware.lane_products: logic``): at 64 lanes the products (one multiplier a lane) and
+#: the update's (two a lane, 32-bit G) need 193 of the ECP5-85F's 156 multipliers.
+LOGIC_PRODUCTS_FROM = 64
+
+
+def rows(lanes: list[int], icebreaker_lanes: int | None, logic_from: int = LOGIC_PRODUCTS_FROM) -> list[Row]:
     """The builds of the table, in order."""
     digits = load_config(DIGITS)
-    out = [Row("ulx3s-85f", f"{n} lanes", variant(digits, lanes=n)) for n in lanes]
+    out = [Row("ulx3s-85f", f"{n} lanes, products in logic", variant(digits, lanes=n, lane_products="logic"))
+           if n >= logic_from else Row("ulx3s-85f", f"{n} lanes", variant(digits, lanes=n)) for n in lanes]
     ice = load_config(ICEBREAKER)
     out.append(Row("icebreaker", f"{icebreaker_lanes or ice.hardware.lanes} lane(s)",
                    ice if icebreaker_lanes is None else variant(ice, lanes=icebreaker_lanes)))
@@ -165,11 +173,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="ULX3S-85F lane counts (default 8 16 32 64)")
     parser.add_argument("--icebreaker-lanes", type=int, default=None,
                         help="iCEBreaker lanes (default: the example's)")
+    parser.add_argument("--logic-products-from", type=int, default=LOGIC_PRODUCTS_FROM, metavar="LANES",
+                        help="ULX3S-85F builds of this many lanes or more make the lanes' products in "
+                        f"logic (hardware.lane_products; default {LOGIC_PRODUCTS_FROM})")
     parser.add_argument("--cached-only", action="store_true",
                         help="build nothing: rows whose build is not cached say 'not run'")
     parser.add_argument("--out", type=Path, help="also write the table to this file")
     args = parser.parse_args(argv)
-    table = rows(args.lanes, args.icebreaker_lanes)
+    table = rows(args.lanes, args.icebreaker_lanes, args.logic_products_from)
     for row in table:
         if args.cached_only:
             row.report = find_cached(row.cfg, row.board)
