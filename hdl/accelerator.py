@@ -149,8 +149,8 @@ class Accelerator(wiring.Component):
         and the ECP5 boards'; :attr:`perturbo.boards.top.Board.pipelined_reads`): a memory
         read of the host bus answers a cycle later still, each memory's word registered
         after its lane select and before the space select; and the forward engine reads
-        the weights a cycle early into a register (its ``registered_weights``; no cycle
-        count changes).  A block RAM's unregistered output through those selects, then
+        the weights and the sample a cycle early into registers (its ``registered_reads``;
+        no cycle count changes).  A block RAM's unregistered output through those selects, then
         through the weight perturbation, were the ECP5 builds' slowest paths; the iCE40,
         whose Fmax the hash sets, keeps the logic cells.  With them the bus also takes a
         request a cycle after it appears, from the registered divisions of its address.
@@ -210,7 +210,7 @@ class Accelerator(wiring.Component):
             # no correlation jobs: the pass tag carries only what the sequencer itself reads
             job_layout = data.StructLayout({"dc": signed(DC_BITS), "final": 1})
             tag_layout = Sequencer.tag_layout(geo, job_layout)
-            m.submodules.engine = eng = ForwardEngine(geo, tag_layout, registered_weights=self.pipelined_reads)
+            m.submodules.engine = eng = ForwardEngine(geo, tag_layout, registered_reads=self.pipelined_reads)
             m.submodules.writer = writer = OutputWriter(geo)
             # LossUnit.result_layout, for the sequencer's (here idle) loss input
             loss_layout = data.StructLayout({"loss": geo.loss_bits, "dc": signed(DC_BITS),
@@ -220,7 +220,7 @@ class Accelerator(wiring.Component):
             return _Units(fe=None, eng=eng, loss=None, corr=None, upd=None, writer=writer, seq=seq)
         m.submodules.frontend = fe = CorrelationWalker(geo)
         tag_layout = Sequencer.tag_layout(geo, fe.job_layout)
-        m.submodules.engine = eng = ForwardEngine(geo, tag_layout, registered_weights=self.pipelined_reads)
+        m.submodules.engine = eng = ForwardEngine(geo, tag_layout, registered_reads=self.pipelined_reads)
         m.submodules.loss = loss = LossUnit(geo, tag_layout)
         # the walker is the unit's only source: its spacing decides the forwarding
         m.submodules.corr = corr = CorrelationUnit(geo.lanes, geo.row_bits, geo.grad_bits,
@@ -465,7 +465,12 @@ class Accelerator(wiring.Component):
                     m.d.comb += getattr(eng, name).eq(getattr(regs, name))
         if geo.projection and training:
             m.d.comb += eng.target_on.eq(regs.target_on)
-        with m.If(running & ~seq.waiting):  # (a TRAIN_STREAM run waiting for the host is not busy)
+        # A TRAIN_STREAM run waiting for the host is not busy.  The verdict is registered: the
+        # sequencer's wait (the ring's fill against the step) into the counter's 48-bit carry
+        # was the ECP5 builds' slowest path; the count is the same, a cycle later.
+        counting = Signal()
+        m.d.sync += counting.eq(running & ~seq.waiting)
+        with m.If(counting):
             m.d.sync += cycles.eq(cycles + 1)
         with m.If(eng.mac_active):
             m.d.sync += mac_busy.eq(mac_busy + 1)

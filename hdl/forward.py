@@ -11,7 +11,7 @@ pos     what happens (``H`` = the :class:`Draw` latency: 6, or 2 with
 ======  ================================================================================
 0       issue: counters give the token; the index of the group's sign word enters a :class:`Draw`
 1..H-1  the hash pipes; at ``H-1`` the weight, sample and activation reads are issued
-        (with ``registered_weights`` the weight read at ``H-2``, into a register at ``H-1``)
+        (with ``registered_reads`` the weight and sample reads at ``H-2``, into registers at ``H-1``)
 H       ``w8`` = top 8 bits of the master weight; ``narrow_8(w8 + delta * a * s)`` for a
         perturbed ``mgd-weight`` layer, lane ``k``'s ``s`` from bit ``k`` past lane 0's in the
         sign words, also written to ``signs``; ``x_j``
@@ -168,10 +168,11 @@ class ForwardEngine(wiring.Component):
     tag_shape
         Shape of the pass tag: whatever the command carries comes back with the results
         of that pass.
-    registered_weights
-        Read the weights a position earlier (H-2) and register them at H-1, so that no path
-        runs from a block RAM's output through the perturbation (an add and a saturation)
-        into ``w7`` (the ECP5 builds' slowest path once the host bus read was pipelined).
+    registered_reads
+        Read the weights and the sample a position earlier (H-2) and register them at H-1,
+        so that no path runs from a block RAM's output through the perturbation (an add and
+        a saturation) into ``w7`` (the ECP5 builds' slowest path once the host bus read was
+        pipelined), nor through the input select into ``x7`` (the next one).
         Only with a hash of at least three positions (H >= 3): the read then still comes a
         cycle after the token's issue.  The pipe, and so every cycle count, is unchanged.
 
@@ -226,7 +227,7 @@ class ForwardEngine(wiring.Component):
         Work is held: back-pressure or the interlock.
     """
 
-    def __init__(self, geometry: Geometry, tag_shape: ShapeLike = 1, *, registered_weights: bool = True) -> None:
+    def __init__(self, geometry: Geometry, tag_shape: ShapeLike = 1, *, registered_reads: bool = True) -> None:
         if not isinstance(geometry, Geometry):
             raise TypeError(f"geometry must be a Geometry, not {geometry!r}")
         geo = self.geometry = geometry
@@ -238,7 +239,7 @@ class ForwardEngine(wiring.Component):
         self.act_addr_bits = geo.act_addr_bits
         #: Position of the perturbation stage (the random words are ready there).
         self.draw_latency = draw_latency(geo.hash_stages_per_register)
-        self.registered_weights = registered_weights and self.draw_latency >= 3
+        self.registered_reads = registered_reads and self.draw_latency >= 3
         #: the bits of lane 0's position in its sign word that are always 0: ``gbase`` is a
         #: multiple of ``lanes``, so of its largest power-of-two factor
         self.sign_bit_lo = min(SIGN_BIT_BITS, (lanes & -lanes).bit_length() - 1)
@@ -323,9 +324,9 @@ class ForwardEngine(wiring.Component):
         self._control_pipe(m, pipe, en)
         draws = self._hash_pipes(m, tabs, regs, pipe[0], en)
         self._key_pipe(m, draws, pipe[0], en)
-        weights, act_rd, act_wr = self._memory_reads(m, pipe[H - 2] if self.registered_weights else None,
+        weights, sample, act_rd, act_wr = self._memory_reads(m, pipe[H - 2] if self.registered_reads else None,
                                                      pipe[H - 1], en, platform)
-        w7, x7, drawn = self._select_and_perturb(m, tabs, pipe[H], en, draws, weights, act_rd)
+        w7, x7, drawn = self._select_and_perturb(m, tabs, pipe[H], en, draws, weights, sample, act_rd)
         acc = self._multiply_accumulate(m, pipe[H + 2], en, w7, x7)
         acc10 = self._inject(m, tabs, pipe[H + 2], en, acc, drawn)
         self._output(m, tabs, regs, pipe[H + 4], en, out_valid, acc10, act_wr, drawn, platform)
@@ -662,23 +663,25 @@ class ForwardEngine(wiring.Component):
     # -- positions H-1..H+4: the datapath --------------------------------------------------------
 
     def _memory_reads(self, m: Module, t4: Value | None, t5: Value, en: Signal,
-                      platform: object) -> tuple[Value, object, object]:
-        """Position H-1: the weight, sample and activation reads (data at H); the weight read
-        at H-2 (``t4``) and registered at H-1 with :attr:`registered_weights`.
+                      platform: object) -> tuple[Value, Value, object, object]:
+        """Position H-1: the weight, sample and activation reads (data at H); the weight and
+        sample reads at H-2 (``t4``) and registered at H-1 with :attr:`registered_reads`.
 
-        The activation memory (four banks of act words) lives here; returns the weights for
-        position H, the activation memory's read port for H and its write port for the
-        output register.
+        The activation memory (four banks of act words) lives here; returns the weights and
+        the sample byte for position H, the activation memory's read port for H and its
+        write port for the output register.
         """
-        weights = self.weights.rdata
+        weights, sample = self.weights.rdata, self.samples.rdata
         if t4 is not None:
             weights = Signal.like(self.weights.rdata, name="w5")
-            with m.If(en):  # (the read holds while en is low, and so does its register)
-                m.d.sync += weights.eq(self.weights.rdata)
+            sample = Signal.like(self.samples.rdata, name="x5")
+            with m.If(en):  # (the reads hold while en is low, and so do their registers)
+                m.d.sync += [weights.eq(self.weights.rdata), sample.eq(self.samples.rdata)]
+        read = t5 if t4 is None else t4
         m.d.comb += [
-            self.weights.raddr.eq((t5 if t4 is None else t4).row),
+            self.weights.raddr.eq(read.row),
             self.weights.ren.eq(en),
-            self.samples.raddr.eq(t5.saddr),
+            self.samples.raddr.eq(read.saddr),
             self.samples.ren.eq(en),
         ]
         act_depth = 1 << self.act_addr_bits
@@ -698,10 +701,10 @@ class ForwardEngine(wiring.Component):
         # a pass writes the bank of its own activations; the next layer's reads and the
         # walker's read the banks of finished layers and passes (Sequencer)
         no_read_collision(m, acts, "acts", platform, act_wr, [act_rd, act_rd2])
-        return weights, act_rd, act_wr
+        return weights, sample, act_rd, act_wr
 
     def _select_and_perturb(self, m: Module, tabs: _LayerTables, t6: Value, en: Signal,
-                            draws: list[Draw], weights: Value,
+                            draws: list[Draw], weights: Value, sample: Value,
                             act_rd: object) -> tuple[list[Signal], Signal, list[list[Signal]] | None]:
         """Position H: each lane's weight (perturbed in a perturbed ``mgd-weight`` layer, its
         signs written to ``signs``) and the shared input (sample, activation byte or the
@@ -715,7 +718,7 @@ class ForwardEngine(wiring.Component):
         with m.If(t6.last):
             m.d.comb += x6.eq(BIAS_INPUT)
         with m.Elif(t6.layer == 0):
-            m.d.comb += x6.eq(self.samples.rdata)
+            m.d.comb += x6.eq(sample)
         with m.Else():
             m.d.comb += x6.eq(act_rd.data[t6.byte])
         m.d.comb += [
