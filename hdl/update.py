@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from itertools import pairwise
 
-from amaranth.hdl import Module, Mux, Signal, Value, signed
+from amaranth.hdl import Const, Module, Mux, Signal, Value, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -26,11 +26,16 @@ from .correlation import sums_layout
 from .geometry import Geometry
 from .memories import LanePortSignature
 
-__all__ = ["PRODUCT_SLICE", "UpdateUnit", "memory_ports"]
+__all__ = ["PRODUCT_SLICE", "UpdateUnit", "memory_ports", "product_slices"]
 
 #: Bits of ``U`` per multiplier in the product ``U * lr_mult`` (an 18 x 18 signed block
 #: multiplier takes 17 unsigned bits and the 8-bit ``lr_mult``).
 PRODUCT_SLICE = 17
+
+
+def product_slices(grad_bits: int) -> int:
+    """The slices of a ``grad_bits``-bit ``U`` the update multiplies (a multiplier each)."""
+    return -(-grad_bits // PRODUCT_SLICE)
 
 
 @dataclass(frozen=True)
@@ -103,9 +108,16 @@ class UpdateUnit(wiring.Component):
         }
         super().__init__(members)
 
+    @staticmethod
+    def latency(geometry: Geometry) -> int:
+        """Cycles from a row's stage A to the write of its weights (stages B to E): 4, and 5
+        where the product takes stage P (``U`` of more than one slice)."""
+        return 4 + (product_slices(geometry.grad_bits) > 1)
+
     def elaborate(self, platform: object) -> Module:
-        """Six stages: A the row and its reads, B momentum and the clearing of G, C and P the
-        product ``U * lr_mult``, D round, shift and subtract, E the write of the weights."""
+        """Six stages (five with a ``U`` of one slice, :meth:`latency`): A the row and its
+        reads, B momentum and the clearing of G, C and P the product ``U * lr_mult``, D
+        round, shift and subtract, E the write of the weights."""
         m = Module()
         active, fused, a_row = self._row_and_reads(m)
         b_valid, b_fused, c = self._momentum(m, active, fused, a_row)
@@ -193,18 +205,26 @@ class UpdateUnit(wiring.Component):
             ]
         return b_valid, b_fused, _Stage(valid=c_valid, row=c_row, layer=c_layer, w=c_w, value=c_u)
 
-    def _multiply(self, m: Module, c: _Stage) -> tuple[Signal, _Stage]:
-        """Stages C and P: the product ``U * lr_mult`` in two registered halves.
+    def _multiply(self, m: Module, c: _Stage) -> tuple[Value, _Stage]:
+        """Stage C, and P where ``U`` takes more than one multiplier: the product
+        ``U * lr_mult``.
 
         C multiplies each :data:`PRODUCT_SLICE`-bit slice of ``U`` (the top one signed) by
         ``lr_mult``, a multiplier a slice, into registers; P adds the shifted slices.  The
-        whole product in one cycle was the slowest path of the ECP5 builds (``LR_MULT``
-        through two multipliers and their 41-bit join).  Returns P's ``valid`` and the
-        registers of stage D (``value`` = the product)."""
+        whole product of a 32-bit ``G`` in one cycle was the slowest path of the ECP5
+        builds (``LR_MULT`` through two multipliers and their 41-bit join).  A ``U`` of one
+        slice is multiplied in C alone (the iCEBreaker's 16-bit ``G``: no logic cells for a
+        stage that joins nothing).  Returns P's ``valid`` (0 without it) and the registers
+        of stage D (``value`` = the product)."""
         geo, lanes = self.geometry, self.geometry.lanes
         gb = geo.grad_bits
+        product_shape = data.ArrayLayout(signed(gb + 9), lanes)
+        if product_slices(gb) == 1:
+            d = self._stage_after(m, c, "d", value=Signal(product_shape))
+            m.d.sync += [d.value[k].eq(c.value[k] * self.lr_mult) for k in range(lanes)]
+            return Const(0), d
         p = self._stage_after(m, c, "p", value=None)
-        d = self._stage_after(m, p, "d", value=Signal(data.ArrayLayout(signed(gb + 9), lanes)))
+        d = self._stage_after(m, p, "d", value=Signal(product_shape))
         bounds = [*range(0, gb, PRODUCT_SLICE), gb]
         for k in range(lanes):
             u = c.value[k]

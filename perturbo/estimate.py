@@ -98,6 +98,9 @@ class Schedule:
     #: hdl/correlation.py ``CorrelationUnit.LATENCY``: from taking a row to writing it
     #: (and handing on a final row's sums)
     corr_latency: int
+    #: hdl/update.py ``UpdateUnit.latency``: the update unit's stages B to E (one more where
+    #: its product ``U * lr_mult`` takes more than one multiplier)
+    update_latency: int
 
     @property
     def output_visible(self) -> int:
@@ -148,9 +151,9 @@ class Schedule:
         correlation and the update idle (hdl/sequencer.py ``UPDATE``): the walk's ``R`` rows
         (hdl/correlation.py stage A), stages B and C and the walker's output register
         (``walker_gap``), the correlation unit's stages D, X and W, the last of which hands
-        the final sums on (``corr_latency``), the update unit's stages B, C, P, D and E
-        (hdl/update.py, + 5), and the first idle cycle (+ 1)."""
-        return self.R + self.walker_gap + self.corr_latency + 5 + 1
+        the final sums on (``corr_latency``), the update unit's stages B to E
+        (``update_latency``), and the first idle cycle (+ 1)."""
+        return self.R + self.walker_gap + self.corr_latency + self.update_latency + 1
 
     @property
     def first_write(self) -> int:
@@ -248,10 +251,12 @@ def schedule(cfg: Config) -> Schedule:
     from .hdl.geometry import Geometry
     from .hdl.loss import LossUnit
     from .hdl.random import draw_latency
+    from .hdl.update import UpdateUnit
 
-    return Schedule(H=draw_latency(cfg.hardware.hash_stages_per_register), R=Geometry(cfg).rows,
+    geo = Geometry(cfg)
+    return Schedule(H=draw_latency(cfg.hardware.hash_stages_per_register), R=geo.rows,
                     loss_stages=LossUnit.STAGES, walker_gap=CorrelationWalker.JOB_GAP,
-                    corr_latency=CorrelationUnit.LATENCY)
+                    corr_latency=CorrelationUnit.LATENCY, update_latency=UpdateUnit.latency(geo))
 
 
 def _group_lanes_cycles(cfg: Config) -> int:

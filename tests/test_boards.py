@@ -8,7 +8,7 @@ constraint are in the elaborated top, a build whose Fmax is below its clock fail
 timing, and bench/board_table.py's overhead.  ``board``: the digits network on the
 iCEBreaker's budget (``examples/digits-mgd-weight-icebreaker.yaml``) built with the
 yowasp tools, fitting and meeting 12 MHz (about two minutes).  ``slow``: the 8-lane
-digits configuration on the ULX3S-85F (at its ``hardware.clock_mhz``, 50 MHz from the
+digits configuration on the ULX3S-85F (at its ``hardware.clock_mhz``, 75 MHz from the
 PLL) and DRTP on the iCEBreaker's budget at two lanes (``examples/digits-drtp-icebreaker.yaml``)
 (minutes; cached, so a second run is instant).
 """
@@ -407,10 +407,10 @@ def test_drtp_build_icebreaker() -> None:
 @pytest.mark.slow
 @pytest.mark.board
 def test_digits_build_ulx3s() -> None:
-    """The 8-lane digits example on the ULX3S-85F at its hardware.clock_mhz (50 MHz from the
+    """The 8-lane digits example on the ULX3S-85F at its hardware.clock_mhz (75 MHz from the
     PLL): it fits and meets that clock."""
     report = _digits_build("ulx3s-85f")
-    assert report.clk_mhz == load_config(DIGITS).hardware.clock_mhz == 50
+    assert report.clk_mhz == load_config(DIGITS).hardware.clock_mhz == 75
     assert report.fits, report.overflow
     assert report.status == "ok" and report.timing_met, (report.message, report.clocks)
 
@@ -444,11 +444,16 @@ def test_board_table_overhead_and_missing_rows() -> None:
     assert "| LUT4 | 4000 | 15000 | +275% |" in text and "| DSP | 8 | 25 | +212% |" in text
     assert "| Fmax (MHz) | 58.0 | 53.0 | -9% |" in text
     assert table.overhead(None, report(1, 1, 1, 1, 1.0)).endswith("not run.")
-    rows = table.rows([8], None)
-    assert [r.cfg.hardware.lanes for r in rows] == [8, 1, 8] and not rows[-1].cfg.hardware.training
+    rows = table.rows([8, 16, 64], None)
+    assert [r.cfg.hardware.lanes for r in rows] == [8, 16, 64, 1, 8] and not rows[-1].cfg.hardware.training
+    # the example as shipped; the other lane counts at the variants' clock, 64 lanes' products in logic
+    assert rows[0].cfg == load_config(DIGITS)
+    assert [r.cfg.hardware.clock_mhz for r in rows[1:3]] == [table.VARIANT_CLOCK_MHZ] * 2
+    assert [r.cfg.hardware.lane_products for r in rows[:3]] == ["dsp", "dsp", "logic"]
+    rows = [rows[0], *rows[3:]]
     rows[0].report = report(15_000, 7_000, 25, 56, 53.0)
     out = table.markdown(rows)
-    assert "| ulx3s-85f | 8 lanes | fits, meets clock | 15 000 (18%) | 7000 | 25/156 | 56/208 |" in out
+    assert "| ulx3s-85f | 8 lanes (the example) | fits, meets clock | 15 000 (18%) | 7000 | 25/156 | 56/208 |" in out
     est = estimate(rows[0].cfg, 53.0)
     samples = f"{est.samples_per_second:,.0f}".replace(",", " ")
     macs = f"{est.macs_per_second / 1e9:.2f} G ({est.macs_per_second / (156 * 110e6):.1%})"
