@@ -115,7 +115,7 @@ def sign(value: Value | ValueCastable) -> Value:
 def logic_product(a: Value, b: Value) -> Value:
     """``a * b`` of two signed values as adders (no ``*``, so no block multiplier): ``a``
     shifted by each bit of ``b``, gated by that bit (subtracted for the sign bit), summed in
-    a balanced tree.  A lane's INT8 product costs about 80 ECP5 LUT4 this way; the gates
+    a balanced tree.  A lane's INT8 product costs about 200 ECP5 LUT4 this way; the gates
     are ``b``'s bits, which the forward engine's lanes share."""
     a, b = Value.cast(a), Value.cast(b)
     top = len(b) - 1

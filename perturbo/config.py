@@ -331,7 +331,7 @@ class HardwareConfig(_Strict):
     lane_products: Literal["dsp", "logic"] = Field(
         "dsp",
         description="where each lane's INT8 x INT8 product is made: the FPGA's block multipliers "
-        "(dsp), or adders in logic (logic: about 80 LUT4 a lane on ECP5, the same values), for lane "
+        "(dsp), or adders in logic (logic: about 200 LUT4 a lane on ECP5, the same values), for lane "
         "counts whose products and the update's do not all fit the multipliers (the ULX3S-85F at "
         "64 lanes: docs/boards.md)",
     )
