@@ -86,11 +86,10 @@ def ulx3s_row(digits: Config, lanes: int, logic_from: int) -> Row:
     """The digits example on the ULX3S-85F at ``lanes`` lanes (as shipped at its own)."""
     if lanes == digits.hardware.lanes:
         return Row("ulx3s-85f", f"{lanes} lanes (the example)", digits)
-    options: dict[str, object] = {"lanes": lanes, "clock_mhz": VARIANT_CLOCK_MHZ}
     if lanes >= logic_from:
-        options["lane_products"] = "logic"
-    label = f"{lanes} lanes" + (", products in logic" if lanes >= logic_from else "")
-    return Row("ulx3s-85f", label, variant(digits, **options))
+        return Row("ulx3s-85f", f"{lanes} lanes, products in logic",
+                   variant(digits, lanes=lanes, clock_mhz=VARIANT_CLOCK_MHZ, lane_products="logic"))
+    return Row("ulx3s-85f", f"{lanes} lanes", variant(digits, lanes=lanes, clock_mhz=VARIANT_CLOCK_MHZ))
 
 
 def rows(lanes: list[int], icebreaker_lanes: int | None, logic_from: int = LOGIC_PRODUCTS_FROM) -> list[Row]:
