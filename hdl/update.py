@@ -14,7 +14,7 @@ by ``lr_mult`` (slices of ``U``, then their sum); round, shift and subtract; wri
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import pairwise
 
 from amaranth.hdl import Const, Module, Mux, Signal, Value, signed
@@ -164,7 +164,7 @@ class UpdateUnit(wiring.Component):
         Returns B's ``valid`` and ``fused`` and the registers of stage C (``value`` = U).
         """
         geo, lanes = self.geometry, self.geometry.lanes
-        gb, wb = geo.grad_bits, geo.weight_bits
+        gb = geo.grad_bits
         g_array = data.ArrayLayout(signed(gb), lanes)
         b_valid = Signal()
         b_fused = Signal()
@@ -176,13 +176,10 @@ class UpdateUnit(wiring.Component):
             b_row.eq(a_row),
             b_g.eq(self.sums.payload.g),
         ]
-        c_valid = Signal()
-        c_row = Signal(geo.row_bits)
-        c_layer = Signal(range(max(2, len(geo.layers))))
-        c_w = Signal(data.ArrayLayout(signed(wb), lanes))
+        c = self._stage_registers("c")
         c_u = Signal(g_array)
-        m.d.sync += [c_valid.eq(b_valid), c_row.eq(b_row), c_layer.eq(self._layer_of(b_row)),
-                     c_w.eq(self.weights.rdata)]
+        m.d.sync += [c.valid.eq(b_valid), c.row.eq(b_row), c.layer.eq(self._layer_of(b_row)),
+                     c.w.eq(self.weights.rdata)]
         m.d.comb += [
             self.grads.waddr.eq(b_row),
             self.grads.we.eq((b_valid & ~b_fused).replicate(lanes)),
@@ -203,7 +200,7 @@ class UpdateUnit(wiring.Component):
                 self.momentum.waddr.eq(b_row),
                 self.momentum.we.eq(b_valid.replicate(lanes)),
             ]
-        return b_valid, b_fused, _Stage(valid=c_valid, row=c_row, layer=c_layer, w=c_w, value=c_u)
+        return b_valid, b_fused, replace(c, value=c_u)
 
     def _multiply(self, m: Module, c: _Stage) -> tuple[Value, _Stage]:
         """Stage C, and P where ``U`` takes more than one multiplier: the product
@@ -237,15 +234,20 @@ class UpdateUnit(wiring.Component):
             m.d.sync += d.value[k].eq(product)
         return p.valid, d
 
+    def _stage_registers(self, name: str, value: Signal | None = None) -> _Stage:
+        """A stage's ``valid``, row, layer and weight registers, named ``name_*``, and
+        ``value``."""
+        geo = self.geometry
+        return _Stage(valid=Signal(name=f"{name}_valid"),
+                      row=Signal(geo.row_bits, name=f"{name}_row"),
+                      layer=Signal(range(max(2, len(geo.layers))), name=f"{name}_layer"),
+                      w=Signal(data.ArrayLayout(signed(geo.weight_bits), geo.lanes), name=f"{name}_w"),
+                      value=value)
+
     def _stage_after(self, m: Module, prev: _Stage, name: str, value: Signal | None) -> _Stage:
         """The registers of the stage after ``prev``: its ``valid``, row, layer and weights
         follow ``prev``'s; ``value`` is the caller's to drive."""
-        geo = self.geometry
-        stage = _Stage(valid=Signal(name=f"{name}_valid"),
-                       row=Signal(geo.row_bits, name=f"{name}_row"),
-                       layer=Signal(range(max(2, len(geo.layers))), name=f"{name}_layer"),
-                       w=Signal(data.ArrayLayout(signed(geo.weight_bits), geo.lanes), name=f"{name}_w"),
-                       value=value)
+        stage = self._stage_registers(name, value)
         m.d.sync += [stage.valid.eq(prev.valid), stage.row.eq(prev.row),
                      stage.layer.eq(prev.layer), stage.w.eq(prev.w)]
         return stage
