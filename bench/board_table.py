@@ -156,9 +156,9 @@ def markdown(table: list[Row]) -> str:
             f"| {_used(r, 'dsp')} | {_used(r, 'bram')} | {_used(r, 'spram')} | {clock} "
             f"| {r.critical_path or '–'} | {cycles if cycles else 'n/a'} | {samples} | {macs} |")
     lines.append("")
-    train = next((row.report for row in table if row.board == "ulx3s-85f" and row.label.startswith("8 lanes")
-                  and "inference" not in row.label), None)
-    infer = next((row.report for row in table if "inference" in row.label), None)
+    ulx3s_8 = [row for row in table if row.board == "ulx3s-85f" and row.cfg.hardware.lanes == 8]
+    train = next((row.report for row in ulx3s_8 if row.cfg.hardware.training), None)
+    infer = next((row.report for row in ulx3s_8 if not row.cfg.hardware.training), None)
     lines.append(overhead(train, infer))
     return "\n".join(lines) + "\n"
 
