@@ -116,8 +116,8 @@ class UpdateUnit(wiring.Component):
 
     def elaborate(self, platform: object) -> Module:
         """Six stages (five with a ``U`` of one slice, :meth:`latency`): A the row and its
-        reads, B momentum and the clearing of G, C and P the product ``U * lr_mult``, D
-        round, shift and subtract, E the write of the weights."""
+        reads, B momentum and the clearing of G, C and P the product ``U * lr_mult`` (P
+        also rounds and shifts it), D subtract, E the write of the weights."""
         m = Module()
         active, fused, a_row = self._row_and_reads(m)
         b_valid, b_fused, c = self._momentum(m, active, fused, a_row)
@@ -209,10 +209,13 @@ class UpdateUnit(wiring.Component):
         C multiplies each :data:`PRODUCT_SLICE`-bit slice of ``U`` (the top one signed) by
         ``lr_mult``, a multiplier a slice, into registers; P adds the shifted slices.  The
         whole product of a 32-bit ``G`` in one cycle was the slowest path of the ECP5
-        builds (``LR_MULT`` through two multipliers and their 41-bit join).  A ``U`` of one
-        slice is multiplied in C alone (the iCEBreaker's 16-bit ``G``: no logic cells for a
-        stage that joins nothing).  Returns P's ``valid`` (0 without it) and the registers
-        of stage D (``value`` = the product)."""
+        builds (``LR_MULT`` through two multipliers and their 41-bit join).  P also rounds
+        and shifts the product by its layer's ``lr_shift``, which leaves D only the
+        subtraction and the narrowing (D's whole work in one cycle was next, at 100 MHz).
+        A ``U`` of one slice is multiplied in C alone and shifted in D (the iCEBreaker's
+        16-bit ``G``: no logic cells for a stage that joins nothing).  Returns P's
+        ``valid`` (0 without it) and the registers of stage D (``value`` = the product,
+        shifted where P exists: :meth:`_shifted_product`)."""
         geo, lanes = self.geometry, self.geometry.lanes
         gb = geo.grad_bits
         product_shape = data.ArrayLayout(signed(gb + 9), lanes)
@@ -231,8 +234,19 @@ class UpdateUnit(wiring.Component):
                 part = Signal.like(piece * self.lr_mult, name=f"part{lo}_{k}")
                 m.d.sync += part.eq(piece * self.lr_mult)
                 product = product + (part << lo)
-            m.d.sync += d.value[k].eq(product)
+            self._round_by_layer(m, p.layer, d.value[k], product)
         return p.valid, d
+
+    def _shifted_product(self) -> bool:
+        """Whether stage D's ``value`` is already rounded and shifted (stage P did it)."""
+        return product_slices(self.geometry.grad_bits) > 1
+
+    def _round_by_layer(self, m: Module, layer: Value, target: Value, product: Value) -> None:
+        """``target`` (a register) takes ``round_shift(product, lr_shift)`` of ``layer``."""
+        with m.Switch(layer):
+            for lay in self.geometry.layers:
+                with m.Case(lay.index):
+                    m.d.sync += target.eq(round_shift(product, lay.lr_shift, self.geometry.rounding))
 
     def _stage_registers(self, name: str, value: Signal | None = None) -> _Stage:
         """A stage's ``valid``, row, layer and weight registers, named ``name_*``, and
@@ -253,19 +267,23 @@ class UpdateUnit(wiring.Component):
         return stage
 
     def _subtract_and_write(self, m: Module, d: _Stage) -> Signal:
-        """Stage D: round and shift the product by the layer's ``lr_shift`` and subtract it
-        from the weight; stage E writes the result.  Returns E's ``valid``."""
+        """Stage D: round and shift the product by the layer's ``lr_shift`` (unless stage P
+        did) and subtract it from the weight; stage E writes the result.  Returns E's
+        ``valid``."""
         geo, lanes, wb = self.geometry, self.geometry.lanes, self.geometry.weight_bits
         e_valid = Signal()
         e_row = Signal(geo.row_bits)
         e_w = Signal(data.ArrayLayout(signed(wb), lanes))
         m.d.sync += [e_valid.eq(d.valid), e_row.eq(d.row)]
-        with m.Switch(d.layer):
-            for lay in geo.layers:
-                with m.Case(lay.index):
-                    for k in range(lanes):
-                        step = round_shift(d.value[k], lay.lr_shift, geo.rounding)
-                        m.d.sync += e_w[k].eq(narrow(d.w[k] - step, wb, geo.overflow))
+        if self._shifted_product():
+            m.d.sync += [e_w[k].eq(narrow(d.w[k] - d.value[k], wb, geo.overflow)) for k in range(lanes)]
+        else:
+            with m.Switch(d.layer):
+                for lay in geo.layers:
+                    with m.Case(lay.index):
+                        for k in range(lanes):
+                            step = round_shift(d.value[k], lay.lr_shift, geo.rounding)
+                            m.d.sync += e_w[k].eq(narrow(d.w[k] - step, wb, geo.overflow))
         m.d.comb += [
             self.weights.waddr.eq(e_row),
             self.weights.wdata.eq(e_w),
