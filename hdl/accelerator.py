@@ -184,7 +184,7 @@ class Accelerator(wiring.Component):
         while running, host bus while idle), the registers and the bus target."""
         m = Module()
         units = self._units(m)
-        mems = self._memories(m, units.fe)
+        mems = self._memories(m, units.fe, units.eng)
         self._connect_datapath(m, units, mems)
         self._route_results(m, units)
         hosts = self._memory_ports(m, units, mems)
@@ -231,7 +231,7 @@ class Accelerator(wiring.Component):
                                            fe.job_layout, overlap=self.overlap)
         return _Units(fe=fe, eng=eng, loss=loss, corr=corr, upd=upd, writer=writer, seq=seq)
 
-    def _memories(self, m: Module, fe: CorrelationWalker | None) -> _Memories:
+    def _memories(self, m: Module, fe: CorrelationWalker | None, eng: ForwardEngine) -> _Memories:
         """The memories, as submodules: weights, G (training), momentum (training with
         momentum), samples, labels, outputs and the sign memory (when the correlation reads
         signs)."""
@@ -250,7 +250,8 @@ class Accelerator(wiring.Component):
         if self.training and geo.momentum:
             m.submodules.momentum = mmem = LaneMemory(lanes, geo.weight_depth, gshape)
         m.submodules.samples = smem = SampleMemory(geo.sample_bus_words,
-                                                   second_read=fe is not None and fe.uses_samples)
+                                                   second_read=fe is not None and fe.uses_samples,
+                                                   registered=eng.registered_sample)
         # While a streamed run trains, the host refills labels that the sequencer's label
         # port can read in the same cycle (the co-simulation's check found one at word 240
         # of the digits ring): only a buffer the host fills while idle is declared free of them.

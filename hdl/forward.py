@@ -240,6 +240,11 @@ class ForwardEngine(wiring.Component):
         #: Position of the perturbation stage (the random words are ready there).
         self.draw_latency = draw_latency(geo.hash_stages_per_register)
         self.registered_reads = registered_reads and self.draw_latency >= 3
+        #: With a hash of at least four positions, the sample's read two cycles before its
+        #: register: the sample memory registers the whole word as it leaves the block RAM
+        #: and selects the byte after (:class:`~.memories.SampleMemory`'s ``registered``),
+        #: which the accelerator builds so.
+        self.registered_sample = self.registered_reads and self.draw_latency >= 4
         #: the bits of lane 0's position in its sign word that are always 0: ``gbase`` is a
         #: multiple of ``lanes``, so of its largest power-of-two factor
         self.sign_bit_lo = min(SIGN_BIT_BITS, (lanes & -lanes).bit_length() - 1)
@@ -324,8 +329,7 @@ class ForwardEngine(wiring.Component):
         self._control_pipe(m, pipe, en)
         draws = self._hash_pipes(m, tabs, regs, pipe[0], en)
         self._key_pipe(m, draws, pipe[0], en)
-        weights, sample, act_rd, act_wr = self._memory_reads(m, pipe[H - 2] if self.registered_reads else None,
-                                                     pipe[H - 1], en, platform)
+        weights, sample, act_rd, act_wr = self._memory_reads(m, pipe, en, platform)
         w7, x7, drawn = self._select_and_perturb(m, tabs, pipe[H], en, draws, weights, sample, act_rd)
         acc = self._multiply_accumulate(m, pipe[H + 2], en, w7, x7)
         acc10 = self._inject(m, tabs, pipe[H + 2], en, acc, drawn)
@@ -662,26 +666,32 @@ class ForwardEngine(wiring.Component):
 
     # -- positions H-1..H+4: the datapath --------------------------------------------------------
 
-    def _memory_reads(self, m: Module, t4: Value | None, t5: Value, en: Signal,
+    def _memory_reads(self, m: Module, pipe: list[Value], en: Signal,
                       platform: object) -> tuple[Value, Value, object, object]:
         """Position H-1: the weight, sample and activation reads (data at H); the weight and
-        sample reads at H-2 (``t4``) and registered at H-1 with :attr:`registered_reads`.
+        sample reads at H-2 and registered at H-1 with :attr:`registered_reads`, the
+        sample's at H-3 with :attr:`registered_sample` (its memory's answer two reads later).
 
         The activation memory (four banks of act words) lives here; returns the weights and
         the sample byte for position H, the activation memory's read port for H and its
         write port for the output register.
         """
+        H = self.draw_latency
+        t5 = pipe[H - 1]
         weights, sample = self.weights.rdata, self.samples.rdata
-        if t4 is not None:
+        w_read = s_read = t5
+        if self.registered_reads:
             weights = Signal.like(self.weights.rdata, name="w5")
             sample = Signal.like(self.samples.rdata, name="x5")
             with m.If(en):  # (the reads hold while en is low, and so do their registers)
                 m.d.sync += [weights.eq(self.weights.rdata), sample.eq(self.samples.rdata)]
-        read = t5 if t4 is None else t4
+            w_read = s_read = pipe[H - 2]
+        if self.registered_sample:
+            s_read = pipe[H - 3]
         m.d.comb += [
-            self.weights.raddr.eq(read.row),
+            self.weights.raddr.eq(w_read.row),
             self.weights.ren.eq(en),
-            self.samples.raddr.eq(read.saddr),
+            self.samples.raddr.eq(s_read.saddr),
             self.samples.ren.eq(en),
         ]
         act_depth = 1 << self.act_addr_bits

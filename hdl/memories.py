@@ -279,6 +279,11 @@ class SampleMemory(wiring.Component):
     half on the first port and the high half on the second, which only the running
     correlation walker uses.
 
+    With ``registered`` the first read port's word is registered as it leaves the block
+    RAM, before the byte select (an ECP5 block RAM's output through the select was the
+    slowest path at 100 MHz): ``port.rdata`` is then the byte of the address presented two
+    ``port.ren`` cycles before, both stages advancing only with ``port.ren``.
+
     Members
     -------
     port : ``In(ReadPortSignature(byte_bits, signed(8)))``
@@ -291,8 +296,9 @@ class SampleMemory(wiring.Component):
         The first read port reads ``host.raddr`` instead of ``port.raddr``.
     """
 
-    def __init__(self, words: int, *, second_read: bool = False) -> None:
+    def __init__(self, words: int, *, second_read: bool = False, registered: bool = False) -> None:
         self.words = words
+        self.registered = registered
         self.addr_width = _check(words, 32)
         self.byte_bits = self.addr_width + 2
         self.second_read = second_read
@@ -328,11 +334,19 @@ class SampleMemory(wiring.Component):
         else:
             m.d.comb += [wr.addr.eq(host.waddr), wr.data.eq(host.wdata), wr.en.eq(host.we)]
 
-        def byte_reader(rd: object, client: wiring.PureInterface, host_addr: Value | None) -> None:
-            """``client``'s byte reads on ``rd``; the host's while idle if ``host_addr``."""
+        def byte_reader(rd: object, client: wiring.PureInterface, host_addr: Value | None,
+                        registered: bool = False) -> None:
+            """``client``'s byte reads on ``rd``; the host's while idle if ``host_addr``;
+            the word registered before the byte select if ``registered``."""
             select = Signal(sel_bits, name="select")
             with m.If(client.ren):
                 m.d.sync += select.eq(client.raddr[:sel_bits])
+            data = rd.data
+            if registered:  # a stage more, which advances with the client's reads
+                data, select_late = Signal.like(rd.data, name="word"), Signal(sel_bits, name="select_late")
+                with m.If(client.ren):
+                    m.d.sync += [data.eq(rd.data), select_late.eq(select)]
+                select = select_late
             word_addr = client.raddr[sel_bits:]
             ren = client.ren
             if host_addr is not None:
@@ -341,17 +355,17 @@ class SampleMemory(wiring.Component):
             m.d.comb += [
                 rd.addr.eq(word_addr),
                 rd.en.eq(ren),
-                client.rdata.eq(rd.data.word_select(select, 8)),
+                client.rdata.eq(data.word_select(select, 8)),
             ]
 
         rd = mem.read_port()
         if halves:
             rd2 = mem.read_port()
-            byte_reader(rd, self.port, Cat(0, host.raddr))
+            byte_reader(rd, self.port, Cat(0, host.raddr), self.registered)
             byte_reader(rd2, self.read, Cat(1, host.raddr))
             m.d.comb += host.rdata.eq(Cat(rd.data, rd2.data))
         else:
-            byte_reader(rd, self.port, host.raddr)
+            byte_reader(rd, self.port, host.raddr, self.registered)
             m.d.comb += host.rdata.eq(rd.data)
         # the host writes samples while idle, or (TRAIN_STREAM) ones no run reads yet
         no_read_collision(m, mem, "samples", platform, wr, [rd, rd2] if halves else [rd])

@@ -6,7 +6,7 @@ them back through ``*_r*`` ports where the unit does not own the read port.
 
 from __future__ import annotations
 
-from amaranth.hdl import Module, signed
+from amaranth.hdl import Module, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -77,6 +77,12 @@ class ForwardHarness(wiring.Component):
         m.submodules.weights = wmem = LaneMemory(geo.lanes, geo.weight_depth,
                                                  signed(geo.weight_bits))
         m.submodules.samples = smem = MemoryBlock(geo.sample_words, signed(8))
+        sample = smem.port.rdata
+        if eng.registered_sample:  # as the accelerator's SampleMemory(registered=True) answers
+            sample = Signal.like(smem.port.rdata, name="sample_late")
+            with m.If(eng.samples.ren):
+                m.d.sync += sample.eq(smem.port.rdata)
+        m.d.comb += eng.samples.rdata.eq(sample)
         wiring.connect(m, wiring.flipped(self.cmd), eng.cmd)
         wiring.connect(m, eng.result, wiring.flipped(self.result))
         wiring.connect(m, eng.signs, wiring.flipped(self.signs))
@@ -94,7 +100,6 @@ class ForwardHarness(wiring.Component):
             wmem.port.we.eq(self.wload.we),
             smem.port.raddr.eq(eng.samples.raddr),
             smem.port.ren.eq(eng.samples.ren),
-            eng.samples.rdata.eq(smem.port.rdata),
             smem.port.waddr.eq(self.sload.addr),
             smem.port.wdata.eq(self.sload.data),
             smem.port.we.eq(self.sload.we),
