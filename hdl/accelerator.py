@@ -527,9 +527,22 @@ class Accelerator(wiring.Component):
         geo, lanes = self.geometry, self.geometry.lanes
         running = seq.busy
         bus = self.bus
-        space = bus.addr[WORD_ADDR_BITS:]
-        word = bus.addr[:WORD_ADDR_BITS]
-        wdata = bus.wdata
+
+        def decoded(value: Value, name: str) -> Value:
+            """``value``, a function of the bus's request, registered with ``pipelined_reads``
+            (a request then waits a cycle for it): the address's divisions, the sample
+            slot's ring test and the decoding from the host link's address adder were the
+            ECP5 builds' slowest paths once the reads were registered."""
+            if not self.pipelined_reads:
+                return value
+            reg = Signal.like(value, name=name)
+            m.d.sync += reg.eq(value)
+            return reg
+
+        # the request as it stood a cycle ago: the same as now when a request is taken
+        addr, we, wdata = decoded(bus.addr, "bus_addr"), decoded(bus.we, "bus_we"), decoded(bus.wdata, "bus_wdata")
+        space = addr[WORD_ADDR_BITS:]
+        word = addr[:WORD_ADDR_BITS]
         wide_words = hasattr(regs, "write_high")
         wide = Cat(wdata, regs.write_high).as_signed() if wide_words else wdata.as_signed()
 
@@ -539,19 +552,8 @@ class Accelerator(wiring.Component):
                 return Const(1, 1)
             return fits_signed(wide if bits > 32 else wdata.as_signed(), bits)
 
-        def decoded(value: Value, name: str) -> Value:
-            """``value``, a function of the bus address, registered with ``pipelined_reads``
-            (a request then waits a cycle for it): the address's divisions and the sample
-            slot's ring test were the ECP5 builds' slowest paths once the reads were
-            registered."""
-            if not self.pipelined_reads:
-                return value
-            reg = Signal.like(value, name=name)
-            m.d.sync += reg.eq(value)
-            return reg
-
         lane_words = geo.weight_depth * lanes
-        row, lane = divmod_const(word, lanes, lane_words - 1)
+        row, lane = divmod_const(bus.addr[:WORD_ADDR_BITS], lanes, lane_words - 1)
         row, lane = decoded(row, "bus_row"), decoded(lane, "bus_lane")
         ack = Signal()
         err = Signal()
@@ -563,8 +565,8 @@ class Accelerator(wiring.Component):
         for port, laned in memories.values():
             # host ports follow the bus address combinationally; writes only when accepted,
             # reads only for reads (a memory declared free of read collisions is, then)
-            addr = row if laned else word
-            m.d.comb += [port.raddr.eq(addr), port.ren.eq(~bus.we), port.waddr.eq(addr)]
+            port_addr = row if laned else word
+            m.d.comb += [port.raddr.eq(port_addr), port.ren.eq(~we), port.waddr.eq(port_addr)]
             if laned:
                 m.d.comb += [port.wdata[k].eq(wide) for k in range(lanes)]
             else:
@@ -572,12 +574,13 @@ class Accelerator(wiring.Component):
 
         request = bus.stb & ~ack & ~reading
         if self.pipelined_reads:  # taken once the address has stood a cycle: decoded() holds it
-            picking = Signal()  # the memories' words registered the cycle before (below)
-            request = request & ~picking
+            held = Signal()  # the memories' words registered the cycle before (below)
+            picking = Signal()  # and their lanes selected
+            request = request & ~held & ~picking
             settled = Signal()
             m.d.sync += settled.eq(request & ~settled)
             request = request & settled
-        m.d.comb += [regs.addr.eq(word), regs.we.eq(bus.we), regs.wdata.eq(wdata)]
+        m.d.comb += [regs.addr.eq(word), regs.we.eq(we), regs.wdata.eq(wdata)]
         sizes = {Space.WEIGHTS: lane_words, Space.GRADS: lane_words, Space.MOMENTUM: lane_words,
                  Space.SAMPLES: geo.sample_bus_words, Space.LABELS: geo.sample_depth,
                  Space.OUTPUTS: geo.output_words, Space.LOSSES: geo.loss_depth}
@@ -586,10 +589,11 @@ class Accelerator(wiring.Component):
         # accesses accepted while a command runs
         live: dict[Space, Value] = {}
         if geo.streaming:
-            sample_slot, _ = divmod_const(word, geo.sample_stride // 4, geo.sample_bus_words - 1)
-            m.d.comb += seq.probe_slot.eq(decoded(Mux(space == Space.LABELS, word, sample_slot), "bus_slot"))
-            live = {Space.SAMPLES: bus.we & seq.probe_free, Space.LABELS: bus.we & seq.probe_free,
-                    Space.LOSSES: ~bus.we}
+            bus_word = bus.addr[:WORD_ADDR_BITS]
+            sample_slot, _ = divmod_const(bus_word, geo.sample_stride // 4, geo.sample_bus_words - 1)
+            m.d.comb += seq.probe_slot.eq(
+                decoded(Mux(bus.addr[WORD_ADDR_BITS:] == Space.LABELS, bus_word, sample_slot), "bus_slot"))
+            live = {Space.SAMPLES: we & seq.probe_free, Space.LABELS: we & seq.probe_free, Space.LOSSES: ~we}
         with m.If(request):
             m.d.sync += [ack.eq(1), err.eq(0), read_mem.eq(0), read_space.eq(space), read_lane.eq(lane)]
             with m.Switch(space):
@@ -607,27 +611,34 @@ class Accelerator(wiring.Component):
                         else:
                             value_ok = fits(widths[sp])
                         busy = running & ~live[sp] if sp in live else running
-                        with m.If(busy | at_least(word, sizes[sp]) | (bus.we & ~value_ok)):
+                        with m.If(busy | at_least(word, sizes[sp]) | (we & ~value_ok)):
                             m.d.sync += err.eq(1)
-                        with m.Elif(bus.we):
+                        with m.Elif(we):
                             m.d.comb += port.we.eq((1 << lane) if laned else 1)
                         with m.Else():
                             m.d.sync += [read_mem.eq(1), ack.eq(0), reading.eq(1)]
                 with m.Default():
                     m.d.sync += err.eq(1)
 
-        # the answer: one cycle after the request, a memory's word one more (two more with
-        # pipelined_reads: its lane selected into a register of its own, then its space)
+        # the answer: one cycle after the request, a memory's word one more (three more with
+        # pipelined_reads: the block RAM's whole word registered as it leaves the memory, then
+        # its lane selected into a register of its own, then its space)
         mem_value = Signal(signed(64 if wide_words else 32))
-        words = {sp: Value.cast(port.rdata[read_lane]).as_signed() if laned else Value.cast(port.rdata)
-                 for sp, (port, laned) in memories.items()}
         answer = reading
         if self.pipelined_reads:
-            for sp, value in words.items():
-                words[sp] = Signal.like(value, name=f"picked_{sp.name.lower()}")
-                m.d.sync += words[sp].eq(value)  # (every cycle: no enable logic)
-            m.d.sync += picking.eq(reading)
+            m.d.sync += [held.eq(reading), picking.eq(held)]
             answer = picking
+        words = {}
+        for sp, (port, laned) in memories.items():
+            rdata = port.rdata
+            if self.pipelined_reads:  # (every cycle: no enable logic)
+                rdata = Signal.like(port.rdata, name=f"held_{sp.name.lower()}")
+                m.d.sync += rdata.eq(port.rdata)
+            words[sp] = Value.cast(rdata[read_lane]).as_signed() if laned else Value.cast(rdata)
+            if self.pipelined_reads:
+                picked = Signal.like(words[sp], name=f"picked_{sp.name.lower()}")
+                m.d.sync += picked.eq(words[sp])
+                words[sp] = picked
         with m.If(answer):
             m.d.sync += ack.eq(1)
             with m.Switch(read_space):
