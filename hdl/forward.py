@@ -33,7 +33,8 @@ a block of 32; :attr:`~.geometry.Geometry.sign_pipes`).  The neuron draws (``nod
 ``lanes`` inputs, held until the bias token passes, else each lane's draw on the bias token
 (a pipe per lane): the same words.
 
-The whole pipe advances together: it stops only when ``result`` is not ready.  The next
+The whole pipe advances together: it stops only while a result that ``result`` was not
+ready for waits in the skid register (the pipe moves on once more after a refusal).  The next
 layer starts issuing at once; a token that reads an activation word waits (*interlock*)
 until the group that writes it has left position ``H+5``.  Passes run back to back: a
 command is taken as soon as the previous pass has issued its last token, so the MACs do
@@ -316,10 +317,15 @@ class ForwardEngine(wiring.Component):
         pipe = [Signal(tok_layout, name=f"t{pos}") for pos in range(PIPE_DEPTH)]
         # pipe[0] is combinational (the issue stage); pipe[1..H+4] are registers.
 
-        # -- the global enable -------------------------------------------------------------
+        # -- the global enable: the pipe waits only while a result is parked in the skid
+        # register (a register, so no path runs from the consumers' ready into the pipe;
+        # that path, through the issue and into the hash pipes, was the slowest at 100 MHz)
         en = Signal()
         out_valid = Signal()
-        m.d.comb += en.eq(~(out_valid & ~self.result.ready))
+        out = Signal.like(self.result.payload, name="out")  # the output register
+        skid_valid = Signal()
+        skid = Signal.like(self.result.payload, name="skid")  # the result the consumer refused
+        m.d.comb += en.eq(~skid_valid)
 
         # -- tag FIFO: one entry per pass in flight: the one issuing and the one draining
         # (a pass is far longer than the pipe, so a third waits only under back-pressure)
@@ -333,18 +339,23 @@ class ForwardEngine(wiring.Component):
         w7, x7, drawn = self._select_and_perturb(m, tabs, pipe[H], en, draws, weights, sample, act_rd)
         acc = self._multiply_accumulate(m, pipe[H + 2], en, w7, x7)
         acc10 = self._inject(m, tabs, pipe[H + 2], en, acc, drawn)
-        self._output(m, tabs, regs, pipe[H + 4], en, out_valid, acc10, act_wr, drawn, platform)
+        self._output(m, tabs, regs, pipe[H + 4], en, out_valid, out, acc10, act_wr, drawn, platform)
 
-        # -- result stream and tags ------------------------------------------------------------
-        out = self.result.payload
+        # -- result stream and tags: the skid register first, then the output register ---------
+        result = self.result
         m.d.comb += [
-            self.result.valid.eq(out_valid),
-            out.tag.eq(tags.r_data),
-            tags.r_en.eq(self.result.valid & self.result.ready & out.last),
+            out.tag.eq(tags.r_data),  # (the skid keeps the tag it was parked with)
+            result.valid.eq(skid_valid | out_valid),
+            result.payload.eq(Mux(skid_valid, skid.as_value(), out.as_value())),
+            tags.r_en.eq(result.valid & result.ready & result.payload.last),
         ]
+        with m.If(skid_valid):
+            m.d.sync += skid_valid.eq(~result.ready)
+        with m.Elif(out_valid & ~result.ready):  # the pipe moves on this cycle: park the result
+            m.d.sync += [skid_valid.eq(1), skid.eq(out)]
 
         # -- status ----------------------------------------------------------------------------
-        in_pipe = Cat(*(p.valid for p in pipe[1:]), out_valid).any()
+        in_pipe = Cat(*(p.valid for p in pipe[1:]), out_valid, skid_valid).any()
         m.d.comb += [
             self.busy.eq(regs.active | tags.r_rdy),
             self.stall.eq((~en & in_pipe) | (regs.active & ~ok)),
@@ -827,7 +838,7 @@ class ForwardEngine(wiring.Component):
         return acc10
 
     def _output(self, m: Module, tabs: _LayerTables, regs: _IssueRegs, t10: Value, en: Signal, out_valid: Signal,
-                acc10: list[Signal], act_wr: object, drawn: list[list[Signal]] | None,
+                out: Value, acc10: list[Signal], act_wr: object, drawn: list[list[Signal]] | None,
                 platform: object) -> None:
         """Position H+4: requantise and activate, into the output register and the
         activation (and factor) memory; record the group written for the interlock."""
@@ -845,7 +856,6 @@ class ForwardEngine(wiring.Component):
                         for g in range(lay.groups):
                             with m.Case(g):
                                 m.d.comb += mask10.eq((1 << lay.lane_count(g, lanes)) - 1)
-        out = self.result.payload
         with m.If(en):
             m.d.sync += [
                 out_valid.eq(t10.valid),
