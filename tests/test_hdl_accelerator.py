@@ -42,3 +42,35 @@ def test_accelerator(name: str, simulator: str) -> None:
         env["PERTURBO_TB_STEPS"] = str(LONG_RUN_STEPS if Geometry(cfg).rows < 1000 else 10)
     accelerator = Accelerator(cfg, pipelined_reads=name != "tiny-nostream")
     run_cocotb(accelerator, "accel_top", "tb_accelerator", extra_env=env, big=True, simulator=simulator)
+
+
+def test_on_arc_is_the_ring_distance_test() -> None:
+    """``Sequencer.on_arc`` (three comparisons) equals the ring-distance test it replaced,
+    ``ring_distance(a, slot) < ring_distance(a, b)``, for every ring of up to 9 slots."""
+    from amaranth.hdl import Module, Signal
+    from amaranth.sim import Simulator
+
+    from perturbo.hdl.sequencer import Sequencer
+
+    a, b, slot = Signal(4), Signal(4), Signal(4)
+    m = Module()
+    arc = Signal()
+    m.d.comb += arc.eq(Sequencer.on_arc(a, b, slot))
+    sim = Simulator(m)
+    wrong = []
+
+    async def check(ctx: object) -> None:
+        for count in range(1, 10):
+            for va in range(count):
+                for vb in range(count):
+                    for vs in range(count):
+                        ctx.set(a, va)
+                        ctx.set(b, vb)
+                        ctx.set(slot, vs)
+                        expected = (vs - va) % count < (vb - va) % count
+                        if ctx.get(arc) != expected:
+                            wrong.append((count, va, vb, vs))
+
+    sim.add_testbench(check)
+    sim.run()
+    assert wrong == [], f"on_arc differs from the ring distance at (count, a, b, slot) {wrong[:5]}"
