@@ -390,7 +390,11 @@ class Sequencer(wiring.Component):
         step_base = Signal.like(self.cursor)
         step_loaded = Const(1, 1)
         if geo.streaming:
-            step_loaded = self.ring_distance(self.cursor, self.fill) >= self.step_samples
+            # registered: STEP, which alone reads it, comes at least two cycles after the
+            # cursor moves (NEXT_SAMPLE, WAIT_UPDATE), and a grant is seen a cycle later
+            # (the distance through the issuer's state was the slowest path at 100 MHz)
+            step_loaded = Signal(name="step_loaded")
+            m.d.sync += step_loaded.eq(self.ring_distance(self.cursor, self.fill) >= self.step_samples)
         return _SequencerState(
             mul=mul, steps_left=steps_left, samples_left=samples_left, copy=copy, event=event,
             sbase=sbase, label=label, key=key, node_key=node_key, sign_bank=sign_bank,
