@@ -422,6 +422,8 @@ class Accelerator(wiring.Component):
         cfg, geo = self.cfg, self.geometry
         m.submodules.regs = regs = RegisterFile(cfg, config_resets=self.config_resets)
         running = seq.busy
+        strobes = {name: Signal(name=f"command_{name}") for name in ("train", "infer", "train_stream", "abort")}
+        starting = strobes["train"] | strobes["infer"] | strobes["train_stream"]  # (the sequencer's a cycle later)
         done = Signal()
         cycles = Signal(cfg.hardware.counter_bits)
         mac_busy = Signal(cfg.hardware.counter_bits)
@@ -441,8 +443,8 @@ class Accelerator(wiring.Component):
             *([eng.delta.eq(regs.delta),
                loss.target_on.eq(regs.target_on),
                upd.lr_mult.eq(regs.lr_mult)] if training else []),
-            self.busy.eq(running),
-            regs.status.eq(Cat(running, done, seq.inference)),
+            self.busy.eq(running | starting),
+            regs.status.eq(Cat(running | starting, done, seq.inference)),
             *([regs.step.eq(seq.step),
                regs.cursor.eq(seq.cursor),
                seq.step_set.eq(regs.step_set),
@@ -481,17 +483,24 @@ class Accelerator(wiring.Component):
             m.d.sync += steps_done.eq(steps_done + 1)
         with m.If(seq.finished):  # DONE rises in the cycle BUSY falls
             m.d.sync += done.eq(1)
-        # commands: only ABORT is accepted while one runs
-        idle = ~running
+        # commands: only ABORT is accepted while one runs.  The sequencer takes an accepted
+        # command a cycle later, from a register (the write's decoding through the
+        # sequencer's next state was a 10-step path at 100 MHz); the bus answers from
+        # ``command_ok`` as before, and BUSY is set from that cycle on (``starting``).
+        idle = ~(running | starting)
+        m.d.sync += [strobe.eq(0) for strobe in strobes.values()]
+        m.d.comb += [getattr(seq, name).eq(strobe) for name, strobe in strobes.items()]
         with m.If(regs.command), m.Switch(regs.wdata):
             with m.Case(Command.TRAIN):  # (refused by an inference-only build)
                 ok = (idle & (regs.sample_count != 0) & (seq.cursor < regs.sample_count)
                       if training else Const(0, 1))
-                m.d.comb += [regs.command_ok.eq(ok), seq.train.eq(ok)]
+                m.d.comb += regs.command_ok.eq(ok)
+                m.d.sync += strobes["train"].eq(ok)
                 with m.If(ok):
                     m.d.sync += done.eq(0)
             with m.Case(Command.INFER):
-                m.d.comb += [regs.command_ok.eq(idle), seq.infer.eq(idle)]
+                m.d.comb += regs.command_ok.eq(idle)
+                m.d.sync += strobes["infer"].eq(idle)
                 with m.If(idle):
                     m.d.sync += done.eq(0)
             with m.Case(Command.CLEAR_COUNTERS):
@@ -502,11 +511,13 @@ class Accelerator(wiring.Component):
                 with m.Case(Command.TRAIN_STREAM):  # a step must fit the ring beside a free slot
                     ok = (idle & (regs.sample_count != 0) & (seq.cursor < regs.sample_count)
                           & (seq.fill < regs.sample_count) & (regs.step_samples < regs.sample_count))
-                    m.d.comb += [regs.command_ok.eq(ok), seq.train_stream.eq(ok)]
+                    m.d.comb += regs.command_ok.eq(ok)
+                    m.d.sync += strobes["train_stream"].eq(ok)
                     with m.If(ok):
                         m.d.sync += done.eq(0)
             with m.Case(Command.ABORT):
-                m.d.comb += [regs.command_ok.eq(1), seq.abort.eq(1)]
+                m.d.comb += regs.command_ok.eq(1)
+                m.d.sync += strobes["abort"].eq(1)
         return regs
 
     def _bus_target(self, m: Module, regs: RegisterFile, seq: Sequencer,
