@@ -147,13 +147,14 @@ class Accelerator(wiring.Component):
     pipelined_reads
         Register two block-RAM reads that the ECP5's Fmax needs registered (the default,
         and the ECP5 boards'; :attr:`perturbo.boards.top.Board.pipelined_reads`): a memory
-        read of the host bus answers a cycle later still, each memory's word registered
-        after its lane select and before the space select; and the forward engine reads
-        the weights and the sample a cycle early into registers (its ``registered_reads``;
-        no cycle count changes).  A block RAM's unregistered output through those selects, then
-        through the weight perturbation, were the ECP5 builds' slowest paths; the iCE40,
-        whose Fmax the hash sets, keeps the logic cells.  With them the bus also takes a
-        request a cycle after it appears, from the registered divisions of its address.
+        read of the host bus answers two cycles later still, each memory's whole word
+        registered as it leaves the block RAM, then its lane selected into a register, before
+        the space select; and the forward engine reads the weights and the sample early
+        into registers (its ``registered_reads`` and ``registered_sample``; no cycle count
+        changes).  A block RAM's unregistered output through those selects, then through
+        the weight perturbation, were the ECP5 builds' slowest paths; the iCE40, whose Fmax
+        the hash sets, keeps the logic cells.  With them the bus also takes a request a
+        cycle after it appears, decoded from its registered address, write flag and data.
 
     Members
     -------
@@ -531,9 +532,10 @@ class Accelerator(wiring.Component):
         are answered the cycle after the request, memory reads a cycle later: the word,
         selected from its lane and space, is registered first, so that no path runs from
         a block RAM's output through the selects into the host link's frame buffer (the
-        ECP5 builds' slowest path before, at 8 lanes); with ``pipelined_reads`` a cycle
-        later still, each memory's word registered after its lane select and before the
-        space select, and every request taken a cycle after it appears (``decoded``).
+        ECP5 builds' slowest path before, at 8 lanes); with ``pipelined_reads`` two cycles
+        later still, each memory's whole word registered, then its lane selected into a
+        register, before the space select, and every request taken a cycle after it
+        appears, decoded from its registered copy (``decoded``).
         """
         geo, lanes = self.geometry, self.geometry.lanes
         running = seq.busy
