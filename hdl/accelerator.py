@@ -365,7 +365,12 @@ class Accelerator(wiring.Component):
         geo, lanes = self.geometry, self.geometry.lanes
         wshape, gshape = signed(geo.weight_bits), signed(geo.grad_bits)
         upd, eng = u.upd, u.eng
-        running = u.seq.busy
+        # the owner of the ports from a register: the sequencer's state through these
+        # multiplexers into the far block RAMs was a 100 MHz build's slowest path.  The
+        # datapath's first access comes cycles after a run starts, and the bus refuses
+        # the host's while either is high (_bus_target).
+        running = self.ports_owned = Signal(name="ports_owned")
+        m.d.sync += running.eq(u.seq.busy)
         host_w = LanePortSignature(lanes, geo.row_bits, wshape).create(path=("host_w",))
         host_g = LanePortSignature(lanes, geo.row_bits, gshape).create(path=("host_g",))
         host_s = PortSignature(mems.smem.addr_width, 32).create(path=("host_s",))
@@ -538,7 +543,7 @@ class Accelerator(wiring.Component):
         appears, decoded from its registered copy (``decoded``).
         """
         geo, lanes = self.geometry, self.geometry.lanes
-        running = seq.busy
+        running = seq.busy | self.ports_owned
         bus = self.bus
 
         def decoded(value: Value, name: str) -> Value:
