@@ -540,7 +540,8 @@ class Accelerator(wiring.Component):
         ECP5 builds' slowest path before, at 8 lanes); with ``pipelined_reads`` two cycles
         later still, each memory's whole word registered, then its lane selected into a
         register, before the space select, and every request taken a cycle after it
-        appears, decoded from its registered copy (``decoded``).
+        appears, decoded from its registered copy (``decoded``); a register's request then
+        reaches the register file a cycle after it is taken, and is answered a cycle later.
         """
         geo, lanes = self.geometry, self.geometry.lanes
         running = seq.busy | self.ports_owned
@@ -594,7 +595,15 @@ class Accelerator(wiring.Component):
         if self.pipelined_reads:  # taken once the address has stood a cycle: decoded() holds it
             held = Signal()  # the memories' words registered the cycle before (below)
             picking = Signal()  # and their lanes selected
-            request = request & ~held & ~picking
+            # a register request reaches the register file a cycle after it is taken, from a
+            # register (the host link's strobe through the request into the command's
+            # decoding was a 100 MHz build's slowest path); its answer a cycle later
+            regs_due = Signal()
+            m.d.sync += regs_due.eq(0)
+            m.d.comb += regs.req.eq(regs_due)
+            with m.If(regs_due):
+                m.d.sync += ack.eq(1)
+            request = request & ~held & ~picking & ~regs_due
             settled = Signal()
             m.d.sync += settled.eq(request & ~settled)
             request = request & settled
@@ -617,7 +626,10 @@ class Accelerator(wiring.Component):
             with m.Switch(space):
                 with m.Case(Space.REGS):
                     with m.If(word[8:] == 0):
-                        m.d.comb += regs.req.eq(1)
+                        if self.pipelined_reads:
+                            m.d.sync += [regs_due.eq(1), ack.eq(0)]
+                        else:
+                            m.d.comb += regs.req.eq(1)
                     with m.Else():
                         m.d.sync += err.eq(1)
                 for sp, (port, laned) in memories.items():
