@@ -65,6 +65,9 @@ from .update import UpdateUnit
 
 __all__ = ["Accelerator", "SUPPORTED_RULES", "check_supported"]
 
+#: Bytes of the inference outputs per bank with ``pipelined_reads``: an ECP5 DP16KD's
+#: 2048 x 9 (:class:`~.memories.MemoryBlock`'s ``bank_words``).
+OUTPUT_BANK_WORDS = 2048
 #: Rules this datapath trains with: every integer rule (hybrids of the perturbative ones).
 SUPPORTED_RULES = (Rule.MGD_WEIGHT, Rule.MGD_NODE, Rule.ALR, Rule.DRTP, Rule.TPSGD_L1, Rule.TPSGD_L2)
 def divmod_const(value: Value, divisor: int, max_value: int) -> tuple[Value, Value]:
@@ -200,7 +203,7 @@ class Accelerator(wiring.Component):
             Space.OUTPUTS: (hosts["o"], False),
             **({Space.MOMENTUM: (hosts["m"], True)} if "m" in hosts else {}),
             **({Space.LOSSES: (hosts["r"], False)} if "r" in hosts else {}),
-        })
+        }, registered=frozenset({Space.OUTPUTS} if mems.omem.read_latency > 1 else ()))
         return m
 
     def _units(self, m: Module) -> _Units:
@@ -258,7 +261,9 @@ class Accelerator(wiring.Component):
         # of the digits ring): only a buffer the host fills while idle is declared free of them.
         m.submodules.labels = lmem = MemoryBlock(geo.sample_depth, geo.label_bits, block_ram=True,
                                                  no_collision=None if geo.streaming else "labels")
-        m.submodules.outputs = omem = MemoryBlock(geo.output_words, signed(8), no_collision="outputs")
+        # with pipelined_reads in banks of a DP16KD's 2048 bytes (the bus reads it a cycle later)
+        m.submodules.outputs = omem = MemoryBlock(geo.output_words, signed(8), no_collision="outputs",
+                                                  bank_words=OUTPUT_BANK_WORDS if self.pipelined_reads else None)
         if fe is not None and fe.uses_signs:
             m.submodules.signs = signs = SignMemory(lanes, geo.rows, geo.row_bits)
         record = None
@@ -527,11 +532,14 @@ class Accelerator(wiring.Component):
         return regs
 
     def _bus_target(self, m: Module, regs: RegisterFile, seq: Sequencer,
-                    memories: dict[Space, tuple[wiring.PureInterface, bool]]) -> None:
+                    memories: dict[Space, tuple[wiring.PureInterface, bool]],
+                    registered: frozenset[Space]) -> None:
         """The host bus: registers through ``regs``, memories through their host ports.
 
         ``memories`` maps each space to its host port and whether it is laned (one word per
-        lane of a row).  Memory accesses are refused while a command runs, but reads of the
+        lane of a row); the memories of the spaces in ``registered`` answer a cycle later,
+        from a register of their own (with ``pipelined_reads``: ``MemoryBlock.bank_words``).
+        Memory accesses are refused while a command runs, but reads of the
         loss record and the sample and label writes a ``TRAIN_STREAM`` run leaves alone
         (the sequencer's :meth:`~.sequencer.Sequencer.slot_free`).  Registers and writes
         are answered the cycle after the request, memory reads a cycle later: the word,
@@ -661,7 +669,7 @@ class Accelerator(wiring.Component):
         words = {}
         for sp, (port, laned) in memories.items():
             rdata = port.rdata
-            if self.pipelined_reads:  # (every cycle: no enable logic)
+            if self.pipelined_reads and sp not in registered:  # (every cycle: no enable logic)
                 rdata = Signal.like(port.rdata, name=f"held_{sp.name.lower()}")
                 m.d.sync += rdata.eq(port.rdata)
             words[sp] = Value.cast(rdata[read_lane]).as_signed() if laned else Value.cast(rdata)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from amaranth.hdl import Cat, Module, Mux, Print, Shape, ShapeLike, Signal, Value, signed
+from amaranth.hdl import Array, Cat, Module, Mux, Print, Shape, ShapeLike, Signal, Value, signed
 from amaranth.lib import data, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -225,6 +225,13 @@ class MemoryBlock(wiring.Component):
     no_collision
         The memory's name: its clients never read a word in the cycle it is written
         (:func:`no_read_collision`).  None: they may, and read the old word.
+    bank_words
+        A power of two: build a deeper memory as banks of that many words, each bank's
+        word registered as it leaves its block RAM before the bank select (synthesis
+        stacks block RAMs for depth behind a multiplexer: a 10 240-word memory's was an
+        ECP5 100 MHz build's slowest path).  A read then answers a cycle later: ``rdata``
+        is the word at the ``raddr`` presented two cycles before, in the last cycle in
+        which ``ren`` was high (:attr:`read_latency`); not with ``second_read`` or ``init``.
 
     Members
     -------
@@ -235,7 +242,7 @@ class MemoryBlock(wiring.Component):
 
     def __init__(self, depth: int, shape: ShapeLike, init: Sequence[int] = (), *,
                  block_ram: bool = False, second_read: bool = False,
-                 no_collision: str | None = None) -> None:
+                 no_collision: str | None = None, bank_words: int | None = None) -> None:
         self.depth = depth
         self.no_collision = no_collision
         self.shape = shape
@@ -243,6 +250,12 @@ class MemoryBlock(wiring.Component):
         self.init = list(init)
         self.block_ram = block_ram
         self.second_read = second_read
+        self.banks = 1 if bank_words is None else -(-depth // bank_words)
+        if self.banks > 1 and (second_read or self.init or bank_words & (bank_words - 1)):
+            raise ValueError("banks need a power-of-two bank_words, one read port and no init")
+        self.bank_words = bank_words
+        #: Cycles from a read's ``raddr`` (with ``ren``) to its ``rdata``.
+        self.read_latency = 2 if self.banks > 1 else 1
         members = {"port": In(PortSignature(self.addr_width, shape))}
         if second_read:
             members["read"] = In(ReadPortSignature(self.addr_width, shape))
@@ -250,12 +263,44 @@ class MemoryBlock(wiring.Component):
 
     def elaborate(self, platform: object) -> Module:
         m = Module()
+        if self.banks > 1:
+            self._banks(m, platform)
+            return m
         attrs = {"ram_style": "block"} if self.block_ram else None
         m.submodules.mem = mem = Memory(shape=self.shape, depth=self.depth, init=self.init,
                                         attrs=attrs)
         _connect_ports(m, mem, self.port, self.read if self.second_read else None,
                        no_collision=self.no_collision, platform=platform)
         return m
+
+    def _banks(self, m: Module, platform: object) -> None:
+        """The banks: the address's high bits choose one; each read stage advances with
+        ``ren`` (the data hold while it is low)."""
+        port, low = self.port, self.bank_words.bit_length() - 1
+        ren1 = Signal()  # the banks' outputs are a read newer than their registers
+        bank1, bank2 = Signal(range(self.banks)), Signal(range(self.banks))
+        m.d.sync += ren1.eq(port.ren)
+        with m.If(port.ren):
+            m.d.sync += bank1.eq(port.raddr[low:])
+        with m.If(ren1):
+            m.d.sync += bank2.eq(bank1)
+        words = []
+        for b in range(self.banks):
+            depth = min(self.bank_words, self.depth - b * self.bank_words)
+            mem = m.submodules[f"bank{b}"] = Memory(shape=self.shape, depth=depth, init=[])
+            rd, wr = mem.read_port(), mem.write_port()
+            word = Signal.like(rd.data, name=f"bank{b}_word")
+            with m.If(ren1):
+                m.d.sync += word.eq(rd.data)
+            words.append(word)
+            m.d.comb += [
+                rd.addr.eq(port.raddr[:low]), rd.en.eq(port.ren & (port.raddr[low:] == b)),
+                wr.addr.eq(port.waddr[:low]), wr.data.eq(port.wdata),
+                wr.en.eq(port.we & (port.waddr[low:] == b)),
+            ]
+            if self.no_collision is not None:
+                no_read_collision(m, mem, f"{self.no_collision}.bank{b}", platform, wr, [rd])
+        m.d.comb += port.rdata.eq(Array(words)[bank2])
 
 
 class SampleMemory(wiring.Component):
