@@ -191,7 +191,7 @@ class Accelerator(wiring.Component):
         mems = self._memories(m, units.fe, units.eng)
         self._connect_datapath(m, units, mems)
         self._route_results(m, units)
-        hosts = self._memory_ports(m, units, mems)
+        hosts, ports_owned = self._memory_ports(m, units, mems)
 
         # -- registers (hdl/registers.py) and the bus target -------------------------------------
         seq, eng, loss, upd = units.seq, units.eng, units.loss, units.upd
@@ -203,7 +203,7 @@ class Accelerator(wiring.Component):
             Space.OUTPUTS: (hosts["o"], False),
             **({Space.MOMENTUM: (hosts["m"], True)} if "m" in hosts else {}),
             **({Space.LOSSES: (hosts["r"], False)} if "r" in hosts else {}),
-        }, registered=frozenset({Space.OUTPUTS} if mems.omem.read_latency > 1 else ()))
+        }, registered=frozenset({Space.OUTPUTS} if mems.omem.read_latency > 1 else ()), ports_owned=ports_owned)
         return m
 
     def _units(self, m: Module) -> _Units:
@@ -358,11 +358,12 @@ class Accelerator(wiring.Component):
             res.ready.eq(~is_out | (to_loss & loss.i.ready) | (to_writer & writer.i.ready)),
         ]
 
-    def _memory_ports(self, m: Module, u: _Units, mems: _Memories) -> dict[str, object]:
+    def _memory_ports(self, m: Module, u: _Units, mems: _Memories) -> tuple[dict[str, object], Signal]:
         """Each memory's port: the datapath while running, the host bus while idle.
 
         Returns the host-side ports by memory (``w``, ``g``, ``s``, ``l``, ``o``, ``m``
-        with momentum, ``r`` the loss record) for the bus target.  The sample and label
+        with momentum, ``r`` the loss record) for the bus target, and the register that
+        gives the ports to the datapath (a cycle after the sequencer's BUSY).  The sample and label
         memories and the loss record are written by one client only (the host; the
         sequencer), so their write ports stay with it while a run reads them: the bus
         decides which host writes a running ``TRAIN_STREAM`` leaves alone.
@@ -374,7 +375,7 @@ class Accelerator(wiring.Component):
         # multiplexers into the far block RAMs was a 100 MHz build's slowest path.  The
         # datapath's first access comes cycles after a run starts, and the bus refuses
         # the host's while either is high (_bus_target).
-        running = self.ports_owned = Signal(name="ports_owned")
+        running = Signal(name="ports_owned")
         m.d.sync += running.eq(u.seq.busy)
         host_w = LanePortSignature(lanes, geo.row_bits, wshape).create(path=("host_w",))
         host_g = LanePortSignature(lanes, geo.row_bits, gshape).create(path=("host_g",))
@@ -425,7 +426,7 @@ class Accelerator(wiring.Component):
                 rec.waddr.eq(seq.record_addr), rec.wdata.eq(seq.record_data), rec.we.eq(seq.record_we),
             ]
         mux_ports(m, mems.omem.port, [(running, u.writer.mem), (None, host_o)])
-        return hosts
+        return hosts, running
 
     def _registers(self, m: Module, seq: Sequencer, eng: ForwardEngine, loss: LossUnit | None,
                    upd: UpdateUnit | None) -> RegisterFile:
@@ -533,7 +534,7 @@ class Accelerator(wiring.Component):
 
     def _bus_target(self, m: Module, regs: RegisterFile, seq: Sequencer,
                     memories: dict[Space, tuple[wiring.PureInterface, bool]],
-                    registered: frozenset[Space]) -> None:
+                    registered: frozenset[Space], ports_owned: Value) -> None:
         """The host bus: registers through ``regs``, memories through their host ports.
 
         ``memories`` maps each space to its host port and whether it is laned (one word per
@@ -552,7 +553,7 @@ class Accelerator(wiring.Component):
         reaches the register file a cycle after it is taken, and is answered a cycle later.
         """
         geo, lanes = self.geometry, self.geometry.lanes
-        running = seq.busy | self.ports_owned
+        running = seq.busy | ports_owned
         bus = self.bus
 
         def decoded(value: Value, name: str) -> Value:
