@@ -34,7 +34,8 @@ a block of 32; :attr:`~.geometry.Geometry.sign_pipes`).  The neuron draws (``nod
 (a pipe per lane): the same words.
 
 The whole pipe advances together: it stops only while a result that ``result`` was not
-ready for waits in the skid register (the pipe moves on once more after a refusal).  The next
+ready for waits in the skid register (the pipe moves on once more after a refusal; without
+:attr:`ForwardEngine.skid`, at once).  The next
 layer starts issuing at once; a token that reads an activation word waits (*interlock*)
 until the group that writes it has left position ``H+5``.  Passes run back to back: a
 command is taken as soon as the previous pass has issued its last token, so the MACs do
@@ -241,6 +242,10 @@ class ForwardEngine(wiring.Component):
         #: Position of the perturbation stage (the random words are ready there).
         self.draw_latency = draw_latency(geo.hash_stages_per_register)
         self.registered_reads = registered_reads and self.draw_latency >= 3
+        #: A skid register on the result stream, so that the pipe's enable is a register's:
+        #: with ``registered_reads`` asked for (the ECP5 builds'; the iCE40's logic cells are
+        #: spoken for, and its Fmax is the hash's).
+        self.skid = registered_reads
         #: With a hash of at least four positions, the sample's read two cycles before its
         #: register: the sample memory registers the whole word as it leaves the block RAM
         #: and selects the byte after (:class:`~.memories.SampleMemory`'s ``registered``),
@@ -317,15 +322,16 @@ class ForwardEngine(wiring.Component):
         pipe = [Signal(tok_layout, name=f"t{pos}") for pos in range(PIPE_DEPTH)]
         # pipe[0] is combinational (the issue stage); pipe[1..H+4] are registers.
 
-        # -- the global enable: the pipe waits only while a result is parked in the skid
-        # register (a register, so no path runs from the consumers' ready into the pipe;
-        # that path, through the issue and into the hash pipes, was the slowest at 100 MHz)
+        # -- the global enable: with a skid, the pipe waits only while a result is parked in
+        # the skid register (a register, so no path runs from the consumers' ready into the
+        # pipe; that path, through the issue and into the hash pipes, was the slowest at
+        # 100 MHz); without, while the output register's result is refused
         en = Signal()
         out_valid = Signal()
         out = Signal.like(self.result.payload, name="out")  # the output register
         skid_valid = Signal()
         skid = Signal.like(self.result.payload, name="skid")  # the result the consumer refused
-        m.d.comb += en.eq(~skid_valid)
+        m.d.comb += en.eq(~skid_valid if self.skid else ~(out_valid & ~self.result.ready))
 
         # -- tag FIFO: one entry per pass in flight: the one issuing and the one draining
         # (a pass is far longer than the pipe, so a third waits only under back-pressure)
@@ -349,10 +355,11 @@ class ForwardEngine(wiring.Component):
             result.payload.eq(Mux(skid_valid, skid.as_value(), out.as_value())),
             tags.r_en.eq(result.valid & result.ready & result.payload.last),
         ]
-        with m.If(skid_valid):
-            m.d.sync += skid_valid.eq(~result.ready)
-        with m.Elif(out_valid & ~result.ready):  # the pipe moves on this cycle: park the result
-            m.d.sync += [skid_valid.eq(1), skid.eq(out)]
+        if self.skid:
+            with m.If(skid_valid):
+                m.d.sync += skid_valid.eq(~result.ready)
+            with m.Elif(out_valid & ~result.ready):  # the pipe moves on this cycle: park the result
+                m.d.sync += [skid_valid.eq(1), skid.eq(out)]
 
         # -- status ----------------------------------------------------------------------------
         in_pipe = Cat(*(p.valid for p in pipe[1:]), out_valid, skid_valid).any()
