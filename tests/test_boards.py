@@ -362,9 +362,10 @@ def _check_sane(report: SynthReport, board: str) -> None:
         assert report.overflow == [] and report.fmax_mhz and report.fmax_mhz > 0
         assert report.bitstream and Path(report.bitstream).exists()
         # the constraint is the clock the design runs at (hardware.clock_mhz, else the
-        # oscillator); nextpnr keeps the period in float32 (83.333 ns: 12.0000477 MHz)
-        cfg_mhz = report.clk_mhz
-        assert any(c.requested_mhz == pytest.approx(cfg_mhz, rel=1e-5) for c in report.clocks), report.clocks
+        # oscillator); nextpnr keeps the period in whole picoseconds (93.75 MHz, 10 666.7
+        # ps, comes back as 10 666 ps: 93.7559 MHz), so the periods agree within 1 ps
+        period_ps = 1e6 / report.clk_mhz
+        assert any(abs(1e6 / c.requested_mhz - period_ps) <= 1 for c in report.clocks), report.clocks
     else:
         assert report.overflow, "a build that does not fit names what overflows"
 
