@@ -567,10 +567,11 @@ class Accelerator(wiring.Component):
             m.d.sync += reg.eq(value)
             return reg
 
-        # the request as it stood a cycle ago: the same as now when a request is taken
+        # the request as it stood a cycle ago: the same as now when a request is taken (what
+        # decoded() registers is computed from the request as it stands: bus_space, bus_word)
         addr, we, wdata = decoded(bus.addr, "bus_addr"), decoded(bus.we, "bus_we"), decoded(bus.wdata, "bus_wdata")
-        space = addr[WORD_ADDR_BITS:]
-        word = addr[:WORD_ADDR_BITS]
+        space, word = addr[WORD_ADDR_BITS:], addr[:WORD_ADDR_BITS]
+        bus_space, bus_word = bus.addr[WORD_ADDR_BITS:], bus.addr[:WORD_ADDR_BITS]
         wide_words = hasattr(regs, "write_high")
         wide = Cat(wdata, regs.write_high).as_signed() if wide_words else wdata.as_signed()
 
@@ -581,7 +582,7 @@ class Accelerator(wiring.Component):
             return fits_signed(wide if bits > 32 else wdata.as_signed(), bits)
 
         lane_words = geo.weight_depth * lanes
-        row, lane = divmod_const(bus.addr[:WORD_ADDR_BITS], lanes, lane_words - 1)
+        row, lane = divmod_const(bus_word, lanes, lane_words - 1)
         row, lane = decoded(row, "bus_row"), decoded(lane, "bus_lane")
         ack = Signal()
         err = Signal()
@@ -625,10 +626,8 @@ class Accelerator(wiring.Component):
         # accesses accepted while a command runs
         live: dict[Space, Value] = {}
         if geo.streaming:
-            bus_word = bus.addr[:WORD_ADDR_BITS]
             sample_slot, _ = divmod_const(bus_word, geo.sample_stride // 4, geo.sample_bus_words - 1)
-            m.d.comb += seq.probe_slot.eq(
-                decoded(Mux(bus.addr[WORD_ADDR_BITS:] == Space.LABELS, bus_word, sample_slot), "bus_slot"))
+            m.d.comb += seq.probe_slot.eq(decoded(Mux(bus_space == Space.LABELS, bus_word, sample_slot), "bus_slot"))
             live = {Space.SAMPLES: we & seq.probe_free, Space.LABELS: we & seq.probe_free, Space.LOSSES: ~we}
         with m.If(request):
             m.d.sync += [ack.eq(1), err.eq(0), read_mem.eq(0), read_space.eq(space), read_lane.eq(lane)]
