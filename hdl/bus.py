@@ -10,7 +10,11 @@ One request at a time.  The initiator sets ``addr``, ``we`` and ``wdata`` and ra
 On a read, ``rdata`` is valid in that ``ack`` cycle.  ``err`` is valid with ``ack``: it
 says that the request was refused and had no effect (a read then returns 0).  The
 target ignores ``stb`` during the ``ack`` cycle, so an initiator may drop ``stb`` there
-or one cycle later.  A request takes two cycles (``stb`` seen, then ``ack``).
+or one cycle later.  A request takes at least two cycles (``stb`` seen, then ``ack``);
+the accelerator takes a request the cycle it appears and answers a register one cycle
+after, a memory read two; with ``pipelined_reads`` (the ECP5 boards, the
+co-simulation) it takes a request a cycle after it appears and answers a register two
+cycles after that, a memory read four.
 
 Addresses
 ---------
