@@ -171,6 +171,10 @@ class Accelerator(wiring.Component):
         # checked before the object exists: a rejected configuration leaves no unused
         # elaboratable behind (Amaranth would warn "created but never used")
         check_supported(cfg)
+        if not kwargs.get("pipelined_reads", True) and cfg.hardware.register_grads and cfg.hardware.training:
+            # the bus answers every space a cycle after the read without pipelined_reads
+            raise ValueError("hardware.register_grads needs a host bus that pipelines its reads (the ECP5 "
+                             "boards and the co-simulation), not this board's; set it to false")
         return super().__new__(cls, cfg, *args, src_loc_at=1, **kwargs)
 
     def __init__(self, cfg: Config, *, overlap: bool = True, config_resets: bool = True,
@@ -203,7 +207,8 @@ class Accelerator(wiring.Component):
             Space.OUTPUTS: (hosts["o"], False),
             **({Space.MOMENTUM: (hosts["m"], True)} if "m" in hosts else {}),
             **({Space.LOSSES: (hosts["r"], False)} if "r" in hosts else {}),
-        }, registered=frozenset({Space.OUTPUTS} if mems.omem.read_latency > 1 else ()), ports_owned=ports_owned)
+        }, registered=frozenset(sp for sp, mem in ((Space.OUTPUTS, mems.omem), (Space.GRADS, mems.gmem))
+                                if mem is not None and mem.read_latency > 1), ports_owned=ports_owned)
         return m
 
     def _units(self, m: Module) -> _Units:
@@ -228,7 +233,8 @@ class Accelerator(wiring.Component):
         m.submodules.loss = loss = LossUnit(geo, tag_layout)
         # the walker is the unit's only source: its spacing decides the forwarding
         m.submodules.corr = corr = CorrelationUnit(geo.lanes, geo.row_bits, geo.grad_bits,
-                                                   fe.term_bits, geo.overflow, fe.min_row_spacing)
+                                                   fe.term_bits, geo.overflow, fe.min_row_spacing,
+                                                   read_latency=geo.grads_read_latency)
         m.submodules.update = upd = UpdateUnit(geo)
         m.submodules.writer = writer = OutputWriter(geo)
         m.submodules.seq = seq = Sequencer(geo, eng.cmd_layout, loss.result_layout,
@@ -250,7 +256,8 @@ class Accelerator(wiring.Component):
         if self.training:
             # the correlation's read-modify-write rows and the update's sweep never read a
             # row in the cycle they write it
-            m.submodules.grads = gmem = LaneMemory(lanes, geo.weight_depth, gshape, no_collision="grads")
+            m.submodules.grads = gmem = LaneMemory(lanes, geo.weight_depth, gshape, no_collision="grads",
+                                                   registered=geo.register_grads)
         if self.training and geo.momentum:
             m.submodules.momentum = mmem = LaneMemory(lanes, geo.weight_depth, gshape)
         m.submodules.samples = smem = SampleMemory(geo.sample_bus_words,

@@ -16,6 +16,8 @@ bits at most (:func:`term_bits`).
 
 from __future__ import annotations
 
+import functools
+import operator
 from dataclasses import dataclass
 
 from amaranth.hdl import Array, Cat, Const, Module, Mux, ShapeLike, Signal, Value, signed
@@ -65,17 +67,21 @@ class CorrelationUnit(wiring.Component):
     register; W writes it.  No cycle holds more than one of the block RAM's output, the
     add and narrowing, and the write-port multiplexer (the three shared one cycle before,
     a 19 ns path on the ECP5), so a row is written 3 cycles after it is taken (it was 1).
+    With a ``read_latency`` of 2 (a G memory whose output is registered,
+    ``hardware.register_grads``) a stage H between R and D waits for the answer, and a
+    row is written 4 cycles after it is taken (:attr:`latency`).
 
-    A row of G is in the pipe for 3 cycles before it is written, and the memory's read
-    is not transparent, so a row taken fewer than :attr:`DEPTH` (4) cycles after the same
-    row would read a stale G.  Given no ``min_spacing``, the unit forwards: D takes the
-    value of a row 2 back (in W) or 3 back (written in the last cycle) instead of the
-    memory's; X takes the value of the row just before (in W) instead of D's.  So any
-    sequence of rows, the same row back to back included, accumulates in order.  Given
-    a ``min_spacing`` of at least :attr:`DEPTH` cycles (the rows' source guarantees that
-    a row comes again no sooner: :attr:`CorrelationWalker.min_row_spacing`), no row can
-    be in flight when it comes again, and the unit generates no forwarding (about 96
-    LC on the iCE40 for one lane).
+    A row of G is in the pipe for :attr:`latency` cycles before it is written, and the
+    memory's read is not transparent, so a row taken fewer than :attr:`depth` (4, or 5)
+    cycles after the same row would read a stale G.  Given no ``min_spacing``, the unit
+    forwards: D takes the value of a row 2 back (in W), 3 back (written in the last
+    cycle) or, with H, 4 back (written two cycles before) instead of the memory's; X
+    takes the value of the row just before (in W) instead of D's.  So any sequence of
+    rows, the same row back to back included, accumulates in order.  Given a
+    ``min_spacing`` of at least :attr:`depth` cycles (the rows' source guarantees that a
+    row comes again no sooner: :attr:`CorrelationWalker.min_row_spacing`), no row can be
+    in flight when it comes again, and the unit generates no forwarding (about 96 LC on
+    the iCE40 for one lane).
 
     A ``final`` row (the step's last addition to it) writes 0 instead and hands the sums
     to ``sums``, so the update unit applies them while the last correlation runs,
@@ -94,7 +100,10 @@ class CorrelationUnit(wiring.Component):
     min_spacing
         The fewest cycles between two rows of the same address taken, as the source of
         the rows guarantees; None (any sequence) by default.  Forwarding is generated
-        only when it is None or below :attr:`DEPTH`.
+        only when it is None or below :attr:`depth`.
+    read_latency
+        Cycles from the G memories' read address to their data: 1, or 2 with their output
+        registered (:attr:`~.memories.LaneMemory.read_latency`).
 
     Members
     -------
@@ -104,31 +113,38 @@ class CorrelationUnit(wiring.Component):
         The G memories.
     sums : ``Out(stream.Signature(sums_layout(...), always_ready=True))``
         The sums of every ``final`` row (``G`` of the unmasked lanes as it was), in the
-        cycle they are written (3 cycles after the row was taken).
+        cycle they are written (:attr:`latency` cycles after the row was taken).
     busy : ``Out(1)``
         A row is still in the pipe.
     """
 
-    #: Cycles from taking a row to writing it (the stages D, X and W).
+    #: Cycles from taking a row to writing it with a G memory that answers a read the next
+    #: cycle (the stages D, X and W); one more for each further cycle of the read (H).
     LATENCY = 3
-    #: Stages a row goes through (R, D, X, W): a row taken this many cycles or more after
-    #: the same row reads what that one wrote (the write lands at the end of W; the read
-    #: in R of the same cycle does not see it).
-    DEPTH = LATENCY + 1
 
     def __init__(self, lanes: int, row_bits: int, grad_bits: int, term_bits: int,
-                 overflow: Overflow = Overflow.SATURATE, min_spacing: int | None = None) -> None:
+                 overflow: Overflow = Overflow.SATURATE, min_spacing: int | None = None,
+                 read_latency: int = 1) -> None:
         if not isinstance(lanes, int) or lanes < 1:
             raise ValueError(f"lanes must be a positive integer, not {lanes!r}")
         if not isinstance(grad_bits, int) or grad_bits < 2:
             raise ValueError(f"grad_bits must be an integer >= 2, not {grad_bits!r}")
+        if read_latency not in (1, 2):
+            raise ValueError(f"read_latency must be 1 or 2, not {read_latency!r}")
         self.lanes, self.row_bits, self.grad_bits, self.term_bits = lanes, row_bits, grad_bits, term_bits
         self.overflow = Overflow(overflow)
+        self.read_latency = read_latency
+        #: cycles from taking a row to writing it (the sums go out in the cycle it is written)
+        self.latency = self.latency_for(read_latency)
+        #: stages a row goes through (R, H, D, X, W): a row taken this many cycles or more
+        #: after the same row reads what that one wrote (the write lands at the end of W; the
+        #: read in R of the same cycle does not see it)
+        self.depth = self.latency + 1
         if min_spacing is not None and (not isinstance(min_spacing, int) or min_spacing < 1):
             raise ValueError(f"min_spacing must be a positive integer or None, not {min_spacing!r}")
         self.min_spacing = min_spacing
         #: whether the unit forwards the rows in flight (see the class docstring)
-        self.forwarding = min_spacing is None or min_spacing < self.DEPTH
+        self.forwarding = min_spacing is None or min_spacing < self.depth
         self.layout = row_layout(lanes, row_bits, term_bits)
         super().__init__({
             "i": In(stream.Signature(self.layout)),
@@ -137,6 +153,11 @@ class CorrelationUnit(wiring.Component):
                                          always_ready=True)),
             "busy": Out(1),
         })
+
+    @classmethod
+    def latency_for(cls, read_latency: int) -> int:
+        """Cycles from taking a row to writing it, given the G memory's read latency."""
+        return cls.LATENCY + read_latency - 1
 
     def elaborate(self, platform: object) -> Module:
         m = Module()
@@ -149,31 +170,29 @@ class CorrelationUnit(wiring.Component):
             self.grads.raddr.eq(inp.row),
             self.grads.ren.eq(1),
         ]
+        # H (a G memory that answers two cycles later): the row waits for its read
+        before_d_valid, before_d = self.i.valid, inp  # the stage before D: R, or H
+        in_pipe = []  # the valid bits of the stages after R
+        if self.read_latency == 2:
+            h_valid, h = Signal(), Signal(self.layout)
+            m.d.sync += [h_valid.eq(self.i.valid), h.eq(inp)]
+            before_d_valid, before_d = h_valid, h
+            in_pipe.append(h_valid)
         d_valid, x_valid, w_valid = Signal(), Signal(), Signal()
+        in_pipe += [d_valid, x_valid, w_valid]
         d, x = Signal(self.layout), Signal(self.layout)
         w_row, w_final, w_we = Signal(self.row_bits), Signal(), Signal(lanes)
         w_new = Signal(g_row)  # the sums (unmasked lanes: G as it was)
         # what the memory holds after W's write: 0 after a final row
         w_after = Signal(g_row)
         m.d.comb += w_after.eq(Mux(w_final, 0, w_new))
-        v_after = Signal(g_row)  # the row written in the last cycle (W's the cycle before)
-        if self.forwarding:
-            m.d.sync += v_after.eq(w_after)
 
-        m.d.sync += [d_valid.eq(self.i.valid), d.eq(inp)]
+        m.d.sync += [d_valid.eq(before_d_valid), d.eq(before_d)]
         x_old = Signal(g_row)
         x_from_w = Signal()
         m.d.sync += [x_valid.eq(d_valid), x.eq(d)]
         if self.forwarding:
-            # D: the memory's answer, or a row in flight that the read did not see: 2 back
-            # (now in X, next cycle in W) or 3 back (now in W, next cycle written); the
-            # comparisons are made in R, a cycle ahead, so D only multiplexes
-            d_from_w, d_from_v = Signal(), Signal()
-            m.d.sync += [
-                d_from_w.eq(x_valid & (x.row == inp.row)),
-                d_from_v.eq(w_valid & (w_row == inp.row)),
-            ]
-            m.d.sync += x_old.eq(Mux(d_from_w, w_after, Mux(d_from_v, v_after, self.grads.rdata)))
+            self._forward(m, before_d.row, x_valid, x.row, w_valid, w_row, w_after, x_old)
             # X: the row just before (now in X, next cycle in W) overrides D's value
             m.d.sync += x_from_w.eq(x_valid & (x.row == d.row))
         else:  # no row is in flight when it comes again: the memory's answer is current
@@ -193,9 +212,36 @@ class CorrelationUnit(wiring.Component):
             self.sums.valid.eq(w_valid & w_final),
             self.sums.payload.row.eq(w_row),
             self.sums.payload.g.eq(w_new),
-            self.busy.eq(d_valid | x_valid | w_valid),
+            self.busy.eq(functools.reduce(operator.or_, in_pipe)),
         ]
         return m
+
+    def _forward(self, m: Module, row: Value, x_valid: Value, x_row: Value, w_valid: Value,
+                 w_row: Value, w_after: Value, x_old: Signal) -> None:
+        """D: ``x_old`` takes the memory's answer, or a row in flight that the read did not
+        see: 2 back (in X the cycle before D, in W with D), 3 back (written the cycle before
+        D) and, with a read of two cycles, 4 back (written two cycles before D).  ``row`` is
+        the row of the stage before D, where the comparisons are made, so that D only
+        multiplexes."""
+        # (row, value with D) of each candidate, the most recent first: W's row, and the
+        # rows written one and (read_latency 2) two cycles before D
+        candidates = [(x_valid, x_row, w_after)]
+        valid, row_written, after = w_valid, w_row, w_after
+        for back in range(self.read_latency):
+            held = Signal.like(after, name=f"written{back + 1}_after")
+            m.d.sync += held.eq(after)
+            candidates.append((valid, row_written, held))
+            if back + 1 < self.read_latency:
+                next_valid = Signal(name=f"written{back + 1}_valid")
+                next_row = Signal.like(w_row, name=f"written{back + 1}_row")
+                m.d.sync += [next_valid.eq(valid), next_row.eq(row_written)]
+                valid, row_written, after = next_valid, next_row, held
+        value: Value = self.grads.rdata
+        for back, (cand_valid, cand_row, cand_value) in reversed(list(enumerate(candidates))):
+            hit = Signal(name=f"d_from_{back + 2}_back")
+            m.d.sync += hit.eq(cand_valid & (cand_row == row))
+            value = Mux(hit, cand_value, value)
+        m.d.sync += x_old.eq(value)
 
 
 @dataclass(frozen=True)
@@ -281,7 +327,7 @@ class CorrelationWalker(wiring.Component):
         # for every r (more when the next job comes late).  The final rows of a step are
         # a job like any other, and the next step's jobs follow through the same intake.
         # A layer has at least 2 columns (an input and the bias), so this is at least
-        # 2 + JOB_GAP = 5 cycles: the correlation unit (DEPTH 4) never needs to forward
+        # 2 + JOB_GAP = 5 cycles: the correlation unit (depth 4, or 5) never needs to forward
         # rows from this walker, whatever the network.
         self.min_row_spacing = geo.rows + self.JOB_GAP
         rules = {lay.rule for lay in geo.layers}

@@ -60,17 +60,21 @@ def no_read_collision(m: Module, mem: Memory, name: str, platform: object, write
 
 
 def _connect_ports(m: Module, mem: Memory, port: wiring.PureInterface, read: wiring.PureInterface | None, *,
-                   granularity: int | None = None, no_collision: str | None, platform: object) -> None:
+                   granularity: int | None = None, no_collision: str | None, platform: object,
+                   registered: bool = False) -> None:
     """Give a client's ``port`` (:class:`PortSignature` or :class:`LanePortSignature`) a read
     and a write port of ``mem`` (its writes enabled per ``granularity``), and ``read``, when
     not None, a second read port; declare them free of read collisions under the name
-    ``no_collision`` (:func:`no_read_collision`) unless it is None."""
+    ``no_collision`` (:func:`no_read_collision`) unless it is None.  With ``registered``,
+    ``port``'s read data is registered every cycle as it leaves the memory."""
     rd = mem.read_port()
     wr = mem.write_port(granularity=granularity)
     m.d.comb += [
         rd.addr.eq(port.raddr),
         rd.en.eq(port.ren),
-        port.rdata.eq(rd.data),
+    ]
+    m.d["sync" if registered else "comb"] += port.rdata.eq(rd.data)
+    m.d.comb += [
         wr.addr.eq(port.waddr),
         wr.data.eq(port.wdata),
         wr.en.eq(port.we),
@@ -427,6 +431,12 @@ class LaneMemory(wiring.Component):
     no_collision
         The memories' name: their clients never read a word in the cycle it is written
         (:func:`no_read_collision`).  None: they may, and read the old word.
+    registered
+        ``port``'s read data is registered every cycle as it leaves the block RAM, so it
+        answers two cycles after ``raddr`` and ``ren`` (:attr:`read_latency`), and no logic
+        sits between the block RAM's slow output and that register (an ECP5 DP16KD's
+        unregistered output takes 5.6 ns; the G memory's at 16 lanes is then routed
+        across the chip: docs/boards.md).
 
     Members
     -------
@@ -436,7 +446,7 @@ class LaneMemory(wiring.Component):
     """
 
     def __init__(self, lanes: int, depth: int, shape: ShapeLike, *, second_read: bool = False,
-                 no_collision: str | None = None) -> None:
+                 no_collision: str | None = None, registered: bool = False) -> None:
         if not isinstance(lanes, int) or lanes < 1:
             raise ValueError(f"lanes must be a positive integer, not {lanes!r}")
         self.lanes = lanes
@@ -445,6 +455,9 @@ class LaneMemory(wiring.Component):
         self.addr_width = _check(depth, shape)
         self.second_read = second_read
         self.no_collision = no_collision
+        self.registered = registered
+        #: cycles from ``port``'s read address to its data
+        self.read_latency = 2 if registered else 1
         members = {"port": In(LanePortSignature(lanes, self.addr_width, shape))}
         if second_read:
             members["read"] = In(ReadPortSignature(self.addr_width, data.ArrayLayout(shape, lanes)))
@@ -460,7 +473,7 @@ class LaneMemory(wiring.Component):
         m.submodules.mem = mem = Memory(shape=data.ArrayLayout(self.shape, self.lanes),
                                         depth=self.depth, init=[])
         _connect_ports(m, mem, self.port, self.read if self.second_read else None, granularity=1,
-                       no_collision=self.no_collision, platform=platform)
+                       no_collision=self.no_collision, platform=platform, registered=self.registered)
         return m
 
 

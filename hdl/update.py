@@ -14,6 +14,8 @@ by ``lr_mult`` (slices of ``U``, then their sum); round, shift and subtract; wri
 
 from __future__ import annotations
 
+import functools
+import operator
 from dataclasses import dataclass, replace
 from itertools import pairwise
 
@@ -110,30 +112,60 @@ class UpdateUnit(wiring.Component):
 
     @staticmethod
     def latency(geometry: Geometry) -> int:
-        """Cycles from a row's stage A to the write of its weights (stages B to E): 4, and 5
-        where the product takes stage P (``U`` of more than one slice)."""
-        return 4 + (product_slices(geometry.grad_bits) > 1)
+        """Cycles from a row's stage A to the write of its weights (stages B to E): 4, 5
+        where the product takes stage P (``U`` of more than one slice), and 2 more with
+        ``hardware.register_grads`` (stages H and I)."""
+        return 4 + (product_slices(geometry.grad_bits) > 1) + 2 * geometry.register_grads
 
     def elaborate(self, platform: object) -> Module:
         """Six stages (five with a ``U`` of one slice, :meth:`latency`): A the row and its
         reads, B momentum and the clearing of G, C and P the product ``U * lr_mult`` (P
-        also rounds and shifts it), D subtract, E the write of the weights."""
+        also rounds and shifts it), D subtract, E the write of the weights.
+
+        With ``hardware.register_grads`` G answers a read a cycle later: A reads G and H
+        the weights and the momentum, so that all three arrive in B; and I holds ``U`` in
+        registers that the placer puts beside the block multipliers, before C multiplies
+        it (at 32 lanes ``U`` crossed the chip to them: docs/boards.md)."""
         m = Module()
+        geo = self.geometry
         active, fused, a_row = self._row_and_reads(m)
-        b_valid, b_fused, c = self._momentum(m, active, fused, a_row)
+        in_pipe: list[Value] = [active, fused]  # the stages' valid bits (busy)
+        # the stage before B: A, or H
+        before_b = (active | fused, fused, a_row, self.sums.payload.g)
+        if geo.register_grads:
+            before_b = self._wait_for_grads(m, *before_b)
+            in_pipe.append(before_b[0])
+        b_valid, b_fused, c = self._momentum(m, *before_b)
+        in_pipe += [b_valid, c.valid]
+        if geo.register_grads:
+            i = self._stage_after(m, c, "i", value=Signal.like(c.value, name="i_u"))
+            m.d.sync += i.value.eq(c.value)
+            in_pipe.append(i.valid)
+            c = i
         p_valid, d = self._multiply(m, c)
         e_valid = self._subtract_and_write(m, d)
+        in_pipe += [p_valid, d.valid, e_valid]
+        owns = [active, b_valid & ~b_fused]
+        if geo.register_grads:
+            owns.insert(1, before_b[0] & ~before_b[1])
         m.d.comb += [
-            self.busy.eq(active | fused | b_valid | c.valid | p_valid | d.valid | e_valid),
-            self.owns_grads.eq(active | (b_valid & ~b_fused)),
+            self.busy.eq(functools.reduce(operator.or_, in_pipe)),
+            self.owns_grads.eq(functools.reduce(operator.or_, owns)),
             self.first_write.eq(e_valid & (self.weights.waddr == self.geometry.layers[0].row_base)),
         ]
         return m
 
+    def _row_ports(self) -> tuple[list[wiring.PureInterface], list[wiring.PureInterface]]:
+        """The ports read in stage A, and those read in stage H (none without it)."""
+        momentum = [self.momentum] if self.geometry.momentum else []
+        if self.geometry.register_grads:
+            return [self.grads], [self.weights, *momentum]
+        return [self.weights, self.grads, *momentum], []
+
     def _row_and_reads(self, m: Module) -> tuple[Signal, Value, Value]:
         """Stage A: the row (the sweep counter, or the row of fused sums from the correlation
-        unit); read W, M (and G when sweeping).  Returns ``active`` (sweeping), ``fused``
-        and the row read."""
+        unit); read W, M (and G when sweeping), or only G with stage H.  Returns ``active``
+        (sweeping), ``fused`` and the row read."""
         geo = self.geometry
         active = Signal()
         row = Signal(geo.row_bits)
@@ -145,10 +177,21 @@ class UpdateUnit(wiring.Component):
                 m.d.sync += active.eq(0)
         fused = self.sums.valid
         a_row = Mux(fused, self.sums.payload.row, row)
-        ports = [self.weights, self.grads] + ([self.momentum] if geo.momentum else [])
-        for p in ports:  # (read only when the row is used: the sweep writes behind its reads)
+        for p in self._row_ports()[0]:  # (read only when the row is used: the sweep writes behind its reads)
             m.d.comb += [p.raddr.eq(a_row), p.ren.eq(active | fused)]
         return active, fused, a_row
+
+    def _wait_for_grads(self, m: Module, valid: Value, fused: Value, row: Value,
+                        g: Value) -> tuple[Signal, Signal, Signal, Signal]:
+        """Stage H (``hardware.register_grads``): the row of stage A waits a cycle for G,
+        and reads the weights and the momentum.  Returns H's ``valid``, ``fused``, row and
+        fused sums."""
+        h_valid, h_fused = Signal(name="h_valid"), Signal(name="h_fused")
+        h_row, h_g = Signal.like(row, name="h_row"), Signal.like(g, name="h_g")
+        m.d.sync += [h_valid.eq(valid), h_fused.eq(fused), h_row.eq(row), h_g.eq(g)]
+        for p in self._row_ports()[1]:
+            m.d.comb += [p.raddr.eq(h_row), p.ren.eq(h_valid)]
+        return h_valid, h_fused, h_row, h_g
 
     def _layer_of(self, r: Value) -> Value:
         """The layer a row belongs to (rows are laid out layer after layer)."""
@@ -157,11 +200,12 @@ class UpdateUnit(wiring.Component):
             value = value + (r >= lay.row_base)
         return value
 
-    def _momentum(self, m: Module, active: Signal, fused: Value,
-                  a_row: Value) -> tuple[Signal, Signal, _Stage]:
+    def _momentum(self, m: Module, valid: Value, fused: Value, row: Value,
+                  sums_g: Value) -> tuple[Signal, Signal, _Stage]:
         """Stage B: ``U`` = the new momentum (or ``G``); clear G of the row (sweep).
 
-        Returns B's ``valid`` and ``fused`` and the registers of stage C (``value`` = U).
+        Takes the stage before B's ``valid``, ``fused``, row and fused sums; returns B's
+        ``valid`` and ``fused`` and the registers of stage C (``value`` = U).
         """
         geo, lanes = self.geometry, self.geometry.lanes
         gb = geo.grad_bits
@@ -171,10 +215,10 @@ class UpdateUnit(wiring.Component):
         b_row = Signal(geo.row_bits)
         b_g = Signal(g_array)
         m.d.sync += [
-            b_valid.eq(active | fused),
+            b_valid.eq(valid),
             b_fused.eq(fused),
-            b_row.eq(a_row),
-            b_g.eq(self.sums.payload.g),
+            b_row.eq(row),
+            b_g.eq(sums_g),
         ]
         c = self._stage_registers("c")
         c_u = Signal(g_array)

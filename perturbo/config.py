@@ -335,6 +335,15 @@ class HardwareConfig(_Strict):
         "counts whose products and the update's do not all fit the multipliers (the ULX3S-85F at "
         "64 lanes: docs/boards.md)",
     )
+    register_grads: bool = Field(
+        False,
+        description="register the G memory's block-RAM output before the correlation and the "
+        "update use it, and the update's multiplier inputs before the block multipliers: one "
+        "more cycle each in the correlation's and the update's pipes (two a step), for the "
+        "ECP5's Fmax at 16 lanes and more, where G's block RAMs and the multipliers sit across "
+        "the chip from the logic that uses them (docs/boards.md); off, the 8-lane and iCE40 "
+        "builds save the flip-flops",
+    )
     counter_bits: Literal[32, 48, 64] = Field(
         48,
         description="width of the CYCLES and MAC_BUSY counters: 48 wraps after 65 days at 50 MHz; "

@@ -95,11 +95,12 @@ class Schedule:
     #: hdl/correlation.py ``CorrelationWalker.JOB_GAP``: the walker's stages B, C and its
     #: output register, which a job waits to drain before the next is taken
     walker_gap: int
-    #: hdl/correlation.py ``CorrelationUnit.LATENCY``: from taking a row to writing it
-    #: (and handing on a final row's sums)
+    #: hdl/correlation.py ``CorrelationUnit.latency``: from taking a row to writing it
+    #: (and handing on a final row's sums; a cycle more with ``hardware.register_grads``)
     corr_latency: int
     #: hdl/update.py ``UpdateUnit.latency``: the update unit's stages B to E (one more where
-    #: its product ``U * lr_mult`` takes more than one multiplier)
+    #: its product ``U * lr_mult`` takes more than one multiplier, two with
+    #: ``hardware.register_grads``)
     update_latency: int
 
     @property
@@ -256,7 +257,8 @@ def schedule(cfg: Config) -> Schedule:
     geo = Geometry(cfg)
     return Schedule(H=draw_latency(cfg.hardware.hash_stages_per_register), R=geo.rows,
                     loss_stages=LossUnit.STAGES, walker_gap=CorrelationWalker.JOB_GAP,
-                    corr_latency=CorrelationUnit.LATENCY, update_latency=UpdateUnit.latency(geo))
+                    corr_latency=CorrelationUnit.latency_for(geo.grads_read_latency),
+                    update_latency=UpdateUnit.latency(geo))
 
 
 def _group_lanes_cycles(cfg: Config) -> int:

@@ -91,18 +91,21 @@ def _rule_config(name: str, layers: list[int], rule: dict, *, lanes: int, activa
 #: that are a power of two (the sequencer shifts the cursor) and that are not (hybrid-node,
 #: tpsgd-l2: 12 bytes, on the serial multiplier); 32-bit cycle counters (drtp); tpsgd-l1's
 #: dead zone (``rule.dead_zone``; the plain sign runs in ``VERIFY_CONFIGS`` and the digits
-#: co-simulation); lane products in logic (``hardware.lane_products``: alr, tpsgd-l2).
+#: co-simulation); lane products in logic (``hardware.lane_products``: alr, tpsgd-l2); G's reads
+#: registered (``hardware.register_grads``: node, hybrid-alr, drtp, tpsgd-l2: G of one and of
+#: two multiplier slices, with and without momentum, on both simulators).
 RULE_CONFIGS: dict[str, Config] = {
     "node": _rule_config("node", [7, 6, 3], {"name": "mgd-node", "node_delta": 300, "copies": 2,
                                               "lr_shift": [7, 6], "optimizer": "momentum",
                                               "momentum_shift": 2}, lanes=4,
-                         numerics={"grad_bits": 24}),
+                         numerics={"grad_bits": 24}, hardware={"register_grads": True}),
     "alr": _rule_config("alr", [8, 5, 3], {"name": "alr", "sigma": 20, "copies": 3, "lr_shift": 8},
                         lanes=3, activation="leaky-relu",
                         numerics={"grad_bits": 18, "rounding": "floor"}, hardware={"lane_products": "logic"}),
     "hybrid-alr": _rule_config("hybrid-alr", [6, 9, 5], {"name": "alr", "per_layer": ["alr", "mgd-weight"],
                                                          "sigma": 9, "delta": 2, "copies": 2,
-                                                         "lr_shift": [9, 8]}, lanes=4),
+                                                         "lr_shift": [9, 8]}, lanes=4,
+                                hardware={"register_grads": True}),
     "hybrid-node": _rule_config("hybrid-node", [9, 7, 4], {"name": "mgd-node",
                                                            "per_layer": ["mgd-weight", "mgd-node"],
                                                            "node_delta": 64, "delta": 3, "copies": 1,
@@ -110,12 +113,13 @@ RULE_CONFIGS: dict[str, Config] = {
                                 lanes=2, activation="hard-sigmoid",
                                 numerics={"grad_bits": 16, "overflow": "wrap"}),
     "drtp": _rule_config("drtp", [8, 6, 3], {"name": "drtp", "batch": 3, "lr_shift": [6, 5]},
-                         lanes=4, activation="hard-sigmoid", hardware={"counter_bits": 32}),
+                         lanes=4, activation="hard-sigmoid", hardware={"counter_bits": 32, "register_grads": True}),
     "tpsgd-l1": _rule_config("tpsgd-l1", [5, 7, 4], {"name": "tpsgd-l1", "lr_shift": 4,
                                                      "optimizer": "momentum", "dead_zone": 20}, lanes=2),
     "tpsgd-l2": _rule_config("tpsgd-l2", [10, 5, 4], {"name": "tpsgd-l2", "lr_shift": 3, "target_on": 127},
                              lanes=3, activation="leaky-relu",
-                             numerics={"grad_bits": 16, "rounding": "floor"}, hardware={"lane_products": "logic"}),
+                             numerics={"grad_bits": 16, "rounding": "floor"},
+                             hardware={"lane_products": "logic", "register_grads": True}),
 }
 
 FORWARD_CONFIGS["alr"] = RULE_CONFIGS["alr"]

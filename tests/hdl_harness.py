@@ -134,7 +134,8 @@ class CorrelationHarness(wiring.Component):
         self.geometry = geo = geometry
         self.frontend = fe = CorrelationWalker(geo)
         self.unit = CorrelationUnit(geo.lanes, geo.row_bits, geo.grad_bits, fe.term_bits,
-                                    geo.overflow, fe.min_row_spacing if spaced else None)
+                                    geo.overflow, fe.min_row_spacing if spaced else None,
+                                    read_latency=geo.grads_read_latency)
         members = {
             "cmd": In(stream.Signature(fe.job_layout)),
             "rows": In(stream.Signature(self.unit.layout)),
@@ -160,7 +161,8 @@ class CorrelationHarness(wiring.Component):
         geo = self.geometry
         m.submodules.frontend = fe = self.frontend
         m.submodules.unit = cu = self.unit
-        m.submodules.grads = gmem = LaneMemory(geo.lanes, geo.weight_depth, signed(geo.grad_bits))
+        m.submodules.grads = gmem = LaneMemory(geo.lanes, geo.weight_depth, signed(geo.grad_bits),
+                                               registered=geo.register_grads)
         wiring.connect(m, wiring.flipped(self.cmd), fe.cmd)
         if fe.uses_signs:
             m.submodules.signs = signs = SignMemory(geo.lanes, geo.rows, geo.row_bits)
@@ -234,6 +236,7 @@ class UpdateHarness(wiring.Component):
         if geo.momentum:
             mems.append(("momentum", geo.grad_bits, self.mtest, upd.momentum, upd.busy))
         for name, bits, test, client, owns in mems:
-            mem = m.submodules[name] = LaneMemory(geo.lanes, geo.weight_depth, signed(bits))
+            mem = m.submodules[name] = LaneMemory(geo.lanes, geo.weight_depth, signed(bits),
+                                                  registered=name == "grads" and geo.register_grads)
             mux_ports(m, mem.port, [(owns, client), (None, wiring.flipped(test))])
         return m

@@ -326,14 +326,17 @@ async def write_rows(dut: Any, prefix: str, rows: list[list[int]], bits: int) ->
     getattr(dut, f"{prefix}__we").value = 0
 
 
-async def read_rows(dut: Any, prefix: str, depth: int, lanes: int, bits: int) -> list[list[int]]:
-    """Read rows ``0 .. depth - 1`` of a lane memory through ``<prefix>__raddr/ren/rdata``."""
+async def read_rows(dut: Any, prefix: str, depth: int, lanes: int, bits: int,
+                    latency: int = 1) -> list[list[int]]:
+    """Read rows ``0 .. depth - 1`` of a lane memory through ``<prefix>__raddr/ren/rdata``,
+    which answers ``latency`` cycles after the address (2: ``LaneMemory(registered=True)``)."""
     rows = []
     for r in range(depth):
         await FallingEdge(dut.clk)
         getattr(dut, f"{prefix}__ren").value = 1
         getattr(dut, f"{prefix}__raddr").value = r
-        await RisingEdge(dut.clk)
+        for _ in range(latency):
+            await RisingEdge(dut.clk)
         await ReadOnly()
         raw = getattr(dut, f"{prefix}__rdata").value.to_unsigned()
         rows.append([to_signed(raw >> (k * bits), bits) for k in range(lanes)])

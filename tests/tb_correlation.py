@@ -41,8 +41,9 @@ FE = CorrelationWalker(geo)
 #: the harness's unit trusts the walker's spacing (no forwarding, as in the accelerator)
 #: or forwards (CorrelationHarness's ``spaced``)
 SPACED = os.environ.get("PERTURBO_CORR_SPACED") == "1"
+G_LATENCY = geo.grads_read_latency
 UNIT = CorrelationUnit(geo.lanes, geo.row_bits, geo.grad_bits, FE.term_bits, geo.overflow,
-                       min_spacing=FE.min_row_spacing if SPACED else None)
+                       min_spacing=FE.min_row_spacing if SPACED else None, read_latency=G_LATENCY)
 GB, TB, LANES = geo.grad_bits, FE.term_bits, geo.lanes
 LO, HI = -(1 << (GB - 1)), (1 << (GB - 1)) - 1
 RULES = [lay.rule for lay in geo.layers]
@@ -187,7 +188,7 @@ async def load_g(dut, g: list[torch.Tensor]) -> None:
 
 
 async def read_g(dut) -> list[list[int]]:
-    return await read_rows(dut, "gtest", geo.weight_depth, LANES, GB)
+    return await read_rows(dut, "gtest", geo.weight_depth, LANES, GB, G_LATENCY)
 
 
 def random_g(rng: random.Random) -> list[torch.Tensor]:
@@ -365,11 +366,12 @@ async def jobs(dut, idle: float) -> None:
 
 @cocotb.test()
 async def direct_rows(dut) -> None:
-    """The unit alone: any sequence of rows, the same row again 1, 2 or 3 rows later
-    included (the rows in the unit's pipe), random masks, terms at the term width's ends,
-    random gaps; then a final pass over the rows.  A unit built without forwarding
-    (``SPACED``) gets rows spaced as it was promised: the same row again ``DEPTH``
-    rows later at the soonest (at the soonest cycles too: the source's gaps only add)."""
+    """The unit alone: any sequence of rows, the same row again 1 to ``depth - 1`` rows
+    later included (the rows in the unit's pipe: 3, or 4 with a G memory that answers a
+    cycle later), random masks, terms at the term width's ends, random gaps; then a final
+    pass over the rows.  A unit built without forwarding (``SPACED``) gets rows spaced as
+    it was promised: the same row again ``depth`` rows later at the soonest (at the
+    soonest cycles too: the source's gaps only add)."""
     bench = Bench(dut, "direct")
     dut.cmd__valid.value = 0
     await bench.reset()
@@ -382,15 +384,16 @@ async def direct_rows(dut) -> None:
     src = bench.source("rows", UNIT.layout, 0.3)
     tlo, thi = -(1 << (TB - 1)), (1 << (TB - 1)) - 1
     model = [list(r) for r in rows0]
-    # the last rows sent; the forwarding unit gets the last three again (the rows in its
-    # pipe), the other one rows DEPTH back, never one of the DEPTH - 1 rows before
-    back = [1, 2, 3] if UNIT.forwarding else [UNIT.DEPTH, UNIT.DEPTH + 1, UNIT.DEPTH + 2]
+    # the last rows sent; the forwarding unit gets the last depth - 1 again (the rows in
+    # its pipe), the other one rows depth back, never one of the depth - 1 rows before
+    back = list(range(1, UNIT.depth)) if UNIT.forwarding else [UNIT.depth, UNIT.depth + 1, UNIT.depth + 2]
     recent = [-1] * back[-1]
     for _ in range(300):
         pick = rng.random()
-        row = (recent[-back[0]] if pick < 0.3 else recent[-back[1]] if pick < 0.45
-               else recent[-back[2]] if pick < 0.6 else rng.randrange(geo.weight_depth))
-        while row < 0 or (not UNIT.forwarding and row in recent[1 - UNIT.DEPTH:]):
+        # (a row just sent half as often again as one further back)
+        row = (recent[-back[0]] if pick < 0.3 else recent[-rng.choice(back[1:])] if pick < 0.6
+               else rng.randrange(geo.weight_depth))
+        while row < 0 or (not UNIT.forwarding and row in recent[1 - UNIT.depth:]):
             row = rng.randrange(geo.weight_depth)
         recent = recent[1:] + [row]
         mask = rng.getrandbits(LANES)

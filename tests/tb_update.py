@@ -18,6 +18,7 @@ cfg = config()
 geo = Geometry(cfg)
 UNIT = UpdateUnit(geo)
 WB, GB = geo.weight_bits, geo.grad_bits
+G_LATENCY = geo.grads_read_latency
 
 
 def rand_mats(rng: random.Random, bits: int) -> list[torch.Tensor]:
@@ -64,7 +65,7 @@ async def updates(dut) -> None:
         got_w = matrices_from_rows(geo, await read_rows(dut, "wtest", geo.weight_depth, geo.lanes, WB))
         msg = first_difference(f"weights after the update with lr_mult {lr}", got_w, w)
         assert msg is None, msg
-        got_g = await read_rows(dut, "gtest", geo.weight_depth, geo.lanes, GB)
+        got_g = await read_rows(dut, "gtest", geo.weight_depth, geo.lanes, GB, G_LATENCY)
         assert all(v == 0 for row in got_g[: geo.rows] for v in row), "G not cleared"
         if mom is not None:
             got_m = matrices_from_rows(geo, await read_rows(dut, "mtest", geo.weight_depth,
@@ -102,7 +103,7 @@ async def fused(dut, idle: float) -> None:
     got_w = matrices_from_rows(geo, await read_rows(dut, "wtest", geo.weight_depth, geo.lanes, WB))
     msg = first_difference("weights after the fused update", got_w, w)
     assert msg is None, msg
-    assert await read_rows(dut, "gtest", geo.weight_depth, geo.lanes, GB) == g_mem, \
+    assert await read_rows(dut, "gtest", geo.weight_depth, geo.lanes, GB, G_LATENCY) == g_mem, \
         "the fused update wrote the G memory"
     if mom is not None:
         got_m = matrices_from_rows(geo, await read_rows(dut, "mtest", geo.weight_depth,

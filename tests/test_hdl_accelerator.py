@@ -44,6 +44,16 @@ def test_accelerator(name: str, simulator: str) -> None:
     run_cocotb(accelerator, "accel_top", "tb_accelerator", extra_env=env, big=True, simulator=simulator)
 
 
+def test_register_grads_needs_pipelined_reads() -> None:
+    """G's registered reads answer a cycle later, which only a pipelined host bus waits for:
+    a board without one (the iCEBreaker) refuses the option, naming it."""
+    cfg = RULE_CONFIGS["drtp"]
+    assert cfg.hardware.register_grads
+    with pytest.raises(ValueError, match="hardware.register_grads"):
+        Accelerator(cfg, pipelined_reads=False)
+    assert isinstance(Accelerator(cfg, pipelined_reads=True), Accelerator)
+
+
 def test_on_arc_is_the_ring_distance_test() -> None:
     """``Sequencer.on_arc`` (three comparisons) equals the ring-distance test it replaced,
     ``ring_distance(a, slot) < ring_distance(a, b)``, for every ring of up to 9 slots."""

@@ -44,8 +44,14 @@ def test_forwarding_only_when_needed() -> None:
     assert fe.min_row_spacing == geo.rows + CorrelationWalker.JOB_GAP
     unit = partial(CorrelationUnit, geo.lanes, geo.row_bits, geo.grad_bits, fe.term_bits)
     assert unit().forwarding
-    assert unit(min_spacing=CorrelationUnit.DEPTH - 1).forwarding
-    assert not unit(min_spacing=CorrelationUnit.DEPTH).forwarding
+    depth = unit().depth
+    assert depth == CorrelationUnit.LATENCY + 1
+    assert unit(min_spacing=depth - 1).forwarding
+    assert not unit(min_spacing=depth).forwarding
     assert not unit(min_spacing=fe.min_row_spacing).forwarding
+    # a G memory that answers a cycle later: a stage more, a row more to forward
+    assert unit(read_latency=2).depth == depth + 1
+    assert unit(min_spacing=depth, read_latency=2).forwarding
+    assert not unit(min_spacing=depth + 1, read_latency=2).forwarding
     with pytest.raises(ValueError, match="min_spacing"):
         unit(min_spacing=0)
