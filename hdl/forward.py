@@ -251,6 +251,12 @@ class ForwardEngine(wiring.Component):
         #: and selects the byte after (:class:`~.memories.SampleMemory`'s ``registered``),
         #: which the accelerator builds so.
         self.registered_sample = self.registered_reads and self.draw_latency >= 4
+        #: The key pipe's request chosen after the first hash pipe's first adder, which hashes
+        #: both words (:class:`~.random.Draw`'s ``alternate``): the choice waits for the
+        #: interlock's verdict on the token, which ran through the adder into the hash's
+        #: first register (the ECP5 8-lane build's slowest path); with ``registered_reads``
+        #: asked for, as the skid register.
+        self.late_key_choice = registered_reads
         #: the bits of lane 0's position in its sign word that are always 0: ``gbase`` is a
         #: multiple of ``lanes``, so of its largest power-of-two factor
         self.sign_bit_lo = min(SIGN_BIT_BITS, (lanes & -lanes).bit_length() - 1)
@@ -634,7 +640,8 @@ class ForwardEngine(wiring.Component):
         draws_neurons = bool(self.inject_layers) or geo.projection
         draws = []
         for p in range(geo.draw_pipes):
-            draw = m.submodules[f"draw{p}"] = Draw(geo.hash_stages_per_register)
+            draw = m.submodules[f"draw{p}"] = Draw(geo.hash_stages_per_register,
+                                                   alternate=p == 0 and self.late_key_choice)
             sign_word = (regs.idx0 + tabs.pipe_off[p][layer])[:tabs.idx_bits] if p < geo.sign_pipes else 0
             if geo.shared_draw:
                 neuron = (neuron0 + regs.col)[:tabs.nidx_bits] if p == 0 else None
@@ -672,8 +679,11 @@ class ForwardEngine(wiring.Component):
             key_take.eq(key_req.valid & key_req.ready),
             draws[0].tweak.eq(Mux(key_flag[H // 2 - 1], self.seed, 0)),
         ]
+        if self.late_key_choice:
+            m.d.comb += [draws[0].alt_key.eq(key_req.payload), draws[0].alt_take.eq(key_take)]
         with m.If(key_take):
-            m.d.comb += [draws[0].key.eq(key_req.payload), draws[0].index.eq(0)]
+            if not self.late_key_choice:
+                m.d.comb += [draws[0].key.eq(key_req.payload), draws[0].index.eq(0)]
             m.d.sync += key_busy.eq(1)
         with m.If(en):
             m.d.sync += [flag.eq(prev) for flag, prev in zip(key_flag, [key_take, *key_flag[:-1]], strict=True)]

@@ -111,6 +111,11 @@ class Mix32(wiring.Component):
     ----------
     stages_per_register
         1, 2, 3 or 6 (default :data:`MIX32_STAGES_PER_REGISTER`).
+    alternate
+        A second word to hash, ``alt_i``, taken instead of ``i`` where ``alt_sel`` is high.
+        Both go through the first stage's adder and the choice is made after it, so that a
+        late ``alt_sel`` does not run through the adder's carry chain (a second adder's
+        logic for it).
 
     Members
     -------
@@ -118,14 +123,20 @@ class Mix32(wiring.Component):
         Advance the pipe (``init=1``: free-running when left unconnected).
     i : ``In(32)``
         Word to hash.
+    alt_i, alt_sel : ``In(32)``, ``In(1)``
+        With ``alternate``: the other word, and the choice of it.
     o : ``Out(32)``
         Hash of the word that entered :attr:`latency` advances ago.
     """
 
-    def __init__(self, stages_per_register: int = MIX32_STAGES_PER_REGISTER) -> None:
+    def __init__(self, stages_per_register: int = MIX32_STAGES_PER_REGISTER, *, alternate: bool = False) -> None:
         self.latency = mix32_latency(stages_per_register)
         self.stages_per_register = stages_per_register
-        super().__init__({"en": In(1, init=1), "i": In(32), "o": Out(32)})
+        self.alternate = alternate
+        members = {"en": In(1, init=1), "i": In(32), "o": Out(32)}
+        if alternate:
+            members |= {"alt_i": In(32), "alt_sel": In(1)}
+        super().__init__(members)
 
     def elaborate(self, platform: object) -> Module:
         m = Module()
@@ -133,6 +144,8 @@ class Mix32(wiring.Component):
         x = self.i
         for stage in range(MIX32_STAGES):
             x = mix32_stage(x, stage)
+            if stage == 0 and self.alternate:  # both words through the adder, then the choice
+                x = Mux(self.alt_sel, mix32_stage(self.alt_i, 0), x)
             if stage % per == per - 1:
                 reg = Signal(32, name=f"s{stage}")
                 with m.If(self.en):
@@ -154,6 +167,10 @@ class Draw(wiring.Component):
     ----------
     stages_per_register
         Of each :class:`Mix32` (default :data:`MIX32_STAGES_PER_REGISTER`).
+    alternate
+        A second key, ``alt_key`` with index 0, taken instead of ``key`` and ``index``
+        where ``alt_take`` is high, the choice made after the first stage's adder
+        (:class:`Mix32`'s ``alternate``).
 
     Members
     -------
@@ -161,26 +178,33 @@ class Draw(wiring.Component):
         Advance the pipe (``init=1``).
     key : ``In(32)``
     index : ``In(32)``
+    alt_key, alt_take : ``In(32)``, ``In(1)``
+        With ``alternate``: the other key (index 0), and the choice of it.
     tweak : ``In(32)``
         XORed into the word between the rounds (0 unless connected).
     o : ``Out(32)``
         The word of the key and index that entered :attr:`latency` advances ago.
     """
 
-    def __init__(self, stages_per_register: int = MIX32_STAGES_PER_REGISTER) -> None:
+    def __init__(self, stages_per_register: int = MIX32_STAGES_PER_REGISTER, *, alternate: bool = False) -> None:
         self.latency = draw_latency(stages_per_register)
         self.stages_per_register = stages_per_register
-        super().__init__({"en": In(1, init=1), "key": In(32), "index": In(32), "tweak": In(32),
-                          "o": Out(32)})
+        self.alternate = alternate
+        members = {"en": In(1, init=1), "key": In(32), "index": In(32), "tweak": In(32), "o": Out(32)}
+        if alternate:
+            members |= {"alt_key": In(32), "alt_take": In(1)}
+        super().__init__(members)
 
     def elaborate(self, platform: object) -> Module:
         m = Module()
-        m.submodules.round0 = r0 = Mix32(self.stages_per_register)
+        m.submodules.round0 = r0 = Mix32(self.stages_per_register, alternate=self.alternate)
         m.submodules.round1 = r1 = Mix32(self.stages_per_register)
         m.d.comb += [
             r0.en.eq(self.en), r1.en.eq(self.en),
             r0.i.eq(self.key ^ self.index), r1.i.eq(r0.o ^ self.tweak), self.o.eq(r1.o),
         ]
+        if self.alternate:
+            m.d.comb += [r0.alt_i.eq(self.alt_key), r0.alt_sel.eq(self.alt_take)]
         return m
 
 
