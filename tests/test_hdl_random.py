@@ -1,7 +1,8 @@
 """The arithmetic helpers of hdl/arith.py against golden.units (and logic_product against
-``*``), exhaustively, in Amaranth's simulator.  (The random source's pipes and drawn values are checked where the
-forward engine uses them: tests/tb_forward.py compares its signs, injections, factors
-and pass keys with golden.units.)"""
+``*``), exhaustively, and the hash pipe's alternate key, in Amaranth's simulator.  (The
+random source's pipes and drawn values are checked where the forward engine uses them:
+tests/tb_forward.py compares its signs, injections, factors and pass keys with
+golden.units.)"""
 
 from __future__ import annotations
 
@@ -72,6 +73,50 @@ def test_logic_product_is_the_product() -> None:
                 assert ctx.get(p) == x * y, (x, y)
                 for bits, np_ in narrow_p.items():
                     assert ctx.get(np_) == x * (y >> (8 - bits)), (x, y, bits)
+
+    sim.add_testbench(bench)
+    sim.run()
+
+
+@pytest.mark.parametrize("stages_per_register", [1, 2, 3, 6])
+def test_draw_alternate_key(stages_per_register: int) -> None:
+    """``Draw(alternate=True)`` (the forward engine's key pipe on the ECP5): each cycle a
+    token's ``(key, index)`` or, where ``alt_take`` is high, a pass-key request's key, and
+    every word out :attr:`latency` cycles later equals golden.units' ``draw`` or
+    ``pass_key`` of what went in."""
+    import random
+
+    from perturbo.hdl.random import Draw
+
+    dut = Draw(stages_per_register, alternate=True)
+    seed = 0x1234_5678
+    rng = random.Random(stages_per_register)
+    inputs = [(rng.getrandbits(32), rng.getrandbits(32), rng.getrandbits(32), rng.random() < 0.4)
+              for _ in range(60)]
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+
+    def expected(key: int, index: int, alt_key: int, take: bool) -> int:
+        if take:  # key = e << 2 | stream, index 0, tweak seed
+            return int(u.mix32((seed ^ int(u.mix32(alt_key))) & 0xFFFF_FFFF)) & 0xFFFF_FFFF
+        return int(u.draw(torch.tensor(key), torch.tensor(index))) & 0xFFFF_FFFF
+
+    async def bench(ctx) -> None:
+        taken = []
+        for cycle in range(len(inputs) + dut.latency):
+            if cycle < len(inputs):
+                key, index, alt_key, take = inputs[cycle]
+                ctx.set(dut.key, key)
+                ctx.set(dut.index, index)
+                ctx.set(dut.alt_key, alt_key)
+                ctx.set(dut.alt_take, take)
+            taken.append(cycle < len(inputs) and inputs[cycle][3])
+            # the tweak (the seed) where a request's word leaves the first round
+            back = cycle - dut.latency // 2
+            ctx.set(dut.tweak, seed if back >= 0 and taken[back] else 0)
+            if cycle >= dut.latency:
+                assert ctx.get(dut.o) == expected(*inputs[cycle - dut.latency]), cycle
+            await ctx.tick()
 
     sim.add_testbench(bench)
     sim.run()
