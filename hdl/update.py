@@ -262,7 +262,7 @@ class UpdateUnit(wiring.Component):
         shifted where P exists: :meth:`_shifted_product`)."""
         geo, lanes = self.geometry, self.geometry.lanes
         gb = geo.grad_bits
-        product_shape = data.ArrayLayout(signed(gb + 9), lanes)
+        product_shape = data.ArrayLayout(signed(self._step_bits()), lanes)
         if product_slices(gb) == 1:
             d = self._stage_after(m, c, "d", value=Signal(product_shape))
             m.d.sync += [d.value[k].eq(c.value[k] * self.lr_mult) for k in range(lanes)]
@@ -285,12 +285,30 @@ class UpdateUnit(wiring.Component):
         """Whether stage D's ``value`` is already rounded and shifted (stage P did it)."""
         return product_slices(self.geometry.grad_bits) > 1
 
+    def _step_bits(self) -> int:
+        """Width of stage D's ``value``: the whole product ``U * lr_mult``, or where stage P
+        rounds and shifts it, the step narrowed to ``weight_bits + 2`` bits.
+
+        That narrowing changes no weight: with ``B = 2^weight_bits``, a step of ``B`` or
+        more takes any weight below ``-B/2`` (it saturates to the minimum either way, and
+        narrowing keeps it at ``B`` or more), one of ``-B`` or less above ``B/2 - 1``; under
+        wrap only the step modulo ``B`` matters, which narrowing keeps.  It leaves stage D
+        a subtraction of ``weight_bits + 2`` bits instead of ``grad_bits + 9`` (its carry
+        chain into the saturation was the ECP5 8-lane build's slowest path at 100 MHz).
+        """
+        if self._shifted_product():
+            return self.geometry.weight_bits + 2
+        return self.geometry.grad_bits + 9
+
     def _round_by_layer(self, m: Module, layer: Value, target: Value, product: Value) -> None:
-        """``target`` (a register) takes ``round_shift(product, lr_shift)`` of ``layer``."""
+        """``target`` (a register of :meth:`_step_bits`) takes ``round_shift(product,
+        lr_shift)`` of ``layer``, narrowed to its width."""
+        geo = self.geometry
         with m.Switch(layer):
-            for lay in self.geometry.layers:
+            for lay in geo.layers:
                 with m.Case(lay.index):
-                    m.d.sync += target.eq(round_shift(product, lay.lr_shift, self.geometry.rounding))
+                    step = round_shift(product, lay.lr_shift, geo.rounding)
+                    m.d.sync += target.eq(narrow(step, self._step_bits(), geo.overflow))
 
     def _stage_registers(self, name: str, value: Signal | None = None) -> _Stage:
         """A stage's ``valid``, row, layer and weight registers, named ``name_*``, and

@@ -7,11 +7,16 @@ from cocotb_build import SIMULATORS, run_cocotb
 from hdl_configs import RULE_CONFIGS, UNIT_CONFIGS, config_env
 from hdl_harness import UpdateHarness
 
+from perturbo.config import parse_config
 from perturbo.hdl.geometry import Geometry
 
+_odd = UNIT_CONFIGS["odd"].model_dump(mode="json")
 #: and with G's reads registered (``hardware.register_grads``): momentum and a G of two
-#: multiplier slices (node), no momentum and a G of one (tpsgd-l2)
-UPDATE_CONFIGS = {**UNIT_CONFIGS, "node": RULE_CONFIGS["node"], "tpsgd-l2": RULE_CONFIGS["tpsgd-l2"]}
+#: multiplier slices (node), no momentum and a G of one (tpsgd-l2); and a G of two slices
+#: that wraps (the step narrowed in stage P, ``UpdateUnit._step_bits``)
+UPDATE_CONFIGS = {**UNIT_CONFIGS, "node": RULE_CONFIGS["node"], "tpsgd-l2": RULE_CONFIGS["tpsgd-l2"],
+                  "odd-wide-g": parse_config({**_odd, "name": "odd-wide-g",
+                                              "numerics": {**_odd["numerics"], "grad_bits": 30}})}
 
 
 @pytest.mark.parametrize("sim", SIMULATORS)
