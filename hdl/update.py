@@ -113,9 +113,10 @@ class UpdateUnit(wiring.Component):
     @staticmethod
     def latency(geometry: Geometry) -> int:
         """Cycles from a row's stage A to the write of its weights (stages B to E): 4, 5
-        where the product takes stage P (``U`` of more than one slice), and 2 more with
-        ``hardware.register_grads`` (stages H and I)."""
-        return 4 + (product_slices(geometry.grad_bits) > 1) + 2 * geometry.register_grads
+        where the product takes stage P (``U`` of more than one slice), and with
+        ``hardware.register_grads`` 2 more (stages H and I), 3 with stage P (and Q)."""
+        slices = product_slices(geometry.grad_bits) > 1
+        return 4 + slices + geometry.register_grads * (2 + slices)
 
     def elaborate(self, platform: object) -> Module:
         """Six stages (five with a ``U`` of one slice, :meth:`latency`): A the row and its
@@ -123,9 +124,10 @@ class UpdateUnit(wiring.Component):
         also rounds and shifts it), D subtract, E the write of the weights.
 
         With ``hardware.register_grads`` G answers a read a cycle later: A reads G and H
-        the weights and the momentum, so that all three arrive in B; and I holds ``U`` in
+        the weights and the momentum, so that all three arrive in B; I holds ``U`` in
         registers that the placer puts beside the block multipliers, before C multiplies
-        it (at 32 lanes ``U`` crossed the chip to them: docs/boards.md)."""
+        it (at 32 lanes ``U`` crossed the chip to them: docs/boards.md); and Q narrows the
+        step after P (:meth:`_narrow_step`)."""
         m = Module()
         geo = self.geometry
         active, fused, a_row = self._row_and_reads(m)
@@ -143,6 +145,9 @@ class UpdateUnit(wiring.Component):
             in_pipe.append(i.valid)
             c = i
         p_valid, d = self._multiply(m, c)
+        if self._narrows_step():
+            in_pipe.append(d.valid)
+            d = self._narrow_step(m, d)
         e_valid = self._subtract_and_write(m, d)
         in_pipe += [p_valid, d.valid, e_valid]
         owns = [active, b_valid & ~b_fused]
@@ -258,17 +263,17 @@ class UpdateUnit(wiring.Component):
         subtraction and the narrowing (D's whole work in one cycle was next, at 100 MHz).
         A ``U`` of one slice is multiplied in C alone and shifted in D (the iCEBreaker's
         16-bit ``G``: no logic cells for a stage that joins nothing).  Returns P's
-        ``valid`` (0 without it) and the registers of stage D (``value`` = the product,
-        shifted where P exists: :meth:`_shifted_product`)."""
+        ``valid`` (0 without it) and the registers of stage D, or Q (:meth:`_narrow_step`)
+        (``value`` = the product, shifted where P exists: :meth:`_shifted_product`)."""
         geo, lanes = self.geometry, self.geometry.lanes
         gb = geo.grad_bits
-        product_shape = data.ArrayLayout(signed(self._step_bits()), lanes)
+        product_shape = data.ArrayLayout(signed(gb + 9), lanes)
         if product_slices(gb) == 1:
             d = self._stage_after(m, c, "d", value=Signal(product_shape))
             m.d.sync += [d.value[k].eq(c.value[k] * self.lr_mult) for k in range(lanes)]
             return Const(0), d
         p = self._stage_after(m, c, "p", value=None)
-        d = self._stage_after(m, p, "d", value=Signal(product_shape))
+        d = self._stage_after(m, p, "q" if self._narrows_step() else "d", value=Signal(product_shape))
         bounds = [*range(0, gb, PRODUCT_SLICE), gb]
         for k in range(lanes):
             u = c.value[k]
@@ -285,30 +290,35 @@ class UpdateUnit(wiring.Component):
         """Whether stage D's ``value`` is already rounded and shifted (stage P did it)."""
         return product_slices(self.geometry.grad_bits) > 1
 
-    def _step_bits(self) -> int:
-        """Width of stage D's ``value``: the whole product ``U * lr_mult``, or where stage P
-        rounds and shifts it, the step narrowed to ``weight_bits + 2`` bits.
+    def _narrows_step(self) -> bool:
+        """Whether stage Q narrows the rounded step before D (``hardware.register_grads``,
+        where stage P exists)."""
+        return self.geometry.register_grads and self._shifted_product()
 
-        That narrowing changes no weight: with ``B = 2^weight_bits``, a step of ``B`` or
-        more takes any weight below ``-B/2`` (it saturates to the minimum either way, and
-        narrowing keeps it at ``B`` or more), one of ``-B`` or less above ``B/2 - 1``; under
-        wrap only the step modulo ``B`` matters, which narrowing keeps.  It leaves stage D
-        a subtraction of ``weight_bits + 2`` bits instead of ``grad_bits + 9`` (its carry
-        chain into the saturation was the ECP5 8-lane build's slowest path at 100 MHz).
+    def _narrow_step(self, m: Module, q: _Stage) -> _Stage:
+        """Stage Q: the rounded and shifted step narrowed to ``weight_bits + 2`` bits into the
+        registers of stage D, whose subtraction is then that wide instead of ``grad_bits +
+        9`` bits (its carry chain into the saturation was the ECP5 8-lane build's slowest
+        path with ``register_grads``; narrowing in P, after the slices' sum and the
+        rounding, made P the slowest).
+
+        That narrowing changes no weight: with ``B = 2^weight_bits``, a step of ``B`` or more
+        takes any weight below ``-B/2`` (it saturates to the minimum either way, and the
+        narrowed step stays ``B`` or more), one of ``-B`` or less above ``B/2 - 1``; under
+        wrap only the step modulo ``B`` matters, which narrowing keeps.
         """
-        if self._shifted_product():
-            return self.geometry.weight_bits + 2
-        return self.geometry.grad_bits + 9
+        geo = self.geometry
+        bits = geo.weight_bits + 2
+        d = self._stage_after(m, q, "d", value=Signal(data.ArrayLayout(signed(bits), geo.lanes)))
+        m.d.sync += [d.value[k].eq(narrow(q.value[k], bits, geo.overflow)) for k in range(geo.lanes)]
+        return d
 
     def _round_by_layer(self, m: Module, layer: Value, target: Value, product: Value) -> None:
-        """``target`` (a register of :meth:`_step_bits`) takes ``round_shift(product,
-        lr_shift)`` of ``layer``, narrowed to its width."""
-        geo = self.geometry
+        """``target`` (a register) takes ``round_shift(product, lr_shift)`` of ``layer``."""
         with m.Switch(layer):
-            for lay in geo.layers:
+            for lay in self.geometry.layers:
                 with m.Case(lay.index):
-                    step = round_shift(product, lay.lr_shift, geo.rounding)
-                    m.d.sync += target.eq(narrow(step, self._step_bits(), geo.overflow))
+                    m.d.sync += target.eq(round_shift(product, lay.lr_shift, self.geometry.rounding))
 
     def _stage_registers(self, name: str, value: Signal | None = None) -> _Stage:
         """A stage's ``valid``, row, layer and weight registers, named ``name_*``, and

@@ -59,8 +59,10 @@ async def updates(dut) -> None:
         dut.start.value = 1
         await FallingEdge(dut.clk)
         dut.start.value = 0
-        await ClockCycles(dut.clk, geo.rows + 8)
-        assert not int(dut.busy.value), "the update did not finish in rows + 8 cycles"
+        # the sweep's rows, then the pipe's stages (and the start pulse's cycle, with slack)
+        await ClockCycles(dut.clk, geo.rows + UpdateUnit.latency(geo) + 3)
+        assert not int(dut.busy.value), \
+            f"the update did not finish in rows + {UpdateUnit.latency(geo) + 3} cycles"
         golden_update(w, mom, g, lr)
         got_w = matrices_from_rows(geo, await read_rows(dut, "wtest", geo.weight_depth, geo.lanes, WB))
         msg = first_difference(f"weights after the update with lr_mult {lr}", got_w, w)

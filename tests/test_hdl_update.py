@@ -13,10 +13,11 @@ from perturbo.hdl.geometry import Geometry
 _odd = UNIT_CONFIGS["odd"].model_dump(mode="json")
 #: and with G's reads registered (``hardware.register_grads``): momentum and a G of two
 #: multiplier slices (node), no momentum and a G of one (tpsgd-l2); and a G of two slices
-#: that wraps (the step narrowed in stage P, ``UpdateUnit._step_bits``)
+#: that wraps (the step narrowed in stage Q, ``UpdateUnit._narrow_step``)
 UPDATE_CONFIGS = {**UNIT_CONFIGS, "node": RULE_CONFIGS["node"], "tpsgd-l2": RULE_CONFIGS["tpsgd-l2"],
                   "odd-wide-g": parse_config({**_odd, "name": "odd-wide-g",
-                                              "numerics": {**_odd["numerics"], "grad_bits": 30}})}
+                                              "numerics": {**_odd["numerics"], "grad_bits": 30},
+                                              "hardware": {**_odd["hardware"], "register_grads": True}})}
 
 
 @pytest.mark.parametrize("sim", SIMULATORS)
