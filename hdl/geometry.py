@@ -325,7 +325,7 @@ def generation_parameters(cfg: Config) -> dict:
         **({} if cfg.hardware.training else {"training": False}),
         **({} if cfg.hardware.overlap_update else {"overlap_update": False}),
         **({"dead_zone": cfg.rule.dead_zone} if cfg.rule.dead_zone else {}),
-        **({"register_grads": True} if cfg.hardware.register_grads else {}),
+        **({"register_grads": True} if cfg.hardware.register_grads and cfg.hardware.training else {}),
     }
 
 
