@@ -6,8 +6,9 @@ only reads the reports) and prints one Markdown table:
 
 - the ULX3S-85F at each of ``--lanes`` (default 8, 16, 32, 64) MAC lanes, the digits MGD
   weight-perturbation network (``examples/digits-mgd-weight.yaml``: as shipped at its 8
-  lanes and 93.75 MHz, the other lane counts at :data:`VARIANT_CLOCK_MHZ`), the lanes'
-  products in logic from ``--logic-products-from`` lanes (:data:`LOGIC_PRODUCTS_FROM`);
+  lanes and 93.75 MHz, the other lane counts at :data:`VARIANT_CLOCK_MHZ` with the
+  example's other hardware keys, ``register_grads`` among them), the lanes' products in
+  logic from ``--logic-products-from`` lanes (:data:`LOGIC_PRODUCTS_FROM`);
 - the iCEBreaker at ``--icebreaker-lanes`` (default: the lane count of
   ``examples/digits-mgd-weight-icebreaker.yaml``, 1, the largest that fits the UP5K,
   docs/boards.md);
@@ -29,7 +30,8 @@ Usage::
     python bench/board_table.py --cached-only       # print what the cache holds, "not run" else
     python bench/board_table.py --lanes 8 16 --out table.md
 
-ULX3S builds take 6 to 13 minutes each on a loaded 2-core machine.
+ULX3S builds take 3 to 13 minutes each on a loaded 2-core machine up to 16 lanes, about an
+hour at 32.
 """
 
 from __future__ import annotations
