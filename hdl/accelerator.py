@@ -171,7 +171,7 @@ class Accelerator(wiring.Component):
         # checked before the object exists: a rejected configuration leaves no unused
         # elaboratable behind (Amaranth would warn "created but never used")
         check_supported(cfg)
-        if not kwargs.get("pipelined_reads", True) and cfg.hardware.register_grads and cfg.hardware.training:
+        if not kwargs.get("pipelined_reads", True) and cfg.hardware.grads_registered:
             # the bus answers every space a cycle after the read without pipelined_reads
             raise ValueError("hardware.register_grads needs a host bus that pipelines its reads (the ECP5 "
                              "boards and the co-simulation), not this board's; set it to false")
@@ -546,7 +546,8 @@ class Accelerator(wiring.Component):
 
         ``memories`` maps each space to its host port and whether it is laned (one word per
         lane of a row); the memories of the spaces in ``registered`` answer a cycle later,
-        from a register of their own (with ``pipelined_reads``: ``MemoryBlock.bank_words``).
+        from a register of their own (``MemoryBlock.bank_words``, ``LaneMemory``'s
+        ``registered``), which takes the place of the bus's first read register.
         Memory accesses are refused while a command runs, but reads of the
         loss record and the sample and label writes a ``TRAIN_STREAM`` run leaves alone
         (the sequencer's :meth:`~.sequencer.Sequencer.slot_free`).  Registers and writes

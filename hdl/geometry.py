@@ -111,7 +111,7 @@ class Geometry:
         self.lane_products = hw.lane_products
         #: G's reads answer a cycle later (a register at the block RAM's output), and the
         #: update's multipliers take registered inputs (``hardware.register_grads``)
-        self.register_grads = hw.register_grads and hw.training
+        self.register_grads = hw.grads_registered
         #: cycles from a read of the G memories to their data
         self.grads_read_latency = 2 if self.register_grads else 1
         self.weight_bits = num.weight_bits
@@ -325,7 +325,7 @@ def generation_parameters(cfg: Config) -> dict:
         **({} if cfg.hardware.training else {"training": False}),
         **({} if cfg.hardware.overlap_update else {"overlap_update": False}),
         **({"dead_zone": cfg.rule.dead_zone} if cfg.rule.dead_zone else {}),
-        **({"register_grads": True} if cfg.hardware.register_grads and cfg.hardware.training else {}),
+        **({"register_grads": True} if cfg.hardware.grads_registered else {}),
     }
 
 

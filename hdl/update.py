@@ -132,12 +132,15 @@ class UpdateUnit(wiring.Component):
         geo = self.geometry
         active, fused, a_row = self._row_and_reads(m)
         in_pipe: list[Value] = [active, fused]  # the stages' valid bits (busy)
+        owns: list[Value] = [active]  # the stages that read or clear G (owns_grads)
         # the stage before B: A, or H
-        before_b = (active | fused, fused, a_row, self.sums.payload.g)
+        valid, from_sums, row, sums_g = active | fused, fused, a_row, self.sums.payload.g
         if geo.register_grads:
-            before_b = self._wait_for_grads(m, *before_b)
-            in_pipe.append(before_b[0])
-        b_valid, b_fused, c = self._momentum(m, *before_b)
+            valid, from_sums, row, sums_g = self._wait_for_grads(m, valid, from_sums, row, sums_g)
+            in_pipe.append(valid)
+            owns.append(valid & ~from_sums)
+        b_valid, b_fused, c = self._momentum(m, valid, from_sums, row, sums_g)
+        owns.append(b_valid & ~b_fused)
         in_pipe += [b_valid, c.valid]
         if geo.register_grads:
             i = self._stage_after(m, c, "i", value=Signal.like(c.value, name="i_u"))
@@ -150,9 +153,6 @@ class UpdateUnit(wiring.Component):
             d = self._narrow_step(m, d)
         e_valid = self._subtract_and_write(m, d)
         in_pipe += [p_valid, d.valid, e_valid]
-        owns = [active, b_valid & ~b_fused]
-        if geo.register_grads:
-            owns.insert(1, before_b[0] & ~before_b[1])
         m.d.comb += [
             self.busy.eq(functools.reduce(operator.or_, in_pipe)),
             self.owns_grads.eq(functools.reduce(operator.or_, owns)),

@@ -338,11 +338,12 @@ class HardwareConfig(_Strict):
     register_grads: bool = Field(
         False,
         description="register the G memory's block-RAM output before the correlation and the "
-        "update use it, and the update's multiplier inputs before the block multipliers: one "
-        "more cycle each in the correlation's and the update's pipes (two a step), for the "
-        "ECP5's Fmax at 16 lanes and more, where G's block RAMs and the multipliers sit across "
-        "the chip from the logic that uses them (docs/boards.md); off, the 8-lane and iCE40 "
-        "builds save the flip-flops",
+        "update use it, the update's multiplier inputs before the block multipliers, and its step "
+        "narrowed a stage before the subtraction: a cycle more in the correlation's pipe and two "
+        "or three in the update's (4 a step for a 32-bit G), for the ECP5's Fmax, where G's block "
+        "RAMs and the multipliers sit across the chip from the logic that uses them "
+        "(docs/boards.md); needs a pipelined host bus (not the iCEBreaker's); off, a build saves "
+        "the flip-flops",
     )
     counter_bits: Literal[32, 48, 64] = Field(
         48,
@@ -357,6 +358,12 @@ class HardwareConfig(_Strict):
         "output writer, registers and host link without the perturbation sources, loss, correlation, "
         "update, G and momentum memories), which refuses TRAIN: the cost of learning in docs/boards.md",
     )
+
+    @property
+    def grads_registered(self) -> bool:
+        """``register_grads`` where it has an effect: a training build (an inference-only one
+        has no G memory)."""
+        return self.register_grads and self.training
 
 
 class Config(_Strict):
