@@ -11,12 +11,13 @@ pos     what happens (``H`` = the :class:`Draw` latency: 6, or 2 with
 ======  ================================================================================
 0       issue: counters give the token; the index of the group's sign word enters a :class:`Draw`
 1..H-1  the hash pipes; at ``H-1`` the weight, sample and activation reads are issued
-        (with ``registered_reads`` the weight and sample reads at ``H-2``, into registers at ``H-1``)
+        (with ``registered_reads`` the weight, sample and activation reads at ``H-2``, into
+        registers at ``H-1``)
 H       ``w8`` = top 8 bits of the master weight; ``narrow_8(w8 + delta * a * s)`` for a
         perturbed ``mgd-weight`` layer, lane ``k``'s ``s`` from bit ``k`` past lane 0's in the
         sign words, also written to ``signs``; ``x_j``
         selected (sample, activation byte or 127)
-H+1     ``w * x``
+H+1     ``w * x`` (operands and product in registers of a :class:`~.dsp.RegisteredProduct`)
 H+2     ``acc = w * x`` (first input) or ``acc + w * x``
 H+3     on the bias token: ``narrow_acc(acc + injection)`` (``node_delta * a * s`` or
         ``sigma * a * n`` from the neuron draws of the bias token, or 0)
@@ -59,7 +60,8 @@ from amaranth.lib.wiring import In, Out
 
 from perturbo.config import Activation, Rule
 
-from .arith import at_most, logic_product, narrow, round_shift
+from .arith import at_most, narrow, round_shift
+from .dsp import RegisteredProduct
 from .geometry import Geometry, ceil_log2
 from .memories import LanePortSignature, PortSignature, SignWriteSignature, next_column, no_read_collision
 from .projection import ErrorKind, Gate, activation_gate, projection_error
@@ -171,10 +173,11 @@ class ForwardEngine(wiring.Component):
         Shape of the pass tag: whatever the command carries comes back with the results
         of that pass.
     registered_reads
-        Read the weights and the sample a position earlier (H-2) and register them at H-1,
-        so that no path runs from a block RAM's output through the perturbation (an add and
-        a saturation) into ``w7`` (the ECP5 builds' slowest path once the host bus read was
-        pipelined), nor through the input select into ``x7`` (the next one).
+        Read the weights, the sample and the activation word a position earlier (H-2) and
+        register them at H-1, so that no path runs from a block RAM's output through the
+        perturbation (an add and a saturation) into ``w7`` (the ECP5 builds' slowest path
+        once the host bus read was pipelined), nor through the input select into ``x7`` (the
+        next one), whose copies sit in every lane's block multiplier.
         Only with a hash of at least three positions (H >= 3): the read then still comes a
         cycle after the token's issue.  The pipe, and so every cycle count, is unchanged.
 
@@ -347,9 +350,9 @@ class ForwardEngine(wiring.Component):
         self._control_pipe(m, pipe, en)
         draws = self._hash_pipes(m, tabs, regs, pipe[0], en)
         self._key_pipe(m, draws, pipe[0], en)
-        weights, sample, act_rd, act_wr = self._memory_reads(m, pipe, en, platform)
-        w7, x7, drawn = self._select_and_perturb(m, tabs, pipe[H], en, draws, weights, sample, act_rd)
-        acc = self._multiply_accumulate(m, pipe[H + 2], en, w7, x7)
+        weights, sample, act_word, act_wr = self._memory_reads(m, pipe, en, platform)
+        w6, x6, drawn = self._select_and_perturb(m, tabs, pipe[H], en, draws, weights, sample, act_word)
+        acc = self._multiply_accumulate(m, pipe[H + 2], en, w6, x6)
         acc10 = self._inject(m, tabs, pipe[H + 2], en, acc, drawn)
         self._output(m, tabs, regs, pipe[H + 4], en, out_valid, out, acc10, act_wr, drawn, platform)
 
@@ -695,25 +698,35 @@ class ForwardEngine(wiring.Component):
     # -- positions H-1..H+4: the datapath --------------------------------------------------------
 
     def _memory_reads(self, m: Module, pipe: list[Value], en: Signal,
-                      platform: object) -> tuple[Value, Value, object, object]:
-        """Position H-1: the weight, sample and activation reads (data at H); the weight and
-        sample reads at H-2 and registered at H-1 with :attr:`registered_reads`, the
-        sample's at H-3 with :attr:`registered_sample` (its memory's answer two reads later).
+                      platform: object) -> tuple[Value, Value, Value, object]:
+        """Position H-1: the weight, sample and activation reads (data at H); with
+        :attr:`registered_reads` at H-2 and registered at H-1, the sample's at H-3 with
+        :attr:`registered_sample` (its memory's answer two reads later).
 
-        The activation memory (four banks of act words) lives here; returns the weights and
-        the sample byte for position H, the activation memory's read port for H and its
-        write port for the output register.
+        The activation memory (four banks of act words) lives here; returns the weights,
+        the sample byte and the activation word for position H, and the activation
+        memory's write port for the output register.
         """
         H = self.draw_latency
-        t5 = pipe[H - 1]
         weights, sample = self.weights.rdata, self.samples.rdata
-        w_read = s_read = t5
+        w_read = s_read = a_read = pipe[H - 1]
+        act_depth = 1 << self.act_addr_bits
+        m.submodules.acts = acts = Memory(shape=data.ArrayLayout(signed(8), self.lanes),
+                                          depth=act_depth, init=[])
+        act_rd = acts.read_port()
+        act_wr = acts.write_port()
+        act_rd2 = acts.read_port()
+        act_word = act_rd.data
         if self.registered_reads:
+            # (the activation word too: its byte feeds every lane's multiplier register, which
+            # on the ECP5 sits inside the block multiplier, spread over the chip)
             weights = Signal.like(self.weights.rdata, name="w5")
             sample = Signal.like(self.samples.rdata, name="x5")
+            act_word = Signal.like(act_rd.data, name="a5")
             with m.If(en):  # (the reads hold while en is low, and so do their registers)
-                m.d.sync += [weights.eq(self.weights.rdata), sample.eq(self.samples.rdata)]
-            w_read = s_read = pipe[H - 2]
+                m.d.sync += [weights.eq(self.weights.rdata), sample.eq(self.samples.rdata),
+                             act_word.eq(act_rd.data)]
+            w_read = s_read = a_read = pipe[H - 2]
         if self.registered_sample:
             s_read = pipe[H - 3]
         m.d.comb += [
@@ -721,44 +734,36 @@ class ForwardEngine(wiring.Component):
             self.weights.ren.eq(en),
             self.samples.raddr.eq(s_read.saddr),
             self.samples.ren.eq(en),
-        ]
-        act_depth = 1 << self.act_addr_bits
-        m.submodules.acts = acts = Memory(shape=data.ArrayLayout(signed(8), self.lanes),
-                                          depth=act_depth, init=[])
-        act_rd = acts.read_port()
-        act_wr = acts.write_port()
-        act_rd2 = acts.read_port()
-        m.d.comb += [
-            act_rd.addr.eq(t5.aaddr),
+            act_rd.addr.eq(a_read.aaddr),
             # only the reads the select uses (no_read_collision): not the samples, not the bias
-            act_rd.en.eq(en & t5.valid & (t5.layer != 0) & ~t5.last),
+            act_rd.en.eq(en & a_read.valid & (a_read.layer != 0) & ~a_read.last),
             act_rd2.addr.eq(self.act_read.addr),
             act_rd2.en.eq(self.act_read.en),
             self.act_read.data.eq(act_rd2.data),
         ]
         # a pass writes the bank of its own activations; the next layer's reads and the
-        # walker's read the banks of finished layers and passes (Sequencer)
+        # walker's read the banks of finished layers and passes (Sequencer); a token reads
+        # its word after its issue, which the interlock allowed only once the word was written
         no_read_collision(m, acts, "acts", platform, act_wr, [act_rd, act_rd2])
-        return weights, sample, act_rd, act_wr
+        return weights, sample, act_word, act_wr
 
     def _select_and_perturb(self, m: Module, tabs: _LayerTables, t6: Value, en: Signal,
                             draws: list[Draw], weights: Value, sample: Value,
-                            act_rd: object) -> tuple[list[Signal], Signal, list[list[Signal]] | None]:
+                            act_word: Value) -> tuple[list[Value], Value, list[list[Signal]] | None]:
         """Position H: each lane's weight (perturbed in a perturbed ``mgd-weight`` layer, its
         signs written to ``signs``) and the shared input (sample, activation byte or the
-        bias input), registered as ``w7`` and ``x7``; also the neuron draws (``drawn``)."""
+        bias input), for the multipliers' operand registers (``w7``, ``x7``); also the
+        neuron draws (``drawn``)."""
         lanes, wb, ovf = self.lanes, self.geometry.weight_bits, self.geometry.overflow
         delta = self.delta
         sign_bits = self._sign_bits(draws, t6)
-        w7 = [Signal(signed(8), name=f"w7_{k}") for k in range(lanes)]
-        x7 = Signal(signed(8))
         x6 = Signal(signed(8))
         with m.If(t6.last):
             m.d.comb += x6.eq(BIAS_INPUT)
         with m.Elif(t6.layer == 0):
             m.d.comb += x6.eq(sample)
         with m.Else():
-            m.d.comb += x6.eq(act_rd.data[t6.byte])
+            m.d.comb += x6.eq(act_word[t6.byte])
         m.d.comb += [
             self.signs.bank.eq(t6.sign_bank),
             self.signs.row.eq(t6.row),
@@ -766,15 +771,14 @@ class ForwardEngine(wiring.Component):
             self.signs.en.eq(en & t6.valid & t6.perturb),
         ]
         drawn = self._neuron_draws(m, tabs, t6, en, draws)
-        with m.If(en):
-            m.d.sync += x7.eq(x6)
-            for k in range(lanes):
-                w8 = Value.cast(weights[k])[wb - 8:wb].as_signed()
-                minus = sign_bits[k] ^ t6.negate  # a * s = -1
-                step = Mux(minus, -delta, delta)
-                perturbed = narrow(w8 + step, 8, ovf)
-                m.d.sync += w7[k].eq(Mux(t6.perturb, perturbed, w8))
-        return w7, x7, drawn
+        w6 = []
+        for k in range(lanes):
+            w8 = Value.cast(weights[k])[wb - 8:wb].as_signed()
+            minus = sign_bits[k] ^ t6.negate  # a * s = -1
+            step = Mux(minus, -delta, delta)
+            perturbed = narrow(w8 + step, 8, ovf)
+            w6.append(Mux(t6.perturb, perturbed, w8))
+        return w6, x6, drawn
 
     def _neuron_draws(self, m: Module, tabs: _LayerTables, t6: Value, en: Signal,
                       draws: list[Draw]) -> list[list[Signal]] | None:
@@ -813,16 +817,18 @@ class ForwardEngine(wiring.Component):
                 m.d.sync += [drawn[pos][k].eq(drawn[pos - 1][k]) for k in range(lanes)]
         return drawn
 
-    def _multiply_accumulate(self, m: Module, t8: Value, en: Signal, w7: list[Signal],
-                             x7: Signal) -> list[Signal]:
-        """Positions H+1 (products) and H+2 (accumulate; exact: the configuration sizes
-        ``acc_bits`` for it)."""
+    def _multiply_accumulate(self, m: Module, t8: Value, en: Signal, w6: list[Value],
+                             x6: Value) -> list[Signal]:
+        """Positions H+1 (the operands ``w7``, ``x7`` registered, then multiplied into ``p8``:
+        :class:`~.dsp.RegisteredProduct`, inside the block multiplier on the ECP5) and H+2
+        (accumulate; exact: the configuration sizes ``acc_bits`` for it)."""
         lanes = self.lanes
-        p8 = [Signal(signed(16), name=f"p8_{k}") for k in range(lanes)]
-        with m.If(en):
-            for k in range(lanes):
-                product = logic_product(w7[k], x7) if self.geometry.lane_products == "logic" else w7[k] * x7
-                m.d.sync += p8[k].eq(product)
+        p8 = []
+        for k in range(lanes):
+            mult = m.submodules[f"mult{k}"] = RegisteredProduct(
+                signed(8), signed(8), logic=self.geometry.lane_products == "logic")
+            m.d.comb += [mult.a.eq(w6[k]), mult.b.eq(x6), mult.en.eq(en)]
+            p8.append(mult.p)
 
         acc_bits = self.geometry.acc_bits
         acc = [Signal(signed(acc_bits), name=f"acc{k}") for k in range(lanes)]

@@ -25,6 +25,7 @@ from amaranth.lib.wiring import In, Out
 
 from .arith import narrow, round_shift
 from .correlation import sums_layout
+from .dsp import RegisteredProduct
 from .geometry import Geometry
 from .memories import LanePortSignature
 
@@ -124,10 +125,11 @@ class UpdateUnit(wiring.Component):
         also rounds and shifts it), D subtract, E the write of the weights.
 
         With ``hardware.register_grads`` G answers a read a cycle later: A reads G and H
-        the weights and the momentum, so that all three arrive in B; I holds ``U`` in
-        registers that the placer puts beside the block multipliers, before C multiplies
-        it (at 32 lanes ``U`` crossed the chip to them: docs/boards.md); and Q narrows the
-        step after P (:meth:`_narrow_step`)."""
+        the weights and the momentum, so that all three arrive in B; I holds ``U`` (and
+        ``lr_mult``) in the multipliers' operand registers (:class:`~.dsp.RegisteredProduct`:
+        inside the block multipliers on the ECP5; at 32 lanes ``U`` crossed the chip to
+        them, docs/boards.md) before C multiplies it; and Q narrows the step after P
+        (:meth:`_narrow_step`)."""
         m = Module()
         geo = self.geometry
         active, fused, a_row = self._row_and_reads(m)
@@ -142,12 +144,12 @@ class UpdateUnit(wiring.Component):
         b_valid, b_fused, c = self._momentum(m, valid, from_sums, row, sums_g)
         owns.append(b_valid & ~b_fused)
         in_pipe += [b_valid, c.valid]
+        u = c.value
         if geo.register_grads:
-            i = self._stage_after(m, c, "i", value=Signal.like(c.value, name="i_u"))
-            m.d.sync += i.value.eq(c.value)
-            in_pipe.append(i.valid)
-            c = i
-        p_valid, d = self._multiply(m, c)
+            # I's U is the multipliers' operand registers (RegisteredProduct), fed with C's
+            c = self._stage_after(m, c, "i", value=None)
+            in_pipe.append(c.valid)
+        p_valid, d = self._multiply(m, c, u, operands_registered=geo.register_grads)
         if self._narrows_step():
             in_pipe.append(d.valid)
             d = self._narrow_step(m, d)
@@ -251,7 +253,7 @@ class UpdateUnit(wiring.Component):
             ]
         return b_valid, b_fused, replace(c, value=c_u)
 
-    def _multiply(self, m: Module, c: _Stage) -> tuple[Value, _Stage]:
+    def _multiply(self, m: Module, c: _Stage, u: Value, *, operands_registered: bool) -> tuple[Value, _Stage]:
         """Stage C, and P where ``U`` takes more than one multiplier: the product
         ``U * lr_mult``.
 
@@ -262,28 +264,40 @@ class UpdateUnit(wiring.Component):
         and shifts the product by its layer's ``lr_shift``, which leaves D only the
         subtraction and the narrowing (D's whole work in one cycle was next, at 100 MHz).
         A ``U`` of one slice is multiplied in C alone and shifted in D (the iCEBreaker's
-        16-bit ``G``: no logic cells for a stage that joins nothing).  Returns P's
-        ``valid`` (0 without it) and the registers of stage D, or Q (:meth:`_narrow_step`)
-        (``value`` = the product, shifted where P exists: :meth:`_shifted_product`)."""
+        16-bit ``G``: no logic cells for a stage that joins nothing).
+
+        ``u`` is ``U`` as ``c`` holds it, or with ``operands_registered`` (stage I) as the
+        stage before ``c`` holds it: the multipliers' operand registers take it (and
+        ``lr_mult``) as ``c``'s.  Returns P's ``valid`` (0 without it) and the registers of
+        stage D, or Q (:meth:`_narrow_step`) (``value`` = the product, shifted where P
+        exists: :meth:`_shifted_product`)."""
         geo, lanes = self.geometry, self.geometry.lanes
         gb = geo.grad_bits
+
+        def product(piece: Value, name: str) -> Value:
+            """``piece * lr_mult`` in the next stage's registers."""
+            if operands_registered:
+                mult = m.submodules[name] = RegisteredProduct(piece.shape(), self.lr_mult.shape())
+                m.d.comb += [mult.a.eq(piece), mult.b.eq(self.lr_mult), mult.en.eq(1)]
+                return mult.p
+            part = Signal.like(piece * self.lr_mult, name=name)
+            m.d.sync += part.eq(piece * self.lr_mult)
+            return part
+
         product_shape = data.ArrayLayout(signed(gb + 9), lanes)
         if product_slices(gb) == 1:
             d = self._stage_after(m, c, "d", value=Signal(product_shape))
-            m.d.sync += [d.value[k].eq(c.value[k] * self.lr_mult) for k in range(lanes)]
+            m.d.comb += [d.value[k].eq(product(u[k], f"product_{k}")) for k in range(lanes)]
             return Const(0), d
         p = self._stage_after(m, c, "p", value=None)
         d = self._stage_after(m, p, "q" if self._narrows_step() else "d", value=Signal(product_shape))
         bounds = [*range(0, gb, PRODUCT_SLICE), gb]
         for k in range(lanes):
-            u = c.value[k]
-            product = 0
+            whole = 0
             for lo, hi in pairwise(bounds):
-                piece = u[lo:hi] if hi < gb else u[lo:hi].as_signed()
-                part = Signal.like(piece * self.lr_mult, name=f"part{lo}_{k}")
-                m.d.sync += part.eq(piece * self.lr_mult)
-                product = product + (part << lo)
-            self._round_by_layer(m, p.layer, d.value[k], product)
+                piece = u[k][lo:hi] if hi < gb else u[k][lo:hi].as_signed()
+                whole = whole + (product(piece, f"part{lo}_{k}") << lo)
+            self._round_by_layer(m, p.layer, d.value[k], whole)
         return p.valid, d
 
     def _shifted_product(self) -> bool:

@@ -151,7 +151,8 @@ def _run_dir(build_dir: Path, test_module: str, testcase: str | None) -> Path:
 
 
 def run_cocotb(component, toplevel: str, test_module: str, *, extra_env: dict[str, str] | None = None,
-               testcase: str | None = None, big: bool = False, simulator: str = "verilator") -> None:
+               testcase: str | None = None, big: bool = False, simulator: str = "verilator",
+               library: str = "") -> None:
     """Generate ``component`` as ``toplevel``, build it once, run the cocotb ``test_module``
     on ``simulator`` (``"verilator"`` or ``"icarus"``).
 
@@ -166,14 +167,15 @@ def run_cocotb(component, toplevel: str, test_module: str, *, extra_env: dict[st
     unoptimised C++, so -O2 only lengthened the build (build and run together, in CPU
     seconds: tb_forward on the digits network 30 against 50; tb_update and tb_correlation
     on digits and DRTP 99 against 128).  ``big`` is for the testbench that runs whole
-    training steps, where the model's speed pays for its optimisation.
+    training steps, where the model's speed pays for its optimisation.  ``library``:
+    Verilog appended to the generated source (models of the vendor cells it instantiates).
     """
     from cocotb_tools.runner import get_runner
 
     waves = waves_requested()
     # src attributes lead a traced signal back to its Python line; they are in the
     # Verilog, and so in the cache key, only when waves are asked for
-    text = verilog.convert(component, name=toplevel, emit_src=waves)
+    text = verilog.convert(component, name=toplevel, emit_src=waves) + library
     tests_dir = str(Path(__file__).resolve().parent)
     if tests_dir not in sys.path:
         sys.path.insert(0, tests_dir)
