@@ -820,13 +820,13 @@ class ForwardEngine(wiring.Component):
     def _multiply_accumulate(self, m: Module, t8: Value, en: Signal, w6: list[Value],
                              x6: Value) -> list[Signal]:
         """Positions H+1 (the operands ``w7``, ``x7`` registered, then multiplied into ``p8``:
-        :class:`~.dsp.RegisteredProduct`, inside the block multiplier on the ECP5) and H+2
-        (accumulate; exact: the configuration sizes ``acc_bits`` for it)."""
+        :class:`~.dsp.RegisteredProduct`, ``p8`` inside the block multiplier on the ECP5)
+        and H+2 (accumulate; exact: the configuration sizes ``acc_bits`` for it)."""
         lanes = self.lanes
         p8 = []
         for k in range(lanes):
             mult = m.submodules[f"mult{k}"] = RegisteredProduct(
-                signed(8), signed(8), logic=self.geometry.lane_products == "logic")
+                signed(8), signed(8), logic=self.geometry.lane_products == "logic", operands_inside=False)
             m.d.comb += [mult.a.eq(w6[k]), mult.b.eq(x6), mult.en.eq(en)]
             p8.append(mult.p)
 

@@ -1,4 +1,5 @@
-"""RegisteredProduct: the ECP5's MULT18X18D instance against the same registers in the fabric.
+"""RegisteredProduct: the ECP5's MULT18X18D instance against the same registers in the fabric
+(the operand registers inside the multiplier, or in the fabric before it).
 
 Both are built side by side in one top (the ECP5 one elaborated for an ECP5 platform, its
 MULT18X18D simulated by :mod:`mult18x18d_model`) and driven with the same random operands,
@@ -49,9 +50,9 @@ class _OnECP5(Elaboratable):
 class DspPair(wiring.Component):
     """The fabric and the ECP5 RegisteredProduct on the same inputs."""
 
-    def __init__(self, a_shape: Shape, b_shape: Shape) -> None:
-        self.fabric = RegisteredProduct(a_shape, b_shape)
-        self.ecp5 = RegisteredProduct(a_shape, b_shape)
+    def __init__(self, a_shape: Shape, b_shape: Shape, operands_inside: bool) -> None:
+        self.fabric = RegisteredProduct(a_shape, b_shape, operands_inside=operands_inside)
+        self.ecp5 = RegisteredProduct(a_shape, b_shape, operands_inside=operands_inside)
         p_shape = self.fabric.p.shape()
         super().__init__({"a": In(a_shape), "b": In(b_shape), "en": In(1),
                           "p_fabric": Out(p_shape), "p_ecp5": Out(p_shape)})
@@ -67,11 +68,12 @@ class DspPair(wiring.Component):
 
 
 @pytest.mark.parametrize("sim", SIMULATORS)
+@pytest.mark.parametrize("inside", [True, False], ids=["operands-inside", "operands-outside"])
 @pytest.mark.parametrize("name", list(SHAPES))
-def test_registered_product(name: str, sim: str) -> None:
+def test_registered_product(name: str, inside: bool, sim: str) -> None:
     a_shape, b_shape = SHAPES[name]
     shapes = {"a": [a_shape.width, a_shape.signed], "b": [b_shape.width, b_shape.signed]}
-    run_cocotb(DspPair(a_shape, b_shape), "dsp_top", "tb_dsp", simulator=sim,
+    run_cocotb(DspPair(a_shape, b_shape, inside), "dsp_top", "tb_dsp", simulator=sim,
                extra_env={"PERTURBO_TB_SHAPES": json.dumps(shapes)}, library=mult18x18d_verilog())
 
 
