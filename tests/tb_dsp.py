@@ -10,7 +10,7 @@ import cocotb
 from cocotb.clock import Clock
 from cocotb.triggers import FallingEdge, ReadOnly
 
-SHAPES = json.loads(os.environ["PERTURBO_TB_SHAPES"])
+CASES = json.loads(os.environ["PERTURBO_TB_CASES"])
 CYCLES = 3000
 
 
@@ -22,29 +22,33 @@ def _draw(rng: random.Random, width: int, signed: bool) -> int:
 
 @cocotb.test()
 async def products(dut) -> None:
-    """Random operands, enables (half the cycles) and resets (1 %): both products equal the
-    product of the operands of two enabled cycles before (0 after a reset)."""
-    rng = random.Random(json.dumps(SHAPES))
-    (aw, a_signed), (bw, b_signed) = SHAPES["a"], SHAPES["b"]
+    """Random operands, enables (half the cycles) and resets (1 %): every pair's products
+    equal the product of the operands of two enabled cycles before (0 after a reset)."""
+    rng = random.Random(0)
     cocotb.start_soon(Clock(dut.clk, 10, unit="ns").start())
-    operands = product = 0, 0
-    expected = 0
+    operands = [(0, 0)] * len(CASES)
+    expected = [0] * len(CASES)
     for cycle in range(CYCLES):
         await FallingEdge(dut.clk)
         reset = cycle < 2 or rng.random() < 0.01
         en = rng.random() < 0.5
-        a, b = _draw(rng, aw, a_signed), _draw(rng, bw, b_signed)
-        dut.rst.value, dut.en.value, dut.a.value, dut.b.value = int(reset), int(en), a, b
+        dut.rst.value, dut.en.value = int(reset), int(en)
+        drawn = []
+        for i, case in enumerate(CASES):
+            a, b = _draw(rng, *case["a"]), _draw(rng, *case["b"])
+            getattr(dut, f"a{i}").value, getattr(dut, f"b{i}").value = a, b
+            drawn.append((a, b))
         await ReadOnly()
-        read = "to_signed" if a_signed or b_signed else "to_unsigned"  # the product's shape
-        fabric = getattr(dut.p_fabric.value, read)()
-        ecp5 = getattr(dut.p_ecp5.value, read)()
-        assert fabric == ecp5 == expected, (
-            f"RegisteredProduct {SHAPES}, cycle {cycle}: fabric {fabric}, MULT18X18D {ecp5}, "
-            f"expected {expected}")
-        # the registers at the coming edge
-        if reset:
-            operands, product = (0, 0), 0
-        elif en:
-            operands, product = (a, b), operands[0] * operands[1]
-        expected = product
+        for i, case in enumerate(CASES):
+            read = "to_signed" if case["a"][1] or case["b"][1] else "to_unsigned"  # the product's shape
+            fabric = getattr(getattr(dut, f"fabric{i}").value, read)()
+            ecp5 = getattr(getattr(dut, f"ecp5{i}").value, read)()
+            assert fabric == ecp5 == expected[i], (
+                f"RegisteredProduct {case}, cycle {cycle}: fabric {fabric}, MULT18X18D {ecp5}, "
+                f"expected {expected[i]}")
+            # the registers at the coming edge
+            if reset:
+                operands[i], expected[i] = (0, 0), 0
+            elif en:
+                expected[i] = operands[i][0] * operands[i][1]
+                operands[i] = drawn[i]

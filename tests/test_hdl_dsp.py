@@ -1,10 +1,11 @@
 """RegisteredProduct: the ECP5's MULT18X18D instance against the same registers in the fabric
 (the operand registers inside the multiplier, or in the fabric before it).
 
-Both are built side by side in one top (the ECP5 one elaborated for an ECP5 platform, its
-MULT18X18D simulated by :mod:`mult18x18d_model`) and driven with the same random operands,
-enables and resets; ``tb_dsp`` compares both products with ``==`` every cycle, and with the
-product of the operands two enables before.
+For every operand shape the accelerator multiplies and both places of the operand
+registers, the ECP5 variant (elaborated for an ECP5 platform, its MULT18X18D simulated by
+:mod:`mult18x18d_model`) and the fabric variant sit side by side in one top on the same
+random operands, enables and resets; ``tb_dsp`` compares both products with ``==`` every
+cycle, and with the product of the operands two enables before.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from amaranth.hdl import Elaboratable, Module, Shape, signed, unsigned
+from amaranth.hdl import Elaboratable, Module, signed, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 from cocotb_build import SIMULATORS, run_cocotb
@@ -29,6 +30,8 @@ SHAPES = {
     "one-slice": (signed(16), unsigned(8)),
     "widest": (signed(18), signed(18)),
 }
+#: (shape name, operand registers inside the multiplier) for each pair in the top.
+CASES = [(name, inside) for name in SHAPES for inside in (True, False)]
 
 
 class _ECP5:
@@ -47,34 +50,41 @@ class _OnECP5(Elaboratable):
         return self.inner.elaborate(_ECP5())
 
 
-class DspPair(wiring.Component):
-    """The fabric and the ECP5 RegisteredProduct on the same inputs."""
+class DspPairs(wiring.Component):
+    """For each of :data:`CASES`, the fabric and the ECP5 RegisteredProduct on the same
+    inputs ``a<i>``, ``b<i>``, with the shared ``en``; their products ``fabric<i>`` and
+    ``ecp5<i>``."""
 
-    def __init__(self, a_shape: Shape, b_shape: Shape, operands_inside: bool) -> None:
-        self.fabric = RegisteredProduct(a_shape, b_shape, operands_inside=operands_inside)
-        self.ecp5 = RegisteredProduct(a_shape, b_shape, operands_inside=operands_inside)
-        p_shape = self.fabric.p.shape()
-        super().__init__({"a": In(a_shape), "b": In(b_shape), "en": In(1),
-                          "p_fabric": Out(p_shape), "p_ecp5": Out(p_shape)})
+    def __init__(self) -> None:
+        self.pairs = []
+        members = {"en": In(1)}
+        for i, (name, inside) in enumerate(CASES):
+            a_shape, b_shape = SHAPES[name]
+            pair = [RegisteredProduct(a_shape, b_shape, operands_inside=inside) for _ in range(2)]
+            self.pairs.append(pair)
+            p_shape = pair[0].p.shape()
+            members |= {f"a{i}": In(a_shape), f"b{i}": In(b_shape),
+                        f"fabric{i}": Out(p_shape), f"ecp5{i}": Out(p_shape)}
+        super().__init__(members)
 
     def elaborate(self, platform: object) -> Module:
         m = Module()
-        m.submodules.fabric = self.fabric
-        m.submodules.ecp5 = _OnECP5(self.ecp5)
-        for mult in (self.fabric, self.ecp5):
-            m.d.comb += [mult.a.eq(self.a), mult.b.eq(self.b), mult.en.eq(self.en)]
-        m.d.comb += [self.p_fabric.eq(self.fabric.p), self.p_ecp5.eq(self.ecp5.p)]
+        for i, (fabric, ecp5) in enumerate(self.pairs):
+            m.submodules[f"fabric{i}"] = fabric
+            m.submodules[f"ecp5{i}"] = _OnECP5(ecp5)
+            for mult in (fabric, ecp5):
+                m.d.comb += [mult.a.eq(getattr(self, f"a{i}")), mult.b.eq(getattr(self, f"b{i}")),
+                             mult.en.eq(self.en)]
+            m.d.comb += [getattr(self, f"fabric{i}").eq(fabric.p), getattr(self, f"ecp5{i}").eq(ecp5.p)]
         return m
 
 
 @pytest.mark.parametrize("sim", SIMULATORS)
-@pytest.mark.parametrize("inside", [True, False], ids=["operands-inside", "operands-outside"])
-@pytest.mark.parametrize("name", list(SHAPES))
-def test_registered_product(name: str, inside: bool, sim: str) -> None:
-    a_shape, b_shape = SHAPES[name]
-    shapes = {"a": [a_shape.width, a_shape.signed], "b": [b_shape.width, b_shape.signed]}
-    run_cocotb(DspPair(a_shape, b_shape, inside), "dsp_top", "tb_dsp", simulator=sim,
-               extra_env={"PERTURBO_TB_SHAPES": json.dumps(shapes)}, library=mult18x18d_verilog())
+def test_registered_product(sim: str) -> None:
+    cases = [{"name": name, "inside": inside, "a": [SHAPES[name][0].width, SHAPES[name][0].signed],
+              "b": [SHAPES[name][1].width, SHAPES[name][1].signed]} for name, inside in CASES]
+    run_cocotb(DspPairs(), "dsp_top", "tb_dsp", simulator=sim,
+               extra_env={"PERTURBO_TB_CASES": json.dumps(cases)}, library=mult18x18d_verilog())
 
 
 def test_operand_too_wide() -> None:
