@@ -114,7 +114,7 @@ class RegisteredProduct(wiring.Component):
             p_CLK0_DIV="ENABLED", p_HIGHSPEED_CLK="NONE", p_GSR="DISABLED", p_CAS_MATCH_REG="FALSE",
             p_SOURCEB_MODE="B_SHIFT", p_MULT_BYPASS="DISABLED", p_RESETMODE="SYNC",
             i_SIGNEDA=Const(1, 1), i_SIGNEDB=Const(1, 1), i_SOURCEA=Const(0, 1), i_SOURCEB=Const(0, 1),
-            i_CLK0=ClockSignal("sync"), i_CE0=self.en, i_RST0=ResetSignal("sync"),
+            i_CLK0=ClockSignal("sync"), i_CE0=self.en, i_RST0=ResetSignal("sync", allow_reset_less=True),
             **pins,
         )
         m.d.comb += self.p.eq(product[:len(self.p)])
