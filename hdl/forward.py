@@ -177,7 +177,8 @@ class ForwardEngine(wiring.Component):
         register them at H-1, so that no path runs from a block RAM's output through the
         perturbation (an add and a saturation) into ``w7`` (the ECP5 builds' slowest path
         once the host bus read was pipelined), nor through the input select into ``x7`` (the
-        next one), whose copies sit in every lane's block multiplier.
+        next one; ``x7`` feeds every lane's multiplier, spread over the chip's multiplier
+        rows, so the placer pulls it toward them).
         Only with a hash of at least three positions (H >= 3): the read then still comes a
         cycle after the token's issue.  The pipe, and so every cycle count, is unchanged.
 
@@ -718,8 +719,8 @@ class ForwardEngine(wiring.Component):
         act_rd2 = acts.read_port()
         act_word = act_rd.data
         if self.registered_reads:
-            # (the activation word too: its byte feeds every lane's multiplier register, which
-            # on the ECP5 sits inside the block multiplier, spread over the chip)
+            # (the activation word too, so that the select into x7, which sits toward the
+            # lanes' multipliers, starts from a register, as the weights' and the sample's do)
             weights = Signal.like(self.weights.rdata, name="w5")
             sample = Signal.like(self.samples.rdata, name="x5")
             act_word = Signal.like(act_rd.data, name="a5")
