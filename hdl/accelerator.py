@@ -262,7 +262,8 @@ class Accelerator(wiring.Component):
             m.submodules.momentum = mmem = LaneMemory(lanes, geo.weight_depth, gshape)
         m.submodules.samples = smem = SampleMemory(geo.sample_bus_words,
                                                    second_read=fe is not None and fe.uses_samples,
-                                                   registered=eng.registered_sample)
+                                                   registered=eng.registered_sample,
+                                                   window=geo.layers[0].split)
         # While a streamed run trains, the host refills labels that the sequencer's label
         # port can read in the same cycle (the co-simulation's check found one at word 240
         # of the digits ring): only a buffer the host fills while idle is declared free of them.

@@ -400,22 +400,27 @@ class CorrelationWalker(wiring.Component):
             return Array(Const(v, width) for v in values)
 
         word_bits = geo.act_bank_bits
-        t_last_col = table([lay.n_in for lay in layers], geo.max_cols.bit_length())
+        t_last_col = table([lay.tokens - 1 for lay in layers], geo.max_tokens.bit_length())
         t_last_group = table([lay.groups - 1 for lay in layers], max(1, max_groups.bit_length()))
         t_row = table([lay.row_base for lay in layers] + [0], geo.row_bits)
         t_in_base = table([layers[i - 1].act_base if i else 0 for i in range(n)], word_bits)
         t_out_base = table([lay.act_base for lay in layers], word_bits)
         t_x_base = table([int(lay.rule == Rule.MGD_NODE) for lay in layers], 1)
         t_mask = Array(
-            Array(Const((1 << lay.lane_count(g, lanes)) - 1, lanes) for g in range(max_groups))
+            Array(Const(lay.synapse_mask(g, 0), lanes) for g in range(max_groups))
             for lay in layers
         )
+        # the last token's: without the padding past the bias, where a layer splits its inputs
+        t_last_mask = Array(
+            Array(Const(lay.synapse_mask(g, lay.tokens - 1), lanes) for g in range(max_groups))
+            for lay in layers
+        ) if geo.max_split > 1 else t_mask
 
         job = Signal(self.job_layout)
         active = Signal()
         li = Signal(range(max(2, n)))
         group = Signal(range(max(2, max_groups)))
-        col = Signal(range(max(2, geo.max_cols)))
+        col = Signal(range(max(2, geo.max_tokens)))
         word = Signal(range(max(2, -(-geo.max_cols // lanes) + 1)))
         byte = Signal(range(max(2, lanes)))
         row = Signal(geo.row_bits)
@@ -446,7 +451,9 @@ class CorrelationWalker(wiring.Component):
         if self.uses_samples:
             m.d.comb += [self.samples.raddr.eq(job.sample_base + col), self.samples.ren.eq(active)]
         return _Walk(job=job, active=active, li=li, group=group, col=col, word=word, byte=byte,
-                     row=row, is_last=is_last, mask=t_mask[li][group])
+                     row=row, is_last=is_last,
+                     mask=Mux(is_last, t_last_mask[li][group], t_mask[li][group]) if geo.max_split > 1
+                     else t_mask[li][group])
 
     def _select_input(self, m: Module, walk: _Walk) -> tuple[Signal, Signal, Signal, Signal,
                                                              Signal | None]:

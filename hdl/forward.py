@@ -62,8 +62,9 @@ from perturbo.config import Activation, Rule
 
 from .arith import at_most, narrow, round_shift
 from .dsp import RegisteredProduct
-from .geometry import Geometry, ceil_log2
-from .memories import LanePortSignature, PortSignature, SignWriteSignature, next_column, no_read_collision
+from .geometry import Geometry, LayerGeometry, ceil_log2
+from .memories import (LanePortSignature, PortSignature, SignWriteSignature, next_column, no_read_collision,
+                       window_shape)
 from .projection import ErrorKind, Gate, activation_gate, projection_error
 from .random import SIGN_BLOCK, Draw, draw_latency, gaussian_noise, projection_value, weight_signs
 
@@ -101,6 +102,13 @@ def activation(q: Value, kind: Activation | None) -> Value:
     raise ValueError(f"unknown activation {kind!r}")
 
 
+def _tree_sum(values: list[Value]) -> Value:
+    """``sum(values)`` as a balanced tree of adders."""
+    while len(values) > 1:
+        values = [a + b for a, b in zip(values[::2], values[1::2], strict=False)] + values[len(values) - len(values) % 2:]
+    return values[0]
+
+
 def _uint(n: int) -> unsigned:
     """An unsigned shape holding 0..n (at least 1 bit)."""
     return unsigned(max(1, n.bit_length()))
@@ -123,6 +131,8 @@ class _LayerTables:
     perturb: Array  #: an ``mgd-weight`` layer: weights perturbed in a perturbed pass
     inject: Array  #: an injected layer (``mgd-node``/``alr``)
     pipe_off: list[Array]  #: per sign pipe: its word's index from pipe 0's (``p * cols``)
+    split: Array  #: lanes a neuron (inputs a token)
+    bias_slot: Array  #: the bias input's place in the last token
     hidden: Array  #: a hidden layer of target projection (draws B on its bias token)
     alr: Array  #: an ALR layer
     nbase: Array  #: neuron (or projection entry) index of the layer's first neuron
@@ -294,7 +304,7 @@ class ForwardEngine(wiring.Component):
             "cmd": In(stream.Signature(self.cmd_layout)),
             "delta": In(7),
             "weights": Out(LanePortSignature(lanes, geo.row_bits, signed(geo.weight_bits))),
-            "samples": Out(PortSignature(self.sample_addr_bits, signed(8))),
+            "samples": Out(PortSignature(self.sample_addr_bits, window_shape(geo.layers[0].split))),
             "signs": Out(SignWriteSignature(lanes, geo.row_bits)),
             "result": Out(stream.Signature(self.result_layout)),
             "seed": In(32),
@@ -354,7 +364,7 @@ class ForwardEngine(wiring.Component):
         weights, sample, act_word, act_wr = self._memory_reads(m, pipe, en, platform)
         w6, x6, drawn = self._select_and_perturb(m, tabs, pipe[H], en, draws, weights, sample, act_word)
         acc = self._multiply_accumulate(m, pipe[H + 2], en, w6, x6)
-        acc10 = self._inject(m, tabs, pipe[H + 2], en, acc, drawn)
+        acc10 = self._inject(m, tabs, pipe[H + 2], pipe[H + 3], en, acc, drawn)
         self._output(m, tabs, regs, pipe[H + 4], en, out_valid, out, acc10, act_wr, drawn, platform)
 
         # -- result stream and tags: the skid register first, then the output register ---------
@@ -386,7 +396,7 @@ class ForwardEngine(wiring.Component):
         n_layers = geo.n_layers
         idx_bits = max(1, geo.total_sign_words.bit_length())
         max_jump = (SIGN_BLOCK - 1 + lanes) // SIGN_BLOCK  # sign blocks a group step can cross
-        col_shape = _uint(geo.max_cols - 1)
+        col_shape = _uint(geo.max_tokens - 1)
         act_word_bits = geo.act_bank_bits
 
         def table(values: list[int], shape: ShapeLike) -> Array:
@@ -411,7 +421,7 @@ class ForwardEngine(wiring.Component):
             idx_bits=idx_bits,
             col_shape=col_shape,
             word_shape=_uint(max(geo.in_words(lay) for lay in layers)),
-            last_col=table([lay.n_in for lay in layers], col_shape),
+            last_col=table([lay.tokens - 1 for lay in layers], col_shape),
             last_group=table([lay.groups - 1 for lay in layers], self.group_shape),
             block_jump=Array(table([(1 + (d - 1) * lay.cols) % (1 << idx_bits) for lay in layers], idx_bits)
                              for d in range(max_jump + 1)),
@@ -420,13 +430,22 @@ class ForwardEngine(wiring.Component):
             out_base=table([lay.act_base for lay in layers], act_word_bits),
             perturb=table([int(lay.rule == Rule.MGD_WEIGHT) for lay in layers], 1),
             inject=table([int(i in self.inject_layers) for i in range(n_layers)], 1),
-            pipe_off=[table([p * lay.cols for lay in layers], idx_bits) for p in range(geo.sign_pipes)],
+            pipe_off=[table([self._pipe_offset(lay, p) for lay in layers], idx_bits) for p in range(geo.sign_pipes)],
+            split=table([lay.split for lay in layers], _uint(geo.max_split)),
+            bias_slot=table([lay.bias_slot for lay in layers], _uint(geo.max_split - 1)),
             hidden=table([int(projection and lay.index < n_layers - 1) for lay in layers], 1),
             alr=table([int(lay.rule == Rule.ALR) for lay in layers], 1),
             nbase=nbase,
             label_off=label_off,
             nidx_bits=nidx_bits,
         )
+
+    @staticmethod
+    def _pipe_offset(lay: LayerGeometry, pipe: int) -> int:
+        """Sign pipe ``pipe``'s word from the token's first (``idx0``) in ``lay``: block
+        ``pipe`` at the token's input, or where the layer splits its inputs block
+        ``pipe // split`` at the token's input ``pipe % split``."""
+        return (pipe // lay.split) * lay.cols + pipe % lay.split
 
     def _token_layout(self) -> data.StructLayout:
         """The token: the control that travels down the pipe beside each input."""
@@ -437,6 +456,9 @@ class ForwardEngine(wiring.Component):
             "group": self.group_shape,
             "first": 1,
             "last": 1,  # the bias token: the group's last input
+            # the bias token reads no input (a field only where a layer splits its inputs,
+            # whose bias token may hold inputs too; else it is ``last``)
+            **({"bias_only": 1} if geo.max_split > 1 else {}),
             "pass_last": 1,
             "byte": range(max(2, lanes)),  # at least one bit at one lane
             "row": geo.row_bits,
@@ -512,7 +534,7 @@ class ForwardEngine(wiring.Component):
         ok = Signal()
         if self.geometry.n_layers > 1:
             m.d.comb += ok.eq(
-                (layer == 0) | is_last | (
+                (layer == 0) | self._bias_only(tabs, layer, is_last) | (
                     (wr_parity == parity) & (
                         (wr_layer_p1 > layer) | ((wr_layer_p1 == layer) & (wr_groups > regs.word))
                     )
@@ -521,6 +543,18 @@ class ForwardEngine(wiring.Component):
         else:
             m.d.comb += ok.eq(1)
         return is_last, ok
+
+    def _first_input(self, col: Value) -> Value:
+        """The first layer's token ``col``'s first input: ``col * split``."""
+        split = self.geometry.layers[0].split
+        return col if split == 1 else Cat(Const(0, split.bit_length() - 1), col)
+
+    def _bias_only(self, tabs: _LayerTables, layer: Value, is_last: Value) -> Value:
+        """The token reads no input: the last of a group, unless the layer splits its inputs
+        and the bias shares the token with some."""
+        if self.geometry.max_split == 1:
+            return is_last
+        return is_last & (tabs.bias_slot[layer] == 0)
 
     def _issue_token(self, m: Module, regs: _IssueRegs, tabs: _LayerTables, t0: Value, ok: Signal,
                      is_last: Signal, pass_done: Value) -> None:
@@ -532,10 +566,11 @@ class ForwardEngine(wiring.Component):
             t0.group.eq(regs.group),
             t0.first.eq(regs.col == 0),
             t0.last.eq(is_last),
+            *([t0.bias_only.eq(self._bias_only(tabs, layer, is_last))] if self.geometry.max_split > 1 else []),
             t0.pass_last.eq(pass_done),
             t0.byte.eq(regs.byte),
             t0.row.eq(regs.row),
-            t0.saddr.eq(regs.sample_base + regs.col),
+            t0.saddr.eq(regs.sample_base + self._first_input(regs.col)),
             t0.aaddr.eq(Cat((tabs.in_base[layer] + regs.word)[:self.geometry.act_bank_bits], regs.p_bank)),
             t0.perturb.eq(regs.p_perturb & tabs.perturb[layer]),
             t0.inject.eq(regs.p_perturb & tabs.inject[layer]),
@@ -563,9 +598,10 @@ class ForwardEngine(wiring.Component):
         layer, group, idx0, gbase = regs.layer, regs.group, regs.idx0, regs.gbase
         with m.If(fire):
             m.d.sync += regs.row.eq(regs.row + 1)
-            next_column(m, is_last, regs.col, regs.byte, regs.word, self.lanes)
+            split = tabs.split[layer] if self.geometry.max_split > 1 else 1
+            next_column(m, is_last, regs.col, regs.byte, regs.word, self.lanes, split)
             with m.If(~is_last):
-                m.d.sync += idx0.eq(idx0 + 1)
+                m.d.sync += idx0.eq(idx0 + split)
             with m.Else():
                 with m.If(~group_done):
                     # the next group's first sign word: blocks of 32 neurons crossed times cols on
@@ -656,14 +692,30 @@ class ForwardEngine(wiring.Component):
             draws.append(draw)
         return draws
 
-    def _sign_bits(self, draws: list[Draw], t6: Value) -> Value:
+    def _sign_bits(self, m: Module, draws: list[Draw], t6: Value) -> Value:
         """Position H: bit ``k`` set where lane ``k``'s weight has ``s = -1``: the lanes' bits
-        of the sign words (0 without ``mgd-weight`` layers)."""
-        pipes = self.geometry.sign_pipes
+        of the sign words (0 without ``mgd-weight`` layers).  Where a layer splits its
+        inputs, lane ``i * split + slot`` (neuron ``i``, the group's only one) takes bit
+        ``i & 31`` of pipe ``(i >> 5) * split + slot``'s word."""
+        geo, lanes = self.geometry, self.lanes
+        pipes = geo.sign_pipes
         if not pipes:
-            return Const(0, self.lanes)
+            return Const(0, lanes)
+        words = [draw.o for draw in draws[:pipes]]
         first = Cat(Const(0, self.sign_bit_lo), t6.sign_bit)[:SIGN_BIT_BITS]
-        return weight_signs([draw.o for draw in draws[:pipes]], first, self.lanes)
+        signs = weight_signs(words, first, lanes)
+        if geo.max_split == 1:
+            return signs
+        bits = Signal(lanes, name="sign_bits")
+        m.d.comb += bits.eq(signs)
+        with m.Switch(t6.layer):
+            for lay in geo.layers:
+                if lay.split > 1 and lay.rule == Rule.MGD_WEIGHT:
+                    with m.Case(lay.index):
+                        m.d.comb += bits.eq(Cat(
+                            words[(k // lay.split >> SIGN_BIT_BITS) * lay.split + k % lay.split]
+                            [(k // lay.split) % SIGN_BLOCK] for k in range(lanes)))
+        return bits
 
     def _key_pipe(self, m: Module, draws: list[Draw], t0: Value, en: Signal) -> None:
         """Pass keys on the first hash pipe.
@@ -737,7 +789,8 @@ class ForwardEngine(wiring.Component):
             self.samples.ren.eq(en),
             act_rd.addr.eq(a_read.aaddr),
             # only the reads the select uses (no_read_collision): not the samples, not the bias
-            act_rd.en.eq(en & a_read.valid & (a_read.layer != 0) & ~a_read.last),
+            act_rd.en.eq(en & a_read.valid & (a_read.layer != 0)
+                         & ~(a_read.bias_only if self.geometry.max_split > 1 else a_read.last)),
             act_rd2.addr.eq(self.act_read.addr),
             act_rd2.en.eq(self.act_read.en),
             self.act_read.data.eq(act_rd2.data),
@@ -750,21 +803,15 @@ class ForwardEngine(wiring.Component):
 
     def _select_and_perturb(self, m: Module, tabs: _LayerTables, t6: Value, en: Signal,
                             draws: list[Draw], weights: Value, sample: Value,
-                            act_word: Value) -> tuple[list[Value], Value, list[list[Signal]] | None]:
+                            act_word: Value) -> tuple[list[Value], list[Value], list[list[Signal]] | None]:
         """Position H: each lane's weight (perturbed in a perturbed ``mgd-weight`` layer, its
         signs written to ``signs``) and the shared input (sample, activation byte or the
         bias input), for the multipliers' operand registers (``w7``, ``x7``); also the
         neuron draws (``drawn``)."""
         lanes, wb, ovf = self.lanes, self.geometry.weight_bits, self.geometry.overflow
         delta = self.delta
-        sign_bits = self._sign_bits(draws, t6)
-        x6 = Signal(signed(8))
-        with m.If(t6.last):
-            m.d.comb += x6.eq(BIAS_INPUT)
-        with m.Elif(t6.layer == 0):
-            m.d.comb += x6.eq(sample)
-        with m.Else():
-            m.d.comb += x6.eq(act_word[t6.byte])
+        sign_bits = self._sign_bits(m, draws, t6)
+        x6 = self._inputs(m, tabs, t6, sample, act_word)
         m.d.comb += [
             self.signs.bank.eq(t6.sign_bank),
             self.signs.row.eq(t6.row),
@@ -780,6 +827,39 @@ class ForwardEngine(wiring.Component):
             perturbed = narrow(w8 + step, 8, ovf)
             w6.append(Mux(t6.perturb, perturbed, w8))
         return w6, x6, drawn
+
+    def _inputs(self, m: Module, tabs: _LayerTables, t6: Value, sample: Value, act_word: Value) -> list[Value]:
+        """Position H: the token's inputs, :attr:`Geometry.max_split` of them (one without a
+        layer that splits): input ``slot`` is the bias input 127 in the bias's place of the
+        last token, 0 past it (padding), else the sample's or the activation word's byte
+        ``slot`` past the token's first.  Lane ``k`` multiplies input ``k % max_split``."""
+        slots = self.geometry.max_split
+        if slots == 1:
+            x6 = Signal(signed(8), name="x6")
+            with m.If(t6.last):
+                m.d.comb += x6.eq(BIAS_INPUT)
+            with m.Elif(t6.layer == 0):
+                m.d.comb += x6.eq(sample)
+            with m.Else():
+                m.d.comb += x6.eq(act_word[t6.byte])
+            return [x6]
+        xs = [Signal(signed(8), name=f"x6_{slot}") for slot in range(slots)]
+        for slot, x6 in enumerate(xs):
+            with m.Switch(t6.layer):
+                for lay in self.geometry.layers:
+                    place = slot % lay.split  # this input's place in the token of the layer
+                    with m.Case(lay.index):
+                        if lay.index == 0:
+                            data_in = sample if lay.split == 1 else sample[place]
+                        else:
+                            data_in = act_word[t6.byte | place]  # (byte: a multiple of split)
+                        with m.If(t6.last & (place == lay.bias_slot)):
+                            m.d.comb += x6.eq(BIAS_INPUT)
+                        with m.Elif(t6.last & (place > lay.bias_slot)):
+                            m.d.comb += x6.eq(0)
+                        with m.Else():
+                            m.d.comb += x6.eq(data_in)
+        return xs
 
     def _neuron_draws(self, m: Module, tabs: _LayerTables, t6: Value, en: Signal,
                       draws: list[Draw]) -> list[list[Signal]] | None:
@@ -819,7 +899,7 @@ class ForwardEngine(wiring.Component):
         return drawn
 
     def _multiply_accumulate(self, m: Module, t8: Value, en: Signal, w6: list[Value],
-                             x6: Value) -> list[Signal]:
+                             x6: list[Value]) -> list[Signal]:
         """Positions H+1 (the operands ``w7``, ``x7`` registered, then multiplied into ``p8``:
         :class:`~.dsp.RegisteredProduct`, ``p8`` inside the block multiplier on the ECP5)
         and H+2 (accumulate; exact: the configuration sizes ``acc_bits`` for it)."""
@@ -828,7 +908,7 @@ class ForwardEngine(wiring.Component):
         for k in range(lanes):
             mult = m.submodules[f"mult{k}"] = RegisteredProduct(
                 signed(8), signed(8), logic=self.geometry.lane_products == "logic", operands_inside=False)
-            m.d.comb += [mult.a.eq(w6[k]), mult.b.eq(x6), mult.en.eq(en)]
+            m.d.comb += [mult.a.eq(w6[k]), mult.b.eq(x6[k % len(x6)]), mult.en.eq(en)]
             p8.append(mult.p)
 
         acc_bits = self.geometry.acc_bits
@@ -839,14 +919,19 @@ class ForwardEngine(wiring.Component):
         m.d.comb += self.mac_active.eq(en & t8.valid)
         return acc
 
-    def _inject(self, m: Module, tabs: _LayerTables, t8: Value, en: Signal, acc: list[Signal],
+    def _inject(self, m: Module, tabs: _LayerTables, t8: Value, t9: Value, en: Signal, acc: list[Signal],
                 drawn: list[list[Signal]] | None) -> list[Signal]:
         """Position H+3: on the bias token, the injection and narrowing to ``acc_bits``.
 
         The injection (``sigma * a * n`` for ALR, ``node_delta * a * s`` for MGD node) is
-        registered from the value drawn at H when the token is at H+2.
+        registered from the value drawn at H when the token is at H+2.  Where the layer of
+        the token at H+3 splits its inputs, lane ``i`` takes neuron ``i``'s sum instead of its
+        own accumulator: its ``split`` lanes' (no injection there: only ``mgd-weight`` layers
+        split).  The sum is exact: ``acc_bits`` holds the whole dot product, and the partial
+        sums wrap modulo ``2^acc_bits`` (docs/numerics.md §5).
         """
         lanes, acc_bits, ovf = self.lanes, self.geometry.acc_bits, self.geometry.overflow
+        acc = self._neuron_sums(m, t9, acc)
         acc10 = [Signal(signed(acc_bits), name=f"acc10_{k}") for k in range(lanes)]
         injection = [Signal(signed(INJECT_BITS), name=f"inj{k}") for k in range(lanes)]
         if self.inject_layers:
@@ -860,6 +945,24 @@ class ForwardEngine(wiring.Component):
             for k in range(lanes):
                 m.d.sync += acc10[k].eq(narrow(acc[k] + injection[k], acc_bits, ovf))
         return acc10
+
+    def _neuron_sums(self, m: Module, t9: Value, acc: list[Signal]) -> list[Value]:
+        """Each lane's accumulator, or where the layer at H+3 splits its inputs, the sum of
+        the accumulators of neuron ``k``'s lanes in lane ``k`` (lanes past the layer's
+        neurons: their own, unread)."""
+        geo, acc_bits = self.geometry, self.geometry.acc_bits
+        if geo.max_split == 1:
+            return acc
+        sums = [Signal(signed(acc_bits), name=f"sum9_{k}") for k in range(self.lanes)]
+        m.d.comb += [total.eq(own) for total, own in zip(sums, acc, strict=True)]
+        with m.Switch(t9.layer):
+            for lay in geo.layers:
+                if lay.split > 1:
+                    with m.Case(lay.index):
+                        for k in range(lay.neurons_in(0)):
+                            parts = acc[k * lay.split:(k + 1) * lay.split]
+                            m.d.comb += sums[k].eq(_tree_sum(parts)[:acc_bits])
+        return sums
 
     def _output(self, m: Module, tabs: _LayerTables, regs: _IssueRegs, t10: Value, en: Signal, out_valid: Signal,
                 out: Value, acc10: list[Signal], act_wr: object, drawn: list[list[Signal]] | None,
@@ -879,7 +982,7 @@ class ForwardEngine(wiring.Component):
                     with m.Switch(t10.group):
                         for g in range(lay.groups):
                             with m.Case(g):
-                                m.d.comb += mask10.eq((1 << lay.lane_count(g, lanes)) - 1)
+                                m.d.comb += mask10.eq((1 << lay.neurons_in(g)) - 1)
         with m.If(en):
             m.d.sync += [
                 out_valid.eq(t10.valid),

@@ -4,14 +4,21 @@ One :class:`Geometry` per configuration is shared by every block of the datapath
 the testbenches and by the host side, so there is one definition of each layout.
 
 Weight, G and momentum memories
-    ``lanes`` memories, one per MAC lane; lane ``k`` holds the neurons ``i`` with
-    ``i % lanes == k``.  Layer ``l`` has ``groups_l = ceil(n_out_l / lanes)`` groups of
-    neurons; the word of ``(layer l, group g, input j)`` is at row
-    ``row_base_l + g * (n_in_l + 1) + j`` in every lane, ``j = n_in_l`` being the bias.
-    The host sees row ``r`` of lane ``k`` at word address ``r * lanes + k``.
+    ``lanes`` memories, one per MAC lane.  Layer ``l`` gives each neuron ``split_l`` lanes
+    (1, or with ``hardware.split_inputs`` in an ``mgd-weight`` layer of at most
+    ``lanes / 2`` neurons the largest power of two that fits: :func:`input_split`), so a
+    group holds ``per_group_l = lanes / split_l`` neurons and the layer has
+    ``groups_l = ceil(n_out_l / per_group_l)`` groups (one, where ``split_l > 1``).  A
+    group's *tokens* (one a cycle in the forward engine) each hold ``split_l`` consecutive
+    inputs ``j`` of every neuron, the bias ``j = n_in_l`` last; ``tokens_l =
+    ceil((n_in_l + 1) / split_l)``, and inputs past the bias are padding (input 0).  Weight
+    ``(i, j)`` is in lane ``(i % per_group_l) * split_l + j % split_l`` at row ``row_base_l +
+    (i // per_group_l) * tokens_l + j // split_l``.  The host sees row ``r`` of lane ``k``
+    at word address ``r * lanes + k``.
 
 Activation memory (inside the forward engine)
-    ``lanes`` INT8 values per word: the outputs of one neuron group.  Layer ``l``'s
+    ``lanes`` INT8 values per word: the outputs of one neuron group (neuron
+    ``g * per_group_l + k`` in byte ``k``: every byte but where ``split_l > 1``).  Layer ``l``'s
     outputs occupy words ``act_base_l .. act_base_l + groups_l - 1``; input ``j`` of
     layer ``l >= 1`` is byte ``j % lanes`` of word ``act_base_{l-1} + j // lanes``.
     Four banks: two for baseline passes (alternating by sample) and two for perturbed
@@ -41,7 +48,7 @@ from perturbo.config import TARGET_PROJECTION_RULES, Activation, Config, Optimiz
 from perturbo.golden.units import SIGN_BLOCK, sign_blocks
 from perturbo.limits import LOSS_DEPTH, SAMPLES_PER_WORD, sample_stride
 
-__all__ = ["LayerGeometry", "Geometry", "config_hash", "ceil_log2", "FACTOR_BITS_PROJECTION", "LOSS_DEPTH"]
+__all__ = ["LayerGeometry", "Geometry", "input_split", "layer_splits", "config_hash", "ceil_log2", "FACTOR_BITS_PROJECTION", "LOSS_DEPTH"]
 
 #: Width of the gated error ``g`` of target projection: ``y - tl`` spans -255..255.
 FACTOR_BITS_PROJECTION = 9
@@ -60,7 +67,7 @@ class LayerGeometry:
     index: int
     n_in: int
     n_out: int
-    groups: int  #: neuron groups of ``lanes`` neurons
+    groups: int  #: neuron groups of :attr:`per_group` neurons
     row_base: int  #: first weight-memory row
     sign_offset: int  #: first sign word of the random source (a word per 32 neurons and input)
     neuron_offset: int  #: first neuron index of the random source
@@ -70,20 +77,62 @@ class LayerGeometry:
     activation: Activation | None  #: None for the (linear) output layer
     rule: Rule
     lr_shift: int
+    split: int = 1  #: lanes a neuron, each on its own inputs (a power of two)
+    per_group: int = 1  #: neurons a group: ``lanes // split``
 
     @property
     def cols(self) -> int:
-        """Inputs plus the bias: tokens per neuron group."""
+        """Inputs plus the bias."""
         return self.n_in + 1
+
+    @property
+    def tokens(self) -> int:
+        """Tokens (weight rows) per neuron group: :attr:`split` inputs each."""
+        return -(-self.cols // self.split)
 
     @property
     def rows(self) -> int:
         """Memory rows of the layer."""
-        return self.groups * self.cols
+        return self.groups * self.tokens
 
-    def lane_count(self, group: int, lanes: int) -> int:
-        """Neurons of ``group`` that exist (the last group may be partly empty)."""
-        return max(0, min(lanes, self.n_out - group * lanes))
+    @property
+    def bias_slot(self) -> int:
+        """The bias input's place in the last token (inputs past it are padding)."""
+        return self.n_in % self.split
+
+    def neurons_in(self, group: int) -> int:
+        """Neurons of ``group`` that exist (the last group may be partly empty): the result
+        lanes that hold one."""
+        return max(0, min(self.per_group, self.n_out - group * self.per_group))
+
+    def synapse_mask(self, group: int, token: int) -> int:
+        """Lanes of ``(group, token)`` that hold a weight of the network (bit ``k``: lane ``k``)."""
+        mask = 0
+        for i in range(self.neurons_in(group)):
+            for slot in range(self.split):
+                if token * self.split + slot <= self.n_in:
+                    mask |= 1 << (i * self.split + slot)
+        return mask
+
+
+def input_split(lanes: int, n_out: int, first_layer: bool) -> int:
+    """Lanes a neuron of an ``mgd-weight`` layer can take: the largest power of two ``s``
+    dividing ``lanes`` with ``s * n_out <= lanes`` (so the layer is one group), at most
+    :data:`~perturbo.limits.SAMPLES_PER_WORD` in the first layer (its inputs are a window of
+    one sample buffer word)."""
+    split = 1
+    while lanes % (2 * split) == 0 and 2 * split * n_out <= lanes \
+            and not (first_layer and 2 * split > SAMPLES_PER_WORD):
+        split *= 2
+    return split
+
+
+def layer_splits(cfg: Config) -> list[int]:
+    """Each layer's :attr:`LayerGeometry.split` (:func:`input_split` where it may split)."""
+    lanes, sizes = cfg.hardware.lanes, cfg.network.layers
+    return [input_split(lanes, sizes[li + 1], li == 0)
+            if cfg.hardware.split_inputs and rule == Rule.MGD_WEIGHT else 1
+            for li, rule in enumerate(cfg.layer_rules())]
 
 
 class Geometry:
@@ -130,19 +179,23 @@ class Geometry:
         shifts = net.layer_shifts
         lr_shifts = cfg.layer_lr_shifts()
         n = net.n_layers
+        splits = layer_splits(cfg)
         layers = []
         row = s_off = n_off = p_off = act = 0
         for li in range(n):
             n_in, n_out = net.layers[li], net.layers[li + 1]
-            groups = -(-n_out // self.lanes)
-            layers.append(LayerGeometry(
+            split = splits[li]
+            per_group = self.lanes // split
+            groups = -(-n_out // per_group)
+            lay = LayerGeometry(
                 index=li, n_in=n_in, n_out=n_out, groups=groups, row_base=row,
                 sign_offset=s_off, neuron_offset=n_off, projection_offset=p_off,
                 act_base=act, shift=shifts[li],
                 activation=net.activation if li < n - 1 else None, rule=rules[li],
-                lr_shift=lr_shifts[li],
-            ))
-            row += groups * (n_in + 1)
+                lr_shift=lr_shifts[li], split=split, per_group=per_group,
+            )
+            layers.append(lay)
+            row += lay.rows
             s_off += sign_blocks(n_out) * (n_in + 1)
             n_off += n_out
             p_off += self.classes * n_out
@@ -165,6 +218,9 @@ class Geometry:
         self.total_neurons = n_off
         self.max_groups = max(lay.groups for lay in self.layers)
         self.max_cols = max(lay.cols for lay in self.layers)
+        self.max_tokens = max(lay.tokens for lay in self.layers)
+        #: the most lanes a neuron takes (1: no layer splits its inputs)
+        self.max_split = max(lay.split for lay in self.layers)
         #: bytes a sample takes in the sample buffer (docs/protocol.md, ``SAMPLES``)
         self.sample_stride = sample_stride(self.n_inputs)
         #: log2 of the stride when it is a power of two (the sequencer then shifts the cursor
@@ -207,8 +263,11 @@ class Geometry:
         #: neuron group's lanes take their signs from consecutive bits of the words of their
         #: blocks of 32 neurons (docs/numerics.md §4), so one pipe serves up to 32 lanes (two
         #: where a group straddles a block's end); 0 without ``mgd-weight`` layers
-        self.sign_pipes = max((self._blocks_of_group(lay, g) for lay in self.layers if lay.rule == Rule.MGD_WEIGHT
+        self.sign_pipes = max((self._blocks_of_group(lay, g) * lay.split
+                               for lay in self.layers if lay.rule == Rule.MGD_WEIGHT
                                for g in range(lay.groups)), default=0)
+        #: (a layer that splits its inputs over ``split`` lanes a neuron draws ``split`` words a
+        #: token, each block's: pipe ``block * split + slot`` draws input ``slot`` of the token)
         #: neuron draws (node signs, ALR noise, target projection's ``B``) on one shared pipe:
         #: it draws lane ``k``'s word on the group's input ``k`` (every drawing layer has at
         #: least ``lanes`` inputs before its bias input) instead of ``lanes`` pipes drawing on
@@ -232,8 +291,8 @@ class Geometry:
 
     def _blocks_of_group(self, lay: LayerGeometry, group: int) -> int:
         """Sign blocks (words per input) the neurons of ``group`` of ``lay`` span."""
-        first = group * self.lanes
-        last = first + lay.lane_count(group, self.lanes) - 1
+        first = group * lay.per_group
+        last = first + lay.neurons_in(group) - 1
         return last // SIGN_BLOCK - first // SIGN_BLOCK + 1
 
     def factor_layout(self) -> data.ArrayLayout:
@@ -252,7 +311,8 @@ class Geometry:
     def row_of(self, layer: int, neuron: int, col: int) -> tuple[int, int]:
         """``(row, lane)`` of weight ``(neuron, col)`` of ``layer`` in the lane memories."""
         lay = self.layers[layer]
-        return lay.row_base + (neuron // self.lanes) * lay.cols + col, neuron % self.lanes
+        return (lay.row_base + (neuron // lay.per_group) * lay.tokens + col // lay.split,
+                (neuron % lay.per_group) * lay.split + col % lay.split)
 
     def address_of(self, layer: int, neuron: int, col: int) -> int:
         """Host word address (inside the WEIGHTS/GRADS/MOMENTUM space) of one weight."""
@@ -326,6 +386,8 @@ def generation_parameters(cfg: Config) -> dict:
         **({} if cfg.hardware.overlap_update else {"overlap_update": False}),
         **({"dead_zone": cfg.rule.dead_zone} if cfg.rule.dead_zone else {}),
         **({"register_grads": True} if cfg.hardware.grads_registered else {}),
+        # only where a layer splits: the other builds keep their hashes
+        **({"split": splits} if max(splits := layer_splits(cfg)) > 1 else {}),
     }
 
 

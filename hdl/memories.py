@@ -183,20 +183,23 @@ class SignReadSignature(wiring.Signature):
         super().__init__({"bank": Out(1), "row": Out(row_bits), "en": Out(1), "data": In(lanes)})
 
 
-def next_column(m: Module, last: Value, col: Value, byte: Value, word: Value, lanes: int) -> None:
-    """Advance a weight-row walker by one input column (in ``m.d.sync``).
+def next_column(m: Module, last: Value, col: Value, byte: Value, word: Value, lanes: int,
+                step: int | Value = 1) -> None:
+    """Advance a weight-row walker by one token (in ``m.d.sync``).
 
-    ``col`` is the input index ``j``; layer inputs are packed ``lanes`` per activation
-    word, so the input is byte ``byte`` of word ``word``.  After the ``last`` column (the
-    bias) all three restart at 0 for the next row group.  The forward engine and the
-    correlation walker both read the activations this way.
+    ``col`` counts the tokens of a row group; a token's first input is byte ``byte`` of
+    activation word ``word`` (layer inputs are packed ``lanes`` per word), and a token holds
+    ``step`` inputs (a layer's :attr:`~.geometry.LayerGeometry.split`, which divides
+    ``lanes``).  After the ``last`` token (the bias's) all three restart at 0 for the next
+    row group.  The forward engine and the correlation walker both read the activations
+    this way.
     """
     with m.If(~last):
         m.d.sync += col.eq(col + 1)
-        with m.If(byte == lanes - 1):
+        with m.If(byte == lanes - step):
             m.d.sync += [byte.eq(0), word.eq(word + 1)]
         with m.Else():
-            m.d.sync += byte.eq(byte + 1)
+            m.d.sync += byte.eq(byte + step)
     with m.Else():
         m.d.sync += [col.eq(0), byte.eq(0), word.eq(0)]
 
@@ -307,6 +310,11 @@ class MemoryBlock(wiring.Component):
         m.d.comb += port.rdata.eq(Array(words)[bank2])
 
 
+def window_shape(window: int) -> ShapeLike:
+    """A read of ``window`` INT8 inputs: ``signed(8)`` for one."""
+    return signed(8) if window == 1 else data.ArrayLayout(signed(8), window)
+
+
 class SampleMemory(wiring.Component):
     """The sample buffer: ``words`` 32-bit words of four INT8 each, read by the datapath a
     byte at a time.
@@ -333,10 +341,15 @@ class SampleMemory(wiring.Component):
     slowest path at 100 MHz): ``port.rdata`` is then the byte of the address presented two
     ``port.ren`` cycles before, both stages advancing only with ``port.ren``.
 
+    With ``window`` (a power of two, at most a memory word's bytes) the first read port
+    answers ``window`` consecutive bytes from an address aligned to ``window``: the inputs
+    of a token of a first layer whose neurons take ``window`` lanes each
+    (:attr:`~.geometry.LayerGeometry.split`).
+
     Members
     -------
     port : ``In(ReadPortSignature(byte_bits, signed(8)))``
-        The forward engine's byte reads.
+        The forward engine's byte reads (``ArrayLayout(signed(8), window)`` with a window).
     read : ``In(ReadPortSignature(byte_bits, signed(8)))``
         Only with ``second_read``: the correlation walker's.
     host : ``In(PortSignature(addr_width, 32))``
@@ -345,14 +358,19 @@ class SampleMemory(wiring.Component):
         The first read port reads ``host.raddr`` instead of ``port.raddr``.
     """
 
-    def __init__(self, words: int, *, second_read: bool = False, registered: bool = False) -> None:
+    def __init__(self, words: int, *, second_read: bool = False, registered: bool = False,
+                 window: int = 1) -> None:
         self.words = words
         self.registered = registered
         self.addr_width = _check(words, 32)
         self.byte_bits = self.addr_width + 2
         self.second_read = second_read
+        if window & (window - 1) or not 1 <= window <= (2 if second_read else 4):
+            raise ValueError(f"window must be a power of two of at most a memory word's bytes, not {window!r}")
+        self.window = window
+        self.window_shape = window_shape(window)
         members = {
-            "port": In(ReadPortSignature(self.byte_bits, signed(8))),
+            "port": In(ReadPortSignature(self.byte_bits, self.window_shape)),
             "host": In(PortSignature(self.addr_width, 32)),
             "host_owns": In(1),
         }
@@ -384,7 +402,7 @@ class SampleMemory(wiring.Component):
             m.d.comb += [wr.addr.eq(host.waddr), wr.data.eq(host.wdata), wr.en.eq(host.we)]
 
         def byte_reader(rd: object, client: wiring.PureInterface, host_addr: Value | None,
-                        registered: bool = False) -> None:
+                        registered: bool = False, window: int = 1) -> None:
             """``client``'s byte reads on ``rd``; the host's while idle if ``host_addr``;
             the word registered before the byte select if ``registered``."""
             select = Signal(sel_bits, name="select")
@@ -404,17 +422,18 @@ class SampleMemory(wiring.Component):
             m.d.comb += [
                 rd.addr.eq(word_addr),
                 rd.en.eq(ren),
-                client.rdata.eq(data.word_select(select, 8)),
+                client.rdata.eq(data.word_select(select if window == 1 else select[window.bit_length() - 1:],
+                                                 8 * window)),
             ]
 
         rd = mem.read_port()
         if halves:
             rd2 = mem.read_port()
-            byte_reader(rd, self.port, Cat(0, host.raddr), self.registered)
+            byte_reader(rd, self.port, Cat(0, host.raddr), self.registered, self.window)
             byte_reader(rd2, self.read, Cat(1, host.raddr))
             m.d.comb += host.rdata.eq(Cat(rd.data, rd2.data))
         else:
-            byte_reader(rd, self.port, host.raddr, self.registered)
+            byte_reader(rd, self.port, host.raddr, self.registered, self.window)
             m.d.comb += host.rdata.eq(rd.data)
         # the host writes samples while idle, or (TRAIN_STREAM) ones no run reads yet
         no_read_collision(m, mem, "samples", platform, wr, [rd, rd2] if halves else [rd])

@@ -345,6 +345,14 @@ class HardwareConfig(_Strict):
         "(docs/boards.md); needs a pipelined host bus (not the iCEBreaker's); off, a build saves "
         "the flip-flops",
     )
+    split_inputs: bool = Field(
+        True,
+        description="where an mgd-weight layer has at most half as many neurons as there are lanes, "
+        "give each neuron several lanes, each on its own inputs, summed on the bias token: fewer "
+        "weight rows a pass (the digits network at 32 lanes: 82 rows, not 98); false: one neuron "
+        "a lane, the lanes past the layer's neurons idle (docs/boards.md, 'Lanes that split the "
+        "inputs')",
+    )
     counter_bits: Literal[32, 48, 64] = Field(
         48,
         description="width of the CYCLES and MAC_BUSY counters: 48 wraps after 65 days at 50 MHz; "

@@ -224,16 +224,17 @@ def pass_shape(cfg: Config, *, perturbed: bool) -> PassShape:
     for lay in geo.layers:
         bias_times = []
         for _g in range(lay.groups):
-            for j in range(lay.cols):
+            for token in range(lay.tokens):
+                j = token * lay.split  # the token's first input
                 t += 1
                 if lay.index > 0 and j < lay.n_in:
                     t = max(t, last_bias[j // lanes] + sched.output_visible)
                 issue.append(t)
-                is_bias = j == lay.n_in
+                is_bias = token == lay.tokens - 1
                 perturb = perturbed and lay.rule == Rule.MGD_WEIGHT
                 # a neuron draw: on the bias token, or with one shared hash pipe on the
                 # group's first `lanes` inputs (hdl/forward.py ``_draws_here``)
-                draws_here = j < lanes if geo.shared_draw else is_bias
+                draws_here = token < lanes if geo.shared_draw else is_bias
                 draw = draws_here and ((perturbed and lay.index in inject)
                                        or (geo.projection and lay.index < geo.n_layers - 1))
                 busy.append(perturb or draw)
@@ -369,7 +370,7 @@ def _run(cfg: Config, steps: int, first_step: int) -> _RunTiming:
     # offset of the output layer's first group's bias token from a pass's first token: the
     # loss unit must be idle again when that group's result arrives (checked below)
     out = geo.layers[-1]
-    first_out = base_shape.issue[sched.R - (out.groups - 1) * out.cols - 1]
+    first_out = base_shape.issue[sched.R - (out.groups - 1) * out.tokens - 1]
 
     # -- run start: hdl/sequencer.py _run_start_states ------------------------------------
     t_step = 1 + run_start_cycles(cfg, first_step)  # the cycle STEP is entered (TRAIN arrives in cycle 0)
@@ -449,10 +450,10 @@ def _check_no_backpressure(cfg: Config, sched: Schedule, shape: PassShape, loss_
     from .hdl.geometry import Geometry
 
     out = Geometry(cfg).layers[-1]
-    if out.groups > 1 and loss_lanes + 1 > out.cols:
+    if out.groups > 1 and loss_lanes + 1 > out.tokens:
         raise NotImplementedError(
             f"{cfg.name}: the loss unit takes {loss_lanes + 1} cycles per output group, more than the "
-            f"{out.cols} between groups: the forward pipe would wait, which the model does not cover")
+            f"{out.tokens} between groups: the forward pipe would wait, which the model does not cover")
     # the third pass's command comes at the earliest length + 2 cycles after the first's last token
     if shape.length + 2 < sched.result_valid + 1:
         raise NotImplementedError(f"{cfg.name}: passes shorter than the forward pipe wait for its tag FIFO, "

@@ -120,9 +120,27 @@ RULE_CONFIGS: dict[str, Config] = {
                              lanes=3, activation="leaky-relu",
                              numerics={"grad_bits": 16, "rounding": "floor"},
                              hardware={"lane_products": "logic", "register_grads": True}),
+    # lanes that split the inputs (hdl/geometry.py): 8 lanes, 9-4-3, two lanes a neuron in
+    # both layers (the first layer's last token an input and the bias, the second's the bias
+    # and a padding input; lanes 6 and 7 of the second hold no neuron), antithetic pairs
+    # and momentum; and 6-2-2, four lanes a neuron (the second layer one token: two inputs,
+    # the bias and padding, whose inputs wait for the first layer), G's reads registered
+    "split": _rule_config("split", [9, 4, 3], {"name": "mgd-weight", "delta": 3, "copies": 2,
+                                                "lr_shift": [6, 5], "optimizer": "momentum",
+                                                "momentum_shift": 2}, lanes=8,
+                          numerics={"grad_bits": 24}),
+    "split4": _rule_config("split4", [6, 2, 2], {"name": "mgd-weight", "delta": 5, "copies": 1,
+                                                  "lr_shift": 5}, lanes=8, activation="leaky-relu",
+                           hardware={"register_grads": True}),
+    # an ALR layer (one lane a neuron) before an mgd-weight layer that splits (4 lanes a neuron)
+    "split-alr": _rule_config("split-alr", [6, 5, 2], {"name": "alr", "per_layer": ["alr", "mgd-weight"],
+                                                       "sigma": 9, "delta": 2, "copies": 2,
+                                                       "lr_shift": [9, 8]}, lanes=8),
 }
 
 FORWARD_CONFIGS["alr"] = RULE_CONFIGS["alr"]
+for _name in ("split", "split4", "split-alr"):
+    FORWARD_CONFIGS[_name] = RULE_CONFIGS[_name]
 # target projection: the engine draws B[label] and stores the gated errors; one config per
 # error (tl, sign(y - tl) with a dead zone, y - tl) and gate (hard sigmoid, ReLU, leaky ReLU)
 for _name in ("drtp", "tpsgd-l1", "tpsgd-l2"):

@@ -6,7 +6,7 @@ them back through ``*_r*`` ports where the unit does not own the read port.
 
 from __future__ import annotations
 
-from amaranth.hdl import Module, Signal, signed
+from amaranth.hdl import Cat, Module, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -76,12 +76,26 @@ class ForwardHarness(wiring.Component):
         m.submodules.engine = eng = self.engine
         m.submodules.weights = wmem = LaneMemory(geo.lanes, geo.weight_depth,
                                                  signed(geo.weight_bits))
-        m.submodules.samples = smem = MemoryBlock(geo.sample_words, signed(8))
-        sample = smem.port.rdata
+        # the sample buffer in `window` banks of bytes, so that a read answers a window of the
+        # first layer's inputs (SampleMemory's `window`): byte `a` in bank `a % window`
+        window = geo.layers[0].split
+        shift = window.bit_length() - 1
+        banks = []
+        for b in range(window):
+            smem = m.submodules[f"samples{b}"] = MemoryBlock(geo.sample_words // window, signed(8))
+            m.d.comb += [
+                smem.port.raddr.eq(eng.samples.raddr[shift:]),
+                smem.port.ren.eq(eng.samples.ren),
+                smem.port.waddr.eq(self.sload.addr[shift:]),
+                smem.port.wdata.eq(self.sload.data),
+                smem.port.we.eq(self.sload.we & (self.sload.addr[:shift] == b if shift else 1)),
+            ]
+            banks.append(smem.port.rdata)
+        sample = Cat(*banks)
         if eng.registered_sample:  # as the accelerator's SampleMemory(registered=True) answers
-            sample = Signal.like(smem.port.rdata, name="sample_late")
+            sample = Signal(len(sample), name="sample_late")
             with m.If(eng.samples.ren):
-                m.d.sync += sample.eq(smem.port.rdata)
+                m.d.sync += sample.eq(Cat(*banks))
         m.d.comb += eng.samples.rdata.eq(sample)
         wiring.connect(m, wiring.flipped(self.cmd), eng.cmd)
         wiring.connect(m, eng.result, wiring.flipped(self.result))
@@ -98,11 +112,6 @@ class ForwardHarness(wiring.Component):
             wmem.port.waddr.eq(self.wload.addr),
             wmem.port.wdata.eq(self.wload.data),
             wmem.port.we.eq(self.wload.we),
-            smem.port.raddr.eq(eng.samples.raddr),
-            smem.port.ren.eq(eng.samples.ren),
-            smem.port.waddr.eq(self.sload.addr),
-            smem.port.wdata.eq(self.sload.data),
-            smem.port.we.eq(self.sload.we),
             eng.act_read.addr.eq(0),
         ]
         m.d.comb += [getattr(eng, name).eq(getattr(self, name)) for name in self.params]

@@ -48,15 +48,15 @@ def sign_writes(cfg: Config, geo: Geometry, key: int, bank: int
     """``(bank, row, bits, lanes)`` the forward engine writes to the sign memory in a
     perturbed pass with ``key``, in order: the rows of the ``mgd-weight`` layers, bit ``k``
     of ``bits`` set where lane ``k``'s weight has ``s = -1``, for the lanes set in ``lanes``
-    (those holding a neuron; the others are never read)."""
+    (those holding a weight; the others are never read)."""
     bits = [(u.weight_signs(u.draw(torch.tensor(key), lay.sign_word_indices()), lay.n_out) < 0)
             .to(torch.int64) for lay in layer_layouts(cfg)]
     image = geo.to_image(bits, geo.rows).reshape(-1, geo.lanes).tolist()
-    return [(bank, lay.row_base + g * lay.cols + j,
-             sum(b << k for k, b in enumerate(image[lay.row_base + g * lay.cols + j])),
-             (1 << lay.lane_count(g, geo.lanes)) - 1)
+    return [(bank, lay.row_base + g * lay.tokens + t,
+             sum(b << k for k, b in enumerate(image[lay.row_base + g * lay.tokens + t])),
+             lay.synapse_mask(g, t))
             for lay in geo.layers if lay.rule == Rule.MGD_WEIGHT
-            for g in range(lay.groups) for j in range(lay.cols)]
+            for g in range(lay.groups) for t in range(lay.tokens)]
 
 
 def weight_rows(geo: Geometry, weights: list[torch.Tensor]) -> list[list[int]]:

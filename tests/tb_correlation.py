@@ -48,8 +48,8 @@ GB, TB, LANES = geo.grad_bits, FE.term_bits, geo.lanes
 LO, HI = -(1 << (GB - 1)), (1 << (GB - 1)) - 1
 RULES = [lay.rule for lay in geo.layers]
 TP = geo.projection
-#: (layer, group, input) of every row the walker visits, in order
-ROW_MAP = [(lay.index, g, j) for lay in geo.layers for g in range(lay.groups) for j in range(lay.cols)]
+#: (layer, group, token) of every row the walker visits, in order
+ROW_MAP = [(lay.index, g, t) for lay in geo.layers for g in range(lay.groups) for t in range(lay.tokens)]
 ACTS = Packer(data.ArrayLayout(signed(8), LANES))
 FACTORS = Packer(FE.factor_layout) if geo.factor_bits else None
 
@@ -122,8 +122,9 @@ class Contents:
     def weight_signs(self, li: int, bank: int) -> torch.Tensor:
         """``s_ij`` of layer ``li`` in sign bank ``bank`` (bit set: -1)."""
         lay = geo.layers[li]
-        return torch.tensor([[1 - 2 * (self.signs[bank][geo.row_of(li, i, j)[0]] >> (i % LANES) & 1)
-                              for j in range(lay.cols)] for i in range(lay.n_out)])
+        return torch.tensor([[1 - 2 * (self.signs[bank][row] >> lane & 1)
+                              for j in range(lay.cols) for row, lane in [geo.row_of(li, i, j)]]
+                             for i in range(lay.n_out)])
 
 
 def golden_terms(mem: Contents, job: dict) -> list[torch.Tensor]:
@@ -229,17 +230,17 @@ def check_rows(watch: Watch, mem: Contents, jobs: list[dict], tag: str) -> None:
     assert watch.done == len(jobs), f"correlation walker: {tag}: {watch.done} done pulses for {len(jobs)} jobs"
     for n, job in enumerate(jobs):
         terms = golden_terms(mem, job)
-        for r, (li, g, j) in enumerate(ROW_MAP):
+        for r, (li, g, t) in enumerate(ROW_MAP):
             got = watch.rows[n * geo.rows + r]
             lay = geo.layers[li]
-            count = lay.lane_count(g, LANES)
+            mask = lay.synapse_mask(g, t)
             where = f"{tag}: job {n} {job}: rule {rule_name(li)} layer {li}"
-            assert got["row"] == r and got["mask"] == (1 << count) - 1 and got["final"] == job["final"], \
-                (f"correlation walker row differs: {where} group {g} input {j}: rtl row {got['row']} "
-                 f"mask {got['mask']:b} final {got['final']}, golden row {r} mask {(1 << count) - 1:b} "
+            assert got["row"] == r and got["mask"] == mask and got["final"] == job["final"], \
+                (f"correlation walker row differs: {where} group {g} token {t}: rtl row {got['row']} "
+                 f"mask {got['mask']:b} final {got['final']}, golden row {r} mask {mask:b} "
                  f"final {job['final']}")
-            for k in range(count):
-                i = g * LANES + k
+            for k in (k for k in range(LANES) if mask >> k & 1):
+                i, j = g * lay.per_group + k // lay.split, t * lay.split + k % lay.split
                 gold = int(u.narrow(terms[li][i, j], TB, geo.overflow))
                 assert got["term"][k] == gold, (
                     f"correlation walker term differs: {where} neuron {i} input {j}: "

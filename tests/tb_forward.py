@@ -53,8 +53,10 @@ async def load_weights(bench: Bench, weights: list[torch.Tensor]) -> None:
 
 
 async def load_samples(bench: Bench, samples: torch.Tensor) -> None:
-    writes = [{"sload__addr": i, "sload__data": int(v) & 0xFF, "sload__we": 1}
-              for i, v in enumerate(samples.flatten().tolist())]
+    # at the accelerator's stride (docs/protocol.md, SAMPLES): a first layer that splits its
+    # inputs reads them in windows aligned to the sample's start
+    writes = [{"sload__addr": n * geo.sample_stride + j, "sload__data": int(v) & 0xFF, "sload__we": 1}
+              for n, sample in enumerate(samples.tolist()) for j, v in enumerate(sample)]
     await bench.write_cycles(writes)
 
 
@@ -214,7 +216,7 @@ async def run_passes(bench: Bench, weights: list[torch.Tensor], samples: torch.T
     for n, p in enumerate(passes):
         cmd.send({"perturb": p["perturb"], "negate": p["negate"], "bank": pass_bank(n, p),
                   "key": p["key"], "node_key": p["node_key"], "sign_bank": n % 2,
-                  "sample_base": p["sample"] * geo.n_inputs, "label": p.get("label", 0), "tag": n})
+                  "sample_base": p["sample"] * geo.sample_stride, "label": p.get("label", 0), "tag": n})
         if p["perturb"]:
             expected_signs += [(n, *w) for w in sign_writes(cfg, geo, p["key"], n % 2)]
         for _ in range(2):
@@ -262,11 +264,11 @@ async def run_passes(bench: Bench, weights: list[torch.Tensor], samples: torch.T
         where = f"{tag}: pass {n} ({passes[n]}) rule {lay.rule.value} layer {li} group {g}"
         assert got["tag"] == n and got["layer"] == li and got["group"] == g, \
             f"{where}: result order: got tag {got['tag']} layer {got['layer']} group {got['group']}"
-        count = lay.lane_count(g, geo.lanes)
+        count = lay.neurons_in(g)
         assert got["mask"] == (1 << count) - 1, f"{where}: mask {got['mask']:b}"
         assert got["last"] == int(li == geo.n_layers - 1 and g == lay.groups - 1), f"{where}: last"
         for k in range(count):
-            i = g * geo.lanes + k
+            i = g * lay.per_group + k
             assert got["q"][k] == int(q[i]), \
                 f"forward q differ: {where} neuron {i}: rtl {got['q'][k]} golden {int(q[i])}"
             assert got["y"][k] == int(y[i]), \

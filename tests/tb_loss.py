@@ -52,8 +52,8 @@ async def losses(dut, traffic: tuple[float, float]) -> None:
                 base = loss
             expected.append((loss + LOSS_BIAS, 0 if baseline else loss - base, baseline))
             for g in range(OUT.groups):
-                count = OUT.lane_count(g, geo.lanes)
-                lanes = [int(y[g * geo.lanes + k]) if k < count else rng.randint(-128, 127)
+                count = OUT.neurons_in(g)
+                lanes = [int(y[g * OUT.per_group + k]) if k < count else rng.randint(-128, 127)
                          for k in range(geo.lanes)]
                 src.send({"y": lanes, "mask": (1 << count) - 1, "group": g,
                           "last": int(g == OUT.groups - 1), "label": label,

@@ -25,7 +25,7 @@ ACCEL_CONFIGS["tiny-nostream"] = parse_config({**_data, "name": "tiny-nostream",
 #: rule's term at least once (alr beside mgd-weight, mgd-node beside mgd-weight with
 #: momentum, target projection), in under a minute; the digits-sized ones would take
 #: several minutes each there, and CI has 30.
-ICARUS_CONFIGS = ("hybrid-alr", "hybrid-node", "tpsgd-l2")
+ICARUS_CONFIGS = ("hybrid-alr", "hybrid-node", "tpsgd-l2", "split4")
 #: Steps of the long run on Verilator (configurations of fewer than 1000 weight rows).
 LONG_RUN_STEPS = 100
 

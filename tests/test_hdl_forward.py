@@ -24,4 +24,5 @@ def test_draw_pipes() -> None:
     (the configurations above run every kind of engine)."""
     pipes = {name: Geometry(cfg).draw_pipes for name, cfg in FORWARD_CONFIGS.items()}
     assert pipes == {"tiny": 1, "digits": 1, "odd": 1, "hybrid": 4, "wide": 2, "alr": 1, "drtp": 1,
-                     "tpsgd-l1": 1, "tpsgd-l2": 1, "drtp-narrow": 4, "node-narrow": 1}
+                     "tpsgd-l1": 1, "tpsgd-l2": 1, "drtp-narrow": 4, "node-narrow": 1,
+                     "split": 2, "split4": 4, "split-alr": 8}
