@@ -63,8 +63,7 @@ from perturbo.config import Activation, Rule
 from .arith import at_most, narrow, round_shift
 from .dsp import RegisteredProduct
 from .geometry import Geometry, LayerGeometry, ceil_log2
-from .memories import (LanePortSignature, PortSignature, SignWriteSignature, next_column, no_read_collision,
-                       window_shape)
+from .memories import LanePortSignature, PortSignature, SignWriteSignature, next_column, no_read_collision, window_shape
 from .projection import ErrorKind, Gate, activation_gate, projection_error
 from .random import SIGN_BLOCK, Draw, draw_latency, gaussian_noise, projection_value, weight_signs
 
@@ -105,7 +104,8 @@ def activation(q: Value, kind: Activation | None) -> Value:
 def _tree_sum(values: list[Value]) -> Value:
     """``sum(values)`` as a balanced tree of adders."""
     while len(values) > 1:
-        values = [a + b for a, b in zip(values[::2], values[1::2], strict=False)] + values[len(values) - len(values) % 2:]
+        pairs = [a + b for a, b in zip(values[::2], values[1::2], strict=False)]
+        values = pairs + values[2 * len(pairs):]
     return values[0]
 
 

@@ -48,7 +48,8 @@ from perturbo.config import TARGET_PROJECTION_RULES, Activation, Config, Optimiz
 from perturbo.golden.units import SIGN_BLOCK, sign_blocks
 from perturbo.limits import LOSS_DEPTH, SAMPLES_PER_WORD, sample_stride
 
-__all__ = ["LayerGeometry", "Geometry", "input_split", "layer_splits", "config_hash", "ceil_log2", "FACTOR_BITS_PROJECTION", "LOSS_DEPTH"]
+__all__ = ["LayerGeometry", "Geometry", "input_split", "layer_splits", "config_hash", "ceil_log2",
+           "FACTOR_BITS_PROJECTION", "LOSS_DEPTH"]
 
 #: Width of the gated error ``g`` of target projection: ``y - tl`` spans -255..255.
 FACTOR_BITS_PROJECTION = 9
