@@ -22,7 +22,7 @@ import torch
 from hdl_configs import CONFIGS, RULE_CONFIGS, VERIFY_CONFIGS
 
 from perturbo.cli import main
-from perturbo.config import Config, load_config
+from perturbo.config import Config, load_config, parse_config
 from perturbo.estimate import (
     DEFAULT_CLOCK_MHZ,
     DP16KD_SHAPES,
@@ -67,6 +67,17 @@ def check_counters(cfg: Config, steps: int = 3) -> None:
 @pytest.mark.parametrize("name", DIGITS)
 def test_digits_examples_match_counters(name: str) -> None:
     check_counters(load_config(EXAMPLES / f"{name}.yaml"))
+
+
+@pytest.mark.parametrize("lanes", [32, 64])
+def test_split_lanes_match_counters(lanes: int) -> None:
+    """The digits example at 32 lanes (its output neurons two lanes each) and 64 (its hidden
+    neurons two, its output neurons four: ``hardware.split_inputs``)."""
+    data = load_config(EXAMPLES / "digits-mgd-weight.yaml").model_dump(mode="json")
+    data["hardware"]["lanes"] = lanes
+    cfg = parse_config(data)
+    assert [lay.split for lay in Geometry(cfg).layers] == {32: [1, 2], 64: [2, 4]}[lanes]
+    check_counters(cfg)
 
 
 @pytest.mark.parametrize("name", list(VERIFY_CONFIGS))

@@ -68,8 +68,9 @@ def test_every_rule_verifies(name: str, capsys: pytest.CaptureFixture[str]) -> N
 
 
 #: Lane counts other than the examples' 8 and 1 (issue 12): 3 does not divide the layers, 16
-#: leaves the output layer's group mostly empty; each with a different family of rules.
-LANE_COUNTS = {3: "digits-tpsgd-l1", 16: "digits-hybrid-alr-mgd"}
+#: leaves the output layer's group mostly empty, 32 gives each output neuron two lanes
+#: (``hardware.split_inputs``); each with a different family of rules.
+LANE_COUNTS = {3: "digits-tpsgd-l1", 16: "digits-hybrid-alr-mgd", 32: "digits-mgd-weight"}
 
 
 @pytest.mark.parametrize("lanes", list(LANE_COUNTS))
