@@ -74,7 +74,7 @@ def generate(cfg: Config, out_dir: str | Path) -> Path:
         "spaces": {s.name: int(s) for s in Space},
         "registers": [asdict(info) for info in register_map(cfg)],
         "layers": [{"n_in": lay.n_in, "n_out": lay.n_out, "row_base": lay.row_base,
-                    "groups": lay.groups} for lay in geo.layers],
+                    "groups": lay.groups, "split": lay.split, "tokens": lay.tokens} for lay in geo.layers],
     }
     (out / "accelerator.json").write_text(json.dumps(info, indent=2) + "\n")
     return path

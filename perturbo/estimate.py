@@ -622,6 +622,8 @@ class Estimate:
     name: str
     lanes: int
     rows: int  #: ``R``
+    #: lanes a neuron, per layer (``hardware.split_inputs``; 1: a neuron a lane)
+    splits: list[int]
     samples_per_step: int
     passes_per_sample: int
     fmax_mhz: float
@@ -671,7 +673,7 @@ class Estimate:
         """The estimate as plain data (``perturbo estimate --json``)."""
         step = {k: v for k, v in asdict(self.step).items() if k != "events"}
         return {
-            "name": self.name, "lanes": self.lanes, "rows": self.rows,
+            "name": self.name, "lanes": self.lanes, "rows": self.rows, "splits": self.splits,
             "samples_per_step": self.samples_per_step, "passes_per_sample": self.passes_per_sample,
             "fmax_mhz": self.fmax_mhz,
             "cycles_per_step": self.cycles_per_step, "mac_busy_per_step": self.mac_busy_per_step,
@@ -716,7 +718,7 @@ def estimate(cfg: Config, fmax_mhz: float | None = None) -> Estimate:
     depth = geo.sample_depth
     infer = inference_cycles(cfg, depth)
     return Estimate(
-        name=cfg.name, lanes=geo.lanes, rows=geo.rows,
+        name=cfg.name, lanes=geo.lanes, rows=geo.rows, splits=[lay.split for lay in geo.layers],
         samples_per_step=cfg.rule.samples_per_step,
         passes_per_sample=1 if geo.projection else 1 + cfg.rule.copies,
         fmax_mhz=float(fmax_mhz), cycles_per_step=step.cycles, mac_busy_per_step=step.mac_busy,
@@ -732,6 +734,8 @@ def format_estimate(est: Estimate) -> str:
     lines = [
         f"{est.name}: {est.lanes} lanes, R = {est.rows} rows, {est.samples_per_step} samples x "
         f"{est.passes_per_sample} passes per step, at {est.fmax_mhz:g} MHz",
+        *([f"lanes a neuron     {', '.join(f'layer {li}: {s}' for li, s in enumerate(est.splits))} "
+           "(hardware.split_inputs)"] if max(est.splits) > 1 else []),
         "",
         f"training step      {est.cycles_per_step} cycles (CYCLES), MAC_BUSY {est.mac_busy_per_step}: "
         f"MAC utilisation {est.utilisation:.1%}",
