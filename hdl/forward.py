@@ -130,7 +130,7 @@ class _LayerTables:
     out_base: Array  #: activation word of the layer's output
     perturb: Array  #: an ``mgd-weight`` layer: weights perturbed in a perturbed pass
     inject: Array  #: an injected layer (``mgd-node``/``alr``)
-    pipe_off: list[Array]  #: per sign pipe: its word's index from pipe 0's (``p * cols``)
+    pipe_off: list[Array]  #: per sign pipe: its word's index from the token's first (``_pipe_offset``)
     split: Array  #: lanes a neuron (inputs a token)
     bias_slot: Array  #: the bias input's place in the last token
     hidden: Array  #: a hidden layer of target projection (draws B on its bias token)
