@@ -710,7 +710,7 @@ class ForwardEngine(wiring.Component):
         m.d.comb += bits.eq(signs)
         with m.Switch(t6.layer):
             for lay in geo.layers:
-                if lay.split > 1 and lay.rule == Rule.MGD_WEIGHT:
+                if lay.split > 1:  # (only mgd-weight layers split: geometry.layer_splits)
                     with m.Case(lay.index):
                         m.d.comb += bits.eq(Cat(
                             words[(k // lay.split >> SIGN_BIT_BITS) * lay.split + k % lay.split]

@@ -78,8 +78,8 @@ class LayerGeometry:
     activation: Activation | None  #: None for the (linear) output layer
     rule: Rule
     lr_shift: int
-    split: int = 1  #: lanes a neuron, each on its own inputs (a power of two)
-    per_group: int = 1  #: neurons a group: ``lanes // split``
+    split: int  #: lanes a neuron, each on its own inputs (a power of two)
+    per_group: int  #: neurons a group: ``lanes // split``
 
     @property
     def cols(self) -> int:
