@@ -7,8 +7,9 @@ only reads the reports) and prints one Markdown table:
 - the ULX3S-85F at each of ``--lanes`` (default 8, 16, 32, 64) MAC lanes, the digits MGD
   weight-perturbation network (``examples/digits-mgd-weight.yaml``: as shipped at its 8
   lanes and 93.75 MHz, the other lane counts at :data:`VARIANT_CLOCK_MHZ` with the
-  example's other hardware keys, ``register_grads`` among them), the lanes' products in
-  logic from ``--logic-products-from`` lanes (:data:`LOGIC_PRODUCTS_FROM`);
+  example's other hardware keys, ``register_grads`` among them), one update multiplier a
+  lane, the rest of the update's product in logic, from ``--update-logic-from`` lanes
+  (:data:`UPDATE_LOGIC_FROM`);
 - the iCEBreaker at ``--icebreaker-lanes`` (default: the lane count of
   ``examples/digits-mgd-weight-icebreaker.yaml``, 1, the largest that fits the UP5K,
   docs/boards.md);
@@ -73,10 +74,13 @@ class Row:
     report: SynthReport | None = None
 
 
-#: ULX3S-85F lane counts from which the lanes' products are made in logic
-#: (``hardware.lane_products: logic``): at 64 lanes the products (one multiplier a lane) and
-#: the update's (two a lane, 32-bit G) need 193 of the ECP5-85F's 156 multipliers.
-LOGIC_PRODUCTS_FROM = 64
+#: ULX3S-85F lane counts from which the update's products take one multiplier a lane and
+#: make the rest in logic (``hardware.update_products: dsp-low``): at 64 lanes the lanes'
+#: products (one multiplier a lane) and the update's (two a lane, 32-bit G) need 193 of the
+#: ECP5-85F's 156 multipliers, with ``dsp-low`` 129.  (Until session 20 the lanes' products
+#: went to logic instead, ``hardware.lane_products: logic``: about 200 LUT4 a lane, against
+#: about 100 for the update's top slice.)
+UPDATE_LOGIC_FROM = 64
 
 
 #: The clock of the ULX3S-85F rows at other lane counts than the example's: issue 12's goal,
@@ -91,12 +95,12 @@ def ulx3s_row(digits: Config, lanes: int, logic_from: int) -> Row:
     if lanes == digits.hardware.lanes:
         return Row("ulx3s-85f", f"{lanes} lanes (the example)", digits)
     if lanes >= logic_from:
-        return Row("ulx3s-85f", f"{lanes} lanes, products in logic",
-                   variant(digits, lanes=lanes, clock_mhz=VARIANT_CLOCK_MHZ, lane_products="logic"))
+        return Row("ulx3s-85f", f"{lanes} lanes, update in part in logic",
+                   variant(digits, lanes=lanes, clock_mhz=VARIANT_CLOCK_MHZ, update_products="dsp-low"))
     return Row("ulx3s-85f", f"{lanes} lanes", variant(digits, lanes=lanes, clock_mhz=VARIANT_CLOCK_MHZ))
 
 
-def rows(lanes: list[int], icebreaker_lanes: int | None, logic_from: int = LOGIC_PRODUCTS_FROM) -> list[Row]:
+def rows(lanes: list[int], icebreaker_lanes: int | None, logic_from: int = UPDATE_LOGIC_FROM) -> list[Row]:
     """The builds of the table, in order."""
     digits = load_config(DIGITS)
     out = [ulx3s_row(digits, n, logic_from) for n in lanes]
@@ -193,14 +197,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="ULX3S-85F lane counts (default 8 16 32 64)")
     parser.add_argument("--icebreaker-lanes", type=int, default=None,
                         help="iCEBreaker lanes (default: the example's)")
-    parser.add_argument("--logic-products-from", type=int, default=LOGIC_PRODUCTS_FROM, metavar="LANES",
-                        help="ULX3S-85F builds of this many lanes or more make the lanes' products in "
-                        f"logic (hardware.lane_products; default {LOGIC_PRODUCTS_FROM})")
+    parser.add_argument("--update-logic-from", type=int, default=UPDATE_LOGIC_FROM, metavar="LANES",
+                        help="ULX3S-85F builds of this many lanes or more take one update multiplier a "
+                        "lane and make the rest of the update's product in logic "
+                        f"(hardware.update_products: dsp-low; default {UPDATE_LOGIC_FROM})")
     parser.add_argument("--cached-only", action="store_true",
                         help="build nothing: rows whose build is not cached say 'not run'")
     parser.add_argument("--out", type=Path, help="also write the table to this file")
     args = parser.parse_args(argv)
-    table = rows(args.lanes, args.icebreaker_lanes, args.logic_products_from)
+    table = rows(args.lanes, args.icebreaker_lanes, args.update_logic_from)
     for row in table:
         if args.cached_only:
             row.report = find_cached(row.cfg, row.board)

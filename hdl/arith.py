@@ -113,13 +113,16 @@ def sign(value: Value | ValueCastable) -> Value:
 
 
 def logic_product(a: Value, b: Value) -> Value:
-    """``a * b`` of two signed values as adders (no ``*``, so no block multiplier): ``a``
-    shifted by each bit of ``b``, gated by that bit (subtracted for the sign bit), summed in
-    a balanced tree.  A lane's INT8 product costs about 200 ECP5 LUT4 this way; the gates
-    are ``b``'s bits, which the forward engine's lanes share."""
+    """``a * b`` as adders (no ``*``, so no block multiplier): ``a`` shifted by each bit of
+    ``b``, gated by that bit (subtracted for the sign bit of a signed ``b``), summed in a
+    balanced tree.  A lane's INT8 product costs about 200 ECP5 LUT4 this way; the gates
+    are ``b``'s bits, which the forward engine's lanes share (and the update's lanes
+    ``lr_mult``'s)."""
     a, b = Value.cast(a), Value.cast(b)
-    top = len(b) - 1
-    terms = [Mux(b[i], a, 0) << i for i in range(top)] + [-(Mux(b[top], a, 0) << top)]
+    top = len(b) - 1 if b.shape().signed else len(b)
+    terms = [Mux(b[i], a, 0) << i for i in range(top)]
+    if b.shape().signed:
+        terms.append(-(Mux(b[top], a, 0) << top))
     while len(terms) > 1:
         terms = [terms[i] + terms[i + 1] if i + 1 < len(terms) else terms[i]
                  for i in range(0, len(terms), 2)]

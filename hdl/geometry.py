@@ -159,6 +159,7 @@ class Geometry:
         self.lanes = hw.lanes
         self.hash_stages_per_register = hw.hash_stages_per_register
         self.lane_products = hw.lane_products
+        self.update_products = hw.update_products
         #: G's reads answer a cycle later (a register at the block RAM's output), and the
         #: update's multipliers take registered inputs (``hardware.register_grads``)
         self.register_grads = hw.grads_registered

@@ -23,22 +23,38 @@ from amaranth.hdl import Const, Module, Mux, Signal, Value, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from .arith import narrow, round_shift
+from .arith import logic_product, narrow, round_shift
 from .correlation import sums_layout
 from .dsp import RegisteredProduct
 from .geometry import Geometry
 from .memories import LanePortSignature
 
-__all__ = ["PRODUCT_SLICE", "UpdateUnit", "memory_ports", "product_slices"]
+__all__ = ["PRODUCT_SLICE", "UpdateUnit", "memory_ports", "operand_bits", "product_slices"]
 
 #: Bits of ``U`` per multiplier in the product ``U * lr_mult`` (an 18 x 18 signed block
 #: multiplier takes 17 unsigned bits and the 8-bit ``lr_mult``).
 PRODUCT_SLICE = 17
 
 
-def product_slices(grad_bits: int) -> int:
-    """The slices of a ``grad_bits``-bit ``U`` the update multiplies (a multiplier each)."""
-    return -(-grad_bits // PRODUCT_SLICE)
+def product_slices(bits: int) -> int:
+    """The slices of a ``bits``-bit ``U`` the update multiplies (a multiplier each)."""
+    return -(-bits // PRODUCT_SLICE)
+
+
+def operand_bits(geo: Geometry) -> int:
+    """The bits of ``U`` the update multiplies: ``weight_bits + max(lr_shift) + 2``, or all
+    of ``grad_bits`` where that is fewer.
+
+    ``U`` narrowed to them (saturated or wrapped, as ``numerics.overflow``) gives every
+    weight the golden model gives it.  With ``B = 2^weight_bits`` and ``S`` a layer's
+    ``lr_shift`` (at most the largest): saturated, a ``U`` beyond ``B * 2^S`` either way
+    stays beyond it (``lr_mult >= 1``), so its step is ``B`` or more in size under either
+    rounding and takes any weight to the end of its range, as the whole ``U`` does; wrapped,
+    only the step modulo ``B`` matters, which ``U`` modulo ``B * 2^S`` decides.  For the
+    digits example (16-bit weights, ``lr_shift`` 8, 32-bit G) ``U`` is 26 bits: its top slice
+    is 9 bits, not 15, which ``hardware.update_products: dsp-low`` makes in logic.
+    """
+    return min(geo.grad_bits, geo.weight_bits + max(lay.lr_shift for lay in geo.layers) + 2)
 
 
 @dataclass(frozen=True)
@@ -116,7 +132,7 @@ class UpdateUnit(wiring.Component):
         """Cycles from a row's stage A to the write of its weights (stages B to E): 4, 5
         where the product takes stage P (``U`` of more than one slice), and with
         ``hardware.register_grads`` 2 more (stages H and I), 3 with stage P (and Q)."""
-        slices = product_slices(geometry.grad_bits) > 1
+        slices = product_slices(operand_bits(geometry)) > 1
         return 4 + slices + geometry.register_grads * (2 + slices)
 
     def elaborate(self, platform: object) -> Module:
@@ -209,7 +225,8 @@ class UpdateUnit(wiring.Component):
 
     def _momentum(self, m: Module, valid: Value, fused: Value, row: Value,
                   sums_g: Value) -> tuple[Signal, Signal, _Stage]:
-        """Stage B: ``U`` = the new momentum (or ``G``); clear G of the row (sweep).
+        """Stage B: ``U`` = the new momentum (or ``G``), narrowed to :func:`operand_bits`;
+        clear G of the row (sweep).
 
         Takes the stage before B's ``valid``, ``fused``, row and fused sums; returns B's
         ``valid`` and ``fused`` and the registers of stage C (``value`` = U).
@@ -228,7 +245,7 @@ class UpdateUnit(wiring.Component):
             b_g.eq(sums_g),
         ]
         c = self._stage_registers("c")
-        c_u = Signal(g_array)
+        c_u = Signal(data.ArrayLayout(signed(operand_bits(geo)), lanes))
         m.d.sync += [c.valid.eq(b_valid), c.row.eq(b_row), c.layer.eq(self._layer_of(b_row)),
                      c.w.eq(self.weights.rdata)]
         m.d.comb += [
@@ -243,9 +260,9 @@ class UpdateUnit(wiring.Component):
                 new_m = narrow(mom - round_shift(mom, geo.momentum_shift, geo.rounding) + g,
                                gb, geo.overflow)
                 m.d.comb += self.momentum.wdata[k].eq(new_m)
-                m.d.sync += c_u[k].eq(new_m)
+                m.d.sync += c_u[k].eq(narrow(new_m, len(c_u[k]), geo.overflow))
             else:
-                m.d.sync += c_u[k].eq(g)
+                m.d.sync += c_u[k].eq(narrow(g, len(c_u[k]), geo.overflow))
         if geo.momentum:
             m.d.comb += [
                 self.momentum.waddr.eq(b_row),
@@ -272,37 +289,40 @@ class UpdateUnit(wiring.Component):
         stage D, or Q (:meth:`_narrow_step`) (``value`` = the product, shifted where P
         exists: :meth:`_shifted_product`)."""
         geo, lanes = self.geometry, self.geometry.lanes
-        gb = geo.grad_bits
+        ub = operand_bits(geo)
 
-        def product(piece: Value, name: str) -> Value:
-            """``piece * lr_mult`` in the next stage's registers."""
+        def product(piece: Value, name: str, logic: bool = False) -> Value:
+            """``piece * lr_mult`` in the next stage's registers (made by adders with
+            ``logic``)."""
             if operands_registered:
-                mult = m.submodules[name] = RegisteredProduct(piece.shape(), self.lr_mult.shape())
+                mult = m.submodules[name] = RegisteredProduct(piece.shape(), self.lr_mult.shape(),
+                                                              logic=logic)
                 m.d.comb += [mult.a.eq(piece), mult.b.eq(self.lr_mult), mult.en.eq(1)]
                 return mult.p
             part = Signal.like(piece * self.lr_mult, name=name)
-            m.d.sync += part.eq(piece * self.lr_mult)
+            m.d.sync += part.eq(logic_product(piece, self.lr_mult) if logic else piece * self.lr_mult)
             return part
 
-        product_shape = data.ArrayLayout(signed(gb + 9), lanes)
-        if product_slices(gb) == 1:
+        product_shape = data.ArrayLayout(signed(ub + 9), lanes)
+        if product_slices(ub) == 1:
             d = self._stage_after(m, c, "d", value=Signal(product_shape))
             m.d.comb += [d.value[k].eq(product(u[k], f"product_{k}")) for k in range(lanes)]
             return Const(0), d
         p = self._stage_after(m, c, "p", value=None)
         d = self._stage_after(m, p, "q" if self._narrows_step() else "d", value=Signal(product_shape))
-        bounds = [*range(0, gb, PRODUCT_SLICE), gb]
+        bounds = [*range(0, ub, PRODUCT_SLICE), ub]
+        in_logic = geo.update_products == "dsp-low"
         for k in range(lanes):
             whole = 0
             for lo, hi in pairwise(bounds):
-                piece = u[k][lo:hi] if hi < gb else u[k][lo:hi].as_signed()
-                whole = whole + (product(piece, f"part{lo}_{k}") << lo)
+                piece = u[k][lo:hi] if hi < ub else u[k][lo:hi].as_signed()
+                whole = whole + (product(piece, f"part{lo}_{k}", logic=in_logic and lo > 0) << lo)
             self._round_by_layer(m, p.layer, d.value[k], whole)
         return p.valid, d
 
     def _shifted_product(self) -> bool:
         """Whether stage D's ``value`` is already rounded and shifted (stage P did it)."""
-        return product_slices(self.geometry.grad_bits) > 1
+        return product_slices(operand_bits(self.geometry)) > 1
 
     def _narrows_step(self) -> bool:
         """Whether stage Q narrows the rounded step before D (``hardware.register_grads``,

@@ -335,6 +335,14 @@ class HardwareConfig(_Strict):
         "counts whose products and the update's do not all fit the multipliers (the ULX3S-85F at "
         "64 lanes: docs/boards.md)",
     )
+    update_products: Literal["dsp", "dsp-low"] = Field(
+        "dsp",
+        description="where the update's products U x lr_mult are made: a block multiplier for each "
+        "17-bit slice of U (dsp: two a lane with the default 16-bit weights and 32-bit G), or the low "
+        "slice on a block multiplier and the rest in logic (dsp-low: one multiplier a lane and about "
+        "100 LUT4 more, the same values), for lane counts whose lane and update multipliers do not all "
+        "fit the device (the ULX3S-85F at 64 lanes: docs/boards.md)",
+    )
     register_grads: bool = Field(
         False,
         description="register the G memory's block-RAM output before the correlation and the "

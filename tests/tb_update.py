@@ -12,7 +12,7 @@ from hdl_tbutil import Bench, config, read_rows, write_rows
 
 from perturbo.golden import units as u
 from perturbo.hdl.geometry import Geometry
-from perturbo.hdl.update import UpdateUnit
+from perturbo.hdl.update import UpdateUnit, operand_bits
 
 cfg = config()
 geo = Geometry(cfg)
@@ -21,10 +21,21 @@ WB, GB = geo.weight_bits, geo.grad_bits
 G_LATENCY = geo.grads_read_latency
 
 
-def rand_mats(rng: random.Random, bits: int) -> list[torch.Tensor]:
+def rand_mats(rng: random.Random, bits: int, edges: bool = False) -> list[torch.Tensor]:
+    """Random ``bits``-bit matrices of every layer, with the extremes, 0 and small values;
+    with ``edges`` also values about the two limits of the update's narrowing of ``U``
+    (:func:`~perturbo.hdl.update.operand_bits`): ``2^(weight_bits + lr_shift)``, beyond
+    which a step saturates every weight, and the narrowed range's ends."""
     lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
-    return [torch.tensor([[rng.choice([rng.randint(lo, hi), lo, hi, 0, rng.randint(-99, 99)])
-                           for _ in range(lay.cols)] for _ in range(lay.n_out)])
+
+    def value(lay) -> int:
+        picks = [rng.randint(lo, hi), lo, hi, 0, rng.randint(-99, 99)]
+        if edges:
+            near = [1 << (WB + lay.lr_shift), 1 << (operand_bits(geo) - 1)]
+            picks += [rng.choice([-1, 1]) * rng.choice(near) + rng.randint(-2, 2)] * 3
+        return max(lo, min(hi, rng.choice(picks)))
+
+    return [torch.tensor([[value(lay) for _ in range(lay.cols)] for _ in range(lay.n_out)])
             for lay in geo.layers]
 
 
@@ -52,7 +63,7 @@ async def updates(dut) -> None:
     if mom is not None:
         await write_rows(dut, "mtest", weight_rows(geo, mom), GB)
     for lr in (cfg.rule.lr_mult, 255, 1):
-        g = rand_mats(rng, GB)
+        g = rand_mats(rng, GB, edges=True)
         await write_rows(dut, "gtest", weight_rows(geo, g), GB)
         dut.lr_mult.value = lr
         await FallingEdge(dut.clk)
@@ -92,7 +103,7 @@ async def fused(dut, idle: float) -> None:
         await write_rows(dut, "mtest", weight_rows(geo, mom), GB)
     lr = rng.randint(1, 255)
     dut.lr_mult.value = lr
-    g = rand_mats(rng, GB)
+    g = rand_mats(rng, GB, edges=True)
     rows = weight_rows(geo, g)
     src = bench.source("sums", UNIT.sums.signature.members["payload"].shape, idle)
     order = list(range(geo.rows))

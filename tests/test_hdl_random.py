@@ -54,15 +54,19 @@ def test_arith(overflow: Overflow, rounding: Rounding) -> None:
 
 
 def test_logic_product_is_the_product() -> None:
-    """logic_product (``hardware.lane_products: logic``) of every pair of INT8 values, and
-    of an INT8 by a 5-bit and a 3-bit signed value (an odd count of terms in the tree)."""
+    """logic_product (``hardware.lane_products: logic``) of every pair of INT8 values, of
+    an INT8 by a 5-bit and a 3-bit signed value (an odd count of terms in the tree), and of
+    an INT8 by an unsigned 8-bit value (``hardware.update_products: dsp-low``'s ``lr_mult``,
+    whose top bit is a bit like the others, not a sign)."""
     m = Module()
     a, b = Signal(signed(8)), Signal(signed(8))
     p = Signal(signed(16))
     narrow_b = {bits: Signal(signed(bits), name=f"b{bits}") for bits in (3, 5)}
     narrow_p = {bits: Signal(signed(8 + bits), name=f"p{bits}") for bits in (3, 5)}
+    unsigned_b, unsigned_p = Signal(8), Signal(signed(17))
     m.d.comb += p.eq(logic_product(a, b))
     m.d.comb += [narrow_p[bits].eq(logic_product(a, narrow_b[bits])) for bits in narrow_b]
+    m.d.comb += unsigned_p.eq(logic_product(a, unsigned_b))
     sim = Simulator(m)
 
     async def bench(ctx) -> None:
@@ -70,9 +74,11 @@ def test_logic_product_is_the_product() -> None:
             ctx.set(a, x)
             for y in range(-128, 128):
                 ctx.set(b, y)
+                ctx.set(unsigned_b, y + 128)
                 for bits, nb in narrow_b.items():
                     ctx.set(nb, y >> (8 - bits))
                 assert ctx.get(p) == x * y, (x, y)
+                assert ctx.get(unsigned_p) == x * (y + 128), (x, y + 128)
                 for bits, np_ in narrow_p.items():
                     assert ctx.get(np_) == x * (y >> (8 - bits)), (x, y, bits)
 

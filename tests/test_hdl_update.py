@@ -11,13 +11,23 @@ from perturbo.config import parse_config
 from perturbo.hdl.geometry import Geometry
 
 _odd = UNIT_CONFIGS["odd"].model_dump(mode="json")
+_tiny = UNIT_CONFIGS["tiny"].model_dump(mode="json")
 #: and with G's reads registered (``hardware.register_grads``): momentum and a G of two
 #: multiplier slices (node), no momentum and a G of one (tpsgd-l2); and a G of two slices
-#: that wraps (the step narrowed in stage Q, ``UpdateUnit._narrow_step``)
+#: that wraps (the step narrowed in stage Q, ``UpdateUnit._narrow_step``); the top slice of
+#: the product in logic (``hardware.update_products: dsp-low``), with the operands in
+#: registers (odd-wide-g-dsp-low) and without (tiny-dsp-low, momentum). tiny, digits and
+#: the odd-wide-g pair narrow ``U`` before the product (``update.operand_bits``), saturating
+#: or wrapping.
 UPDATE_CONFIGS = {**UNIT_CONFIGS, "node": RULE_CONFIGS["node"], "tpsgd-l2": RULE_CONFIGS["tpsgd-l2"],
-                  "odd-wide-g": parse_config({**_odd, "name": "odd-wide-g",
-                                              "numerics": {**_odd["numerics"], "grad_bits": 30},
-                                              "hardware": {**_odd["hardware"], "register_grads": True}})}
+                  **{name: parse_config({**_odd, "name": name,
+                                         "numerics": {**_odd["numerics"], "grad_bits": 30},
+                                         "hardware": {**_odd["hardware"], "register_grads": True,
+                                                      "update_products": products}})
+                     for name, products in (("odd-wide-g", "dsp"), ("odd-wide-g-dsp-low", "dsp-low"))},
+                  "tiny-dsp-low": parse_config({**_tiny, "name": "tiny-dsp-low",
+                                                "hardware": {**_tiny["hardware"],
+                                                             "update_products": "dsp-low"}})}
 
 
 @pytest.mark.parametrize("sim", SIMULATORS)
