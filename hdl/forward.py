@@ -38,8 +38,9 @@ The whole pipe advances together: it stops only while a result that ``result`` w
 ready for waits in the skid register (the pipe moves on once more after a refusal; without
 :attr:`ForwardEngine.skid`, at once).  The next
 layer starts issuing at once; a token that reads an activation word waits (*interlock*)
-until the group that writes it has left position ``H+5``.  Passes run back to back: a
-command is taken as soon as the previous pass has issued its last token, so the MACs do
+until the group that writes it is far enough ahead that the word is written before the
+token reads it: its bias token has left position :data:`WRITTEN_POSITION`.  Passes run back to back: a
+command is taken in the cycle the previous pass issues its last token, so the MACs do
 not idle between passes.
 
 The activation memory has four banks (a pass command chooses one), so the passes that
@@ -75,6 +76,12 @@ INJECT_BITS = 23
 SIGN_BIT_BITS = SIGN_BLOCK.bit_length() - 1
 #: The constant input of the bias column.
 BIAS_INPUT = 127
+#: Where a group's bias token counts for the interlock as written: the activation word is
+#: written at ``H+4`` and read at ``H-2`` (``H-1`` without registered reads) by a port
+#: that does not see a write in the same cycle, so a token that issues once the bias token
+#: has left position 6 reads the word a cycle after it was written (at ``H+4``, for a
+#: ``Draw`` latency ``H`` of 2, where the pipe ends there).
+WRITTEN_POSITION = 6
 #: Activation (and factor) memory banks: ``{perturbed, alternate}``.
 ACT_BANKS = 4
 #: Width of what travels from the draw to the injection and factor stages per lane:
@@ -365,7 +372,8 @@ class ForwardEngine(wiring.Component):
         w6, x6, drawn = self._select_and_perturb(m, tabs, pipe[H], en, draws, weights, sample, act_word)
         acc = self._multiply_accumulate(m, pipe[H + 2], en, w6, x6)
         acc10 = self._inject(m, tabs, pipe[H + 2], pipe[H + 3], en, acc, drawn)
-        self._output(m, tabs, regs, pipe[H + 4], en, out_valid, out, acc10, act_wr, drawn, platform)
+        self._output(m, tabs, pipe[H + 4], en, out_valid, out, acc10, act_wr, drawn, platform)
+        self._record_written(m, regs, pipe[min(WRITTEN_POSITION, H + 4)], en)
 
         # -- result stream and tags: the skid register first, then the output register ---------
         result = self.result
@@ -492,7 +500,7 @@ class ForwardEngine(wiring.Component):
         fire = Signal()
         m.d.comb += fire.eq(en & t0.valid)
         self._advance(m, regs, tabs, fire, is_last, group_done, pass_done)
-        self._take_command(m, regs, tags)
+        self._take_command(m, regs, tags, fire & pass_done)
         return regs, ok
 
     def _issue_registers(self, tabs: _LayerTables) -> _IssueRegs:
@@ -525,7 +533,7 @@ class ForwardEngine(wiring.Component):
     def _interlock(self, m: Module, regs: _IssueRegs, tabs: _LayerTables) -> tuple[Signal, Signal]:
         """``is_last`` (the bias token) and ``ok``: a token may issue if it reads no activation
         word (the first layer or the bias input) or the group writing that word has left
-        the output register in this pass (``wr_*``, updated at position H+4)."""
+        position :data:`WRITTEN_POSITION` in this pass (``wr_*``, :meth:`_record_written`)."""
         layer, parity = regs.layer, regs.parity
         wr_parity, wr_layer_p1, wr_groups = regs.wr_parity, regs.wr_layer_p1, regs.wr_groups
         last_col = tabs.last_col[layer]
@@ -620,12 +628,14 @@ class ForwardEngine(wiring.Component):
         lo = self.sign_bit_lo
         return Cat(Const(0, lo), Cat(gbase, Const(0, SIGN_BIT_BITS))[lo:SIGN_BIT_BITS])
 
-    def _take_command(self, m: Module, regs: _IssueRegs, tags: SyncFIFO) -> None:
-        """Take a pass command once the previous pass has issued its last token; its tag
-        waits in the FIFO until the pass's last result leaves."""
+    def _take_command(self, m: Module, regs: _IssueRegs, tags: SyncFIFO, last_fires: Value) -> None:
+        """Take a pass command when no pass is issuing, or in the cycle the issuing pass's
+        last token issues (``last_fires``), so that the next pass's first token follows it
+        at once; its tag waits in the FIFO until the pass's last result leaves.  (The
+        counters' reset here overrides :meth:`_advance`'s step of them.)"""
         cmd = self.cmd
         m.d.comb += [
-            cmd.ready.eq(~regs.active & tags.w_rdy),
+            cmd.ready.eq((~regs.active | last_fires) & tags.w_rdy),
             tags.w_data.eq(cmd.payload.tag),
             tags.w_en.eq(cmd.valid & cmd.ready),
         ]
@@ -964,11 +974,11 @@ class ForwardEngine(wiring.Component):
                             m.d.comb += sums[k].eq(_tree_sum(parts)[:acc_bits])
         return sums
 
-    def _output(self, m: Module, tabs: _LayerTables, regs: _IssueRegs, t10: Value, en: Signal, out_valid: Signal,
+    def _output(self, m: Module, tabs: _LayerTables, t10: Value, en: Signal, out_valid: Signal,
                 out: Value, acc10: list[Signal], act_wr: object, drawn: list[list[Signal]] | None,
                 platform: object) -> None:
         """Position H+4: requantise and activate, into the output register and the
-        activation (and factor) memory; record the group written for the interlock."""
+        activation (and factor) memory."""
         geo, lanes, ovf = self.geometry, self.lanes, self.geometry.overflow
         q10 = Signal(data.ArrayLayout(signed(8), lanes))
         y10 = Signal(data.ArrayLayout(signed(8), lanes))
@@ -1000,11 +1010,18 @@ class ForwardEngine(wiring.Component):
         ]
         if geo.factor_bits:
             self._factors(m, t10, q10, y10, drawn[3], act_wr, platform)
-        with m.If(en & t10.valid):
+
+    @staticmethod
+    def _record_written(m: Module, regs: _IssueRegs, token: Value, en: Signal) -> None:
+        """The interlock's record of the last group written (``wr_*``), taken as a bias
+        token passes :data:`WRITTEN_POSITION`: its word is in the activation memory by the
+        time a token issued after that reads it (the pipe moves as one, so the distance
+        holds through stalls)."""
+        with m.If(en & token.valid & token.last):
             m.d.sync += [
-                regs.wr_parity.eq(t10.parity),
-                regs.wr_layer_p1.eq(t10.layer + 1),
-                regs.wr_groups.eq(t10.group + 1),
+                regs.wr_parity.eq(token.parity),
+                regs.wr_layer_p1.eq(token.layer + 1),
+                regs.wr_groups.eq(token.group + 1),
             ]
 
     def _factors(self, m: Module, t10: Value, q10: Value, y10: Value, drawn: list[Signal],

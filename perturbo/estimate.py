@@ -16,10 +16,10 @@ step is
   of its second operand, plus one), the projection key (target projection), then
   ``STEP``, ``SAMPLE``, ``LABEL``;
 - *passes*: per sample the baseline pass and ``copies`` perturbed passes (target
-  projection: the baseline pass alone), each ``R + I + 1`` cycles on the forward
+  projection: the baseline pass alone), each ``R + I`` cycles on the forward
   engine (``R`` tokens, one per weight row; ``I`` interlock stalls where a layer waits
-  for the previous layer's last activation word; one cycle in which the engine takes
-  the next command, hdl/forward.py ``_take_command``), unless the sequencer waits for
+  for the previous layer's last activation word; the engine takes the next command in
+  the cycle of the last token, hdl/forward.py ``_take_command``), unless the sequencer waits for
   a pass key (``KEY``/``NODE_KEY``, which the forward engine's hash pipe computes only
   in a cycle without a perturbed token) or for a sign/activation bank (a pass may
   overwrite a bank only once the correlation job that reads it is done: the
@@ -33,7 +33,7 @@ loss ready, job taken, job done), which is exact as long as the forward engine's
 pipe never waits for the loss unit (:func:`step_timing` checks the condition and says
 when it does not hold).  In the steady state a step costs
 
-    ``S * (1 + copies) * (R + I + 1)``  (target projection: ``S * (R + I + 1)``)
+    ``S * (1 + copies) * (R + I)``  (target projection: ``S * (R + I)``)
 
 plus the waits the recurrence finds, plus run start and tail; ``MAC_BUSY`` is exactly
 ``S * passes * R``.
@@ -89,6 +89,9 @@ class Schedule:
     #: rows of every layer: one token per row and pass on the forward engine, one row per
     #: cycle and job on the correlation walker (hdl/geometry.py ``rows``)
     R: int  # noqa: N815
+    #: hdl/forward.py ``WRITTEN_POSITION``: where a bias token counts for the interlock as
+    #: its group written
+    written_position: int
     #: hdl/loss.py ``LossUnit.STAGES``: the cycles the loss unit drains its pipeline
     #: (``DRAIN``) after a pass's last lane before it forms the result
     loss_stages: int
@@ -105,11 +108,11 @@ class Schedule:
 
     @property
     def output_visible(self) -> int:
-        """Cycles from a bias token's issue to the interlock seeing its group written:
-        positions 0..H+4 of the pipe (hdl/forward.py module docstring), the record
-        ``wr_*`` registered at H+4 (``_output``), so a token reading the word may issue
-        ``H + 5`` cycles after the bias token."""
-        return self.H + 5
+        """Cycles from a bias token's issue to the interlock seeing its group written: the
+        record ``wr_*`` is registered as the bias token passes ``written_position`` (or
+        H+4, the pipe's end, where that comes first; hdl/forward.py ``_record_written``), so
+        a token reading the word may issue a cycle after that."""
+        return min(self.written_position, self.H + 4) + 1
 
     @property
     def result_valid(self) -> int:
@@ -250,6 +253,7 @@ def pass_shape(cfg: Config, *, perturbed: bool) -> PassShape:
 def schedule(cfg: Config) -> Schedule:
     """The :class:`Schedule` of a configuration."""
     from .hdl.correlation import CorrelationUnit, CorrelationWalker
+    from .hdl.forward import WRITTEN_POSITION
     from .hdl.geometry import Geometry
     from .hdl.loss import LossUnit
     from .hdl.random import draw_latency
@@ -257,6 +261,7 @@ def schedule(cfg: Config) -> Schedule:
 
     geo = Geometry(cfg)
     return Schedule(H=draw_latency(cfg.hardware.hash_stages_per_register), R=geo.rows,
+                    written_position=WRITTEN_POSITION,
                     loss_stages=LossUnit.STAGES, walker_gap=CorrelationWalker.JOB_GAP,
                     corr_latency=CorrelationUnit.latency_for(geo.grads_read_latency),
                     update_latency=UpdateUnit.latency(geo))
@@ -289,7 +294,7 @@ class StepTiming:
     stalls: int  #: what ``STALLS`` counts: interlock cycles (the pipe never waits here)
     run_start: int  #: cycles before the first pass command is taken
     passes: int  #: passes in the step
-    pass_cycles: int  #: ``R + I + 1`` per pass
+    pass_cycles: int  #: ``R + I`` per pass, and the cycle the first command is taken in
     key_waits: int  #: cycles the engine was free but the sequencer waited for a pass key
     bank_waits: int  #: cycles the engine was free but the pass's bank was still being read
     other_waits: int  #: cycles the engine was free while the issuer moved to the next sample
@@ -312,7 +317,7 @@ def step_timing(cfg: Config, step: int = 1, *, events: bool = False) -> StepTimi
     return StepTiming(
         cycles=one.end, body=_run(cfg, 3, step).period, mac_busy=passes * R, stalls=one.stalls,
         run_start=one.step_starts[0] + Schedule.STEP_START_CYCLES - 1, passes=passes,
-        pass_cycles=passes * R + one.stalls + passes, key_waits=one.key_waits,
+        pass_cycles=1 + passes * R + one.stalls, key_waits=one.key_waits,
         bank_waits=one.bank_waits, other_waits=one.other_waits,
         tail=one.end - log[-1]["e"], jobs=one.jobs, events=log if events else [],
     )
@@ -408,7 +413,7 @@ def _run(cfg: Config, steps: int, first_step: int) -> _RunTiming:
                         "on the previous loss: the forward pipe would wait, which the model does not cover")
                 e = a + shape.length  # the last token issues R + I cycles after the command
                 stalls += shape.interlock
-                engine_free = e + 1  # hdl/forward.py: `active` falls after the last token
+                engine_free = e  # hdl/forward.py ``_take_command``: in the last token's cycle
                 o = e + sched.loss_result + loss_lanes  # loss unit: IDLE, LANES (L), DRAIN, OUT
                 if o < collector_free:
                     raise NotImplementedError(
@@ -454,8 +459,8 @@ def _check_no_backpressure(cfg: Config, sched: Schedule, shape: PassShape, loss_
         raise NotImplementedError(
             f"{cfg.name}: the loss unit takes {loss_lanes + 1} cycles per output group, more than the "
             f"{out.tokens} between groups: the forward pipe would wait, which the model does not cover")
-    # the third pass's command comes at the earliest length + 2 cycles after the first's last token
-    if shape.length + 2 < sched.result_valid + 1:
+    # the third pass's command comes at the earliest `length` cycles after the first's last token
+    if shape.length < sched.result_valid + 1:
         raise NotImplementedError(f"{cfg.name}: passes shorter than the forward pipe wait for its tag FIFO, "
                                   "which the model does not cover")
 
@@ -507,14 +512,14 @@ def _key_chain(a: int, shape: PassShape, keys: int, sched: Schedule) -> int:
 def inference_cycles(cfg: Config, count: int) -> int:
     """``CYCLES`` of an ``INFER`` command of ``count`` samples (hdl/sequencer.py
     ``_inference_states``): the passes back to back from the first busy cycle, each
-    ``R + I + 1``; the last pass's last result ``H + 5`` cycles after its last token; the
+    ``R + I``; the last pass's last result ``H + 5`` cycles after its last token; the
     output writer's lanes (``L``); ``collected`` one cycle later; ``INFER_WAIT`` and
     ``FINISH``."""
     if count == 0:
         return 3  # INFER, INFER_WAIT, FINISH
     sched = schedule(cfg)
     shape = pass_shape(cfg, perturbed=False)
-    last_token = count * (shape.length + 1)
+    last_token = count * shape.length + 1
     return last_token + sched.result_valid + _group_lanes_cycles(cfg) + 2
 
 
@@ -740,7 +745,7 @@ def format_estimate(est: Estimate) -> str:
         f"training step      {est.cycles_per_step} cycles (CYCLES), MAC_BUSY {est.mac_busy_per_step}: "
         f"MAC utilisation {est.utilisation:.1%}",
         f"  run start        {s.run_start}",
-        f"  passes           {s.pass_cycles}  ({s.passes} x (R + {s.stalls // max(1, s.passes)} interlock + 1))",
+        f"  passes           {s.pass_cycles}  (1 + {s.passes} x (R + {s.stalls // max(1, s.passes)} interlock))",
         f"  waits            key {s.key_waits}, bank {s.bank_waits}, next sample {s.other_waits}",
         f"  tail             {s.tail}  (last correlation, fused update, FINISH)",
         f"  in a run         {s.body} cycles per step when one TRAIN command runs several steps "

@@ -123,15 +123,15 @@ RULE_CONFIGS: dict[str, Config] = {
     # lanes that split the inputs (hdl/geometry.py): 8 lanes, 9-4-3, two lanes a neuron in
     # both layers (the first layer's last token an input and the bias, the second's the bias
     # and a padding input; lanes 6 and 7 of the second hold no neuron), antithetic pairs
-    # and momentum; and 14-2-2, four lanes a neuron (the second layer one token: two inputs,
-    # the bias and padding, whose inputs wait for the first layer; the first layer four
+    # and momentum; and 18-2-2, four lanes a neuron (the second layer one token: two inputs,
+    # the bias and padding, whose inputs wait for the first layer; the first layer five
     # tokens, so that a pass outlasts the forward pipe, as the cycle model assumes), G's
     # reads registered
     "split": _rule_config("split", [9, 4, 3], {"name": "mgd-weight", "delta": 3, "copies": 2,
                                                 "lr_shift": [6, 5], "optimizer": "momentum",
                                                 "momentum_shift": 2}, lanes=8,
                           numerics={"grad_bits": 24}),
-    "split4": _rule_config("split4", [14, 2, 2], {"name": "mgd-weight", "delta": 5, "copies": 1,
+    "split4": _rule_config("split4", [18, 2, 2], {"name": "mgd-weight", "delta": 5, "copies": 1,
                                                   "lr_shift": 5}, lanes=8, activation="leaky-relu",
                            hardware={"register_grads": True}),
     # an ALR layer (one lane a neuron) before an mgd-weight layer that splits (4 lanes a neuron)
