@@ -33,6 +33,14 @@ SERIAL_TOP = "perturbo_serial"
 SERIAL_DIVISOR = 8
 
 
+def _rtl_key(cfg: Config) -> str:
+    """What generated Verilog depends on in ``cfg``: :func:`config_hash` (the generation
+    parameters, which the ``CONFIG_HASH`` register holds) and every ``hardware`` key, since
+    some change the logic but no value the host sees (``hash_stages_per_register``,
+    ``lane_products``, ``update_products``), so ``CONFIG_HASH`` leaves them out."""
+    return f"{config_hash(cfg):08x}-{digest(cfg.hardware.model_dump_json())}"
+
+
 def _hdl_fingerprint() -> str:
     """Hash of the RTL generator's sources: a change to hdl/ (or to the harness's top,
     sim/top.py) invalidates cached Verilog."""
@@ -44,13 +52,13 @@ def _hdl_fingerprint() -> str:
 
 def cosim_verilog(cfg: Config, *, overlap: bool = True, emit_src: bool = False) -> str:
     """Verilog of ``LinkedTarget(Accelerator(cfg, overlap=overlap, config_resets=False))`` in a
-    :class:`~.top.HarnessTop` as :data:`COSIM_TOP`, cached per generation parameters (:func:`config_hash`, all that this
-    Verilog depends on: its run registers reset to fixed values, and the driver writes
-    them) and hdl/ sources.  ``emit_src``: keep Amaranth's ``src`` attributes (the Python
-    line of every signal), for waveforms; they change no logic but do change the text, and
-    with it the build cache key."""
+    :class:`~.top.HarnessTop` as :data:`COSIM_TOP`, cached per generation parameters and
+    hardware keys (:func:`_rtl_key`, all that this Verilog depends on: its run registers
+    reset to fixed values, and the driver writes them) and hdl/ sources.  ``emit_src``:
+    keep Amaranth's ``src`` attributes (the Python line of every signal), for waveforms;
+    they change no logic but do change the text, and with it the build cache key."""
     variant = ("" if overlap else "-serial") + ("-src" if emit_src else "")
-    path = cache_root() / "verilog" / f"{COSIM_TOP}-{config_hash(cfg):08x}{variant}-{_hdl_fingerprint()}.v"
+    path = cache_root() / "verilog" / f"{COSIM_TOP}-{_rtl_key(cfg)}{variant}-{_hdl_fingerprint()}.v"
 
     def generate() -> str:
         from perturbo.hdl.accelerator import Accelerator
@@ -65,10 +73,10 @@ def cosim_verilog(cfg: Config, *, overlap: bool = True, emit_src: bool = False) 
 def serial_verilog(cfg: Config, *, divisor: int = SERIAL_DIVISOR, rx_fifo_depth: int = 16) -> str:
     """Verilog of the board top's accelerator, host link and UART (:func:`perturbo.boards.top.board_link`)
     behind a host-side UART (:class:`~perturbo.hdl.uart.SerialAdapter`), as :data:`SERIAL_TOP`;
-    cached per config (the generation parameters and, as on a board, the run registers' resets),
+    cached per config (the generation parameters and hardware keys and, as on a board, the run registers' resets),
     UART parameters and hdl/ sources."""
     resets = digest(repr(sorted((reg.name, value) for reg, value in config_values(cfg).items())))
-    path = (cache_root() / "verilog" / f"{SERIAL_TOP}-{config_hash(cfg):08x}-{resets}-d{divisor}"
+    path = (cache_root() / "verilog" / f"{SERIAL_TOP}-{_rtl_key(cfg)}-{resets}-d{divisor}"
             f"-f{rx_fifo_depth}-{_hdl_fingerprint()}.v")
 
     def generate() -> str:

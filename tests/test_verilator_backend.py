@@ -21,9 +21,10 @@ from perturbo.config import Config, load_config
 from perturbo.data import SampleStream, load_dataset
 from perturbo.golden.integer import IntegerModel
 from perturbo.hdl.bus import Reg, Space
+from perturbo.hdl.geometry import config_hash
 from perturbo.hdl.registers import absent_registers
 from perturbo.host.accelerator import REFILL_MODES
-from perturbo.sim.backend import VerilatorBackend
+from perturbo.sim.backend import VerilatorBackend, cosim_verilog
 from perturbo.verify import first_difference
 
 CONFIG = Path(__file__).resolve().parent.parent / "examples" / "digits-mgd-weight.yaml"
@@ -70,7 +71,10 @@ def test_every_rule_verifies(name: str, capsys: pytest.CaptureFixture[str]) -> N
 #: Lane counts other than the examples' 8 and 1 (issue 12): 3 does not divide the layers, 16
 #: leaves the output layer's group mostly empty, 32 gives each output neuron two lanes
 #: (``hardware.split_inputs``); each with a different family of rules.
-LANE_COUNTS = {3: "digits-tpsgd-l1", 16: "digits-hybrid-alr-mgd", 32: "digits-mgd-weight"}
+#: lanes: the example and the hardware keys it trains with there (32 lanes: the update's
+#: top product slices in logic, as the 64-lane board build makes them)
+LANE_COUNTS = {3: ("digits-tpsgd-l1", {}), 16: ("digits-hybrid-alr-mgd", {}),
+               32: ("digits-mgd-weight", {"update_products": "dsp-low"})}
 
 
 @pytest.mark.parametrize("lanes", list(LANE_COUNTS))
@@ -79,8 +83,9 @@ def test_lane_counts_verify(lanes: int, tmp_path: Path, capsys: pytest.CaptureFi
     from perturbo.cli import main
 
     torch.set_num_threads(1)
-    data = load_config(EXAMPLES / f"{LANE_COUNTS[lanes]}.yaml").model_dump(mode="json")
-    data["hardware"]["lanes"] = lanes
+    example, hardware = LANE_COUNTS[lanes]
+    data = load_config(EXAMPLES / f"{example}.yaml").model_dump(mode="json")
+    data["hardware"] |= {"lanes": lanes, **hardware}
     data["name"] = f"{data['name']}-{lanes}-lanes"
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(data))
@@ -88,6 +93,20 @@ def test_lane_counts_verify(lanes: int, tmp_path: Path, capsys: pytest.CaptureFi
     out = capsys.readouterr().out
     assert status == 0, out
     assert out.strip().splitlines()[-1].startswith(f"PASS: {data['name']} on verilator"), out
+
+
+def test_cached_verilog_follows_every_hardware_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Hardware keys that change the logic but not ``CONFIG_HASH`` (the host sees the same
+    accelerator) still get their own Verilog from the cache: a cached model of the other
+    setting would be trained and verified instead (as happened until session 20)."""
+    from hdl_configs import UNIT_CONFIGS
+
+    monkeypatch.setenv("PERTURBO_CACHE", str(tmp_path))
+    tiny = UNIT_CONFIGS["tiny"]
+    for key, value in (("hash_stages_per_register", 2), ("update_products", "dsp-low")):
+        other = tiny.model_copy(update={"hardware": tiny.hardware.model_copy(update={key: value})})
+        assert config_hash(other) == config_hash(tiny), key
+        assert cosim_verilog(other) != cosim_verilog(tiny), key
 
 
 def test_bad_frames_are_never_applied(cfg: Config, hw: VerilatorBackend) -> None:
