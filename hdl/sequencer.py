@@ -394,7 +394,8 @@ class Sequencer(wiring.Component):
             # cursor moves (NEXT_SAMPLE, WAIT_UPDATE), and a grant is seen a cycle later
             # (the distance through the issuer's state was the slowest path at 100 MHz)
             step_loaded = Signal(name="step_loaded")
-            m.d.sync += step_loaded.eq(self.ring_distance(self.cursor, self.fill) >= self.step_samples)
+            m.d.sync += step_loaded.eq(self.ring_holds(self.cursor, self.fill, self.step_samples,
+                                                          self.sample_count))
         return _SequencerState(
             mul=mul, steps_left=steps_left, samples_left=samples_left, copy=copy, event=event,
             sbase=sbase, label=label, key=key, node_key=node_key, sign_bank=sign_bank,
@@ -445,15 +446,20 @@ class Sequencer(wiring.Component):
         with m.If(self.abort & self.busy):
             m.d.sync += s.aborting.eq(1)
 
-    def ring_distance(self, a: Value, b: Value) -> Value:
-        """Slots from ``a`` forward to ``b`` on the ring of ``sample_count`` slots (both below it)."""
-        width = self.sample_count.shape().width
-        return Mux(b < a, b + self.sample_count - a, b - a)[:width]
+    @staticmethod
+    def ring_holds(a: Value, b: Value, n: Value, count: Value) -> Value:
+        """Whether ``n`` or more slots lie from ``a`` forward to ``b`` on the ring of
+        ``count`` slots (``a`` and ``b`` below it): ``b - a >= n`` where ``b >= a``, else
+        ``b + count - a >= n``, as ``a + n`` compared with ``b`` and with ``b + count`` side
+        by side (the distance's subtraction, then the comparison, was the 16-lane build's
+        slowest path at 100 MHz: 61 steps)."""
+        reach = a + n
+        return Mux(b >= a, b >= reach, b + count >= reach)
 
     @staticmethod
     def on_arc(a: Value, b: Value, slot: Value) -> Value:
         """Whether ``slot`` is on the ring from ``a`` forward to ``b``, ``b`` excluded (all
-        three below ``sample_count``): ``ring_distance(a, slot) < ring_distance(a, b)``, from
+        three below ``sample_count``): the distance from ``a`` to ``slot`` below that to ``b``, from
         three comparisons side by side instead of the distances' subtractions (that chain,
         from ``SAMPLE_COUNT`` into the bus's answer, was the slowest path at 100 MHz)."""
         from_a, before_b = slot >= a, slot < b

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from cocotb_build import SIMULATORS, run_cocotb
 from hdl_configs import CONFIGS, RULE_CONFIGS, config_env
@@ -54,33 +56,38 @@ def test_register_grads_needs_pipelined_reads() -> None:
     assert isinstance(Accelerator(cfg, pipelined_reads=True), Accelerator)
 
 
-def test_on_arc_is_the_ring_distance_test() -> None:
-    """``Sequencer.on_arc`` (three comparisons) equals the ring-distance test it replaced,
-    ``ring_distance(a, slot) < ring_distance(a, b)``, for every ring of up to 9 slots."""
+def test_ring_tests_are_the_ring_distance() -> None:
+    """``Sequencer.on_arc`` (three comparisons) and ``Sequencer.ring_holds`` (two sums and
+    their comparisons side by side) equal the ring-distance tests they replaced,
+    ``(slot - a) % count < (b - a) % count`` and ``(b - a) % count >= n``, for every ring of
+    up to 9 slots (and ``n`` up to 10)."""
     from amaranth.hdl import Module, Signal
     from amaranth.sim import Simulator
 
     from perturbo.hdl.sequencer import Sequencer
 
-    a, b, slot = Signal(4), Signal(4), Signal(4)
+    a, b, slot, n, count = Signal(4), Signal(4), Signal(4), Signal(4), Signal(4)
     m = Module()
-    arc = Signal()
-    m.d.comb += arc.eq(Sequencer.on_arc(a, b, slot))
+    arc, holds = Signal(), Signal()
+    m.d.comb += [arc.eq(Sequencer.on_arc(a, b, slot)), holds.eq(Sequencer.ring_holds(a, b, n, count))]
     sim = Simulator(m)
     wrong = []
 
     async def check(ctx: object) -> None:
-        for count in range(1, 10):
-            for va in range(count):
-                for vb in range(count):
-                    for vs in range(count):
-                        ctx.set(a, va)
-                        ctx.set(b, vb)
-                        ctx.set(slot, vs)
-                        expected = (vs - va) % count < (vb - va) % count
-                        if ctx.get(arc) != expected:
-                            wrong.append((count, va, vb, vs))
+        for c in range(1, 10):
+            ctx.set(count, c)
+            for va, vb in itertools.product(range(c), repeat=2):
+                ctx.set(a, va)
+                ctx.set(b, vb)
+                for vs in range(c):
+                    ctx.set(slot, vs)
+                    if ctx.get(arc) != ((vs - va) % c < (vb - va) % c):
+                        wrong.append(("on_arc", c, va, vb, vs))
+                for vn in range(11):
+                    ctx.set(n, vn)
+                    if ctx.get(holds) != ((vb - va) % c >= vn):
+                        wrong.append(("ring_holds", c, va, vb, vn))
 
     sim.add_testbench(check)
     sim.run()
-    assert wrong == [], f"on_arc differs from the ring distance at (count, a, b, slot) {wrong[:5]}"
+    assert wrong == [], f"differs from the ring distance at (test, count, a, b, slot or n) {wrong[:5]}"
