@@ -375,19 +375,11 @@ class Sequencer(wiring.Component):
         base_bank = Signal()
         pending = Signal(range(3))
         issued = Signal()  # a pass with a job
-        next_pending = pending + issued - self.corr_done
-        m.d.sync += pending.eq(next_pending)
-        # registered from the next count (equal to the tests on `pending` itself: COPIES
-        # changes only between runs, when nothing is pending): the comparison with COPIES,
-        # a carry chain, into the forward engine's command take was the 16-lane build's
-        # slowest path at 100 MHz
-        perturbed_free = Signal(init=1)
-        baseline_free = Signal(init=1)
-        if self.overlap:
-            m.d.sync += [perturbed_free.eq(next_pending <= 1),
-                         baseline_free.eq(next_pending <= (1 if geo.projection else self.copies))]
-        else:
-            m.d.sync += [perturbed_free.eq(next_pending == 0), baseline_free.eq(next_pending == 0)]
+        m.d.sync += pending.eq(pending + issued - self.corr_done)
+        perturbed_free = pending <= 1
+        baseline_free = pending <= (1 if geo.projection else self.copies)
+        if not self.overlap:
+            perturbed_free = baseline_free = pending == 0
         count = Signal(range(geo.sample_depth + 1))
         loss_sum = Signal(32)
         step_done = Signal()  # collector -> issuer
