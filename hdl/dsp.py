@@ -85,7 +85,7 @@ class RegisteredProduct(wiring.Component):
             self._mult18x18d(m, a, b)
             return m
         with m.If(self.en):
-            m.d.sync += self.p.eq(logic_product(a, b) if self.logic else a * b)
+            m.d.sync += self.p.eq(logic_product(m, a, b) if self.logic else a * b)
         return m
 
     def _mult18x18d(self, m: Module, a: Value, b: Value) -> None:

@@ -300,7 +300,7 @@ class UpdateUnit(wiring.Component):
                 m.d.comb += [mult.a.eq(piece), mult.b.eq(self.lr_mult), mult.en.eq(1)]
                 return mult.p
             part = Signal.like(piece * self.lr_mult, name=name)
-            m.d.sync += part.eq(logic_product(piece, self.lr_mult) if logic else piece * self.lr_mult)
+            m.d.sync += part.eq(logic_product(m, piece, self.lr_mult) if logic else piece * self.lr_mult)
             return part
 
         product_shape = data.ArrayLayout(signed(ub + 9), lanes)

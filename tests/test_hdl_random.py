@@ -64,9 +64,9 @@ def test_logic_product_is_the_product() -> None:
     narrow_b = {bits: Signal(signed(bits), name=f"b{bits}") for bits in (3, 5)}
     narrow_p = {bits: Signal(signed(8 + bits), name=f"p{bits}") for bits in (3, 5)}
     unsigned_b, unsigned_p = Signal(8), Signal(signed(17))
-    m.d.comb += p.eq(logic_product(a, b))
-    m.d.comb += [narrow_p[bits].eq(logic_product(a, narrow_b[bits])) for bits in narrow_b]
-    m.d.comb += unsigned_p.eq(logic_product(a, unsigned_b))
+    m.d.comb += p.eq(logic_product(m, a, b))
+    m.d.comb += [narrow_p[bits].eq(logic_product(m, a, narrow_b[bits])) for bits in narrow_b]
+    m.d.comb += unsigned_p.eq(logic_product(m, a, unsigned_b))
     sim = Simulator(m)
 
     async def bench(ctx) -> None:
