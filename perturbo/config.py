@@ -331,7 +331,7 @@ class HardwareConfig(_Strict):
     lane_products: Literal["dsp", "logic"] = Field(
         "dsp",
         description="where each lane's INT8 x INT8 product is made: the FPGA's block multipliers "
-        "(dsp), or adders in logic (logic: about 200 LUT4 a lane on ECP5, the same values), for lane "
+        "(dsp), or adders in logic (logic: about 170 LUT4 a lane on ECP5, the same values), for lane "
         "counts whose products and the update's do not all fit the multipliers (the ULX3S-85F at "
         "64 lanes: docs/boards.md)",
     )
@@ -340,7 +340,7 @@ class HardwareConfig(_Strict):
         description="where the update's products U x lr_mult are made: a block multiplier for each "
         "17-bit slice of U (dsp: two a lane with the default 16-bit weights and 32-bit G), or the low "
         "slice on a block multiplier and the rest in logic (dsp-low: one multiplier a lane and about "
-        "100 LUT4 more, the same values), for lane counts whose lane and update multipliers do not all "
+        "150 LUT4 more, the same values), for lane counts whose lane and update multipliers do not all "
         "fit the device (the ULX3S-85F at 64 lanes: docs/boards.md)",
     )
     register_grads: bool = Field(
