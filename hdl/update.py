@@ -275,7 +275,8 @@ class UpdateUnit(wiring.Component):
         ``U * lr_mult``.
 
         C multiplies each :data:`PRODUCT_SLICE`-bit slice of ``U`` (the top one signed) by
-        ``lr_mult``, a multiplier a slice, into registers; P adds the shifted slices.  The
+        ``lr_mult``, a multiplier a slice (with ``hardware.update_products: dsp-low`` all
+        but the lowest by adders in logic), into registers; P adds the shifted slices.  The
         whole product of a 32-bit ``G`` in one cycle was the slowest path of the ECP5
         builds (``LR_MULT`` through two multipliers and their 41-bit join).  P also rounds
         and shifts the product by its layer's ``lr_shift``, which leaves D only the
