@@ -68,7 +68,7 @@ from .memories import LanePortSignature, PortSignature, SignWriteSignature, next
 from .projection import ErrorKind, Gate, activation_gate, projection_error
 from .random import SIGN_BLOCK, Draw, draw_latency, gaussian_noise, projection_value, weight_signs
 
-__all__ = ["ForwardEngine", "activation", "INJECT_BITS", "ACT_BANKS"]
+__all__ = ["ForwardEngine", "activation", "INJECT_BITS", "ACT_BANKS", "WRITTEN_POSITION", "written_position"]
 
 #: Width of an injected value: ALR's ``sigma * n`` reaches 4095 * 510 < 2^22.
 INJECT_BITS = 23
@@ -82,6 +82,12 @@ BIAS_INPUT = 127
 #: has left position 6 reads the word a cycle after it was written (at ``H+4``, for a
 #: ``Draw`` latency ``H`` of 2, where the pipe ends there).
 WRITTEN_POSITION = 6
+
+
+def written_position(draw_latency: int) -> int:
+    """The pipe position whose bias token the interlock counts as its group written:
+    :data:`WRITTEN_POSITION`, or ``H+4``, the pipe's last, where that comes first."""
+    return min(WRITTEN_POSITION, draw_latency + 4)
 #: Activation (and factor) memory banks: ``{perturbed, alternate}``.
 ACT_BANKS = 4
 #: Width of what travels from the draw to the injection and factor stages per lane:
@@ -373,7 +379,7 @@ class ForwardEngine(wiring.Component):
         acc = self._multiply_accumulate(m, pipe[H + 2], en, w6, x6)
         acc10 = self._inject(m, tabs, pipe[H + 2], pipe[H + 3], en, acc, drawn)
         self._output(m, tabs, pipe[H + 4], en, out_valid, out, acc10, act_wr, drawn, platform)
-        self._record_written(m, regs, pipe[min(WRITTEN_POSITION, H + 4)], en)
+        self._record_written(m, regs, pipe[written_position(H)], en)
 
         # -- result stream and tags: the skid register first, then the output register ---------
         result = self.result

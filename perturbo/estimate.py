@@ -89,8 +89,8 @@ class Schedule:
     #: rows of every layer: one token per row and pass on the forward engine, one row per
     #: cycle and job on the correlation walker (hdl/geometry.py ``rows``)
     R: int  # noqa: N815
-    #: hdl/forward.py ``WRITTEN_POSITION``: where a bias token counts for the interlock as
-    #: its group written
+    #: hdl/forward.py ``written_position``: the pipe position where a bias token counts for
+    #: the interlock as its group written
     written_position: int
     #: hdl/loss.py ``LossUnit.STAGES``: the cycles the loss unit drains its pipeline
     #: (``DRAIN``) after a pass's last lane before it forms the result
@@ -109,10 +109,10 @@ class Schedule:
     @property
     def output_visible(self) -> int:
         """Cycles from a bias token's issue to the interlock seeing its group written: the
-        record ``wr_*`` is registered as the bias token passes ``written_position`` (or
-        H+4, the pipe's end, where that comes first; hdl/forward.py ``_record_written``), so
-        a token reading the word may issue a cycle after that."""
-        return min(self.written_position, self.H + 4) + 1
+        record ``wr_*`` is registered as the bias token passes ``written_position``
+        (hdl/forward.py ``_record_written``), so a token reading the word may issue a cycle
+        after that."""
+        return self.written_position + 1
 
     @property
     def result_valid(self) -> int:
@@ -253,15 +253,15 @@ def pass_shape(cfg: Config, *, perturbed: bool) -> PassShape:
 def schedule(cfg: Config) -> Schedule:
     """The :class:`Schedule` of a configuration."""
     from .hdl.correlation import CorrelationUnit, CorrelationWalker
-    from .hdl.forward import WRITTEN_POSITION
+    from .hdl.forward import written_position
     from .hdl.geometry import Geometry
     from .hdl.loss import LossUnit
     from .hdl.random import draw_latency
     from .hdl.update import UpdateUnit
 
     geo = Geometry(cfg)
-    return Schedule(H=draw_latency(cfg.hardware.hash_stages_per_register), R=geo.rows,
-                    written_position=WRITTEN_POSITION,
+    h = draw_latency(cfg.hardware.hash_stages_per_register)
+    return Schedule(H=h, R=geo.rows, written_position=written_position(h),
                     loss_stages=LossUnit.STAGES, walker_gap=CorrelationWalker.JOB_GAP,
                     corr_latency=CorrelationUnit.latency_for(geo.grads_read_latency),
                     update_latency=UpdateUnit.latency(geo))
