@@ -156,8 +156,9 @@ class Accelerator(wiring.Component):
         into registers (its ``registered_reads`` and ``registered_sample``; no cycle count
         changes).  A block RAM's unregistered output through those selects, then through
         the weight perturbation, were the ECP5 builds' slowest paths; the iCE40, whose Fmax
-        the hash sets, keeps the logic cells.  With them the bus also takes a request a
-        cycle after it appears, decoded from its registered address, write flag and data.
+        the hash sets, keeps the logic cells.  With them the bus also takes a request two
+        cycles after it appears, decoded from its registered address, write flag and data,
+        and refused or accepted by a registered verdict.
 
     Members
     -------
@@ -540,6 +541,31 @@ class Accelerator(wiring.Component):
                 m.d.sync += strobes["abort"].eq(1)
         return regs
 
+    def _refused(self, m: Module, space: Value, word: Value, we: Value, running: Value,
+                 live: dict[Space, Value], sizes: dict[Space, int], value_ok: dict[Space, Value]) -> Value:
+        """Whether the bus refuses the request (``err``): a register outside the register
+        file's 256 words, a memory access while a command runs (but those ``live`` allows),
+        outside the space's ``sizes``, or a write whose value is not ``value_ok``; an unknown
+        space.  With ``pipelined_reads`` the verdict is registered from the request's
+        registered copy a cycle before the request is taken: the sequencer's state through
+        the ring's slot test into the request's decoding was the 32-lane build's slowest path.
+        """
+        verdict = Signal(name="bus_refusing")
+        with m.Switch(space):
+            with m.Case(Space.REGS):
+                m.d.comb += verdict.eq(word[8:] != 0)
+            for sp, ok in value_ok.items():
+                with m.Case(sp):
+                    busy = running & ~live[sp] if sp in live else running
+                    m.d.comb += verdict.eq(busy | at_least(word, sizes[sp]) | (we & ~ok))
+            with m.Default():
+                m.d.comb += verdict.eq(1)
+        if not self.pipelined_reads:
+            return verdict
+        registered = Signal(name="bus_refused")
+        m.d.sync += registered.eq(verdict)
+        return registered
+
     def _bus_target(self, m: Module, regs: RegisterFile, seq: Sequencer,
                     memories: dict[Space, tuple[wiring.PureInterface, bool]],
                     registered: frozenset[Space], ports_owned: Value) -> None:
@@ -557,12 +583,17 @@ class Accelerator(wiring.Component):
         a block RAM's output through the selects into the host link's frame buffer (the
         ECP5 builds' slowest path before, at 8 lanes); with ``pipelined_reads`` two cycles
         later still, each memory's whole word registered, then its lane selected into a
-        register, before the space select, and every request taken a cycle after it
-        appears, decoded from its registered copy (``decoded``); a register's request then
-        reaches the register file a cycle after it is taken, and is answered a cycle later.
+        register, before the space select, and every request taken two cycles after it
+        appears, decoded from its registered copy (``decoded``) and judged by a registered
+        verdict (:meth:`_refused`); a register's request then reaches the register file a
+        cycle after it is taken, and is answered a cycle later.
         """
         geo, lanes = self.geometry, self.geometry.lanes
         running = seq.busy | ports_owned
+        if self.pipelined_reads:  # (for the verdict, which is registered: a command starts
+            # or ends no sooner than a request, and STATUS reads are cycles apart from it)
+            running = Signal(name="bus_running")
+            m.d.sync += running.eq(self.busy | ports_owned)
         bus = self.bus
 
         def decoded(value: Value, name: str) -> Value:
@@ -611,7 +642,7 @@ class Accelerator(wiring.Component):
                 m.d.comb += port.wdata.eq(wdata)
 
         request = bus.stb & ~ack & ~reading
-        if self.pipelined_reads:  # taken once the address has stood a cycle: decoded() holds it
+        if self.pipelined_reads:  # taken once the address has stood two cycles (below)
             held = Signal()  # the memories' words registered the cycle before (below)
             picking = Signal()  # and their lanes selected
             # a register request reaches the register file a cycle after it is taken, from a
@@ -623,9 +654,11 @@ class Accelerator(wiring.Component):
             with m.If(regs_due):
                 m.d.sync += ack.eq(1)
             request = request & ~held & ~picking & ~regs_due
-            settled = Signal()
-            m.d.sync += settled.eq(request & ~settled)
-            request = request & settled
+            # the request's age: decoded() registers the address in its first cycle, the
+            # verdict below is registered from that in its second, and it is taken in its third
+            age = Signal(range(3))
+            m.d.sync += age.eq(Mux(request & (age != 2), age + 1, 0))
+            request = request & (age == 2)
         m.d.comb += [regs.addr.eq(word), regs.we.eq(we), regs.wdata.eq(wdata)]
         sizes = {Space.WEIGHTS: lane_words, Space.GRADS: lane_words, Space.MOMENTUM: lane_words,
                  Space.SAMPLES: geo.sample_bus_words, Space.LABELS: geo.sample_depth,
@@ -638,34 +671,26 @@ class Accelerator(wiring.Component):
             sample_slot, _ = divmod_const(bus_word, geo.sample_stride // 4, geo.sample_bus_words - 1)
             m.d.comb += seq.probe_slot.eq(decoded(Mux(bus_space == Space.LABELS, bus_word, sample_slot), "bus_slot"))
             live = {Space.SAMPLES: we & seq.probe_free, Space.LABELS: we & seq.probe_free, Space.LOSSES: ~we}
+        refused = self._refused(m, space, word, we, running, live, sizes, {
+            sp: (~at_least(wdata, geo.classes) if sp == Space.LABELS  # 0 .. classes - 1
+                 else Const(0, 1) if sp in (Space.OUTPUTS, Space.LOSSES)  # read-only
+                 else fits(widths[sp]))
+            for sp in memories})
         with m.If(request):
             m.d.sync += [ack.eq(1), err.eq(0), read_mem.eq(0), read_space.eq(space), read_lane.eq(lane)]
-            with m.Switch(space):
-                with m.Case(Space.REGS):
-                    with m.If(word[8:] == 0):
-                        if self.pipelined_reads:
-                            m.d.sync += [regs_due.eq(1), ack.eq(0)]
-                        else:
-                            m.d.comb += regs.req.eq(1)
-                    with m.Else():
-                        m.d.sync += err.eq(1)
+            with m.If(refused):
+                m.d.sync += err.eq(1)
+            with m.Elif(space == Space.REGS):
+                if self.pipelined_reads:
+                    m.d.sync += [regs_due.eq(1), ack.eq(0)]
+                else:
+                    m.d.comb += regs.req.eq(1)
+            with m.Elif(we), m.Switch(space):
                 for sp, (port, laned) in memories.items():
                     with m.Case(sp):
-                        if sp == Space.LABELS:  # 0 .. classes - 1
-                            value_ok = ~at_least(wdata, geo.classes)
-                        elif sp in (Space.OUTPUTS, Space.LOSSES):  # read-only
-                            value_ok = Const(0, 1)
-                        else:
-                            value_ok = fits(widths[sp])
-                        busy = running & ~live[sp] if sp in live else running
-                        with m.If(busy | at_least(word, sizes[sp]) | (we & ~value_ok)):
-                            m.d.sync += err.eq(1)
-                        with m.Elif(we):
-                            m.d.comb += port.we.eq((1 << lane) if laned else 1)
-                        with m.Else():
-                            m.d.sync += [read_mem.eq(1), ack.eq(0), reading.eq(1)]
-                with m.Default():
-                    m.d.sync += err.eq(1)
+                        m.d.comb += port.we.eq((1 << lane) if laned else 1)
+            with m.Else():
+                m.d.sync += [read_mem.eq(1), ack.eq(0), reading.eq(1)]
 
         # the answer: one cycle after the request, a memory's word one more (three more with
         # pipelined_reads: the block RAM's whole word registered as it leaves the memory, then

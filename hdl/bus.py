@@ -13,7 +13,7 @@ target ignores ``stb`` during the ``ack`` cycle, so an initiator may drop ``stb`
 or one cycle later.  A request takes at least two cycles (``stb`` seen, then ``ack``);
 the accelerator takes a request the cycle it appears and answers a register one cycle
 after, a memory read two; with ``pipelined_reads`` (the ECP5 boards, the
-co-simulation) it takes a request a cycle after it appears and answers a register two
+co-simulation) it takes a request two cycles after it appears and answers a register two
 cycles after that, a memory read four.
 
 Addresses
