@@ -17,14 +17,13 @@ lanes), in the same harness: these machines are shared, and their load moves eve
 by a factor of two or more, so only figures taken together are compared.  Then the cycles
 per training step and the MAC utilisation from the accelerator's counters, inference
 speed, and those cycles at a board's Fmax turned into hardware training steps per second
-(``--fmax-mhz`` defaults to the Fmax of the latest build of this configuration that fits a
-board, if there is one).
+(``--fmax-mhz`` defaults to the Fmax of a cached build of this very RTL that fits a board,
+if there is one).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from dataclasses import dataclass
@@ -36,12 +35,14 @@ from amaranth.lib import stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
+from perturbo.boards import board_names
+from perturbo.boards.build import find_cached
 from perturbo.config import Config, load_config
 from perturbo.data import SampleStream, load_dataset
-from perturbo.hdl.geometry import Geometry, config_hash
+from perturbo.hdl.geometry import Geometry
 from perturbo.host.accelerator import REFILL_MODES, Counters
 from perturbo.sim.backend import COSIM_TOP, VerilatorBackend, cosim_verilog
-from perturbo.sim.cosim import RunStats, VerilatorSim, cache_root
+from perturbo.sim.cosim import RunStats, VerilatorSim
 from perturbo.sim.top import harness_verilog
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -96,19 +97,16 @@ def bare_mac_array_rate(lanes: int, depth: int, inputs: int, cycles: int) -> flo
 
 
 def board_fmax(cfg: Config) -> tuple[str, float] | None:
-    """Board and Fmax (MHz) of the newest cached build of the hardware ``cfg`` describes (its
-    ``CONFIG_HASH``: not another lane count or an inference-only build of the same file) that
-    fits."""
-    wanted = f"{config_hash(cfg):08x}"
-    reports = sorted((cache_root() / "boards").glob("*/report.json"), key=lambda p: p.stat().st_mtime)
-    for path in reversed(reports):
-        data = json.loads(path.read_text())
-        if data.get("config_hash") == wanted and data.get("status") == "ok":
-            fmax = data.get("fmax_mhz")
-            if isinstance(fmax, dict):
-                fmax = min(fmax.values())
-            if fmax:
-                return str(data.get("board")), float(fmax)
+    """Board and Fmax (MHz) of a cached build of exactly this RTL (seed 1, the build
+    :func:`perturbo.boards.build.find_cached` finds: not another lane count, a build of
+    older RTL or one with other hardware keys) that fits, on the first board that has one."""
+    for name in board_names():
+        try:
+            report = find_cached(cfg, name)
+        except Exception:  # noqa: BLE001 - a board this configuration cannot be built for
+            continue
+        if report is not None and report.fits and report.fmax_mhz:
+            return name, report.fmax_mhz
     return None
 
 
