@@ -43,6 +43,7 @@ from perturbo.hdl.geometry import Geometry
 from perturbo.host.accelerator import REFILL_MODES, Counters
 from perturbo.sim.backend import COSIM_TOP, VerilatorBackend, cosim_verilog
 from perturbo.sim.cosim import RunStats, VerilatorSim
+from perturbo.sim.toolchain import ToolchainError
 from perturbo.sim.top import harness_verilog
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -103,8 +104,8 @@ def board_fmax(cfg: Config) -> tuple[str, float] | None:
     for name in board_names():
         try:
             report = find_cached(cfg, name)
-        except Exception:  # noqa: BLE001 - a board this configuration cannot be built for
-            continue
+        except (ValueError, ToolchainError):  # a board that cannot make the clock or hold
+            continue  # the design (PLLError, ConfigError), or whose tools are missing
         if report is not None and report.fits and report.fmax_mhz:
             return name, report.fmax_mhz
     return None

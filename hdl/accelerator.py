@@ -671,14 +671,14 @@ class Accelerator(wiring.Component):
             sample_slot, _ = divmod_const(bus_word, geo.sample_stride // 4, geo.sample_bus_words - 1)
             m.d.comb += seq.probe_slot.eq(decoded(Mux(bus_space == Space.LABELS, bus_word, sample_slot), "bus_slot"))
             live = {Space.SAMPLES: we & seq.probe_free, Space.LABELS: we & seq.probe_free, Space.LOSSES: ~we}
-        refused = self._refused(m, space, word, we, running, live, sizes, {
+        verdict = self._refused(m, space, word, we, running, live, sizes, {
             sp: (~at_least(wdata, geo.classes) if sp == Space.LABELS  # 0 .. classes - 1
                  else Const(0, 1) if sp in (Space.OUTPUTS, Space.LOSSES)  # read-only
                  else fits(widths[sp]))
             for sp in memories})
         with m.If(request):
             m.d.sync += [ack.eq(1), err.eq(0), read_mem.eq(0), read_space.eq(space), read_lane.eq(lane)]
-            with m.If(refused):
+            with m.If(verdict):
                 m.d.sync += err.eq(1)
             with m.Elif(space == Space.REGS):
                 if self.pipelined_reads:

@@ -88,6 +88,8 @@ def written_position(draw_latency: int) -> int:
     """The pipe position whose bias token the interlock counts as its group written:
     :data:`WRITTEN_POSITION`, or ``H+4``, the pipe's last, where that comes first."""
     return min(WRITTEN_POSITION, draw_latency + 4)
+
+
 #: Activation (and factor) memory banks: ``{perturbed, alternate}``.
 ACT_BANKS = 4
 #: Width of what travels from the draw to the injection and factor stages per lane:

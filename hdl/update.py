@@ -254,17 +254,13 @@ class UpdateUnit(wiring.Component):
         ]
         for k in range(lanes):
             m.d.comb += self.grads.wdata[k].eq(0)
-            g = Mux(b_fused, b_g[k], self.grads.rdata[k])
-            if geo.momentum:
+            u = Mux(b_fused, b_g[k], self.grads.rdata[k])  # G
+            if geo.momentum:  # the new momentum
                 mom = self.momentum.rdata[k]
-                new_m = narrow(mom - round_shift(mom, geo.momentum_shift, geo.rounding) + g,
-                               gb, geo.overflow)
-                m.d.comb += self.momentum.wdata[k].eq(new_m)
-                with m.If(b_valid):
-                    m.d.sync += c_u[k].eq(narrow(new_m, len(c_u[k]), geo.overflow))
-            else:
-                with m.If(b_valid):
-                    m.d.sync += c_u[k].eq(narrow(g, len(c_u[k]), geo.overflow))
+                u = narrow(mom - round_shift(mom, geo.momentum_shift, geo.rounding) + u, gb, geo.overflow)
+                m.d.comb += self.momentum.wdata[k].eq(u)
+            with m.If(b_valid):
+                m.d.sync += c_u[k].eq(narrow(u, len(c_u[k]), geo.overflow))
         if geo.momentum:
             m.d.comb += [
                 self.momentum.waddr.eq(b_row),
