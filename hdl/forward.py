@@ -40,8 +40,8 @@ ready for waits in the skid register (the pipe moves on once more after a refusa
 layer starts issuing at once; a token that reads an activation word waits (*interlock*)
 until the group that writes it is far enough ahead that the word is written before the
 token reads it: its bias token has left position :data:`WRITTEN_POSITION`.  Passes run back to back: a
-command is taken in the cycle the previous pass issues its last token, so the MACs do
-not idle between passes.
+command, registered as it arrives, is taken in the cycle the previous pass issues its last
+token, so the MACs do not idle between passes.
 
 The activation memory has four banks (a pass command chooses one), so the passes that
 follow do not overwrite the layer inputs and the per-neuron factors (the *factor memory*
@@ -162,9 +162,10 @@ class _IssueRegs:
     0's sign word; ``gbase`` = group * lanes, the neuron of lane 0), the pass command's fields
     (``key``, ``p_*``, ``sample_base``, ``parity``) and the interlock's record of the last
     group written (``wr_parity``, ``wr_layer_p1``: that layer plus one, 0 for none,
-    ``wr_groups``)."""
+    ``wr_groups``); ``held``: a pass command waits for the take (``_take_command``)."""
 
     active: Signal
+    held: Signal
     layer: Signal
     group: Signal
     col: Signal
@@ -251,7 +252,7 @@ class ForwardEngine(wiring.Component):
         The same for the factor memory (``ArrayLayout`` of :attr:`Geometry.factor_bits`
         per lane; when the configuration has factors).
     busy : ``Out(1)``
-        A pass is issuing or has results still to deliver.
+        A pass command waits, a pass is issuing, or one has results still to deliver.
     mac_active : ``Out(1)``
         The MACs did work this cycle (a token at the accumulate stage moved).
     stall : ``Out(1)``
@@ -400,7 +401,7 @@ class ForwardEngine(wiring.Component):
         # -- status ----------------------------------------------------------------------------
         in_pipe = Cat(*(p.valid for p in pipe[1:]), out_valid, skid_valid).any()
         m.d.comb += [
-            self.busy.eq(regs.active | tags.r_rdy),
+            self.busy.eq(regs.held | regs.active | tags.r_rdy),
             self.stall.eq((~en & in_pipe) | (regs.active & ~ok)),
         ]
         return m
@@ -516,6 +517,7 @@ class ForwardEngine(wiring.Component):
         geo = self.geometry
         return _IssueRegs(
             active=Signal(name="active"),
+            held=Signal(name="cmd_held_valid"),
             layer=Signal(self.layer_shape, name="layer"),
             group=Signal(self.group_shape, name="group"),
             col=Signal(tabs.col_shape, name="col"),
@@ -640,30 +642,46 @@ class ForwardEngine(wiring.Component):
         """Take a pass command when no pass is issuing, or in the cycle the issuing pass's
         last token issues (``last_fires``), so that the next pass's first token follows it
         at once; its tag waits in the FIFO until the pass's last result leaves.  (The
-        counters' reset here overrides :meth:`_advance`'s step of them.)"""
+        counters' reset here overrides :meth:`_advance`'s step of them.)
+
+        The command waits in a register first (``held``; ``cmd.ready`` is that register
+        empty), so that the take is decided from the engine's own registers: the
+        sequencer's offer, which depends on its state across the chip, ran through the
+        take into the counters' reset (the ECP5 16-lane build's slowest path, 12.2 ns).  A
+        command offered while the engine waits for one starts a cycle later; one offered
+        while a pass issues is taken in its last token's cycle as before.
+        """
         cmd = self.cmd
+        held = Signal(self.cmd_layout, name="cmd_held")
+        held_valid = regs.held
+        take = Signal()
         m.d.comb += [
-            cmd.ready.eq((~regs.active | last_fires) & tags.w_rdy),
-            tags.w_data.eq(cmd.payload.tag),
-            tags.w_en.eq(cmd.valid & cmd.ready),
+            cmd.ready.eq(~held_valid),
+            take.eq(held_valid & (~regs.active | last_fires) & tags.w_rdy),
+            tags.w_data.eq(held.tag),
+            tags.w_en.eq(take),
         ]
         with m.If(cmd.valid & cmd.ready):
+            m.d.sync += [held.eq(cmd.payload), held_valid.eq(1)]
+        with m.Elif(take):
+            m.d.sync += held_valid.eq(0)
+        with m.If(take):
             m.d.sync += [
                 regs.active.eq(1),
                 regs.layer.eq(0), regs.group.eq(0), regs.col.eq(0), regs.word.eq(0), regs.byte.eq(0),
                 regs.row.eq(0), regs.idx0.eq(0), regs.gbase.eq(0),
-                regs.key.eq(cmd.payload.key),
-                regs.p_perturb.eq(cmd.payload.perturb),
-                regs.p_negate.eq(cmd.payload.negate),
-                regs.p_bank.eq(cmd.payload.bank),
-                regs.p_sign_bank.eq(cmd.payload.sign_bank),
-                regs.sample_base.eq(cmd.payload.sample_base),
+                regs.key.eq(held.key),
+                regs.p_perturb.eq(held.perturb),
+                regs.p_negate.eq(held.negate),
+                regs.p_bank.eq(held.bank),
+                regs.p_sign_bank.eq(held.sign_bank),
+                regs.sample_base.eq(held.sample_base),
                 regs.parity.eq(~regs.parity),
             ]
             if self.inject_layers:
-                m.d.sync += regs.p_node_key.eq(cmd.payload.node_key)
+                m.d.sync += regs.p_node_key.eq(held.node_key)
             if self.geometry.projection:
-                m.d.sync += regs.p_label.eq(cmd.payload.label)
+                m.d.sync += regs.p_label.eq(held.label)
 
     # -- positions 1..H+4: the control pipe, the hash pipes and the key requests ---------------
 

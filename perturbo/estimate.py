@@ -316,7 +316,7 @@ def step_timing(cfg: Config, step: int = 1, *, events: bool = False) -> StepTimi
     R = schedule(cfg).R  # noqa: N806
     return StepTiming(
         cycles=one.end, body=_run(cfg, 3, step).period, mac_busy=passes * R, stalls=one.stalls,
-        run_start=one.step_starts[0] + Schedule.STEP_START_CYCLES - 1, passes=passes,
+        run_start=log[0]["a"] - 1, passes=passes,
         pass_cycles=1 + passes * R + one.stalls, key_waits=one.key_waits,
         bank_waits=one.bank_waits, other_waits=one.other_waits,
         tail=one.end - log[-1]["e"], jobs=one.jobs, events=log if events else [],
@@ -347,10 +347,12 @@ class _RunTiming:
 def _run(cfg: Config, steps: int, first_step: int) -> _RunTiming:
     """The recurrence over the passes of a ``TRAIN`` command of ``steps`` steps.
 
-    For pass ``p``: the sequencer offers the command at ``ready`` (its states), the engine
-    takes it at ``a`` when it is free and the bank accounting allows (hdl/sequencer.py
-    ``_registers``: at most one job pending for a perturbed pass; for a baseline pass at
-    most ``copies``, target projection 1); its last token issues at ``e = a + R + I``;
+    For pass ``p``: the sequencer offers the command at ``ready`` (its states), the
+    engine's command register takes it at ``b`` when it is empty and the bank accounting
+    allows (hdl/sequencer.py ``_registers``: at most one job pending for a perturbed pass;
+    for a baseline pass at most ``copies``, target projection 1), and the sequencer moves
+    on; the engine takes it from there at ``a >= b + 1`` when it is free (hdl/forward.py
+    ``_take_command``); its last token issues at ``e = a + R + I``;
     its loss is offered at ``o = e + H + 6 + STAGES + L`` (the result register, the loss
     unit's ``LANES``, ``DRAIN`` and ``OUT``: :attr:`Schedule.loss_result`); its job (if
     any) is taken at ``j = max(o, j_prev + R + 3)`` and done at ``j + R + 1``, freeing
@@ -381,6 +383,8 @@ def _run(cfg: Config, steps: int, first_step: int) -> _RunTiming:
     t_step = 1 + run_start_cycles(cfg, first_step)  # the cycle STEP is entered (TRAIN arrives in cycle 0)
     step_starts: list[int] = []
     engine_free = 0  # the first cycle the engine can take a command
+    held_free = 0  # the first cycle its command register takes one
+    issuing: list[tuple[int, PassShape]] = []  # (a, shape) of every pass so far
     loss_idle = 0  # the first cycle the loss unit takes a group again
     collector_free = 0  # the first cycle the collector takes a loss again (after UPDATE)
     job_taken = -(10 ** 9)
@@ -398,9 +402,11 @@ def _run(cfg: Config, steps: int, first_step: int) -> _RunTiming:
                 # taken, so the job `limit` places back must have pulsed `done` before it
                 limit = limit_base if kind == "base" else 1
                 bank_free = dones[-limit - 1] + 1 if len(dones) > limit else 0
-                a = max(ready, engine_free, bank_free)
+                b = max(ready, held_free, bank_free)  # into the engine's command register
+                a = max(b + 1, engine_free)
+                held_free = a + 1
                 if engine_free and a > engine_free:  # the engine stood free: say why
-                    if bank_free == a:
+                    if bank_free == b:
                         bank_waits += a - engine_free
                     elif kind == "copy":
                         key_waits += a - engine_free
@@ -412,6 +418,7 @@ def _run(cfg: Config, steps: int, first_step: int) -> _RunTiming:
                         f"{cfg.name}: a pass's output reaches the loss unit before it has handed "
                         "on the previous loss: the forward pipe would wait, which the model does not cover")
                 e = a + shape.length  # the last token issues R + I cycles after the command
+                issuing.append((a, shape))
                 stalls += shape.interlock
                 engine_free = e  # hdl/forward.py ``_take_command``: in the last token's cycle
                 o = e + sched.loss_result + loss_lanes  # loss unit: IDLE, LANES (L), DRAIN, OUT
@@ -419,7 +426,7 @@ def _run(cfg: Config, steps: int, first_step: int) -> _RunTiming:
                     raise NotImplementedError(
                         f"{cfg.name}: a pass's loss comes before the previous step's update is done: "
                         "the loss unit would wait, which the model does not cover")
-                entry = {"sample": sample, "copy": copy, "a": a, "e": e, "o": o}
+                entry = {"sample": sample, "copy": copy, "b": b, "a": a, "e": e, "o": o}
                 if projection or kind == "copy":  # the pass has a correlation job
                     j = max(o, job_taken + sched.walk)  # the collector hands it over
                     job_taken = j
@@ -431,12 +438,12 @@ def _run(cfg: Config, steps: int, first_step: int) -> _RunTiming:
                 log.append(entry)
                 # the issuer's next state (hdl/sequencer.py)
                 if kind == "base" and not projection:
-                    ready = _key_chain(a, base_shape, keys_per_pair, sched)  # KEY (NODE_KEY)
+                    ready = _key_chain(b, issuing[-2:], keys_per_pair, sched)  # KEY (NODE_KEY)
                 elif kind == "copy" and copy != copies - 1:
                     # a new antithetic pair after an odd copy: its keys; else the same keys
-                    ready = _key_chain(a, shape, keys_per_pair, sched) if copy % 2 else a + 1
+                    ready = _key_chain(b, issuing[-2:], keys_per_pair, sched) if copy % 2 else b + 1
                 else:
-                    ready = a + Schedule.NEXT_SAMPLE_CYCLES
+                    ready = b + Schedule.NEXT_SAMPLE_CYCLES
         step_done = job_taken + sched.update_drain  # the step's last job is the last taken
         collector_free = step_done + 1
         # WAIT_UPDATE leaves in the cycle of step_done, or of the update's first write
@@ -498,14 +505,19 @@ def run_cycles(cfg: Config, steps: int, first_step: int = 0) -> int:
     return run.end + (steps - 3) * run.period if steps > 3 else run.end
 
 
-def _key_chain(a: int, shape: PassShape, keys: int, sched: Schedule) -> int:
+def _key_chain(b: int, passes: list[tuple[int, PassShape]], keys: int, sched: Schedule) -> int:
     """The cycle the sequencer reaches ``PERTURBED`` after requesting ``keys`` pass keys, the
-    first from ``KEY`` in the cycle after the command taken at ``a`` (hdl/sequencer.py
-    ``_key_states``), each taken in the first cycle the key pipe is free
-    (:meth:`PassShape.first_key_cycle`, offsets from the pass's first token at ``a + 1``)."""
-    t = a + 1
+    first from ``KEY`` in the cycle after its command was registered at ``b``
+    (hdl/sequencer.py ``_key_states``), each taken in the first cycle the key pipe is free
+    of the ``passes`` issuing then: the one the engine took last, taken at ``a``, its first
+    token at ``a + 1`` (:meth:`PassShape.first_key_cycle`), and the one before it, which
+    may still be issuing."""
+    t = b + 1
     for _ in range(keys):
-        t = a + 1 + shape.first_key_cycle(t - a - 1) + sched.key
+        for a, shape in passes:
+            if a + 1 <= t <= a + shape.length:
+                t = a + 1 + shape.first_key_cycle(t - a - 1)
+        t += sched.key
     return t
 
 
@@ -519,7 +531,7 @@ def inference_cycles(cfg: Config, count: int) -> int:
         return 3  # INFER, INFER_WAIT, FINISH
     sched = schedule(cfg)
     shape = pass_shape(cfg, perturbed=False)
-    last_token = count * shape.length + 1
+    last_token = count * shape.length + 2  # INFER offers at once; the engine takes it a cycle later
     return last_token + sched.result_valid + _group_lanes_cycles(cfg) + 2
 
 

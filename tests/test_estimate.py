@@ -113,8 +113,9 @@ def test_one_copy_is_a_sum_of_terms() -> None:
     # the first command's cycle, then R a pass: the next command is taken in the last token's
     assert t.pass_cycles == 1 + 8 * 2 * sched.R
     # run start: MUL_SP (P = 1: 1 + 1), MUL_E (k = 5: 3 + 1), STEP, SAMPLE, LABEL (the
-    # sample stride, 64, is a power of two: the sample address is a shift, not MUL_S)
-    assert t.run_start == 2 + 4 + 3
+    # sample stride, 64, is a power of two: the sample address is a shift, not MUL_S), and
+    # BASE's command in the engine's command register (hdl/forward.py ``_take_command``)
+    assert t.run_start == 2 + 4 + 3 + 1
     # the last pass: its tokens (R), the result (H + 5), the loss unit's IDLE, LANES (3: two
     # neurons in the last group, then the first empty lane), DRAIN and OUT, the walk and
     # update drain, and FINISH: with overlap_update the STEP and FINISH after the update's
