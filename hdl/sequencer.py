@@ -705,6 +705,13 @@ class Sequencer(wiring.Component):
         res = self.loss.payload
         projection = self.geometry.projection
         collected = s.collected
+        # the units' busy flags from a register: from the update unit's stages through the
+        # correlation unit's into the step's end was the 32-lane build's slowest path, across
+        # the chip.  A unit is busy from the cycle after it takes the step's last job, which
+        # the register shows a cycle later still: UPDATE's first cycle does not look (a
+        # cycle a step: ``Schedule.update_drain`` in perturbo/estimate.py).
+        quiet, looking = Signal(), Signal()
+        m.d.sync += [quiet.eq(~self.corr_busy & ~self.upd_busy), looking.eq(0)]
         with m.FSM(name="collector"):
             with m.State("COLLECT"):
                 with m.If(self.infer & ~self.busy):
@@ -731,15 +738,17 @@ class Sequencer(wiring.Component):
                         m.next = "UPDATE"
             # the last correlation of the step hands its sums to the update unit row by
             # row; when both are idle the weights are updated and G is clear
-            with m.State("UPDATE"), m.If(~self.corr_busy & ~self.upd_busy):
-                m.d.sync += [
-                    self.step.eq(self.step + 1),
-                    self.last_loss.eq(s.loss_sum),
-                    s.loss_sum.eq(0),
-                ]
-                m.d.comb += [s.step_done.eq(1), self.step_done.eq(1)]
-                if self.geometry.streaming:  # written with the step count: a host that sees
-                    # STEP = k + 1 finds step k's loss in the record
-                    m.d.comb += [self.record_we.eq(1), self.record_addr.eq(self.step),
-                                 self.record_data.eq(s.loss_sum)]
-                m.next = "COLLECT"
+            with m.State("UPDATE"):
+                m.d.sync += looking.eq(1)
+                with m.If(looking & quiet):
+                    m.d.sync += [
+                        self.step.eq(self.step + 1),
+                        self.last_loss.eq(s.loss_sum),
+                        s.loss_sum.eq(0),
+                    ]
+                    m.d.comb += [s.step_done.eq(1), self.step_done.eq(1)]
+                    if self.geometry.streaming:  # written with the step count: a host that sees
+                        # STEP = k + 1 finds step k's loss in the record
+                        m.d.comb += [self.record_we.eq(1), self.record_addr.eq(self.step),
+                                     self.record_data.eq(s.loss_sum)]
+                    m.next = "COLLECT"

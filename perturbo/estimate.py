@@ -156,15 +156,16 @@ class Schedule:
         (hdl/correlation.py stage A), stages B and C and the walker's output register
         (``walker_gap``), the correlation unit's stages D, X and W, the last of which hands
         the final sums on (``corr_latency``), the update unit's stages B to E
-        (``update_latency``), and the first idle cycle (+ 1)."""
-        return self.R + self.walker_gap + self.corr_latency + self.update_latency + 1
+        (``update_latency``), and the first idle cycle, which ``UPDATE`` sees from a
+        register (+ 2)."""
+        return self.first_write + self.R + 1
 
     @property
     def first_write(self) -> int:
         """From the cycle the step's last job is taken to the update's write of the first
         weight row (hdl/update.py ``first_write``): the rows are written one a cycle, the
-        last one in the cycle before :attr:`update_drain` ends."""
-        return self.update_drain - self.R
+        last one ``R - 1`` cycles later, two cycles before :attr:`update_drain` ends."""
+        return self.walker_gap + self.corr_latency + self.update_latency + 1
 
     #: hdl/sequencer.py: after a sample's last pass, ``NEXT_SAMPLE``, ``SAMPLE`` and
     #: ``LABEL`` before ``BASE`` offers the next baseline pass
