@@ -131,8 +131,9 @@ class _LinkState:
     """What :class:`HostLink`'s states and datapaths share (see ``HostLink._link_state``).
 
     The frame buffer's ports and its read data registered (``rdata``, word ``idx`` when
-    ``rdata_ok``); the unstuffer's outputs (``take``: a byte moves on ``rx``,
-    ``is_sof``, ``dval`` and ``data``: an unstuffed data byte, ``esc``); the frame registers
+    ``rdata_ok``); the unstuffer's input (``receiving``: a state takes bytes) and outputs
+    (``take``: a received byte is taken, ``is_sof``, ``dval`` and ``data``: an unstuffed
+    data byte, ``esc``); the frame registers
     (``seq`` .. ``idx_next``); the bus engine's ``advance``, ``bwe`` and the timers' inputs and
     outputs; the reply's ``status``, ``rkind``, ``hpos`` and ``crc_lo``; the CRC unit and its
     inputs; the logical reply byte stream ``g_*`` that the stuffer consumes.
@@ -140,6 +141,7 @@ class _LinkState:
 
     wr: object
     rd: object
+    receiving: Signal
     rdata: Signal
     rdata_ok: Signal
     take: Signal
@@ -190,8 +192,9 @@ class HostLink(wiring.Component):
     resynchronises at once after garbage or a truncated frame; a frame that stalls for
     ``byte_timeout`` cycles is dropped with a ``TRUNCATED`` reply.
 
-    ``rx`` is not ready while a frame is being applied or answered; a receiver that
-    cannot wait needs a FIFO in front (:class:`~perturbo.hdl.uart.UART` has one).
+    Each byte from ``rx`` waits in a register before the receive states see it; while a
+    frame is being applied or answered one byte waits there and ``rx`` is not ready; a
+    receiver that cannot wait needs a FIFO in front (:class:`~perturbo.hdl.uart.UART` has one).
 
     Parameters
     ----------
@@ -267,20 +270,29 @@ class HostLink(wiring.Component):
     def _link_state(self, m: Module, wr: object, rd: object) -> _LinkState:
         """The unstuffer and the registers, timers, CRC unit and reply byte stream that the
         states share (receiving, executing and replying happen one at a time)."""
-        # ---- receive: unstuffing -------------------------------------------------------
-        take = Signal()  # a byte is transferred on rx this cycle
-        is_sof = Signal()
-        is_esc = Signal()
+        # ---- receive: the byte registered as it arrives, then unstuffing ------------------
+        # (from the receiver's byte through the unstuffer and the receive states into the
+        # frame buffer's write was six logic levels: an ECP5 8-lane build's slowest path)
+        receiving = Signal()  # a receive state takes a byte this cycle if there is one
+        held = Signal(name="rx_held")  # a byte waits in the register
+        byte = Signal(8, name="rx_byte")
+        take = Signal()  # the held byte is taken this cycle
+        is_sof = Signal(name="rx_is_sof")
+        is_esc = Signal(name="rx_is_esc")
         dval = Signal()  # an unstuffed data byte is available
         data = Signal(8)
         esc = Signal()  # the previous byte was ESC
         m.d.comb += [
-            take.eq(self.rx.valid & self.rx.ready),
-            is_sof.eq(self.rx.payload == SOF),
-            is_esc.eq(self.rx.payload == ESC),
-            data.eq(Mux(esc, self.rx.payload ^ ESC_XOR, self.rx.payload)),
+            self.rx.ready.eq(~held | receiving),
+            take.eq(held & receiving),
+            data.eq(Mux(esc, byte ^ ESC_XOR, byte)),
             dval.eq(take & ~is_sof & ~is_esc),
         ]
+        with m.If(self.rx.valid & self.rx.ready):
+            m.d.sync += [held.eq(1), byte.eq(self.rx.payload), is_sof.eq(self.rx.payload == SOF),
+                         is_esc.eq(self.rx.payload == ESC)]
+        with m.Elif(take):
+            m.d.sync += held.eq(0)
         with m.If(take):
             m.d.sync += esc.eq(is_esc)
 
@@ -331,7 +343,7 @@ class HostLink(wiring.Component):
         g_raw = Signal()  # send unstuffed (the SOF)
         g_take = Signal()
         return _LinkState(
-            wr=wr, rd=rd, rdata=Signal(32, name="rdata"), rdata_ok=Signal(name="rdata_ok"),
+            wr=wr, rd=rd, receiving=receiving, rdata=Signal(32, name="rdata"), rdata_ok=Signal(name="rdata_ok"),
             take=take, is_sof=is_sof, dval=dval, data=data, esc=esc,
             seq=seq, op=op, length=length, addr=addr, count=count, wshift=wshift, hdr=hdr,
             wpos=wpos, left=left, idx=idx, idx_next=idx_next, advance=advance,
@@ -378,14 +390,14 @@ class HostLink(wiring.Component):
         """HUNT for a SOF, then one state per request field; a SOF inside a frame or the
         inter-byte timeout drops the frame with a TRUNCATED reply (before SEQ: silently)."""
         with m.State("HUNT"):
-            m.d.comb += self.rx.ready.eq(1)
+            m.d.comb += s.receiving.eq(1)
             with m.If(s.take & s.is_sof):
                 self._start_frame(m, s)
                 m.next = "SEQ"
 
         for name in ["SEQ", "OP", "LEN0", "LEN1", "PAYLOAD", "CRC0", "CRC1"]:
             with m.State(name):
-                m.d.comb += [self.rx.ready.eq(1), s.crc_in.eq(s.data), s.in_frame.eq(1)]
+                m.d.comb += [s.receiving.eq(1), s.crc_in.eq(s.data), s.in_frame.eq(1)]
                 with m.If(s.take & s.is_sof):
                     if name == "SEQ":
                         self._start_frame(m, s)  # SOF SOF: an empty frame, ignored
@@ -532,7 +544,7 @@ class HostLink(wiring.Component):
             rd.en.eq(~wr.en | s.advance),
             wr.addr.eq(idx),
             # the receiver buffers WRITE payload words, the bus engine READ data
-            wr.data.eq(Mux(self.rx.ready, Cat(s.wshift, s.data), self.bus.rdata)),
+            wr.data.eq(Mux(s.receiving, Cat(s.wshift, s.data), self.bus.rdata)),
         ]
 
     def _read_register(self, m: Module, s: _LinkState) -> None:
