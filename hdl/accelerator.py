@@ -401,7 +401,11 @@ class Accelerator(wiring.Component):
                 w_read = mems.wmem.read
                 m.d.comb += [w_read.raddr.eq(eng.weights.raddr), w_read.ren.eq(eng.weights.ren),
                              eng.weights.rdata.eq(w_read.rdata)]
-                mux_ports(m, mems.wmem.port, [(upd.busy, upd.weights), (~running, host_w)])
+                # the update's while a run goes on (it reads and writes only when busy, which
+                # is only within a run), the host's otherwise: chosen by the register
+                # `running`, not by the update's busy (from its stages' valid bits through
+                # this multiplexer into the block RAMs was the 16-lane build's slowest path)
+                mux_ports(m, mems.wmem.port, [(running, upd.weights), (None, host_w)])
             else:
                 mux_ports(m, mems.wmem.port, [(upd.busy, upd.weights), (running, eng.weights),
                                               (None, host_w)])
