@@ -7,7 +7,7 @@ are exact, a clock they cannot make is refused naming the nearest ones, the PLL 
 constraint are in the elaborated top, a build whose Fmax is below its clock fails
 timing, and bench/board_table.py's overhead.  ``board``: the digits network on the
 iCEBreaker's budget (``examples/digits-mgd-weight-icebreaker.yaml``) built with the
-yowasp tools, fitting and meeting 12 MHz (about two minutes).  ``slow``: the 8-lane
+yowasp tools, fitting and meeting its 18 MHz PLL clock (minutes).  ``slow``: the 8-lane
 digits configuration on the ULX3S-85F (at its ``hardware.clock_mhz``, 93.75 MHz from the
 PLL) and DRTP on the iCEBreaker's budget at two lanes (``examples/digits-drtp-icebreaker.yaml``)
 (minutes; cached, so a second run is instant).
@@ -373,7 +373,8 @@ def _check_sane(report: SynthReport, board: str) -> None:
 @pytest.mark.board
 def test_digits_build_icebreaker(tmp_path: Path) -> None:
     """The digits network on the iCEBreaker's budget through yosys and nextpnr-ice40: it fits
-    the UP5K and meets the 12 MHz clock; the second build is the cache's."""
+    the UP5K and meets its clock (``hardware.clock_mhz``, 18 MHz from the PLL); the second
+    build is the cache's."""
     if not _tools_present("icebreaker"):
         pytest.skip("yowasp toolchain not installed (pip install 'perturbo[yowasp]')")
     report = build(load_config(DIGITS_ICEBREAKER), "icebreaker", tmp_path, quiet=True)
