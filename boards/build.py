@@ -146,7 +146,8 @@ def build_plan(cfg: Config, board: str | Board, *, seed: int = 1,
 
     ``top_options`` go to :class:`BoardTop` (``rx_fifo_depth``, default the board's
     :attr:`Board.rx_fifo_depth`; ``pipelined_reads``, default :attr:`Board.pipelined_reads`;
-    host-link options, ``registered_read`` defaulting to :attr:`Board.link_registered_read`).
+    host-link options, ``registered_read`` defaulting to :attr:`Board.link_registered_read`,
+    ``bus_timeout`` to :attr:`Board.link_bus_timeout`).
     """
     spec = get_board(board) if isinstance(board, str) else board
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
@@ -154,6 +155,7 @@ def build_plan(cfg: Config, board: str | Board, *, seed: int = 1,
     platform = make_platform(spec)
     top_options.setdefault("rx_fifo_depth", spec.rx_fifo_depth)
     top_options.setdefault("registered_read", spec.link_registered_read)
+    top_options.setdefault("bus_timeout", spec.link_bus_timeout)
     top_options.setdefault("pipelined_reads", spec.pipelined_reads)
     top = BoardTop(cfg, platform, **top_options)
     plan = platform.prepare(

@@ -63,10 +63,16 @@ class Board:
         0 loses nothing; a host that sends ahead loses bytes, which the frame checks turn
         into error replies or dropped frames, never into applied ones.
     link_registered_read : bool
-        Register the host link's frame-buffer read data
+        Register the host link's frame-buffer read data and each received byte
         (:class:`~perturbo.hdl.hostlink.HostLink` ``registered_read``): it lifted the ECP5's
-        Fmax; on the iCE40 the hash sets the Fmax, and the register's logic cells are
-        what the 1-lane DRTP example needs to fit the UP5K.
+        Fmax; on the iCE40 the hash sets the Fmax, and the registers' logic cells are
+        what the DRTP example needs to fit the UP5K.
+    link_bus_timeout : int
+        Cycles the host link waits for the accelerator's bus to answer before it reports
+        a bus error (:class:`~perturbo.hdl.hostlink.HostLink` ``bus_timeout``).  The
+        accelerator answers every request within a few cycles (refusing memory accesses
+        while a command runs rather than holding them), so the timer guards against a
+        broken target only; 64 on the iCE40, whose logic cells the 2-lane DRTP example needs.
     pipelined_reads : bool
         Register the host bus's memory reads and address decode and the forward engine's
         weight read (:class:`~perturbo.hdl.accelerator.Accelerator` ``pipelined_reads``):
@@ -90,6 +96,7 @@ class Board:
     extra_resources: Callable[[], list[Any]] | None = None
     rx_fifo_depth: int = 16
     link_registered_read: bool = True
+    link_bus_timeout: int = 4096
     pipelined_reads: bool = True
     undefined_read_collisions: bool = False
 
@@ -147,6 +154,7 @@ BOARDS: dict[str, Board] = {
             rx_fifo_depth=0,
             # the hash, not the link's buffer read, sets the iCE40's Fmax (docs/boards.md)
             link_registered_read=False,
+            link_bus_timeout=64,  # a 7-bit timer instead of 13 bits
             pipelined_reads=False,
             # the read-during-write bypasses of the block RAMs: about 470 logic cells of the
             # 2-lane DRTP build (docs/boards.md)

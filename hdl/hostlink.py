@@ -192,9 +192,10 @@ class HostLink(wiring.Component):
     resynchronises at once after garbage or a truncated frame; a frame that stalls for
     ``byte_timeout`` cycles is dropped with a ``TRUNCATED`` reply.
 
-    Each byte from ``rx`` waits in a register before the receive states see it; while a
-    frame is being applied or answered one byte waits there and ``rx`` is not ready; a
-    receiver that cannot wait needs a FIFO in front (:class:`~perturbo.hdl.uart.UART` has one).
+    With ``registered_read`` each byte from ``rx`` waits in a register before the receive
+    states see it.  While a frame is being applied or answered ``rx`` is not ready (one
+    byte may wait in that register); a receiver that cannot wait needs a FIFO in front
+    (:class:`~perturbo.hdl.uart.UART` has one).
 
     Parameters
     ----------
@@ -207,12 +208,13 @@ class HostLink(wiring.Component):
     ident : int
         32-bit value returned by PING (for instance a hash of the configuration).
     registered_read : bool
-        Register the frame buffer's read data (``True``, the default): the block RAM's
-        output then starts no path into the bus target or the stuffer, at two cycles of
-        wait per word.  ``False`` uses the block RAM's output directly, about 38 iCE40
-        logic cells fewer, for builds whose clock other paths set (the iCE40's, by the
-        hash: :attr:`perturbo.boards.top.Board.link_registered_read`).  The replies are
-        the same either way; only their timing differs.
+        Register the frame buffer's read data and each received byte (``True``, the
+        default): the block RAM's output then starts no path into the bus target or the
+        stuffer, at two cycles of wait per word, and the receiver's byte none through the
+        unstuffer and the receive states into the buffer.  ``False`` uses both directly,
+        about 50 iCE40 logic cells fewer, for builds whose clock other paths set (the
+        iCE40's, by the hash: :attr:`perturbo.boards.top.Board.link_registered_read`).  The
+        replies are the same either way; only their timing differs.
 
     Members
     -------
@@ -283,16 +285,19 @@ class HostLink(wiring.Component):
         data = Signal(8)
         esc = Signal()  # the previous byte was ESC
         m.d.comb += [
-            self.rx.ready.eq(~held | receiving),
-            take.eq(held & receiving),
             data.eq(Mux(esc, byte ^ ESC_XOR, byte)),
             dval.eq(take & ~is_sof & ~is_esc),
         ]
-        with m.If(self.rx.valid & self.rx.ready):
-            m.d.sync += [held.eq(1), byte.eq(self.rx.payload), is_sof.eq(self.rx.payload == SOF),
-                         is_esc.eq(self.rx.payload == ESC)]
-        with m.Elif(take):
-            m.d.sync += held.eq(0)
+        if self.registered_read:
+            m.d.comb += [self.rx.ready.eq(~held | receiving), take.eq(held & receiving)]
+            with m.If(self.rx.valid & self.rx.ready):
+                m.d.sync += [held.eq(1), byte.eq(self.rx.payload), is_sof.eq(self.rx.payload == SOF),
+                             is_esc.eq(self.rx.payload == ESC)]
+            with m.Elif(take):
+                m.d.sync += held.eq(0)
+        else:  # the byte as it arrives (the iCE40's logic cells are dear, its hash sets the clock)
+            m.d.comb += [self.rx.ready.eq(receiving), take.eq(self.rx.valid & receiving),
+                         byte.eq(self.rx.payload), is_sof.eq(byte == SOF), is_esc.eq(byte == ESC)]
         with m.If(take):
             m.d.sync += esc.eq(is_esc)
 
