@@ -284,20 +284,21 @@ class HostLink(wiring.Component):
         dval = Signal()  # an unstuffed data byte is available
         data = Signal(8)
         esc = Signal()  # the previous byte was ESC
+        if self.registered_read:
+            m.d.comb += [self.rx.ready.eq(~held | receiving), take.eq(held & receiving)]
+        else:  # the byte as it arrives (the iCE40's logic cells are dear, its hash sets the clock)
+            m.d.comb += [self.rx.ready.eq(receiving), take.eq(self.rx.valid & receiving),
+                         byte.eq(self.rx.payload), is_sof.eq(byte == SOF), is_esc.eq(byte == ESC)]
         m.d.comb += [
             data.eq(Mux(esc, byte ^ ESC_XOR, byte)),
             dval.eq(take & ~is_sof & ~is_esc),
         ]
         if self.registered_read:
-            m.d.comb += [self.rx.ready.eq(~held | receiving), take.eq(held & receiving)]
             with m.If(self.rx.valid & self.rx.ready):
                 m.d.sync += [held.eq(1), byte.eq(self.rx.payload), is_sof.eq(self.rx.payload == SOF),
                              is_esc.eq(self.rx.payload == ESC)]
             with m.Elif(take):
                 m.d.sync += held.eq(0)
-        else:  # the byte as it arrives (the iCE40's logic cells are dear, its hash sets the clock)
-            m.d.comb += [self.rx.ready.eq(receiving), take.eq(self.rx.valid & receiving),
-                         byte.eq(self.rx.payload), is_sof.eq(byte == SOF), is_esc.eq(byte == ESC)]
         with m.If(take):
             m.d.sync += esc.eq(is_esc)
 
