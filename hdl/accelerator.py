@@ -68,6 +68,8 @@ __all__ = ["Accelerator", "SUPPORTED_RULES", "check_supported"]
 #: Bytes of the inference outputs per bank with ``pipelined_reads``: an ECP5 DP16KD's
 #: 2048 x 9 (:class:`~.memories.MemoryBlock`'s ``bank_words``).
 OUTPUT_BANK_WORDS = 2048
+#: Spaces the host reads but never writes (a write is refused).
+READ_ONLY_SPACES = frozenset({Space.OUTPUTS, Space.LOSSES})
 #: Rules this datapath trains with: every integer rule (hybrids of the perturbative ones).
 SUPPORTED_RULES = (Rule.MGD_WEIGHT, Rule.MGD_NODE, Rule.ALR, Rule.DRTP, Rule.TPSGD_L1, Rule.TPSGD_L2)
 def divmod_const(value: Value, divisor: int, max_value: int) -> tuple[Value, Value]:
@@ -677,7 +679,7 @@ class Accelerator(wiring.Component):
             live = {Space.SAMPLES: we & seq.probe_free, Space.LABELS: we & seq.probe_free, Space.LOSSES: ~we}
         verdict = self._refused(m, space, word, we, running, live, sizes, {
             sp: (~at_least(wdata, geo.classes) if sp == Space.LABELS  # 0 .. classes - 1
-                 else Const(0, 1) if sp in (Space.OUTPUTS, Space.LOSSES)  # read-only
+                 else Const(0, 1) if sp in READ_ONLY_SPACES
                  else fits(widths[sp]))
             for sp in memories})
         with m.If(request):
@@ -690,7 +692,11 @@ class Accelerator(wiring.Component):
                 else:
                     m.d.comb += regs.req.eq(1)
             with m.Elif(we), m.Switch(space):
+                # (none for a read-only space: its refusal is registered, so the host's write
+                # enable would otherwise reach the memory, the 16-lane build's slowest path)
                 for sp, (port, laned) in memories.items():
+                    if sp in READ_ONLY_SPACES:
+                        continue
                     with m.Case(sp):
                         m.d.comb += port.we.eq((1 << lane) if laned else 1)
             with m.Else():
