@@ -5,7 +5,8 @@ is exact; ``dC`` is the loss of a perturbed copy minus the loss of the baseline 
 the same sample, which the unit keeps from the last baseline pass it saw.
 
 It takes the output layer's neuron groups as the forward engine delivers them and works
-through the lanes of a group one per cycle (stopping at the first empty lane), so a
+through the lanes of a group one per cycle, shifting the group down a lane each cycle
+(:func:`next_lane`), and stopping at the first empty lane, so a
 group costs at most ``lanes + 1`` cycles; the output layer's groups arrive
 ``n_in + 1`` cycles apart.
 
@@ -18,13 +19,13 @@ next group; after the pass's last lane the result is valid 4 cycles later (it wa
 
 from __future__ import annotations
 
-from amaranth.hdl import Module, Mux, ShapeLike, Signal, signed
+from amaranth.hdl import Module, Mux, Shape, ShapeLike, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from .geometry import Geometry
 
-__all__ = ["LossUnit", "DC_BITS"]
+__all__ = ["LossUnit", "DC_BITS", "take_group", "next_lane"]
 
 #: Width of the loss difference ``dC``.
 DC_BITS = 32
@@ -38,6 +39,15 @@ def take_group(m: Module, i: stream.Interface, cur: Signal, k: Signal) -> None:
     with m.If(i.valid):
         m.d.sync += [cur.eq(i.payload), k.eq(0)]
         m.next = "LANES"
+
+
+def next_lane(m: Module, cur: data.View) -> None:
+    """Shift the group held in ``cur`` down a lane (``y`` and ``mask``), so that the walk
+    reads lane 0 every cycle: a lane selected by the counter is a ``lanes``-way multiplexer,
+    the slowest path of a 16-lane build (into the loss unit's difference), and longer with
+    more lanes."""
+    m.d.sync += [cur.y.as_value().eq(cur.y.as_value() >> Shape.cast(cur.y.shape().elem_shape).width),
+                 cur.mask.eq(cur.mask >> 1)]
 
 
 class LossUnit(wiring.Component):
@@ -129,12 +139,13 @@ class LossUnit(wiring.Component):
                 with m.If(self.i.valid):
                     m.d.sync += index.eq(self.i.payload.group * lanes)
             with m.State("LANES"):
-                lane_on = cur.mask.bit_select(k, 1)
+                lane_on = cur.mask[0]
                 end = ~lane_on | (k == lanes - 1)
+                next_lane(m, cur)
                 m.d.sync += [
                     d_on.eq(lane_on),
                     d_end.eq(end & cur.last),
-                    d_diff.eq(cur.y[k] - target),
+                    d_diff.eq(cur.y[0] - target),
                     k.eq(k + 1),
                     index.eq(index + 1),
                 ]

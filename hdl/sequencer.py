@@ -53,7 +53,7 @@ from amaranth.lib.wiring import In, Out
 from perturbo.config import COPIES_MAX, STEP_SAMPLES_MAX
 
 from .geometry import Geometry, ceil_log2
-from .loss import take_group
+from .loss import next_lane, take_group
 from .memories import PortSignature
 from .random import STREAM_NODE, STREAM_PROJECTION, STREAM_WEIGHT_SIGN
 
@@ -172,14 +172,14 @@ class OutputWriter(wiring.Component):
         cur = Signal(self.layout)
         base = Signal(self.addr_bits)  # sample * classes of the pass being stored
         k = Signal(range(max(2, lanes)))
-        lane_on = cur.mask.bit_select(k, 1)
+        lane_on = cur.mask[0]  # the group is shifted down a lane a cycle (next_lane)
         with m.If(self.start):
             m.d.sync += base.eq(0)
         with m.Elif(self.done):
             m.d.sync += base.eq(base + self.geometry.classes)
         m.d.comb += [
             self.mem.waddr.eq(base + cur.group * lanes + k),
-            self.mem.wdata.eq(cur.y[k]),
+            self.mem.wdata.eq(cur.y[0]),
         ]
         with m.FSM():
             with m.State("IDLE"):
@@ -187,6 +187,7 @@ class OutputWriter(wiring.Component):
             with m.State("LANES"):
                 m.d.comb += self.mem.we.eq(lane_on)
                 m.d.sync += k.eq(k + 1)
+                next_lane(m, cur)
                 with m.If(~lane_on | (k == lanes - 1)):
                     m.d.comb += self.done.eq(cur.last)
                     m.next = "IDLE"
