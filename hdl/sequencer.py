@@ -53,7 +53,7 @@ from amaranth.lib.wiring import In, Out
 from perturbo.config import COPIES_MAX, STEP_SAMPLES_MAX
 
 from .geometry import Geometry, ceil_log2
-from .loss import next_lane, take_group
+from .loss import lane_of, next_lane, take_group
 from .memories import PortSignature
 from .random import STREAM_NODE, STREAM_PROJECTION, STREAM_WEIGHT_SIGN
 
@@ -172,14 +172,14 @@ class OutputWriter(wiring.Component):
         cur = Signal(self.layout)
         base = Signal(self.addr_bits)  # sample * classes of the pass being stored
         k = Signal(range(max(2, lanes)))
-        lane_on = cur.mask[0]  # the group is shifted down a lane a cycle (next_lane)
+        y, lane_on = lane_of(cur, k)
         with m.If(self.start):
             m.d.sync += base.eq(0)
         with m.Elif(self.done):
             m.d.sync += base.eq(base + self.geometry.classes)
         m.d.comb += [
             self.mem.waddr.eq(base + cur.group * lanes + k),
-            self.mem.wdata.eq(cur.y[0]),
+            self.mem.wdata.eq(y),
         ]
         with m.FSM():
             with m.State("IDLE"):
