@@ -846,6 +846,11 @@ class ForwardEngine(wiring.Component):
         neuron draws (``drawn``)."""
         lanes, wb, ovf = self.lanes, self.geometry.weight_bits, self.geometry.overflow
         delta = self.delta
+        # -delta from a register (delta changes only between runs, by a host write many
+        # cycles before a pass): its negation ahead of the sum and the narrowing into the
+        # multiplier's operand register was a 16-lane build's slowest path
+        minus_delta = Signal(signed(8), name="minus_delta")
+        m.d.sync += minus_delta.eq(-delta)
         sign_bits = self._sign_bits(m, draws, t6)
         x6 = self._inputs(m, tabs, t6, sample, act_word)
         m.d.comb += [
@@ -859,7 +864,7 @@ class ForwardEngine(wiring.Component):
         for k in range(lanes):
             w8 = Value.cast(weights[k])[wb - 8:wb].as_signed()
             minus = sign_bits[k] ^ t6.negate  # a * s = -1
-            step = Mux(minus, -delta, delta)
+            step = Mux(minus, minus_delta, delta)
             perturbed = narrow(w8 + step, 8, ovf)
             w6.append(Mux(t6.perturb, perturbed, w8))
         return w6, x6, drawn
