@@ -293,8 +293,10 @@ class HostLink(wiring.Component):
             data.eq(Mux(esc, byte ^ ESC_XOR, byte)),
             dval.eq(take & ~is_sof & ~is_esc),
         ]
-        # (two tests of registered_read, not one: this order of the statements keeps the
-        # registered link's RTLIL, and the ECP5 builds' cache keys, as they were)
+        # (two tests of registered_read, not one: this order of the statements kept the
+        # registered link's RTLIL, and with it the ECP5 builds' cache keys, when the iCE40
+        # variant was added; the ECP5 RTLIL has changed since, so the next change that
+        # rebuilds them anyway can fold the two into one branch)
         if self.registered_read:
             with m.If(self.rx.valid & self.rx.ready):
                 m.d.sync += [held.eq(1), byte.eq(self.rx.payload), is_sof.eq(self.rx.payload == SOF),
