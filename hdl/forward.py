@@ -12,7 +12,8 @@ pos     what happens (``H`` = the :class:`Draw` latency: 6, or 2 with
 0       issue: counters give the token; the index of the group's sign word enters a :class:`Draw`
 1..H-1  the hash pipes; at ``H-1`` the weight, sample and activation reads are issued
         (with ``registered_reads`` the weight, sample and activation reads at ``H-2``, into
-        registers at ``H-1``)
+        registers at ``H-1``; the sample's and the weights' at ``H-3`` when ``H >= 4``,
+        registered as they leave their block RAMs)
 H       ``w8`` = top 8 bits of the master weight; ``narrow_8(w8 + delta * a * s)`` for a
         perturbed ``mgd-weight`` layer, lane ``k``'s ``s`` from bit ``k`` past lane 0's in the
         sign words, also written to ``signs``; ``x_j``
@@ -281,6 +282,12 @@ class ForwardEngine(wiring.Component):
         #: and selects the byte after (:class:`~.memories.SampleMemory`'s ``registered``),
         #: which the accelerator builds so.
         self.registered_sample = self.registered_reads and self.draw_latency >= 4
+        #: The same for the weights: read at H-3 into ``w4``, a register with nothing
+        #: between it and the block RAM, then ``w5``.  A DP16KD's output takes 5.8 ns
+        #: (nextpnr's model), which left 4.2 ns at 100 MHz to reach ``w5``, placed toward
+        #: the lane's multiplier; that route across the chip was the 16-lane build's slowest
+        #: path.  ``w4`` can sit by the block RAM.
+        self.registered_weights = self.registered_sample
         #: The key pipe's request chosen after the first hash pipe's first adder, which hashes
         #: both words (:class:`~.random.Draw`'s ``alternate``): the choice waits for the
         #: interlock's verdict on the token, which ran through the adder into the hash's
@@ -790,7 +797,8 @@ class ForwardEngine(wiring.Component):
                       platform: object) -> tuple[Value, Value, Value, object]:
         """Position H-1: the weight, sample and activation reads (data at H); with
         :attr:`registered_reads` at H-2 and registered at H-1, the sample's at H-3 with
-        :attr:`registered_sample` (its memory's answer two reads later).
+        :attr:`registered_sample` (its memory's answer two reads later), the weights' at
+        H-3 with :attr:`registered_weights` (into ``w4``, then ``w5``).
 
         The activation memory (four banks of act words) lives here; returns the weights,
         the sample byte and the activation word for position H, and the activation
@@ -806,6 +814,11 @@ class ForwardEngine(wiring.Component):
         act_wr = acts.write_port()
         act_rd2 = acts.read_port()
         act_word = act_rd.data
+        w_rdata = self.weights.rdata
+        if self.registered_weights:
+            w_rdata = Signal.like(self.weights.rdata, name="w4")
+            with m.If(en):
+                m.d.sync += w_rdata.eq(self.weights.rdata)
         if self.registered_reads:
             # (the activation word too, so that the select into x7, which sits toward the
             # lanes' multipliers, starts from a register, as the weights' and the sample's do)
@@ -813,11 +826,13 @@ class ForwardEngine(wiring.Component):
             sample = Signal.like(self.samples.rdata, name="x5")
             act_word = Signal.like(act_rd.data, name="a5")
             with m.If(en):  # (the reads hold while en is low, and so do their registers)
-                m.d.sync += [weights.eq(self.weights.rdata), sample.eq(self.samples.rdata),
+                m.d.sync += [weights.eq(w_rdata), sample.eq(self.samples.rdata),
                              act_word.eq(act_rd.data)]
             w_read = s_read = a_read = pipe[H - 2]
         if self.registered_sample:
             s_read = pipe[H - 3]
+        if self.registered_weights:
+            w_read = pipe[H - 3]
         m.d.comb += [
             self.weights.raddr.eq(w_read.row),
             self.weights.ren.eq(en),
