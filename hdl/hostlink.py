@@ -286,6 +286,11 @@ class HostLink(wiring.Component):
         esc = Signal()  # the previous byte was ESC
         if self.registered_read:
             m.d.comb += [self.rx.ready.eq(~held | receiving), take.eq(held & receiving)]
+            with m.If(self.rx.valid & self.rx.ready):
+                m.d.sync += [held.eq(1), byte.eq(self.rx.payload), is_sof.eq(self.rx.payload == SOF),
+                             is_esc.eq(self.rx.payload == ESC)]
+            with m.Elif(take):
+                m.d.sync += held.eq(0)
         else:  # the byte as it arrives (the iCE40's logic cells are dear, its hash sets the clock)
             m.d.comb += [self.rx.ready.eq(receiving), take.eq(self.rx.valid & receiving),
                          byte.eq(self.rx.payload), is_sof.eq(byte == SOF), is_esc.eq(byte == ESC)]
@@ -293,16 +298,6 @@ class HostLink(wiring.Component):
             data.eq(Mux(esc, byte ^ ESC_XOR, byte)),
             dval.eq(take & ~is_sof & ~is_esc),
         ]
-        # (two tests of registered_read, not one: this order of the statements kept the
-        # registered link's RTLIL, and with it the ECP5 builds' cache keys, when the iCE40
-        # variant was added; the ECP5 RTLIL has changed since, so the next change that
-        # rebuilds them anyway can fold the two into one branch)
-        if self.registered_read:
-            with m.If(self.rx.valid & self.rx.ready):
-                m.d.sync += [held.eq(1), byte.eq(self.rx.payload), is_sof.eq(self.rx.payload == SOF),
-                             is_esc.eq(self.rx.payload == ESC)]
-            with m.Elif(take):
-                m.d.sync += held.eq(0)
         with m.If(take):
             m.d.sync += esc.eq(is_esc)
 
