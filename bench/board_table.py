@@ -158,6 +158,8 @@ def markdown(table: list[Row]) -> str:
         result = {"ok": "fits, meets clock", "fails-timing": "FAILS TIMING",
                   "does-not-fit": "does not fit", "failed": "failed"}.get(r.status, r.status)
         ff = _ff(r)
+        if r.placer != "heap":
+            result = f"{result} ({r.placer} placer)"
         clock = f"{fmax:.1f} MHz ({r.clk_mhz:g})" if fmax else f"– ({r.clk_mhz:g})"
         lines.append(
             f"| {row.board} | {row.label} | {result} | {_logic(r)} | {ff if ff is not None else '–'} "

@@ -51,9 +51,11 @@ from .report import (
 )
 from .top import Board, BoardTop, get_board, make_platform
 
-__all__ = ["NAME", "ToolchainError", "build", "build_plan", "check_timing", "default_out_dir",
+__all__ = ["NAME", "PLACERS", "ToolchainError", "build", "build_plan", "check_timing", "default_out_dir",
            "find_cached", "tool_env", "toolchain_versions", "undefine_read_collisions"]
 
+#: nextpnr's placers (``--placer``); ``heap`` is its default.
+PLACERS = ("heap", "static", "sa")
 #: Base name of the build's files (``top.il``, ``top.rpt``, ``top.tim``, ``top.bin``, ...).
 NAME = "top"
 #: nextpnr's machine-readable report (``--report``).
@@ -140,9 +142,11 @@ def toolchain_versions(board: str | Board, env: dict[str, str]) -> dict[str, str
     return versions
 
 
-def build_plan(cfg: Config, board: str | Board, *, seed: int = 1,
+def build_plan(cfg: Config, board: str | Board, *, seed: int = 1, placer: str | None = None,
                **top_options: Any) -> tuple[Any, BoardTop]:
     """Elaborate ``BoardTop(cfg)`` for ``board``; return Amaranth's build plan and the top.
+
+    ``placer`` is nextpnr's (:data:`PLACERS`; default :meth:`Board.placer_for` the lanes).
 
     ``top_options`` go to :class:`BoardTop` (``rx_fifo_depth``, default the board's
     :attr:`Board.rx_fifo_depth`; ``pipelined_reads``, default :attr:`Board.pipelined_reads`;
@@ -152,6 +156,9 @@ def build_plan(cfg: Config, board: str | Board, *, seed: int = 1,
     spec = get_board(board) if isinstance(board, str) else board
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, not {seed!r}")
+    placer = spec.placer_for(cfg.hardware.lanes) if placer is None else placer
+    if placer not in PLACERS:
+        raise ValueError(f"placer must be one of {', '.join(PLACERS)}, not {placer!r}")
     platform = make_platform(spec)
     top_options.setdefault("rx_fifo_depth", spec.rx_fifo_depth)
     top_options.setdefault("registered_read", spec.link_registered_read)
@@ -166,7 +173,10 @@ def build_plan(cfg: Config, board: str | Board, *, seed: int = 1,
         # collides depends on the net names ABC picks, so RTL edits move it around);
         # hiding the aliases, which carry only debug names, avoids it
         script_after_read="rename -hide w:*]",
-        nextpnr_opts=[*spec.nextpnr_opts, "--seed", str(seed), "--report", NEXTPNR_REPORT],
+        # (nextpnr's default placer is named only when it is not the one: the cache keys of
+        # the builds placed before the choice existed stay theirs)
+        nextpnr_opts=[*spec.nextpnr_opts, *([] if placer == "heap" else ["--placer", placer]),
+                      "--seed", str(seed), "--report", NEXTPNR_REPORT],
     )
     if spec.undefined_read_collisions:
         plan.files[f"{NAME}.il"] = undefine_read_collisions(plan.files[f"{NAME}.il"])
@@ -307,7 +317,7 @@ def _collect(spec: Board, work: Path, failure: str) -> dict[str, Any]:
 
 
 def find_cached(cfg: Config, board: str, out_dir: str | Path | None = None, *, seed: int = 1,
-                **top_options: Any) -> SynthReport | None:
+                placer: str | None = None, **top_options: Any) -> SynthReport | None:
     """The cached report of the build :func:`build` would run, or None if it has not run.
 
     Elaborates the design (seconds) but runs no tool: for tables that show what has been
@@ -315,7 +325,7 @@ def find_cached(cfg: Config, board: str, out_dir: str | Path | None = None, *, s
     """
     spec = get_board(board)
     env = tool_env(spec)
-    plan, _ = build_plan(cfg, spec, seed=seed, **top_options)
+    plan, _ = build_plan(cfg, spec, seed=seed, placer=placer, **top_options)
     key = _key(plan, spec.name, toolchain_versions(spec, env))
     root = Path(out_dir) if out_dir is not None else default_out_dir()
     dest = root / f"{spec.name}-{key}"
@@ -346,7 +356,7 @@ def _cached_report(dest: Path, spec: Board, say: Callable[[str], None]) -> Synth
 
 
 def build(cfg: Config, board: str, out_dir: str | Path | None = None, *, seed: int = 1,
-          force: bool = False, quiet: bool = False, timeout: float | None = None,
+          placer: str | None = None, force: bool = False, quiet: bool = False, timeout: float | None = None,
           **top_options: Any) -> SynthReport:
     """Build the accelerator for ``cfg`` on ``board``; return what it used and how fast it runs.
 
@@ -360,6 +370,9 @@ def build(cfg: Config, board: str, out_dir: str | Path | None = None, *, seed: i
         Where builds go, one directory per cache key (default :func:`default_out_dir`).
     seed : int
         nextpnr placement seed.
+    placer : str, optional
+        nextpnr's placer (:data:`PLACERS`); default the board's for the lane count
+        (:meth:`~perturbo.boards.top.Board.placer_for`).
     force : bool
         Build again even if the cache holds this build.
     quiet : bool
@@ -385,7 +398,8 @@ def build(cfg: Config, board: str, out_dir: str | Path | None = None, *, seed: i
     spec = get_board(board)
     env = tool_env(spec)
     start = time.monotonic()
-    plan, top = build_plan(cfg, spec, seed=seed, **top_options)
+    placer = spec.placer_for(cfg.hardware.lanes) if placer is None else placer
+    plan, top = build_plan(cfg, spec, seed=seed, placer=placer, **top_options)
     elaborate_s = time.monotonic() - start
     versions = toolchain_versions(spec, env)
     key = _key(plan, spec.name, versions)
@@ -412,7 +426,7 @@ def build(cfg: Config, board: str, out_dir: str | Path | None = None, *, seed: i
         report = SynthReport(
             board=spec.name, device=_device(top.platform), family=spec.family,
             config_name=cfg.name, config_hash=f"{config_hash(cfg):08x}", lanes=cfg.hardware.lanes,
-            clk_mhz=clk_mhz, baud=cfg.hardware.baud, uart_divisor=top.divisor, seed=seed,
+            clk_mhz=clk_mhz, baud=cfg.hardware.baud, uart_divisor=top.divisor, seed=seed, placer=placer,
             seconds={k: round(v, 2) for k, v in seconds.items()}, key=key, toolchain=versions,
             notes=notes, **found,
         )

@@ -147,6 +147,8 @@ class SynthReport:
         Clock cycles per UART bit.
     seed : int
         nextpnr placement seed.
+    placer : str
+        nextpnr's placer (``--placer``): ``heap``, ``static`` or ``sa``.
     seconds : dict of str to float
         Wall time of ``yosys``, ``nextpnr``, ``pack`` and the ``total`` (of the build that
         produced the report, also when it is served from the cache).
@@ -188,6 +190,7 @@ class SynthReport:
     baud: int = 0
     uart_divisor: int = 0
     seed: int = 1
+    placer: str = "heap"
     seconds: dict[str, float] = field(default_factory=dict)
     key: str = ""
     build_dir: str = ""
@@ -258,7 +261,7 @@ class SynthReport:
     def table(self) -> str:
         """The report as a small text table."""
         lines = [f"{self.config_name} on {self.board} ({self.device}), {self.lanes} lanes, "
-                 f"nextpnr seed {self.seed}"]
+                 f"nextpnr seed {self.seed}, {self.placer} placer"]
         if self.status == STATUS_OK:
             verdict = "fits"
         elif self.status == STATUS_TIMING:

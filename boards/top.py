@@ -78,6 +78,12 @@ class Board:
         weight read (:class:`~perturbo.hdl.accelerator.Accelerator` ``pipelined_reads``):
         they lifted the ECP5's Fmax (64.6 to 76.3 MHz at 8 lanes); the iCE40 keeps the
         logic cells, as with ``link_registered_read``.
+    static_placer_lanes : int or None
+        From this many lanes the build places with nextpnr's ``static`` placer, below with
+        its default ``heap`` (:func:`placer_for`).  On the ECP5-85F the heap placer's
+        32-lane placement did not route in an hour (router1 stalled with tens of thousands
+        of arcs left, and router2 did no better); the static placer's routed in 20 minutes
+        (docs/boards.md, session 25).  None: always ``heap``.
     undefined_read_collisions : bool
         Let the block RAMs of the memories declared free of read collisions
         (:func:`~perturbo.hdl.memories.no_read_collision`) return anything on one
@@ -99,6 +105,12 @@ class Board:
     link_bus_timeout: int = 4096
     pipelined_reads: bool = True
     undefined_read_collisions: bool = False
+    static_placer_lanes: int | None = None
+
+    def placer_for(self, lanes: int) -> str:
+        """nextpnr's placer for a build of ``lanes`` lanes (:attr:`static_placer_lanes`)."""
+        big = self.static_placer_lanes is not None and lanes >= self.static_placer_lanes
+        return "static" if big else "heap"
 
     def platform_class(self) -> type:
         """Import and return the amaranth-boards platform class (needs amaranth-boards)."""
@@ -167,6 +179,7 @@ BOARDS: dict[str, Board] = {
             platform_path="amaranth_boards.ulx3s:ULX3S_85F_Platform",
             # The platform requires openFPGALoader even when only building.
             tools={**_ECP5_TOOLS, "OPENFPGALOADER": "true"},
+            static_placer_lanes=32,
         ),
         Board(
             name="orangecrab",

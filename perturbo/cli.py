@@ -10,7 +10,8 @@
     perturbo eval CHECKPOINT|EXPORT [--split test|val|train] [--backend NAME]
     perturbo export RUN --format npz|pt|onnx [-o FILE]
     perturbo plot RUN [RUN ...] [-o FILE] | --histograms RUN | --boards DIR|REPORT ...
-    perturbo synth CONFIG --board icebreaker|ulx3s-85f|orangecrab [-o DIR] [--seed N] [--force]
+    perturbo synth CONFIG --board icebreaker|ulx3s-85f|orangecrab [-o DIR] [--seed N]
+                   [--placer heap|static|sa] [--force]
     perturbo sweep SWEEP [--out DIR] [--address ADDR] [--cpus N] [--resume | --overwrite] [--dry-run]
     perturbo serve CONFIG [--divisor N] [--rx-fifo N]
     perturbo estimate CONFIG [--fmax-mhz F] [--json]
@@ -72,6 +73,9 @@ EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
 #: Boards ``perturbo synth`` builds for (perturbo.boards.top.BOARDS).
 SYNTH_BOARDS = ["icebreaker", "ulx3s-85f", "orangecrab"]
+#: nextpnr's placers (perturbo.boards.build.PLACERS, named here so that the command line
+#: does not import Amaranth to parse its arguments)
+SYNTH_PLACERS = ["heap", "static", "sa"]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -172,6 +176,9 @@ def _parser() -> argparse.ArgumentParser:
     sy.add_argument("-o", "--out", type=Path, metavar="DIR",
                     help="build directory root (default: perturbo's cache, boards/)")
     sy.add_argument("--seed", type=int, default=1, help="nextpnr placement seed (default: 1)")
+    sy.add_argument("--placer", choices=SYNTH_PLACERS,
+                    help="nextpnr's placer (default: the board's for the lane count; the ULX3S "
+                         "places 32 lanes and more with static, which routes them)")
     sy.add_argument("--force", action="store_true", help="build again even if the build is cached")
 
     se = sub.add_parser("serve", help="co-simulate the board top, UART pins and all, on a pseudo-terminal: "
@@ -519,7 +526,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     from perturbo.boards.build import ToolchainError, build
 
     try:
-        report = build(cfg, args.board, args.out, seed=args.seed, force=args.force)
+        report = build(cfg, args.board, args.out, seed=args.seed, placer=args.placer, force=args.force)
     except (ToolchainError, ValueError) as err:
         print(f"perturbo: error: {err}", file=sys.stderr)
         return EXIT_USER_ERROR

@@ -103,6 +103,25 @@ def test_plan_is_deterministic() -> None:
     assert first.digest() == second.digest()
 
 
+def test_placer_by_lanes() -> None:
+    """The ULX3S places 32 lanes and more with nextpnr's static placer (its heap placement did
+    not route), naming it on nextpnr's command line; the default heap placer is not named, so
+    the builds placed before the choice keep their cache keys.  The command line offers the
+    boards and placers the build knows."""
+    from perturbo.boards.build import PLACERS
+    from perturbo.cli import SYNTH_BOARDS, SYNTH_PLACERS
+
+    assert (BOARDS["ulx3s-85f"].placer_for(16), BOARDS["ulx3s-85f"].placer_for(32)) == ("heap", "static")
+    assert BOARDS["icebreaker"].placer_for(64) == "heap"
+    plans = {placer: build_plan(TINY, "ulx3s-85f", placer=placer)[0] for placer in (None, "heap", "static")}
+    assert plans[None].digest() == plans["heap"].digest() != plans["static"].digest()
+    assert "--placer static" in plans["static"].files["build_top.sh"]
+    assert "--placer" not in plans["heap"].files["build_top.sh"]
+    with pytest.raises(ValueError, match="placer must be one of heap, static, sa, not 'quick'"):
+        build_plan(TINY, "ulx3s-85f", placer="quick")
+    assert (list(BOARDS), list(PLACERS)) == (SYNTH_BOARDS, SYNTH_PLACERS)
+
+
 def test_board_top_checks_arguments() -> None:
     with pytest.raises(TypeError, match="Config"):
         BoardTop({"network": {}}, make_platform("icebreaker"))  # type: ignore[arg-type]
