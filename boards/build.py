@@ -156,9 +156,7 @@ def build_plan(cfg: Config, board: str | Board, *, seed: int = 1, placer: str | 
     spec = get_board(board) if isinstance(board, str) else board
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, not {seed!r}")
-    placer = spec.placer_for(cfg.hardware.lanes) if placer is None else placer
-    if placer not in PLACERS:
-        raise ValueError(f"placer must be one of {', '.join(PLACERS)}, not {placer!r}")
+    placer = _placer(spec, cfg, placer)
     platform = make_platform(spec)
     top_options.setdefault("rx_fifo_depth", spec.rx_fifo_depth)
     top_options.setdefault("registered_read", spec.link_registered_read)
@@ -181,6 +179,14 @@ def build_plan(cfg: Config, board: str | Board, *, seed: int = 1, placer: str | 
     if spec.undefined_read_collisions:
         plan.files[f"{NAME}.il"] = undefine_read_collisions(plan.files[f"{NAME}.il"])
     return plan, top
+
+
+def _placer(spec: Board, cfg: Config, placer: str | None) -> str:
+    """``placer``, checked, or the board's for ``cfg``'s lanes when None."""
+    placer = spec.placer_for(cfg.hardware.lanes) if placer is None else placer
+    if placer not in PLACERS:
+        raise ValueError(f"placer must be one of {', '.join(PLACERS)}, not {placer!r}")
+    return placer
 
 
 _RTLIL_MODULE = re.compile(r"^module .*?^end\n", re.M | re.S)
@@ -398,7 +404,7 @@ def build(cfg: Config, board: str, out_dir: str | Path | None = None, *, seed: i
     spec = get_board(board)
     env = tool_env(spec)
     start = time.monotonic()
-    placer = spec.placer_for(cfg.hardware.lanes) if placer is None else placer
+    placer = _placer(spec, cfg, placer)
     plan, top = build_plan(cfg, spec, seed=seed, placer=placer, **top_options)
     elaborate_s = time.monotonic() - start
     versions = toolchain_versions(spec, env)

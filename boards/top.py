@@ -80,7 +80,7 @@ class Board:
         logic cells, as with ``link_registered_read``.
     static_placer_lanes : int or None
         From this many lanes the build places with nextpnr's ``static`` placer, below with
-        its default ``heap`` (:func:`placer_for`).  On the ECP5-85F the heap placer's
+        its default ``heap`` (:meth:`placer_for`).  On the ECP5-85F the heap placer's
         32-lane placement did not route in an hour (router1 stalled with tens of thousands
         of arcs left, and router2 did no better); the static placer's routed in 20 minutes
         (docs/boards.md, session 25).  None: always ``heap``.
