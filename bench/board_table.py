@@ -44,6 +44,7 @@ from pathlib import Path
 
 from perturbo.boards import SynthReport, build
 from perturbo.boards.build import find_cached
+from perturbo.boards.report import DEFAULT_PLACER
 from perturbo.config import Config, load_config, parse_config
 from perturbo.estimate import estimate
 
@@ -158,7 +159,7 @@ def markdown(table: list[Row]) -> str:
         result = {"ok": "fits, meets clock", "fails-timing": "FAILS TIMING",
                   "does-not-fit": "does not fit", "failed": "failed"}.get(r.status, r.status)
         ff = _ff(r)
-        if r.placer != "heap":
+        if r.placer != DEFAULT_PLACER:
             result = f"{result} ({r.placer} placer)"
         clock = f"{fmax:.1f} MHz ({r.clk_mhz:g})" if fmax else f"– ({r.clk_mhz:g})"
         lines.append(

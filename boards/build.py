@@ -36,6 +36,8 @@ from perturbo.hdl.memories import NO_READ_COLLISION
 from perturbo.sim.toolchain import ToolchainError
 
 from .report import (
+    DEFAULT_PLACER,
+    PLACERS,
     REPORT_FORMAT,
     STATUS_FAILED,
     STATUS_NO_FIT,
@@ -54,8 +56,6 @@ from .top import Board, BoardTop, get_board, make_platform
 __all__ = ["NAME", "PLACERS", "ToolchainError", "build", "build_plan", "check_timing", "default_out_dir",
            "find_cached", "tool_env", "toolchain_versions", "undefine_read_collisions"]
 
-#: nextpnr's placers (``--placer``); ``heap`` is its default.
-PLACERS = ("heap", "static", "sa")
 #: Base name of the build's files (``top.il``, ``top.rpt``, ``top.tim``, ``top.bin``, ...).
 NAME = "top"
 #: nextpnr's machine-readable report (``--report``).
@@ -173,7 +173,7 @@ def build_plan(cfg: Config, board: str | Board, *, seed: int = 1, placer: str | 
         script_after_read="rename -hide w:*]",
         # (nextpnr's default placer is named only when it is not the one: the cache keys of
         # the builds placed before the choice existed stay theirs)
-        nextpnr_opts=[*spec.nextpnr_opts, *([] if placer == "heap" else ["--placer", placer]),
+        nextpnr_opts=[*spec.nextpnr_opts, *([] if placer == DEFAULT_PLACER else ["--placer", placer]),
                       "--seed", str(seed), "--report", NEXTPNR_REPORT],
     )
     if spec.undefined_read_collisions:

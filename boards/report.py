@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "DEFAULT_PLACER",
+    "PLACERS",
     "ClockTiming",
     "ResourceUse",
     "SynthReport",
@@ -31,6 +33,11 @@ __all__ = [
     "parse_yosys_cells",
     "summarise_resources",
 ]
+
+#: nextpnr's placers (``--placer``); the first is nextpnr's own default.
+PLACERS = ("heap", "static", "sa")
+#: The placer nextpnr uses when none is named.
+DEFAULT_PLACER = PLACERS[0]
 
 #: Friendly resource -> {family: (nextpnr utilisation key, label for tables)}.
 RESOURCE_NAMES: dict[str, dict[str, tuple[str, str]]] = {
@@ -190,7 +197,7 @@ class SynthReport:
     baud: int = 0
     uart_divisor: int = 0
     seed: int = 1
-    placer: str = "heap"
+    placer: str = DEFAULT_PLACER
     seconds: dict[str, float] = field(default_factory=dict)
     key: str = ""
     build_dir: str = ""

@@ -29,6 +29,7 @@ from amaranth.lib.cdc import FFSynchronizer
 from perturbo.config import Config
 
 from .pll import PLLSettings, pll_settings
+from .report import DEFAULT_PLACER
 
 __all__ = ["BOARDS", "Board", "BoardTop", "board_clock", "board_link", "board_names", "get_board",
            "make_platform"]
@@ -110,7 +111,7 @@ class Board:
     def placer_for(self, lanes: int) -> str:
         """nextpnr's placer for a build of ``lanes`` lanes (:attr:`static_placer_lanes`)."""
         big = self.static_placer_lanes is not None and lanes >= self.static_placer_lanes
-        return "static" if big else "heap"
+        return "static" if big else DEFAULT_PLACER
 
     def platform_class(self) -> type:
         """Import and return the amaranth-boards platform class (needs amaranth-boards)."""

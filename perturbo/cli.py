@@ -73,7 +73,7 @@ EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
 #: Boards ``perturbo synth`` builds for (perturbo.boards.top.BOARDS).
 SYNTH_BOARDS = ["icebreaker", "ulx3s-85f", "orangecrab"]
-#: nextpnr's placers (perturbo.boards.build.PLACERS, named here so that the command line
+#: nextpnr's placers (perturbo.boards.report.PLACERS, named here so that the command line
 #: does not import Amaranth to parse its arguments)
 SYNTH_PLACERS = ["heap", "static", "sa"]
 
