@@ -38,6 +38,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from . import __version__
 from .backend import BackendError, BackendFailure, make_backend
@@ -78,8 +79,16 @@ SYNTH_BOARDS = ["icebreaker", "ulx3s-85f", "orangecrab"]
 SYNTH_PLACERS = ["heap", "static", "sa"]
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with perturbo's one-line error: ``perturbo: error: ...``, exit 2 (the
+    subcommands' parsers are of this class too: ``add_subparsers`` takes its parent's)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USER_ERROR, f"perturbo: error: {message} (`{self.prog} --help` lists the options)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="perturbo",
         description="Train networks without backpropagation on FPGA accelerators, "
                     "their simulations and their golden models.",

@@ -87,6 +87,23 @@ def test_serial_port_that_does_not_answer(
 # -- inputs that cannot be read ----------------------------------------------------------
 
 
+@pytest.mark.parametrize(("argv", "first"), [
+    (["synth", "c.yaml", "--board", "ulx3s-85f", "--placer", "quick"],
+     "argument --placer: invalid choice: 'quick' (choose from 'heap', 'static', 'sa')"),
+    (["train"], "the following arguments are required: CONFIG"),
+    (["teach"], "argument COMMAND: invalid choice: 'teach'"),
+])
+def test_command_line_that_argparse_refuses(capsys: pytest.CaptureFixture[str], argv: list[str],
+                                            first: str) -> None:
+    """argparse's refusals are perturbo's one line too, naming the help that lists the options."""
+    with pytest.raises(SystemExit) as stop:
+        cli.main(argv)
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"perturbo: error: {first}"), err
+    assert err[0].endswith("--help` lists the options)"), err
+
+
 def test_config_that_is_not_utf8(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     bad = tmp_path / "latin1.yaml"
     bad.write_bytes("name: caf\u00e9\n".encode("latin-1"))
