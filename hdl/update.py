@@ -203,13 +203,7 @@ class UpdateUnit(wiring.Component):
         fused = self.sums.valid
         a_row = Mux(fused, self.sums.payload.row, row)
         for p in self._row_ports()[0]:  # (read only when the row is used: the sweep writes behind its reads)
-            if p is self.grads:
-                # only a sweep reads G (a fused row's sums come with it): from the counter
-                # alone, not through the fused row's multiplexer, which was on the slowest
-                # path of the 16-lane build (into G's read-during-write bypass)
-                m.d.comb += [p.raddr.eq(row), p.ren.eq(active)]
-            else:
-                m.d.comb += [p.raddr.eq(a_row), p.ren.eq(active | fused)]
+            m.d.comb += [p.raddr.eq(a_row), p.ren.eq(active | fused)]
         return active, fused, a_row
 
     def _wait_for_grads(self, m: Module, valid: Value, fused: Value, row: Value,
