@@ -140,9 +140,8 @@ class UpdateUnit(wiring.Component):
         reads, B momentum and the clearing of G, C and P the product ``U * lr_mult`` (P
         also rounds and shifts it), D subtract, E the write of the weights.
 
-        With ``hardware.register_grads`` G answers a read a cycle later: A reads G and the
-        weights (registered in H as they leave the block RAM) and H the momentum, so that
-        all three arrive in B; I holds ``U`` (and
+        With ``hardware.register_grads`` G answers a read a cycle later: A reads G and H
+        the weights and the momentum, so that all three arrive in B; I holds ``U`` (and
         ``lr_mult``) in the multipliers' operand registers (:class:`~.dsp.RegisteredProduct`:
         inside the block multipliers on the ECP5; at 32 lanes ``U`` crossed the chip to
         them, docs/boards.md) before C multiplies it; and Q narrows the step after P
@@ -154,12 +153,11 @@ class UpdateUnit(wiring.Component):
         owns: list[Value] = [active]  # the stages that read or clear G (owns_grads)
         # the stage before B: A, or H
         valid, from_sums, row, sums_g = active | fused, fused, a_row, self.sums.payload.g
-        w = self.weights.rdata  # the weights as they reach B
         if geo.register_grads:
-            valid, from_sums, row, sums_g, w = self._wait_for_grads(m, valid, from_sums, row, sums_g)
+            valid, from_sums, row, sums_g = self._wait_for_grads(m, valid, from_sums, row, sums_g)
             in_pipe.append(valid)
             owns.append(valid & ~from_sums)
-        b_valid, b_fused, c = self._momentum(m, valid, from_sums, row, sums_g, w)
+        b_valid, b_fused, c = self._momentum(m, valid, from_sums, row, sums_g)
         owns.append(b_valid & ~b_fused)
         in_pipe += [b_valid, c.valid]
         u, u_valid = c.value, c.valid
@@ -184,7 +182,7 @@ class UpdateUnit(wiring.Component):
         """The ports read in stage A, and those read in stage H (none without it)."""
         momentum = [self.momentum] if self.geometry.momentum else []
         if self.geometry.register_grads:
-            return [self.grads, self.weights], momentum
+            return [self.grads], [self.weights, *momentum]
         return [self.weights, self.grads, *momentum], []
 
     def _row_and_reads(self, m: Module) -> tuple[Signal, Value, Value]:
@@ -207,22 +205,18 @@ class UpdateUnit(wiring.Component):
         return active, fused, a_row
 
     def _wait_for_grads(self, m: Module, valid: Value, fused: Value, row: Value,
-                        g: Value) -> tuple[Signal, Signal, Signal, Signal, Signal]:
+                        g: Value) -> tuple[Signal, Signal, Signal, Signal]:
         """Stage H (``hardware.register_grads``): the row of stage A waits a cycle for G,
-        registers the weights A read, and reads the momentum.  Returns H's ``valid``,
-        ``fused``, row, fused sums and weights."""
+        and reads the weights and the momentum.  Returns H's ``valid``, ``fused``, row and
+        fused sums."""
         h_valid, h_fused = Signal(name="h_valid"), Signal(name="h_fused")
         h_row, h_g = Signal.like(row, name="h_row"), Signal.like(g, name="h_g")
-        # the weights, read in A with G, registered as they leave the block RAM, as G's
-        # registered read does: from the block RAM into stage C's register across the chip
-        # was a 16-lane build's slowest path
-        h_w = Signal.like(self.weights.rdata, name="h_w")
-        m.d.sync += [h_valid.eq(valid), h_w.eq(self.weights.rdata)]
+        m.d.sync += h_valid.eq(valid)
         with m.If(valid):
             m.d.sync += [h_fused.eq(fused), h_row.eq(row), h_g.eq(g)]
         for p in self._row_ports()[1]:
             m.d.comb += [p.raddr.eq(h_row), p.ren.eq(h_valid)]
-        return h_valid, h_fused, h_row, h_g, h_w
+        return h_valid, h_fused, h_row, h_g
 
     def _layer_of(self, r: Value) -> Value:
         """The layer a row belongs to (rows are laid out layer after layer)."""
@@ -232,12 +226,11 @@ class UpdateUnit(wiring.Component):
         return value
 
     def _momentum(self, m: Module, valid: Value, fused: Value, row: Value,
-                  sums_g: Value, w: Value) -> tuple[Signal, Signal, _Stage]:
+                  sums_g: Value) -> tuple[Signal, Signal, _Stage]:
         """Stage B: ``U`` = the new momentum (or ``G``), narrowed to :func:`operand_bits`;
         clear G of the row (sweep).
 
-        Takes the stage before B's ``valid``, ``fused``, row, fused sums and weights (as
-        they reach B); returns B's
+        Takes the stage before B's ``valid``, ``fused``, row and fused sums; returns B's
         ``valid`` and ``fused`` and the registers of stage C (``value`` = U).
         """
         geo, lanes = self.geometry, self.geometry.lanes
@@ -254,7 +247,7 @@ class UpdateUnit(wiring.Component):
         c_u = Signal(data.ArrayLayout(signed(operand_bits(geo)), lanes))
         m.d.sync += c.valid.eq(b_valid)
         with m.If(b_valid):
-            m.d.sync += [c.row.eq(b_row), c.layer.eq(self._layer_of(b_row)), c.w.eq(w)]
+            m.d.sync += [c.row.eq(b_row), c.layer.eq(self._layer_of(b_row)), c.w.eq(self.weights.rdata)]
         m.d.comb += [
             self.grads.waddr.eq(b_row),
             self.grads.we.eq((b_valid & ~b_fused).replicate(lanes)),
