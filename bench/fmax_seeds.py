@@ -2,7 +2,7 @@
 nextpnr seeds, each seed's Fmax and slowest path, and their median.
 
 One build's Fmax is one draw: builds of the same netlist with different placement seeds
-have differed by 4 to 24 MHz on the ULX3S-85F (docs/boards.md, sessions 21 and 26), more
+have differed by up to 25 MHz on the ULX3S-85F (docs/boards.md, sessions 21 and 26), more
 than most single-path RTL changes gain.  Judge an RTL change by the medians of this
 script on each side, not by one seed.
 

@@ -480,3 +480,31 @@ def test_board_table_overhead_and_missing_rows() -> None:
     macs = f"{est.macs_per_second / 1e9:.2f} G ({est.macs_per_second / (156 * 110e6):.1%})"
     assert f"| 53.0 MHz (50) | a -> b: 18.0 ns, 20 steps | {est.trained_cycles_per_step} | {samples} | {macs} |" in out
     assert "| icebreaker | 1 lane(s) | not run |" in out and "Cost of learning (8 lanes, ULX3S-85F): not run." in out
+
+
+def test_fmax_seeds_builds_each_seed_and_gives_the_median(monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture) -> None:
+    """bench/fmax_seeds.py: one board-table row, one build per seed (with the placer asked
+    for), each seed's Fmax and slowest path, and the median."""
+    import importlib.util
+
+    _board_table()  # (fmax_seeds imports it by name)
+    spec = importlib.util.spec_from_file_location("fmax_seeds", REPO / "bench" / "fmax_seeds.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    asked = []
+
+    def fake_build(cfg: Config, board: str, *, seed: int, placer: str | None, quiet: bool) -> SynthReport:
+        asked.append((cfg.hardware.lanes, board, seed, placer))
+        fmax = {1: 95.0, 2: 87.9, 3: 93.4}[seed]
+        return SynthReport(board=board, device="x", family="ecp5", config_name="x", config_hash="0",
+                           lanes=cfg.hardware.lanes, status="ok", clk_mhz=93.75,
+                           critical_path=f"p{seed} -> q: 10.0 ns, 5 steps", seconds={"nextpnr": 120.0},
+                           clocks=[ClockTiming("pll_clk", fmax, 93.75)])
+
+    monkeypatch.setattr(module, "build", fake_build)
+    assert module.main(["8 lanes (the example)", "--seeds", "1", "2", "3", "--placer", "static"]) == 0
+    out = capsys.readouterr().out
+    assert asked == [(8, "ulx3s-85f", s, "static") for s in (1, 2, 3)]
+    assert "| 2 | ok | 87.9 MHz (93.75) | p2 -> q: 10.0 ns, 5 steps | 2.0 min |" in out
+    assert "median 93.4 MHz, 87.9 to 95.0 over 3 seeds" in out
