@@ -547,6 +547,19 @@ class Accelerator(wiring.Component):
                 m.d.sync += strobes["abort"].eq(1)
         return regs
 
+    @staticmethod
+    def _write_enables(m: Module, memories: dict[Space, tuple[wiring.PureInterface, bool]], space: Value,
+                       lane: Value) -> None:
+        """The write enable of ``space``'s memory (``lane``'s, where it has lanes); none for
+        a read-only space: its refusal is registered, so the host's write enable would
+        otherwise reach the memory (the 16-lane build's slowest path)."""
+        with m.Switch(space):
+            for sp, (port, laned) in memories.items():
+                if sp in READ_ONLY_SPACES:
+                    continue
+                with m.Case(sp):
+                    m.d.comb += port.we.eq((1 << lane) if laned else 1)
+
     def _refused(self, m: Module, space: Value, word: Value, we: Value, running: Value,
                  live: dict[Space, Value], sizes: dict[Space, int], value_ok: dict[Space, Value]) -> Value:
         """Whether the bus refuses the request (``err``): a register outside the register
@@ -636,7 +649,13 @@ class Accelerator(wiring.Component):
         read_lane = Signal(range(max(2, lanes)))  # at least one bit: no zero-width vector at one lane
         read_mem = Signal()
         reading = Signal()  # a memory read accepted: its word is registered this cycle
+        # with pipelined_reads a memory write accepted is made the cycle after, from this
+        # register and the registered space and lane (the request, from the host link's
+        # strobe, into the memories' write enables was a slowest path of the ECP5 builds)
+        write_due = Signal()
         m.d.sync += [ack.eq(0), reading.eq(0)]
+        if self.pipelined_reads:
+            m.d.sync += write_due.eq(0)
         for port, laned in memories.values():
             # host ports follow the bus address combinationally; writes only when accepted,
             # reads only for reads (a memory declared free of read collisions is, then)
@@ -691,16 +710,17 @@ class Accelerator(wiring.Component):
                     m.d.sync += [regs_due.eq(1), ack.eq(0)]
                 else:
                     m.d.comb += regs.req.eq(1)
-            with m.Elif(we), m.Switch(space):
-                # (none for a read-only space: its refusal is registered, so the host's write
-                # enable would otherwise reach the memory, the 16-lane build's slowest path)
-                for sp, (port, laned) in memories.items():
-                    if sp in READ_ONLY_SPACES:
-                        continue
-                    with m.Case(sp):
-                        m.d.comb += port.we.eq((1 << lane) if laned else 1)
+            with m.Elif(we):
+                if self.pipelined_reads:
+                    m.d.sync += write_due.eq(1)
+                else:
+                    self._write_enables(m, memories, space, lane)
             with m.Else():
                 m.d.sync += [read_mem.eq(1), ack.eq(0), reading.eq(1)]
+
+        if self.pipelined_reads:  # (the bus holds the address and data until it sees ack)
+            with m.If(write_due):
+                self._write_enables(m, memories, read_space, read_lane)
 
         # the answer: one cycle after the request, a memory's word one more (three more with
         # pipelined_reads: the block RAM's whole word registered as it leaves the memory, then
