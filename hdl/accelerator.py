@@ -605,7 +605,9 @@ class Accelerator(wiring.Component):
         register, before the space select, and every request taken two cycles after it
         appears, decoded from its registered copy (``decoded``) and judged by a registered
         verdict (:meth:`_refused`); a register's request then reaches the register file a
-        cycle after it is taken, and is answered a cycle later.
+        cycle after it is taken, and is answered a cycle later, and a memory write is made
+        in the cycle after it is taken, from a register (``write_due``), while ``ack`` is
+        answered.
         """
         geo, lanes = self.geometry, self.geometry.lanes
         running = seq.busy | ports_owned
