@@ -651,12 +651,12 @@ class Accelerator(wiring.Component):
         read_lane = Signal(range(max(2, lanes)))  # at least one bit: no zero-width vector at one lane
         read_mem = Signal()
         reading = Signal()  # a memory read accepted: its word is registered this cycle
-        # with pipelined_reads a memory write accepted is made the cycle after, from this
-        # register and the registered space and lane (the request, from the host link's
-        # strobe, into the memories' write enables was a slowest path of the ECP5 builds)
-        write_due = Signal()
         m.d.sync += [ack.eq(0), reading.eq(0)]
         if self.pipelined_reads:
+            # a memory write accepted is made the cycle after, from this register and the
+            # registered space and lane (the request, from the host link's strobe, into the
+            # memories' write enables was a slowest path of the ECP5 builds)
+            write_due = Signal()
             m.d.sync += write_due.eq(0)
         for port, laned in memories.values():
             # host ports follow the bus address combinationally; writes only when accepted,
