@@ -16,7 +16,7 @@ from amaranth.sim import Simulator
 
 from perturbo.config import Overflow, Rounding
 from perturbo.golden import units as u
-from perturbo.hdl.arith import logic_product, narrow, round_shift, sign
+from perturbo.hdl.arith import logic_product, narrow, requantise, round_shift, sign
 from perturbo.hdl.random import Draw
 
 
@@ -48,6 +48,35 @@ def test_arith(overflow: Overflow, rounding: Rounding) -> None:
                 assert ctx.get(r) == int(u.round_shift(t, shift, rounding)), (x, shift)
             assert ctx.get(un) == int(u.narrow(torch.tensor(x & 0xFF), 6, overflow)), x
             assert ctx.get(sg) == int(u.sign(t)), x
+
+    sim.add_testbench(bench)
+    sim.run()
+
+
+@pytest.mark.parametrize("overflow", list(Overflow))
+@pytest.mark.parametrize("rounding", list(Rounding))
+def test_requantise(overflow: Overflow, rounding: Rounding) -> None:
+    """requantise against golden.units.requantise on every 13-bit signed and 12-bit unsigned
+    value, at shifts that leave 13 to 8 bits above the point (the clamp after the rounding's
+    increment, 127 + 1, included) and fewer than 8."""
+    m = Module()
+    v = Signal(signed(13))
+    uv = Signal(unsigned(12))
+    outs = {}
+    for shift in (0, 1, 3, 5, 6):
+        q, uq = Signal(signed(8), name=f"q{shift}"), Signal(signed(8), name=f"uq{shift}")
+        m.d.comb += [q.eq(requantise(v, shift, rounding, overflow)), uq.eq(requantise(uv, shift, rounding, overflow))]
+        outs[shift] = (q, uq)
+    sim = Simulator(m)
+
+    async def bench(ctx) -> None:
+        for x in range(-4096, 4096):
+            ctx.set(v, x)
+            ctx.set(uv, x & 0xFFF)
+            for shift, (q, uq) in outs.items():
+                assert ctx.get(q) == int(u.requantise(torch.tensor(x), shift, rounding, overflow)), (x, shift)
+                want = int(u.requantise(torch.tensor(x & 0xFFF), shift, rounding, overflow))
+                assert ctx.get(uq) == want, (x & 0xFFF, shift)
 
     sim.add_testbench(bench)
     sim.run()
