@@ -62,7 +62,7 @@ from amaranth.lib.wiring import In, Out
 
 from perturbo.config import Activation, Rule
 
-from .arith import at_most, narrow, round_shift
+from .arith import at_most, narrow, requantise
 from .dsp import RegisteredProduct
 from .geometry import Geometry, LayerGeometry, ceil_log2
 from .memories import LanePortSignature, PortSignature, SignWriteSignature, next_column, no_read_collision, window_shape
@@ -1033,7 +1033,7 @@ class ForwardEngine(wiring.Component):
             for lay in geo.layers:
                 with m.Case(lay.index):
                     for k in range(lanes):
-                        q = narrow(round_shift(acc10[k], lay.shift, geo.rounding), 8, ovf)
+                        q = requantise(acc10[k], lay.shift, geo.rounding, ovf)
                         m.d.comb += [q10[k].eq(q), y10[k].eq(activation(q10[k], lay.activation))]
                     with m.Switch(t10.group):
                         for g in range(lay.groups):
