@@ -879,8 +879,10 @@ class ForwardEngine(wiring.Component):
         for k in range(lanes):
             w8 = Value.cast(weights[k])[wb - 8:wb].as_signed()
             minus = sign_bits[k] ^ t6.negate  # a * s = -1
-            step = Mux(minus, minus_delta, delta)
-            perturbed = narrow(w8 + step, 8, ovf)
+            # both sums made beside the draw, which then only selects one: the sign bit
+            # (the hash word's bit selected by the token) ahead of the sum and its
+            # narrowing was a 16-lane build's slowest path
+            perturbed = Mux(minus, narrow(w8 + minus_delta, 8, ovf), narrow(w8 + delta, 8, ovf))
             w6.append(Mux(t6.perturb, perturbed, w8))
         return w6, x6, drawn
 
