@@ -138,8 +138,10 @@ class _LayerTables:
     idx_bits: int  #: a sign word's index
     col_shape: unsigned  #: the column counter (inputs of the widest layer, bias included)
     word_shape: unsigned  #: the activation word counter
-    last_col: Array  #: the bias column
-    last_group: Array  #: the last neuron group
+    before_last_col: Array  #: the column before the bias's (any value where the bias's is the only one)
+    one_col: Array  #: the bias's column is the only one (one more entry: 0)
+    before_last_group: Array  #: the group before the last (any value where there is one group)
+    one_group: Array  #: one neuron group (one more entry: 0)
     block_jump: Array  #: per blocks crossed (0, 1, ..): sign word step from a group's bias to the next group
     soff: Array  #: the layer's first sign word (one more entry: 0)
     in_base: Array  #: activation word of the layer's input (layer 0: unused)
@@ -163,7 +165,9 @@ class _IssueRegs:
     0's sign word; ``gbase`` = group * lanes, the neuron of lane 0), the pass command's fields
     (``key``, ``p_*``, ``sample_base``, ``parity``) and the interlock's record of the last
     group written (``wr_parity``, ``wr_layer_p1``: that layer plus one, 0 for none,
-    ``wr_groups``); ``held``: a pass command waits for the take (``_take_command``)."""
+    ``wr_groups``); ``held``: a pass command waits for the take (``_take_command``);
+    ``col_last``, ``group_last``, ``layer_last``: ``col``, ``group`` and ``layer`` are the
+    last of theirs (:meth:`ForwardEngine._advance` sets them a token ahead)."""
 
     active: Signal
     held: Signal
@@ -187,6 +191,9 @@ class _IssueRegs:
     wr_parity: Signal
     wr_layer_p1: Signal
     wr_groups: Signal
+    col_last: Signal
+    group_last: Signal
+    layer_last: Signal
 
 
 class ForwardEngine(wiring.Component):
@@ -445,8 +452,10 @@ class ForwardEngine(wiring.Component):
             idx_bits=idx_bits,
             col_shape=col_shape,
             word_shape=_uint(max(geo.in_words(lay) for lay in layers)),
-            last_col=table([lay.tokens - 1 for lay in layers], col_shape),
-            last_group=table([lay.groups - 1 for lay in layers], self.group_shape),
+            before_last_col=table([max(0, lay.tokens - 2) for lay in layers], col_shape),
+            one_col=table([int(lay.tokens == 1) for lay in layers] + [0], 1),
+            before_last_group=table([max(0, lay.groups - 2) for lay in layers], self.group_shape),
+            one_group=table([int(lay.groups == 1) for lay in layers] + [0], 1),
             block_jump=Array(table([(1 + (d - 1) * lay.cols) % (1 << idx_bits) for lay in layers], idx_bits)
                              for d in range(max_jump + 1)),
             soff=table([lay.sign_offset for lay in layers] + [0], idx_bits),
@@ -510,8 +519,8 @@ class ForwardEngine(wiring.Component):
         """
         regs = self._issue_registers(tabs)
         is_last, ok = self._interlock(m, regs, tabs)
-        group_done = is_last & (regs.group == tabs.last_group[regs.layer])
-        pass_done = group_done & (regs.layer == self.geometry.n_layers - 1)
+        group_done = is_last & regs.group_last
+        pass_done = group_done & regs.layer_last
         self._issue_token(m, regs, tabs, t0, ok, is_last, pass_done)
         fire = Signal()
         m.d.comb += fire.eq(en & t0.valid)
@@ -545,6 +554,9 @@ class ForwardEngine(wiring.Component):
             wr_parity=Signal(name="wr_parity"),
             wr_layer_p1=Signal(range(geo.n_layers + 1), name="wr_layer_p1"),
             wr_groups=Signal(_uint(geo.max_groups), name="wr_groups"),
+            col_last=Signal(name="col_last"),
+            group_last=Signal(name="group_last"),
+            layer_last=Signal(name="layer_last"),
         )
 
     def _interlock(self, m: Module, regs: _IssueRegs, tabs: _LayerTables) -> tuple[Signal, Signal]:
@@ -553,9 +565,7 @@ class ForwardEngine(wiring.Component):
         position :data:`WRITTEN_POSITION` in this pass (``wr_*``, :meth:`_record_written`)."""
         layer, parity = regs.layer, regs.parity
         wr_parity, wr_layer_p1, wr_groups = regs.wr_parity, regs.wr_layer_p1, regs.wr_groups
-        last_col = tabs.last_col[layer]
-        is_last = Signal()
-        m.d.comb += is_last.eq(regs.col == last_col)
+        is_last = regs.col_last
         ok = Signal()
         if self.geometry.n_layers > 1:
             m.d.comb += ok.eq(
@@ -619,23 +629,34 @@ class ForwardEngine(wiring.Component):
 
     def _advance(self, m: Module, regs: _IssueRegs, tabs: _LayerTables, fire: Signal, is_last: Signal,
                  group_done: Value, pass_done: Value) -> None:
-        """Step the counters when a token issues: next column, next group, next layer, done."""
+        """Step the counters when a token issues: next column, next group, next layer, done.
+
+        Whether the next token's column, group and layer are their layer's last is decided
+        here, from the counters as they stand, into ``col_last``, ``group_last`` and
+        ``layer_last``: compared when a token issues, against the tables indexed by the
+        layer, they led through the take of the next pass command into the counters' reset
+        (nine logic levels, the slowest path of several ECP5 builds).
+        """
         layer, group, idx0, gbase = regs.layer, regs.group, regs.idx0, regs.gbase
+        last_layer = self.geometry.n_layers - 1
         with m.If(fire):
             m.d.sync += regs.row.eq(regs.row + 1)
             split = tabs.split[layer] if self.geometry.max_split > 1 else 1
             next_column(m, is_last, regs.col, regs.byte, regs.word, self.lanes, split)
             with m.If(~is_last):
-                m.d.sync += idx0.eq(idx0 + split)
+                m.d.sync += [idx0.eq(idx0 + split), regs.col_last.eq(regs.col == tabs.before_last_col[layer])]
             with m.Else():
                 with m.If(~group_done):
                     # the next group's first sign word: blocks of 32 neurons crossed times cols on
                     crossed = (self._first_sign_bit(gbase) + self.lanes) >> SIGN_BIT_BITS
                     m.d.sync += [group.eq(group + 1), idx0.eq(idx0 + tabs.block_jump[crossed][layer]),
-                                 gbase.eq(gbase + self.lanes)]
+                                 gbase.eq(gbase + self.lanes), regs.col_last.eq(tabs.one_col[layer]),
+                                 regs.group_last.eq(group == tabs.before_last_group[layer])]
                 with m.Elif(~pass_done):
                     m.d.sync += [group.eq(0), layer.eq(layer + 1), idx0.eq(tabs.soff[layer + 1]),
-                                 gbase.eq(0)]
+                                 gbase.eq(0), regs.col_last.eq(tabs.one_col[layer + 1]),
+                                 regs.group_last.eq(tabs.one_group[layer + 1]),
+                                 regs.layer_last.eq(layer == last_layer - 1)]
                 with m.Else():
                     m.d.sync += regs.active.eq(0)
 
@@ -658,7 +679,7 @@ class ForwardEngine(wiring.Component):
         command offered while the engine waits for one starts a cycle later; one offered
         while a pass issues is taken in its last token's cycle as before.
         """
-        cmd = self.cmd
+        cmd, geo = self.cmd, self.geometry
         held = Signal(self.cmd_layout, name="cmd_held")
         held_valid = regs.held
         take = Signal()
@@ -677,6 +698,8 @@ class ForwardEngine(wiring.Component):
                 regs.active.eq(1),
                 regs.layer.eq(0), regs.group.eq(0), regs.col.eq(0), regs.word.eq(0), regs.byte.eq(0),
                 regs.row.eq(0), regs.idx0.eq(0), regs.gbase.eq(0),
+                regs.col_last.eq(geo.layers[0].tokens == 1), regs.group_last.eq(geo.layers[0].groups == 1),
+                regs.layer_last.eq(geo.n_layers == 1),
                 regs.key.eq(held.key),
                 regs.p_perturb.eq(held.perturb),
                 regs.p_negate.eq(held.negate),
