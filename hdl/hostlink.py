@@ -260,9 +260,10 @@ class HostLink(wiring.Component):
         no_read_collision(m, buffer, "link_buffer", platform, wr, [rd])
         s = self._link_state(m, wr, rd)
         self._read_register(m, s)
+        length_ok = self._length_verdict(m, s)
         with m.FSM(name="link"):
             self._receive_states(m, s)
-            self._exec_state(m, s)
+            self._exec_state(m, s, length_ok)
             self._bus_state(m, s)
             self._reply_states(m, s)
         self._datapaths(m, s)
@@ -418,34 +419,41 @@ class HostLink(wiring.Component):
                     m.d.comb += s.crc_update.eq(1)
                     self._receive(m, name, s)
 
-    def _exec_state(self, m: Module, s: _LinkState) -> None:
-        """EXEC: check the CRC, the opcode and the length; answer PING and errors at once,
-        start the bus engine for READ and WRITE."""
-        max_words, op, length = self.max_words, s.op, s.length
+    def _length_verdict(self, m: Module, s: _LinkState) -> Signal:
+        """Whether the frame's LEN suits its opcode (and a READ's count its burst), for EXEC.
+
+        Registered every cycle: EXEC comes after CRC0 and CRC1, so the opcode, the length and
+        the count it tests have stood for two bytes at least, and the verdict is the same as
+        the comparisons made in EXEC; those comparisons, ahead of the CRC unit's restart for
+        the reply, were an ECP5 build's slowest path at 100 MHz.
+        """
+        max_words, op, length, count = self.max_words, s.op, s.length, s.count
+        ok = Signal(name="length_ok")
+        m.d.sync += ok.eq(Mux(op == Op.PING, length == 0, Mux(
+            op == Op.READ, (length == 6) & (count != 0) & (count <= max_words),
+            (length >= 8) & (length[0:2] == 0) & (length <= 4 + 4 * max_words))))
+        return ok
+
+    def _exec_state(self, m: Module, s: _LinkState, length_ok: Signal) -> None:
+        """EXEC: check the CRC, the opcode and the length (:meth:`_length_verdict`); answer
+        PING and errors at once, start the bus engine for READ and WRITE."""
+        op = s.op
         with m.State("EXEC"):
             # idx is 0 here (CRC1 reset it), so rd.data holds the first word of a WRITE
             with m.If(~s.crc_unit.match_detected):  # data then its CRC leave the residue 0
                 self._reply(m, s, Status.BAD_CRC)
-            with m.Elif(op == Op.PING):
-                with m.If(length == 0):
-                    self._reply(m, s, Status.OK, _KIND_ID, ID_LEN)
-                with m.Else():
-                    self._reply(m, s, Status.BAD_LEN)
-            with m.Elif(op == Op.READ):
-                with m.If((length == 6) & (s.count != 0) & (s.count <= max_words)):
-                    m.d.sync += [s.left.eq(s.count), s.bwe.eq(0)]
-                    m.next = "BUS"
-                with m.Else():
-                    self._reply(m, s, Status.BAD_LEN)
-            with m.Elif(op == Op.WRITE):
-                with m.If((length >= 8) & (length[0:2] == 0) & (length <= 4 + 4 * max_words)):
-                    # left holds the words the payload filled the buffer with
-                    m.d.sync += s.bwe.eq(1)
-                    m.next = "BUS"
-                with m.Else():
-                    self._reply(m, s, Status.BAD_LEN)
-            with m.Else():
+            with m.Elif((op != Op.PING) & (op != Op.READ) & (op != Op.WRITE)):
                 self._reply(m, s, Status.BAD_OP)
+            with m.Elif(~length_ok):
+                self._reply(m, s, Status.BAD_LEN)
+            with m.Elif(op == Op.PING):
+                self._reply(m, s, Status.OK, _KIND_ID, ID_LEN)
+            with m.Elif(op == Op.READ):
+                m.d.sync += [s.left.eq(s.count), s.bwe.eq(0)]
+                m.next = "BUS"
+            with m.Else():  # WRITE; left holds the words the payload filled the buffer with
+                m.d.sync += s.bwe.eq(1)
+                m.next = "BUS"
 
     def _bus_state(self, m: Module, s: _LinkState) -> None:
         """BUS: one request per word (READ data into the buffer); an error or the bus
