@@ -6,7 +6,7 @@ only reads the reports) and prints one Markdown table:
 
 - the ULX3S-85F at each of ``--lanes`` (default 8, 16, 32, 64) MAC lanes, the digits MGD
   weight-perturbation network (``examples/digits-mgd-weight.yaml``: as shipped at its 8
-  lanes and 93.75 MHz, the other lane counts at :data:`VARIANT_CLOCK_MHZ` with the
+  lanes and 100 MHz, the other lane counts at :data:`VARIANT_CLOCK_MHZ` with the
   example's other hardware keys, ``register_grads`` among them), one update multiplier a
   lane, the rest of the update's product in logic, from ``--update-logic-from`` lanes
   (:data:`UPDATE_LOGIC_FROM`);

@@ -8,7 +8,7 @@ constraint are in the elaborated top, a build whose Fmax is below its clock fail
 timing, and bench/board_table.py's overhead.  ``board``: the digits network on the
 iCEBreaker's budget (``examples/digits-mgd-weight-icebreaker.yaml``) built with the
 yowasp tools, fitting and meeting its 18 MHz PLL clock (minutes).  ``slow``: the 8-lane
-digits configuration on the ULX3S-85F (at its ``hardware.clock_mhz``, 93.75 MHz from the
+digits configuration on the ULX3S-85F (at its ``hardware.clock_mhz``, 100 MHz from the
 PLL) and DRTP on the iCEBreaker's budget at two lanes (``examples/digits-drtp-icebreaker.yaml``)
 (minutes; cached, so a second run is instant).
 """
@@ -428,10 +428,10 @@ def test_drtp_build_icebreaker() -> None:
 @pytest.mark.slow
 @pytest.mark.board
 def test_digits_build_ulx3s() -> None:
-    """The 8-lane digits example on the ULX3S-85F at its hardware.clock_mhz (93.75 MHz from the
+    """The 8-lane digits example on the ULX3S-85F at its hardware.clock_mhz (100 MHz from the
     PLL): it fits and meets that clock."""
     report = _digits_build("ulx3s-85f")
-    assert report.clk_mhz == load_config(DIGITS).hardware.clock_mhz == 93.75
+    assert report.clk_mhz == load_config(DIGITS).hardware.clock_mhz == 100
     assert report.fits, report.overflow
     assert report.status == "ok" and report.timing_met, (report.message, report.clocks)
 

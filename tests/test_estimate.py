@@ -186,7 +186,7 @@ def test_cli_text_and_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["estimate", str(path), "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["cycles_per_step"] == cycles
-    assert data["fmax_mhz"] == load_config(path).hardware.clock_mhz == 93.75  # the example's PLL clock
+    assert data["fmax_mhz"] == load_config(path).hardware.clock_mhz == 100  # the example's PLL clock
     no_clock = EXAMPLES / "digits-drtp.yaml"  # no clock_mhz: the rates at DEFAULT_CLOCK_MHZ
     assert main(["estimate", str(no_clock), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["fmax_mhz"] == DEFAULT_CLOCK_MHZ
