@@ -107,8 +107,8 @@ def round_shift(value: Value | ValueCastable, shift: int,
 
 def requantise(value: Value | ValueCastable, shift: int, rounding: Rounding = Rounding.HALF_UP,
                overflow: Overflow = Overflow.SATURATE) -> Value:
-    """``narrow(round_shift(value, shift, rounding), 8, overflow)``, as ``signed(8)``, with no
-    carry chain across ``value``'s width.
+    """``narrow(round_shift(value, shift, rounding), 8, overflow)`` (a signed value of at most
+    eight bits), with no carry chain across ``value``'s width.
 
     Half-up rounding adds ``2^(shift-1)`` before the shift, which is the same as adding bit
     ``shift - 1`` after it: ``(v + 2^(s-1)) >> s == (v >> s) + v[s-1]``.  Only the eight
