@@ -518,14 +518,15 @@ class ForwardEngine(wiring.Component):
         Returns the issue registers and ``ok``, the interlock's verdict on the token.
         """
         regs = self._issue_registers(tabs)
-        is_last, ok = self._interlock(m, regs, tabs)
+        is_last = regs.col_last  # the bias token
+        ok = self._interlock(m, regs, tabs)
         group_done = is_last & regs.group_last
         pass_done = group_done & regs.layer_last
         self._issue_token(m, regs, tabs, t0, ok, is_last, pass_done)
         fire = Signal()
         m.d.comb += fire.eq(en & t0.valid)
         self._advance(m, regs, tabs, fire, is_last, group_done, pass_done)
-        self._take_command(m, regs, tags, fire & pass_done)
+        self._take_command(m, regs, tabs, tags, fire & pass_done)
         return regs, ok
 
     def _issue_registers(self, tabs: _LayerTables) -> _IssueRegs:
@@ -559,17 +560,16 @@ class ForwardEngine(wiring.Component):
             layer_last=Signal(name="layer_last"),
         )
 
-    def _interlock(self, m: Module, regs: _IssueRegs, tabs: _LayerTables) -> tuple[Signal, Signal]:
-        """``is_last`` (the bias token) and ``ok``: a token may issue if it reads no activation
+    def _interlock(self, m: Module, regs: _IssueRegs, tabs: _LayerTables) -> Signal:
+        """``ok``, the interlock's verdict: a token may issue if it reads no activation
         word (the first layer or the bias input) or the group writing that word has left
         position :data:`WRITTEN_POSITION` in this pass (``wr_*``, :meth:`_record_written`)."""
         layer, parity = regs.layer, regs.parity
         wr_parity, wr_layer_p1, wr_groups = regs.wr_parity, regs.wr_layer_p1, regs.wr_groups
-        is_last = regs.col_last
         ok = Signal()
         if self.geometry.n_layers > 1:
             m.d.comb += ok.eq(
-                (layer == 0) | self._bias_only(tabs, layer, is_last) | (
+                (layer == 0) | self._bias_only(tabs, layer, regs.col_last) | (
                     (wr_parity == parity) & (
                         (wr_layer_p1 > layer) | ((wr_layer_p1 == layer) & (wr_groups > regs.word))
                     )
@@ -577,7 +577,7 @@ class ForwardEngine(wiring.Component):
             )
         else:
             m.d.comb += ok.eq(1)
-        return is_last, ok
+        return ok
 
     def _first_input(self, col: Value) -> Value:
         """The first layer's token ``col``'s first input: ``col * split``."""
@@ -666,7 +666,8 @@ class ForwardEngine(wiring.Component):
         lo = self.sign_bit_lo
         return Cat(Const(0, lo), Cat(gbase, Const(0, SIGN_BIT_BITS))[lo:SIGN_BIT_BITS])
 
-    def _take_command(self, m: Module, regs: _IssueRegs, tags: SyncFIFO, last_fires: Value) -> None:
+    def _take_command(self, m: Module, regs: _IssueRegs, tabs: _LayerTables, tags: SyncFIFO,
+                      last_fires: Value) -> None:
         """Take a pass command when no pass is issuing, or in the cycle the issuing pass's
         last token issues (``last_fires``), so that the next pass's first token follows it
         at once; its tag waits in the FIFO until the pass's last result leaves.  (The
@@ -679,7 +680,7 @@ class ForwardEngine(wiring.Component):
         command offered while the engine waits for one starts a cycle later; one offered
         while a pass issues is taken in its last token's cycle as before.
         """
-        cmd, geo = self.cmd, self.geometry
+        cmd = self.cmd
         held = Signal(self.cmd_layout, name="cmd_held")
         held_valid = regs.held
         take = Signal()
@@ -698,8 +699,8 @@ class ForwardEngine(wiring.Component):
                 regs.active.eq(1),
                 regs.layer.eq(0), regs.group.eq(0), regs.col.eq(0), regs.word.eq(0), regs.byte.eq(0),
                 regs.row.eq(0), regs.idx0.eq(0), regs.gbase.eq(0),
-                regs.col_last.eq(geo.layers[0].tokens == 1), regs.group_last.eq(geo.layers[0].groups == 1),
-                regs.layer_last.eq(geo.n_layers == 1),
+                regs.col_last.eq(tabs.one_col[0]), regs.group_last.eq(tabs.one_group[0]),
+                regs.layer_last.eq(self.geometry.n_layers == 1),
                 regs.key.eq(held.key),
                 regs.p_perturb.eq(held.perturb),
                 regs.p_negate.eq(held.negate),
