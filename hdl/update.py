@@ -148,18 +148,20 @@ class UpdateUnit(wiring.Component):
         (:meth:`_narrow_step`)."""
         m = Module()
         geo = self.geometry
-        active, fused, a_row = self._row_and_reads(m)
+        active, active_next, fused, a_row = self._row_and_reads(m)
         in_pipe: list[Value] = [active, fused]  # the stages' valid bits (busy)
-        owns: list[Value] = [active]  # the stages that read or clear G (owns_grads)
+        # the stages after A that hold a row of the sweep, which reads or clears G
+        sweep_rows: list[Value] = []
         # the stage before B: A, or H
         valid, from_sums, row, sums_g = active | fused, fused, a_row, self.sums.payload.g
         if geo.register_grads:
             valid, from_sums, row, sums_g = self._wait_for_grads(m, valid, from_sums, row, sums_g)
             in_pipe.append(valid)
-            owns.append(valid & ~from_sums)
+            sweep_rows.append(valid & ~from_sums)
         b_valid, b_fused, c = self._momentum(m, valid, from_sums, row, sums_g)
-        owns.append(b_valid & ~b_fused)
+        sweep_rows.append(b_valid & ~b_fused)
         in_pipe += [b_valid, c.valid]
+        self._own_grads(m, active, active_next, fused, sweep_rows)
         u, u_valid = c.value, c.valid
         if geo.register_grads:
             # I's U is the multipliers' operand registers (RegisteredProduct), fed with C's
@@ -173,7 +175,6 @@ class UpdateUnit(wiring.Component):
         in_pipe += [p_valid, d.valid, e_valid]
         m.d.comb += [
             self.busy.eq(functools.reduce(operator.or_, in_pipe)),
-            self.owns_grads.eq(functools.reduce(operator.or_, owns)),
             self.first_write.eq(e_valid & (self.weights.waddr == self.geometry.layers[0].row_base)),
         ]
         return m
@@ -185,24 +186,47 @@ class UpdateUnit(wiring.Component):
             return [self.grads], [self.weights, *momentum]
         return [self.weights, self.grads, *momentum], []
 
-    def _row_and_reads(self, m: Module) -> tuple[Signal, Value, Value]:
+    def _row_and_reads(self, m: Module) -> tuple[Signal, Value, Value, Value]:
         """Stage A: the row (the sweep counter, or the row of fused sums from the correlation
         unit); read W, M (and G when sweeping), or only G with stage H.  Returns ``active``
-        (sweeping), ``fused`` and the row read."""
+        (sweeping), its value in the next cycle, ``fused`` and the row read."""
         geo = self.geometry
         active = Signal()
         row = Signal(geo.row_bits)
+        last_row = row == geo.rows - 1
         with m.If(self.start):
             m.d.sync += [active.eq(1), row.eq(0)]
         with m.Elif(active):
             m.d.sync += row.eq(row + 1)
-            with m.If(row == geo.rows - 1):
+            with m.If(last_row):
                 m.d.sync += active.eq(0)
+        active_next = self.start | (active & ~last_row)
         fused = self.sums.valid
         a_row = Mux(fused, self.sums.payload.row, row)
         for p in self._row_ports()[0]:  # (read only when the row is used: the sweep writes behind its reads)
-            m.d.comb += [p.raddr.eq(a_row), p.ren.eq(active | fused)]
-        return active, fused, a_row
+            if p is self.grads:  # G is read by the sweep alone (fused rows come with their sums):
+                # its address straight from the counter, a multiplexer fewer before the
+                # memory's port multiplexer and every lane's block RAMs
+                m.d.comb += [p.raddr.eq(row), p.ren.eq(active)]
+            else:
+                m.d.comb += [p.raddr.eq(a_row), p.ren.eq(active | fused)]
+        return active, active_next, fused, a_row
+
+    def _own_grads(self, m: Module, active: Value, active_next: Value, fused: Value,
+                   sweep_rows: list[Value]) -> None:
+        """``owns_grads``: the sweep is in stage A (``active``) or its rows in a later stage
+        (``sweep_rows``, each stage's valid and not fused, in pipe order), as a register.
+
+        It selects the G memory's address for every lane's block RAMs, where the OR of the
+        stages' flags was the 16- and 32-lane builds' slowest path.  The register loads each
+        flag's next value: A's ``active_next``, and each later stage's flag is the one
+        before it a cycle earlier (its valid and fused load together; for the stage after A,
+        ``(active | fused) & ~fused`` is ``active & ~fused``), so it equals the OR every
+        cycle."""
+        ahead: list[Value] = [active_next, active & ~fused, *sweep_rows[:-1]]
+        owns = Signal(name="owns_grads_r")
+        m.d.sync += owns.eq(functools.reduce(operator.or_, ahead))
+        m.d.comb += self.owns_grads.eq(owns)
 
     def _wait_for_grads(self, m: Module, valid: Value, fused: Value, row: Value,
                         g: Value) -> tuple[Signal, Signal, Signal, Signal]:
