@@ -91,14 +91,20 @@ UPDATE_LOGIC_FROM = 64
 VARIANT_CLOCK_MHZ = 100.0
 
 
+#: The placement seed of the rows other than the shipped examples (which name theirs,
+#: ``hardware.placement_seed``): nextpnr's default.
+VARIANT_SEED = 1
+
+
 def ulx3s_row(digits: Config, lanes: int, logic_from: int) -> Row:
     """The digits example on the ULX3S-85F at ``lanes`` lanes (as shipped at its own)."""
     if lanes == digits.hardware.lanes:
         return Row("ulx3s-85f", f"{lanes} lanes (the example)", digits)
+    at = {"lanes": lanes, "clock_mhz": VARIANT_CLOCK_MHZ, "placement_seed": VARIANT_SEED}
     if lanes >= logic_from:
         return Row("ulx3s-85f", f"{lanes} lanes, update in part in logic",
-                   variant(digits, lanes=lanes, clock_mhz=VARIANT_CLOCK_MHZ, update_products="dsp-low"))
-    return Row("ulx3s-85f", f"{lanes} lanes", variant(digits, lanes=lanes, clock_mhz=VARIANT_CLOCK_MHZ))
+                   variant(digits, **at, update_products="dsp-low"))
+    return Row("ulx3s-85f", f"{lanes} lanes", variant(digits, **at))
 
 
 def rows(lanes: list[int], icebreaker_lanes: int | None, logic_from: int = UPDATE_LOGIC_FROM) -> list[Row]:
@@ -108,7 +114,8 @@ def rows(lanes: list[int], icebreaker_lanes: int | None, logic_from: int = UPDAT
     ice = load_config(ICEBREAKER)
     out.append(Row("icebreaker", f"{icebreaker_lanes or ice.hardware.lanes} lane(s)",
                    ice if icebreaker_lanes is None else variant(ice, lanes=icebreaker_lanes)))
-    out.append(Row("ulx3s-85f", "8 lanes, inference only", variant(digits, lanes=8, training=False)))
+    out.append(Row("ulx3s-85f", "8 lanes, inference only",
+                   variant(digits, lanes=8, training=False, placement_seed=VARIANT_SEED)))
     return out
 
 

@@ -142,11 +142,12 @@ def toolchain_versions(board: str | Board, env: dict[str, str]) -> dict[str, str
     return versions
 
 
-def build_plan(cfg: Config, board: str | Board, *, seed: int = 1, placer: str | None = None,
+def build_plan(cfg: Config, board: str | Board, *, seed: int | None = None, placer: str | None = None,
                **top_options: Any) -> tuple[Any, BoardTop]:
     """Elaborate ``BoardTop(cfg)`` for ``board``; return Amaranth's build plan and the top.
 
-    ``placer`` is nextpnr's (:data:`PLACERS`; default :meth:`Board.placer_for` the lanes).
+    ``seed`` is nextpnr's placement seed (default ``cfg.hardware.placement_seed``),
+    ``placer`` its placer (:data:`PLACERS`; default :meth:`Board.placer_for` the lanes).
 
     ``top_options`` go to :class:`BoardTop` (``rx_fifo_depth``, default the board's
     :attr:`Board.rx_fifo_depth`; ``pipelined_reads``, default :attr:`Board.pipelined_reads`;
@@ -154,6 +155,7 @@ def build_plan(cfg: Config, board: str | Board, *, seed: int = 1, placer: str | 
     ``bus_timeout`` to :attr:`Board.link_bus_timeout`).
     """
     spec = get_board(board) if isinstance(board, str) else board
+    seed = cfg.hardware.placement_seed if seed is None else seed
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, not {seed!r}")
     placer = _placer(spec, cfg, placer)
@@ -322,7 +324,7 @@ def _collect(spec: Board, work: Path, failure: str) -> dict[str, Any]:
     }
 
 
-def find_cached(cfg: Config, board: str, out_dir: str | Path | None = None, *, seed: int = 1,
+def find_cached(cfg: Config, board: str, out_dir: str | Path | None = None, *, seed: int | None = None,
                 placer: str | None = None, **top_options: Any) -> SynthReport | None:
     """The cached report of the build :func:`build` would run, or None if it has not run.
 
@@ -361,7 +363,7 @@ def _cached_report(dest: Path, spec: Board, say: Callable[[str], None]) -> Synth
     return report
 
 
-def build(cfg: Config, board: str, out_dir: str | Path | None = None, *, seed: int = 1,
+def build(cfg: Config, board: str, out_dir: str | Path | None = None, *, seed: int | None = None,
           placer: str | None = None, force: bool = False, quiet: bool = False, timeout: float | None = None,
           **top_options: Any) -> SynthReport:
     """Build the accelerator for ``cfg`` on ``board``; return what it used and how fast it runs.
@@ -374,8 +376,8 @@ def build(cfg: Config, board: str, out_dir: str | Path | None = None, *, seed: i
         ``icebreaker``, ``ulx3s-85f`` or ``orangecrab`` (:data:`~perturbo.boards.top.BOARDS`).
     out_dir : path, optional
         Where builds go, one directory per cache key (default :func:`default_out_dir`).
-    seed : int
-        nextpnr placement seed.
+    seed : int, optional
+        nextpnr placement seed; default ``cfg.hardware.placement_seed``.
     placer : str, optional
         nextpnr's placer (:data:`PLACERS`); default the board's for the lane count
         (:meth:`~perturbo.boards.top.Board.placer_for`).
@@ -405,6 +407,7 @@ def build(cfg: Config, board: str, out_dir: str | Path | None = None, *, seed: i
     env = tool_env(spec)
     start = time.monotonic()
     placer = _placer(spec, cfg, placer)
+    seed = cfg.hardware.placement_seed if seed is None else seed
     plan, top = build_plan(cfg, spec, seed=seed, placer=placer, **top_options)
     elaborate_s = time.monotonic() - start
     versions = toolchain_versions(spec, env)

@@ -184,7 +184,8 @@ def _parser() -> argparse.ArgumentParser:
     sy.add_argument("--board", required=True, choices=SYNTH_BOARDS)
     sy.add_argument("-o", "--out", type=Path, metavar="DIR",
                     help="build directory root (default: perturbo's cache, boards/)")
-    sy.add_argument("--seed", type=int, default=1, help="nextpnr placement seed (default: 1)")
+    sy.add_argument("--seed", type=int, default=None,
+                    help="nextpnr placement seed (default: the config's hardware.placement_seed, 1 unless set)")
     sy.add_argument("--placer", choices=SYNTH_PLACERS,
                     help="nextpnr's placer (default: the board's for the lane count; the ULX3S "
                          "places 32 lanes and more with static, which routes them)")

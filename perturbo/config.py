@@ -315,6 +315,13 @@ class HardwareConfig(_Strict):
         "second read port on the weight memories (a second copy in block RAM); about one walk "
         "of the weight rows per step saved",
     )
+    placement_seed: int = Field(
+        1,
+        ge=0,
+        description="nextpnr's placement seed for the board builds (perturbo synth --seed overrides "
+        "it): the placement, and with it the Fmax, of one netlist moves by 5 to 15 % from seed to "
+        "seed (docs/boards.md), so a configuration names the seed of the bitstream it ships",
+    )
     clock_mhz: float | None = Field(
         None,
         gt=0.0,

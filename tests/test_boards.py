@@ -21,6 +21,7 @@ import sys
 import time
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -94,6 +95,19 @@ def test_board_top_elaborates(board: str) -> None:
     # on one (no bypass logic); the ECP5 builds keep Amaranth's old-word reads
     undefined = re.findall(r"COLLISION_X_MASK 1'1", plan.files["top.il"])
     assert bool(undefined) == (board == "icebreaker")
+
+
+def test_placement_seed_from_the_config() -> None:
+    """A build is placed at the configuration's ``hardware.placement_seed`` unless the caller
+    names a seed (``perturbo synth --seed``)."""
+    def seed_of(plan: Any) -> str:
+        nextpnr = next(c for c in json.loads(plan.files["build_top.json"])["commands"] if c[0].startswith("nextpnr"))
+        return nextpnr[nextpnr.index("--seed") + 1]
+
+    seeded = TINY.model_copy(update={"hardware": TINY.hardware.model_copy(update={"placement_seed": 7})})
+    assert seed_of(build_plan(TINY, "icebreaker")[0]) == "1"
+    assert seed_of(build_plan(seeded, "icebreaker")[0]) == "7"
+    assert seed_of(build_plan(seeded, "icebreaker", seed=3)[0]) == "3"
 
 
 def test_plan_is_deterministic() -> None:
