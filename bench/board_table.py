@@ -38,6 +38,7 @@ hour at 32.
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -147,8 +148,16 @@ def _logic(report: SynthReport) -> str:
     return text
 
 
-def markdown(table: list[Row]) -> str:
-    """The table, and the learning overhead of the 8-lane ULX3S build."""
+def learning_pair(table: list[Row]) -> tuple[Row | None, Row | None]:
+    """The 8-lane ULX3S-85F training and inference-only rows of ``table``."""
+    ulx3s_8 = [row for row in table if row.board == "ulx3s-85f" and row.cfg.hardware.lanes == 8]
+    return (next((row for row in ulx3s_8 if row.cfg.hardware.training), None),
+            next((row for row in ulx3s_8 if not row.cfg.hardware.training), None))
+
+
+def markdown(table: list[Row], medians: tuple[float | None, float | None] = (None, None)) -> str:
+    """The table, and the learning overhead of the 8-lane ULX3S build (``medians``: its
+    training and inference-only builds' median Fmax over :data:`MEDIAN_SEEDS`)."""
     head = ("| board | build | result | LUT4 | FF | DSP | block RAM | SPRAM | Fmax (clock) | critical path "
             "| cycles/step | samples/s at Fmax | lane-MAC/s at Fmax (of the device's peak) |")
     lines = [head, "| " + " | ".join(["---"] * 13) + " |"]
@@ -174,15 +183,33 @@ def markdown(table: list[Row]) -> str:
             f"| {_used(r, 'dsp')} | {_used(r, 'bram')} | {_used(r, 'spram')} | {clock} "
             f"| {r.critical_path or '–'} | {cycles if cycles else 'n/a'} | {samples} | {macs} |")
     lines.append("")
-    ulx3s_8 = [row for row in table if row.board == "ulx3s-85f" and row.cfg.hardware.lanes == 8]
-    train = next((row.report for row in ulx3s_8 if row.cfg.hardware.training), None)
-    infer = next((row.report for row in ulx3s_8 if not row.cfg.hardware.training), None)
-    lines.append(overhead(train, infer))
+    train, infer = learning_pair(table)
+    lines.append(overhead(train and train.report, infer and infer.report, medians))
     return "\n".join(lines) + "\n"
 
 
-def overhead(train: SynthReport | None, infer: SynthReport | None) -> str:
-    """The cost of learning on the ULX3S-85F at 8 lanes: training over inference-only."""
+#: The placement seeds whose median Fmax the cost of learning gives beside the table's own
+#: builds: one build's Fmax is one draw of placement (bench/fmax_seeds.py), and the
+#: training and inference-only rows are built at different seeds (the example's own, 2,
+#: against :data:`VARIANT_SEED`).
+MEDIAN_SEEDS = (1, 2, 3)
+
+
+def seed_median(row: Row) -> float | None:
+    """The median Fmax of ``row``'s builds at :data:`MEDIAN_SEEDS`, or None unless all are cached."""
+    reports = [find_cached(row.cfg, row.board, seed=seed) for seed in MEDIAN_SEEDS]
+    if any(r is None or not r.fmax_mhz for r in reports):
+        return None
+    return statistics.median(r.fmax_mhz for r in reports)
+
+
+def overhead(train: SynthReport | None, infer: SynthReport | None,
+             medians: tuple[float | None, float | None] = (None, None)) -> str:
+    """The cost of learning on the ULX3S-85F at 8 lanes: training over inference-only.
+
+    ``medians`` are the training and inference-only builds' median Fmax over
+    :data:`MEDIAN_SEEDS`, given as a line of their own when both are known.
+    """
     if train is None or infer is None or not train.fits or not infer.fits:
         return "Cost of learning (8 lanes, ULX3S-85F): not run."
     lines = ["Cost of learning (ULX3S-85F, 8 lanes): the training build against the same network "
@@ -198,6 +225,10 @@ def overhead(train: SynthReport | None, infer: SynthReport | None) -> str:
     fa, fb = infer.fmax_mhz, train.fmax_mhz
     if fa and fb:
         lines.append(f"| Fmax (MHz) | {fa:.1f} | {fb:.1f} | {(fb - fa) / fa:+.0%} |")
+    mb, ma = medians
+    if ma and mb:
+        seeds = ", ".join(map(str, MEDIAN_SEEDS))
+        lines.append(f"| Fmax, median of seeds {seeds} (MHz) | {ma:.1f} | {mb:.1f} | {(mb - ma) / ma:+.0%} |")
     return "\n".join(lines)
 
 
@@ -222,7 +253,9 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(f"{row.board}, {row.label}:", file=sys.stderr, flush=True)
             row.report = build(row.cfg, row.board, quiet=True)
-    text = markdown(table)
+    train, infer = learning_pair(table)
+    medians = (seed_median(train), seed_median(infer)) if train and infer else (None, None)
+    text = markdown(table, medians)
     print(text, end="")
     if args.out is not None:
         args.out.write_text(text)

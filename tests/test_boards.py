@@ -477,7 +477,9 @@ def test_board_table_overhead_and_missing_rows() -> None:
 
     text = table.overhead(report(15_000, 7_000, 25, 56, 53.0), report(4_000, 2_000, 8, 47, 58.0))
     assert "| LUT4 | 4000 | 15000 | +275% |" in text and "| DSP | 8 | 25 | +212% |" in text
-    assert "| Fmax (MHz) | 58.0 | 53.0 | -9% |" in text
+    assert "| Fmax (MHz) | 58.0 | 53.0 | -9% |" in text and "median" not in text
+    text = table.overhead(report(15_000, 7_000, 25, 56, 53.0), report(4_000, 2_000, 8, 47, 58.0), (55.0, 50.0))
+    assert "| Fmax, median of seeds 1, 2, 3 (MHz) | 50.0 | 55.0 | +10% |" in text
     assert table.overhead(None, report(1, 1, 1, 1, 1.0)).endswith("not run.")
     rows = table.rows([8, 16, 64], None)
     assert [r.cfg.hardware.lanes for r in rows] == [8, 16, 64, 1, 8] and not rows[-1].cfg.hardware.training
