@@ -393,7 +393,7 @@ class ForwardEngine(wiring.Component):
         self._key_pipe(m, draws, pipe[0], en)
         weights, sample, act_word, act_wr = self._memory_reads(m, pipe, en, platform)
         w6, x6, drawn = self._select_and_perturb(m, tabs, pipe[H], en, draws, weights, sample, act_word)
-        acc = self._multiply_accumulate(m, pipe[H + 2], en, w6, x6)
+        acc = self._multiply_accumulate(m, pipe[H + 2], en, w6, x6, en & (pipe[H].valid | pipe[H + 1].valid))
         acc10 = self._inject(m, tabs, pipe[H + 2], pipe[H + 3], en, acc, drawn)
         self._output(m, tabs, pipe[H + 4], en, out_valid, out, acc10, act_wr, drawn, platform)
         self._record_written(m, regs, pipe[written_position(H)], en)
@@ -981,16 +981,20 @@ class ForwardEngine(wiring.Component):
         return drawn
 
     def _multiply_accumulate(self, m: Module, t8: Value, en: Signal, w6: list[Value],
-                             x6: list[Value]) -> list[Signal]:
+                             x6: list[Value], mult_en: Value) -> list[Signal]:
         """Positions H+1 (the operands ``w7``, ``x7`` registered, then multiplied into ``p8``:
         :class:`~.dsp.RegisteredProduct`, ``p8`` inside the block multiplier on the ECP5)
-        and H+2 (accumulate; exact: the configuration sizes ``acc_bits`` for it)."""
+        and H+2 (accumulate; exact: the configuration sizes ``acc_bits`` for it).
+
+        The multipliers load only under ``mult_en``: while a token at H or H+1 moves (its
+        operands, its product), so that Verilator skips the lanes' products while the
+        engine idles; an invalid token's product is never accumulated."""
         lanes = self.lanes
         p8 = []
         for k in range(lanes):
             mult = m.submodules[f"mult{k}"] = RegisteredProduct(
                 signed(8), signed(8), logic=self.geometry.lane_products == "logic", operands_inside=False)
-            m.d.comb += [mult.a.eq(w6[k]), mult.b.eq(x6[k % len(x6)]), mult.en.eq(en)]
+            m.d.comb += [mult.a.eq(w6[k]), mult.b.eq(x6[k % len(x6)]), mult.en.eq(mult_en)]
             p8.append(mult.p)
 
         acc_bits = self.geometry.acc_bits
@@ -1016,14 +1020,16 @@ class ForwardEngine(wiring.Component):
         acc = self._neuron_sums(m, t9, acc)
         acc10 = [Signal(signed(acc_bits), name=f"acc10_{k}") for k in range(lanes)]
         injection = [Signal(signed(INJECT_BITS), name=f"inj{k}") for k in range(lanes)]
+        # (both load only for a bias token, the one that reaches H+4 with the sum: an idle
+        # engine's cycles then skip the injection and the narrowing in the co-simulation)
         if self.inject_layers:
-            with m.If(en):
+            with m.If(en & t8.valid & t8.last):
                 for k in range(lanes):
                     an = drawn[1][k]
                     node = Mux(an[-1], -self.node_delta, self.node_delta)
                     m.d.sync += injection[k].eq(Mux(t8.inject & t8.last,
                                                     Mux(tabs.alr[t8.layer], self.sigma * an, node), 0))
-        with m.If(en):
+        with m.If(en & t9.valid & t9.last):
             for k in range(lanes):
                 m.d.sync += acc10[k].eq(narrow(acc[k] + injection[k], acc_bits, ovf))
         return acc10
@@ -1066,8 +1072,9 @@ class ForwardEngine(wiring.Component):
                             with m.Case(g):
                                 m.d.comb += mask10.eq((1 << lay.neurons_in(g)) - 1)
         with m.If(en):
+            m.d.sync += out_valid.eq(t10.valid)
+        with m.If(en & t10.valid):  # (an invalid result's fields are never read)
             m.d.sync += [
-                out_valid.eq(t10.valid),
                 out.layer.eq(t10.layer),
                 out.group.eq(t10.group),
                 out.last.eq(t10.pass_last),
