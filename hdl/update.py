@@ -376,11 +376,21 @@ class UpdateUnit(wiring.Component):
         return d
 
     def _round_by_layer(self, m: Module, layer: Value, target: Value, product: Value) -> None:
-        """``target`` (a register) takes ``round_shift(product, lr_shift)`` of ``layer``."""
+        """``target`` (a register) takes ``round_shift(product, lr_shift)`` of ``layer``.
+
+        One case per distinct ``lr_shift`` (none when every layer has the same), not one
+        per layer: Verilator computes each case's rounding of the wide sum ahead of the
+        ``Switch``, every cycle, idle or not (the same logic on the FPGAs)."""
+        shifts: dict[int, list[int]] = {}  # lr_shift -> the layers that have it
+        for lay in self.geometry.layers:
+            shifts.setdefault(lay.lr_shift, []).append(lay.index)
+        if len(shifts) == 1:
+            m.d.sync += target.eq(round_shift(product, next(iter(shifts)), self.geometry.rounding))
+            return
         with m.Switch(layer):
-            for lay in self.geometry.layers:
-                with m.Case(lay.index):
-                    m.d.sync += target.eq(round_shift(product, lay.lr_shift, self.geometry.rounding))
+            for shift, indices in shifts.items():
+                with m.Case(*indices):
+                    m.d.sync += target.eq(round_shift(product, shift, self.geometry.rounding))
 
     def _stage_registers(self, name: str, value: Signal | None = None) -> _Stage:
         """A stage's ``valid``, row, layer and weight registers, named ``name_*``, and
