@@ -175,7 +175,9 @@ class CorrelationUnit(wiring.Component):
         in_pipe = []  # the valid bits of the stages after R
         if self.read_latency == 2:
             h_valid, h = Signal(), Signal(self.layout)
-            m.d.sync += [h_valid.eq(self.i.valid), h.eq(inp)]
+            m.d.sync += h_valid.eq(self.i.valid)
+            with m.If(self.i.valid):
+                m.d.sync += h.eq(inp)
             before_d_valid, before_d = h_valid, h
             in_pipe.append(h_valid)
         d_valid, x_valid, w_valid = Signal(), Signal(), Signal()
@@ -187,23 +189,34 @@ class CorrelationUnit(wiring.Component):
         w_after = Signal(g_row)
         m.d.comb += w_after.eq(Mux(w_final, 0, w_new))
 
-        m.d.sync += [d_valid.eq(before_d_valid), d.eq(before_d)]
+        # A stage's registers load only while the stage before holds a row (free clock
+        # enables on the FPGAs): an idle unit's cycles then skip the sums in the
+        # co-simulation.  Nothing reads them without their valid bit: the write enables,
+        # the sums' valid and the forwarding's hits are made of the valid bits.
+        m.d.sync += d_valid.eq(before_d_valid)
+        with m.If(before_d_valid):
+            m.d.sync += d.eq(before_d)
         x_old = Signal(g_row)
         x_from_w = Signal()
-        m.d.sync += [x_valid.eq(d_valid), x.eq(d)]
+        m.d.sync += x_valid.eq(d_valid)
+        with m.If(d_valid):
+            m.d.sync += x.eq(d)
         if self.forwarding:
-            self._forward(m, before_d.row, x_valid, x.row, w_valid, w_row, w_after, x_old)
+            self._forward(m, before_d.row, d_valid, x_valid, x.row, w_valid, w_row, w_after, x_old)
             # X: the row just before (now in X, next cycle in W) overrides D's value
             m.d.sync += x_from_w.eq(x_valid & (x.row == d.row))
         else:  # no row is in flight when it comes again: the memory's answer is current
-            m.d.sync += x_old.eq(self.grads.rdata)
+            with m.If(d_valid):
+                m.d.sync += x_old.eq(self.grads.rdata)
         m.d.sync += [
-            w_valid.eq(x_valid), w_row.eq(x.row), w_final.eq(x.final),
+            w_valid.eq(x_valid),
             w_we.eq(Mux(x_valid, Mux(x.final, (1 << lanes) - 1, x.mask), 0)),
         ]
-        for k in range(lanes):
-            old = Mux(x_from_w, w_after[k], x_old[k])
-            m.d.sync += w_new[k].eq(Mux(x.mask[k], narrow(old + x.term[k], gb, self.overflow), old))
+        with m.If(x_valid):
+            m.d.sync += [w_row.eq(x.row), w_final.eq(x.final)]
+            for k in range(lanes):
+                old = Mux(x_from_w, w_after[k], x_old[k])
+                m.d.sync += w_new[k].eq(Mux(x.mask[k], narrow(old + x.term[k], gb, self.overflow), old))
         # W: the write, and the final sums
         m.d.comb += [
             self.grads.waddr.eq(w_row),
@@ -216,7 +229,7 @@ class CorrelationUnit(wiring.Component):
         ]
         return m
 
-    def _forward(self, m: Module, row: Value, x_valid: Value, x_row: Value, w_valid: Value,
+    def _forward(self, m: Module, row: Value, d_valid: Value, x_valid: Value, x_row: Value, w_valid: Value,
                  w_row: Value, w_after: Value, x_old: Signal) -> None:
         """D: ``x_old`` takes the memory's answer, or a row in flight that the read did not
         see: 2 back (in X the cycle before D, in W with D), 3 back (written the cycle before
@@ -241,7 +254,8 @@ class CorrelationUnit(wiring.Component):
             hit = Signal(name=f"d_from_{back + 2}_back")
             m.d.sync += hit.eq(cand_valid & (cand_row == row))
             value = Mux(hit, cand_value, value)
-        m.d.sync += x_old.eq(value)
+        with m.If(d_valid):  # (X's register: loaded as D's row moves on)
+            m.d.sync += x_old.eq(value)
 
 
 @dataclass(frozen=True)
@@ -519,13 +533,18 @@ class CorrelationWalker(wiring.Component):
             return [out.term[k].eq(self._term(rule, k, plus, minus, product, x_zero, x_negative,
                                               c_x, c_signs, c_factor, job)) for k in range(lanes)]
 
-        if len(layers_of) == 1:
-            m.d.sync += terms(layers[0].rule)
-        else:
-            with m.Switch(c.layer):
-                for rule, indices in layers_of.items():
-                    with m.Case(*indices):
-                        m.d.sync += terms(rule)
+        # the terms load only with a row (the unit takes them only then), so that an idle
+        # walker's cycles skip them in the co-simulation; the row and the mask load every
+        # cycle, as before: the correlation unit reads G at the row it is given, valid or
+        # not (its read enable is always high), so its reads keep their addresses
+        with m.If(c.valid):
+            if len(layers_of) == 1:
+                m.d.sync += terms(layers[0].rule)
+            else:
+                with m.Switch(c.layer):
+                    for rule, indices in layers_of.items():
+                        with m.Case(*indices):
+                            m.d.sync += terms(rule)
         return plus, minus
 
     def _take_job(self, m: Module, walk: _Walk, b: Signal, c: Signal, plus: Signal,
