@@ -733,15 +733,20 @@ class Accelerator(wiring.Component):
             m.d.sync += [held.eq(reading), picking.eq(held)]
             answer = picking
         words = {}
+        # the read's registers load only in the cycle its word passes them (clock enables,
+        # free on the FPGAs: the valid bits are registers), so that the idle bus's cycles
+        # skip the wide words and their lane selects in the co-simulation
         for sp, (port, laned) in memories.items():
             rdata = port.rdata
-            if self.pipelined_reads and sp not in registered:  # (every cycle: no enable logic)
+            if self.pipelined_reads and sp not in registered:
                 rdata = Signal.like(port.rdata, name=f"held_{sp.name.lower()}")
-                m.d.sync += rdata.eq(port.rdata)
+                with m.If(reading):
+                    m.d.sync += rdata.eq(port.rdata)
             words[sp] = Value.cast(rdata[read_lane]).as_signed() if laned else Value.cast(rdata)
             if self.pipelined_reads:
                 picked = Signal.like(words[sp], name=f"picked_{sp.name.lower()}")
-                m.d.sync += picked.eq(words[sp])
+                with m.If(held):
+                    m.d.sync += picked.eq(words[sp])
                 words[sp] = picked
         with m.If(answer):
             m.d.sync += ack.eq(1)
