@@ -643,8 +643,21 @@ class Accelerator(wiring.Component):
             return fits_signed(wide if bits > 32 else wdata.as_signed(), bits)
 
         lane_words = geo.weight_depth * lanes
-        row, lane = divmod_const(bus_word, lanes, lane_words - 1)
-        row, lane = decoded(row, "bus_row"), decoded(lane, "bus_lane")
+        bus_row, bus_lane = divmod_const(bus_word, lanes, lane_words - 1)
+        row, lane = decoded(bus_row, "bus_row"), decoded(bus_lane, "bus_lane")
+
+        def addressed(sp: Space, value: Value, registered: Value) -> Value:
+            """``registered`` (``value`` as :func:`decoded` registers it) for ``sp``'s port: with
+            ``pipelined_reads`` a copy of its own, loaded only by requests to ``sp``, so that
+            no two copies merge.  One address register fanning out to every memory's port
+            multiplexer and yosys's read-during-write compare behind it, and to the register
+            file's read, was the slowest path of the 16- and 32-lane ECP5 builds (session 28)."""
+            if not self.pipelined_reads:
+                return registered
+            copy = Signal.like(registered, name=f"bus_addr_{sp.name.lower()}")
+            with m.If(bus_space == sp):
+                m.d.sync += copy.eq(value)
+            return copy
         ack = Signal()
         err = Signal()
         read_space = Signal(range(8))
@@ -658,10 +671,10 @@ class Accelerator(wiring.Component):
             # memories' write enables was a slowest path of the ECP5 builds)
             write_due = Signal()
             m.d.sync += write_due.eq(0)
-        for port, laned in memories.values():
+        for sp, (port, laned) in memories.items():
             # host ports follow the bus address combinationally; writes only when accepted,
             # reads only for reads (a memory declared free of read collisions is, then)
-            port_addr = row if laned else word
+            port_addr = addressed(sp, bus_row, row) if laned else addressed(sp, bus_word, word)
             m.d.comb += [port.raddr.eq(port_addr), port.ren.eq(~we), port.waddr.eq(port_addr)]
             if laned:
                 m.d.comb += [port.wdata[k].eq(wide) for k in range(lanes)]
@@ -686,7 +699,7 @@ class Accelerator(wiring.Component):
             age = Signal(range(3))
             m.d.sync += age.eq(Mux(request & (age != 2), age + 1, 0))
             request = request & (age == 2)
-        m.d.comb += [regs.addr.eq(word), regs.we.eq(we), regs.wdata.eq(wdata)]
+        m.d.comb += [regs.addr.eq(addressed(Space.REGS, bus_word, word)), regs.we.eq(we), regs.wdata.eq(wdata)]
         sizes = {Space.WEIGHTS: lane_words, Space.GRADS: lane_words, Space.MOMENTUM: lane_words,
                  Space.SAMPLES: geo.sample_bus_words, Space.LABELS: geo.sample_depth,
                  Space.OUTPUTS: geo.output_words, Space.LOSSES: geo.loss_depth}
