@@ -58,6 +58,7 @@ from .memories import (
     SampleMemory,
     SignMemory,
     mux_ports,
+    owner_copy,
 )
 from .registers import RegisterFile, constant_sources
 from .sequencer import OutputWriter, Sequencer
@@ -257,8 +258,8 @@ class Accelerator(wiring.Component):
             no_collision=None if geo.overlap_update else "weights")
         gmem = mmem = signs = None
         if self.training:
-            # the correlation's read-modify-write rows and the update's sweep never read a
-            # row in the cycle they write it
+            # the correlation's read-modify-write rows never read a row in the cycle they
+            # write it
             m.submodules.grads = gmem = LaneMemory(lanes, geo.weight_depth, gshape, no_collision="grads",
                                                    registered=geo.register_grads)
         if self.training and geo.momentum:
@@ -310,7 +311,6 @@ class Accelerator(wiring.Component):
         m.d.comb += [
             seq.corr_busy.eq(fe.busy | u.corr.busy),
             seq.corr_done.eq(fe.done),
-            u.upd.start.eq(0),  # (the sweep serves rules without a final correlation)
             seq.upd_busy.eq(u.upd.busy),
             seq.upd_first.eq(u.upd.first_write),
             seq.out_done.eq(u.writer.done),
@@ -386,8 +386,8 @@ class Accelerator(wiring.Component):
         # multiplexers into the far block RAMs was a 100 MHz build's slowest path.  The
         # datapath's first access comes cycles after a run starts, and the bus refuses
         # the host's while either is high (_bus_target).
-        running = Signal(name="ports_owned")
-        m.d.sync += running.eq(u.seq.busy)
+        def running(space: str) -> Signal:
+            return owner_copy(m, u.seq.busy, f"ports_owned_{space}")
         host_w = LanePortSignature(lanes, geo.row_bits, wshape).create(path=("host_w",))
         host_g = LanePortSignature(lanes, geo.row_bits, gshape).create(path=("host_g",))
         host_s = PortSignature(mems.smem.addr_width, 32).create(path=("host_s",))
@@ -395,7 +395,7 @@ class Accelerator(wiring.Component):
         host_o = PortSignature(mems.omem.addr_width, signed(8)).create(path=("host_o",))
         hosts = {"w": host_w, "s": host_s, "l": host_l, "o": host_o}
         if upd is None:  # inference only: the engine reads the weights, the host the rest
-            mux_ports(m, mems.wmem.port, [(running, eng.weights), (None, host_w)])
+            mux_ports(m, mems.wmem.port, [(running("w"), eng.weights), (None, host_w)])
         else:
             hosts["g"] = host_g
             if geo.overlap_update:  # the engine has a read port of its own: a step's first
@@ -407,26 +407,25 @@ class Accelerator(wiring.Component):
                 # is only within a run), the host's otherwise: chosen by the register
                 # `running`, not by the update's busy (from its stages' valid bits through
                 # this multiplexer into the block RAMs was the 16-lane build's slowest path)
-                mux_ports(m, mems.wmem.port, [(running, upd.weights), (None, host_w)])
+                mux_ports(m, mems.wmem.port, [(running("w"), upd.weights), (None, host_w)])
             else:
-                mux_ports(m, mems.wmem.port, [(upd.busy, upd.weights), (running, eng.weights),
+                mux_ports(m, mems.wmem.port, [(upd.busy, upd.weights), (running("w"), eng.weights),
                                               (None, host_w)])
-            mux_ports(m, mems.gmem.port, [(upd.owns_grads, upd.grads), (running, u.corr.grads),
-                                          (None, host_g)])
+            mux_ports(m, mems.gmem.port, [(running("g"), u.corr.grads), (None, host_g)])
             if geo.momentum:
                 hosts["m"] = host_m = LanePortSignature(lanes, geo.row_bits, gshape).create(path=("host_m",))
-                mux_ports(m, mems.mmem.port, [(running, upd.momentum), (None, host_m)])
+                mux_ports(m, mems.mmem.port, [(running("m"), upd.momentum), (None, host_m)])
         wiring.connect(m, host_s, mems.smem.host)
         m.d.comb += [
-            mems.smem.host_owns.eq(~running),
+            mems.smem.host_owns.eq(~running("s")),
             mems.smem.port.raddr.eq(eng.samples.raddr),
             mems.smem.port.ren.eq(eng.samples.ren),
             eng.samples.rdata.eq(mems.smem.port.rdata),
         ]
-        labels = u.seq.labels
+        labels, labels_owned = u.seq.labels, running("l")
         m.d.comb += [
-            mems.lmem.port.raddr.eq(Mux(running, labels.raddr, host_l.raddr)),
-            mems.lmem.port.ren.eq(Mux(running, labels.ren, host_l.ren)),
+            mems.lmem.port.raddr.eq(Mux(labels_owned, labels.raddr, host_l.raddr)),
+            mems.lmem.port.ren.eq(Mux(labels_owned, labels.ren, host_l.ren)),
             labels.rdata.eq(mems.lmem.port.rdata),
             host_l.rdata.eq(mems.lmem.port.rdata),
             mems.lmem.port.waddr.eq(host_l.waddr),
@@ -440,8 +439,8 @@ class Accelerator(wiring.Component):
                 rec.raddr.eq(host_r.raddr), rec.ren.eq(host_r.ren), host_r.rdata.eq(rec.rdata),
                 rec.waddr.eq(seq.record_addr), rec.wdata.eq(seq.record_data), rec.we.eq(seq.record_we),
             ]
-        mux_ports(m, mems.omem.port, [(running, u.writer.mem), (None, host_o)])
-        return hosts, running
+        mux_ports(m, mems.omem.port, [(running("o"), u.writer.mem), (None, host_o)])
+        return hosts, running("bus")
 
     def _registers(self, m: Module, seq: Sequencer, eng: ForwardEngine, loss: LossUnit | None,
                    upd: UpdateUnit | None) -> RegisterFile:
@@ -644,17 +643,18 @@ class Accelerator(wiring.Component):
 
         lane_words = geo.weight_depth * lanes
         bus_row, bus_lane = divmod_const(bus_word, lanes, lane_words - 1)
-        row, lane = decoded(bus_row, "bus_row"), decoded(bus_lane, "bus_lane")
+        lane = decoded(bus_lane, "bus_lane")
 
-        def addressed(sp: Space, value: Value, registered: Value) -> Value:
-            """``registered`` (``value`` as :func:`decoded` registers it) for ``sp``'s port: with
-            ``pipelined_reads`` a copy of its own, loaded only by requests to ``sp``, so that
-            no two copies merge.  One address register fanning out to every memory's port
-            multiplexer and yosys's read-during-write compare behind it, and to the register
-            file's read, was the slowest path of the 16- and 32-lane ECP5 builds (session 28)."""
+        def addressed(sp: Space, value: Value) -> Value:
+            """``value``, a function of the bus's request, for ``sp``'s port: with
+            ``pipelined_reads`` registered as :func:`decoded` does, in a copy of its own,
+            loaded only by requests to ``sp``, so that no two copies merge.  One address
+            register fanning out to every memory's port multiplexer and yosys's
+            read-during-write compare behind it, and to the register file's read, was the
+            slowest path of the 16- and 32-lane ECP5 builds (session 28)."""
             if not self.pipelined_reads:
-                return registered
-            copy = Signal.like(registered, name=f"bus_addr_{sp.name.lower()}")
+                return value
+            copy = Signal.like(value, name=f"bus_addr_{sp.name.lower()}")
             with m.If(bus_space == sp):
                 m.d.sync += copy.eq(value)
             return copy
@@ -674,7 +674,7 @@ class Accelerator(wiring.Component):
         for sp, (port, laned) in memories.items():
             # host ports follow the bus address combinationally; writes only when accepted,
             # reads only for reads (a memory declared free of read collisions is, then)
-            port_addr = addressed(sp, bus_row, row) if laned else addressed(sp, bus_word, word)
+            port_addr = addressed(sp, bus_row if laned else bus_word)
             m.d.comb += [port.raddr.eq(port_addr), port.ren.eq(~we), port.waddr.eq(port_addr)]
             if laned:
                 m.d.comb += [port.wdata[k].eq(wide) for k in range(lanes)]
@@ -699,7 +699,7 @@ class Accelerator(wiring.Component):
             age = Signal(range(3))
             m.d.sync += age.eq(Mux(request & (age != 2), age + 1, 0))
             request = request & (age == 2)
-        m.d.comb += [regs.addr.eq(addressed(Space.REGS, bus_word, word)), regs.we.eq(we), regs.wdata.eq(wdata)]
+        m.d.comb += [regs.addr.eq(addressed(Space.REGS, bus_word)), regs.we.eq(we), regs.wdata.eq(wdata)]
         sizes = {Space.WEIGHTS: lane_words, Space.GRADS: lane_words, Space.MOMENTUM: lane_words,
                  Space.SAMPLES: geo.sample_bus_words, Space.LABELS: geo.sample_depth,
                  Space.OUTPUTS: geo.output_words, Space.LOSSES: geo.loss_depth}

@@ -1,15 +1,14 @@
-"""The update unit: ``W = narrow_w(W - round_shift(U * lr_mult, lr_shift_l))`` and ``G = 0``.
+"""The update unit: ``W = narrow_w(W - round_shift(U * lr_mult, lr_shift_l))``.
 
 docs/numerics.md §6, "Update".  ``U = G`` (sgd), or with ``optimizer: momentum``
 ``M = narrow_g(M - round_shift(M, momentum_shift) + G)`` and ``U = M``.  One row of
 ``lanes`` weights per cycle, pipelined: read ``W`` (and ``M``); update ``M``; multiply
 by ``lr_mult`` (slices of ``U``, then their sum); round, shift and subtract; write ``W``.
-``G`` comes from one of two places:
-
-- a *sweep* (``start``) reads ``G`` over every row the network uses and clears it;
-- the *fused* path takes each row's final sums from the correlation unit
-  (:attr:`~.correlation.CorrelationUnit.sums`) while the step's last correlation
-  runs (the correlation unit clears ``G`` itself), so the update costs no extra pass.
+``G`` is each row's final sums from the correlation unit
+(:attr:`~.correlation.CorrelationUnit.sums`), taken while the step's last correlation
+runs (the correlation unit clears ``G`` itself), so the update costs no extra pass and
+never reads the G memory.  (An earlier unit could also *sweep* the G memory; no rule's
+sequence used it, and it cost every lane a multiplexer and G's port a source: session 30.)
 """
 
 from __future__ import annotations
@@ -19,7 +18,7 @@ import operator
 from dataclasses import dataclass, replace
 from itertools import pairwise
 
-from amaranth.hdl import Const, Module, Mux, Signal, Value, signed
+from amaranth.hdl import Const, Module, Signal, Value, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -71,10 +70,9 @@ class _Stage:
 
 
 def memory_ports(geo: Geometry) -> dict[str, LanePortSignature]:
-    """The memories the update unit reads and writes, by name: the weights, ``G`` and, with
+    """The memories the update unit reads and writes, by name: the weights and, with
     ``optimizer: momentum``, the momentum."""
-    ports = {"weights": LanePortSignature(geo.lanes, geo.row_bits, signed(geo.weight_bits)),
-             "grads": LanePortSignature(geo.lanes, geo.row_bits, signed(geo.grad_bits))}
+    ports = {"weights": LanePortSignature(geo.lanes, geo.row_bits, signed(geo.weight_bits))}
     if geo.momentum:
         ports["momentum"] = LanePortSignature(geo.lanes, geo.row_bits, signed(geo.grad_bits))
     return ports
@@ -90,23 +88,18 @@ class UpdateUnit(wiring.Component):
 
     Members
     -------
-    start : ``In(1)``
-        Pulse: sweep every row once, reading and clearing ``G``.
     sums : ``In(stream.Signature(sums_layout(...), always_ready=True))``
-        Fused path: one row's final ``G`` per transfer (any row order).
+        One row's final ``G`` per transfer (any row order).
     busy : ``Out(1)``
-        A sweep or a row is in progress (combinationally high with ``sums.valid``, so a
-        memory multiplexer hands the unit the weight port in the cycle it reads).
-    owns_grads : ``Out(1)``
-        A sweep reads or clears ``G`` (the fused path leaves ``G`` to the correlation unit).
+        A row is in progress (combinationally high with ``sums.valid``, so a memory
+        multiplexer hands the unit the weight port in the cycle it reads).
     first_write : ``Out(1)``
-        The weights of the network's first row are written in this cycle: on the fused path
-        the first row of the step's final correlation walk, after which the rows follow one
-        a cycle in ascending order (where the sequencer may start the next step).
+        The weights of the network's first row are written in this cycle: the first row of
+        the step's final correlation walk, after which the rows follow one a cycle in
+        ascending order (where the sequencer may start the next step).
     lr_mult : ``In(8)``
         Learning-rate numerator (1..255).
     weights : ``Out(LanePortSignature(lanes, row_bits, signed(weight_bits)))``
-    grads : ``Out(LanePortSignature(lanes, row_bits, signed(grad_bits)))``
     momentum : ``Out(LanePortSignature(lanes, row_bits, signed(grad_bits)))``
         Only with ``optimizer: momentum``.
     """
@@ -116,11 +109,9 @@ class UpdateUnit(wiring.Component):
             raise TypeError(f"geometry must be a Geometry, not {geometry!r}")
         self.geometry = geo = geometry
         members = {
-            "start": In(1),
             "sums": In(stream.Signature(sums_layout(geo.lanes, geo.row_bits, geo.grad_bits),
                                         always_ready=True)),
             "busy": Out(1),
-            "owns_grads": Out(1),
             "first_write": Out(1),
             "lr_mult": In(8),
             **{name: Out(port) for name, port in memory_ports(geo).items()},
@@ -136,32 +127,28 @@ class UpdateUnit(wiring.Component):
         return 4 + slices + geometry.register_grads * (2 + slices)
 
     def elaborate(self, platform: object) -> Module:
-        """Six stages (five with a ``U`` of one slice, :meth:`latency`): A the row and its
-        reads, B momentum and the clearing of G, C and P the product ``U * lr_mult`` (P
-        also rounds and shifts it), D subtract, E the write of the weights.
+        """Six stages (five with a ``U`` of one slice, :meth:`latency`): A the fused row and
+        its reads, B momentum, C and P the product ``U * lr_mult`` (P also rounds and shifts
+        it), D subtract, E the write of the weights.
 
-        With ``hardware.register_grads`` G answers a read a cycle later: A reads G and H
-        the weights and the momentum, so that all three arrive in B; I holds ``U`` (and
-        ``lr_mult``) in the multipliers' operand registers (:class:`~.dsp.RegisteredProduct`:
-        inside the block multipliers on the ECP5; at 32 lanes ``U`` crossed the chip to
-        them, docs/boards.md) before C multiplies it; and Q narrows the step after P
-        (:meth:`_narrow_step`)."""
+        With ``hardware.register_grads`` the row waits a cycle in stage H, which reads the
+        weights and the momentum (it waited there for the G memory's registered read when
+        the unit could sweep G; it stays so that the step's cycles stay those that
+        ``hardware.register_grads`` documents); I holds ``U`` (and ``lr_mult``) in the
+        multipliers' operand registers (:class:`~.dsp.RegisteredProduct`: inside the block
+        multipliers on the ECP5; at 32 lanes ``U`` crossed the chip to them, docs/boards.md)
+        before C multiplies it; and Q narrows the step after P (:meth:`_narrow_step`)."""
         m = Module()
         geo = self.geometry
-        active, active_next, fused, a_row = self._row_and_reads(m)
-        in_pipe: list[Value] = [active, fused]  # the stages' valid bits (busy)
-        # the stages after A that hold a row of the sweep, which reads or clears G
-        sweep_rows: list[Value] = []
-        # the stage before B: A, or H
-        valid, from_sums, row, sums_g = active | fused, fused, a_row, self.sums.payload.g
+        valid, row, sums_g = self.sums.valid, self.sums.payload.row, self.sums.payload.g
+        in_pipe: list[Value] = [valid]  # the stages' valid bits (busy)
         if geo.register_grads:
-            valid, from_sums, row, sums_g = self._wait_for_grads(m, valid, from_sums, row, sums_g)
+            valid, row, sums_g = self._wait_a_cycle(m, valid, row, sums_g)
             in_pipe.append(valid)
-            sweep_rows.append(valid & ~from_sums)
-        b_valid, b_fused, c = self._momentum(m, valid, from_sums, row, sums_g)
-        sweep_rows.append(b_valid & ~b_fused)
+        else:
+            self._read_row(m, valid, row)
+        b_valid, c = self._momentum(m, valid, row, sums_g)
         in_pipe += [b_valid, c.valid]
-        self._own_grads(m, active, active_next, fused, sweep_rows)
         u, u_valid = c.value, c.valid
         if geo.register_grads:
             # I's U is the multipliers' operand registers (RegisteredProduct), fed with C's
@@ -179,68 +166,23 @@ class UpdateUnit(wiring.Component):
         ]
         return m
 
-    def _row_ports(self) -> tuple[list[wiring.PureInterface], list[wiring.PureInterface]]:
-        """The ports read in stage A, and those read in stage H (none without it)."""
+    def _read_row(self, m: Module, valid: Value, row: Value) -> None:
+        """Read the weights (and the momentum) of ``row`` while ``valid``: they arrive in B."""
         momentum = [self.momentum] if self.geometry.momentum else []
-        if self.geometry.register_grads:
-            return [self.grads], [self.weights, *momentum]
-        return [self.weights, self.grads, *momentum], []
+        for p in (self.weights, *momentum):
+            m.d.comb += [p.raddr.eq(row), p.ren.eq(valid)]
 
-    def _row_and_reads(self, m: Module) -> tuple[Signal, Value, Value, Value]:
-        """Stage A: the row (the sweep counter, or the row of fused sums from the correlation
-        unit); read W, M (and G when sweeping), or only G with stage H.  Returns ``active``
-        (sweeping), its value in the next cycle, ``fused`` and the row read."""
-        geo = self.geometry
-        active = Signal()
-        row = Signal(geo.row_bits)
-        last_row = row == geo.rows - 1
-        with m.If(self.start):
-            m.d.sync += [active.eq(1), row.eq(0)]
-        with m.Elif(active):
-            m.d.sync += row.eq(row + 1)
-            with m.If(last_row):
-                m.d.sync += active.eq(0)
-        active_next = self.start | (active & ~last_row)
-        fused = self.sums.valid
-        a_row = Mux(fused, self.sums.payload.row, row)
-        for p in self._row_ports()[0]:  # (read only when the row is used: the sweep writes behind its reads)
-            if p is self.grads:  # G is read by the sweep alone (fused rows come with their sums):
-                # its address straight from the counter, a multiplexer fewer before the
-                # memory's port multiplexer and every lane's block RAMs
-                m.d.comb += [p.raddr.eq(row), p.ren.eq(active)]
-            else:
-                m.d.comb += [p.raddr.eq(a_row), p.ren.eq(active | fused)]
-        return active, active_next, fused, a_row
-
-    def _own_grads(self, m: Module, active: Value, active_next: Value, fused: Value,
-                   sweep_rows: list[Value]) -> None:
-        """``owns_grads``: the sweep is in stage A (``active``) or its rows in a later stage
-        (``sweep_rows``, each stage's valid and not fused, in pipe order), as a register.
-
-        It selects the G memory's address for every lane's block RAMs, where the OR of the
-        stages' flags was the 16- and 32-lane builds' slowest path.  The register loads each
-        flag's next value: A's ``active_next``, and each later stage's flag is the one
-        before it a cycle earlier (its valid and fused load together; for the stage after A,
-        ``(active | fused) & ~fused`` is ``active & ~fused``), so it equals the OR every
-        cycle."""
-        ahead: list[Value] = [active_next, active & ~fused, *sweep_rows[:-1]]
-        owns = Signal(name="owns_grads_r")
-        m.d.sync += owns.eq(functools.reduce(operator.or_, ahead))
-        m.d.comb += self.owns_grads.eq(owns)
-
-    def _wait_for_grads(self, m: Module, valid: Value, fused: Value, row: Value,
-                        g: Value) -> tuple[Signal, Signal, Signal, Signal]:
-        """Stage H (``hardware.register_grads``): the row of stage A waits a cycle for G,
-        and reads the weights and the momentum.  Returns H's ``valid``, ``fused``, row and
-        fused sums."""
-        h_valid, h_fused = Signal(name="h_valid"), Signal(name="h_fused")
+    def _wait_a_cycle(self, m: Module, valid: Value, row: Value,
+                      g: Value) -> tuple[Signal, Signal, Signal]:
+        """Stage H (``hardware.register_grads``): the fused row waits a cycle and reads the
+        weights and the momentum.  Returns H's ``valid``, row and sums."""
+        h_valid = Signal(name="h_valid")
         h_row, h_g = Signal.like(row, name="h_row"), Signal.like(g, name="h_g")
         m.d.sync += h_valid.eq(valid)
         with m.If(valid):
-            m.d.sync += [h_fused.eq(fused), h_row.eq(row), h_g.eq(g)]
-        for p in self._row_ports()[1]:
-            m.d.comb += [p.raddr.eq(h_row), p.ren.eq(h_valid)]
-        return h_valid, h_fused, h_row, h_g
+            m.d.sync += [h_row.eq(row), h_g.eq(g)]
+        self._read_row(m, h_valid, h_row)
+        return h_valid, h_row, h_g
 
     def _layer_of(self, r: Value) -> Value:
         """The layer a row belongs to (rows are laid out layer after layer)."""
@@ -249,36 +191,27 @@ class UpdateUnit(wiring.Component):
             value = value + (r >= lay.row_base)
         return value
 
-    def _momentum(self, m: Module, valid: Value, fused: Value, row: Value,
-                  sums_g: Value) -> tuple[Signal, Signal, _Stage]:
-        """Stage B: ``U`` = the new momentum (or ``G``), narrowed to :func:`operand_bits`;
-        clear G of the row (sweep).
+    def _momentum(self, m: Module, valid: Value, row: Value, sums_g: Value) -> tuple[Signal, _Stage]:
+        """Stage B: ``U`` = the new momentum (or ``G``), narrowed to :func:`operand_bits`.
 
-        Takes the stage before B's ``valid``, ``fused``, row and fused sums; returns B's
-        ``valid`` and ``fused`` and the registers of stage C (``value`` = U).
+        Takes the stage before B's ``valid``, row and sums; returns B's ``valid`` and the
+        registers of stage C (``value`` = U).
         """
         geo, lanes = self.geometry, self.geometry.lanes
         gb = geo.grad_bits
-        g_array = data.ArrayLayout(signed(gb), lanes)
         b_valid = Signal()
-        b_fused = Signal()
         b_row = Signal(geo.row_bits)
-        b_g = Signal(g_array)
+        b_g = Signal(data.ArrayLayout(signed(gb), lanes))
         m.d.sync += b_valid.eq(valid)
         with m.If(valid):
-            m.d.sync += [b_fused.eq(fused), b_row.eq(row), b_g.eq(sums_g)]
+            m.d.sync += [b_row.eq(row), b_g.eq(sums_g)]
         c = self._stage_registers("c")
         c_u = Signal(data.ArrayLayout(signed(operand_bits(geo)), lanes))
         m.d.sync += c.valid.eq(b_valid)
         with m.If(b_valid):
             m.d.sync += [c.row.eq(b_row), c.layer.eq(self._layer_of(b_row)), c.w.eq(self.weights.rdata)]
-        m.d.comb += [
-            self.grads.waddr.eq(b_row),
-            self.grads.we.eq((b_valid & ~b_fused).replicate(lanes)),
-        ]
         for k in range(lanes):
-            m.d.comb += self.grads.wdata[k].eq(0)
-            u = Mux(b_fused, b_g[k], self.grads.rdata[k])  # G
+            u = b_g[k]  # G
             if geo.momentum:  # the new momentum
                 mom = self.momentum.rdata[k]
                 u = narrow(mom - round_shift(mom, geo.momentum_shift, geo.rounding) + u, gb, geo.overflow)
@@ -290,7 +223,7 @@ class UpdateUnit(wiring.Component):
                 self.momentum.waddr.eq(b_row),
                 self.momentum.we.eq(b_valid.replicate(lanes)),
             ]
-        return b_valid, b_fused, replace(c, value=c_u)
+        return b_valid, replace(c, value=c_u)
 
     def _multiply(self, m: Module, c: _Stage, u: Value, u_valid: Value, *,
                   operands_registered: bool) -> tuple[Value, _Stage]:

@@ -218,13 +218,12 @@ class CorrelationHarness(wiring.Component):
 
 
 class UpdateHarness(wiring.Component):
-    """:class:`UpdateUnit` with W, G (and M) memories; ``*test`` own them while idle."""
+    """:class:`UpdateUnit` with W (and M) memories; ``*test`` own them while idle."""
 
     def __init__(self, geometry: Geometry) -> None:
         self.geometry = geo = geometry
         self.unit = UpdateUnit(geo)
         members = {
-            "start": In(1),
             "sums": In(stream.Signature(self.unit.sums.signature.members["payload"].shape)),
             "busy": Out(1),
             "lr_mult": In(8),
@@ -238,14 +237,11 @@ class UpdateHarness(wiring.Component):
         m.submodules.unit = upd = self.unit
         m.d.comb += [upd.sums.valid.eq(self.sums.valid), upd.sums.payload.eq(self.sums.payload),
                      self.sums.ready.eq(1)]
-        m.d.comb += [upd.start.eq(self.start), upd.lr_mult.eq(self.lr_mult),
-                     self.busy.eq(upd.busy)]
-        mems = [("weights", geo.weight_bits, self.wtest, upd.weights, upd.busy),
-                ("grads", geo.grad_bits, self.gtest, upd.grads, upd.owns_grads)]
+        m.d.comb += [upd.lr_mult.eq(self.lr_mult), self.busy.eq(upd.busy)]
+        mems = [("weights", geo.weight_bits, self.wtest, upd.weights)]
         if geo.momentum:
-            mems.append(("momentum", geo.grad_bits, self.mtest, upd.momentum, upd.busy))
-        for name, bits, test, client, owns in mems:
-            mem = m.submodules[name] = LaneMemory(geo.lanes, geo.weight_depth, signed(bits),
-                                                  registered=name == "grads" and geo.register_grads)
-            mux_ports(m, mem.port, [(owns, client), (None, wiring.flipped(test))])
+            mems.append(("momentum", geo.grad_bits, self.mtest, upd.momentum))
+        for name, bits, test, client in mems:
+            mem = m.submodules[name] = LaneMemory(geo.lanes, geo.weight_depth, signed(bits))
+            mux_ports(m, mem.port, [(upd.busy, client), (None, wiring.flipped(test))])
         return m
