@@ -122,31 +122,27 @@ class UpdateUnit(wiring.Component):
     def latency(geometry: Geometry) -> int:
         """Cycles from a row's stage A to the write of its weights (stages B to E): 4, 5
         where the product takes stage P (``U`` of more than one slice), and with
-        ``hardware.register_grads`` 2 more (stages H and I), 3 with stage P (and Q)."""
+        ``hardware.register_grads`` 1 more (stage I), 2 with stage P (and Q)."""
         slices = product_slices(operand_bits(geometry)) > 1
-        return 4 + slices + geometry.register_grads * (2 + slices)
+        return 4 + slices + geometry.register_grads * (1 + slices)
 
     def elaborate(self, platform: object) -> Module:
         """Six stages (five with a ``U`` of one slice, :meth:`latency`): A the fused row and
         its reads, B momentum, C and P the product ``U * lr_mult`` (P also rounds and shifts
         it), D subtract, E the write of the weights.
 
-        With ``hardware.register_grads`` the row waits a cycle in stage H, which reads the
-        weights and the momentum (it waited there for the G memory's registered read when
-        the unit could sweep G; it stays so that the step's cycles stay those that
-        ``hardware.register_grads`` documents); I holds ``U`` (and ``lr_mult``) in the
-        multipliers' operand registers (:class:`~.dsp.RegisteredProduct`: inside the block
+        With ``hardware.register_grads`` I holds ``U`` (and ``lr_mult``) in the multipliers'
+        operand registers (:class:`~.dsp.RegisteredProduct`: inside the block
         multipliers on the ECP5; at 32 lanes ``U`` crossed the chip to them, docs/boards.md)
         before C multiplies it; and Q narrows the step after P (:meth:`_narrow_step`)."""
         m = Module()
         geo = self.geometry
         valid, row, sums_g = self.sums.valid, self.sums.payload.row, self.sums.payload.g
         in_pipe: list[Value] = [valid]  # the stages' valid bits (busy)
-        if geo.register_grads:
-            valid, row, sums_g = self._wait_a_cycle(m, valid, row, sums_g)
-            in_pipe.append(valid)
-        else:
-            self._read_row(m, valid, row)
+        # (read only when the row is used; the weights and the momentum arrive in B)
+        momentum = [self.momentum] if geo.momentum else []
+        for port in (self.weights, *momentum):
+            m.d.comb += [port.raddr.eq(row), port.ren.eq(valid)]
         b_valid, c = self._momentum(m, valid, row, sums_g)
         in_pipe += [b_valid, c.valid]
         u, u_valid = c.value, c.valid
@@ -165,24 +161,6 @@ class UpdateUnit(wiring.Component):
             self.first_write.eq(e_valid & (self.weights.waddr == self.geometry.layers[0].row_base)),
         ]
         return m
-
-    def _read_row(self, m: Module, valid: Value, row: Value) -> None:
-        """Read the weights (and the momentum) of ``row`` while ``valid``: they arrive in B."""
-        momentum = [self.momentum] if self.geometry.momentum else []
-        for p in (self.weights, *momentum):
-            m.d.comb += [p.raddr.eq(row), p.ren.eq(valid)]
-
-    def _wait_a_cycle(self, m: Module, valid: Value, row: Value,
-                      g: Value) -> tuple[Signal, Signal, Signal]:
-        """Stage H (``hardware.register_grads``): the fused row waits a cycle and reads the
-        weights and the momentum.  Returns H's ``valid``, row and sums."""
-        h_valid = Signal(name="h_valid")
-        h_row, h_g = Signal.like(row, name="h_row"), Signal.like(g, name="h_g")
-        m.d.sync += h_valid.eq(valid)
-        with m.If(valid):
-            m.d.sync += [h_row.eq(row), h_g.eq(g)]
-        self._read_row(m, h_valid, h_row)
-        return h_valid, h_row, h_g
 
     def _layer_of(self, r: Value) -> Value:
         """The layer a row belongs to (rows are laid out layer after layer)."""

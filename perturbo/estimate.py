@@ -102,8 +102,8 @@ class Schedule:
     #: (and handing on a final row's sums; a cycle more with ``hardware.register_grads``)
     corr_latency: int
     #: hdl/update.py ``UpdateUnit.latency``: the update unit's stages B to E (one more where
-    #: its product ``U * lr_mult`` takes more than one multiplier; two more with
-    #: ``hardware.register_grads``, three where the product takes more than one)
+    #: its product ``U * lr_mult`` takes more than one multiplier; one more with
+    #: ``hardware.register_grads``, two where the product takes more than one)
     update_latency: int
 
     @property
