@@ -58,7 +58,6 @@ from .memories import (
     SampleMemory,
     SignMemory,
     mux_ports,
-    owner_copy,
 )
 from .registers import RegisterFile, constant_sources
 from .sequencer import OutputWriter, Sequencer
@@ -386,8 +385,8 @@ class Accelerator(wiring.Component):
         # multiplexers into the far block RAMs was a 100 MHz build's slowest path.  The
         # datapath's first access comes cycles after a run starts, and the bus refuses
         # the host's while either is high (_bus_target).
-        def running(space: str) -> Signal:
-            return owner_copy(m, u.seq.busy, f"ports_owned_{space}")
+        running = Signal(name="ports_owned")
+        m.d.sync += running.eq(u.seq.busy)
         host_w = LanePortSignature(lanes, geo.row_bits, wshape).create(path=("host_w",))
         host_g = LanePortSignature(lanes, geo.row_bits, gshape).create(path=("host_g",))
         host_s = PortSignature(mems.smem.addr_width, 32).create(path=("host_s",))
@@ -395,7 +394,7 @@ class Accelerator(wiring.Component):
         host_o = PortSignature(mems.omem.addr_width, signed(8)).create(path=("host_o",))
         hosts = {"w": host_w, "s": host_s, "l": host_l, "o": host_o}
         if upd is None:  # inference only: the engine reads the weights, the host the rest
-            mux_ports(m, mems.wmem.port, [(running("w"), eng.weights), (None, host_w)])
+            mux_ports(m, mems.wmem.port, [(running, eng.weights), (None, host_w)])
         else:
             hosts["g"] = host_g
             if geo.overlap_update:  # the engine has a read port of its own: a step's first
@@ -407,25 +406,25 @@ class Accelerator(wiring.Component):
                 # is only within a run), the host's otherwise: chosen by the register
                 # `running`, not by the update's busy (from its stages' valid bits through
                 # this multiplexer into the block RAMs was the 16-lane build's slowest path)
-                mux_ports(m, mems.wmem.port, [(running("w"), upd.weights), (None, host_w)])
+                mux_ports(m, mems.wmem.port, [(running, upd.weights), (None, host_w)])
             else:
-                mux_ports(m, mems.wmem.port, [(upd.busy, upd.weights), (running("w"), eng.weights),
+                mux_ports(m, mems.wmem.port, [(upd.busy, upd.weights), (running, eng.weights),
                                               (None, host_w)])
-            mux_ports(m, mems.gmem.port, [(running("g"), u.corr.grads), (None, host_g)])
+            mux_ports(m, mems.gmem.port, [(running, u.corr.grads), (None, host_g)])
             if geo.momentum:
                 hosts["m"] = host_m = LanePortSignature(lanes, geo.row_bits, gshape).create(path=("host_m",))
-                mux_ports(m, mems.mmem.port, [(running("m"), upd.momentum), (None, host_m)])
+                mux_ports(m, mems.mmem.port, [(running, upd.momentum), (None, host_m)])
         wiring.connect(m, host_s, mems.smem.host)
         m.d.comb += [
-            mems.smem.host_owns.eq(~running("s")),
+            mems.smem.host_owns.eq(~running),
             mems.smem.port.raddr.eq(eng.samples.raddr),
             mems.smem.port.ren.eq(eng.samples.ren),
             eng.samples.rdata.eq(mems.smem.port.rdata),
         ]
-        labels, labels_owned = u.seq.labels, running("l")
+        labels = u.seq.labels
         m.d.comb += [
-            mems.lmem.port.raddr.eq(Mux(labels_owned, labels.raddr, host_l.raddr)),
-            mems.lmem.port.ren.eq(Mux(labels_owned, labels.ren, host_l.ren)),
+            mems.lmem.port.raddr.eq(Mux(running, labels.raddr, host_l.raddr)),
+            mems.lmem.port.ren.eq(Mux(running, labels.ren, host_l.ren)),
             labels.rdata.eq(mems.lmem.port.rdata),
             host_l.rdata.eq(mems.lmem.port.rdata),
             mems.lmem.port.waddr.eq(host_l.waddr),
@@ -439,8 +438,8 @@ class Accelerator(wiring.Component):
                 rec.raddr.eq(host_r.raddr), rec.ren.eq(host_r.ren), host_r.rdata.eq(rec.rdata),
                 rec.waddr.eq(seq.record_addr), rec.wdata.eq(seq.record_data), rec.we.eq(seq.record_we),
             ]
-        mux_ports(m, mems.omem.port, [(running("o"), u.writer.mem), (None, host_o)])
-        return hosts, running("bus")
+        mux_ports(m, mems.omem.port, [(running, u.writer.mem), (None, host_o)])
+        return hosts, running
 
     def _registers(self, m: Module, seq: Sequencer, eng: ForwardEngine, loss: LossUnit | None,
                    upd: UpdateUnit | None) -> RegisterFile:

@@ -23,7 +23,7 @@ from amaranth.lib.wiring import In, Out
 
 __all__ = [
     "PortSignature", "ReadPortSignature", "LanePortSignature", "SignWriteSignature", "SignReadSignature",
-    "MemoryBlock", "SampleMemory", "LaneMemory", "SignMemory", "mux_ports", "owner_copy",
+    "MemoryBlock", "SampleMemory", "LaneMemory", "SignMemory", "mux_ports",
     "NO_READ_COLLISION", "COLLISION_MESSAGE", "no_read_collision",
 ]
 
@@ -543,23 +543,6 @@ class SignMemory(wiring.Component):
             self.read.data.eq(rd.data),
         ]
         return m
-
-
-def owner_copy(m: Module, owner: Value, name: str) -> Signal:
-    """A register that follows ``owner`` a cycle later, for one memory's port multiplexers.
-
-    It loads only when it differs from ``owner``, which changes no value but keeps yosys's
-    ``opt_merge`` from folding the copies of ``owner`` into one register (it merges
-    flip-flops of one input and enable, whatever their wires' attributes), so that each
-    memory's multiplexers, spread over its lanes' block RAMs, have an owner register of
-    their own to be placed near them: one register fanning out to every memory's
-    multiplexers and yosys's read-during-write compares behind them was the slowest path
-    of the 16- and 32-lane ECP5 builds (session 29).
-    """
-    copy = Signal(name=name)
-    with m.If(copy != owner):
-        m.d.sync += copy.eq(owner)
-    return copy
 
 
 def mux_ports(m: Module, target: wiring.PureInterface,
