@@ -62,7 +62,10 @@ async def fused_update(dut, bench: Bench, rng: random.Random, w: list[torch.Tens
     rng.shuffle(order)
     for r in order:
         src.send({"row": r, "g": rows[r]})
-    await bench.run(lambda: src.idle_now and not int(dut.busy.value), 20 * geo.rows + 100, what)
+    # back to back, a row a cycle: the last row's write is the pipe's latency after it (and
+    # a few cycles of slack); with idle cycles between the rows, no such bound
+    limit = geo.rows + UpdateUnit.latency(geo) + 3 if idle == 0 else 20 * geo.rows + 100
+    await bench.run(lambda: src.idle_now and not int(dut.busy.value), limit, what)
     golden_update(w, mom, g, lr)
     got_w = matrices_from_rows(geo, await read_rows(dut, "wtest", geo.weight_depth, geo.lanes, WB))
     msg = first_difference(f"weights after {what}", got_w, w)
