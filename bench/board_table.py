@@ -7,9 +7,8 @@ only reads the reports) and prints one Markdown table:
 - the ULX3S-85F at each of ``--lanes`` (default 8, 16, 32, 64) MAC lanes, the digits MGD
   weight-perturbation network (``examples/digits-mgd-weight.yaml``: as shipped at its 8
   lanes and 100 MHz, the other lane counts at :data:`VARIANT_CLOCK_MHZ` with the
-  example's other hardware keys, ``register_grads`` among them), one update multiplier a
-  lane, the rest of the update's product in logic, from ``--update-logic-from`` lanes
-  (:data:`UPDATE_LOGIC_FROM`);
+  example's other hardware keys, ``register_grads`` among them), from ``--narrow-update-from``
+  lanes with an update unit half as wide as the lanes (:data:`NARROW_UPDATE_FROM`);
 - the iCEBreaker at ``--icebreaker-lanes`` (default: the lane count of
   ``examples/digits-mgd-weight-icebreaker.yaml``, 1, the largest that fits the UP5K,
   docs/boards.md);
@@ -76,13 +75,14 @@ class Row:
     report: SynthReport | None = None
 
 
-#: ULX3S-85F lane counts from which the update's products take one multiplier a lane and
-#: make the rest in logic (``hardware.update_products: dsp-low``): at 64 lanes the lanes'
-#: products (one multiplier a lane) and the update's (two a lane, 32-bit G) need 193 of the
-#: ECP5-85F's 156 multipliers, with ``dsp-low`` 129.  (Until session 20 the lanes' products
-#: went to logic instead, ``hardware.lane_products: logic``: after synthesis at 64 lanes
-#: about 170 LUT4 a lane, against about 150 for the update's top slice.)
-UPDATE_LOGIC_FROM = 64
+#: ULX3S-85F lane counts from which the update unit is half as wide as the lanes, a weight
+#: row in two cycles (``hardware.update_lanes``): at 64 lanes the lanes' products (one
+#: multiplier a lane) and the update's (two a lane, 32-bit G) need 193 of the ECP5-85F's 156
+#: multipliers, with the update 32 lanes wide 129, and about 16 000 LUT4 less than an update
+#: unit as wide as the lanes with its top product slices in logic (the table's row until
+#: session 30, ``hardware.update_products: dsp-low``), whose placement no router finished.
+#: It costs ``rows + 1`` cycles a step: 43 at 64 lanes.
+NARROW_UPDATE_FROM = 64
 
 
 #: The clock of the ULX3S-85F rows at other lane counts than the example's: issue 12's goal,
@@ -97,21 +97,21 @@ VARIANT_CLOCK_MHZ = 100.0
 VARIANT_SEED = 1
 
 
-def ulx3s_row(digits: Config, lanes: int, logic_from: int) -> Row:
+def ulx3s_row(digits: Config, lanes: int, narrow_from: int) -> Row:
     """The digits example on the ULX3S-85F at ``lanes`` lanes (as shipped at its own)."""
     if lanes == digits.hardware.lanes:
         return Row("ulx3s-85f", f"{lanes} lanes (the example)", digits)
     at = {"lanes": lanes, "clock_mhz": VARIANT_CLOCK_MHZ, "placement_seed": VARIANT_SEED}
-    if lanes >= logic_from:
-        return Row("ulx3s-85f", f"{lanes} lanes, update in part in logic",
-                   variant(digits, **at, update_products="dsp-low"))
+    if lanes >= narrow_from:
+        return Row("ulx3s-85f", f"{lanes} lanes, update {lanes // 2} wide",
+                   variant(digits, **at, update_lanes=lanes // 2))
     return Row("ulx3s-85f", f"{lanes} lanes", variant(digits, **at))
 
 
-def rows(lanes: list[int], icebreaker_lanes: int | None, logic_from: int = UPDATE_LOGIC_FROM) -> list[Row]:
+def rows(lanes: list[int], icebreaker_lanes: int | None, narrow_from: int = NARROW_UPDATE_FROM) -> list[Row]:
     """The builds of the table, in order."""
     digits = load_config(DIGITS)
-    out = [ulx3s_row(digits, n, logic_from) for n in lanes]
+    out = [ulx3s_row(digits, n, narrow_from) for n in lanes]
     ice = load_config(ICEBREAKER)
     out.append(Row("icebreaker", f"{icebreaker_lanes or ice.hardware.lanes} lane(s)",
                    ice if icebreaker_lanes is None else variant(ice, lanes=icebreaker_lanes)))
@@ -238,15 +238,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="ULX3S-85F lane counts (default 8 16 32 64)")
     parser.add_argument("--icebreaker-lanes", type=int, default=None,
                         help="iCEBreaker lanes (default: the example's)")
-    parser.add_argument("--update-logic-from", type=int, default=UPDATE_LOGIC_FROM, metavar="LANES",
-                        help="ULX3S-85F builds of this many lanes or more take one update multiplier a "
-                        "lane and make the rest of the update's product in logic "
-                        f"(hardware.update_products: dsp-low; default {UPDATE_LOGIC_FROM})")
+    parser.add_argument("--narrow-update-from", type=int, default=NARROW_UPDATE_FROM, metavar="LANES",
+                        help="ULX3S-85F builds of this many lanes or more have an update unit half as "
+                        "wide as the lanes, a weight row in two cycles "
+                        f"(hardware.update_lanes; default {NARROW_UPDATE_FROM})")
     parser.add_argument("--cached-only", action="store_true",
                         help="build nothing: rows whose build is not cached say 'not run'")
     parser.add_argument("--out", type=Path, help="also write the table to this file")
     args = parser.parse_args(argv)
-    table = rows(args.lanes, args.icebreaker_lanes, args.update_logic_from)
+    table = rows(args.lanes, args.icebreaker_lanes, args.narrow_update_from)
     for row in table:
         if args.cached_only:
             row.report = find_cached(row.cfg, row.board)

@@ -263,7 +263,9 @@ class _Walk:
     """Stage A of :class:`CorrelationWalker`: the job being walked and where the walk is
     (``li`` the layer, ``group``, ``col``, the input activation ``word`` and ``byte``, the
     sign and term ``row``); ``is_last`` (the bias column) and ``mask`` (the lanes of the
-    group that hold a neuron) are expressions of them."""
+    group that hold a neuron) are expressions of them, and ``advance`` says the row moves
+    on after this cycle (always, but on a final job's rows with an update narrower than
+    the lanes only on each row's last cycle)."""
 
     job: Signal
     active: Signal
@@ -275,6 +277,7 @@ class _Walk:
     row: Signal
     is_last: Value
     mask: Value
+    advance: Value
 
 
 class CorrelationWalker(wiring.Component):
@@ -302,6 +305,8 @@ class CorrelationWalker(wiring.Component):
 
     Pipeline: A issues the memory reads of a row, B selects ``x`` from what they return,
     C forms the terms into the output register; a job is taken when the pipe is empty.
+    With an update unit narrower than the lanes (``hardware.update_lanes``), a ``final``
+    job's rows are ``update_ratio`` cycles apart, the rate the update takes them.
     The consumer (:class:`CorrelationUnit`) is always ready.
 
     Members
@@ -334,7 +339,7 @@ class CorrelationWalker(wiring.Component):
             raise TypeError(f"geometry must be a Geometry, not {geometry!r}")
         self.geometry = geo = geometry
         # The fewest cycles between two rows of one address on ``o``.  A job visits every
-        # row of every layer once, one a cycle (``row`` counts up; the layers' rows do not
+        # row of every layer once, one a cycle or slower (``row`` counts up; the layers' rows do not
         # overlap), so a row comes again only in a later job.  From row r of one job to
         # row r of the next there are the job's rows after r, the gap, and the next
         # job's rows before r: (rows - 1 - i) + JOB_GAP + i + 1 = rows + JOB_GAP cycles
@@ -441,7 +446,18 @@ class CorrelationWalker(wiring.Component):
         is_last = col == t_last_col[li]
         group_done = is_last & (group == t_last_group[li])
         all_done = group_done & (li == n - 1)
-        with m.If(active):
+        advance, walking = Const(1, 1), active
+        if geo.update_ratio > 1:
+            # a final job's rows go to the update unit, which takes update_ratio cycles a row
+            # (hardware.update_lanes): each row is held that many cycles, and goes on to stage
+            # B in its last (so ``done`` still comes with the last row in B)
+            pace = Signal(range(geo.update_ratio))
+            last_beat = pace == geo.update_ratio - 1
+            advance = ~job.final | last_beat
+            walking = active & advance
+            with m.If(active & job.final):
+                m.d.sync += pace.eq(Mux(last_beat, 0, pace + 1))
+        with m.If(walking):
             m.d.sync += row.eq(row + 1)
             next_column(m, is_last, col, byte, word, lanes)
             with m.If(is_last):
@@ -465,7 +481,7 @@ class CorrelationWalker(wiring.Component):
         if self.uses_samples:
             m.d.comb += [self.samples.raddr.eq(job.sample_base + col), self.samples.ren.eq(active)]
         return _Walk(job=job, active=active, li=li, group=group, col=col, word=word, byte=byte,
-                     row=row, is_last=is_last,
+                     row=row, is_last=is_last, advance=advance,
                      mask=Mux(is_last, t_last_mask[li][group], t_mask[li][group]) if geo.max_split > 1
                      else t_mask[li][group])
 
@@ -482,8 +498,10 @@ class CorrelationWalker(wiring.Component):
         ctrl = data.StructLayout({"valid": 1, "layer": range(max(2, n)), "row": geo.row_bits,
                                   "mask": lanes, "bias": 1, "byte": range(max(2, lanes))})
         b = Signal(ctrl)
+        # (with a final job held for the update's beats, only in each row's last cycle)
+        b_valid = walk.active if geo.update_ratio == 1 else walk.active & walk.advance
         m.d.sync += [
-            b.valid.eq(walk.active), b.layer.eq(walk.li), b.row.eq(walk.row), b.mask.eq(walk.mask),
+            b.valid.eq(b_valid), b.layer.eq(walk.li), b.row.eq(walk.row), b.mask.eq(walk.mask),
             b.bias.eq(walk.is_last), b.byte.eq(walk.byte),
         ]
         m.d.comb += self.done.eq(b.valid & ~walk.active)

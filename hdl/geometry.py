@@ -160,6 +160,10 @@ class Geometry:
         self.hash_stages_per_register = hw.hash_stages_per_register
         self.lane_products = hw.lane_products
         self.update_products = hw.update_products
+        #: weights the update unit writes a cycle (``hardware.update_lanes``), and the cycles
+        #: it takes a weight row (the step's last correlation walk gives it a row that often)
+        self.update_width = hw.update_width
+        self.update_ratio = self.lanes // self.update_width
         #: G's reads answer a cycle later (a register at the block RAM's output), and the
         #: update's multipliers take registered inputs (``hardware.register_grads``)
         self.register_grads = hw.grads_registered
@@ -388,6 +392,9 @@ def generation_parameters(cfg: Config) -> dict:
         **({} if cfg.hardware.overlap_update else {"overlap_update": False}),
         **({"dead_zone": cfg.rule.dead_zone} if cfg.rule.dead_zone else {}),
         **({"register_grads": True} if cfg.hardware.grads_registered else {}),
+        # only where it differs from lanes (it changes the cycles of a step, not a value)
+        **({"update_lanes": cfg.hardware.update_width}
+           if cfg.hardware.training and cfg.hardware.update_width != cfg.hardware.lanes else {}),
         # only where a layer splits: the other builds keep their hashes
         **({"split": splits} if max(splits := layer_splits(cfg)) > 1 else {}),
     }

@@ -4,6 +4,8 @@ docs/numerics.md §6, "Update".  ``U = G`` (sgd), or with ``optimizer: momentum`
 ``M = narrow_g(M - round_shift(M, momentum_shift) + G)`` and ``U = M``.  One row of
 ``lanes`` weights per cycle, pipelined: read ``W`` (and ``M``); update ``M``; multiply
 by ``lr_mult`` (slices of ``U``, then their sum); round, shift and subtract; write ``W``.
+With ``hardware.update_lanes`` narrower than the lanes, a row takes ``lanes /
+update_lanes`` cycles (*beats*), ``update_lanes`` weights each, through a pipe that wide.
 ``G`` is each row's final sums from the correlation unit
 (:attr:`~.correlation.CorrelationUnit.sums`), taken while the step's last correlation
 runs (the correlation unit clears ``G`` itself), so the update costs no extra pass and
@@ -18,7 +20,7 @@ import operator
 from dataclasses import dataclass, replace
 from itertools import pairwise
 
-from amaranth.hdl import Const, Module, Signal, Value, signed
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, Value, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -60,13 +62,15 @@ def operand_bits(geo: Geometry) -> int:
 class _Stage:
     """The registers of one stage of :class:`UpdateUnit`'s pipe: ``valid``, the ``row``, its
     ``layer``, the weights ``w`` and the lanes' ``value`` (``U``, then ``U * lr_mult``; none in
-    stage P, whose product is in slices)."""
+    stage P, whose product is in slices), and with an update narrower than the lanes the
+    ``beat``: which of the row's slices of lanes the stage holds."""
 
     valid: Signal
     row: Signal
     layer: Signal
     w: Signal
     value: Signal | None
+    beat: Signal | None = None
 
 
 def memory_ports(geo: Geometry) -> dict[str, LanePortSignature]:
@@ -96,7 +100,11 @@ class UpdateUnit(wiring.Component):
     first_write : ``Out(1)``
         The weights of the network's first row are written in this cycle: the first row of
         the step's final correlation walk, after which the rows follow one a cycle in
-        ascending order (where the sequencer may start the next step).
+        ascending order (where the sequencer may start the next step).  With ``ratio``
+        beats a row (``hardware.update_lanes``) the rows follow a row every ``ratio``
+        cycles, so it comes ``(ratio - 1) * rows`` cycles after the first write instead,
+        from which on every row is written before a reader going a row a cycle from the
+        first row gets to it.
     lr_mult : ``In(8)``
         Learning-rate numerator (1..255).
     weights : ``Out(LanePortSignature(lanes, row_bits, signed(weight_bits)))``
@@ -108,6 +116,8 @@ class UpdateUnit(wiring.Component):
         if not isinstance(geometry, Geometry):
             raise TypeError(f"geometry must be a Geometry, not {geometry!r}")
         self.geometry = geo = geometry
+        #: weights the unit writes a cycle, and the cycles (beats) it takes a row
+        self.width, self.ratio = geo.update_width, geo.update_ratio
         members = {
             "sums": In(stream.Signature(sums_layout(geo.lanes, geo.row_bits, geo.grad_bits),
                                         always_ready=True)),
@@ -139,11 +149,14 @@ class UpdateUnit(wiring.Component):
         geo = self.geometry
         valid, row, sums_g = self.sums.valid, self.sums.payload.row, self.sums.payload.g
         in_pipe: list[Value] = [valid]  # the stages' valid bits (busy)
-        # (read only when the row is used; the weights and the momentum arrive in B)
-        momentum = [self.momentum] if geo.momentum else []
-        for port in (self.weights, *momentum):
-            m.d.comb += [port.raddr.eq(row), port.ren.eq(valid)]
-        b_valid, c = self._momentum(m, valid, row, sums_g)
+        if self.ratio == 1:
+            # (read only when the row is used; the weights and the momentum arrive in B)
+            momentum = [self.momentum] if geo.momentum else []
+            for port in (self.weights, *momentum):
+                m.d.comb += [port.raddr.eq(row), port.ren.eq(valid)]
+            b_valid, c = self._momentum(m, valid, row, sums_g)
+        else:
+            b_valid, c = self._beats(m, valid, row, sums_g)
         in_pipe += [b_valid, c.valid]
         u, u_valid = c.value, c.valid
         if geo.register_grads:
@@ -154,13 +167,24 @@ class UpdateUnit(wiring.Component):
         if self._narrows_step():
             in_pipe.append(d.valid)
             d = self._narrow_step(m, d)
-        e_valid = self._subtract_and_write(m, d)
+        e_valid, e_beat = self._subtract_and_write(m, d)
         in_pipe += [p_valid, d.valid, e_valid]
         m.d.comb += [
             self.busy.eq(functools.reduce(operator.or_, in_pipe)),
-            self.first_write.eq(e_valid & (self.weights.waddr == self.geometry.layers[0].row_base)),
+            self.first_write.eq(self._first_write(e_valid, e_beat)),
         ]
         return m
+
+    def _first_write(self, e_valid: Value, e_beat: Value | None) -> Value:
+        """:attr:`first_write`: the write of the first row, or with ``ratio`` beats a row the
+        write ``(ratio - 1) * rows`` cycles after it: row ``q`` after the first, beat ``s``,
+        where ``ratio * q + s = (ratio - 1) * rows``.  From there, a row ``r`` rows on is
+        written by its last beat at most ``r`` cycles later."""
+        first = self.geometry.layers[0].row_base
+        if self.ratio == 1:
+            return e_valid & (self.weights.waddr == first)
+        q, s = divmod((self.ratio - 1) * self.geometry.rows, self.ratio)
+        return e_valid & (self.weights.waddr == first + q) & (e_beat == s)
 
     def _layer_of(self, r: Value) -> Value:
         """The layer a row belongs to (rows are laid out layer after layer)."""
@@ -203,6 +227,57 @@ class UpdateUnit(wiring.Component):
             ]
         return b_valid, replace(c, value=c_u)
 
+    def _beats(self, m: Module, valid: Value, row: Value, sums_g: Value) -> tuple[Signal, _Stage]:
+        """Stage B with ``ratio`` beats a row: B holds the row's ``G`` for ``ratio`` cycles
+        and hands stage C a slice of ``width`` lanes in each, with the weights (and the new
+        momentum, written back then) of those lanes.
+
+        The weights and the momentum are read at the row in each cycle from A's to B's last
+        but one (a beat uses the read of the cycle before); each lane is written once a row,
+        in its own beat or later, and no beat reads a lane of another, so the reads need no
+        forwarding.  Rows come at least ``ratio`` cycles apart (the correlation walker's
+        final rows, :class:`~.correlation.CorrelationWalker`).  Returns B's ``valid`` and the
+        registers of stage C (``value`` = U)."""
+        geo, lanes, width, ratio = self.geometry, self.geometry.lanes, self.width, self.ratio
+        gb = geo.grad_bits
+        b_valid, b_row, b_beat = Signal(), Signal(geo.row_bits), Signal(range(ratio))
+        b_g = Signal(data.ArrayLayout(signed(gb), lanes))
+        b_last = b_beat == ratio - 1
+        with m.If(valid):
+            m.d.sync += [b_valid.eq(1), b_beat.eq(0), b_row.eq(row), b_g.eq(sums_g)]
+        with m.Elif(b_valid & b_last):
+            m.d.sync += b_valid.eq(0)
+        with m.Elif(b_valid):
+            m.d.sync += b_beat.eq(b_beat + 1)
+        momentum = [self.momentum] if geo.momentum else []
+        for port in (self.weights, *momentum):
+            m.d.comb += [port.raddr.eq(Mux(valid, row, b_row)), port.ren.eq(valid | (b_valid & ~b_last))]
+
+        def beat_of(row_value: Value, i: int) -> Value:
+            """Lane ``i`` of the beat's slice of a row (lane ``beat * width + i``)."""
+            return Array(row_value[beat * width + i] for beat in range(ratio))[b_beat]
+
+        c = self._stage_registers("c")
+        c_u = Signal(data.ArrayLayout(signed(operand_bits(geo)), width))
+        m.d.sync += c.valid.eq(b_valid)
+        with m.If(b_valid):
+            m.d.sync += [c.row.eq(b_row), c.layer.eq(self._layer_of(b_row)), c.beat.eq(b_beat),
+                         *(c.w[i].eq(beat_of(self.weights.rdata, i)) for i in range(width))]
+        for i in range(width):
+            u = beat_of(b_g, i)  # G
+            if geo.momentum:  # the new momentum, written to every beat's lane i (enabled in its own)
+                mom = beat_of(self.momentum.rdata, i)
+                u = narrow(mom - round_shift(mom, geo.momentum_shift, geo.rounding) + u, gb, geo.overflow)
+                m.d.comb += [self.momentum.wdata[beat * width + i].eq(u) for beat in range(ratio)]
+            with m.If(b_valid):
+                m.d.sync += c_u[i].eq(narrow(u, len(c_u[i]), geo.overflow))
+        if geo.momentum:
+            m.d.comb += [
+                self.momentum.waddr.eq(b_row),
+                self.momentum.we.eq(Cat((b_valid & (b_beat == beat)).replicate(width) for beat in range(ratio))),
+            ]
+        return b_valid, replace(c, value=c_u)
+
     def _multiply(self, m: Module, c: _Stage, u: Value, u_valid: Value, *,
                   operands_registered: bool) -> tuple[Value, _Stage]:
         """Stage C, and P where ``U`` takes more than one multiplier: the product
@@ -224,7 +299,7 @@ class UpdateUnit(wiring.Component):
         valid.  Returns P's ``valid`` (0 without it) and the registers of
         stage D, or Q (:meth:`_narrow_step`) (``value`` = the product, shifted where P
         exists: :meth:`_shifted_product`)."""
-        geo, lanes = self.geometry, self.geometry.lanes
+        geo, width = self.geometry, self.width
         ub = operand_bits(geo)
 
         def product(piece: Value, name: str, logic: bool = False) -> Value:
@@ -240,16 +315,16 @@ class UpdateUnit(wiring.Component):
                 m.d.sync += part.eq(logic_product(m, piece, self.lr_mult) if logic else piece * self.lr_mult)
             return part
 
-        product_shape = data.ArrayLayout(signed(ub + 9), lanes)
+        product_shape = data.ArrayLayout(signed(ub + 9), width)
         if product_slices(ub) == 1:
             d = self._stage_after(m, c, "d", value=Signal(product_shape))
-            m.d.comb += [d.value[k].eq(product(u[k], f"product_{k}")) for k in range(lanes)]
+            m.d.comb += [d.value[k].eq(product(u[k], f"product_{k}")) for k in range(width)]
             return Const(0), d
         p = self._stage_after(m, c, "p", value=None)
         d = self._stage_after(m, p, "q" if self._narrows_step() else "d", value=Signal(product_shape))
         bounds = [*range(0, ub, PRODUCT_SLICE), ub]
         in_logic = geo.update_products == "dsp-low"
-        for k in range(lanes):
+        for k in range(width):
             whole = 0
             for lo, hi in pairwise(bounds):
                 piece = u[k][lo:hi] if hi < ub else u[k][lo:hi].as_signed()
@@ -281,9 +356,9 @@ class UpdateUnit(wiring.Component):
         """
         geo = self.geometry
         bits = geo.weight_bits + 2
-        d = self._stage_after(m, q, "d", value=Signal(data.ArrayLayout(signed(bits), geo.lanes)))
+        d = self._stage_after(m, q, "d", value=Signal(data.ArrayLayout(signed(bits), self.width)))
         with m.If(q.valid):
-            m.d.sync += [d.value[k].eq(narrow(q.value[k], bits, geo.overflow)) for k in range(geo.lanes)]
+            m.d.sync += [d.value[k].eq(narrow(q.value[k], bits, geo.overflow)) for k in range(self.width)]
         return d
 
     def _round_by_layer(self, m: Module, layer: Value, target: Value, product: Value) -> None:
@@ -304,14 +379,15 @@ class UpdateUnit(wiring.Component):
                     m.d.sync += target.eq(round_shift(product, shift, self.geometry.rounding))
 
     def _stage_registers(self, name: str, value: Signal | None = None) -> _Stage:
-        """A stage's ``valid``, row, layer and weight registers, named ``name_*``, and
-        ``value``."""
+        """A stage's ``valid``, row, layer, weight (and beat) registers, named ``name_*``,
+        and ``value``."""
         geo = self.geometry
         return _Stage(valid=Signal(name=f"{name}_valid"),
                       row=Signal(geo.row_bits, name=f"{name}_row"),
                       layer=Signal(range(max(2, len(geo.layers))), name=f"{name}_layer"),
-                      w=Signal(data.ArrayLayout(signed(geo.weight_bits), geo.lanes), name=f"{name}_w"),
-                      value=value)
+                      w=Signal(data.ArrayLayout(signed(geo.weight_bits), self.width), name=f"{name}_w"),
+                      value=value,
+                      beat=Signal(range(self.ratio), name=f"{name}_beat") if self.ratio > 1 else None)
 
     def _stage_after(self, m: Module, prev: _Stage, name: str, value: Signal | None) -> _Stage:
         """The registers of the stage after ``prev``: its ``valid``, row, layer and weights
@@ -325,17 +401,23 @@ class UpdateUnit(wiring.Component):
         m.d.sync += stage.valid.eq(prev.valid)
         with m.If(prev.valid):
             m.d.sync += [stage.row.eq(prev.row), stage.layer.eq(prev.layer), stage.w.eq(prev.w)]
+            if stage.beat is not None:
+                m.d.sync += stage.beat.eq(prev.beat)
         return stage
 
-    def _subtract_and_write(self, m: Module, d: _Stage) -> Signal:
+    def _subtract_and_write(self, m: Module, d: _Stage) -> tuple[Signal, Signal | None]:
         """Stage D: round and shift the product by the layer's ``lr_shift`` (unless stage P
-        did) and subtract it from the weight; stage E writes the result.  Returns E's
-        ``valid``."""
-        geo, lanes, wb = self.geometry, self.geometry.lanes, self.geometry.weight_bits
+        did) and subtract it from the weight; stage E writes the result (to the lanes of its
+        beat).  Returns E's ``valid`` and beat (None with one beat a row)."""
+        geo, lanes, wb = self.geometry, self.width, self.geometry.weight_bits
         e_valid = Signal()
         e_row = Signal(geo.row_bits)
         e_w = Signal(data.ArrayLayout(signed(wb), lanes))
         m.d.sync += [e_valid.eq(d.valid), e_row.eq(d.row)]
+        e_beat = None
+        if d.beat is not None:
+            e_beat = Signal.like(d.beat, name="e_beat")
+            m.d.sync += e_beat.eq(d.beat)
         if self._shifted_product():
             with m.If(d.valid):
                 m.d.sync += [e_w[k].eq(narrow(d.w[k] - d.value[k], wb, geo.overflow)) for k in range(lanes)]
@@ -346,9 +428,17 @@ class UpdateUnit(wiring.Component):
                         for k in range(lanes):
                             step = round_shift(d.value[k], lay.lr_shift, geo.rounding)
                             m.d.sync += e_w[k].eq(narrow(d.w[k] - step, wb, geo.overflow))
-        m.d.comb += [
-            self.weights.waddr.eq(e_row),
-            self.weights.wdata.eq(e_w),
-            self.weights.we.eq(e_valid.replicate(lanes)),
-        ]
-        return e_valid
+        if e_beat is None:
+            m.d.comb += [
+                self.weights.waddr.eq(e_row),
+                self.weights.wdata.eq(e_w),
+                self.weights.we.eq(e_valid.replicate(lanes)),
+            ]
+        else:  # every beat's slice of lanes takes E's weights; the beat's own are enabled
+            m.d.comb += [
+                self.weights.waddr.eq(e_row),
+                self.weights.wdata.eq(e_w.as_value().replicate(self.ratio)),
+                self.weights.we.eq(Cat((e_valid & (e_beat == beat)).replicate(lanes)
+                                       for beat in range(self.ratio))),
+            ]
+        return e_valid, e_beat

@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import faulthandler
+import os
 import re
 import shlex
 import signal
@@ -72,6 +73,9 @@ USER_ERRORS = (ConfigError, DatasetError, CheckpointError, BackendError, RunErro
 EXIT_DIFFERENCE = 1
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
+#: the reader of the output went away (``perturbo estimate ... | head``): 128 + SIGPIPE, as a
+#: program the signal stops
+EXIT_BROKEN_PIPE = 141
 #: Boards ``perturbo synth`` builds for (perturbo.boards.top.BOARDS).
 SYNTH_BOARDS = ["icebreaker", "ulx3s-85f", "orangecrab"]
 #: nextpnr's placers (perturbo.boards.report.PLACERS, named here so that the command line
@@ -602,6 +606,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # stop quietly; the rest of the output goes nowhere, so that the flush at exit
+        # raises nothing either
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
 
 
 if __name__ == "__main__":  # pragma: no cover

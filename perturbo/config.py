@@ -351,6 +351,15 @@ class HardwareConfig(_Strict):
         "150 LUT4 more, the same values), for lane counts whose lane and update multipliers do not all "
         "fit the device (the ULX3S-85F at 64 lanes: docs/boards.md)",
     )
+    update_lanes: int | None = Field(
+        None,
+        ge=1,
+        description="weights the update unit writes a cycle: a divisor of lanes, each weight row then "
+        "taking lanes / update_lanes cycles (the step's last correlation walk slowed to match, so "
+        "about (lanes / update_lanes - 1) x (rows + 1) cycles more a step, the same values); fewer "
+        "update multipliers and about 250 LUT4 less a lane left out on the ECP5, for lane counts that "
+        "do not fit or route (docs/boards.md, 'An update narrower than the lanes'); default: lanes",
+    )
     register_grads: bool = Field(
         False,
         description="register the G memory's block-RAM output before the correlation and the "
@@ -382,6 +391,21 @@ class HardwareConfig(_Strict):
         "output writer, registers and host link without the perturbation sources, loss, correlation, "
         "update, G and momentum memories), which refuses TRAIN: the cost of learning in docs/boards.md",
     )
+
+    @model_validator(mode="after")
+    def _update_lanes_divide(self) -> HardwareConfig:
+        if self.update_lanes is not None and self.lanes % self.update_lanes:
+            divisors = [d for d in range(1, self.lanes + 1) if self.lanes % d == 0]
+            raise ValueError(
+                f"hardware.update_lanes = {self.update_lanes} does not divide hardware.lanes = "
+                f"{self.lanes}: give one of {', '.join(map(str, divisors))}"
+            )
+        return self
+
+    @property
+    def update_width(self) -> int:
+        """The weights the update unit writes a cycle (``update_lanes``, default ``lanes``)."""
+        return self.update_lanes or self.lanes
 
     @property
     def grads_registered(self) -> bool:

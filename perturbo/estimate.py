@@ -105,6 +105,9 @@ class Schedule:
     #: its product ``U * lr_mult`` takes more than one multiplier; one more with
     #: ``hardware.register_grads``, two where the product takes more than one)
     update_latency: int
+    #: hdl/geometry.py ``update_ratio``: the cycles the update unit takes a weight row
+    #: (``hardware.update_lanes``), and so the cycles apart of the final job's rows
+    update_ratio: int = 1
 
     @property
     def output_visible(self) -> int:
@@ -150,6 +153,17 @@ class Schedule:
         return self.R + 1
 
     @property
+    def final_walk(self) -> int:
+        """:attr:`walk` for the step's final job, whose rows the walker holds
+        ``update_ratio`` cycles each (hdl/correlation.py ``_walk``)."""
+        return self.update_ratio * self.R + self.walker_gap
+
+    @property
+    def final_walk_done(self) -> int:
+        """:attr:`walk_done` for the step's final job."""
+        return self.update_ratio * self.R + 1
+
+    @property
     def update_drain(self) -> int:
         """From the cycle the step's last job is taken to the cycle the collector sees the
         correlation and the update idle (hdl/sequencer.py ``UPDATE``): the walk's ``R`` rows
@@ -157,15 +171,22 @@ class Schedule:
         (``walker_gap``), the correlation unit's stages D, X and W, the last of which hands
         the final sums on (``corr_latency``), the update unit's stages B to E
         (``update_latency``), and the first idle cycle, which ``UPDATE`` sees from a
-        register (+ 2)."""
+        register (+ 2).  With ``update_ratio`` cycles a row, the walk's rows come that many
+        cycles apart and the last row's beats follow its first: ``update_ratio * (R + 1)``
+        cycles after the write of the first row's first beat, which :attr:`first_write` is
+        ``(update_ratio - 1) * (R + 1)`` cycles after."""
         return self.first_write + self.R + 1
 
     @property
     def first_write(self) -> int:
         """From the cycle the step's last job is taken to the update's write of the first
         weight row (hdl/update.py ``first_write``): the rows are written one a cycle, the
-        last one ``R - 1`` cycles later, two cycles before :attr:`update_drain` ends."""
-        return self.walker_gap + self.corr_latency + self.update_latency + 1
+        last one ``R - 1`` cycles later, two cycles before :attr:`update_drain` ends.  With
+        ``update_ratio`` cycles a row the first row reaches the unit ``update_ratio - 1``
+        cycles later (the walker holds it), and ``first_write`` comes ``(update_ratio - 1)
+        * R`` cycles after its write."""
+        return (self.walker_gap + self.corr_latency + self.update_latency + 1
+                + (self.update_ratio - 1) * (self.R + 1))
 
     #: hdl/sequencer.py: after a sample's last pass, ``NEXT_SAMPLE``, ``SAMPLE`` and
     #: ``LABEL`` before ``BASE`` offers the next baseline pass
@@ -265,7 +286,7 @@ def schedule(cfg: Config) -> Schedule:
     return Schedule(H=h, R=geo.rows, written_position=written_position(h),
                     loss_stages=LossUnit.STAGES, walker_gap=CorrelationWalker.JOB_GAP,
                     corr_latency=CorrelationUnit.latency_for(geo.grads_read_latency),
-                    update_latency=UpdateUnit.latency(geo))
+                    update_latency=UpdateUnit.latency(geo), update_ratio=geo.update_ratio)
 
 
 def _group_lanes_cycles(cfg: Config) -> int:
@@ -389,6 +410,7 @@ def _run(cfg: Config, steps: int, first_step: int) -> _RunTiming:
     loss_idle = 0  # the first cycle the loss unit takes a group again
     collector_free = 0  # the first cycle the collector takes a loss again (after UPDATE)
     job_taken = -(10 ** 9)
+    walk = sched.walk  # the cycles the last job taken keeps the walker
     dones: list[int] = []  # the done pulse of every job so far, in order
     key_waits = bank_waits = other_waits = stalls = 0
     log: list[dict[str, int]] = []
@@ -429,9 +451,11 @@ def _run(cfg: Config, steps: int, first_step: int) -> _RunTiming:
                         "the loss unit would wait, which the model does not cover")
                 entry = {"sample": sample, "copy": copy, "b": b, "a": a, "e": e, "o": o}
                 if projection or kind == "copy":  # the pass has a correlation job
-                    j = max(o, job_taken + sched.walk)  # the collector hands it over
+                    j = max(o, job_taken + walk)  # the collector hands it over
                     job_taken = j
-                    dones.append(j + sched.walk_done)
+                    final = sample == S - 1 and (kind, copy) == kinds[-1]  # the step's last
+                    walk = sched.final_walk if final else sched.walk
+                    dones.append(j + (sched.final_walk_done if final else sched.walk_done))
                     entry |= {"j": j, "d": dones[-1]}
                     loss_idle = j + 1
                 else:
@@ -642,6 +666,8 @@ class Estimate:
     rows: int  #: ``R``
     #: lanes a neuron, per layer (``hardware.split_inputs``; 1: a neuron a lane)
     splits: list[int]
+    #: weights the update unit writes a cycle (``hardware.update_lanes``; ``lanes``: a row a cycle)
+    update_width: int
     samples_per_step: int
     passes_per_sample: int
     fmax_mhz: float
@@ -692,6 +718,7 @@ class Estimate:
         step = {k: v for k, v in asdict(self.step).items() if k != "events"}
         return {
             "name": self.name, "lanes": self.lanes, "rows": self.rows, "splits": self.splits,
+            "update_width": self.update_width,
             "samples_per_step": self.samples_per_step, "passes_per_sample": self.passes_per_sample,
             "fmax_mhz": self.fmax_mhz,
             "cycles_per_step": self.cycles_per_step, "mac_busy_per_step": self.mac_busy_per_step,
@@ -737,6 +764,7 @@ def estimate(cfg: Config, fmax_mhz: float | None = None) -> Estimate:
     infer = inference_cycles(cfg, depth)
     return Estimate(
         name=cfg.name, lanes=geo.lanes, rows=geo.rows, splits=[lay.split for lay in geo.layers],
+        update_width=geo.update_width,
         samples_per_step=cfg.rule.samples_per_step,
         passes_per_sample=1 if geo.projection else 1 + cfg.rule.copies,
         fmax_mhz=float(fmax_mhz), cycles_per_step=step.cycles, mac_busy_per_step=step.mac_busy,
@@ -754,6 +782,8 @@ def format_estimate(est: Estimate) -> str:
         f"{est.passes_per_sample} passes per step, at {est.fmax_mhz:g} MHz",
         *([f"lanes a neuron     {', '.join(f'layer {li}: {s}' for li, s in enumerate(est.splits))} "
            "(hardware.split_inputs)"] if max(est.splits) > 1 else []),
+        *([f"update             {est.update_width} lanes wide, {est.lanes // est.update_width} cycles a "
+           "weight row (hardware.update_lanes)"] if est.update_width < est.lanes else []),
         "",
         f"training step      {est.cycles_per_step} cycles (CYCLES), MAC_BUSY {est.mac_busy_per_step}: "
         f"MAC utilisation {est.utilisation:.1%}",

@@ -127,14 +127,18 @@ class Packer:
 
 
 class Source:
-    """Drives a stream (``<name>__valid``, ``__ready``, ``__payload``) from a queue."""
+    """Drives a stream (``<name>__valid``, ``__ready``, ``__payload``) from a queue, with
+    random idle cycles (``idle``, a probability) and at least ``gap`` idle cycles after a
+    transfer."""
 
-    def __init__(self, dut: Any, name: str, layout: Any, idle: float, rng: random.Random) -> None:
+    def __init__(self, dut: Any, name: str, layout: Any, idle: float, rng: random.Random,
+                 gap: int = 0) -> None:
         self.valid = getattr(dut, f"{name}__valid")
         self.ready = getattr(dut, f"{name}__ready")
         self.payload = getattr(dut, f"{name}__payload")
         self.packer = Packer(layout)
-        self.idle, self.rng = idle, rng
+        self.idle, self.rng, self.gap = idle, rng, gap
+        self.quiet = 0  # idle cycles still owed to ``gap``
         self.items: deque[Any] = deque()
         self.holding = False
         self.sent = 0
@@ -145,7 +149,10 @@ class Source:
     def drive(self) -> None:
         if self.holding:
             return
-        if self.items and self.rng.random() >= self.idle:
+        if self.quiet:
+            self.quiet -= 1
+            self.valid.value = 0
+        elif self.items and self.rng.random() >= self.idle:
             self.payload.value = self.packer.pack(self.items[0])
             self.valid.value = 1
             self.holding = True
@@ -157,6 +164,7 @@ class Source:
             self.items.popleft()
             self.holding = False
             self.sent += 1
+            self.quiet = self.gap
 
     @property
     def idle_now(self) -> bool:
@@ -212,8 +220,8 @@ class Bench:
         drive_inputs(dut)
         cocotb.start_soon(Clock(dut.clk, 10, unit="ns").start())
 
-    def source(self, name: str, layout: Any, idle: float = 0.0) -> Source:
-        s = Source(self.dut, name, layout, idle, random.Random(self.rng.random()))
+    def source(self, name: str, layout: Any, idle: float = 0.0, gap: int = 0) -> Source:
+        s = Source(self.dut, name, layout, idle, random.Random(self.rng.random()), gap)
         self.sources.append(s)
         return s
 

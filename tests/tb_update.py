@@ -57,14 +57,17 @@ async def fused_update(dut, bench: Bench, rng: random.Random, w: list[torch.Tens
     dut.lr_mult.value = lr
     g = rand_mats(rng, GB, edges=True)
     rows = weight_rows(geo, g)
-    src = bench.source("sums", UNIT.sums.signature.members["payload"].shape, idle)
+    # rows at least the unit's beats apart (hardware.update_lanes), as the walker sends them
+    src = bench.source("sums", UNIT.sums.signature.members["payload"].shape, idle, gap=geo.update_ratio - 1)
     order = list(range(geo.rows))
     rng.shuffle(order)
     for r in order:
         src.send({"row": r, "g": rows[r]})
-    # back to back, a row a cycle: the last row's write is the pipe's latency after it (and
-    # a few cycles of slack); with idle cycles between the rows, no such bound
-    limit = geo.rows + UpdateUnit.latency(geo) + 3 if idle == 0 else 20 * geo.rows + 100
+    # back to back, a row a cycle (or a row every ratio cycles): the last row's last write is
+    # the pipe's latency after it (and a few cycles of slack); with idle cycles between the
+    # rows, no such bound
+    ratio = geo.update_ratio
+    limit = ratio * geo.rows + UpdateUnit.latency(geo) + 3 if idle == 0 else 20 * ratio * geo.rows + 100
     await bench.run(lambda: src.idle_now and not int(dut.busy.value), limit, what)
     golden_update(w, mom, g, lr)
     got_w = matrices_from_rows(geo, await read_rows(dut, "wtest", geo.weight_depth, geo.lanes, WB))

@@ -483,10 +483,10 @@ def test_board_table_overhead_and_missing_rows() -> None:
     assert table.overhead(None, report(1, 1, 1, 1, 1.0)).endswith("not run.")
     rows = table.rows([8, 16, 64], None)
     assert [r.cfg.hardware.lanes for r in rows] == [8, 16, 64, 1, 8] and not rows[-1].cfg.hardware.training
-    # the example as shipped; the other lane counts at the variants' clock, 64 lanes' update in part in logic
+    # the example as shipped; the other lane counts at the variants' clock, 64 lanes' update half as wide
     assert rows[0].cfg == load_config(DIGITS)
     assert [r.cfg.hardware.clock_mhz for r in rows[1:3]] == [table.VARIANT_CLOCK_MHZ] * 2
-    assert [r.cfg.hardware.update_products for r in rows[:3]] == ["dsp", "dsp", "dsp-low"]
+    assert [r.cfg.hardware.update_width for r in rows[:3]] == [8, 16, 32]
     rows = [rows[0], *rows[3:]]
     rows[0].report = report(15_000, 7_000, 25, 56, 53.0)
     out = table.markdown(rows)

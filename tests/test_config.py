@@ -69,6 +69,17 @@ def test_hash_stages_per_register_names_the_allowed_values() -> None:
     assert "1, 2, 3 or 6" in str(err.value)
 
 
+def test_update_lanes_must_divide_lanes() -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_config({"hardware": {"lanes": 12, "update_lanes": 5}})
+    assert "hardware.update_lanes = 5 does not divide hardware.lanes = 12: give one of 1, 2, 3, 4, 6, 12" \
+        in str(err.value)
+    with pytest.raises(ConfigError, match=r"hardware\.update_lanes = 0"):
+        parse_config({"hardware": {"update_lanes": 0}})
+    assert parse_config({"hardware": {"lanes": 12, "update_lanes": 4}}).hardware.update_width == 4
+    assert parse_config({"hardware": {"lanes": 12}}).hardware.update_width == 12
+
+
 def test_acc_bits_too_narrow() -> None:
     with pytest.raises(ConfigError, match=r"numerics\.acc_bits = 22 is too narrow"):
         parse_config({"numerics": {"acc_bits": 22}})

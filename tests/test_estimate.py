@@ -15,6 +15,9 @@ Fashion-MNIST examples are too expensive to build in CI and are marked ``slow``.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -69,12 +72,13 @@ def test_digits_examples_match_counters(name: str) -> None:
     check_counters(load_config(EXAMPLES / f"{name}.yaml"))
 
 
-@pytest.mark.parametrize("lanes", [32, 64])
-def test_split_lanes_match_counters(lanes: int) -> None:
+@pytest.mark.parametrize(("lanes", "update_lanes"), [(32, None), (64, 32)])
+def test_split_lanes_match_counters(lanes: int, update_lanes: int | None) -> None:
     """The digits example at 32 lanes (its output neurons two lanes each) and 64 (its hidden
-    neurons two, its output neurons four: ``hardware.split_inputs``)."""
+    neurons two, its output neurons four: ``hardware.split_inputs``), there with the board
+    build's update unit half as wide as the lanes (``hardware.update_lanes``)."""
     data = load_config(EXAMPLES / "digits-mgd-weight.yaml").model_dump(mode="json")
-    data["hardware"]["lanes"] = lanes
+    data["hardware"] |= {"lanes": lanes, "update_lanes": update_lanes}
     cfg = parse_config(data)
     assert [lay.split for lay in Geometry(cfg).layers] == {32: [1, 2], 64: [2, 4]}[lanes]
     check_counters(cfg)
@@ -198,6 +202,17 @@ def test_cli_text_and_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["estimate", str(one_step), "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["trained_cycles_per_step"] == data["cycles_per_step"]
+
+
+def test_cli_output_into_a_closed_pipe_stops_quietly() -> None:
+    """``perturbo estimate CONFIG | head -1``: when the reader has gone away, no traceback."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # every write then fails (Python ignores SIGPIPE: BrokenPipeError)
+    code = "import sys; from perturbo.cli import main; sys.exit(main())"
+    proc = subprocess.run([sys.executable, "-c", code, "estimate", str(EXAMPLES / "digits-mgd-weight.yaml")],
+                          stdout=write_end, stderr=subprocess.PIPE, text=True, check=False)
+    os.close(write_end)
+    assert (proc.returncode, proc.stderr) == (141, ""), proc.stderr
 
 
 @pytest.mark.parametrize(("argv", "message"), [

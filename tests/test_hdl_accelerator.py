@@ -21,13 +21,22 @@ ACCEL_CONFIGS = {"tiny": CONFIGS["tiny"], **RULE_CONFIGS}
 _data = CONFIGS["tiny"].model_dump(mode="json")
 ACCEL_CONFIGS["tiny-nostream"] = parse_config({**_data, "name": "tiny-nostream",
                                                "hardware": {**_data["hardware"], "streaming": False}})
+#: tiny with an update unit half as wide as the lanes (``hardware.update_lanes``: a weight
+#: row in two cycles, the step's last correlation walk held to match), with momentum; and
+#: target projection (tpsgd-l2: 3 lanes, G's reads registered) with an update one lane
+#: wide, three cycles a row, on Icarus too
+ACCEL_CONFIGS["tiny-beats"] = parse_config({**_data, "name": "tiny-beats",
+                                            "hardware": {**_data["hardware"], "update_lanes": 2}})
+_tp = RULE_CONFIGS["tpsgd-l2"].model_dump(mode="json")
+ACCEL_CONFIGS["tpsgd-l2-beats"] = parse_config({**_tp, "name": "tpsgd-l2-beats",
+                                                "hardware": {**_tp["hardware"], "update_lanes": 1}})
 
 
 #: The configurations the whole accelerator also runs on Icarus, the second simulator: every
 #: rule's term at least once (alr beside mgd-weight, mgd-node beside mgd-weight with
 #: momentum, target projection), in under a minute; the digits-sized ones would take
 #: several minutes each there, and CI has 30.
-ICARUS_CONFIGS = ("hybrid-alr", "hybrid-node", "tpsgd-l2", "split4")
+ICARUS_CONFIGS = ("hybrid-alr", "hybrid-node", "tpsgd-l2", "split4", "tpsgd-l2-beats")
 #: Steps of the long run on Verilator (configurations of fewer than 1000 weight rows).
 LONG_RUN_STEPS = 100
 

@@ -71,10 +71,10 @@ def test_every_rule_verifies(name: str, capsys: pytest.CaptureFixture[str]) -> N
 #: Lane counts other than the examples' 8 and 1 (issue 12): 3 does not divide the layers, 16
 #: leaves the output layer's group mostly empty, 32 gives each output neuron two lanes
 #: (``hardware.split_inputs``); each with a different family of rules.
-#: lanes: the example and the hardware keys it trains with there (32 lanes: the update's
-#: top product slices in logic, as the 64-lane board build makes them)
+#: lanes: the example and the hardware keys it trains with there (32 lanes: an update unit
+#: half as wide, a weight row in two cycles, as the 64-lane board build makes it)
 LANE_COUNTS = {3: ("digits-tpsgd-l1", {}), 16: ("digits-hybrid-alr-mgd", {}),
-               32: ("digits-mgd-weight", {"update_products": "dsp-low"})}
+               32: ("digits-mgd-weight", {"update_lanes": 16})}
 
 
 @pytest.mark.parametrize("lanes", list(LANE_COUNTS))
