@@ -660,8 +660,12 @@ class Sequencer(wiring.Component):
         the same order, at most one row a cycle (hdl/forward.py ``_issue``), through its
         own read port, and its first read comes at least four cycles after the first row
         is written (``STEP``, ``SAMPLE``, ``LABEL``, ``BASE``): it never reads a row
-        before the update has written it.  The collector still ends the step when the
-        update is done; a run's ``FINISH`` waits for that."""
+        before the update has written it.  With an update narrower than the lanes
+        (``hardware.update_lanes``) the rows come ``update_ratio`` cycles apart, and the
+        update's ``first_write`` comes that much later, where the rows still to be
+        written are written no slower than a reader from the first row goes (hdl/update.py
+        ``_first_write``).  The collector still ends the step when the update is done; a
+        run's ``FINISH`` waits for that."""
         stride = self.geometry.sample_stride
         with m.State("NEXT_SAMPLE"):  # the next sample's baseline takes the other bank
             m.d.sync += [s.samples_left.eq(s.samples_left - 1), s.base_bank.eq(~s.base_bank)]

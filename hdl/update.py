@@ -215,8 +215,7 @@ class UpdateUnit(wiring.Component):
         for k in range(lanes):
             u = b_g[k]  # G
             if geo.momentum:  # the new momentum
-                mom = self.momentum.rdata[k]
-                u = narrow(mom - round_shift(mom, geo.momentum_shift, geo.rounding) + u, gb, geo.overflow)
+                u = self._new_momentum(self.momentum.rdata[k], u)
                 m.d.comb += self.momentum.wdata[k].eq(u)
             with m.If(b_valid):
                 m.d.sync += c_u[k].eq(narrow(u, len(c_u[k]), geo.overflow))
@@ -226,6 +225,11 @@ class UpdateUnit(wiring.Component):
                 self.momentum.we.eq(b_valid.replicate(lanes)),
             ]
         return b_valid, replace(c, value=c_u)
+
+    def _new_momentum(self, mom: Value, g: Value) -> Value:
+        """``narrow_g(M - round_shift(M, momentum_shift) + G)``."""
+        geo = self.geometry
+        return narrow(mom - round_shift(mom, geo.momentum_shift, geo.rounding) + g, geo.grad_bits, geo.overflow)
 
     def _beats(self, m: Module, valid: Value, row: Value, sums_g: Value) -> tuple[Signal, _Stage]:
         """Stage B with ``ratio`` beats a row: B holds the row's ``G`` for ``ratio`` cycles
@@ -266,8 +270,7 @@ class UpdateUnit(wiring.Component):
         for i in range(width):
             u = beat_of(b_g, i)  # G
             if geo.momentum:  # the new momentum, written to every beat's lane i (enabled in its own)
-                mom = beat_of(self.momentum.rdata, i)
-                u = narrow(mom - round_shift(mom, geo.momentum_shift, geo.rounding) + u, gb, geo.overflow)
+                u = self._new_momentum(beat_of(self.momentum.rdata, i), u)
                 m.d.comb += [self.momentum.wdata[beat * width + i].eq(u) for beat in range(ratio)]
             with m.If(b_valid):
                 m.d.sync += c_u[i].eq(narrow(u, len(c_u[i]), geo.overflow))
