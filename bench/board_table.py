@@ -76,13 +76,15 @@ class Row:
 
 
 #: ULX3S-85F lane counts from which the update unit is half as wide as the lanes, a weight
-#: row in two cycles (``hardware.update_lanes``): at 64 lanes the lanes' products (one
-#: multiplier a lane) and the update's (two a lane, 32-bit G) need 193 of the ECP5-85F's 156
-#: multipliers, with the update 32 lanes wide 129, and about 16 000 LUT4 less than an update
-#: unit as wide as the lanes with its top product slices in logic (the table's row until
-#: session 30, ``hardware.update_products: dsp-low``), whose placement no router finished.
-#: It costs ``rows + 1`` cycles a step: 43 at 64 lanes.
-NARROW_UPDATE_FROM = 64
+#: row in two cycles (``hardware.update_lanes``; ``rows + 1`` cycles a step more: 83 at 32
+#: lanes, 43 at 64). At 32 lanes (session 31, static placer) it gave 95.9 and 92.3 MHz at
+#: seeds 1 and 2, 24 547 LUT4, where the full-width update's seed 1 did not route and its
+#: seed 2 gave 88.1 MHz, 26 567 LUT4: more samples a second at either seed. At 64 lanes the
+#: lanes' products (one multiplier a lane) and a full-width update's (two a lane, 32-bit G)
+#: need 193 of the ECP5-85F's 156 multipliers, with the update 32 wide 129, and 45 951 LUT4
+#: after placement against 66 022 with the full-width update's top product slices in logic
+#: (``hardware.update_products: dsp-low``, the 64-lane row until session 30).
+NARROW_UPDATE_FROM = 32
 
 
 #: The clock of the ULX3S-85F rows at other lane counts than the example's: issue 12's goal,
