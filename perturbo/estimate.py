@@ -378,7 +378,8 @@ def _run(cfg: Config, steps: int, first_step: int) -> _RunTiming:
     its loss is offered at ``o = e + H + 6 + STAGES + L`` (the result register, the loss
     unit's ``LANES``, ``DRAIN`` and ``OUT``: :attr:`Schedule.loss_result`); its job (if
     any) is taken at ``j = max(o, j_prev + R + 3)`` and done at ``j + R + 1``, freeing
-    its banks in the next cycle.  The step's last job ends the step ``update_drain``
+    its banks in the next cycle (the step's last job, whose rows the walker holds for the
+    update's beats: ``update_ratio * R`` for ``R``).  The step's last job ends the step ``update_drain``
     cycles after it is taken; the next step's ``STEP`` follows that (or, with
     ``overlap_update``, the update's first write of the weights,
     :attr:`Schedule.first_write`), and after the last step ``FINISH``, which waits for the
