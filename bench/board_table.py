@@ -83,7 +83,8 @@ class Row:
 #: lanes' products (one multiplier a lane) and a full-width update's (two a lane, 32-bit G)
 #: need 193 of the ECP5-85F's 156 multipliers, with the update 32 wide 129, and 45 951 LUT4
 #: after placement against 66 022 with the full-width update's top product slices in logic
-#: (``hardware.update_products: dsp-low``, the 64-lane row until session 30).
+#: (``hardware.update_products: dsp-low``, the 64-lane row until session 30; at session 29's
+#: RTL, with the update's sweep, which session 30 took out).
 NARROW_UPDATE_FROM = 32
 
 
