@@ -277,7 +277,7 @@ class UpdateUnit(wiring.Component):
         if geo.momentum:
             m.d.comb += [
                 self.momentum.waddr.eq(b_row),
-                self.momentum.we.eq(Cat((b_valid & (b_beat == beat)).replicate(width) for beat in range(ratio))),
+                self.momentum.we.eq(self._beat_enables(b_valid, b_beat)),
             ]
         return b_valid, replace(c, value=c_u)
 
@@ -412,10 +412,10 @@ class UpdateUnit(wiring.Component):
         """Stage D: round and shift the product by the layer's ``lr_shift`` (unless stage P
         did) and subtract it from the weight; stage E writes the result (to the lanes of its
         beat).  Returns E's ``valid`` and beat (None with one beat a row)."""
-        geo, lanes, wb = self.geometry, self.width, self.geometry.weight_bits
+        geo, width, wb = self.geometry, self.width, self.geometry.weight_bits
         e_valid = Signal()
         e_row = Signal(geo.row_bits)
-        e_w = Signal(data.ArrayLayout(signed(wb), lanes))
+        e_w = Signal(data.ArrayLayout(signed(wb), width))
         m.d.sync += [e_valid.eq(d.valid), e_row.eq(d.row)]
         e_beat = None
         if d.beat is not None:
@@ -423,25 +423,28 @@ class UpdateUnit(wiring.Component):
             m.d.sync += e_beat.eq(d.beat)
         if self._shifted_product():
             with m.If(d.valid):
-                m.d.sync += [e_w[k].eq(narrow(d.w[k] - d.value[k], wb, geo.overflow)) for k in range(lanes)]
+                m.d.sync += [e_w[k].eq(narrow(d.w[k] - d.value[k], wb, geo.overflow)) for k in range(width)]
         else:
             with m.If(d.valid), m.Switch(d.layer):
                 for lay in geo.layers:
                     with m.Case(lay.index):
-                        for k in range(lanes):
+                        for k in range(width):
                             step = round_shift(d.value[k], lay.lr_shift, geo.rounding)
                             m.d.sync += e_w[k].eq(narrow(d.w[k] - step, wb, geo.overflow))
         if e_beat is None:
             m.d.comb += [
                 self.weights.waddr.eq(e_row),
                 self.weights.wdata.eq(e_w),
-                self.weights.we.eq(e_valid.replicate(lanes)),
+                self.weights.we.eq(e_valid.replicate(width)),
             ]
         else:  # every beat's slice of lanes takes E's weights; the beat's own are enabled
             m.d.comb += [
                 self.weights.waddr.eq(e_row),
                 self.weights.wdata.eq(e_w.as_value().replicate(self.ratio)),
-                self.weights.we.eq(Cat((e_valid & (e_beat == beat)).replicate(lanes)
-                                       for beat in range(self.ratio))),
+                self.weights.we.eq(self._beat_enables(e_valid, e_beat)),
             ]
         return e_valid, e_beat
+
+    def _beat_enables(self, valid: Value, beat: Value) -> Value:
+        """Per-lane write enables of a row: the lanes of ``beat``'s slice, while ``valid``."""
+        return Cat((valid & (beat == k)).replicate(self.width) for k in range(self.ratio))

@@ -107,7 +107,7 @@ class Schedule:
     update_latency: int
     #: hdl/geometry.py ``update_ratio``: the cycles the update unit takes a weight row
     #: (``hardware.update_lanes``), and so the cycles apart of the final job's rows
-    update_ratio: int = 1
+    update_ratio: int
 
     @property
     def output_visible(self) -> int:
