@@ -210,7 +210,8 @@ class Accelerator(wiring.Component):
             Space.OUTPUTS: (hosts["o"], False),
             **({Space.MOMENTUM: (hosts["m"], True)} if "m" in hosts else {}),
             **({Space.LOSSES: (hosts["r"], False)} if "r" in hosts else {}),
-        }, registered=frozenset(sp for sp, mem in ((Space.OUTPUTS, mems.omem), (Space.GRADS, mems.gmem))
+        }, registered=frozenset(sp for sp, mem in ((Space.OUTPUTS, mems.omem), (Space.GRADS, mems.gmem),
+                                                   (Space.WEIGHTS, mems.wmem))
                                 if mem is not None and mem.read_latency > 1), ports_owned=ports_owned)
         return m
 
@@ -254,7 +255,8 @@ class Accelerator(wiring.Component):
         # writes them: no argument that it never reads a row being written)
         m.submodules.weights = wmem = LaneMemory(
             lanes, geo.weight_depth, wshape, second_read=geo.overlap_update,
-            no_collision=None if geo.overlap_update else "weights")
+            no_collision=None if geo.overlap_update else "weights",
+            registered=geo.weights_read_latency > 1)
         gmem = mmem = signs = None
         if self.training:
             # the correlation's read-modify-write rows never read a row in the cycle they

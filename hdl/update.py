@@ -118,6 +118,8 @@ class UpdateUnit(wiring.Component):
         self.geometry = geo = geometry
         #: weights the unit writes a cycle, and the cycles (beats) it takes a row
         self.width, self.ratio = geo.update_width, geo.update_ratio
+        #: the weights' reads answer in stage C, not B (only with ``register_grads``)
+        self.weights_registered = geo.weights_read_latency > 1
         members = {
             "sums": In(stream.Signature(sums_layout(geo.lanes, geo.row_bits, geo.grad_bits),
                                         always_ready=True)),
@@ -144,7 +146,10 @@ class UpdateUnit(wiring.Component):
         With ``hardware.register_grads`` I holds ``U`` (and ``lr_mult``) in the multipliers'
         operand registers (:class:`~.dsp.RegisteredProduct`: inside the block
         multipliers on the ECP5; at 32 lanes ``U`` crossed the chip to them, docs/boards.md)
-        before C multiplies it; and Q narrows the step after P (:meth:`_narrow_step`)."""
+        before C multiplies it; Q narrows the step after P (:meth:`_narrow_step`); and where the
+        weight memories' output is registered (``Geometry.weights_read_latency``) the weights
+        read in A arrive in C, whose next stage I takes them (no stage more: they are
+        needed only in D)."""
         m = Module()
         geo = self.geometry
         valid, row, sums_g = self.sums.valid, self.sums.payload.row, self.sums.payload.g
@@ -160,8 +165,10 @@ class UpdateUnit(wiring.Component):
         in_pipe += [b_valid, c.valid]
         u, u_valid = c.value, c.valid
         if geo.register_grads:
-            # I's U is the multipliers' operand registers (RegisteredProduct), fed with C's
-            c = self._stage_after(m, c, "i", value=None)
+            # I's U is the multipliers' operand registers (RegisteredProduct), fed with C's;
+            # a registered weight read (Geometry.weights_read_latency) answers in C, into I
+            w_in_c = self._beat_lanes(self.weights.rdata, c.beat) if self.weights_registered else None
+            c = self._stage_after(m, c, "i", value=None, w=w_in_c)
             in_pipe.append(c.valid)
         p_valid, d = self._multiply(m, c, u, u_valid, operands_registered=geo.register_grads)
         if self._narrows_step():
@@ -211,7 +218,9 @@ class UpdateUnit(wiring.Component):
         c_u = Signal(data.ArrayLayout(signed(operand_bits(geo)), lanes))
         m.d.sync += c.valid.eq(b_valid)
         with m.If(b_valid):
-            m.d.sync += [c.row.eq(b_row), c.layer.eq(self._layer_of(b_row)), c.w.eq(self.weights.rdata)]
+            m.d.sync += [c.row.eq(b_row), c.layer.eq(self._layer_of(b_row))]
+            if not self.weights_registered:
+                m.d.sync += c.w.eq(self.weights.rdata)
         for k in range(lanes):
             u = b_g[k]  # G
             if geo.momentum:  # the new momentum
@@ -237,18 +246,26 @@ class UpdateUnit(wiring.Component):
         momentum, written back then) of those lanes.
 
         The weights and the momentum are read at the row in each cycle from A's to B's last
-        but one (a beat uses the read of the cycle before); each lane is written once a row,
+        but one (a beat uses the read of the cycle before; where the weights' reads are
+        registered, the weights' read of two cycles before, which stage C selects for the
+        stage after it); each lane is written once a row,
         in its own beat or later, and no beat reads a lane of another, so the reads need no
         forwarding.  Rows come at least ``ratio`` cycles apart (the correlation walker's
         final rows, :class:`~.correlation.CorrelationWalker`).  Returns B's ``valid`` and the
         registers of stage C (``value`` = U)."""
         geo, lanes, width, ratio = self.geometry, self.geometry.lanes, self.width, self.ratio
-        gb = geo.grad_bits
+        ub = operand_bits(geo)
+        # Without momentum U is G narrowed: B narrows it as it takes the row, so that the
+        # beat's select feeds C's registers directly (the beat's select and then the
+        # narrowing were 15 logic steps, the slowest path of 16 and 32 lanes at some seeds).
+        narrow_first = not geo.momentum
         b_valid, b_row, b_beat = Signal(), Signal(geo.row_bits), Signal(range(ratio))
-        b_g = Signal(data.ArrayLayout(signed(gb), lanes))
+        b_g = Signal(data.ArrayLayout(signed(ub if narrow_first else geo.grad_bits), lanes))
         b_last = b_beat == ratio - 1
         with m.If(valid):
-            m.d.sync += [b_valid.eq(1), b_beat.eq(0), b_row.eq(row), b_g.eq(sums_g)]
+            m.d.sync += [b_valid.eq(1), b_beat.eq(0), b_row.eq(row)]
+            m.d.sync += ([b_g[k].eq(narrow(sums_g[k], ub, geo.overflow)) for k in range(lanes)]
+                         if narrow_first else b_g.eq(sums_g))
         with m.Elif(b_valid & b_last):
             m.d.sync += b_valid.eq(0)
         with m.Elif(b_valid):
@@ -257,29 +274,35 @@ class UpdateUnit(wiring.Component):
         for port in (self.weights, *momentum):
             m.d.comb += [port.raddr.eq(Mux(valid, row, b_row)), port.ren.eq(valid | (b_valid & ~b_last))]
 
-        def beat_of(row_value: Value, i: int) -> Value:
-            """Lane ``i`` of the beat's slice of a row (lane ``beat * width + i``)."""
-            return Array(row_value[beat * width + i] for beat in range(ratio))[b_beat]
-
         c = self._stage_registers("c")
-        c_u = Signal(data.ArrayLayout(signed(operand_bits(geo)), width))
+        c_u = Signal(data.ArrayLayout(signed(ub), width))
         m.d.sync += c.valid.eq(b_valid)
         with m.If(b_valid):
-            m.d.sync += [c.row.eq(b_row), c.layer.eq(self._layer_of(b_row)), c.beat.eq(b_beat),
-                         *(c.w[i].eq(beat_of(self.weights.rdata, i)) for i in range(width))]
+            m.d.sync += [c.row.eq(b_row), c.layer.eq(self._layer_of(b_row)), c.beat.eq(b_beat)]
+            if not self.weights_registered:
+                m.d.sync += [c.w[i].eq(w) for i, w in enumerate(self._beat_lanes(self.weights.rdata, b_beat))]
+        g_lanes = self._beat_lanes(b_g, b_beat)
+        mom_lanes = self._beat_lanes(self.momentum.rdata, b_beat) if geo.momentum else None
         for i in range(width):
-            u = beat_of(b_g, i)  # G
+            u = g_lanes[i]  # G
             if geo.momentum:  # the new momentum, written to every beat's lane i (enabled in its own)
-                u = self._new_momentum(beat_of(self.momentum.rdata, i), u)
+                u = self._new_momentum(mom_lanes[i], u)
                 m.d.comb += [self.momentum.wdata[beat * width + i].eq(u) for beat in range(ratio)]
             with m.If(b_valid):
-                m.d.sync += c_u[i].eq(narrow(u, len(c_u[i]), geo.overflow))
+                m.d.sync += c_u[i].eq(u if narrow_first else narrow(u, ub, geo.overflow))
         if geo.momentum:
             m.d.comb += [
                 self.momentum.waddr.eq(b_row),
                 self.momentum.we.eq(self._beat_enables(b_valid, b_beat)),
             ]
         return b_valid, replace(c, value=c_u)
+
+    def _beat_lanes(self, row_value: Value, beat: Value | None) -> list[Value]:
+        """The lanes of ``beat``'s slice of a row: lane ``i`` is the row's lane
+        ``beat * width + i`` (with one beat a row, the row's lanes)."""
+        if self.ratio == 1:
+            return [row_value[i] for i in range(self.width)]
+        return [Array(row_value[b * self.width + i] for b in range(self.ratio))[beat] for i in range(self.width)]
 
     def _multiply(self, m: Module, c: _Stage, u: Value, u_valid: Value, *,
                   operands_registered: bool) -> tuple[Value, _Stage]:
@@ -392,9 +415,11 @@ class UpdateUnit(wiring.Component):
                       value=value,
                       beat=Signal(range(self.ratio), name=f"{name}_beat") if self.ratio > 1 else None)
 
-    def _stage_after(self, m: Module, prev: _Stage, name: str, value: Signal | None) -> _Stage:
+    def _stage_after(self, m: Module, prev: _Stage, name: str, value: Signal | None,
+                     w: list[Value] | None = None) -> _Stage:
         """The registers of the stage after ``prev``: its ``valid``, row, layer and weights
-        follow ``prev``'s; ``value`` is the caller's to drive.
+        follow ``prev``'s (the weights ``w`` instead, where given); ``value`` is the
+        caller's to drive.
 
         Like every register of the pipe, they load only when the stage before is valid:
         the flip-flops' clock enables cost no logic on the FPGAs, and Verilator then skips
@@ -403,7 +428,8 @@ class UpdateUnit(wiring.Component):
         stage = self._stage_registers(name, value)
         m.d.sync += stage.valid.eq(prev.valid)
         with m.If(prev.valid):
-            m.d.sync += [stage.row.eq(prev.row), stage.layer.eq(prev.layer), stage.w.eq(prev.w)]
+            m.d.sync += [stage.row.eq(prev.row), stage.layer.eq(prev.layer)]
+            m.d.sync += stage.w.eq(prev.w) if w is None else [stage.w[i].eq(v) for i, v in enumerate(w)]
             if stage.beat is not None:
                 m.d.sync += stage.beat.eq(prev.beat)
         return stage

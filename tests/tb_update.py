@@ -70,7 +70,8 @@ async def fused_update(dut, bench: Bench, rng: random.Random, w: list[torch.Tens
     limit = ratio * geo.rows + UpdateUnit.latency(geo) + 3 if idle == 0 else 20 * ratio * geo.rows + 100
     await bench.run(lambda: src.idle_now and not int(dut.busy.value), limit, what)
     golden_update(w, mom, g, lr)
-    got_w = matrices_from_rows(geo, await read_rows(dut, "wtest", geo.weight_depth, geo.lanes, WB))
+    got_w = matrices_from_rows(geo, await read_rows(dut, "wtest", geo.weight_depth, geo.lanes, WB,
+                                                             geo.weights_read_latency))
     msg = first_difference(f"weights after {what}", got_w, w)
     assert msg is None, msg
     if mom is not None:
