@@ -161,7 +161,6 @@ class _LinkState:
     idx: Signal
     idx_next: Signal
     advance: Signal
-    idx_jumps: Signal
     in_frame: Signal
     in_bus: Signal
     timer_done: Signal
@@ -317,7 +316,6 @@ class HostLink(wiring.Component):
         idx_next = Signal.like(idx)
         m.d.comb += idx_next.eq(idx + 1)
         advance = Signal()  # idx moves on next cycle: read the next buffer word now
-        idx_jumps = Signal()  # idx is set next cycle other than by advance (rdata_ok)
         # inter-byte and bus timers count while their state waits and restart otherwise
         in_frame = Signal()  # in a receive state after the SOF
         in_bus = Signal()
@@ -354,7 +352,7 @@ class HostLink(wiring.Component):
             wr=wr, rd=rd, receiving=receiving, rdata=Signal(32, name="rdata"), rdata_ok=Signal(name="rdata_ok"),
             take=take, is_sof=is_sof, dval=dval, data=data, esc=esc,
             seq=seq, op=op, length=length, addr=addr, count=count, wshift=wshift, hdr=hdr,
-            wpos=wpos, left=left, idx=idx, idx_next=idx_next, advance=advance, idx_jumps=idx_jumps,
+            wpos=wpos, left=left, idx=idx, idx_next=idx_next, advance=advance,
             in_frame=in_frame, in_bus=in_bus, timer_done=timer_done, restart=restart,
             btimer_done=btimer_done, bwe=bwe, status=status, rkind=rkind, hpos=hpos,
             crc_lo=crc_lo, crc_unit=crc_unit, crc_in=crc_in, crc_start=crc_start,
@@ -375,7 +373,7 @@ class HostLink(wiring.Component):
             s.status.eq(code), s.rkind.eq(kind), s.left.eq(nbytes),
             s.hpos.eq(0), s.idx.eq(0), s.wpos.eq(0), s.crc_lo.eq(0),
         ]
-        m.d.comb += [s.crc_start.eq(1), s.idx_jumps.eq(1)]
+        m.d.comb += s.crc_start.eq(1)
         m.next = "REPLY_HDR"
 
     def _abort(self, m: Module, s: _LinkState, restarted: bool) -> None:
@@ -570,26 +568,17 @@ class HostLink(wiring.Component):
         word ``idx`` and no write has landed since, so a consumer waits two cycles after
         ``idx`` moves (a WRITE's bus request, a READ reply's data bytes).
 
-        ``rdata_ok`` is decided from registers alone: idx did not move in the last cycle
-        (then ``idx`` is the word ``rd.addr`` named then), and was not set the cycle before
-        other than by ``advance`` (then ``rd.addr`` named the same word then: ``advance``
-        reads ahead at ``idx_next``, where idx goes).  Comparing the address two cycles
-        ago with ``idx`` put a comparison of two word indices into the path from the reply's byte
-        select through ``advance`` into the buffer's read address, the 16-lane ECP5
-        build's slowest path once the update's were shortened (session 32).
-
         Without ``registered_read``, ``rdata`` is the block RAM's output, word ``idx``
         whenever it is used (``rd.addr`` runs a cycle ahead: ``idx_next`` in the cycle
         ``idx`` moves), so nobody waits: the link as it was before the register."""
         if not self.registered_read:
             m.d.comb += [s.rdata.eq(s.rd.data), s.rdata_ok.eq(1)]
             return
-        moved1 = Signal()  # idx moved (by advance or set) a cycle ago
-        jumped1, jumped2 = Signal(), Signal()  # idx set other than by advance 1 and 2 cycles ago
+        addr1, addr2 = Signal.like(s.idx), Signal.like(s.idx)  # rd.addr 1 and 2 cycles ago
         we1, we2 = Signal(), Signal()  # a buffer write 1 and 2 cycles ago
-        m.d.sync += [s.rdata.eq(s.rd.data), moved1.eq(s.advance | s.idx_jumps),
-                     jumped1.eq(s.idx_jumps), jumped2.eq(jumped1), we1.eq(s.wr.en), we2.eq(we1)]
-        m.d.comb += s.rdata_ok.eq(~moved1 & ~jumped2 & ~we1 & ~we2)
+        m.d.sync += [s.rdata.eq(s.rd.data), addr1.eq(s.rd.addr), addr2.eq(addr1),
+                     we1.eq(s.wr.en), we2.eq(we1)]
+        m.d.comb += s.rdata_ok.eq((addr2 == s.idx) & ~we1 & ~we2)
 
     def _transmit(self, m: Module, s: _LinkState) -> None:
         """Stuffing and the output register: ``SOF`` and ``ESC`` inside a frame go out as
@@ -628,7 +617,6 @@ class HostLink(wiring.Component):
             total = Cat(length[0:8], data)
             m.d.sync += [length[8:16].eq(data), left.eq(total), hdr.eq(0), wpos.eq(0),
                          idx.eq(0)]
-            m.d.comb += s.idx_jumps.eq(1)
             with m.If(total == 0):
                 m.next = "CRC0"
             with m.Else():
@@ -643,7 +631,7 @@ class HostLink(wiring.Component):
                 m.d.sync += s.count.word_select(hdr[0], 8).eq(data)
             # bytes 4.. are little-endian words: buffer each one as its last byte arrives
             with m.If((hdr >= 4) & (wpos == 3) & (idx < self.max_words)):
-                m.d.comb += [s.wr.en.eq(1), s.idx_jumps.eq(1)]
+                m.d.comb += s.wr.en.eq(1)
                 m.d.sync += idx.eq(s.idx_next)
             with m.If(left == 1):
                 m.next = "CRC0"
@@ -651,7 +639,6 @@ class HostLink(wiring.Component):
             m.next = "CRC1"
         elif state == "CRC1":
             m.d.sync += [left.eq(idx), idx.eq(0)]  # words buffered, for a WRITE
-            m.d.comb += s.idx_jumps.eq(1)
             m.next = "EXEC"
 
 

@@ -364,8 +364,7 @@ class HardwareConfig(_Strict):
     register_grads: bool = Field(
         False,
         description="register the G memory's block-RAM output before the correlation and the "
-        "update use it, the weight memory's (with overlap_update, where the update alone reads it "
-        "through that port), the update's multiplier inputs before the block multipliers, and its step "
+        "update use it, the update's multiplier inputs before the block multipliers, and its step "
         "narrowed a stage before the subtraction: a cycle more in the correlation's pipe and one "
         "or two in the update's (3 a step for a 32-bit G), for the ECP5's Fmax, where G's block "
         "RAMs and the multipliers sit across the chip from the logic that uses them "
