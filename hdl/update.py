@@ -155,7 +155,8 @@ class UpdateUnit(wiring.Component):
         valid, row, sums_g = self.sums.valid, self.sums.payload.row, self.sums.payload.g
         in_pipe: list[Value] = [valid]  # the stages' valid bits (busy)
         if self.ratio == 1:
-            # (read only when the row is used; the weights and the momentum arrive in B)
+            # (read only when the row is used; the weights and the momentum arrive in B, the
+            # weights in C where their reads are registered)
             momentum = [self.momentum] if geo.momentum else []
             for port in (self.weights, *momentum):
                 m.d.comb += [port.raddr.eq(row), port.ren.eq(valid)]
