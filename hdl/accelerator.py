@@ -256,7 +256,7 @@ class Accelerator(wiring.Component):
         m.submodules.weights = wmem = LaneMemory(
             lanes, geo.weight_depth, wshape, second_read=geo.overlap_update,
             no_collision=None if geo.overlap_update else "weights",
-            registered=geo.weights_read_latency > 1)
+            registered=geo.weights_registered)
         gmem = mmem = signs = None
         if self.training:
             # the correlation's read-modify-write rows never read a row in the cycle they

@@ -169,11 +169,13 @@ class Geometry:
         self.register_grads = hw.grads_registered
         #: cycles from a read of the G memories to their data
         self.grads_read_latency = 2 if self.register_grads else 1
-        #: cycles from the update's read of the weight memories to their data: with
-        #: ``register_grads``, where the forward engine reads a copy of its own
-        #: (``overlap_update``), the block RAMs' output is registered too (their unregistered
-        #: output into the update's stage C was the 16- and 32-lane ECP5 builds' slowest path)
-        self.weights_read_latency = 2 if self.register_grads and hw.overlap_update else 1
+        #: the weight memories' read port (the update's) is registered at the block RAMs'
+        #: output: with ``register_grads``, where the forward engine reads a copy of its own
+        #: (``overlap_update``) (their unregistered output into the update's stage C was the
+        #: 16- and 32-lane ECP5 builds' slowest path)
+        self.weights_registered = self.register_grads and hw.overlap_update
+        #: cycles from the update's read of the weight memories to their data
+        self.weights_read_latency = 2 if self.weights_registered else 1
         self.weight_bits = num.weight_bits
         self.acc_bits = num.acc_bits
         self.grad_bits = num.grad_bits

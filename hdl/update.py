@@ -118,8 +118,6 @@ class UpdateUnit(wiring.Component):
         self.geometry = geo = geometry
         #: weights the unit writes a cycle, and the cycles (beats) it takes a row
         self.width, self.ratio = geo.update_width, geo.update_ratio
-        #: the weights' reads answer in stage C, not B (only with ``register_grads``)
-        self.weights_registered = geo.weights_read_latency > 1
         members = {
             "sums": In(stream.Signature(sums_layout(geo.lanes, geo.row_bits, geo.grad_bits),
                                         always_ready=True)),
@@ -168,7 +166,7 @@ class UpdateUnit(wiring.Component):
         if geo.register_grads:
             # I's U is the multipliers' operand registers (RegisteredProduct), fed with C's;
             # a registered weight read (Geometry.weights_read_latency) answers in C, into I
-            w_in_c = self._beat_lanes(self.weights.rdata, c.beat) if self.weights_registered else None
+            w_in_c = self._beat_lanes(self.weights.rdata, c.beat) if geo.weights_registered else None
             c = self._stage_after(m, c, "i", value=None, w=w_in_c)
             in_pipe.append(c.valid)
         p_valid, d = self._multiply(m, c, u, u_valid, operands_registered=geo.register_grads)
@@ -220,7 +218,7 @@ class UpdateUnit(wiring.Component):
         m.d.sync += c.valid.eq(b_valid)
         with m.If(b_valid):
             m.d.sync += [c.row.eq(b_row), c.layer.eq(self._layer_of(b_row))]
-            if not self.weights_registered:
+            if not geo.weights_registered:
                 m.d.sync += c.w.eq(self.weights.rdata)
         for k in range(lanes):
             u = b_g[k]  # G
@@ -280,7 +278,7 @@ class UpdateUnit(wiring.Component):
         m.d.sync += c.valid.eq(b_valid)
         with m.If(b_valid):
             m.d.sync += [c.row.eq(b_row), c.layer.eq(self._layer_of(b_row)), c.beat.eq(b_beat)]
-            if not self.weights_registered:
+            if not geo.weights_registered:
                 m.d.sync += [c.w[i].eq(w) for i, w in enumerate(self._beat_lanes(self.weights.rdata, b_beat))]
         g_lanes = self._beat_lanes(b_g, b_beat)
         mom_lanes = self._beat_lanes(self.momentum.rdata, b_beat) if geo.momentum else None

@@ -238,7 +238,7 @@ class UpdateHarness(wiring.Component):
         m.d.comb += [upd.sums.valid.eq(self.sums.valid), upd.sums.payload.eq(self.sums.payload),
                      self.sums.ready.eq(1)]
         m.d.comb += [upd.lr_mult.eq(self.lr_mult), self.busy.eq(upd.busy)]
-        mems = [("weights", geo.weight_bits, self.wtest, upd.weights, geo.weights_read_latency > 1)]
+        mems = [("weights", geo.weight_bits, self.wtest, upd.weights, geo.weights_registered)]
         if geo.momentum:
             mems.append(("momentum", geo.grad_bits, self.mtest, upd.momentum, False))
         for name, bits, test, client, registered in mems:
