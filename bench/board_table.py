@@ -95,16 +95,17 @@ NARROW_UPDATE_FROM = 32
 VARIANT_CLOCK_MHZ = 100.0
 
 
-#: The placement seed of the rows other than the shipped examples (which name theirs,
-#: ``hardware.placement_seed``): nextpnr's default.
-VARIANT_SEED = 1
+#: The placement of the rows at other lane counts than the shipped examples' (which name
+#: theirs, ``hardware.placement_seed`` and ``placement_timing_weight``, and the
+#: inference-only row takes the example's): nextpnr's default seed and timing weight.
+VARIANT_PLACEMENT = {"placement_seed": 1, "placement_timing_weight": None}
 
 
 def ulx3s_row(digits: Config, lanes: int, narrow_from: int) -> Row:
     """The digits example on the ULX3S-85F at ``lanes`` lanes (as shipped at its own)."""
     if lanes == digits.hardware.lanes:
         return Row("ulx3s-85f", f"{lanes} lanes (the example)", digits)
-    at = {"lanes": lanes, "clock_mhz": VARIANT_CLOCK_MHZ, "placement_seed": VARIANT_SEED}
+    at = {"lanes": lanes, "clock_mhz": VARIANT_CLOCK_MHZ, **VARIANT_PLACEMENT}
     if lanes >= narrow_from:
         return Row("ulx3s-85f", f"{lanes} lanes, update {lanes // 2} wide",
                    variant(digits, **at, update_lanes=lanes // 2))
@@ -119,7 +120,7 @@ def rows(lanes: list[int], icebreaker_lanes: int | None, narrow_from: int = NARR
     out.append(Row("icebreaker", f"{icebreaker_lanes or ice.hardware.lanes} lane(s)",
                    ice if icebreaker_lanes is None else variant(ice, lanes=icebreaker_lanes)))
     out.append(Row("ulx3s-85f", "8 lanes, inference only",
-                   variant(digits, lanes=8, training=False, placement_seed=VARIANT_SEED)))
+                   variant(digits, lanes=8, training=False)))
     return out
 
 
@@ -192,9 +193,9 @@ def markdown(table: list[Row], medians: tuple[float | None, float | None] = (Non
 
 
 #: The placement seeds whose median Fmax the cost of learning gives beside the table's own
-#: builds: one build's Fmax is one draw of placement (bench/fmax_seeds.py), and the
-#: training and inference-only rows are built at different seeds (the example's own, 3,
-#: against :data:`VARIANT_SEED`).
+#: builds: one build's Fmax is one draw of placement (bench/fmax_seeds.py).  The
+#: inference-only row is placed as the example is (its seed and timing weight; until session
+#: 34 at :data:`VARIANT_PLACEMENT`'s seed against the example's own).
 MEDIAN_SEEDS = (1, 2, 3)
 
 

@@ -10,6 +10,7 @@ Usage::
 
     python bench/fmax_seeds.py "8 lanes (the example)" --seeds 1 2 3
     python bench/fmax_seeds.py "16 lanes" --seeds 1 2 3 --placer static
+    python bench/fmax_seeds.py "16 lanes" --seeds 1 2 3 --timing-weight 20
 
 The row is a label of ``bench/board_table.py`` (its rows: the ULX3S at 8 to 64 lanes, the
 iCEBreaker, the 8-lane inference-only build).  Every build is cached
@@ -26,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from board_table import rows  # noqa: E402
+from board_table import rows, variant  # noqa: E402
 
 from perturbo.boards import build  # noqa: E402
 from perturbo.boards.report import PLACERS  # noqa: E402
@@ -39,14 +40,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3], help="nextpnr seeds (default 1 2 3)")
     parser.add_argument("--placer", choices=PLACERS, default=None,
                         help="nextpnr's placer (default the board's for the lane count)")
+    parser.add_argument("--timing-weight", type=int, default=None, metavar="W",
+                        help="the heap placer's timing weight (default the row's "
+                             "hardware.placement_timing_weight)")
     args = parser.parse_args(argv)
     row = table_rows[args.row]
-    print(f"{row.board}, {row.label}, placer {args.placer or 'the board default'}\n")
+    cfg = row.cfg if args.timing_weight is None else variant(row.cfg, placement_timing_weight=args.timing_weight)
+    weight = cfg.hardware.placement_timing_weight
+    print(f"{row.board}, {row.label}, placer {args.placer or 'the board default'}, "
+          f"timing weight {weight or 'nextpnr default'}\n")
     print("| seed | result | Fmax (clock) | slowest path | nextpnr |")
     print("| ---: | --- | ---: | --- | ---: |")
     fmaxes = []
     for seed in args.seeds:
-        report = build(row.cfg, row.board, seed=seed, placer=args.placer, quiet=True)
+        report = build(cfg, row.board, seed=seed, placer=args.placer, quiet=True)
         fmax = report.fmax_mhz
         if fmax is not None:
             fmaxes.append(fmax)

@@ -159,6 +159,7 @@ def build_plan(cfg: Config, board: str | Board, *, seed: int | None = None, plac
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, not {seed!r}")
     placer = _placer(spec, cfg, placer)
+    weight = _timing_weight(cfg, placer)
     platform = make_platform(spec)
     top_options.setdefault("rx_fifo_depth", spec.rx_fifo_depth)
     top_options.setdefault("registered_read", spec.link_registered_read)
@@ -175,7 +176,9 @@ def build_plan(cfg: Config, board: str | Board, *, seed: int | None = None, plac
         script_after_read="rename -hide w:*]",
         # (nextpnr's default placer is named only when it is not the one: the cache keys of
         # the builds placed before the choice existed stay theirs)
+        # (and its timing weight only when set, for the same reason)
         nextpnr_opts=[*spec.nextpnr_opts, *([] if placer == DEFAULT_PLACER else ["--placer", placer]),
+                      *([] if weight is None else ["--placer-heap-timingweight", str(weight)]),
                       "--seed", str(seed), "--report", NEXTPNR_REPORT],
     )
     if spec.undefined_read_collisions:
@@ -189,6 +192,17 @@ def _placer(spec: Board, cfg: Config, placer: str | None) -> str:
     if placer not in PLACERS:
         raise ValueError(f"placer must be one of {', '.join(PLACERS)}, not {placer!r}")
     return placer
+
+
+def _timing_weight(cfg: Config, placer: str) -> int | None:
+    """``cfg``'s ``hardware.placement_timing_weight``, refused when ``placer`` is not the
+    heap placer (the only one that reads it)."""
+    weight = cfg.hardware.placement_timing_weight
+    if weight is not None and placer != "heap":
+        raise ValueError(f"hardware.placement_timing_weight is a setting of nextpnr's heap placer, and this "
+                         f"build places with the {placer} placer: leave the weight out or place with "
+                         f"--placer heap")
+    return weight
 
 
 _RTLIL_MODULE = re.compile(r"^module .*?^end\n", re.M | re.S)
@@ -436,6 +450,7 @@ def build(cfg: Config, board: str, out_dir: str | Path | None = None, *, seed: i
             board=spec.name, device=_device(top.platform), family=spec.family,
             config_name=cfg.name, config_hash=f"{config_hash(cfg):08x}", lanes=cfg.hardware.lanes,
             clk_mhz=clk_mhz, baud=cfg.hardware.baud, uart_divisor=top.divisor, seed=seed, placer=placer,
+            timing_weight=cfg.hardware.placement_timing_weight,
             seconds={k: round(v, 2) for k, v in seconds.items()}, key=key, toolchain=versions,
             notes=notes, **found,
         )

@@ -156,6 +156,9 @@ class SynthReport:
         nextpnr placement seed.
     placer : str
         nextpnr's placer (``--placer``): ``heap``, ``static`` or ``sa``.
+    timing_weight : int or None
+        The heap placer's timing weight (``hardware.placement_timing_weight``); None:
+        nextpnr's default.
     seconds : dict of str to float
         Wall time of ``yosys``, ``nextpnr``, ``pack`` and the ``total`` (of the build that
         produced the report, also when it is served from the cache).
@@ -198,6 +201,7 @@ class SynthReport:
     uart_divisor: int = 0
     seed: int = 1
     placer: str = DEFAULT_PLACER
+    timing_weight: int | None = None
     seconds: dict[str, float] = field(default_factory=dict)
     key: str = ""
     build_dir: str = ""
@@ -268,7 +272,8 @@ class SynthReport:
     def table(self) -> str:
         """The report as a small text table."""
         lines = [f"{self.config_name} on {self.board} ({self.device}), {self.lanes} lanes, "
-                 f"nextpnr seed {self.seed}, {self.placer} placer"]
+                 f"nextpnr seed {self.seed}, {self.placer} placer"
+                 + ("" if self.timing_weight is None else f", timing weight {self.timing_weight}")]
         if self.status == STATUS_OK:
             verdict = "fits"
         elif self.status == STATUS_TIMING:

@@ -322,6 +322,16 @@ class HardwareConfig(_Strict):
         "it): the placement, and with it the Fmax, of one netlist moves by 5 to 15 % from seed to "
         "seed (docs/boards.md), so a configuration names the seed of the bitstream it ships",
     )
+    placement_timing_weight: int | None = Field(
+        None,
+        ge=1,
+        le=1000,
+        description="the weight nextpnr's heap placer gives timing against wirelength "
+        "(--placer-heap-timingweight; default: nextpnr's, 10): like the seed, a per-build choice "
+        "(the 8-lane digits example on the ULX3S-85F: 106.5, 104.0 and 106.5 MHz at seeds 1 to 3 "
+        "with 30, 100.1, 104.9 and 96.9 with the default; 16 lanes lost 2 % with it; docs/boards.md). "
+        "Builds placed by the static placer refuse it",
+    )
     clock_mhz: float | None = Field(
         None,
         gt=0.0,

@@ -110,6 +110,19 @@ def test_placement_seed_from_the_config() -> None:
     assert seed_of(build_plan(seeded, "icebreaker", seed=3)[0]) == "3"
 
 
+def test_placement_timing_weight_from_the_config() -> None:
+    """``hardware.placement_timing_weight`` reaches nextpnr's heap placer; left out, nextpnr's
+    command line does not name it (the builds before the setting keep their cache keys); a
+    build placed by the static placer refuses it."""
+    weighted = TINY.model_copy(update={"hardware": TINY.hardware.model_copy(
+        update={"placement_timing_weight": 30})})
+    assert "--placer-heap-timingweight" not in build_plan(TINY, "ulx3s-85f")[0].files["build_top.sh"]
+    assert "--placer-heap-timingweight 30 " in build_plan(weighted, "ulx3s-85f")[0].files["build_top.sh"]
+    with pytest.raises(ValueError, match="timing_weight is a setting of nextpnr's heap placer, and this "
+                                         "build places with the static placer"):
+        build_plan(weighted, "ulx3s-85f", placer="static")
+
+
 def test_plan_is_deterministic() -> None:
     """Two elaborations of the same configuration give the same plan (the cache key's basis)."""
     first, _ = build_plan(TINY, "icebreaker")
@@ -487,6 +500,10 @@ def test_board_table_overhead_and_missing_rows() -> None:
     assert rows[0].cfg == load_config(DIGITS)
     assert [r.cfg.hardware.clock_mhz for r in rows[1:3]] == [table.VARIANT_CLOCK_MHZ] * 2
     assert [r.cfg.hardware.update_width for r in rows[:3]] == [8, 16, 32]
+    # the other lane counts placed at nextpnr's defaults, the inference-only build as the example
+    placement = [(r.cfg.hardware.placement_seed, r.cfg.hardware.placement_timing_weight) for r in rows]
+    example = placement[0]
+    assert placement[1:3] == [(1, None)] * 2 and placement[-1] == example and example[1] is not None
     rows = [rows[0], *rows[3:]]
     rows[0].report = report(15_000, 7_000, 25, 56, 53.0)
     out = table.markdown(rows)
@@ -511,7 +528,7 @@ def test_fmax_seeds_builds_each_seed_and_gives_the_median(monkeypatch: pytest.Mo
     asked = []
 
     def fake_build(cfg: Config, board: str, *, seed: int, placer: str | None, quiet: bool) -> SynthReport:
-        asked.append((cfg.hardware.lanes, board, seed, placer))
+        asked.append((cfg.hardware.lanes, board, seed, placer, cfg.hardware.placement_timing_weight))
         fmax = {1: 95.0, 2: 87.9, 3: 93.4}[seed]
         return SynthReport(board=board, device="x", family="ecp5", config_name="x", config_hash="0",
                            lanes=cfg.hardware.lanes, status="ok", clk_mhz=93.75,
@@ -521,6 +538,10 @@ def test_fmax_seeds_builds_each_seed_and_gives_the_median(monkeypatch: pytest.Mo
     monkeypatch.setattr(module, "build", fake_build)
     assert module.main(["8 lanes (the example)", "--seeds", "1", "2", "3", "--placer", "static"]) == 0
     out = capsys.readouterr().out
-    assert asked == [(8, "ulx3s-85f", s, "static") for s in (1, 2, 3)]
+    weight = load_config(DIGITS).hardware.placement_timing_weight
+    assert asked == [(8, "ulx3s-85f", s, "static", weight) for s in (1, 2, 3)]
     assert "| 2 | ok | 87.9 MHz (93.75) | p2 -> q: 10.0 ns, 5 steps | 2.0 min |" in out
     assert "median 93.4 MHz, 87.9 to 95.0 over 3 seeds" in out
+    asked.clear()  # the heap placer's timing weight asked for instead of the row's
+    assert module.main(["16 lanes", "--seeds", "2", "--timing-weight", "20"]) == 0
+    assert asked == [(16, "ulx3s-85f", 2, None, 20)] and "timing weight 20" in capsys.readouterr().out
