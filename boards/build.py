@@ -353,15 +353,18 @@ def find_cached(cfg: Config, board: str, out_dir: str | Path | None = None, *, s
     dest = root / f"{spec.name}-{key}"
     if not (dest / REPORT).exists():
         return None
-    return _cached_report(dest, spec, lambda _text: None)
+    return _cached_report(dest, spec, cfg, lambda _text: None)
 
 
 class _KeptAside(Exception):
     """A failed build was moved to ``<board>-<key>.failed/``: nothing enters the cache."""
 
 
-def _cached_report(dest: Path, spec: Board, say: Callable[[str], None]) -> SynthReport:
+def _cached_report(dest: Path, spec: Board, cfg: Config, say: Callable[[str], None]) -> SynthReport:
     report = SynthReport.load(dest / REPORT)
+    # the key covers nextpnr's command line, so this is the build's weight (a report written
+    # before the setting existed does not name it)
+    report.timing_weight = cfg.hardware.placement_timing_weight
     if report.format != REPORT_FORMAT:  # written by older code: read the logs again
         failure = "" if report.status == STATUS_OK else (report.message or "failed")
         for name, value in _collect(spec, dest, failure).items():
@@ -429,7 +432,7 @@ def build(cfg: Config, board: str, out_dir: str | Path | None = None, *, seed: i
     root = Path(out_dir) if out_dir is not None else default_out_dir()
     dest = root / f"{spec.name}-{key}"
     if (dest / REPORT).exists() and not force:
-        return _cached_report(dest, spec, say)
+        return _cached_report(dest, spec, cfg, say)
 
     from perturbo.hdl.geometry import config_hash
 
@@ -473,7 +476,7 @@ def build(cfg: Config, board: str, out_dir: str | Path | None = None, *, seed: i
     with contextlib.suppress(_KeptAside):
         cached_dir(dest, run, done=REPORT)
     if not built:  # another process finished the same build while this one waited
-        return _cached_report(dest, spec, say)
+        return _cached_report(dest, spec, cfg, say)
     report = built[0]
     say(report.table())
     return report
