@@ -199,9 +199,9 @@ def _timing_weight(cfg: Config, placer: str) -> int | None:
     heap placer (the only one that reads it)."""
     weight = cfg.hardware.placement_timing_weight
     if weight is not None and placer != "heap":
-        raise ValueError(f"hardware.placement_timing_weight is a setting of nextpnr's heap placer, and this "
-                         f"build places with the {placer} placer: leave the weight out or place with "
-                         f"--placer heap")
+        raise ValueError(f"hardware.placement_timing_weight ({weight}) is a setting of nextpnr's heap placer, "
+                         f"and this build places with the {placer} placer: take the key out of the "
+                         f"configuration or place with the heap placer (--placer heap)")
     return weight
 
 

@@ -11,7 +11,7 @@
     perturbo export RUN --format npz|pt|onnx [-o FILE]
     perturbo plot RUN [RUN ...] [-o FILE] | --histograms RUN | --boards DIR|REPORT ...
     perturbo synth CONFIG --board icebreaker|ulx3s-85f|orangecrab [-o DIR] [--seed N]
-                   [--placer heap|static|sa] [--force]
+                   [--placer heap|static|sa] [--timing-weight W] [--force]
     perturbo sweep SWEEP [--out DIR] [--address ADDR] [--cpus N] [--resume | --overwrite] [--dry-run]
     perturbo serve CONFIG [--divisor N] [--rx-fifo N]
     perturbo estimate CONFIG [--fmax-mhz F] [--json]
@@ -193,6 +193,9 @@ def _parser() -> argparse.ArgumentParser:
     sy.add_argument("--placer", choices=SYNTH_PLACERS,
                     help="nextpnr's placer (default: the board's for the lane count; the ULX3S "
                          "places 32 lanes and more with static, which routes them)")
+    sy.add_argument("--timing-weight", type=int, default=None, metavar="W",
+                    help="the heap placer's timing weight (default: the config's "
+                         "hardware.placement_timing_weight, else nextpnr's 10)")
     sy.add_argument("--force", action="store_true", help="build again even if the build is cached")
 
     se = sub.add_parser("serve", help="co-simulate the board top, UART pins and all, on a pseudo-terminal: "
@@ -218,9 +221,11 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _with_training(cfg: Config, source: str, flag: str, **values: object) -> Config:
+def _with(cfg: Config, source: str, flag: str, section: str, **values: object) -> Config:
+    """``cfg`` with the keys ``values`` of ``section`` set from the command line's ``flag``,
+    validated as the file's are (an error names the flag)."""
     data = cfg.model_dump(mode="json")
-    data["training"] = {**data["training"], **values}
+    data[section] = {**data[section], **values}
     return parse_config(data, f"{source} with {flag}")
 
 
@@ -282,10 +287,10 @@ def _wave_window(text: str | None, backend: str, out: Path) -> object | None:
 def _cmd_train(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     if args.steps is not None:
-        cfg = _with_training(cfg, str(args.config), f"--steps {args.steps}", steps=args.steps)
+        cfg = _with(cfg, str(args.config), f"--steps {args.steps}", "training", steps=args.steps)
     if args.checkpoint_seconds is not None:
-        cfg = _with_training(cfg, str(args.config), f"--checkpoint-seconds {args.checkpoint_seconds}",
-                             checkpoint_seconds=args.checkpoint_seconds)
+        cfg = _with(cfg, str(args.config), f"--checkpoint-seconds {args.checkpoint_seconds}", "training",
+                    checkpoint_seconds=args.checkpoint_seconds)
     out = args.out if args.out is not None else _default_out(cfg)
     waves = _wave_window(args.waves, args.backend, out)
     splits = load_dataset(cfg)  # data problems surface before a backend is built
@@ -536,6 +541,9 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     """Build for a board; exit 0 if the design fits and meets its clock, 1 if it does not fit,
     misses timing (Fmax below ``hardware.clock_mhz``) or the build failed."""
     cfg = load_config(args.config)
+    if args.timing_weight is not None:  # validated as the configuration's key is
+        cfg = _with(cfg, str(args.config), f"--timing-weight {args.timing_weight}", "hardware",
+                    placement_timing_weight=args.timing_weight)
     check_fits_target(cfg, str(args.config))
     from perturbo.boards.build import ToolchainError, build
 

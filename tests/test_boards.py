@@ -118,8 +118,8 @@ def test_placement_timing_weight_from_the_config() -> None:
         update={"placement_timing_weight": 30})})
     assert "--placer-heap-timingweight" not in build_plan(TINY, "ulx3s-85f")[0].files["build_top.sh"]
     assert "--placer-heap-timingweight 30 " in build_plan(weighted, "ulx3s-85f")[0].files["build_top.sh"]
-    with pytest.raises(ValueError, match="timing_weight is a setting of nextpnr's heap placer, and this "
-                                         "build places with the static placer"):
+    with pytest.raises(ValueError, match=r"timing_weight \(30\) is a setting of nextpnr's heap placer, and "
+                                         "this build places with the static placer"):
         build_plan(weighted, "ulx3s-85f", placer="static")
 
 
@@ -301,6 +301,15 @@ def test_fmax_below_the_clock_fails_timing(monkeypatch: pytest.MonkeyPatch, caps
     assert "47.25 MHz" in capsys.readouterr().err
     monkeypatch.setattr(build_module, "build", lambda *a, **k: report(60.0))
     assert main(["synth", str(DIGITS), "--board", "ulx3s-85f"]) == 0
+    # --timing-weight replaces the configuration's, checked as the key is
+    built = []
+    monkeypatch.setattr(build_module, "build", lambda cfg, *a, **k: built.append(cfg) or report(60.0))
+    assert main(["synth", str(DIGITS), "--board", "ulx3s-85f", "--timing-weight", "20"]) == 0
+    assert built[0].hardware.placement_timing_weight == 20
+    capsys.readouterr()
+    assert main(["synth", str(DIGITS), "--board", "ulx3s-85f", "--timing-weight", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("perturbo: error:") and "--timing-weight 0" in err and "placement_timing_weight" in err
 
 
 # -- fast: the parsers on real tool output ------------------------------------------------------
