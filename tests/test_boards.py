@@ -549,8 +549,13 @@ def test_fmax_seeds_builds_each_seed_and_gives_the_median(monkeypatch: pytest.Mo
     out = capsys.readouterr().out
     weight = load_config(DIGITS).hardware.placement_timing_weight
     assert asked == [(8, "ulx3s-85f", s, "static", weight) for s in (1, 2, 3)]
-    assert "| 2 | ok | 87.9 MHz (93.75) | p2 -> q: 10.0 ns, 5 steps | 2.0 min |" in out
-    assert "median 93.4 MHz, 87.9 to 95.0 over 3 seeds" in out
-    asked.clear()  # the heap placer's timing weight asked for instead of the row's
-    assert module.main(["16 lanes", "--seeds", "2", "--timing-weight", "20"]) == 0
-    assert asked == [(16, "ulx3s-85f", 2, None, 20)] and "timing weight 20" in capsys.readouterr().out
+    assert f"| {weight} | 2 | ok | 87.9 MHz (93.75) | p2 -> q: 10.0 ns, 5 steps | 2.0 min |" in out
+    assert f"timing weight {weight}: median 93.4 MHz, 87.9 to 95.0 over 3 seeds" in out
+    asked.clear()  # heap-placer timing weights compared instead of the row's
+    assert module.main(["16 lanes", "--seeds", "2", "3", "--timing-weights", "default", "20"]) == 0
+    assert asked == [(16, "ulx3s-85f", s, None, w) for w in (None, 20) for s in (2, 3)]
+    out = capsys.readouterr().out
+    assert "| default | 3 | ok | 93.4 MHz" in out and "timing weight 20: median 90.7 MHz" in out
+    with pytest.raises(SystemExit):
+        module.main(["16 lanes", "--timing-weights", "0"])
+    assert "a timing weight is a positive integer or 'default', not '0'" in capsys.readouterr().err
