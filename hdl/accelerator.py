@@ -238,7 +238,8 @@ class Accelerator(wiring.Component):
         # the walker is the unit's only source: its spacing decides the forwarding
         m.submodules.corr = corr = CorrelationUnit(geo.lanes, geo.row_bits, geo.grad_bits,
                                                    fe.term_bits, geo.overflow, fe.min_row_spacing,
-                                                   read_latency=geo.grads_read_latency)
+                                                   read_latency=geo.grads_read_latency,
+                                                   signed_terms=fe.signed_terms)
         m.submodules.update = upd = UpdateUnit(geo)
         m.submodules.writer = writer = OutputWriter(geo)
         m.submodules.seq = seq = Sequencer(geo, eng.cmd_layout, loss.result_layout,

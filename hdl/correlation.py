@@ -32,7 +32,8 @@ from .geometry import Geometry
 from .loss import DC_BITS
 from .memories import LanePortSignature, ReadPortSignature, SignReadSignature, next_column
 
-__all__ = ["term_bits", "row_layout", "sums_layout", "CorrelationUnit", "CorrelationWalker"]
+__all__ = ["term_bits", "row_layout", "signed_rules", "lane_term", "sums_layout", "CorrelationUnit",
+           "CorrelationWalker"]
 
 #: ``|g * x| <= 255 * 128 < 2^15``: a target-projection term is exact in 16 bits.
 TP_TERM_BITS = 16
@@ -43,15 +44,33 @@ def term_bits(natural: int, grad_bits: int) -> int:
     return min(natural, grad_bits + 1)
 
 
-def row_layout(lanes: int, row_bits: int, tbits: int) -> data.StructLayout:
-    """Payload of a row of terms: ``row``, ``mask`` (lanes to update), ``term`` per lane,
-    and ``final`` (the last addition of the step: hand the sums on and clear ``G``)."""
-    return data.StructLayout({
-        "row": row_bits,
-        "mask": lanes,
-        "term": data.ArrayLayout(signed(tbits), lanes),
-        "final": 1,
-    })
+def row_layout(lanes: int, row_bits: int, tbits: int, signed_terms: bool = False) -> data.StructLayout:
+    """Payload of a row of terms: ``row``, ``mask`` (lanes to update), the terms, and
+    ``final`` (the last addition of the step: hand the sums on and clear ``G``).
+
+    The terms are a ``term`` per lane, or with ``signed_terms`` (every layer's rule a sign
+    rule, whose term is ``+dC`` or ``-dC``: :func:`signed_rules`) the two a lane can take,
+    ``plus`` and ``minus``, once, and a bit per lane that picks ``minus`` (``negative``):
+    a row then carries ``2 * tbits + lanes`` bits of terms instead of ``lanes * tbits``.
+    :func:`lane_term` reads lane ``k``'s term from either.
+    """
+    terms: dict[str, ShapeLike | data.ArrayLayout] = (
+        {"plus": signed(tbits), "minus": signed(tbits), "negative": lanes} if signed_terms
+        else {"term": data.ArrayLayout(signed(tbits), lanes)})
+    return data.StructLayout({"row": row_bits, "mask": lanes, **terms, "final": 1})
+
+
+def signed_rules(rules: set[Rule] | frozenset[Rule]) -> bool:
+    """Whether every rule's term is ``+dC`` or ``-dC`` (or 0: a lane left out of the mask),
+    so that rows can carry them as :func:`row_layout`'s ``signed_terms``."""
+    return set(rules) <= {Rule.MGD_WEIGHT, Rule.ALR}
+
+
+def lane_term(row: Value, k: int) -> Value:
+    """Lane ``k``'s term in ``row`` (a :func:`row_layout` payload of either kind)."""
+    if "term" in row.shape().members:
+        return row.term[k]
+    return Mux(row.negative[k], row.minus, row.plus)
 
 
 def sums_layout(lanes: int, row_bits: int, grad_bits: int) -> data.StructLayout:
@@ -63,10 +82,12 @@ class CorrelationUnit(wiring.Component):
     """``G[row][k] = narrow_g(G[row][k] + term[k])`` for every lane ``k`` in ``mask``.
 
     One row per cycle, a read-modify-write in four stages: R presents the row's read
-    address; D registers what the G memories return; X adds the terms and narrows into a
-    register; W writes it.  No cycle holds more than one of the block RAM's output, the
-    add and narrowing, and the write-port multiplexer (the three shared one cycle before,
-    a 19 ns path on the ECP5), so a row is written 3 cycles after it is taken (it was 1).
+    address; D registers what the G memories return, and each lane's term (0 for a lane
+    not in ``mask``, so that X adds and narrows without a multiplexer after: ``narrow_g(G +
+    0)`` is ``G``); X adds the terms and narrows into a register; W writes it.  No cycle
+    holds more than one of the block RAM's output, the add and narrowing, and the
+    write-port multiplexer (the three shared one cycle before, a 19 ns path on the ECP5),
+    so a row is written 3 cycles after it is taken (it was 1).
     With a ``read_latency`` of 2 (a G memory whose output is registered,
     ``hardware.register_grads``) a stage H between R and D waits for the answer, and a
     row is written 4 cycles after it is taken (:attr:`latency`).
@@ -95,6 +116,9 @@ class CorrelationUnit(wiring.Component):
         Width of ``G``.
     term_bits
         Width of the terms.
+    signed_terms
+        The rows carry ``plus``, ``minus`` and a sign bit per lane instead of a term per
+        lane (:func:`row_layout`; the source's rules all :func:`signed_rules`).
     overflow
         ``numerics.overflow`` for the narrowing.
     min_spacing
@@ -107,7 +131,7 @@ class CorrelationUnit(wiring.Component):
 
     Members
     -------
-    i : ``In(stream.Signature(row_layout(lanes, row_bits, term_bits)))``
+    i : ``In(stream.Signature(row_layout(lanes, row_bits, term_bits, signed_terms)))``
         Rows of terms; always ready.
     grads : ``Out(LanePortSignature(lanes, row_bits, signed(grad_bits)))``
         The G memories.
@@ -124,7 +148,7 @@ class CorrelationUnit(wiring.Component):
 
     def __init__(self, lanes: int, row_bits: int, grad_bits: int, term_bits: int,
                  overflow: Overflow = Overflow.SATURATE, min_spacing: int | None = None,
-                 read_latency: int = 1) -> None:
+                 read_latency: int = 1, signed_terms: bool = False) -> None:
         if not isinstance(lanes, int) or lanes < 1:
             raise ValueError(f"lanes must be a positive integer, not {lanes!r}")
         if not isinstance(grad_bits, int) or grad_bits < 2:
@@ -145,7 +169,9 @@ class CorrelationUnit(wiring.Component):
         self.min_spacing = min_spacing
         #: whether the unit forwards the rows in flight (see the class docstring)
         self.forwarding = min_spacing is None or min_spacing < self.depth
-        self.layout = row_layout(lanes, row_bits, term_bits)
+        self.layout = row_layout(lanes, row_bits, term_bits, signed_terms)
+        #: a row from stage X on: a term per lane, 0 where the lane is not in the mask
+        self.lane_layout = row_layout(lanes, row_bits, term_bits)
         super().__init__({
             "i": In(stream.Signature(self.layout)),
             "grads": Out(LanePortSignature(lanes, row_bits, signed(grad_bits))),
@@ -182,7 +208,7 @@ class CorrelationUnit(wiring.Component):
             in_pipe.append(h_valid)
         d_valid, x_valid, w_valid = Signal(), Signal(), Signal()
         in_pipe += [d_valid, x_valid, w_valid]
-        d, x = Signal(self.layout), Signal(self.layout)
+        d, x = Signal(self.layout), Signal(self.lane_layout)
         w_row, w_final, w_we = Signal(self.row_bits), Signal(), Signal(lanes)
         w_new = Signal(g_row)  # the sums (unmasked lanes: G as it was)
         # what the memory holds after W's write: 0 after a final row
@@ -200,7 +226,8 @@ class CorrelationUnit(wiring.Component):
         x_from_w = Signal()
         m.d.sync += x_valid.eq(d_valid)
         with m.If(d_valid):
-            m.d.sync += x.eq(d)
+            m.d.sync += [x.row.eq(d.row), x.mask.eq(d.mask), x.final.eq(d.final)]
+            m.d.sync += [x.term[k].eq(Mux(d.mask[k], lane_term(d, k), 0)) for k in range(lanes)]
         if self.forwarding:
             self._forward(m, before_d.row, d_valid, x_valid, x.row, w_valid, w_row, w_after, x_old)
             # X: the row just before (now in X, next cycle in W) overrides D's value
@@ -216,7 +243,7 @@ class CorrelationUnit(wiring.Component):
             m.d.sync += [w_row.eq(x.row), w_final.eq(x.final)]
             for k in range(lanes):
                 old = Mux(x_from_w, w_after[k], x_old[k])
-                m.d.sync += w_new[k].eq(Mux(x.mask[k], narrow(old + x.term[k], gb, self.overflow), old))
+                m.d.sync += w_new[k].eq(narrow(old + x.term[k], gb, self.overflow))
         # W: the write, and the final sums
         m.d.comb += [
             self.grads.waddr.eq(w_row),
@@ -358,7 +385,9 @@ class CorrelationWalker(wiring.Component):
         self.act_addr_bits = act_addr_bits = geo.act_addr_bits
         self.factor_layout = factor_layout = geo.factor_layout()
         self.sample_addr_bits = sample_addr_bits = geo.sample_addr_bits
-        self.layout = row_layout(geo.lanes, geo.row_bits, self.term_bits)
+        #: rows carry plus, minus and a sign bit per lane (every layer's term is +-dC)
+        self.signed_terms = signed_rules(rules)
+        self.layout = row_layout(geo.lanes, geo.row_bits, self.term_bits, self.signed_terms)
         self.uses_signs = geo.walker_reads_signs
         self.uses_acts = geo.walker_reads_acts
         self.uses_samples = geo.walker_reads_samples
@@ -528,26 +557,34 @@ class CorrelationWalker(wiring.Component):
     def _terms(self, m: Module, job: Signal, c: Signal, c_x: Signal, c_signs: Signal,
                c_factor: Signal | None) -> tuple[Signal, Signal]:
         """Stage C: each lane's term into the output register, by the rule of the row's
-        layer.  Returns ``plus`` and ``minus`` (``narrow(dC)`` and ``narrow(-dC)``), which
-        the job intake sets."""
+        layer (with :attr:`signed_terms`, ``plus`` and ``minus`` and each lane's sign, an
+        ALR lane whose term is 0 left out of the mask).  Returns ``plus`` and ``minus``
+        (``narrow(dC)`` and ``narrow(-dC)``), which the job intake sets."""
         geo, lanes = self.geometry, self.geometry.lanes
         layers = geo.layers
         tb = self.term_bits
         plus = Signal(signed(tb))  # narrow(dC) and narrow(-dC), set when the job is taken
         minus = Signal(signed(tb))
         out = self.o.payload
-        m.d.sync += [self.o.valid.eq(c.valid), out.row.eq(c.row), out.mask.eq(c.mask),
-                     out.final.eq(job.final)]
-        product = Signal(signed(DC_BITS + 8))  # dC * x0_j, shared by the lanes (MGD node)
-        m.d.comb += product.eq(job.dc * c_x)
         x_zero, x_negative = c_x == 0, c_x[-1]
         # one case per rule, not per layer (layers of one rule form their terms alike), and
         # no case at all when every layer has the same rule
         layers_of: dict[Rule, list[int]] = {}
         for lay in layers:
             layers_of.setdefault(lay.rule, []).append(lay.index)
+        zero = Const(0, lanes)  # the lanes whose signed term is 0 (ALR), left out of the mask
+        if self.signed_terms and Rule.ALR in layers_of:
+            in_alr = c.layer.matches(*layers_of[Rule.ALR]) if len(layers_of) > 1 else Const(1)
+            zero = Cat(in_alr & (x_zero | c_factor[k][1]) for k in range(lanes))
+        m.d.sync += [self.o.valid.eq(c.valid), out.row.eq(c.row), out.mask.eq(c.mask & ~zero),
+                     out.final.eq(job.final)]
+        product = Signal(signed(DC_BITS + 8))  # dC * x0_j, shared by the lanes (MGD node)
+        m.d.comb += product.eq(job.dc * c_x)
 
         def terms(rule: Rule) -> list:
+            if self.signed_terms:
+                return [out.negative[k].eq(self._negative(rule, k, x_negative, c_signs, c_factor, job))
+                        for k in range(lanes)]
             return [out.term[k].eq(self._term(rule, k, plus, minus, product, x_zero, x_negative,
                                               c_x, c_signs, c_factor, job)) for k in range(lanes)]
 
@@ -556,6 +593,8 @@ class CorrelationWalker(wiring.Component):
         # cycle, as before: the correlation unit reads G at the row it is given, valid or
         # not (its read enable is always high), so its reads keep their addresses
         with m.If(c.valid):
+            if self.signed_terms:
+                m.d.sync += [out.plus.eq(plus), out.minus.eq(minus)]
             if len(layers_of) == 1:
                 m.d.sync += terms(layers[0].rule)
             else:
@@ -603,3 +642,12 @@ class CorrelationWalker(wiring.Component):
             zero = x_zero | factor[k][1]
             return Mux(zero, 0, Mux(x_negative ^ factor[k][0], minus, plus))
         return narrow(factor[k] * x, self.term_bits, ovf)  # target projection: g_i * x_j (exact)
+
+    @staticmethod
+    def _negative(rule: Rule, k: int, x_negative: Value, signs: Value, factor: Value | None,
+                  job: Value) -> Value:
+        """Whether lane ``k``'s term in a layer of a sign rule is ``-dC`` (``minus``); an ALR
+        term of 0 is left out of the mask instead (:meth:`_terms`)."""
+        if rule == Rule.MGD_WEIGHT:
+            return signs[k] ^ job.negate
+        return x_negative ^ factor[k][0]  # ALR: sign(a * n_i) * sign(x_j) negative

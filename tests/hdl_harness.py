@@ -144,7 +144,8 @@ class CorrelationHarness(wiring.Component):
         self.frontend = fe = CorrelationWalker(geo)
         self.unit = CorrelationUnit(geo.lanes, geo.row_bits, geo.grad_bits, fe.term_bits,
                                     geo.overflow, fe.min_row_spacing if spaced else None,
-                                    read_latency=geo.grads_read_latency)
+                                    read_latency=geo.grads_read_latency,
+                                    signed_terms=fe.signed_terms)
         members = {
             "cmd": In(stream.Signature(fe.job_layout)),
             "rows": In(stream.Signature(self.unit.layout)),

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import random
+from collections.abc import Callable
 
 import cocotb
 import torch
@@ -43,7 +44,8 @@ FE = CorrelationWalker(geo)
 SPACED = os.environ.get("PERTURBO_CORR_SPACED") == "1"
 G_LATENCY = geo.grads_read_latency
 UNIT = CorrelationUnit(geo.lanes, geo.row_bits, geo.grad_bits, FE.term_bits, geo.overflow,
-                       min_spacing=FE.min_row_spacing if SPACED else None, read_latency=G_LATENCY)
+                       min_spacing=FE.min_row_spacing if SPACED else None, read_latency=G_LATENCY,
+                       signed_terms=FE.signed_terms)
 GB, TB, LANES = geo.grad_bits, FE.term_bits, geo.lanes
 LO, HI = -(1 << (GB - 1)), (1 << (GB - 1)) - 1
 RULES = [lay.rule for lay in geo.layers]
@@ -52,6 +54,24 @@ TP = geo.projection
 ROW_MAP = [(lay.index, g, t) for lay in geo.layers for g in range(lay.groups) for t in range(lay.tokens)]
 ACTS = Packer(data.ArrayLayout(signed(8), LANES))
 FACTORS = Packer(FE.factor_layout) if geo.factor_bits else None
+
+
+def lane_terms(row: dict) -> list[int]:
+    """Each lane's term of a row of terms (``term`` per lane, or ``plus``, ``minus`` and
+    the lanes' ``negative`` bits: ``row_layout``'s ``signed_terms``)."""
+    if FE.signed_terms:
+        return [row["minus"] if row["negative"] >> k & 1 else row["plus"] for k in range(LANES)]
+    return list(row["term"])
+
+
+def random_terms(rng: random.Random, pick: Callable[[], int]) -> tuple[dict, list[int]]:
+    """The term fields of a row from ``pick`` (one term, or with signed terms ``plus`` and
+    ``minus``, random sign bits), and each lane's term."""
+    if FE.signed_terms:
+        fields = {"plus": pick(), "minus": pick(), "negative": rng.getrandbits(LANES)}
+    else:
+        fields = {"term": [pick() for _ in range(LANES)]}
+    return fields, lane_terms(fields)
 
 
 def rule_name(li: int) -> str:
@@ -235,16 +255,19 @@ def check_rows(watch: Watch, mem: Contents, jobs: list[dict], tag: str) -> None:
             lay = geo.layers[li]
             mask = lay.synapse_mask(g, t)
             where = f"{tag}: job {n} {job}: rule {rule_name(li)} layer {li}"
-            assert got["row"] == r and got["mask"] == mask and got["final"] == job["final"], \
+            # (a lane whose term is 0 may be left out of the mask: it adds nothing)
+            assert got["row"] == r and got["mask"] & ~mask == 0 and got["final"] == job["final"], \
                 (f"correlation walker row differs: {where} group {g} token {t}: rtl row {got['row']} "
                  f"mask {got['mask']:b} final {got['final']}, golden row {r} mask {mask:b} "
                  f"final {job['final']}")
+            got_terms = lane_terms(got)
             for k in (k for k in range(LANES) if mask >> k & 1):
                 i, j = g * lay.per_group + k // lay.split, t * lay.split + k % lay.split
                 gold = int(u.narrow(terms[li][i, j], TB, geo.overflow))
-                assert got["term"][k] == gold, (
+                term = got_terms[k] if got["mask"] >> k & 1 else 0
+                assert term == gold, (
                     f"correlation walker term differs: {where} neuron {i} input {j}: "
-                    f"rtl {got['term'][k]} golden {gold} (exact {int(terms[li][i, j])})")
+                    f"rtl {term} golden {gold} (exact {int(terms[li][i, j])})")
     watch.rows.clear()
     watch.done = 0
 
@@ -398,8 +421,8 @@ async def direct_rows(dut) -> None:
             row = rng.randrange(geo.weight_depth)
         recent = recent[1:] + [row]
         mask = rng.getrandbits(LANES)
-        terms = [rng.choice([rng.randint(tlo, thi), 1, -1, thi, tlo]) for _ in range(LANES)]
-        src.send({"row": row, "mask": mask, "term": terms})
+        fields, terms = random_terms(rng, lambda: rng.choice([rng.randint(tlo, thi), 1, -1, thi, tlo]))
+        src.send({"row": row, "mask": mask, **fields})
         for k in range(LANES):
             if mask >> k & 1:
                 model[row][k] = int(u.narrow(torch.tensor(model[row][k] + terms[k]), GB, geo.overflow))
@@ -417,8 +440,8 @@ async def direct_rows(dut) -> None:
     expected = {}
     for row in order:
         mask = rng.getrandbits(LANES)
-        terms = [rng.randint(tlo, thi) for _ in range(LANES)]
-        src.send({"row": row, "mask": mask, "term": terms, "final": 1})
+        fields, terms = random_terms(rng, lambda: rng.randint(tlo, thi))
+        src.send({"row": row, "mask": mask, **fields, "final": 1})
         expected[row] = [int(u.narrow(torch.tensor(model[row][k] + terms[k]), GB, geo.overflow))
                          if mask >> k & 1 else model[row][k] for k in range(LANES)]
     await bench.run(lambda: src.idle_now and not int(dut.busy.value), 3000, "the final rows")
