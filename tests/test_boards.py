@@ -559,3 +559,43 @@ def test_fmax_seeds_builds_each_seed_and_gives_the_median(monkeypatch: pytest.Mo
     with pytest.raises(SystemExit):
         module.main(["16 lanes", "--timing-weights", "0"])
     assert "a timing weight is a positive integer or 'default', not '0'" in capsys.readouterr().err
+
+
+def test_lane_cost_counts_cells_per_unit(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    """bench/lane_cost.py: yosys's per-module stat summed per accelerator unit (a unit's own
+    submodules in it), carry cells as two logic cells, and the cost of a lane more."""
+    import importlib.util
+
+    _board_table()  # (lane_cost imports it by name)
+    spec = importlib.util.spec_from_file_location("lane_cost", REPO / "bench" / "lane_cost.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+    def stat(lanes: int) -> str:
+        return "\n".join([
+            "=== top.linked.target.engine ===", f"      {10 * lanes}   LUT4", f"      {lanes}   CCU2C",
+            f"      {9 * lanes}   TRELLIS_FF",
+            "=== top.linked.target.engine.mult0 ===", f"      {lanes}   MULT18X18D",
+            "=== top.linked.target ===", "      50   LUT4", "      7   TRELLIS_FF",
+            "=== top.linked.link.crc$77 ===", "      44   LUT4",
+            "=== top ===", "      3   LUT4",
+            "=== design hierarchy ===", "      999   LUT4",
+        ])
+
+    units = module.parse_stat(stat(8))
+    assert units["engine"] == {"LUT4": 80, "CCU2C": 8, "TRELLIS_FF": 72, "MULT18X18D": 8}
+    assert units["accelerator logic"]["LUT4"] == 50 and units["host link"]["LUT4"] == 44
+    assert units["board top"]["LUT4"] == 3 and module.logic(units["engine"]) == 96
+    seen = []
+
+    def fake_synthesise(cfg: Config, work: Path) -> dict:
+        seen.append((cfg.hardware.lanes, cfg.hardware.update_width))
+        return module.parse_stat(stat(cfg.hardware.lanes))
+
+    monkeypatch.setattr(module, "synthesise", fake_synthesise)
+    assert module.main(["--lanes", "32", "8"]) == 0
+    assert seen == [(8, 8), (32, 16)]  # the board table's rows: 32 lanes with a narrower update
+    out = capsys.readouterr().out
+    assert "| engine | 96 / 72 / 8 DSP | 384 / 288 / 32 DSP | 12 / 9 |" in out
+    assert "| accelerator logic | 50 / 7 | 50 / 7 | 0 / 0 |" in out
+    assert "| **all** | 193 / 79 / 8 DSP | 481 / 295 / 32 DSP | 12 / 9 |" in out
