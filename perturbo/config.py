@@ -328,8 +328,9 @@ class HardwareConfig(_Strict):
         le=1000,
         description="the weight nextpnr's heap placer gives timing against wirelength "
         "(--placer-heap-timingweight; default: nextpnr's, 10): like the seed, a per-build choice "
-        "(the 8-lane digits example on the ULX3S-85F: 106.5, 104.0 and 106.5 MHz at seeds 1 to 3 "
-        "with 30, 100.1, 104.9 and 96.9 with the default; 16 lanes lost 2 % with it; docs/boards.md). "
+        "(the 8-lane digits example on the ULX3S-85F at session 34's RTL: 106.5, 104.0 and 106.5 MHz "
+        "at seeds 1 to 3 with 30, 100.1, 104.9 and 96.9 with the default; at session 35's, 94.9, 103.9 "
+        "and 99.0 against 102.8, 103.3 and 98.3; docs/boards.md). "
         "Builds placed by the static placer refuse it",
     )
     clock_mhz: float | None = Field(

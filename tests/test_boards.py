@@ -512,7 +512,7 @@ def test_board_table_overhead_and_missing_rows() -> None:
     # the other lane counts placed at nextpnr's defaults, the inference-only build as the example
     placement = [(r.cfg.hardware.placement_seed, r.cfg.hardware.placement_timing_weight) for r in rows]
     example = placement[0]
-    assert placement[1:3] == [(1, None)] * 2 and placement[-1] == example and example[1] is not None
+    assert placement[1:3] == [(1, None)] * 2 and placement[-1] == example
     rows = [rows[0], *rows[3:]]
     rows[0].report = report(15_000, 7_000, 25, 56, 53.0)
     out = table.markdown(rows)
@@ -549,8 +549,8 @@ def test_fmax_seeds_builds_each_seed_and_gives_the_median(monkeypatch: pytest.Mo
     out = capsys.readouterr().out
     weight = load_config(DIGITS).hardware.placement_timing_weight
     assert asked == [(8, "ulx3s-85f", s, "static", weight) for s in (1, 2, 3)]
-    assert f"| {weight} | 2 | ok | 87.9 MHz (93.75) | p2 -> q: 10.0 ns, 5 steps | 2.0 min |" in out
-    assert f"timing weight {weight}: median 93.4 MHz, 87.9 to 95.0 over 3 seeds" in out
+    assert f"| {weight or 'default'} | 2 | ok | 87.9 MHz (93.75) | p2 -> q: 10.0 ns, 5 steps | 2.0 min |" in out
+    assert f"timing weight {weight or 'default'}: median 93.4 MHz, 87.9 to 95.0 over 3 seeds" in out
     asked.clear()  # heap-placer timing weights compared instead of the row's
     assert module.main(["16 lanes", "--seeds", "2", "3", "--timing-weights", "default", "20"]) == 0
     assert asked == [(16, "ulx3s-85f", s, None, w) for w in (None, 20) for s in (2, 3)]
