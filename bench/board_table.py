@@ -236,6 +236,13 @@ def overhead(train: SynthReport | None, infer: SynthReport | None,
     return "\n".join(lines)
 
 
+def emit(text: str, out: Path | None) -> None:
+    """Print a bench's Markdown ``text``, and write it to ``out`` too when given."""
+    print(text, end="")
+    if out is not None:
+        out.write_text(text)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--lanes", type=int, nargs="+", default=[8, 16, 32, 64],
@@ -259,10 +266,7 @@ def main(argv: list[str] | None = None) -> int:
             row.report = build(row.cfg, row.board, quiet=True)
     train, infer = learning_pair(table)
     medians = (seed_median(train), seed_median(infer)) if train and infer else (None, None)
-    text = markdown(table, medians)
-    print(text, end="")
-    if args.out is not None:
-        args.out.write_text(text)
+    emit(markdown(table, medians), args.out)
     return 0
 
 

@@ -28,7 +28,7 @@ import tempfile
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from board_table import rows
+from board_table import emit, rows
 
 from perturbo.boards import get_board
 from perturbo.boards.build import NAME, build_plan, tool_env
@@ -123,11 +123,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{BOARD}, {n} lanes: synth_ecp5 -noflatten", file=sys.stderr, flush=True)
         with tempfile.TemporaryDirectory(prefix="lane-cost-") as work:
             counts.append(synthesise(configs[n], Path(work)))
-    text = ("Logic cells (LUT4, two per CCU2C) / flip-flops per unit, `synth_ecp5 -noflatten`; "
-            "the last column is the cost of a lane more.\n\n" + markdown(lanes, counts))
-    print(text, end="")
-    if args.out is not None:
-        args.out.write_text(text)
+    emit("Logic cells (LUT4, two per CCU2C) / flip-flops per unit, `synth_ecp5 -noflatten`; "
+         "the last column is the cost of a lane more.\n\n" + markdown(lanes, counts), args.out)
     return 0
 
 
