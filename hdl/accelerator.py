@@ -448,7 +448,8 @@ class Accelerator(wiring.Component):
                    upd: UpdateUnit | None) -> RegisterFile:
         """The register file, the counters and the commands."""
         cfg, geo = self.cfg, self.geometry
-        m.submodules.regs = regs = RegisterFile(cfg, config_resets=self.config_resets)
+        m.submodules.regs = regs = RegisterFile(cfg, config_resets=self.config_resets,
+                                                  settled_wdata=self.pipelined_reads)
         running = seq.busy
         strobes = {name: Signal(name=f"command_{name}") for name in ("train", "infer", "train_stream", "abort")}
         starting = strobes["train"] | strobes["infer"] | strobes["train_stream"]  # (the sequencer's a cycle later)
@@ -511,6 +512,13 @@ class Accelerator(wiring.Component):
             m.d.sync += steps_done.eq(steps_done + 1)
         with m.If(seq.finished):  # DONE rises in the cycle BUSY falls
             m.d.sync += done.eq(1)
+        # CLEAR_COUNTERS zeroes the counters a cycle after it is accepted, from a register:
+        # the write's decoding into the counters' 160 flip-flops was a 32-lane ECP5 build's
+        # slowest path.  Idle, the counters stand still that cycle; the bus answers as before.
+        clearing = Signal()
+        m.d.sync += clearing.eq(0)
+        with m.If(clearing):
+            m.d.sync += [cycles.eq(0), mac_busy.eq(0), stalls.eq(0), steps_done.eq(0)]
         # commands: only ABORT is accepted while one runs.  The sequencer takes an accepted
         # command a cycle later, from a register (the write's decoding through the
         # sequencer's next state was a 10-step path at 100 MHz); the bus answers from
@@ -533,8 +541,7 @@ class Accelerator(wiring.Component):
                     m.d.sync += done.eq(0)
             with m.Case(Command.CLEAR_COUNTERS):
                 m.d.comb += regs.command_ok.eq(idle)
-                with m.If(idle):
-                    m.d.sync += [cycles.eq(0), mac_busy.eq(0), stalls.eq(0), steps_done.eq(0)]
+                m.d.sync += clearing.eq(idle)
             if geo.streaming:
                 with m.Case(Command.TRAIN_STREAM):  # a step must fit the ring beside a free slot
                     ok = (idle & (regs.sample_count != 0) & (seq.cursor < regs.sample_count)
@@ -718,8 +725,16 @@ class Accelerator(wiring.Component):
                  else Const(0, 1) if sp in READ_ONLY_SPACES
                  else fits(widths[sp]))
             for sp in memories})
+        # the lane a read selects, in a copy per laned space with pipelined_reads (loaded only
+        # by requests to it, as addressed() does): one register fanning out to every space's
+        # lane multiplexers was the 32-lane ECP5 build's slowest path (read_lane -> picked_grads)
+        lane_of = {sp: Signal.like(read_lane, name=f"read_lane_{sp.name.lower()}") if self.pipelined_reads
+                   else read_lane for sp, (_, laned) in memories.items() if laned}
         with m.If(request):
             m.d.sync += [ack.eq(1), err.eq(0), read_mem.eq(0), read_space.eq(space), read_lane.eq(lane)]
+            for sp, copy in lane_of.items() if self.pipelined_reads else ():
+                with m.If(space == sp):
+                    m.d.sync += copy.eq(lane)
             with m.If(verdict):
                 m.d.sync += err.eq(1)
             with m.Elif(space == Space.REGS):
@@ -757,7 +772,7 @@ class Accelerator(wiring.Component):
                 rdata = Signal.like(port.rdata, name=f"held_{sp.name.lower()}")
                 with m.If(reading):
                     m.d.sync += rdata.eq(port.rdata)
-            words[sp] = Value.cast(rdata[read_lane]).as_signed() if laned else Value.cast(rdata)
+            words[sp] = Value.cast(rdata[lane_of[sp]]).as_signed() if laned else Value.cast(rdata)
             if self.pipelined_reads:
                 picked = Signal.like(words[sp], name=f"picked_{sp.name.lower()}")
                 with m.If(held):

@@ -579,7 +579,8 @@ class CorrelationWalker(wiring.Component):
         m.d.sync += [self.o.valid.eq(c.valid), out.row.eq(c.row), out.mask.eq(c.mask & ~zero),
                      out.final.eq(job.final)]
         product = Signal(signed(DC_BITS + 8))  # dC * x0_j, shared by the lanes (MGD node)
-        m.d.comb += product.eq(job.dc * c_x)
+        if Rule.MGD_NODE in layers_of:  # (declared and left unread otherwise)
+            m.d.comb += product.eq(job.dc * c_x)
 
         def terms(rule: Rule) -> list:
             if self.signed_terms:

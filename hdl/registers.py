@@ -346,10 +346,19 @@ class RegisterFile(wiring.Component):
     command : ``Out(1)``
         A write of ``COMMAND`` (its value on ``wdata``); ``command_ok`` (``In(1)``, the same
         cycle) says whether it was accepted.
+
+    Parameters
+    ----------
+    settled_wdata : bool
+        ``wdata`` holds its value from the cycle before ``req`` on (the ECP5 boards' and
+        the co-simulation's pipelined bus): each register's range check is then a register,
+        loaded every cycle, instead of comparisons between ``wdata`` and the error flag
+        (a slowest path of the 16- and 32-lane ECP5 builds).
     """
 
-    def __init__(self, cfg: Config, *, config_resets: bool = True) -> None:
+    def __init__(self, cfg: Config, *, config_resets: bool = True, settled_wdata: bool = False) -> None:
         self.cfg = cfg
+        self.settled_wdata = settled_wdata
         self.infos = {info.name: info for info in register_map(cfg, config_resets=config_resets)}
         members: dict[str, object] = {
             "req": In(1), "addr": In(8), "we": In(1), "wdata": In(32), "locked": In(1),
@@ -373,6 +382,8 @@ class RegisterFile(wiring.Component):
         m = Module()
         latched = {spec.high: Signal(_width(spec, self.cfg) - 32, name=spec.high.lower())
                    for spec in REGISTERS if spec.high in self.infos}
+        in_range = {spec.name: self._in_range(m, self.infos[spec.name]) for spec in REGISTERS
+                    if spec.name in self.infos and spec.access == Access.RW}
         m.d.sync += [self.rdata.eq(0), self.err.eq(0)]
         with m.If(self.req), m.Switch(self.addr):
             for spec in REGISTERS:
@@ -380,12 +391,21 @@ class RegisterFile(wiring.Component):
                 if info is None:
                     continue
                 with m.Case(spec.address):
-                    self._decode(m, spec, info, latched)
+                    self._decode(m, spec, latched, in_range.get(spec.name))
             with m.Default():
                 m.d.sync += self.err.eq(1)
         return m
 
-    def _decode(self, m: Module, spec: RegisterSpec, info: RegisterInfo, latched: dict[str, Signal]) -> None:
+    def _in_range(self, m: Module, info: RegisterInfo) -> Value:
+        """Whether ``wdata`` lies in ``info``'s bounds (registered with ``settled_wdata``)."""
+        check = at_least(self.wdata, info.lo) & at_most(self.wdata, info.hi)
+        if not self.settled_wdata or isinstance(check, Const):
+            return check
+        settled = Signal(name=f"{info.name.lower()}_in_range")
+        m.d.sync += settled.eq(check)
+        return settled
+
+    def _decode(self, m: Module, spec: RegisterSpec, latched: dict[str, Signal], in_range: Value | None) -> None:
         if spec.access == Access.WO:  # the command decides, busy or not (ABORT is always taken)
             with m.If(~self.we):
                 m.d.sync += self.err.eq(1)
@@ -402,7 +422,7 @@ class RegisterFile(wiring.Component):
                 m.d.sync += self.err.eq(1)
             return
         ok = ~self.locked | getattr(self, f"{spec.source}_ok") if spec.live else ~self.locked
-        ok = ok & at_least(self.wdata, info.lo) & at_most(self.wdata, info.hi)
+        ok = ok & in_range
         with m.If(self.we):
             with m.If(ok):
                 if spec.outside:
