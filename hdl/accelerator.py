@@ -524,12 +524,31 @@ class Accelerator(wiring.Component):
         # sequencer's next state was a 10-step path at 100 MHz); the bus answers from
         # ``command_ok`` as before, and BUSY is set from that cycle on (``starting``).
         idle = ~(running | starting)
+
+        def may_start(checks: Value) -> Value:
+            """Whether a run may start now: ``idle`` and ``checks`` (comparisons of registers
+            that stand still while idle).  With ``pipelined_reads`` the checks, and ``idle``
+            with them, are registered every cycle: the sequencer's state through the
+            comparisons' carry chains into the register file's error flag was a slowest
+            path of the ECP5 builds (21 steps).  A command then waits a cycle after a run
+            ends; the host sends one only once it has read ``DONE``."""
+            if not self.pipelined_reads:
+                return idle & checks
+            ready = Signal()
+            m.d.sync += ready.eq(idle & checks)
+            return idle & ready
+
         m.d.sync += [strobe.eq(0) for strobe in strobes.values()]
         m.d.comb += [getattr(seq, name).eq(strobe) for name, strobe in strobes.items()]
+        # (computed here: may_start's registers load every cycle, not only in a command's case)
+        train_ok = (may_start((regs.sample_count != 0) & (seq.cursor < regs.sample_count))
+                    if training else Const(0, 1))
+        if geo.streaming:
+            stream_ok = may_start((regs.sample_count != 0) & (seq.cursor < regs.sample_count)
+                                  & (seq.fill < regs.sample_count) & (regs.step_samples < regs.sample_count))
         with m.If(regs.command), m.Switch(regs.wdata):
             with m.Case(Command.TRAIN):  # (refused by an inference-only build)
-                ok = (idle & (regs.sample_count != 0) & (seq.cursor < regs.sample_count)
-                      if training else Const(0, 1))
+                ok = train_ok
                 m.d.comb += regs.command_ok.eq(ok)
                 m.d.sync += strobes["train"].eq(ok)
                 with m.If(ok):
@@ -544,8 +563,7 @@ class Accelerator(wiring.Component):
                 m.d.sync += clearing.eq(idle)
             if geo.streaming:
                 with m.Case(Command.TRAIN_STREAM):  # a step must fit the ring beside a free slot
-                    ok = (idle & (regs.sample_count != 0) & (seq.cursor < regs.sample_count)
-                          & (seq.fill < regs.sample_count) & (regs.step_samples < regs.sample_count))
+                    ok = stream_ok
                     m.d.comb += regs.command_ok.eq(ok)
                     m.d.sync += strobes["train_stream"].eq(ok)
                     with m.If(ok):
@@ -704,10 +722,14 @@ class Accelerator(wiring.Component):
                 m.d.sync += ack.eq(1)
             request = request & ~held & ~picking & ~regs_due
             # the request's age: decoded() registers the address in its first cycle, the
-            # verdict below is registered from that in its second, and it is taken in its third
+            # verdict below is registered from that in its second, and it is taken in its third.
+            # Taken on its age alone: in the two cycles it aged there was no ack, read or
+            # register answer (the terms above), so none is due now, and the host link holds
+            # stb until ack (the bus's rule).  The host link's strobe through those terms into
+            # the read's lane registers was a 32-lane ECP5 build's slowest path.
             age = Signal(range(3))
             m.d.sync += age.eq(Mux(request & (age != 2), age + 1, 0))
-            request = request & (age == 2)
+            request = age == 2
         m.d.comb += [regs.addr.eq(addressed(Space.REGS, bus_word)), regs.we.eq(we), regs.wdata.eq(wdata)]
         sizes = {Space.WEIGHTS: lane_words, Space.GRADS: lane_words, Space.MOMENTUM: lane_words,
                  Space.SAMPLES: geo.sample_bus_words, Space.LABELS: geo.sample_depth,
