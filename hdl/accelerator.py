@@ -530,8 +530,9 @@ class Accelerator(wiring.Component):
             that stand still while idle).  With ``pipelined_reads`` the checks, and ``idle``
             with them, are registered every cycle: the sequencer's state through the
             comparisons' carry chains into the register file's error flag was a slowest
-            path of the ECP5 builds (21 steps).  A command then waits a cycle after a run
-            ends; the host sends one only once it has read ``DONE``."""
+            path of the ECP5 builds (21 steps).  A command in the very cycle a run ends is
+            then refused as if busy (docs/protocol.md); the host sends one only once it has
+            read ``DONE``."""
             if not self.pipelined_reads:
                 return idle & checks
             ready = Signal()
