@@ -542,11 +542,11 @@ class Accelerator(wiring.Component):
         m.d.sync += [strobe.eq(0) for strobe in strobes.values()]
         m.d.comb += [getattr(seq, name).eq(strobe) for name, strobe in strobes.items()]
         # (computed here: may_start's registers load every cycle, not only in a command's case)
-        train_ok = (may_start((regs.sample_count != 0) & (seq.cursor < regs.sample_count))
-                    if training else Const(0, 1))
+        has_samples = (regs.sample_count != 0) & (seq.cursor < regs.sample_count) if training else None
+        train_ok = may_start(has_samples) if training else Const(0, 1)
         if geo.streaming:
-            stream_ok = may_start((regs.sample_count != 0) & (seq.cursor < regs.sample_count)
-                                  & (seq.fill < regs.sample_count) & (regs.step_samples < regs.sample_count))
+            stream_ok = may_start(has_samples & (seq.fill < regs.sample_count)
+                                  & (regs.step_samples < regs.sample_count))
         with m.If(regs.command), m.Switch(regs.wdata):
             with m.Case(Command.TRAIN):  # (refused by an inference-only build)
                 ok = train_ok
