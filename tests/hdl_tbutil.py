@@ -320,6 +320,11 @@ class BusMaster:
         assert err == expect_err, (f"write space {space} word {word} value {value}: err {err}, "
                                    f"expected {expect_err}")
 
+    async def try_write(self, space: int, word: int, value: int) -> bool:
+        """Write, where either answer is expected: whether the bus took it (False: ``err``)."""
+        _, err = await self._request(space, word, 1, value)
+        return not err
+
 
 async def write_rows(dut: Any, prefix: str, rows: list[list[int]], bits: int) -> None:
     """Write whole rows of a lane memory through a test port ``<prefix>__waddr/wdata/we``."""

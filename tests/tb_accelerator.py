@@ -18,7 +18,7 @@ import random
 
 import cocotb
 import torch
-from cocotb.triggers import ClockCycles, FallingEdge, with_timeout
+from cocotb.triggers import ClockCycles, FallingEdge, RisingEdge, with_timeout
 from hdl_model import first_difference
 from hdl_tbutil import Bench, BusMaster, config
 
@@ -300,6 +300,54 @@ async def bus_refusals(dut) -> None:
     await with_timeout(FallingEdge(dut.busy), 10_000_000, "ns")
     await ClockCycles(dut.clk, 2)
     assert await bus.read(R, Reg.STEPS) == 1
+
+
+@cocotb.test()
+async def train_at_run_end(dut) -> None:
+    """A TRAIN whose request comes in each cycle around the end of a one-step run is either
+    refused, and changes nothing, or runs a whole step of its own: never part of one.  (With
+    pipelined reads, the ECP5 builds', a TRAIN in the very cycle a run ends is refused as if
+    busy: docs/protocol.md.)  The sweep sees both answers, the refusals first; the steps
+    counted, the cursor and the weights then equal the golden model's."""
+    bench = Bench(dut, "run-end")
+    await bench.reset()
+    bus = BusMaster(dut)
+    n = min(geo.sample_depth, S)
+    x, labels = make_data(random.Random(cfg.seed + 2), n)
+    model = IntegerModel(cfg, init_weights(cfg))
+    await write_matrices(bus, W, model.weights)
+    if model.momentum is not None:  # (a reset leaves the memories as the tests before left them)
+        await write_matrices(bus, M, model.momentum)
+    await write_samples(bus, x, labels)
+    for reg, value in ((Reg.SAMPLE_COUNT, n), (Reg.SAMPLE_CURSOR, 0), (Reg.STEP, 0), (Reg.STEPS, 1)):
+        await bus.write(R, reg, value)
+    # the run's length: cycles from the end of TRAIN's write to BUSY low
+    await bus.write(R, Reg.COMMAND, Command.TRAIN)
+    length = 0
+    while int(dut.busy.value):
+        await RisingEdge(dut.clk)
+        length += 1
+    cursor = golden_steps(model, x, labels, 0, 1)
+    taken = []
+    # the second request made from 8 cycles before the run's end to 6 after: the bus's own
+    # latency moves the cycle the accelerator sees it by a few, and the sweep covers them
+    for lead in range(8, -7, -1):
+        await bus.write(R, Reg.COMMAND, Command.TRAIN)
+        await ClockCycles(dut.clk, length - lead)
+        taken.append(await bus.try_write(R, Reg.COMMAND, Command.TRAIN))
+        if int(dut.busy.value):
+            await with_timeout(FallingEdge(dut.busy), step_budget() * 10, "ns")
+        cursor = golden_steps(model, x, labels, cursor, 2 if taken[-1] else 1)
+        assert await bus.read(R, Reg.STEP) == model.step, \
+            f"STEP after a TRAIN {lead} cycles before a run's end (taken: {taken[-1]})"
+        assert await bus.read(R, Reg.SAMPLE_CURSOR) == cursor
+    dut._log.info(f"{cfg.name}: a one-step run of {length} cycles; TRAIN at leads 8 .. -6 taken: "
+                  + "".join("1" if t else "0" for t in taken))
+    # refused while the run goes on, taken once it has ended, and nothing in between
+    assert taken == sorted(taken) and not taken[0] and taken[-1], f"TRAIN taken at leads 8 .. -6: {taken}"
+    rtl = await read_matrices(bus, W)
+    msg = first_difference(f"{rules}: weights after TRAINs at runs' ends (step {model.step})", rtl, model.weights)
+    assert msg is None, msg
 
 
 async def write_ring(bus: BusMaster, x: torch.Tensor, labels: torch.Tensor, first: int) -> None:
