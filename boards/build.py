@@ -25,7 +25,7 @@ import re
 import shutil
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,7 @@ from perturbo.config import Config
 from perturbo.hdl.memories import NO_READ_COLLISION
 from perturbo.sim.toolchain import ToolchainError
 
+from .netlist import fold_output_registers
 from .report import (
     DEFAULT_PLACER,
     PLACERS,
@@ -182,7 +183,8 @@ def build_plan(cfg: Config, board: str | Board, *, seed: int | None = None, plac
                       "--seed", str(seed), "--report", NEXTPNR_REPORT],
     )
     if spec.undefined_read_collisions:
-        plan.files[f"{NAME}.il"] = undefine_read_collisions(plan.files[f"{NAME}.il"])
+        names = None if spec.undefined_read_collisions is True else spec.undefined_read_collisions
+        plan.files[f"{NAME}.il"] = undefine_read_collisions(plan.files[f"{NAME}.il"], names)
     return plan, top
 
 
@@ -211,10 +213,11 @@ _RTLIL_MEMRD = re.compile(r"^  cell \$memrd_v2 .*?^  end\n", re.M | re.S)
 _RTLIL_MEMORY = re.compile(r"((?:^  attribute [^\n]*\n)*)^  memory [^\n]* \\(\S+)\n", re.M)
 
 
-def undefine_read_collisions(rtlil: str) -> str:
+def undefine_read_collisions(rtlil: str, names: Collection[str] | None = None) -> str:
     """``rtlil`` with the clocked read ports of every memory marked
-    :data:`~perturbo.hdl.memories.NO_READ_COLLISION` returning an undefined word when the
-    word they read is written in the same cycle (``COLLISION_X_MASK`` all ones).
+    :data:`~perturbo.hdl.memories.NO_READ_COLLISION` (with one of the declared ``names``,
+    unless None) returning an undefined word when the word they read is written in the
+    same cycle (``COLLISION_X_MASK`` all ones).
 
     Amaranth declares every read port as returning the old word then, which a block RAM
     does not promise: yosys adds a delayed copy of the write and a bypass multiplexer per
@@ -222,18 +225,22 @@ def undefine_read_collisions(rtlil: str) -> str:
     simulation checks it, :func:`~perturbo.hdl.memories.no_read_collision`), so the
     multiplexer only costs logic cells.
     """
-    marker = f"  attribute \\{NO_READ_COLLISION} "
+    marker = re.compile(rf'^  attribute \\{NO_READ_COLLISION} "?([^"\n]*)"?$', re.M)
+
+    def declared(attrs: str) -> bool:
+        found = marker.search(attrs)
+        return found is not None and (names is None or found.group(1) in names)
 
     def module(mod: re.Match[str]) -> str:
         text = mod.group(0)
-        names = {name for attrs, name in _RTLIL_MEMORY.findall(text) if marker in attrs}
-        if not names:
+        memories = {memory for attrs, memory in _RTLIL_MEMORY.findall(text) if declared(attrs)}
+        if not memories:
             return text
 
         def port(cell: re.Match[str]) -> str:
             body = cell.group(0)
             memid = re.search(r'parameter \\MEMID "\\\\(\S+)"', body)
-            if memid is None or memid.group(1) not in names or "parameter \\CLK_ENABLE 1\n" not in body:
+            if memid is None or memid.group(1) not in memories or "parameter \\CLK_ENABLE 1\n" not in body:
                 return body
             return re.sub(r"(parameter \\COLLISION_X_MASK )(\d+)'([01]+)",
                           lambda mo: f"{mo.group(1)}{mo.group(2)}'{'1' * int(mo.group(2))}", body)
@@ -247,11 +254,17 @@ def undefine_read_collisions(rtlil: str) -> str:
 _SRC_ATTRIBUTE = re.compile(r'^\s*attribute \\src "[^"\n]*"\n', re.M)
 
 
-def _key(plan: Any, board: str, versions: dict[str, str]) -> str:
+def _netlist_passes(spec: Board) -> list[str]:
+    """The passes a build of ``spec`` runs on yosys's netlist before placement."""
+    return ["fold_output_registers"] if spec.fold_output_registers else []
+
+
+def _key(plan: Any, board: str, versions: dict[str, str], passes: list[str] = ()) -> str:
     """The cache key of a build: what :meth:`BuildPlan.digest` covers, except the source
     locations Amaranth writes into the RTLIL, which name the Python file and line that made
     each cell (so the same design from another checkout, or after an edit that only moves
-    code, is the same build; the locations tell the tools nothing)."""
+    code, is the same build; the locations tell the tools nothing), and the netlist
+    ``passes`` (none leaves the keys of the builds before them as they were)."""
     digest = hashlib.sha256()
     for name in sorted(plan.files):
         content = plan.files[name]
@@ -264,12 +277,15 @@ def _key(plan: Any, board: str, versions: dict[str, str]) -> str:
     digest.update(plan.script.encode())
     digest.update(board.encode())
     digest.update(json.dumps(versions, sort_keys=True).encode())
+    if passes:
+        digest.update(",".join(passes).encode())
     return digest.hexdigest()[:16]
 
 
 def _run_plan(plan: Any, work: Path, env: dict[str, str], *, timeout: float | None,
-              say: Callable[[str], None]) -> tuple[dict[str, float], str]:
-    """Run the plan's commands in ``work``; return the seconds per step and the first failure."""
+              say: Callable[[str], None], passes: list[str] = ()) -> tuple[dict[str, float], str]:
+    """Run the plan's commands in ``work``, the netlist ``passes`` after synthesis; return
+    the seconds per step and the first failure."""
     commands = json.loads(plan.files[f"build_{NAME}.json"])["commands"]
     seconds: dict[str, float] = {}
     failure = ""
@@ -297,7 +313,23 @@ def _run_plan(plan: Any, work: Path, env: dict[str, str], *, timeout: float | No
                 failure = (f"{tool} timed out after {timeout:.0f} s" if code is None
                            else f"{tool} exited with status {code}")
                 break
+            if step == "yosys" and passes:
+                _netlist_pass(work, passes, log, say)
     return seconds, failure
+
+
+def _netlist_pass(work: Path, passes: list[str], log: Any, say: Callable[[str], None]) -> None:
+    """Run ``passes`` (:func:`_netlist_passes`) over the netlist yosys wrote; log what they
+    changed (the block RAM ports folded also to ``folded.txt``, one a line)."""
+    path = work / f"{NAME}.json"
+    netlist = json.loads(path.read_text())
+    if "fold_output_registers" in passes:
+        folded = fold_output_registers(netlist)
+        (work / "folded.txt").write_text("".join(f"{port}\n" for port in folded))
+        message = f"netlist: {len(folded)} block RAM ports take their output registers (folded.txt)"
+        say(f"  {message}")
+        log.write(f"{message}\n")
+    path.write_text(json.dumps(netlist))
 
 
 def _collect(spec: Board, work: Path, failure: str) -> dict[str, Any]:
@@ -348,7 +380,7 @@ def find_cached(cfg: Config, board: str, out_dir: str | Path | None = None, *, s
     spec = get_board(board)
     env = tool_env(spec)
     plan, _ = build_plan(cfg, spec, seed=seed, placer=placer, **top_options)
-    key = _key(plan, spec.name, toolchain_versions(spec, env))
+    key = _key(plan, spec.name, toolchain_versions(spec, env), _netlist_passes(spec))
     root = Path(out_dir) if out_dir is not None else default_out_dir()
     dest = root / f"{spec.name}-{key}"
     if not (dest / REPORT).exists():
@@ -428,7 +460,7 @@ def build(cfg: Config, board: str, out_dir: str | Path | None = None, *, seed: i
     plan, top = build_plan(cfg, spec, seed=seed, placer=placer, **top_options)
     elaborate_s = time.monotonic() - start
     versions = toolchain_versions(spec, env)
-    key = _key(plan, spec.name, versions)
+    key = _key(plan, spec.name, versions, _netlist_passes(spec))
     root = Path(out_dir) if out_dir is not None else default_out_dir()
     dest = root / f"{spec.name}-{key}"
     if (dest / REPORT).exists() and not force:
@@ -440,7 +472,7 @@ def build(cfg: Config, board: str, out_dir: str | Path | None = None, *, seed: i
 
     def run(work: Path) -> None:
         plan.extract(work)
-        seconds, failure = _run_plan(plan, work, env, timeout=timeout, say=say)
+        seconds, failure = _run_plan(plan, work, env, timeout=timeout, say=say, passes=_netlist_passes(spec))
         found = _collect(spec, work, failure)
         seconds = {"elaborate": elaborate_s, **seconds, "total": time.monotonic() - start}
         notes = []

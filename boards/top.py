@@ -85,12 +85,18 @@ class Board:
         32-lane placement did not route in an hour (router1 stalled with tens of thousands
         of arcs left, and router2 did no better); the static placer's routed in 20 minutes
         (docs/boards.md, session 25).  None: always ``heap``.
-    undefined_read_collisions : bool
+    undefined_read_collisions : bool or tuple of str
         Let the block RAMs of the memories declared free of read collisions
         (:func:`~perturbo.hdl.memories.no_read_collision`) return anything on one
         (:func:`~perturbo.boards.build.undefine_read_collisions`): no bypass logic (about
         470 logic cells of a 2-lane DRTP build, which still does not fit the UP5K;
-        docs/boards.md).
+        docs/boards.md).  True: every declared memory; a tuple: those declared under
+        these names.
+    fold_output_registers : bool
+        Move each register that alone reads a block RAM's output into the block RAM's
+        own output register, after synthesis
+        (:func:`~perturbo.boards.netlist.fold_output_registers`; the ECP5's DP16KD: 0.96
+        ns from the clock to its output against 5.83 without it).
     """
 
     name: str
@@ -105,7 +111,8 @@ class Board:
     link_registered_read: bool = True
     link_bus_timeout: int = 4096
     pipelined_reads: bool = True
-    undefined_read_collisions: bool = False
+    undefined_read_collisions: bool | tuple[str, ...] = False
+    fold_output_registers: bool = False
     static_placer_lanes: int | None = None
 
     def placer_for(self, lanes: int) -> str:
@@ -181,6 +188,10 @@ BOARDS: dict[str, Board] = {
             # The platform requires openFPGALoader even when only building.
             tools={**_ECP5_TOOLS, "OPENFPGALOADER": "true"},
             static_placer_lanes=32,
+            # the sample word from the block RAMs' output registers: the host's writes come
+            # from the bus's registers, so yosys's delayed write for the bypass adds no stage
+            undefined_read_collisions=("samples",),
+            fold_output_registers=True,
         ),
         Board(
             name="orangecrab",

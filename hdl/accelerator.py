@@ -210,9 +210,10 @@ class Accelerator(wiring.Component):
             Space.OUTPUTS: (hosts["o"], False),
             **({Space.MOMENTUM: (hosts["m"], True)} if "m" in hosts else {}),
             **({Space.LOSSES: (hosts["r"], False)} if "r" in hosts else {}),
-        }, registered=frozenset(sp for sp, mem in ((Space.OUTPUTS, mems.omem), (Space.GRADS, mems.gmem),
-                                                   (Space.WEIGHTS, mems.wmem))
-                                if mem is not None and mem.read_latency > 1), ports_owned=ports_owned)
+        }, registered=frozenset(sp for sp, latency in (
+            (Space.OUTPUTS, mems.omem.read_latency), (Space.GRADS, mems.gmem and mems.gmem.read_latency),
+            (Space.WEIGHTS, mems.wmem.read_latency), (Space.SAMPLES, mems.smem.host_read_latency))
+            if latency and latency > 1), ports_owned=ports_owned)
         return m
 
     def _units(self, m: Module) -> _Units:
@@ -620,7 +621,8 @@ class Accelerator(wiring.Component):
         ``memories`` maps each space to its host port and whether it is laned (one word per
         lane of a row); the memories of the spaces in ``registered`` answer a cycle later,
         from a register of their own (``MemoryBlock.bank_words``, ``LaneMemory``'s
-        ``registered``), which takes the place of the bus's first read register.
+        ``registered``, ``SampleMemory``'s host reads), which takes the place of the bus's
+        first read register.
         Memory accesses are refused while a command runs, but reads of the
         loss record and the sample and label writes a ``TRAIN_STREAM`` run leaves alone
         (the sequencer's :meth:`~.sequencer.Sequencer.slot_free`).  Registers and writes

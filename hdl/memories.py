@@ -28,8 +28,9 @@ __all__ = [
 ]
 
 #: The attribute that marks a memory none of whose enabled synchronous reads ever meets a
-#: write of the same word in the same cycle; a board build may then let the read return
-#: anything in that case (yosys's ``COLLISION_X_MASK``, :func:`perturbo.boards.build.build_plan`).
+#: write of the same word in the same cycle, its value the memory's declared name; a board
+#: build may then let the read return anything in that case (yosys's ``COLLISION_X_MASK``,
+#: :func:`perturbo.boards.build.build_plan`).
 NO_READ_COLLISION = "perturbo_no_read_collision"
 #: What the simulation prints on the first collision of such a memory (the co-simulation
 #: fails on it: :class:`perturbo.sim.cosim.VerilatorSim`).
@@ -50,7 +51,7 @@ def no_read_collision(m: Module, mem: Memory, name: str, platform: object, write
     fails.  ``write`` and ``reads`` are ports of ``mem``; a read port's ``en`` must be high
     only when its data is used.
     """
-    mem.attrs[NO_READ_COLLISION] = 1
+    mem.attrs[NO_READ_COLLISION] = name  # (a board build may name the memories it trusts)
     if platform is not None:
         return
     seen = Signal(name=f"{name}_collided")  # report the first collision only
@@ -339,7 +340,12 @@ class SampleMemory(wiring.Component):
     With ``registered`` the first read port's word is registered as it leaves the block
     RAM, before the byte select (an ECP5 block RAM's output through the select was the
     slowest path at 100 MHz): ``port.rdata`` is then the byte of the address presented two
-    ``port.ren`` cycles before, both stages advancing only with ``port.ren``.
+    ``port.ren`` cycles before, both stages advancing only with ``port.ren``.  Without
+    ``second_read`` the host reads that register too (it loads with the host's ``ren`` while
+    ``host_owns``): ``host.rdata`` answers a cycle after the block RAM
+    (:attr:`host_read_latency` 2), and the block RAM's output has the register as its only
+    reader, which an ECP5 build folds into the block RAM's own output register
+    (:func:`perturbo.boards.netlist.fold_output_registers`).
 
     With ``window`` (a power of two, at most a memory word's bytes) the first read port
     answers ``window`` consecutive bytes from an address aligned to ``window``: the inputs
@@ -362,6 +368,8 @@ class SampleMemory(wiring.Component):
                  window: int = 1) -> None:
         self.words = words
         self.registered = registered
+        #: cycles from ``host.raddr`` to ``host.rdata`` (the bus's registered spaces take 2)
+        self.host_read_latency = 2 if registered and not second_read else 1
         self.addr_width = _check(words, 32)
         self.byte_bits = self.addr_width + 2
         self.second_read = second_read
@@ -402,29 +410,36 @@ class SampleMemory(wiring.Component):
             m.d.comb += [wr.addr.eq(host.waddr), wr.data.eq(host.wdata), wr.en.eq(host.we)]
 
         def byte_reader(rd: object, client: wiring.PureInterface, host_addr: Value | None,
-                        registered: bool = False, window: int = 1) -> None:
+                        registered: bool = False, window: int = 1) -> Value:
             """``client``'s byte reads on ``rd``; the host's while idle if ``host_addr``;
-            the word registered before the byte select if ``registered``."""
+            the word registered before the byte select if ``registered``.  Returns the word
+            (the registered one if ``registered``)."""
             select = Signal(sel_bits, name="select")
             with m.If(client.ren):
                 m.d.sync += select.eq(client.raddr[:sel_bits])
-            data = rd.data
-            if registered:  # a stage more, which advances with the client's reads
-                data, select_late = Signal.like(rd.data, name="word"), Signal(sel_bits, name="select_late")
-                with m.If(client.ren):
-                    m.d.sync += [data.eq(rd.data), select_late.eq(select)]
-                select = select_late
             word_addr = client.raddr[sel_bits:]
             ren = client.ren
             if host_addr is not None:
                 word_addr = Mux(self.host_owns, host_addr, word_addr)
                 ren = Mux(self.host_owns, host.ren, client.ren)
+            data = rd.data
+            if registered:  # a stage more, which advances with the reads (the host's too)
+                # (reset-less, so that an ECP5 build may fold it into the block RAM's output
+                # register, which has no reset of its own there: boards.netlist)
+                data = Signal.like(rd.data, name="word", reset_less=True)
+                select_late = Signal(sel_bits, name="select_late")
+                with m.If(ren):
+                    m.d.sync += data.eq(rd.data)
+                with m.If(client.ren):
+                    m.d.sync += select_late.eq(select)
+                select = select_late
             m.d.comb += [
                 rd.addr.eq(word_addr),
                 rd.en.eq(ren),
                 client.rdata.eq(data.word_select(select if window == 1 else select[window.bit_length() - 1:],
                                                  8 * window)),
             ]
+            return data
 
         rd = mem.read_port()
         if halves:
@@ -433,8 +448,7 @@ class SampleMemory(wiring.Component):
             byte_reader(rd2, self.read, Cat(1, host.raddr))
             m.d.comb += host.rdata.eq(Cat(rd.data, rd2.data))
         else:
-            byte_reader(rd, self.port, host.raddr, self.registered, self.window)
-            m.d.comb += host.rdata.eq(rd.data)
+            m.d.comb += host.rdata.eq(byte_reader(rd, self.port, host.raddr, self.registered, self.window))
         # the host writes samples while idle, or (TRAIN_STREAM) ones no run reads yet
         no_read_collision(m, mem, "samples", platform, wr, [rd, rd2] if halves else [rd])
         return m

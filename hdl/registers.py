@@ -398,8 +398,13 @@ class RegisterFile(wiring.Component):
 
     def _in_range(self, m: Module, info: RegisterInfo) -> Value:
         """Whether ``wdata`` lies in ``info``'s bounds (registered with ``settled_wdata``)."""
-        check = at_least(self.wdata, info.lo) & at_most(self.wdata, info.hi)
-        if not self.settled_wdata or isinstance(check, Const):
+        low, high = at_least(self.wdata, info.lo), at_most(self.wdata, info.hi)
+        # (each bound is a Const where the word holds every value on its side; their AND
+        # is an operator even then, so the test is of the two)
+        if isinstance(low, Const) and isinstance(high, Const):
+            return Const(1, 1)
+        check = low & high
+        if not self.settled_wdata:
             return check
         settled = Signal(name=f"{info.name.lower()}_in_range")
         m.d.sync += settled.eq(check)
