@@ -4,7 +4,7 @@ alone read an ECP5 block RAM's output move into the block RAM's own output regis
 An ECP5 DP16KD without its output register (``REGMODE_B = "NOREG"``, the only mode
 yosys's memory mapping uses: its library describes no output register) gives its word
 5.83 ns after the clock in nextpnr's timing model, with the register 0.96 ns
-(docs/boards.md, "The block RAMs' output registers").  A block RAM's word that the RTL
+(docs/boards.md, sessions 26 and 37).  A block RAM's word that the RTL
 registers as it leaves the memory (the sample word, :class:`~perturbo.hdl.memories.SampleMemory`
 with ``registered``) then still pays the 5.83 ns and the routing to a fabric flip-flop.
 :func:`fold_output_registers` finds each read port whose every used output bit feeds one
