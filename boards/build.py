@@ -25,7 +25,7 @@ import re
 import shutil
 import subprocess
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -259,7 +259,7 @@ def _netlist_passes(spec: Board) -> list[str]:
     return ["fold_output_registers"] if spec.fold_output_registers else []
 
 
-def _key(plan: Any, board: str, versions: dict[str, str], passes: list[str] = ()) -> str:
+def _key(plan: Any, board: str, versions: dict[str, str], passes: Sequence[str] = ()) -> str:
     """The cache key of a build: what :meth:`BuildPlan.digest` covers, except the source
     locations Amaranth writes into the RTLIL, which name the Python file and line that made
     each cell (so the same design from another checkout, or after an edit that only moves
@@ -283,7 +283,7 @@ def _key(plan: Any, board: str, versions: dict[str, str], passes: list[str] = ()
 
 
 def _run_plan(plan: Any, work: Path, env: dict[str, str], *, timeout: float | None,
-              say: Callable[[str], None], passes: list[str] = ()) -> tuple[dict[str, float], str]:
+              say: Callable[[str], None], passes: Sequence[str] = ()) -> tuple[dict[str, float], str]:
     """Run the plan's commands in ``work``, the netlist ``passes`` after synthesis; return
     the seconds per step and the first failure."""
     commands = json.loads(plan.files[f"build_{NAME}.json"])["commands"]
@@ -318,7 +318,7 @@ def _run_plan(plan: Any, work: Path, env: dict[str, str], *, timeout: float | No
     return seconds, failure
 
 
-def _netlist_pass(work: Path, passes: list[str], log: Any, say: Callable[[str], None]) -> None:
+def _netlist_pass(work: Path, passes: Sequence[str], log: Any, say: Callable[[str], None]) -> None:
     """Run ``passes`` (:func:`_netlist_passes`) over the netlist yosys wrote; log what they
     changed (the block RAM ports folded also to ``folded.txt``, one a line)."""
     path = work / f"{NAME}.json"
