@@ -340,9 +340,10 @@ class SampleMemory(wiring.Component):
     With ``registered`` the first read port's word is registered as it leaves the block
     RAM, before the byte select (an ECP5 block RAM's output through the select was the
     slowest path at 100 MHz): ``port.rdata`` is then the byte of the address presented two
-    ``port.ren`` cycles before, both stages advancing only with ``port.ren``.  Without
-    ``second_read`` the host reads that register too (it loads with the host's ``ren`` while
-    ``host_owns``): ``host.rdata`` answers a cycle after the block RAM
+    ``port.ren`` cycles before, both stages advancing only with ``port.ren`` while the
+    datapath owns the port (while ``host_owns`` the word loads with the host's ``ren``).
+    Without ``second_read`` the host reads that register: ``host.rdata`` answers a cycle
+    after the block RAM
     (:attr:`host_read_latency` 2), and the block RAM's output has the register as its only
     reader, which an ECP5 build folds into the block RAM's own output register
     (:func:`perturbo.boards.netlist.fold_output_registers`).
