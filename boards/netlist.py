@@ -59,6 +59,10 @@ def _registers(cells: dict[str, Any], readers: dict[int, list[tuple[str, str]]],
     params = ram["parameters"]
     if params.get(f"REGMODE_{side}", "NOREG") != "NOREG" or params.get(f"CLK{side}MUX", f"CLK{side}") != f"CLK{side}":
         return None
+    # 36 bits wide (yosys's pseudo-dual-port mapping) one read spans both ports' output
+    # pins, on the read port's clock: folding one side's would not be the same register
+    if any(int(str(params.get(f"DATA_WIDTH_{s}", "0")), 2) == 36 for s in "AB"):
+        return None
     found: dict[str, str] = {}
     for pin, bits in ram["connections"].items():
         if not re.fullmatch(rf"DO{side}\d+", pin) or not isinstance(bits[0], int) or not readers.get(bits[0]):
@@ -71,7 +75,7 @@ def _registers(cells: dict[str, Any], readers: dict[int, list[tuple[str, str]]],
         return None
     ffs = [cells[name] for name in found.values()]
     first = ffs[0]
-    alike = ("CLK", "CE", "LSR")
+    alike = ("CLK", "CE")  # (and no reset: _reset_less)
     for ff in ffs:
         p, c = ff["parameters"], ff["connections"]
         if any(p.get(k) != v for k, v in _FF_FIXED.items()) or not _reset_less(ff):

@@ -23,16 +23,16 @@ class _Board:
 
 
 def _memory(m: Module, name: str, *, reset_less: bool = True, also_logic: bool = False,
-            declared: bool = True) -> list[Signal]:
-    """A 512 x 16 memory, written on one port and read on the other, its word registered
+            declared: bool = True, width: int = 16) -> list[Signal]:
+    """A 512-word memory, written on one port and read on the other, its word registered
     with a clock enable as it leaves; returns the ports."""
-    mem = Memory(shape=16, depth=512, init=[])
+    mem = Memory(shape=width, depth=512, init=[])
     m.submodules[name] = mem
     wr, rd = mem.write_port(), mem.read_port()
     raddr, ren, waddr, wdata, we = (Signal(9, name=f"{name}_raddr"), Signal(name=f"{name}_ren"),
-                                    Signal(9, name=f"{name}_waddr"), Signal(16, name=f"{name}_wdata"),
+                                    Signal(9, name=f"{name}_waddr"), Signal(width, name=f"{name}_wdata"),
                                     Signal(name=f"{name}_we"))
-    word = Signal(16, name=f"{name}_word", reset_less=reset_less)
+    word = Signal(width, name=f"{name}_word", reset_less=reset_less)
     m.d.comb += [rd.addr.eq(raddr), rd.en.eq(ren), wr.addr.eq(waddr), wr.data.eq(wdata), wr.en.eq(we)]
     with m.If(ren):
         m.d.sync += word.eq(rd.data)
@@ -52,7 +52,8 @@ def folded(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[str], dict, d
     env = tool_env("ulx3s-85f")
     m = Module()
     ports = (_memory(m, "clean") + _memory(m, "reset", reset_less=False)
-             + _memory(m, "shared", also_logic=True) + _memory(m, "bypassed", declared=False))
+             + _memory(m, "shared", also_logic=True) + _memory(m, "bypassed", declared=False)
+             + _memory(m, "wide", width=32))
     work = Path(tmp_path_factory.mktemp("netlist"))
     (work / "top.il").write_text(undefine_read_collisions(rtlil.convert(m, ports=ports, platform=_Board())))
     subprocess.run([env["YOSYS"], "-q", "-p", "read_rtlil top.il; synth_ecp5 -top top -json top.json"],
@@ -68,12 +69,15 @@ def _rams(netlist: dict) -> dict[str, dict]:
 
 def test_only_a_sole_reset_less_register_folds(folded: tuple[list[str], dict, dict]) -> None:
     """The register that alone reads the block RAM, reset-less, folds; one with a reset,
-    one beside logic that reads the word too, and one behind yosys's read-during-write
-    bypass (a memory not declared free of collisions) stay in the fabric."""
+    one beside logic that reads the word too, one behind yosys's read-during-write bypass
+    (a memory not declared free of collisions), and one behind a 36-bit-wide block RAM
+    (whose read spans both ports' pins) stay in the fabric."""
     ports, netlist, _ = folded
     assert ports and all(port.startswith("clean") and port.endswith(":B") for port in ports), ports
     rams = _rams(netlist)
-    assert {name.split(".")[0] for name in rams} == {"clean", "reset", "shared", "bypassed"}
+    assert {name.split(".")[0] for name in rams} == {"clean", "reset", "shared", "bypassed", "wide"}
+    assert all(int(ram["parameters"]["DATA_WIDTH_B"], 2) == 36 for name, ram in rams.items()
+               if name.startswith("wide")), "the wide memory maps to 36-bit block RAMs"
     for name, ram in rams.items():
         want = "OUTREG" if name.startswith("clean") else "NOREG"
         assert ram["parameters"]["REGMODE_B"] == want, name
