@@ -190,7 +190,7 @@ BOARDS: dict[str, Board] = {
             static_placer_lanes=32,
             # the sample word from the block RAMs' output registers: the host's writes come
             # from the bus's registers, so yosys's delayed write for the bypass adds no stage
-            undefined_read_collisions=("samples",),
+            undefined_read_collisions=("samples", "weights"),
             fold_output_registers=True,
         ),
         Board(

@@ -253,11 +253,14 @@ class Accelerator(wiring.Component):
         signs)."""
         geo, lanes = self.geometry, self.geometry.lanes
         wshape, gshape = signed(geo.weight_bits), signed(geo.grad_bits)
-        # (with overlap_update the engine reads the weights' second copy while the update
-        # writes them: no argument that it never reads a row being written)
+        # no read meets a write of its word: the update reads a row before it writes it and
+        # never after; the host writes only while idle; with overlap_update the engine reads
+        # its copy while the update writes, but a row only after the update wrote it (else
+        # it would miss the step's new weights, which the golden model has) and only for a
+        # valid token (ForwardEngine), so never in the cycle it is written
         m.submodules.weights = wmem = LaneMemory(
             lanes, geo.weight_depth, wshape, second_read=geo.overlap_update,
-            no_collision=None if geo.overlap_update else "weights",
+            no_collision="weights",
             registered=geo.weights_registered)
         gmem = mmem = signs = None
         if self.training:

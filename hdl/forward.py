@@ -840,7 +840,9 @@ class ForwardEngine(wiring.Component):
         act_word = act_rd.data
         w_rdata = self.weights.rdata
         if self.registered_weights:
-            w_rdata = Signal.like(self.weights.rdata, name="w4")
+            # (reset-less: it alone reads the weights' block RAM, whose output register it
+            # can then be, perturbo.boards.netlist)
+            w_rdata = Signal.like(self.weights.rdata, name="w4", reset_less=True)
             with m.If(en):
                 m.d.sync += w_rdata.eq(self.weights.rdata)
         if self.registered_reads:
@@ -859,7 +861,9 @@ class ForwardEngine(wiring.Component):
             w_read = pipe[H - 3]
         m.d.comb += [
             self.weights.raddr.eq(w_read.row),
-            self.weights.ren.eq(en),
+            # only the reads a token uses (no_read_collision: with the update overlapped the
+            # update writes the weights while the engine reads them)
+            self.weights.ren.eq(en & w_read.valid),
             self.samples.raddr.eq(s_read.saddr),
             self.samples.ren.eq(en),
             act_rd.addr.eq(a_read.aaddr),

@@ -74,7 +74,14 @@ def _connect_ports(m: Module, mem: Memory, port: wiring.PureInterface, read: wir
         rd.addr.eq(port.raddr),
         rd.en.eq(port.ren),
     ]
-    m.d["sync" if registered else "comb"] += port.rdata.eq(rd.data)
+    if registered:
+        # reset-less, so that it alone reads the block RAM and can be its output register
+        # (perturbo.boards.netlist)
+        word = Signal.like(port.rdata, name="word", reset_less=True)
+        m.d.sync += word.eq(rd.data)
+        m.d.comb += port.rdata.eq(word)
+    else:
+        m.d.comb += port.rdata.eq(rd.data)
     m.d.comb += [
         wr.addr.eq(port.waddr),
         wr.data.eq(port.wdata),
