@@ -457,6 +457,17 @@ class Accelerator(wiring.Component):
         running = seq.busy
         strobes = {name: Signal(name=f"command_{name}") for name in ("train", "infer", "train_stream", "abort")}
         starting = strobes["train"] | strobes["infer"] | strobes["train_stream"]  # (the sequencer's a cycle later)
+        idle = idle_now = ~(running | starting)
+        if self.pipelined_reads:
+            # idle from registers: the sequencer's state through the commands' decoding into
+            # the register file's error flag was the 16-lane ECP5 builds' slowest path (17 to
+            # 19 steps).  The sequencer leaves IDLE only a cycle after ``starting``, so this
+            # differs from ``idle`` only in the cycle a run ends, where may_start's register
+            # refuses a run already; a command or a register write is refused there too
+            # (docs/protocol.md).
+            was_idle = Signal(init=1)
+            m.d.sync += was_idle.eq(idle_now)
+            idle = was_idle & ~starting
         done = Signal()
         cycles = Signal(cfg.hardware.counter_bits)
         mac_busy = Signal(cfg.hardware.counter_bits)
@@ -466,7 +477,7 @@ class Accelerator(wiring.Component):
         # and the sequencer's training inputs keep their constant resets)
         training = self.training
         m.d.comb += [
-            regs.locked.eq(running),
+            regs.locked.eq(~idle if self.pipelined_reads else running),
             *([seq.steps.eq(regs.steps),
                eng.seed.eq(regs.seed),
                seq.copies.eq(regs.copies),
@@ -527,7 +538,6 @@ class Accelerator(wiring.Component):
         # command a cycle later, from a register (the write's decoding through the
         # sequencer's next state was a 10-step path at 100 MHz); the bus answers from
         # ``command_ok`` as before, and BUSY is set from that cycle on (``starting``).
-        idle = ~(running | starting)
 
         def may_start(checks: Value) -> Value:
             """Whether a run may start now: ``idle`` and ``checks`` (comparisons of registers
@@ -540,7 +550,7 @@ class Accelerator(wiring.Component):
             if not self.pipelined_reads:
                 return idle & checks
             ready = Signal()
-            m.d.sync += ready.eq(idle & checks)
+            m.d.sync += ready.eq(idle_now & checks)
             return idle & ready
 
         m.d.sync += [strobe.eq(0) for strobe in strobes.values()]
