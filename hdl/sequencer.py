@@ -476,7 +476,11 @@ class Sequencer(wiring.Component):
     def _ring(self, m: Module, s: _SequencerState) -> None:
         """TRAIN_STREAM's fill position: host writes (while idle, or granting more while the
         run goes on), and the bus's questions about sample slots."""
-        live = self.busy & s.stream & ~self.inference
+        # (from a register: the issuer's state through the grant into the register file's
+        # error flag was a slowest path of the ECP5 builds, 17 steps; a grant in a run's
+        # first cycle is refused, as while idle-to-busy the register file refuses writes)
+        live = Signal()
+        m.d.sync += live.eq(self.busy & s.stream & ~self.inference)
         grants = (self.fill_value < self.sample_count) & ~self.on_arc(s.step_base, self.fill, self.fill_value)
         m.d.comb += [
             self.fill_ok.eq(live & grants),
