@@ -53,19 +53,20 @@ def _readers(module: dict[str, Any]) -> dict[int, list[tuple[str, str]]]:
 
 
 def _registers(cells: dict[str, Any], readers: dict[int, list[tuple[str, str]]], ram: dict[str, Any],
-               side: str) -> dict[str, str] | None:
-    """The flip-flop reading each used output pin of ``ram``'s port ``side``, if every
-    used pin has one and nothing else, all alike and on the port's clock; else None."""
+               sides: str) -> dict[str, str] | None:
+    """The flip-flop reading each used output pin of ``ram``'s ports ``sides`` (one read),
+    if every used pin has one and nothing else, all alike and on those ports' clock; else
+    None."""
     params = ram["parameters"]
-    if params.get(f"REGMODE_{side}", "NOREG") != "NOREG" or params.get(f"CLK{side}MUX", f"CLK{side}") != f"CLK{side}":
-        return None
-    # 36 bits wide (yosys's pseudo-dual-port mapping) one read spans both ports' output
-    # pins, on the read port's clock: folding one side's would not be the same register
-    if any(int(str(params.get(f"DATA_WIDTH_{s}", "0")), 2) == 36 for s in "AB"):
-        return None
+    for side in sides:
+        if params.get(f"REGMODE_{side}", "NOREG") != "NOREG" or \
+                params.get(f"CLK{side}MUX", f"CLK{side}") != f"CLK{side}":
+            return None
+        if ram["connections"].get(f"RST{side}", ["0"]) != ["0"]:  # (the register would take it)
+            return None
     found: dict[str, str] = {}
     for pin, bits in ram["connections"].items():
-        if not re.fullmatch(rf"DO{side}\d+", pin) or not isinstance(bits[0], int) or not readers.get(bits[0]):
+        if not re.fullmatch(rf"DO[{sides}]\d+", pin) or not isinstance(bits[0], int) or not readers.get(bits[0]):
             continue
         only = readers[bits[0]]
         if len(only) != 1 or only[0][1] != "DI" or cells.get(only[0][0], {}).get("type") != "TRELLIS_FF":
@@ -83,9 +84,17 @@ def _registers(cells: dict[str, Any], readers: dict[int, list[tuple[str, str]]],
         if any(c.get(k) != first["connections"].get(k) for k in alike) or \
                 p.get("CEMUX") != first["parameters"].get("CEMUX"):
             return None
-    if first["connections"]["CLK"] != ram["connections"][f"CLK{side}"]:
+    if any(first["connections"]["CLK"] != ram["connections"][f"CLK{side}"] for side in sides):
         return None
     return found
+
+
+def _read_sides(ram: dict[str, Any]) -> tuple[str, ...]:
+    """The groups of ``ram``'s ports that each carry one read: each port alone, or both
+    together where a port is 36 bits wide (yosys's pseudo-dual-port mapping, whose read
+    spans both ports' output pins)."""
+    wide = any(int(str(ram["parameters"].get(f"DATA_WIDTH_{s}", "0")), 2) == 36 for s in "AB")
+    return ("AB",) if wide else ("A", "B")
 
 
 def _reset_less(ff: dict[str, Any]) -> bool:
@@ -111,19 +120,24 @@ def fold_output_registers(netlist: dict[str, Any]) -> list[str]:
     for name, ram in list(cells.items()):
         if ram["type"] != "DP16KD":
             continue
-        for side in "AB":
-            found = _registers(cells, readers, ram, side)
+        for sides in _read_sides(ram):
+            found = _registers(cells, readers, ram, sides)
             if found is None:
                 continue
             ff = cells[next(iter(found.values()))]
-            cemux = ff["parameters"].get("CEMUX", "1")
-            if cemux == "1":
-                ram["connections"][f"OCE{side}"] = ["1"]
-            else:
-                ram["connections"][f"OCE{side}"] = ff["connections"]["CE"]
-                ram["parameters"][f"OCE{side}MUX"] = "INV" if cemux == "INV" else f"OCE{side}"
-            ram["parameters"][f"REGMODE_{side}"] = "OUTREG"
+            # (yosys writes a string that reads as a number with a space after it: "1 ")
+            cemux = str(ff["parameters"].get("CEMUX", "1")).strip()
+            # (both ports' registers of a 36-bit read set alike, on one clock net: the
+            # vendor's pseudo-dual-port block RAM with its output register sets both
+            # REGMODEs, and whichever port's enable the silicon takes, it is this one)
+            for side in sides:
+                if cemux == "1":
+                    ram["connections"][f"OCE{side}"] = ["1"]
+                else:
+                    ram["connections"][f"OCE{side}"] = ff["connections"]["CE"]
+                    ram["parameters"][f"OCE{side}MUX"] = "INV" if cemux == "INV" else f"OCE{side}"
+                ram["parameters"][f"REGMODE_{side}"] = "OUTREG"
             for pin, ff_name in found.items():
                 ram["connections"][pin] = cells.pop(ff_name)["connections"]["Q"]
-            folded.append(f"{name}:{side}")
+            folded.append(f"{name}:{sides}")
     return sorted(folded)
