@@ -127,9 +127,9 @@ def fold_output_registers(netlist: dict[str, Any]) -> list[str]:
             ff = cells[next(iter(found.values()))]
             # (yosys writes a string that reads as a number with a space after it: "1 ")
             cemux = str(ff["parameters"].get("CEMUX", "1")).strip()
-            # (both ports' registers of a 36-bit read set alike, on one clock net: the
-            # vendor's pseudo-dual-port block RAM with its output register sets both
-            # REGMODEs, and whichever port's enable the silicon takes, it is this one)
+            # (both ports' registers of a 36-bit read set alike, on one clock net: the open
+            # databases do not say which port's register and enable the silicon's 36-bit
+            # read takes, and whichever it is, it is this one)
             for side in sides:
                 if cemux == "1":
                     ram["connections"][f"OCE{side}"] = ["1"]

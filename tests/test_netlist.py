@@ -69,10 +69,10 @@ def _rams(netlist: dict) -> dict[str, dict]:
 
 def test_only_a_sole_reset_less_register_folds(folded: tuple[list[str], dict, dict]) -> None:
     """The register that alone reads the block RAM, reset-less, folds, on an 18-bit port
-    (with a clock enable or without) and on a 36-bit-wide block RAM (whose read spans both ports' pins, so both ports'
-    registers are set); one with a reset, one beside logic that reads the word too, and
-    one behind yosys's read-during-write bypass (a memory not declared free of
-    collisions) stay in the fabric."""
+    (with a clock enable or without) and on a 36-bit-wide block RAM (whose read spans both
+    ports' pins, so both ports' registers are set); one with a reset, one beside logic
+    that reads the word too, and one behind yosys's read-during-write bypass (a memory not
+    declared free of collisions) stay in the fabric."""
     ports, netlist, _ = folded
     assert ports and all((port.startswith(("clean", "free")) and port.endswith(":B"))
                          or (port.startswith("wide") and port.endswith(":AB")) for port in ports), ports
