@@ -55,7 +55,7 @@ from .report import (
 from .top import Board, BoardTop, get_board, make_platform
 
 __all__ = ["NAME", "PLACERS", "ToolchainError", "build", "build_plan", "check_timing", "default_out_dir",
-           "find_cached", "tool_env", "toolchain_versions", "undefine_read_collisions"]
+           "find_cached", "recode_fsms", "tool_env", "toolchain_versions", "undefine_read_collisions"]
 
 #: Base name of the build's files (``top.il``, ``top.rpt``, ``top.tim``, ``top.bin``, ...).
 NAME = "top"
@@ -185,6 +185,8 @@ def build_plan(cfg: Config, board: str | Board, *, seed: int | None = None, plac
     if spec.undefined_read_collisions:
         names = None if spec.undefined_read_collisions is True else spec.undefined_read_collisions
         plan.files[f"{NAME}.il"] = undefine_read_collisions(plan.files[f"{NAME}.il"], names)
+    if spec.recode_fsms:
+        plan.files[f"{NAME}.il"] = recode_fsms(plan.files[f"{NAME}.il"])
     return plan, top
 
 
@@ -248,6 +250,27 @@ def undefine_read_collisions(rtlil: str, names: Collection[str] | None = None) -
         return _RTLIL_MEMRD.sub(port, text)
 
     return _RTLIL_MODULE.sub(module, rtlil)
+
+
+#: A state register of an Amaranth FSM: its initial value, then its wire ``<name>_state``
+#: (Amaranth's name for it; perturbo's hdl gives no other signal such a name), two bits wide
+#: or more (yosys recodes no 1-bit state).
+_RTLIL_FSM_STATE = re.compile(r"^(  attribute \\init [^\n]*\n)(  wire width (?:[2-9]|\d\d+) \\\w+_state\n)", re.M)
+
+
+def recode_fsms(rtlil: str) -> str:
+    """``rtlil`` with the state register of each FSM whose state spans two bits or more
+    marked for yosys's FSM recoding (``fsm_encoding "auto"``, which yosys maps to one-hot).
+
+    yosys recodes no state register with an initial value ("Register has an initialization
+    value"), and Amaranth gives every register one, so each FSM stayed binary: its state
+    decoded anew by every transition, and the issuer's, through its next state and clock
+    enables, a slowest path of the 16-lane ULX3S builds.  Marked, yosys ignores the initial
+    value (with a warning) and takes the reset state from the reset's multiplexer, which
+    is the same: the board holds the design in reset until its PLL locks
+    (:func:`perturbo.boards.top._pll_domain`).
+    """
+    return _RTLIL_FSM_STATE.sub(lambda mo: f'{mo.group(1)}  attribute \\fsm_encoding "auto"\n{mo.group(2)}', rtlil)
 
 
 #: RTLIL source-location attributes (``attribute \\src "file.py:123"``): left out of the key.

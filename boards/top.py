@@ -92,6 +92,9 @@ class Board:
         470 logic cells of a 2-lane DRTP build, which still does not fit the UP5K;
         docs/boards.md).  True: every declared memory; a tuple: those declared under
         these names.
+    recode_fsms : bool
+        Let yosys recode the FSMs' state registers, one-hot
+        (:func:`~perturbo.boards.build.recode_fsms`; the sequencer's issuer, the host link).
     fold_output_registers : bool
         Move each register that alone reads a block RAM's output into the block RAM's
         own output register, after synthesis
@@ -113,6 +116,7 @@ class Board:
     pipelined_reads: bool = True
     undefined_read_collisions: bool | tuple[str, ...] = False
     fold_output_registers: bool = False
+    recode_fsms: bool = False
     static_placer_lanes: int | None = None
 
     def placer_for(self, lanes: int) -> str:
@@ -192,6 +196,7 @@ BOARDS: dict[str, Board] = {
             # registers (with yosys's bypass a LUT sat between each block RAM and its register)
             undefined_read_collisions=("samples", "weights", "grads", "link_buffer"),
             fold_output_registers=True,
+            recode_fsms=True,
         ),
         Board(
             name="orangecrab",

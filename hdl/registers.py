@@ -397,17 +397,21 @@ class RegisterFile(wiring.Component):
         return m
 
     def _in_range(self, m: Module, info: RegisterInfo) -> Value:
-        """Whether ``wdata`` lies in ``info``'s bounds (registered with ``settled_wdata``)."""
+        """Whether ``wdata`` lies in ``info``'s bounds (:meth:`of_wdata`)."""
         low, high = at_least(self.wdata, info.lo), at_most(self.wdata, info.hi)
         # (each bound is a Const where the word holds every value on its side; their AND
         # is an operator even then, so the test is of the two)
         if isinstance(low, Const) and isinstance(high, Const):
             return Const(1, 1)
-        check = low & high
+        return self.of_wdata(m, low & high, f"{info.name.lower()}_in_range")
+
+    def of_wdata(self, m: Module, value: Value, name: str) -> Value:
+        """``value``, a function of ``wdata`` alone: with ``settled_wdata`` a register named
+        ``name`` loaded every cycle, which holds it from ``req`` on; else ``value`` itself."""
         if not self.settled_wdata:
-            return check
-        settled = Signal(name=f"{info.name.lower()}_in_range")
-        m.d.sync += settled.eq(check)
+            return value
+        settled = Signal.like(value, name=name)
+        m.d.sync += settled.eq(value)
         return settled
 
     def _decode(self, m: Module, spec: RegisterSpec, latched: dict[str, Signal], in_range: Value | None) -> None:

@@ -102,6 +102,13 @@ def test_board_top_elaborates(board: str) -> None:
         assert {name.rsplit(".", 1)[-1] for name in undefined} == {"samples", "weights", "grads", "link"}, undefined
     else:
         assert bool(undefined) == (board == "icebreaker"), undefined
+    # the ULX3S lets yosys recode its FSMs: each state register of two bits or more (the
+    # sequencer's issuer, the loss unit's, the host link's, the UART receiver's), no other
+    # wire, and not the 1-bit states (the collector's), which yosys would refuse
+    marked = re.compile(r'^  attribute \\fsm_encoding "auto"\n  wire width \d+ \\(\S+)\n', re.M)
+    recoded = marked.findall(plan.files["top.il"])
+    states = ["fsm_state", "issuer_state", "link_state", "uart_rx_state"] if board == "ulx3s-85f" else []
+    assert sorted(recoded) == states and plan.files["top.il"].count("fsm_encoding") == len(states), recoded
 
 
 def test_placement_seed_from_the_config() -> None:
