@@ -526,7 +526,11 @@ class ForwardEngine(wiring.Component):
         fire = Signal()
         m.d.comb += fire.eq(en & t0.valid)
         self._advance(m, regs, tabs, fire, is_last, group_done, pass_done)
-        self._take_command(m, regs, tabs, tags, fire & pass_done)
+        # (a pass's last token is a bias token, which reads no input where no layer splits
+        # its inputs: the interlock passes it, and the take need not wait for the verdict,
+        # whose comparisons through the take into the counters' resets were a slowest path)
+        last_fires = fire if self.geometry.max_split > 1 else en & regs.active
+        self._take_command(m, regs, tabs, tags, last_fires & pass_done)
         return regs, ok
 
     def _issue_registers(self, tabs: _LayerTables) -> _IssueRegs:
