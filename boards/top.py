@@ -192,9 +192,9 @@ BOARDS: dict[str, Board] = {
             # The platform requires openFPGALoader even when only building.
             tools={**_ECP5_TOOLS, "OPENFPGALOADER": "true"},
             static_placer_lanes=32,
-            # the sample, weight, G and host link words from the block RAMs' output
-            # registers (with yosys's bypass a LUT sat between each block RAM and its register)
-            undefined_read_collisions=("samples", "weights", "grads", "link_buffer"),
+            # the sample, weight and G words from the block RAMs' output registers (with
+            # yosys's bypass a LUT sat between each block RAM and its register)
+            undefined_read_collisions=("samples", "weights", "grads"),
             fold_output_registers=True,
             recode_fsms=True,
         ),

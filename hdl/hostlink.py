@@ -353,7 +353,7 @@ class HostLink(wiring.Component):
         g_raw = Signal()  # send unstuffed (the SOF)
         g_take = Signal()
         return _LinkState(
-            wr=wr, rd=rd, receiving=receiving, rdata=Signal(32, name="rdata", reset_less=True),
+            wr=wr, rd=rd, receiving=receiving, rdata=Signal(32, name="rdata"),
             rdata_ok=Signal(name="rdata_ok"),
             take=take, is_sof=is_sof, dval=dval, data=data, esc=esc,
             seq=seq, op=op, length=length, addr=addr, count=count, wshift=wshift, hdr=hdr,
@@ -590,8 +590,6 @@ class HostLink(wiring.Component):
         if not self.registered_read:
             m.d.comb += [s.rdata.eq(s.rd.data), s.rdata_ok.eq(1)]
             return
-        # (rdata is reset-less, as a block RAM's output register: a board build may fold it
-        # there; rdata_ok says when it holds a word)
         addr1, addr2 = Signal.like(s.idx), Signal.like(s.idx)  # rd.addr 1 and 2 cycles ago
         we1, we2 = Signal(), Signal()  # a buffer write 1 and 2 cycles ago
         m.d.sync += [s.rdata.eq(s.rd.data), addr1.eq(s.rd.addr), addr2.eq(addr1),
