@@ -185,7 +185,10 @@ def build_plan(cfg: Config, board: str | Board, *, seed: int | None = None, plac
     if spec.undefined_read_collisions:
         names = None if spec.undefined_read_collisions is True else spec.undefined_read_collisions
         plan.files[f"{NAME}.il"] = undefine_read_collisions(plan.files[f"{NAME}.il"], names)
-    if spec.recode_fsms:
+    if spec.recode_fsms and top.pll is not None:
+        # (only where the design runs from the PLL, whose domain is held in reset until the
+        # PLL locks: on the oscillator Amaranth's sync domain is reset-less, its registers
+        # starting at their initial values, which the recoding drops)
         plan.files[f"{NAME}.il"] = recode_fsms(plan.files[f"{NAME}.il"])
     return plan, top
 
@@ -267,8 +270,9 @@ def recode_fsms(rtlil: str) -> str:
     decoded anew by every transition, and the issuer's, through its next state and clock
     enables, a slowest path of the 16-lane ULX3S builds.  Marked, yosys ignores the initial
     value (with a warning) and takes the reset state from the reset's multiplexer, which
-    is the same: the board holds the design in reset until its PLL locks
-    (:func:`perturbo.boards.top._pll_domain`).
+    is the same where the design is held in reset until it runs: only a design clocked by
+    the board's PLL is (:func:`perturbo.boards.top._pll_domain`; :func:`build_plan` marks
+    no other).
     """
     return _RTLIL_FSM_STATE.sub(lambda mo: f'{mo.group(1)}  attribute \\fsm_encoding "auto"\n{mo.group(2)}', rtlil)
 

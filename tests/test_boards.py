@@ -101,13 +101,8 @@ def test_board_top_elaborates(board: str) -> None:
         assert {name.rsplit(".", 1)[-1] for name in undefined} == {"samples", "weights", "grads"}, undefined
     else:
         assert bool(undefined) == (board == "icebreaker"), undefined
-    # the ULX3S lets yosys recode its FSMs: each state register of two bits or more (the
-    # sequencer's issuer, the loss unit's, the host link's, the UART receiver's), no other
-    # wire, and not the 1-bit states (the collector's), which yosys would refuse
-    marked = re.compile(r'^  attribute \\fsm_encoding "auto"\n  wire width \d+ \\(\S+)\n', re.M)
-    recoded = marked.findall(plan.files["top.il"])
-    states = ["fsm_state", "issuer_state", "link_state", "uart_rx_state"] if board == "ulx3s-85f" else []
-    assert sorted(recoded) == states and plan.files["top.il"].count("fsm_encoding") == len(states), recoded
+    # (on the oscillator, reset-less: no FSM recoded, test_pll_in_the_top)
+    assert _recoded_fsms(plan.files["top.il"]) == []
 
 
 def test_placement_seed_from_the_config() -> None:
@@ -248,6 +243,14 @@ def test_pll_refuses_what_it_cannot_make() -> None:
     assert nearest_mhz("ice40", 12, 300) == [270.0]  # 12 * 45 / 2: the VCO at 540 MHz, halved
 
 
+def _recoded_fsms(rtlil: str) -> list[str]:
+    """The state registers ``rtlil`` marks for yosys's FSM recoding, checked to be all the
+    wires it marks."""
+    marked = re.findall(r'^  attribute \\fsm_encoding "auto"\n  wire width \d+ \\(\S+)\n', rtlil, re.M)
+    assert rtlil.count("fsm_encoding") == len(marked)
+    return sorted(marked)
+
+
 def _clocked(mhz: float | None) -> Config:
     return parse_config({**TINY.model_dump(mode="json"),
                          "hardware": {"lanes": 2, "sample_depth": 16, "clock_mhz": mhz}})
@@ -271,9 +274,16 @@ def test_pll_in_the_top(board: str, mhz: float, primitive: str, constraint: str)
         assert int(params[name]) == value, name
     constraints = plan.files.get("top.pcf") or plan.files["top.lpf"]
     assert constraint in constraints
-    # the oscillator or the default: no PLL
+    # the ULX3S lets yosys recode the FSMs of a design held in reset until the PLL locks:
+    # each state register of two bits or more (the sequencer's issuer, the loss unit's, the
+    # host link's, the UART receiver's), not the 1-bit states (the collector's), which yosys
+    # would refuse, and no other wire
+    recoded = ["fsm_state", "issuer_state", "link_state", "uart_rx_state"] if board == "ulx3s-85f" else []
+    assert _recoded_fsms(rtlil) == recoded
+    # the oscillator or the default: no PLL, and no FSM recoded (the domain is reset-less)
     plan, top = build_plan(_clocked(CLOCKS_MHZ[board]), board)
     assert top.pll is None and "PLL" not in plan.files["top.il"]
+    assert _recoded_fsms(plan.files["top.il"]) == []
 
 
 def test_synth_refuses_an_unmade_clock_before_building(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
