@@ -55,7 +55,8 @@ from .report import (
 from .top import Board, BoardTop, get_board, make_platform
 
 __all__ = ["NAME", "PLACERS", "ToolchainError", "build", "build_plan", "check_timing", "default_out_dir",
-           "find_cached", "recode_fsms", "tool_env", "toolchain_versions", "undefine_read_collisions"]
+           "find_cached", "fsms_without_reset", "recode_fsms", "tool_env", "toolchain_versions",
+           "undefine_read_collisions"]
 
 #: Base name of the build's files (``top.il``, ``top.rpt``, ``top.tim``, ``top.bin``, ...).
 NAME = "top"
@@ -340,9 +341,31 @@ def _run_plan(plan: Any, work: Path, env: dict[str, str], *, timeout: float | No
                 failure = (f"{tool} timed out after {timeout:.0f} s" if code is None
                            else f"{tool} exited with status {code}")
                 break
-            if step == "yosys" and passes:
-                _netlist_pass(work, passes, log, say)
+            if step == "yosys":
+                failure = fsms_without_reset(work / f"{NAME}.rpt")
+                if failure:
+                    break
+                if passes:
+                    _netlist_pass(work, passes, log, say)
     return seconds, failure
+
+
+#: An FSM yosys extracts, and what it found of it up to the next FSM or pass.
+_YOSYS_FSM = re.compile(r"^Extracting FSM `\\?(\S+)'(.*?)(?=^Extracting FSM|^\d+(?:\.\d+)*\. Executing)", re.M | re.S)
+
+
+def fsms_without_reset(log_path: Path) -> str:
+    """Why a build's netlist must not be used, from yosys's log: an FSM it recoded
+    (:func:`recode_fsms`) without finding its reset state, which could start in no state
+    at all (a one-hot state of zeros); "" when there is none, or no log."""
+    if not log_path.exists():
+        return ""
+    missing = [name for name, found in _YOSYS_FSM.findall(log_path.read_text(errors="replace"))
+               if "found reset state" not in found]
+    if not missing:
+        return ""
+    return (f"yosys recoded the FSM {', '.join(missing)} without finding its reset state, so the "
+            f"bitstream could start in no state: build without the board's recode_fsms")
 
 
 def _netlist_pass(work: Path, passes: Sequence[str], log: Any, say: Callable[[str], None]) -> None:

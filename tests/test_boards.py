@@ -32,7 +32,13 @@ from perturbo.estimate import estimate
 pytest.importorskip("amaranth_boards")
 
 from perturbo.boards import BOARDS, BoardTop, SynthReport, build, build_plan, make_platform  # noqa: E402
-from perturbo.boards.build import ToolchainError, check_timing, tool_env, toolchain_versions  # noqa: E402
+from perturbo.boards.build import (  # noqa: E402
+    ToolchainError,
+    check_timing,
+    fsms_without_reset,
+    tool_env,
+    toolchain_versions,
+)
 from perturbo.boards.pll import PLLError, achievable_mhz, nearest_mhz, pll_settings  # noqa: E402
 from perturbo.boards.report import (  # noqa: E402
     ClockTiming,
@@ -377,6 +383,34 @@ YOSYS_STAT = """\
 === design hierarchy ===
        99   SB_LUT4
 """
+
+
+#: yosys's log of two FSMs it extracts, the first with its reset state found (yosys 0.70's
+#: words), the second without.
+YOSYS_FSMS = """2.13.2. Executing FSM_EXTRACT pass (extracting FSM from design).
+Extracting FSM `\\linked.target.seq.issuer_state' from module `\\top'.
+  found $dff cell for state register: $flatten\\linked.\\target.\\seq.$103
+  found reset state: 5'00000 (guessed from mux tree)
+  found ctrl input: \\ready
+Extracting FSM `\\linked.link.link_state' from module `\\top'.
+  found $dff cell for state register: $flatten\\linked.\\link.$77
+  found ctrl input: \\rx__valid
+
+2.13.3. Executing FSM_OPT pass (simple optimizations of FSMs).
+  found reset state: 4'0000 (not this FSM's: another pass)
+"""
+
+
+def test_fsms_without_reset(tmp_path: Path) -> None:
+    """A build stops on an FSM that yosys recoded without finding its reset state (whose
+    bitstream could start in no state), names it, and says what to do; none: no failure."""
+    log = tmp_path / "top.rpt"
+    assert fsms_without_reset(log) == ""  # no log
+    log.write_text(YOSYS_FSMS)
+    failure = fsms_without_reset(log)
+    assert "linked.link.link_state" in failure and "issuer_state" not in failure and "recode_fsms" in failure
+    log.write_text(YOSYS_FSMS.replace("  found ctrl input: \\rx__valid", "  found reset state: 4'0000"))
+    assert fsms_without_reset(log) == ""
 
 
 def test_parse_nextpnr_log_no_fit() -> None:
