@@ -353,8 +353,7 @@ class HostLink(wiring.Component):
         g_raw = Signal()  # send unstuffed (the SOF)
         g_take = Signal()
         return _LinkState(
-            wr=wr, rd=rd, receiving=receiving, rdata=Signal(32, name="rdata"),
-            rdata_ok=Signal(name="rdata_ok"),
+            wr=wr, rd=rd, receiving=receiving, rdata=Signal(32, name="rdata"), rdata_ok=Signal(name="rdata_ok"),
             take=take, is_sof=is_sof, dval=dval, data=data, esc=esc,
             seq=seq, op=op, length=length, addr=addr, count=count, wshift=wshift, hdr=hdr,
             wpos=wpos, left=left, idx=idx, idx_next=idx_next, advance=advance,
