@@ -94,7 +94,9 @@ class Board:
         these names.
     recode_fsms : bool
         Let yosys recode the FSMs' state registers, one-hot
-        (:func:`~perturbo.boards.build.recode_fsms`; the sequencer's issuer, the host link).
+        (:func:`~perturbo.boards.build.recode_fsms`; the sequencer's issuer, the host link),
+        in a design clocked by the board's PLL only: on the oscillator the ``sync`` domain
+        has no reset to put a recoded FSM in its first state.
     fold_output_registers : bool
         Move each register that alone reads a block RAM's output into the block RAM's
         own output register, after synthesis
