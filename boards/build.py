@@ -222,7 +222,7 @@ _RTLIL_MEMORY = re.compile(r"((?:^  attribute [^\n]*\n)*)^  memory [^\n]* \\(\S+
 def undefine_read_collisions(rtlil: str, names: Collection[str] | None = None) -> str:
     """``rtlil`` with the clocked read ports of every memory marked
     :data:`~perturbo.hdl.memories.NO_READ_COLLISION` (with one of the declared ``names``,
-    unless None) returning an undefined word when the word they read is written in the
+    or a bank of one, unless None) returning an undefined word when the word they read is written in the
     same cycle (``COLLISION_X_MASK`` all ones).
 
     Amaranth declares every read port as returning the old word then, which a block RAM
@@ -235,7 +235,8 @@ def undefine_read_collisions(rtlil: str, names: Collection[str] | None = None) -
 
     def declared(attrs: str) -> bool:
         found = marker.search(attrs)
-        return found is not None and (names is None or found.group(1) in names)
+        # (a bank is declared under its memory's name and its own, "outputs.bank3")
+        return found is not None and (names is None or found.group(1).split(".")[0] in names)
 
     def module(mod: re.Match[str]) -> str:
         text = mod.group(0)

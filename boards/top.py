@@ -91,7 +91,7 @@ class Board:
         (:func:`~perturbo.boards.build.undefine_read_collisions`): no bypass logic (about
         470 logic cells of a 2-lane DRTP build, which still does not fit the UP5K;
         docs/boards.md).  True: every declared memory; a tuple: those declared under
-        these names.
+        these names (and their banks, :class:`~perturbo.hdl.memories.MemoryBlock`'s).
     recode_fsms : bool
         Let yosys recode the FSMs' state registers, one-hot
         (:func:`~perturbo.boards.build.recode_fsms`; the sequencer's issuer, the host link),
@@ -194,9 +194,9 @@ BOARDS: dict[str, Board] = {
             # The platform requires openFPGALoader even when only building.
             tools={**_ECP5_TOOLS, "OPENFPGALOADER": "true"},
             static_placer_lanes=32,
-            # the sample, weight and G words from the block RAMs' output registers (with
-            # yosys's bypass a LUT sat between each block RAM and its register)
-            undefined_read_collisions=("samples", "weights", "grads"),
+            # the sample, weight, G and output-bank words from the block RAMs' output
+            # registers (with yosys's bypass a LUT sat between each block RAM and its register)
+            undefined_read_collisions=("samples", "weights", "grads", "outputs"),
             fold_output_registers=True,
             recode_fsms=True,
         ),

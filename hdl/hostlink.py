@@ -134,9 +134,11 @@ class _LinkState:
     ``rdata_ok``); the unstuffer's input (``receiving``: a state takes bytes) and outputs
     (``take``: a received byte is taken, ``is_sof``, ``dval`` and ``data``: an unstuffed
     data byte, ``esc``); the frame registers
-    (``seq`` .. ``idx_next``); the bus engine's ``advance``, ``bwe`` and the timers' inputs and
-    outputs; the reply's ``status``, ``rkind``, ``hpos`` and ``crc_lo``; the CRC unit and its
-    inputs; the logical reply byte stream ``g_*`` that the stuffer consumes.
+    (``seq`` .. ``idx_next``) and the moves of ``idx`` the states ask for (``idx_zeroes``,
+    ``idx_steps``: :meth:`idx_to_zero`, :meth:`idx_to_next`); the bus engine's ``advance``,
+    ``bwe`` and the timers' inputs and outputs; the reply's ``status``, ``rkind``, ``hpos``
+    and ``crc_lo``; the CRC unit and its inputs; the logical reply byte stream ``g_*`` that
+    the stuffer consumes.
     """
 
     wr: object
@@ -160,6 +162,8 @@ class _LinkState:
     left: Signal
     idx: Signal
     idx_next: Signal
+    idx_zeroes: Signal
+    idx_steps: Signal
     advance: Signal
     in_frame: Signal
     in_bus: Signal
@@ -180,13 +184,14 @@ class _LinkState:
     g_raw: Signal
     g_take: Signal
 
-    def idx_to_zero(self) -> list:
-        """``idx`` back to word 0 (and ``idx_next`` to 1)."""
-        return [self.idx.eq(0), self.idx_next.eq(1)]
+    def idx_to_zero(self, m: Module) -> None:
+        """``idx`` back to word 0 next cycle (and ``idx_next`` to 1); wins over
+        :meth:`idx_to_next` in the same cycle."""
+        m.d.comb += self.idx_zeroes.eq(1)
 
-    def idx_to_next(self) -> list:
-        """``idx`` on to the next word (and ``idx_next`` past it)."""
-        return [self.idx.eq(self.idx_next), self.idx_next.eq(self.idx_next + 1)]
+    def idx_to_next(self, m: Module) -> None:
+        """``idx`` on to the next word next cycle (and ``idx_next`` past it)."""
+        m.d.comb += self.idx_steps.eq(1)
 
 
 class HostLink(wiring.Component):
@@ -325,6 +330,10 @@ class HostLink(wiring.Component):
         # moves), so that no carry chain sits between idx and the buffer's read address
         # (the 16- and 32-lane builds' slowest path, 17 to 23 logic steps)
         idx_next = Signal.like(idx, init=1)
+        # the states name idx's moves (_LinkState's idx_to_*), and _datapaths makes them, so
+        # that idx's next value is known in one place: _read_register decides from it whether
+        # rdata will hold word idx
+        idx_zeroes, idx_steps = Signal(), Signal()
         advance = Signal()  # idx moves on next cycle: read the next buffer word now
         # inter-byte and bus timers count while their state waits and restart otherwise
         in_frame = Signal()  # in a receive state after the SOF
@@ -353,10 +362,11 @@ class HostLink(wiring.Component):
         g_raw = Signal()  # send unstuffed (the SOF)
         g_take = Signal()
         return _LinkState(
-            wr=wr, rd=rd, receiving=receiving, rdata=Signal(32, name="rdata"), rdata_ok=Signal(name="rdata_ok"),
+            wr=wr, rd=rd, receiving=receiving, rdata=Signal(32, name="rdata"), rdata_ok=Signal(name="rdata_ok", init=1),
             take=take, is_sof=is_sof, dval=dval, data=data, esc=esc,
             seq=seq, op=op, length=length, addr=addr, count=count, wshift=wshift, hdr=hdr,
-            wpos=wpos, left=left, idx=idx, idx_next=idx_next, advance=advance,
+            wpos=wpos, left=left, idx=idx, idx_next=idx_next, idx_zeroes=idx_zeroes, idx_steps=idx_steps,
+            advance=advance,
             in_frame=in_frame, in_bus=in_bus, timer_done=timer_done, restart=restart,
             btimer_done=btimer_done, bwe=bwe, status=status, rkind=rkind, hpos=hpos,
             crc_lo=crc_lo, crc_unit=crc_unit, crc_in=crc_in, crc_start=crc_start,
@@ -386,8 +396,9 @@ class HostLink(wiring.Component):
         """Answer with ``nbytes`` of payload (``left`` doubles as the LEN field)."""
         m.d.sync += [
             s.status.eq(code), s.rkind.eq(kind), s.left.eq(nbytes),
-            s.hpos.eq(0), *s.idx_to_zero(), s.wpos.eq(0), s.crc_lo.eq(0),
+            s.hpos.eq(0), s.wpos.eq(0), s.crc_lo.eq(0),
         ]
+        s.idx_to_zero(m)
         m.d.comb += s.crc_start.eq(1)
         m.next = "REPLY_HDR"
 
@@ -486,7 +497,8 @@ class HostLink(wiring.Component):
                 with m.Else():
                     with m.If(~s.bwe):
                         m.d.comb += s.wr.en.eq(1)
-                    m.d.sync += [*s.idx_to_next(), left.eq(left - 1)]
+                    m.d.sync += left.eq(left - 1)
+                    s.idx_to_next(m)
                     with m.If(left == 1):
                         m.d.sync += s.count.eq(idx_next)
                         with m.If(s.bwe):
@@ -544,7 +556,7 @@ class HostLink(wiring.Component):
                 m.d.sync += [wpos.eq(wpos + 1), left.eq(left - 1)]
                 m.d.comb += s.crc_update.eq(1)
                 with m.If(wpos == 3):
-                    m.d.sync += s.idx_to_next()
+                    s.idx_to_next(m)
                 with m.If(left == 1):
                     m.next = "REPLY_CRC"
 
@@ -561,6 +573,10 @@ class HostLink(wiring.Component):
     def _datapaths(self, m: Module, s: _LinkState) -> None:
         """The bus request and the buffer's addresses and write data."""
         addr, idx, rd, wr = s.addr, s.idx, s.rd, s.wr
+        with m.If(s.idx_zeroes):
+            m.d.sync += [idx.eq(0), s.idx_next.eq(1)]
+        with m.Elif(s.idx_steps):
+            m.d.sync += [idx.eq(s.idx_next), s.idx_next.eq(s.idx_next + 1)]
         word = (addr[:WORD_ADDR_BITS] + idx)[:WORD_ADDR_BITS]
         m.d.comb += [
             self.bus.we.eq(s.bwe),
@@ -581,7 +597,11 @@ class HostLink(wiring.Component):
         sequencer's multiplier, and through the reply byte select into the stuffer).
         ``rdata`` holds ``buffer[rd.addr]`` of two cycles ago; ``rdata_ok`` says that was
         word ``idx`` and no write has landed since, so a consumer waits two cycles after
-        ``idx`` moves (a WRITE's bus request, a READ reply's data bytes).
+        ``idx`` moves (a WRITE's bus request, a READ reply's data bytes).  ``rdata_ok`` is a
+        register, decided a cycle ahead from ``idx``'s next value (the moves the states ask
+        for): compared in the cycle it is used, the address of two cycles ago against
+        ``idx``, it led the slowest paths of 9 of 12 ECP5 builds, through the reply's and
+        the bus engine's ``advance`` into the buffer's read address (session 39).
 
         Without ``registered_read``, ``rdata`` is the block RAM's output, word ``idx``
         whenever it is used (``rd.addr`` runs a cycle ahead: ``idx_next`` in the cycle
@@ -589,11 +609,12 @@ class HostLink(wiring.Component):
         if not self.registered_read:
             m.d.comb += [s.rdata.eq(s.rd.data), s.rdata_ok.eq(1)]
             return
-        addr1, addr2 = Signal.like(s.idx), Signal.like(s.idx)  # rd.addr 1 and 2 cycles ago
-        we1, we2 = Signal(), Signal()  # a buffer write 1 and 2 cycles ago
-        m.d.sync += [s.rdata.eq(s.rd.data), addr1.eq(s.rd.addr), addr2.eq(addr1),
-                     we1.eq(s.wr.en), we2.eq(we1)]
-        m.d.comb += s.rdata_ok.eq((addr2 == s.idx) & ~we1 & ~we2)
+        addr1 = Signal.like(s.idx)  # rd.addr a cycle ago: the word rd.data holds, rdata next
+        we1 = Signal()  # a buffer write a cycle ago
+        m.d.sync += [s.rdata.eq(s.rd.data), addr1.eq(s.rd.addr), we1.eq(s.wr.en)]
+        # (a comparison per value idx may take, the late moves selecting among their verdicts)
+        holds_next_idx = Mux(s.idx_zeroes, addr1 == 0, Mux(s.idx_steps, addr1 == s.idx_next, addr1 == s.idx))
+        m.d.sync += s.rdata_ok.eq(holds_next_idx & ~s.wr.en & ~we1)
 
     def _transmit(self, m: Module, s: _LinkState) -> None:
         """Stuffing and the output register: ``SOF`` and ``ESC`` inside a frame go out as
@@ -630,8 +651,8 @@ class HostLink(wiring.Component):
             m.next = "LEN1"
         elif state == "LEN1":
             total = Cat(length[0:8], data)
-            m.d.sync += [length[8:16].eq(data), left.eq(total), hdr.eq(0), wpos.eq(0),
-                         *s.idx_to_zero()]
+            m.d.sync += [length[8:16].eq(data), left.eq(total), hdr.eq(0), wpos.eq(0)]
+            s.idx_to_zero(m)
             with m.If(total == 0):
                 m.next = "CRC0"
             with m.Else():
@@ -647,13 +668,14 @@ class HostLink(wiring.Component):
             # bytes 4.. are little-endian words: buffer each one as its last byte arrives
             with m.If((hdr >= 4) & (wpos == 3) & (idx < self.max_words)):
                 m.d.comb += s.wr.en.eq(1)
-                m.d.sync += s.idx_to_next()
+                s.idx_to_next(m)
             with m.If(left == 1):
                 m.next = "CRC0"
         elif state == "CRC0":
             m.next = "CRC1"
         elif state == "CRC1":
-            m.d.sync += [left.eq(idx), *s.idx_to_zero()]  # words buffered, for a WRITE
+            m.d.sync += left.eq(idx)  # words buffered, for a WRITE
+            s.idx_to_zero(m)
             m.next = "EXEC"
 
 

@@ -304,7 +304,10 @@ class MemoryBlock(wiring.Component):
             depth = min(self.bank_words, self.depth - b * self.bank_words)
             mem = m.submodules[f"bank{b}"] = Memory(shape=self.shape, depth=depth, init=[])
             rd, wr = mem.read_port(), mem.write_port()
-            word = Signal.like(rd.data, name=f"bank{b}_word")
+            # reset-less, so that it alone reads the block RAM and can be its output register
+            # (perturbo.boards.netlist; the 16-lane build's slowest path at seed 1 was a bank's
+            # block RAM into its word)
+            word = Signal.like(rd.data, name=f"bank{b}_word", reset_less=True)
             with m.If(ren1):
                 m.d.sync += word.eq(rd.data)
             words.append(word)
