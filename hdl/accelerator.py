@@ -683,11 +683,11 @@ class Accelerator(wiring.Component):
         wide_words = hasattr(regs, "write_high")
         wide = Cat(wdata, regs.write_high).as_signed() if wide_words else wdata.as_signed()
 
-        def fits(bits: int) -> Value:
-            """Whether the written value (with ``WRITE_HIGH`` above 32 bits) fits ``bits``."""
+        def fits(value: Value, bits: int) -> Value:
+            """Whether the written ``value`` (with ``WRITE_HIGH`` above 32 bits) fits ``bits``."""
             if bits in (32, 64):
                 return Const(1, 1)
-            return fits_signed(wide if bits > 32 else wdata.as_signed(), bits)
+            return fits_signed(Cat(value, regs.write_high).as_signed() if bits > 32 else value.as_signed(), bits)
 
         lane_words = geo.weight_depth * lanes
         bus_row, bus_lane = divmod_const(bus_word, lanes, lane_words - 1)
@@ -763,11 +763,16 @@ class Accelerator(wiring.Component):
             sample_slot, _ = divmod_const(bus_word, geo.sample_stride // 4, geo.sample_bus_words - 1)
             m.d.comb += seq.probe_slot.eq(decoded(Mux(bus_space == Space.LABELS, bus_word, sample_slot), "bus_slot"))
             live = {Space.SAMPLES: we & seq.probe_free, Space.LABELS: we & seq.probe_free, Space.LOSSES: ~we}
-        verdict = self._refused(m, space, word, we, running, live, sizes, {
-            sp: (~at_least(wdata, geo.classes) if sp == Space.LABELS  # 0 .. classes - 1
-                 else Const(0, 1) if sp in READ_ONLY_SPACES
-                 else fits(widths[sp]))
-            for sp in memories})
+        # each space's check of a write's value, from the request as it stands, decoded() as
+        # the address is (from the registered wdata, which fans out to every memory, into the
+        # checks and the verdict was a 32-lane build's slowest path)
+        def value_ok(sp: Space) -> Value:
+            check = (~at_least(bus.wdata, geo.classes) if sp == Space.LABELS  # 0 .. classes - 1
+                     else Const(0, 1) if sp in READ_ONLY_SPACES
+                     else fits(bus.wdata, widths[sp]))
+            return check if isinstance(check, Const) else decoded(check, f"bus_{sp.name.lower()}_value_ok")
+
+        verdict = self._refused(m, space, word, we, running, live, sizes, {sp: value_ok(sp) for sp in memories})
         # the lane a read selects, in a copy per laned space with pipelined_reads (loaded only
         # by requests to it, as addressed() does): one register fanning out to every space's
         # lane multiplexers was the 32-lane ECP5 build's slowest path (read_lane -> picked_grads)
