@@ -681,13 +681,18 @@ class Accelerator(wiring.Component):
         space, word = addr[WORD_ADDR_BITS:], addr[:WORD_ADDR_BITS]
         bus_space, bus_word = bus.addr[WORD_ADDR_BITS:], bus.addr[:WORD_ADDR_BITS]
         wide_words = hasattr(regs, "write_high")
-        wide = Cat(wdata, regs.write_high).as_signed() if wide_words else wdata.as_signed()
+
+        def widened(value: Value) -> Value:
+            """The written ``value``, signed, with ``WRITE_HIGH`` above it where words are wide."""
+            return Cat(value, regs.write_high).as_signed() if wide_words else value.as_signed()
+
+        wide = widened(wdata)
 
         def fits(value: Value, bits: int) -> Value:
             """Whether the written ``value`` (with ``WRITE_HIGH`` above 32 bits) fits ``bits``."""
             if bits in (32, 64):
                 return Const(1, 1)
-            return fits_signed(Cat(value, regs.write_high).as_signed() if bits > 32 else value.as_signed(), bits)
+            return fits_signed(widened(value) if bits > 32 else value.as_signed(), bits)
 
         lane_words = geo.weight_depth * lanes
         bus_row, bus_lane = divmod_const(bus_word, lanes, lane_words - 1)

@@ -571,7 +571,8 @@ class HostLink(wiring.Component):
     # ---- datapaths that do not depend on the state (the enables do) ------------------------
 
     def _datapaths(self, m: Module, s: _LinkState) -> None:
-        """The bus request and the buffer's addresses and write data."""
+        """``idx``'s moves (the states ask for them), the bus request, and the buffer's
+        addresses and write data."""
         addr, idx, rd, wr = s.addr, s.idx, s.rd, s.wr
         with m.If(s.idx_zeroes):
             m.d.sync += [idx.eq(0), s.idx_next.eq(1)]
