@@ -244,7 +244,8 @@ class Accelerator(wiring.Component):
         m.submodules.update = upd = UpdateUnit(geo)
         m.submodules.writer = writer = OutputWriter(geo)
         m.submodules.seq = seq = Sequencer(geo, eng.cmd_layout, loss.result_layout,
-                                           fe.job_layout, overlap=self.overlap)
+                                           fe.job_layout, overlap=self.overlap,
+                                           settled_fill=self.pipelined_reads)
         return _Units(fe=fe, eng=eng, loss=loss, corr=corr, upd=upd, writer=writer, seq=seq)
 
     def _memories(self, m: Module, fe: CorrelationWalker | None, eng: ForwardEngine) -> _Memories:

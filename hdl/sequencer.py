@@ -125,6 +125,7 @@ class _SequencerState:
     last_copy: Value
     stream: Signal  #: the run is TRAIN_STREAM
     step_base: Signal  #: the slot of the step's first sample (idle: the cursor)
+    step_base_next: Signal  #: step_base's value in the next cycle (every state's move of it)
     step_loaded: Value  #: TRAIN_STREAM: the next step's samples are below fill
     step_first: Signal  #: overlap_update: the slot of the step's first sample
     update_pending: Signal  #: overlap_update: a step started before the previous update ended
@@ -212,6 +213,10 @@ class Sequencer(wiring.Component):
         ones (the default).  ``False`` issues a pass only when every job is done: the
         same results, more cycles; ``bench/verilator_vs_golden.py`` measures the overlap
         with it.
+    settled_fill
+        ``fill_value`` holds its value from the cycle before ``fill_set`` on, and no register
+        write comes in that cycle (the pipelined bus: the register file's ``settled_wdata``):
+        ``fill_ok`` is then registered from ``step_base``'s next value, a cycle ahead.
 
     Members
     -------
@@ -272,9 +277,10 @@ class Sequencer(wiring.Component):
 
     def __init__(self, geometry: Geometry, fwd_cmd_layout: data.StructLayout,
                  loss_layout: data.StructLayout, corr_cmd_layout: data.StructLayout, *,
-                 overlap: bool = True) -> None:
+                 overlap: bool = True, settled_fill: bool = False) -> None:
         self.geometry = geo = geometry
         self.overlap = overlap
+        self.settled_fill = settled_fill
         self.sample_addr_bits = ceil_log2(geo.sample_words)
         self.job_fields = {name for name, _ in corr_cmd_layout}
         members = {
@@ -404,7 +410,7 @@ class Sequencer(wiring.Component):
             baseline_free=baseline_free, count=count, loss_sum=loss_sum, step_done=step_done,
             collected=collected, pass_bank=pass_bank, aborting=aborting,
             last_sample=samples_left == 1, last_copy=copy == self.copies - 1,
-            stream=stream, step_base=step_base, step_loaded=step_loaded,
+            stream=stream, step_base=step_base, step_base_next=Signal.like(step_base), step_loaded=step_loaded,
             step_first=Signal.like(self.cursor), update_pending=Signal(),
         )
 
@@ -433,14 +439,18 @@ class Sequencer(wiring.Component):
             m.d.sync += self.step.eq(self.step_value)
         with m.If(self.cursor_set & ~self.busy):
             m.d.sync += self.cursor.eq(self.cursor_value)
+        # step_base moves through its next value, which the fill check registers against
+        m.d.comb += s.step_base_next.eq(s.step_base)
+        m.d.sync += s.step_base.eq(s.step_base_next)
         with m.If(~self.busy):  # where a run starts (the TRAIN pulse comes cycles after a cursor write)
-            m.d.sync += s.step_base.eq(self.cursor)
+            m.d.comb += s.step_base_next.eq(self.cursor)
         if self.geometry.overlap_update:
             # a step may start before the previous step's update ends, whose final walk
             # still reads that step's samples: they stay the run's (step_base) until then
             # (STEP's own assignments, later in the elaboration, win in the same cycle)
             with m.If(s.step_done):
-                m.d.sync += [s.update_pending.eq(0), s.step_base.eq(s.step_first)]
+                m.d.sync += s.update_pending.eq(0)
+                m.d.comb += s.step_base_next.eq(s.step_first)
         if self.geometry.streaming:
             self._ring(m, s)
 
@@ -481,7 +491,16 @@ class Sequencer(wiring.Component):
         # first cycle is refused, as while idle-to-busy the register file refuses writes)
         live = Signal()
         m.d.sync += live.eq(self.busy & s.stream & ~self.inference)
-        grants = (self.fill_value < self.sample_count) & ~self.on_arc(s.step_base, self.fill, self.fill_value)
+        if self.settled_fill:
+            # registered from step_base's next value (the written value, fill and
+            # sample_count stand from the cycle before: no register write comes in it), the
+            # same verdict a cycle earlier: the write data through the comparisons with
+            # step_base into the register file's error flag was a slowest path at 100 MHz
+            grants = Signal(name="fill_grants")
+            m.d.sync += grants.eq((self.fill_value < self.sample_count)
+                                  & ~self.on_arc(s.step_base_next, self.fill, self.fill_value))
+        else:
+            grants = (self.fill_value < self.sample_count) & ~self.on_arc(s.step_base, self.fill, self.fill_value)
         m.d.comb += [
             self.fill_ok.eq(live & grants),
             self.probe_free.eq(live & self.slot_free(s, self.probe_slot)),
@@ -574,9 +593,9 @@ class Sequencer(wiring.Component):
             if self.geometry.overlap_update:
                 m.d.sync += s.step_first.eq(self.cursor)
                 with m.If(~s.update_pending | s.step_done):
-                    m.d.sync += s.step_base.eq(self.cursor)
+                    m.d.comb += s.step_base_next.eq(self.cursor)
             else:
-                m.d.sync += s.step_base.eq(self.cursor)
+                m.d.comb += s.step_base_next.eq(self.cursor)
             with m.If((s.steps_left == 0) | s.aborting):
                 m.next = "FINISH"
             with m.Elif(s.stream & ~s.step_loaded):  # TRAIN_STREAM: the host has not caught up
