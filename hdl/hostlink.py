@@ -136,7 +136,8 @@ class _LinkState:
     data byte, ``esc``); the frame registers
     (``seq`` .. ``idx_next``) and the moves of ``idx`` the states ask for (``idx_zeroes``,
     ``idx_steps``: :meth:`idx_to_zero`, :meth:`idx_to_next`); the bus engine's ``advance``,
-    ``bwe`` and the timers' inputs and outputs; the reply's ``status``, ``rkind``, ``hpos``
+    ``bwe``, the bus's read data as it takes it (``bus_rdata``) and the timers' inputs and
+    outputs; the reply's ``status``, ``rkind``, ``hpos``
     and ``crc_lo``; the CRC unit and its inputs; the logical reply byte stream ``g_*`` that
     the stuffer consumes.
     """
@@ -146,6 +147,7 @@ class _LinkState:
     receiving: Signal
     rdata: Signal
     rdata_ok: Signal
+    bus_rdata: Value  #: the bus's read data as the bus state takes it
     take: Signal
     is_sof: Signal
     dval: Signal
@@ -221,10 +223,11 @@ class HostLink(wiring.Component):
     ident : int
         32-bit value returned by PING (for instance a hash of the configuration).
     registered_read : bool
-        Register the frame buffer's read data and each received byte (``True``, the
-        default): the block RAM's output then starts no path into the bus target or the
-        stuffer, at two cycles of wait per word, and the receiver's byte none through the
-        unstuffer and the receive states into the buffer.  ``False`` uses both directly,
+        Register the frame buffer's read data, each received byte and the bus's answer
+        (``True``, the default): the block RAM's output then starts no path into the bus
+        target or the stuffer, at two cycles of wait per word, the receiver's byte none
+        through the unstuffer and the receive states into the buffer, and the target's
+        answer none into the buffer or the reply, at a cycle more per bus word.  ``False`` uses both directly,
         about 50 iCE40 logic cells fewer, for builds whose clock other paths set (the
         iCE40's, by the hash: :attr:`perturbo.boards.top.Board.link_registered_read`).  The
         replies are the same either way; only their timing differs.
@@ -363,6 +366,7 @@ class HostLink(wiring.Component):
         g_take = Signal()
         return _LinkState(
             wr=wr, rd=rd, receiving=receiving, rdata=Signal(32, name="rdata"), rdata_ok=Signal(name="rdata_ok", init=1),
+            bus_rdata=Signal(32, name="bus_rdata") if self.registered_read else self.bus.rdata,
             take=take, is_sof=is_sof, dval=dval, data=data, esc=esc,
             seq=seq, op=op, length=length, addr=addr, count=count, wshift=wshift, hdr=hdr,
             wpos=wpos, left=left, idx=idx, idx_next=idx_next, idx_zeroes=idx_zeroes, idx_steps=idx_steps,
@@ -485,13 +489,26 @@ class HostLink(wiring.Component):
         """BUS: one request per word (READ data into the buffer); an error or the bus
         timeout stops the burst and the reply counts the words done."""
         bus, idx, idx_next, left = self.bus, s.idx, s.idx_next, s.left
+        answered, refused, timed_out = bus.stb & bus.ack, bus.err, s.btimer_done
+        if self.registered_read:
+            # the link acts on the bus's answer a cycle after it, from registers (the
+            # target's answer through the burst's moves into the buffer's address and write
+            # enable, and through the reply's status into the CRC, were slowest paths of the
+            # ECP5 builds); the request waits that cycle, and the timeout decides as before:
+            # unless the answer came in the same cycle
+            answered, refused, timed_out = (Signal(name="bus_answered"), Signal(name="bus_refused"),
+                                            Signal(name="bus_timed_out"))
+            m.d.sync += [answered.eq(bus.stb & bus.ack), refused.eq(bus.err),
+                         timed_out.eq(s.btimer_done & ~(bus.stb & bus.ack)), s.bus_rdata.eq(bus.rdata)]
         with m.State("BUS"):
             # a WRITE's word goes out once the registered read holds it; the bus timer
             # counts only while a request is out
             stb = ~s.bwe | s.rdata_ok
-            m.d.comb += [bus.stb.eq(stb), s.advance.eq(stb & bus.ack), s.in_bus.eq(stb)]
-            with m.If(stb & bus.ack):
-                with m.If(bus.err):
+            if self.registered_read:
+                stb = stb & ~answered & ~timed_out
+            m.d.comb += [bus.stb.eq(stb), s.advance.eq(answered), s.in_bus.eq(stb)]
+            with m.If(answered):
+                with m.If(refused):
                     m.d.sync += s.count.eq(idx)
                     self._reply(m, s, Status.BUS_ERR, _KIND_COUNT, 2)
                 with m.Else():
@@ -505,7 +522,7 @@ class HostLink(wiring.Component):
                             self._reply(m, s, Status.OK, _KIND_COUNT, 2)
                         with m.Else():
                             self._reply(m, s, Status.OK, _KIND_DATA, idx_next << 2)
-            with m.Elif(s.btimer_done):
+            with m.Elif(timed_out):
                 m.d.sync += s.count.eq(idx)
                 self._reply(m, s, Status.BUS_TIMEOUT, _KIND_COUNT, 2)
 
@@ -589,7 +606,7 @@ class HostLink(wiring.Component):
             rd.en.eq(~wr.en | s.advance),
             wr.addr.eq(idx),
             # the receiver buffers WRITE payload words, the bus engine READ data
-            wr.data.eq(Mux(s.receiving, Cat(s.wshift, s.data), self.bus.rdata)),
+            wr.data.eq(Mux(s.receiving, Cat(s.wshift, s.data), s.bus_rdata)),
         ]
 
     def _read_register(self, m: Module, s: _LinkState) -> None:
