@@ -227,10 +227,11 @@ class HostLink(wiring.Component):
         (``True``, the default): the block RAM's output then starts no path into the bus
         target or the stuffer, at two cycles of wait per word, the receiver's byte none
         through the unstuffer and the receive states into the buffer, and the target's
-        answer none into the buffer or the reply, at a cycle more per bus word.  ``False`` uses both directly,
-        about 50 iCE40 logic cells fewer, for builds whose clock other paths set (the
-        iCE40's, by the hash: :attr:`perturbo.boards.top.Board.link_registered_read`).  The
-        replies are the same either way; only their timing differs.
+        answer none into the buffer or the reply, at a cycle more per bus word.  ``False``
+        uses all three directly, in fewer iCE40 logic cells (about 50 fewer before the
+        answer's 35 registers), for builds whose clock other paths set (the iCE40's, by the hash:
+        :attr:`perturbo.boards.top.Board.link_registered_read`).  The replies are the same
+        either way; only their timing differs.
 
     Members
     -------
@@ -494,8 +495,8 @@ class HostLink(wiring.Component):
             # the link acts on the bus's answer a cycle after it, from registers (the
             # target's answer through the burst's moves into the buffer's address and write
             # enable, and through the reply's status into the CRC, were slowest paths of the
-            # ECP5 builds); the request waits that cycle, and the timeout decides as before:
-            # unless the answer came in the same cycle
+            # ECP5 builds); the request waits that cycle, and a timeout is taken a cycle late
+            # too, unless an answer came in its cycle (the order the states had)
             answered, refused, timed_out = (Signal(name="bus_answered"), Signal(name="bus_refused"),
                                             Signal(name="bus_timed_out"))
             m.d.sync += [answered.eq(bus.stb & bus.ack), refused.eq(bus.err),

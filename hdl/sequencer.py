@@ -491,16 +491,16 @@ class Sequencer(wiring.Component):
         # first cycle is refused, as while idle-to-busy the register file refuses writes)
         live = Signal()
         m.d.sync += live.eq(self.busy & s.stream & ~self.inference)
+        # with settled_fill registered from step_base's next value (the written value, fill and
+        # sample_count stand from the cycle before: no register write comes in it), the same
+        # verdict a cycle earlier: the write data through the comparisons with step_base
+        # into the register file's error flag was a slowest path at 100 MHz
+        base = s.step_base_next if self.settled_fill else s.step_base
+        grants = (self.fill_value < self.sample_count) & ~self.on_arc(base, self.fill, self.fill_value)
         if self.settled_fill:
-            # registered from step_base's next value (the written value, fill and
-            # sample_count stand from the cycle before: no register write comes in it), the
-            # same verdict a cycle earlier: the write data through the comparisons with
-            # step_base into the register file's error flag was a slowest path at 100 MHz
-            grants = Signal(name="fill_grants")
-            m.d.sync += grants.eq((self.fill_value < self.sample_count)
-                                  & ~self.on_arc(s.step_base_next, self.fill, self.fill_value))
-        else:
-            grants = (self.fill_value < self.sample_count) & ~self.on_arc(s.step_base, self.fill, self.fill_value)
+            registered = Signal(name="fill_grants")
+            m.d.sync += registered.eq(grants)
+            grants = registered
         m.d.comb += [
             self.fill_ok.eq(live & grants),
             self.probe_free.eq(live & self.slot_free(s, self.probe_slot)),
