@@ -47,7 +47,7 @@ from perturbo.config import Config, Rule
 from .arith import at_least, fits_signed
 from .bus import WORD_ADDR_BITS, BusSignature, Command, Space
 from .correlation import CorrelationUnit, CorrelationWalker
-from .forward import ForwardEngine
+from .forward import PASS_WEIGHT_BITS, ForwardEngine
 from .geometry import Geometry, config_hash
 from .loss import DC_BITS, LossUnit
 from .memories import (
@@ -261,6 +261,7 @@ class Accelerator(wiring.Component):
         # valid token (ForwardEngine), so never in the cycle it is written
         m.submodules.weights = wmem = LaneMemory(
             lanes, geo.weight_depth, wshape, second_read=geo.overlap_update,
+            second_read_bits=PASS_WEIGHT_BITS if geo.overlap_update else None,
             no_collision="weights",
             registered=geo.weights_registered)
         gmem = mmem = signs = None
@@ -408,8 +409,11 @@ class Accelerator(wiring.Component):
             if geo.overlap_update:  # the engine has a read port of its own: a step's first
                 # pass may read the weights while the update still writes them
                 w_read = mems.wmem.read
+                # (which holds only the bits a pass multiplies, in their places in the word)
+                below = geo.weight_bits - PASS_WEIGHT_BITS
                 m.d.comb += [w_read.raddr.eq(eng.weights.raddr), w_read.ren.eq(eng.weights.ren),
-                             eng.weights.rdata.eq(w_read.rdata)]
+                             *(eng.weights.rdata[k].eq(Cat(Const(0, below), w_read.rdata[k]))
+                               for k in range(lanes))]
                 # the update's while a run goes on (it reads and writes only when busy, which
                 # is only within a run), the host's otherwise: chosen by the register
                 # `running`, not by the update's busy (from its stages' valid bits through

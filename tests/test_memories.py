@@ -13,7 +13,7 @@ import re
 
 import pytest
 from amaranth.back import rtlil
-from amaranth.hdl import Module
+from amaranth.hdl import Module, signed
 from amaranth.sim import Simulator
 
 from perturbo.hdl.memories import COLLISION_MESSAGE, NO_READ_COLLISION, MemoryBlock
@@ -163,3 +163,50 @@ def test_banks_answer_two_reads_later() -> None:
     sim.add_testbench(bench)
     sim.run()
     assert wrong == [], f"banked reads wrong at (cycle, expected, got) {wrong[:5]}"
+
+
+def test_narrow_second_read_holds_the_top_bits() -> None:
+    """A LaneMemory's second read port with ``second_read_bits`` (the forward engine's
+    copy of the weights) reads each lane's top bits of every word written, lane by lane,
+    as the first port reads the whole word; the declaration covers the copy too."""
+    import random
+
+    from perturbo.hdl.memories import LaneMemory
+
+    rng = random.Random(3)
+    lanes, depth = 3, 8
+    dut = LaneMemory(lanes, depth, signed(16), second_read=True, second_read_bits=8, no_collision="weights")
+    model = [[0] * lanes for _ in range(depth)]
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    wrong = []
+
+    async def bench(ctx: object) -> None:
+        port, read = dut.port, dut.read
+        for _ in range(300):
+            waddr, we = rng.randrange(depth), rng.randrange(1 << lanes)
+            raddr = rng.choice([a for a in range(depth) if a != waddr])
+            words = [rng.randrange(-(1 << 15), 1 << 15) for _ in range(lanes)]
+            for port_addr in (port.raddr, read.raddr):
+                ctx.set(port_addr, raddr)
+            ctx.set(port.ren, 1)
+            ctx.set(read.ren, 1)
+            ctx.set(port.waddr, waddr)
+            ctx.set(port.we, we)
+            for k in range(lanes):
+                ctx.set(port.wdata[k], words[k])
+            await ctx.tick()
+            whole = [ctx.get(port.rdata[k]) for k in range(lanes)]
+            top = [ctx.get(read.rdata[k]) for k in range(lanes)]
+            if whole != model[raddr] or top != [w >> 8 for w in model[raddr]]:
+                wrong.append((raddr, model[raddr], whole, top))
+            for k in range(lanes):
+                if we >> k & 1:
+                    model[waddr][k] = words[k]
+
+    sim.add_testbench(bench)
+    sim.run()
+    assert not wrong, wrong[:3]
+    assert dut.read_shape == signed(8)
+    with pytest.raises(ValueError, match="second_read_bits"):
+        LaneMemory(lanes, depth, signed(16), second_read_bits=8)
