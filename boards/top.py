@@ -311,14 +311,21 @@ def _pll_domain(m: Module, platform: Any, family: str, settings: PLLSettings) ->
     m.submodules.lock_sync = FFSynchronizer(lock, locked, o_domain="por")
     hold = max(1, int(15e-6 * float(settings.output_hz)))
     timer = Signal(range(hold + 1))
-    ready = Signal()
+    held = Signal(init=1)  # the reset, from a flip-flop of its own
     with m.If(~locked):
-        m.d.por += [timer.eq(0), ready.eq(0)]
+        m.d.por += [timer.eq(0), held.eq(1)]
     with m.Elif(timer == hold):
-        m.d.por += ready.eq(1)
+        m.d.por += held.eq(0)
     with m.Else():
         m.d.por += timer.eq(timer + 1)
-    m.d.comb += [ClockSignal("sync").eq(clk), ClockSignal("por").eq(clk), ResetSignal("sync").eq(~ready)]
+    reset = held
+    if family == "ecp5":
+        # on a global network: nextpnr promotes only clocks, and every flip-flop's reset
+        # routed through the fabric (23 600 of them at 64 lanes) was the busiest net of the
+        # builds that did not route (docs/boards.md, session 42)
+        reset = Signal(name="sync_reset")
+        m.submodules.reset_buffer = Instance("DCCA", i_CLKI=held, i_CE=1, o_CLKO=reset)
+    m.d.comb += [ClockSignal("sync").eq(clk), ClockSignal("por").eq(clk), ResetSignal("sync").eq(reset)]
 
 
 def _leds(platform: Any) -> list[Any]:
