@@ -38,7 +38,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal, Value, signed
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, Value, signed
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -64,6 +64,13 @@ from .sequencer import OutputWriter, Sequencer
 from .update import UpdateUnit
 
 __all__ = ["Accelerator", "SUPPORTED_RULES", "check_supported"]
+
+#: From this many lanes a host read selects its lane in two registered steps, within a group
+#: of :data:`LANE_GROUP` lanes and then among the groups, a cycle more: one multiplexer of 64
+#: lanes' G words, from block RAMs all over the device, was the first 64-lane ECP5 build's
+#: slowest path (11.1 ns, 9.4 of it routing; docs/boards.md, session 42).
+TWO_STEP_PICK_LANES = 32
+LANE_GROUP = 8
 
 #: Bytes of the inference outputs per bank with ``pipelined_reads``: an ECP5 DP16KD's
 #: 2048 x 9 (:class:`~.memories.MemoryBlock`'s ``bank_words``).
@@ -599,6 +606,24 @@ class Accelerator(wiring.Component):
         return regs
 
     @staticmethod
+    def _picked_in_two(m: Module, row: data.View, lane: Value, first: Value, second: Value, name: str) -> Value:
+        """Lane ``lane``'s word of ``row`` (a :class:`~.memories.LanePortSignature`'s read
+        data), selected in two registered steps: within each group of :data:`LANE_GROUP`
+        lanes as ``first`` is high, then among the groups as ``second`` is."""
+        lanes = row.shape().length
+        low = LANE_GROUP.bit_length() - 1
+        groups = -(-lanes // LANE_GROUP)
+        grouped = Signal(data.ArrayLayout(row.shape().elem_shape, groups), name=f"grouped_{name}")
+        with m.If(first):
+            for g in range(groups):
+                members = [row[k] for k in range(g * LANE_GROUP, min(lanes, (g + 1) * LANE_GROUP))]
+                m.d.sync += grouped[g].eq(Array(members)[lane[:low]])
+        picked = Signal(row.shape().elem_shape, name=f"picked_{name}")
+        with m.If(second):
+            m.d.sync += picked.eq(grouped[lane[low:]])
+        return Value.cast(picked).as_signed()
+
+    @staticmethod
     def _write_enables(m: Module, memories: dict[Space, tuple[wiring.PureInterface, bool]], space: Value,
                        lane: Value) -> None:
         """The write enable of ``space``'s memory (``lane``'s, where it has lanes); none for
@@ -740,8 +765,10 @@ class Accelerator(wiring.Component):
                 m.d.comb += port.wdata.eq(wdata)
 
         request = bus.stb & ~ack & ~reading
+        two_step = self.pipelined_reads and lanes >= TWO_STEP_PICK_LANES
         if self.pipelined_reads:  # taken once the address has stood two cycles (below)
             held = Signal()  # the memories' words registered the cycle before (below)
+            sorting = Signal()  # (two_step: a lane within its group, the cycle after)
             picking = Signal()  # and their lanes selected
             # a register request reaches the register file a cycle after it is taken, from a
             # register (the host link's strobe through the request into the command's
@@ -751,7 +778,8 @@ class Accelerator(wiring.Component):
             m.d.comb += regs.req.eq(regs_due)
             with m.If(regs_due):
                 m.d.sync += ack.eq(1)
-            request = request & ~held & ~picking & ~regs_due
+            for stage in (held, sorting, picking, regs_due) if two_step else (held, picking, regs_due):
+                request = request & ~stage
             # the request's age: decoded() registers the address in its first cycle, the
             # verdict below is registered from that in its second, and it is taken in its third.
             # Taken on its age alone: in the two cycles it aged there was no ack, read or
@@ -814,11 +842,14 @@ class Accelerator(wiring.Component):
 
         # the answer: one cycle after the request, a memory's word one more (three more with
         # pipelined_reads: the block RAM's whole word registered as it leaves the memory, then
-        # its lane selected into a register of its own, then its space)
+        # its lane selected into a register of its own, then its space; from
+        # TWO_STEP_PICK_LANES lanes four, the lane selected in two steps)
         mem_value = Signal(signed(64 if wide_words else 32))
         answer = reading
         if self.pipelined_reads:
-            m.d.sync += [held.eq(reading), picking.eq(held)]
+            m.d.sync += [held.eq(reading), picking.eq(sorting if two_step else held)]
+            if two_step:
+                m.d.sync += sorting.eq(held)
             answer = picking
         words = {}
         # the read's registers load only in the cycle its word passes them (clock enables,
@@ -830,6 +861,9 @@ class Accelerator(wiring.Component):
                 rdata = Signal.like(port.rdata, name=f"held_{sp.name.lower()}")
                 with m.If(reading):
                     m.d.sync += rdata.eq(port.rdata)
+            if laned and two_step:
+                words[sp] = self._picked_in_two(m, rdata, lane_of[sp], held, sorting, sp.name.lower())
+                continue
             words[sp] = Value.cast(rdata[lane_of[sp]]).as_signed() if laned else Value.cast(rdata)
             if self.pipelined_reads:
                 picked = Signal.like(words[sp], name=f"picked_{sp.name.lower()}")
