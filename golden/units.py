@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from perturbo.config import Activation, Overflow, Rounding
+from perturbo.config import MAC_WEIGHT_BITS, Activation, Overflow, Rounding
 
 MASK32 = 0xFFFF_FFFF
 
@@ -145,7 +145,7 @@ def projection_value(word: torch.Tensor) -> torch.Tensor:
 
 def mac_weights(master: torch.Tensor, weight_bits: int) -> torch.Tensor:
     """The INT8 weights the MAC lanes read: the top 8 bits of the master weights."""
-    return master >> (weight_bits - 8)
+    return master >> (weight_bits - MAC_WEIGHT_BITS)
 
 
 def perturb_weights(w8: torch.Tensor, delta_sign: torch.Tensor, overflow: Overflow) -> torch.Tensor:

@@ -42,12 +42,12 @@ from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, Value, signed
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
-from perturbo.config import Config, Rule
+from perturbo.config import MAC_WEIGHT_BITS, Config, Rule
 
 from .arith import at_least, fits_signed
 from .bus import WORD_ADDR_BITS, BusSignature, Command, Space
 from .correlation import CorrelationUnit, CorrelationWalker
-from .forward import PASS_WEIGHT_BITS, ForwardEngine
+from .forward import ForwardEngine
 from .geometry import Geometry, config_hash
 from .loss import DC_BITS, LossUnit
 from .memories import (
@@ -268,7 +268,7 @@ class Accelerator(wiring.Component):
         # valid token (ForwardEngine), so never in the cycle it is written
         m.submodules.weights = wmem = LaneMemory(
             lanes, geo.weight_depth, wshape, second_read=geo.overlap_update,
-            second_read_bits=PASS_WEIGHT_BITS if geo.overlap_update else None,
+            second_read_bits=MAC_WEIGHT_BITS if geo.overlap_update else None,
             no_collision="weights",
             registered=geo.weights_registered)
         gmem = mmem = signs = None
@@ -417,7 +417,7 @@ class Accelerator(wiring.Component):
                 # pass may read the weights while the update still writes them
                 w_read = mems.wmem.read
                 # (which holds only the bits a pass multiplies, in their places in the word)
-                below = geo.weight_bits - PASS_WEIGHT_BITS
+                below = geo.weight_bits - MAC_WEIGHT_BITS
                 m.d.comb += [w_read.raddr.eq(eng.weights.raddr), w_read.ren.eq(eng.weights.ren),
                              *(eng.weights.rdata[k].eq(Cat(Const(0, below), w_read.rdata[k]))
                                for k in range(lanes))]

@@ -60,7 +60,7 @@ from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from perturbo.config import Activation, Rule
+from perturbo.config import MAC_WEIGHT_BITS, Activation, Rule
 
 from .arith import at_most, narrow, requantise
 from .dsp import RegisteredProduct
@@ -69,11 +69,8 @@ from .memories import LanePortSignature, PortSignature, SignWriteSignature, next
 from .projection import ErrorKind, Gate, activation_gate, projection_error
 from .random import SIGN_BLOCK, Draw, draw_latency, gaussian_noise, projection_value, weight_signs
 
-__all__ = ["ForwardEngine", "activation", "INJECT_BITS", "PASS_WEIGHT_BITS", "ACT_BANKS", "WRITTEN_POSITION",
-           "written_position"]
+__all__ = ["ForwardEngine", "activation", "INJECT_BITS", "ACT_BANKS", "WRITTEN_POSITION", "written_position"]
 
-#: The bits of a master weight a pass multiplies: its top ones, ``w8`` (docs/numerics.md §5).
-PASS_WEIGHT_BITS = 8
 #: Width of an injected value: ALR's ``sigma * n`` reaches 4095 * 510 < 2^22.
 INJECT_BITS = 23
 #: Bits of a neuron's position in its sign word (docs/numerics.md §4).
@@ -912,7 +909,7 @@ class ForwardEngine(wiring.Component):
         drawn = self._neuron_draws(m, tabs, t6, en, draws)
         w6 = []
         for k in range(lanes):
-            w8 = Value.cast(weights[k])[wb - PASS_WEIGHT_BITS:wb].as_signed()
+            w8 = Value.cast(weights[k])[wb - MAC_WEIGHT_BITS:wb].as_signed()
             minus = sign_bits[k] ^ t6.negate  # a * s = -1
             # both sums made beside the draw, which then only selects one: the sign bit
             # (the hash word's bit selected by the token) ahead of the sum and its

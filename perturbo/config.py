@@ -41,6 +41,10 @@ class Rule(StrEnum):
     BP = "bp"
 
 
+#: Bits of the weights the MAC lanes multiply: a master weight's top ones, ``w8``, not
+#: rounded (docs/numerics.md).
+MAC_WEIGHT_BITS = 8
+
 #: Largest ``rule.tau_theta * rule.batch``: the samples of one step that the sequencer counts.
 STEP_SAMPLES_MAX = 1 << 24
 #: Largest ``rule.copies``.

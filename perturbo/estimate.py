@@ -44,8 +44,8 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
-from .config import Config, Rule
-from .limits import ring_steps
+from .config import MAC_WEIGHT_BITS, Config, Rule
+from .limits import MACS_WEIGHT_COPY, ring_steps
 
 __all__ = [
     "Schedule", "PassShape", "StepTiming", "MemoryUse", "Estimate", "Comparison", "schedule",
@@ -627,12 +627,15 @@ def memories(cfg: Config) -> list[MemoryUse]:
     lanes, depth = geo.lanes, geo.weight_depth
     act_depth = 1 << geo.act_addr_bits  # four banks of 2^act_bank_bits words
     out = [
-        MemoryUse("weights", depth, geo.weight_bits * lanes, 2 if geo.overlap_update else 1,
-                  "the lanes side by side" + ("; two read ports (forward engine, update)"
-                                              if geo.overlap_update else ""),
+        MemoryUse("weights", depth, geo.weight_bits * lanes, 1, "the lanes side by side",
                   lane_width=geo.weight_bits),
         MemoryUse("G", depth, geo.grad_bits * lanes, 1, "the lanes side by side", lane_width=geo.grad_bits),
     ]
+    if geo.overlap_update:  # (the forward engine's read port: the bits the MACs read)
+        mac_bits = min(geo.weight_bits, MAC_WEIGHT_BITS)
+        out.insert(1, MemoryUse(MACS_WEIGHT_COPY, depth, mac_bits * lanes, 1,
+                                f"the top {mac_bits} bits of each weight, the forward engine's read port",
+                                lane_width=mac_bits))
     if geo.momentum:
         out.append(MemoryUse("momentum", depth, geo.grad_bits * lanes, 1, "the lanes side by side",
                              lane_width=geo.grad_bits))

@@ -8,7 +8,7 @@ change and the largest value that would fit.
 
 from __future__ import annotations
 
-from .config import Config, ConfigError, Optimizer
+from .config import MAC_WEIGHT_BITS, Config, ConfigError, Optimizer
 
 #: Block RAM of the largest target, the ECP5-85F (ULX3S-85F): 208 EBR of 18 Kbit.
 TARGET_RAM_BITS = 208 * 18 * 1024
@@ -22,6 +22,9 @@ SAMPLE_BITS, OUTPUT_BITS = 8, 8
 #: buffer never falls that far behind (host/accelerator.py keeps the steps it grants within it).
 LOSS_DEPTH = 256
 LOSS_RECORD_BITS = LOSS_DEPTH * 32
+#: The memory of the bits of each weight the MACs read (golden ``mac_weights``), beside the
+#: master weights, for the forward engine's own read port.
+MACS_WEIGHT_COPY = "MAC weights"
 #: INT8 features per 32-bit word of the ``SAMPLES`` space (docs/protocol.md).
 SAMPLES_PER_WORD = 4
 
@@ -46,13 +49,14 @@ def memory_bits(cfg: Config) -> dict[str, int]:
     num, depth = cfg.numerics, cfg.hardware.sample_depth
     n_in, classes = cfg.network.layers[0], cfg.network.layers[-1]
     bits = {
-        # a second copy for the forward engine's own read port (hardware.overlap_update)
-        "weights": synapses * num.weight_bits * (2 if cfg.hardware.overlap_update and cfg.hardware.training else 1),
+        "weights": synapses * num.weight_bits,
         "G": synapses * num.grad_bits,
         "samples": depth * sample_stride(n_in) * SAMPLE_BITS,
         "outputs": depth * classes * OUTPUT_BITS,
         "labels": depth * max(1, (classes - 1).bit_length()),
     }
+    if cfg.hardware.overlap_update and cfg.hardware.training:  # the forward engine's own read port
+        bits[MACS_WEIGHT_COPY] = synapses * min(num.weight_bits, MAC_WEIGHT_BITS)
     if cfg.rule.optimizer is Optimizer.MOMENTUM:
         bits["momentum"] = synapses * num.grad_bits
     if cfg.hardware.streaming and cfg.hardware.training:

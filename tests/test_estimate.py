@@ -41,7 +41,7 @@ from perturbo.estimate import (
     step_timing,
 )
 from perturbo.hdl.geometry import Geometry
-from perturbo.limits import memory_bits
+from perturbo.limits import MACS_WEIGHT_COPY, memory_bits
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 #: The examples the accelerator trains (the bp ones are float baselines).
@@ -164,15 +164,22 @@ def test_inference_is_passes_back_to_back() -> None:
 def test_memories() -> None:
     cfg = load_config(EXAMPLES / "digits-mgd-weight.yaml")
     mems = {m.name: m for m in estimate(cfg).memories}
-    assert set(mems) == {"weights", "G", "samples", "labels", "outputs", "activations", "signs", "loss record"}
-    # two copies of the weights: the forward engine's read port and the update's (overlap_update)
-    assert mems["weights"].bits == 2 * 8 * 326 * 16 and mems["G"].bits == 8 * 326 * 32
+    assert set(mems) == {"weights", MACS_WEIGHT_COPY, "G", "samples", "labels", "outputs", "activations", "signs",
+                         "loss record"}
+    # the master weights (the update's read port) and the 8 bits of each the MACs read, the
+    # forward engine's read port (overlap_update): 16 DP16KD at 64 lanes where a copy took 32
+    assert mems["weights"].bits == 8 * 326 * 16 and mems[MACS_WEIGHT_COPY].bits == 8 * 326 * 8
+    assert mems["G"].bits == 8 * 326 * 32
+    wide = load_config(EXAMPLES / "digits-mgd-weight.yaml").model_dump(mode="json")
+    wide["hardware"] |= {"lanes": 64, "update_lanes": 32}
+    wide_mems = {m.name: m for m in estimate(parse_config(wide)).memories}
+    assert (wide_mems["weights"].dp16kd, wide_mems[MACS_WEIGHT_COPY].dp16kd) == (32, 16)
     assert mems["signs"].bits == 2 * 326 * 8
     assert mems["samples"].bits == 1024 * 64 * 8 and mems["samples"].copies == 1
     # the size limits (perturbo/limits.py) count the same memories, the lane memories without
     # their padding (a lower bound)
     for name, bits in memory_bits(cfg).items():
-        assert mems[name].bits >= bits if name in ("weights", "G") else mems[name].bits == bits, name
+        assert mems[name].bits >= bits if name in ("weights", MACS_WEIGHT_COPY, "G") else mems[name].bits == bits, name
     momentum = estimate(RULE_CONFIGS["node"]).memories
     assert any(m.name == "momentum" for m in momentum) and any(m.name == "factors" for m in momentum)
     assert _blocks(326, 16, EBR_SHAPES) == 2 and _blocks(326, 32, DP16KD_SHAPES) == 1

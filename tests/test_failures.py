@@ -396,8 +396,8 @@ def test_gen_refuses_what_no_target_holds(tmp_path: Path, capsys: pytest.Capture
     path.write_text("network: {layers: [784, 32, 10]}\nhardware: {sample_depth: 65536}\n")
     t0 = time.perf_counter()
     err = fails(capsys, ["gen", str(path), "-o", str(tmp_path / "build")], f"invalid configuration in {path}: "
-                "the accelerator needs 418183808 bits of memory")
-    assert "hardware.sample_depth = 65536: at most 345 fit" in err[0]
+                "the accelerator needs 417980208 bits of memory")
+    assert "hardware.sample_depth = 65536: at most 377 fit" in err[0]
     assert time.perf_counter() - t0 < 5 and not (tmp_path / "build").exists()
 
 
