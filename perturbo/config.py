@@ -292,7 +292,8 @@ class NumericsConfig(_Strict):
     """Integer formats; see docs/numerics.md for where each applies."""
 
     weight_bits: int = Field(
-        16, ge=8, le=32, description="master weights kept by the update unit; the MACs read the top 8 bits"
+        16, ge=MAC_WEIGHT_BITS, le=32,
+        description="master weights kept by the update unit; the MACs read the top 8 bits"
     )
     acc_bits: int = Field(32, ge=16, le=48, description="forward accumulator width")
     grad_bits: int = Field(32, ge=16, le=48, description="per-synapse correlation accumulator (G) width")

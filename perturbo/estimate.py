@@ -632,10 +632,9 @@ def memories(cfg: Config) -> list[MemoryUse]:
         MemoryUse("G", depth, geo.grad_bits * lanes, 1, "the lanes side by side", lane_width=geo.grad_bits),
     ]
     if geo.overlap_update:  # (the forward engine's read port: the bits the MACs read)
-        mac_bits = min(geo.weight_bits, MAC_WEIGHT_BITS)
-        out.insert(1, MemoryUse(MACS_WEIGHT_COPY, depth, mac_bits * lanes, 1,
-                                f"the top {mac_bits} bits of each weight, the forward engine's read port",
-                                lane_width=mac_bits))
+        out.insert(1, MemoryUse(MACS_WEIGHT_COPY, depth, MAC_WEIGHT_BITS * lanes, 1,
+                                f"the top {MAC_WEIGHT_BITS} bits of each weight, the forward engine's read port",
+                                lane_width=MAC_WEIGHT_BITS))
     if geo.momentum:
         out.append(MemoryUse("momentum", depth, geo.grad_bits * lanes, 1, "the lanes side by side",
                              lane_width=geo.grad_bits))

@@ -56,7 +56,7 @@ def memory_bits(cfg: Config) -> dict[str, int]:
         "labels": depth * max(1, (classes - 1).bit_length()),
     }
     if cfg.hardware.overlap_update and cfg.hardware.training:  # the forward engine's own read port
-        bits[MACS_WEIGHT_COPY] = synapses * min(num.weight_bits, MAC_WEIGHT_BITS)
+        bits[MACS_WEIGHT_COPY] = synapses * MAC_WEIGHT_BITS
     if cfg.rule.optimizer is Optimizer.MOMENTUM:
         bits["momentum"] = synapses * num.grad_bits
     if cfg.hardware.streaming and cfg.hardware.training:
