@@ -407,10 +407,12 @@ class ForwardEngine(wiring.Component):
             tags.r_en.eq(result.valid & result.ready & result.payload.last),
         ]
         if self.skid:
+            # the skid follows the output register until a result is parked in it: its
+            # enable is ``~skid_valid`` alone, not the consumers' ready (600 bits at 64 lanes)
             with m.If(skid_valid):
                 m.d.sync += skid_valid.eq(~result.ready)
-            with m.Elif(out_valid & ~result.ready):  # the pipe moves on this cycle: park the result
-                m.d.sync += [skid_valid.eq(1), skid.eq(out)]
+            with m.Else():
+                m.d.sync += [skid_valid.eq(out_valid & ~result.ready), skid.eq(out)]
 
         # -- status ----------------------------------------------------------------------------
         in_pipe = Cat(*(p.valid for p in pipe[1:]), out_valid, skid_valid).any()

@@ -37,8 +37,11 @@ def take_group(m: Module, i: stream.Interface, cur: Signal, k: Signal) -> None:
     lane (the loss unit, the inference output writer): take the next group into ``cur``,
     restart the lane counter ``k`` and go to state ``LANES``."""
     m.d.comb += i.ready.eq(1)
+    # ``cur`` follows the payload while idle and keeps the one taken: its enable is the
+    # state's, not ``i.valid``'s (a group is 600 bits at 64 lanes, and the valid, through
+    # the forward engine's skid select, onto their enables was a slowest path there)
+    m.d.sync += [cur.eq(i.payload), k.eq(0)]
     with m.If(i.valid):
-        m.d.sync += [cur.eq(i.payload), k.eq(0)]
         m.next = "LANES"
 
 
@@ -157,8 +160,7 @@ class LossUnit(wiring.Component):
         with m.FSM():
             with m.State("IDLE"):
                 take_group(m, self.i, cur, k)
-                with m.If(self.i.valid):
-                    m.d.sync += index.eq(self.i.payload.group * lanes)
+                m.d.sync += index.eq(self.i.payload.group * lanes)
             with m.State("LANES"):
                 y, lane_on = lane_of(cur, k)
                 end = ~lane_on | (k == lanes - 1)
