@@ -283,11 +283,12 @@ class Accelerator(wiring.Component):
                                                    second_read=fe is not None and fe.uses_samples,
                                                    registered=eng.registered_sample,
                                                    window=geo.layers[0].split)
-        # While a streamed run trains, the host refills labels that the sequencer's label
-        # port can read in the same cycle (the co-simulation's check found one at word 240
-        # of the digits ring): only a buffer the host fills while idle is declared free of them.
+        # While a streamed run trains, the host refills labels; the sequencer reads one only
+        # in its SAMPLE state, a sample the step has taken, which the host leaves alone (when
+        # the port read every cycle, the co-simulation's check found a collision at word 240
+        # of the digits ring)
         m.submodules.labels = lmem = MemoryBlock(geo.sample_depth, geo.label_bits, block_ram=True,
-                                                 no_collision=None if geo.streaming else "labels")
+                                                 no_collision="labels")
         # with pipelined_reads in banks of a DP16KD's 2048 bytes (the bus reads it a cycle later)
         m.submodules.outputs = omem = MemoryBlock(geo.output_words, signed(8), no_collision="outputs",
                                                   bank_words=OUTPUT_BANK_WORDS if self.pipelined_reads else None)
