@@ -603,8 +603,8 @@ class Sequencer(wiring.Component):
                 m.next = "SAMPLE"
         with m.State("SAMPLE"):  # the label of the cursor's sample is read this cycle
             # and only in this one: a streamed run's host writes never land on the word of
-            # a sample the step has taken, so the label memory needs no read-during-write
-            # bypass (on a 16-lane build's slowest path, 10.3 ns from the block RAM)
+            # a sample the step has taken, so the label memory is declared free of read
+            # collisions (a board may then drop yosys's bypass: Board.undefined_read_collisions)
             m.d.comb += self.labels.ren.eq(1)
             m.next = "LABEL"
         with m.State("LABEL"):
